@@ -1,0 +1,95 @@
+//! Runtime configuration from the environment (names fixed by SPEC §5) and flags.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, ValueEnum};
+
+/// Development fallback for `WALLET_JWT_SECRET`; refused in production.
+pub const DEV_JWT_SECRET: &str = "wallet-development-secret-do-not-use-in-production";
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/wallet";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Environment {
+    Development,
+    Production,
+}
+
+/// Settings shared by every subcommand that talks to the database.
+#[derive(Clone, Debug, Args)]
+pub struct DatabaseConfig {
+    /// Postgres URL; the database is created if it does not exist.
+    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub database_url: String,
+    /// Maximum connections in the pool.
+    #[arg(long, env = "WALLET_DB_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: usize,
+}
+
+/// Settings of the HTTP server.
+#[derive(Clone, Debug, Args)]
+pub struct ServeConfig {
+    #[command(flatten)]
+    pub db: DatabaseConfig,
+    /// Address and port to listen on.
+    #[arg(long, env = "WALLET_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    /// Maximum depth of a GraphQL query.
+    #[arg(long, env = "WALLET_MAX_QUERY_DEPTH", default_value_t = 12)]
+    pub max_depth: usize,
+    /// Maximum complexity of a GraphQL query (a connection costs its page size times its
+    /// selection).
+    #[arg(long, env = "WALLET_MAX_QUERY_COMPLEXITY", default_value_t = 5000)]
+    pub max_complexity: usize,
+    /// Per-request timeout in seconds.
+    #[arg(long, env = "WALLET_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+}
+
+impl ServeConfig {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+/// Settings of token verification and minting.
+#[derive(Clone, Debug, Args)]
+pub struct AuthConfig {
+    /// HS256 secret for bearer tokens. Defaults to a development secret (refused in
+    /// production).
+    #[arg(long, env = "WALLET_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// `development` (default) or `production`; production refuses development defaults.
+    #[arg(
+        long = "env",
+        env = "WALLET_ENV",
+        value_enum,
+        default_value = "development"
+    )]
+    pub environment: Environment,
+}
+
+impl AuthConfig {
+    /// The secret to sign and verify with. In development a missing secret falls back to
+    /// [`DEV_JWT_SECRET`] (with a warning); in production it is an error.
+    pub fn resolve_secret(&self) -> anyhow::Result<String> {
+        match (&self.jwt_secret, self.environment) {
+            (Some(s), _) if s.len() < 32 && self.environment == Environment::Production => {
+                anyhow::bail!("WALLET_JWT_SECRET must be at least 32 bytes in production")
+            }
+            (Some(s), _) if !s.is_empty() => Ok(s.clone()),
+            (_, Environment::Production) => {
+                anyhow::bail!("WALLET_JWT_SECRET is required when WALLET_ENV=production")
+            }
+            (_, Environment::Development) => {
+                tracing::warn!(
+                    "WALLET_JWT_SECRET is not set: using the built-in DEVELOPMENT secret. \
+                     Anyone can mint tokens for this server. Never use this in production."
+                );
+                Ok(DEV_JWT_SECRET.to_owned())
+            }
+        }
+    }
+}

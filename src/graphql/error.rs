@@ -1,0 +1,77 @@
+//! Translation of failures into GraphQL errors with `extensions.code` (SPEC §3).
+
+use async_graphql::{Error, ErrorExtensions};
+
+use crate::ledger::LedgerError;
+
+pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+pub const FORBIDDEN: &str = "FORBIDDEN";
+pub const NOT_FOUND: &str = "NOT_FOUND";
+pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
+pub const INVALID_AMOUNT: &str = "INVALID_AMOUNT";
+pub const INSUFFICIENT_FUNDS: &str = "INSUFFICIENT_FUNDS";
+pub const IDEMPOTENCY_CONFLICT: &str = "IDEMPOTENCY_CONFLICT";
+pub const CURRENCY_NOT_SUPPORTED: &str = "CURRENCY_NOT_SUPPORTED";
+pub const INTERNAL: &str = "INTERNAL";
+
+pub fn coded(code: &'static str, message: impl Into<String>) -> Error {
+    Error::new(message).extend_with(|_, e| e.set("code", code))
+}
+
+pub fn unauthenticated() -> Error {
+    coded(
+        UNAUTHENTICATED,
+        "authentication required: send `Authorization: Bearer <token>`",
+    )
+}
+
+pub fn forbidden(message: impl Into<String>) -> Error {
+    coded(FORBIDDEN, message)
+}
+
+pub fn not_found(what: &str) -> Error {
+    coded(NOT_FOUND, format!("{} not found", what.to_lowercase()))
+}
+
+pub fn bad_input(message: impl Into<String>) -> Error {
+    coded(BAD_USER_INPUT, message)
+}
+
+/// Internal failures are logged in full and shown to the client as a reference only.
+pub fn internal(detail: &dyn std::fmt::Debug) -> Error {
+    let reference = uuid::Uuid::new_v4().simple().to_string();
+    tracing::error!(error.reference = %reference, error = ?detail, "internal error");
+    coded(INTERNAL, format!("internal error (reference {reference})"))
+}
+
+pub fn ledger_error(e: &LedgerError) -> Error {
+    let code = match e {
+        LedgerError::NotFound(_) => NOT_FOUND,
+        LedgerError::Forbidden(_) => FORBIDDEN,
+        LedgerError::InvalidAmount(_) => INVALID_AMOUNT,
+        LedgerError::InsufficientFunds { .. } => INSUFFICIENT_FUNDS,
+        LedgerError::IdempotencyConflict(_) => IDEMPOTENCY_CONFLICT,
+        LedgerError::CurrencyNotSupported(_) => CURRENCY_NOT_SUPPORTED,
+        LedgerError::BadInput(_) => BAD_USER_INPUT,
+        LedgerError::Database(_) | LedgerError::Unavailable(_) => return internal(e),
+    };
+    let err = coded(code, e.message());
+    match e {
+        LedgerError::InsufficientFunds {
+            available,
+            requested,
+        } => err.extend_with(|_, x| {
+            x.set("available", available.to_string());
+            x.set("requested", requested.to_string());
+        }),
+        _ => err,
+    }
+}
+
+// `LedgerError` is not `Display`, so async-graphql's blanket conversion does not apply and
+// `?` always goes through this mapping: no domain error reaches a client without a code.
+impl From<LedgerError> for Error {
+    fn from(e: LedgerError) -> Self {
+        ledger_error(&e)
+    }
+}

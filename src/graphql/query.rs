@@ -1,0 +1,183 @@
+//! Query root.
+
+use async_graphql::connection::Connection;
+use async_graphql::{Context, ID, Object, Result};
+
+use super::ids::{NodeType, decode_any, decode_id, fingerprint};
+use super::pagination::{ConnectionArgs, connection, page_cost};
+use super::types::{
+    CurrencyObject, Node, ReconciliationObject, TransactionFilterInput, TransactionObject,
+    ViewerObject, WalletObject, reconciliations_connection, transactions_connection,
+};
+use super::{conn, scope, state, viewer};
+use crate::ledger::wallet::{self, WalletFilter};
+use crate::ledger::{Cursor, LedgerError, ListScope, Scope, journal, reconciliation};
+
+pub struct Query;
+
+#[Object]
+impl Query {
+    /// Fetches any object by its global id; null when it does not exist or is not yours.
+    async fn node(&self, ctx: &Context<'_>, id: ID) -> Result<Option<Node>> {
+        let scope = scope(ctx)?;
+        let (kind, num) = decode_any(&id)?;
+        let mut c = conn(ctx).await?;
+        let found = match kind {
+            NodeType::Wallet => wallet::find_wallet(&mut c, &scope, num)
+                .await
+                .map(|w| Node::Wallet(WalletObject(w))),
+            NodeType::Transaction => journal::find_transaction(&mut c, &scope, num)
+                .await
+                .map(|t| Node::Transaction(TransactionObject(t))),
+            NodeType::Reconciliation => reconciliation::find_reconciliation(&mut c, &scope, num)
+                .await
+                .map(|r| Node::Reconciliation(ReconciliationObject(r))),
+        };
+        match found {
+            Ok(node) => Ok(Some(node)),
+            Err(LedgerError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The caller.
+    async fn viewer(&self, ctx: &Context<'_>) -> Result<ViewerObject> {
+        Ok(ViewerObject(viewer(ctx)?.clone()))
+    }
+
+    /// One wallet (yours, or any for operators).
+    async fn wallet(&self, ctx: &Context<'_>, id: ID) -> Result<WalletObject> {
+        let scope = scope(ctx)?;
+        let id = decode_id(&id, NodeType::Wallet)?;
+        let mut c = conn(ctx).await?;
+        Ok(WalletObject(wallet::find_wallet(&mut c, &scope, id).await?))
+    }
+
+    /// Wallets visible to the caller, oldest first. `userId` narrows an operator's view.
+    #[graphql(complexity = "page_cost(first, last, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
+    async fn wallets(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        currency: Option<String>,
+        user_id: Option<String>,
+    ) -> Result<Connection<String, WalletObject>> {
+        let scope = scope(ctx)?;
+        let args = ConnectionArgs {
+            first,
+            after,
+            last,
+            before,
+        };
+        wallets_connection(ctx, &scope, user_id, currency, args).await
+    }
+
+    async fn transaction(&self, ctx: &Context<'_>, id: ID) -> Result<TransactionObject> {
+        let scope = scope(ctx)?;
+        let id = decode_id(&id, NodeType::Transaction)?;
+        let mut c = conn(ctx).await?;
+        Ok(TransactionObject(
+            journal::find_transaction(&mut c, &scope, id).await?,
+        ))
+    }
+
+    /// Journal rows, oldest first: of one wallet, or of every wallet the caller sees.
+    #[graphql(complexity = "page_cost(first, last, child_complexity)")]
+    #[allow(clippy::too_many_arguments)]
+    async fn transactions(
+        &self,
+        ctx: &Context<'_>,
+        wallet_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        filter: Option<TransactionFilterInput>,
+    ) -> Result<Connection<String, TransactionObject>> {
+        let list = visible_list(ctx, wallet_id).await?;
+        let args = ConnectionArgs {
+            first,
+            after,
+            last,
+            before,
+        };
+        transactions_connection(ctx, list, args, filter).await
+    }
+
+    /// Reconciliations, oldest first: of one wallet, or of every wallet the caller sees.
+    #[graphql(complexity = "page_cost(first, last, child_complexity)")]
+    async fn reconciliations(
+        &self,
+        ctx: &Context<'_>,
+        wallet_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<Connection<String, ReconciliationObject>> {
+        let list = visible_list(ctx, wallet_id).await?;
+        let args = ConnectionArgs {
+            first,
+            after,
+            last,
+            before,
+        };
+        reconciliations_connection(ctx, list, args).await
+    }
+
+    /// Supported currencies and their scales (no authentication needed).
+    async fn currencies(&self, ctx: &Context<'_>) -> Vec<CurrencyObject> {
+        state(ctx)
+            .currencies
+            .all()
+            .cloned()
+            .map(CurrencyObject)
+            .collect()
+    }
+}
+
+/// The list a `walletId` argument names, after checking the caller may see that wallet.
+async fn visible_list(ctx: &Context<'_>, wallet_id: Option<ID>) -> Result<ListScope> {
+    let scope = scope(ctx)?;
+    match wallet_id {
+        None => Ok(ListScope::from(&scope)),
+        Some(id) => {
+            let id = decode_id(&id, NodeType::Wallet)?;
+            let mut c = conn(ctx).await?;
+            let w = wallet::find_wallet(&mut c, &scope, id).await?;
+            Ok(ListScope::Wallet(w.id))
+        }
+    }
+}
+
+pub(crate) async fn wallets_connection(
+    ctx: &Context<'_>,
+    scope: &Scope,
+    user_id: Option<String>,
+    currency: Option<String>,
+    args: ConnectionArgs,
+) -> Result<Connection<String, WalletObject>> {
+    let list = fingerprint(&[
+        "wallets",
+        scope.owner().unwrap_or("*"),
+        user_id.as_deref().unwrap_or("*"),
+        currency.as_deref().unwrap_or("*"),
+    ]);
+    let page = args.page_args(list)?;
+    let filter = WalletFilter { user_id, currency };
+    let mut c = conn(ctx).await?;
+    let rows = wallet::list_wallets(&mut c, scope, &filter, &page).await?;
+    Ok(connection(
+        list,
+        rows,
+        |w| Cursor {
+            created_at: w.created_at,
+            id: w.id,
+        },
+        WalletObject,
+    ))
+}

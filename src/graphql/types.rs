@@ -1,0 +1,483 @@
+//! Output types of the API contract (SPEC §3): thin views over ledger rows.
+
+use async_graphql::connection::Connection;
+use async_graphql::dataloader::DataLoader;
+use async_graphql::{Context, Enum, ID, InputObject, Interface, Object, Result};
+use chrono::{DateTime, Utc};
+
+use super::error::{internal, ledger_error};
+use super::ids::{NodeType, encode_id, fingerprint};
+use super::loaders::WalletLoader;
+use super::pagination::{ConnectionArgs, connection, page_cost};
+use super::scalars::DecimalScalar;
+use super::{conn, state};
+use crate::ledger::{self, Cursor, ListScope, journal, reconciliation};
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(name = "WalletKind", remote = "crate::ledger::CurrencyKind")]
+pub enum WalletKind {
+    Fiat,
+    Crypto,
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "crate::ledger::TransactionType")]
+pub enum TransactionType {
+    Deposit,
+    Withdraw,
+    /// Compensating credit for a failed withdrawal.
+    Refund,
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "crate::ledger::TransactionStatus")]
+pub enum TransactionStatus {
+    Pending,
+    Processing,
+    Completed,
+    Failed,
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "crate::ledger::models::ReconciliationSource")]
+pub enum ReconciliationSource {
+    External,
+    Chain,
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "crate::ledger::models::ReconciliationStatus")]
+pub enum ReconciliationStatus {
+    Pending,
+    Matched,
+    Mismatch,
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "crate::auth::Role")]
+pub enum Role {
+    User,
+    Operator,
+}
+
+/// Relay global object identification.
+#[derive(Interface)]
+#[graphql(field(name = "id", ty = "ID"))]
+pub enum Node {
+    Wallet(WalletObject),
+    Transaction(TransactionObject),
+    Reconciliation(ReconciliationObject),
+}
+
+/// Narrows a wallet's or a viewer's transaction list. Time bounds are inclusive.
+#[derive(InputObject, Clone, Default)]
+#[graphql(name = "TransactionFilter")]
+pub struct TransactionFilterInput {
+    pub types: Option<Vec<TransactionType>>,
+    pub statuses: Option<Vec<TransactionStatus>>,
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+impl TransactionFilterInput {
+    pub fn to_ledger(&self) -> Result<journal::TransactionFilter> {
+        if let (Some(from), Some(to)) = (self.created_from, self.created_to)
+            && from > to
+        {
+            return Err(super::error::bad_input(
+                "filter.createdFrom must not be after filter.createdTo",
+            ));
+        }
+        Ok(journal::TransactionFilter {
+            types: self
+                .types
+                .as_ref()
+                .map(|v| v.iter().map(|&t| t.into()).collect()),
+            statuses: self
+                .statuses
+                .as_ref()
+                .map(|v| v.iter().map(|&s| s.into()).collect()),
+            created_from: self.created_from,
+            created_to: self.created_to,
+        })
+    }
+
+    /// Canonical text of the filter, part of the cursor fingerprint.
+    pub fn canonical(&self) -> String {
+        let names = |v: Option<Vec<String>>| {
+            v.map(|mut v| {
+                v.sort();
+                v.dedup();
+                v.join(",")
+            })
+            .unwrap_or_else(|| "*".into())
+        };
+        format!(
+            "types={};statuses={};from={};to={}",
+            names(self.types.as_ref().map(|v| {
+                v.iter()
+                    .map(|&t| ledger::TransactionType::from(t).to_string())
+                    .collect()
+            })),
+            names(self.statuses.as_ref().map(|v| {
+                v.iter()
+                    .map(|&s| ledger::TransactionStatus::from(s).to_string())
+                    .collect()
+            })),
+            self.created_from
+                .map_or("*".into(), |t| t.timestamp_micros().to_string()),
+            self.created_to
+                .map_or("*".into(), |t| t.timestamp_micros().to_string()),
+        )
+    }
+}
+
+/// Lists the journal of `scope` as a connection.
+pub async fn transactions_connection(
+    ctx: &Context<'_>,
+    scope: ListScope,
+    args: ConnectionArgs,
+    filter: Option<TransactionFilterInput>,
+) -> Result<Connection<String, TransactionObject>> {
+    let filter = filter.unwrap_or_default();
+    let list = fingerprint(&["transactions", &scope_key(&scope), &filter.canonical()]);
+    let page = args.page_args(list)?;
+    let ledger_filter = filter.to_ledger()?;
+    let mut c = conn(ctx).await?;
+    let rows = journal::list_transactions(&mut c, &scope, &ledger_filter, &page).await?;
+    Ok(connection(list, rows, cursor_of_entry, TransactionObject))
+}
+
+/// Lists reconciliations of `scope` as a connection.
+pub async fn reconciliations_connection(
+    ctx: &Context<'_>,
+    scope: ListScope,
+    args: ConnectionArgs,
+) -> Result<Connection<String, ReconciliationObject>> {
+    let list = fingerprint(&["reconciliations", &scope_key(&scope)]);
+    let page = args.page_args(list)?;
+    let mut c = conn(ctx).await?;
+    let rows = reconciliation::list_reconciliations(&mut c, &scope, &page).await?;
+    Ok(connection(
+        list,
+        rows,
+        |r| Cursor {
+            created_at: r.created_at,
+            id: r.id,
+        },
+        ReconciliationObject,
+    ))
+}
+
+pub fn scope_key(scope: &ListScope) -> String {
+    match scope {
+        ListScope::Wallet(id) => format!("wallet={id}"),
+        ListScope::Owner(user) => format!("owner={user}"),
+        ListScope::All => "all".into(),
+    }
+}
+
+fn cursor_of_entry(e: &ledger::JournalEntry) -> Cursor {
+    Cursor {
+        created_at: e.created_at,
+        id: e.id,
+    }
+}
+
+pub async fn load_wallet(ctx: &Context<'_>, id: i64) -> Result<WalletObject> {
+    let loader = ctx.data_unchecked::<DataLoader<WalletLoader>>();
+    match loader.load_one(id).await {
+        Ok(Some(w)) => Ok(WalletObject(w)),
+        Ok(None) => Err(internal(&format!(
+            "wallet {id} of a visible row is missing"
+        ))),
+        Err(e) => Err(ledger_error(&e)),
+    }
+}
+
+/// A user's balance in one currency.
+pub struct WalletObject(pub ledger::Wallet);
+
+#[Object(name = "Wallet")]
+impl WalletObject {
+    async fn id(&self) -> ID {
+        encode_id(NodeType::Wallet, self.0.id)
+    }
+    async fn user_id(&self) -> &str {
+        &self.0.user_id
+    }
+    /// Currency code, e.g. `USD`.
+    async fn currency(&self) -> &str {
+        &self.0.currency
+    }
+    async fn kind(&self, ctx: &Context<'_>) -> Result<WalletKind> {
+        state(ctx)
+            .currencies
+            .get(&self.0.currency)
+            .map(|c| c.kind.into())
+            .ok_or_else(|| internal(&format!("unknown currency {}", self.0.currency)))
+    }
+    /// Total balance, including funds locked by withdrawals in flight.
+    async fn balance(&self) -> DecimalScalar {
+        self.0.balance.into()
+    }
+    /// `balance - lockedBalance`: what can be withdrawn now.
+    async fn available_balance(&self) -> DecimalScalar {
+        self.0.available_balance().into()
+    }
+    /// Reserved by withdrawals in flight.
+    async fn locked_balance(&self) -> DecimalScalar {
+        self.0.locked_balance.into()
+    }
+    /// Chain network (crypto only).
+    async fn network(&self) -> Option<&str> {
+        self.0.network.as_deref()
+    }
+    /// Deposit address (crypto only).
+    async fn address(&self) -> Option<&str> {
+        self.0.address.as_deref()
+    }
+    /// HD derivation path of the address (crypto only).
+    async fn derivation_path(&self) -> Option<&str> {
+        self.0.derivation_path.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    /// The wallet's journal, oldest first (the order in which the balance changed).
+    #[graphql(complexity = "page_cost(first, last, child_complexity)")]
+    async fn transactions(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        filter: Option<TransactionFilterInput>,
+    ) -> Result<Connection<String, TransactionObject>> {
+        let args = ConnectionArgs {
+            first,
+            after,
+            last,
+            before,
+        };
+        transactions_connection(ctx, ListScope::Wallet(self.0.id), args, filter).await
+    }
+    /// Reconciliations of this wallet, oldest first.
+    #[graphql(complexity = "page_cost(first, last, child_complexity)")]
+    async fn reconciliations(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<Connection<String, ReconciliationObject>> {
+        let args = ConnectionArgs {
+            first,
+            after,
+            last,
+            before,
+        };
+        reconciliations_connection(ctx, ListScope::Wallet(self.0.id), args).await
+    }
+}
+
+/// One journal row: a money movement and the balances around it.
+pub struct TransactionObject(pub ledger::JournalEntry);
+
+#[Object(name = "Transaction")]
+impl TransactionObject {
+    async fn id(&self) -> ID {
+        encode_id(NodeType::Transaction, self.0.id)
+    }
+    async fn wallet_id(&self) -> ID {
+        encode_id(NodeType::Wallet, self.0.wallet_id)
+    }
+    async fn wallet(&self, ctx: &Context<'_>) -> Result<WalletObject> {
+        load_wallet(ctx, self.0.wallet_id).await
+    }
+    #[graphql(name = "type")]
+    async fn kind(&self) -> TransactionType {
+        self.0.kind.into()
+    }
+    async fn amount(&self) -> DecimalScalar {
+        self.0.amount.into()
+    }
+    async fn fee(&self) -> DecimalScalar {
+        self.0.fee.into()
+    }
+    async fn balance_before(&self) -> DecimalScalar {
+        self.0.balance_before.into()
+    }
+    async fn balance_after(&self) -> DecimalScalar {
+        self.0.balance_after.into()
+    }
+    async fn status(&self) -> TransactionStatus {
+        self.0.status.into()
+    }
+    /// The client's idempotency key (or the chain hash for crypto deposits).
+    async fn tx_hash(&self) -> &str {
+        &self.0.tx_hash
+    }
+    async fn description(&self) -> Option<&str> {
+        self.0.description.as_deref()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+    async fn network(&self) -> Option<&str> {
+        self.0.network.as_deref()
+    }
+    async fn from_address(&self) -> Option<&str> {
+        self.0.from_address.as_deref()
+    }
+    async fn to_address(&self) -> Option<&str> {
+        self.0.to_address.as_deref()
+    }
+    async fn confirmations(&self) -> Option<i32> {
+        self.0.confirmations
+    }
+    async fn required_confirmations(&self) -> Option<i32> {
+        self.0.required_confirmations
+    }
+    /// Block height (a string: heights can exceed 2^31).
+    async fn block_number(&self) -> Option<String> {
+        self.0.block_number.map(|n| n.to_string())
+    }
+    async fn gas_price(&self) -> Option<DecimalScalar> {
+        self.0.gas_price.map(Into::into)
+    }
+    async fn gas_used(&self) -> Option<String> {
+        self.0.gas_used.map(|n| n.to_string())
+    }
+    /// Raw signed transaction (hex), for crypto withdrawals.
+    async fn raw(&self) -> Option<&str> {
+        self.0.raw.as_deref()
+    }
+}
+
+/// The result of comparing the ledger with an outside balance over a period.
+pub struct ReconciliationObject(pub ledger::Reconciliation);
+
+#[Object(name = "Reconciliation")]
+impl ReconciliationObject {
+    async fn id(&self) -> ID {
+        encode_id(NodeType::Reconciliation, self.0.id)
+    }
+    async fn wallet(&self, ctx: &Context<'_>) -> Result<WalletObject> {
+        load_wallet(ctx, self.0.wallet_id).await
+    }
+    async fn start_time(&self) -> DateTime<Utc> {
+        self.0.start_time
+    }
+    async fn end_time(&self) -> DateTime<Utc> {
+        self.0.end_time
+    }
+    /// The ledger's balance at `endTime`: the balance before `startTime` plus the
+    /// movements in `[startTime, endTime]`.
+    async fn system_balance(&self) -> DecimalScalar {
+        self.0.system_balance.into()
+    }
+    async fn external_balance(&self) -> DecimalScalar {
+        self.0.external_balance.into()
+    }
+    async fn source(&self) -> ReconciliationSource {
+        self.0.source.into()
+    }
+    async fn status(&self) -> ReconciliationStatus {
+        self.0.status.into()
+    }
+    /// `externalBalance - systemBalance`.
+    async fn difference(&self) -> DecimalScalar {
+        self.0.difference.into()
+    }
+    async fn notes(&self) -> Option<&str> {
+        self.0.notes.as_deref()
+    }
+    async fn mismatch_reason(&self) -> Option<&str> {
+        self.0.mismatch_reason.as_deref()
+    }
+    /// Transaction hashes present on only one side (crypto reconciliations).
+    async fn unmatched_transactions(&self) -> Vec<String> {
+        self.0
+            .unmatched_transactions
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+}
+
+/// A supported currency.
+pub struct CurrencyObject(pub ledger::Currency);
+
+#[Object(name = "Currency")]
+impl CurrencyObject {
+    async fn code(&self) -> &str {
+        &self.0.code
+    }
+    async fn name(&self) -> &str {
+        &self.0.name
+    }
+    async fn kind(&self) -> WalletKind {
+        self.0.kind.into()
+    }
+    /// Decimal places an amount may have.
+    async fn scale(&self) -> i32 {
+        i32::from(self.0.scale)
+    }
+    async fn network(&self) -> Option<&str> {
+        self.0.network.as_deref()
+    }
+    /// Whether wallets can be created in this currency.
+    async fn enabled(&self) -> bool {
+        self.0.enabled
+    }
+    /// A reconciliation difference up to this amount still counts as matched.
+    async fn reconciliation_tolerance(&self) -> DecimalScalar {
+        self.0.reconciliation_tolerance.into()
+    }
+}
+
+/// The authenticated caller.
+pub struct ViewerObject(pub crate::auth::Viewer);
+
+#[Object(name = "Viewer")]
+impl ViewerObject {
+    async fn user_id(&self) -> &str {
+        &self.0.user_id
+    }
+    async fn role(&self) -> Role {
+        self.0.role.into()
+    }
+    /// The caller's own wallets.
+    #[graphql(complexity = "page_cost(first, last, child_complexity)")]
+    async fn wallets(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        currency: Option<String>,
+    ) -> Result<Connection<String, WalletObject>> {
+        let scope = ledger::Scope::Owner(self.0.user_id.clone());
+        let args = ConnectionArgs {
+            first,
+            after,
+            last,
+            before,
+        };
+        super::query::wallets_connection(ctx, &scope, None, currency, args).await
+    }
+}

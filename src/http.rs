@@ -1,0 +1,407 @@
+//! HTTP transport: GraphQL over HTTP on `/graphql`, GraphiQL, health and readiness.
+//!
+//! Follows the GraphQL-over-HTTP specification: `application/graphql-response+json` and
+//! `application/json` responses by content negotiation, 400 for requests that are not
+//! well-formed or fail to parse or validate (under the new media type), mutations refused
+//! over GET (405), 406/415 for unsupported media types.
+
+use std::time::Duration;
+
+use async_graphql::dataloader::DataLoader;
+use async_graphql::http::GraphiQLSource;
+use async_graphql::parser::types::{DocumentOperations, OperationType};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+use tracing::Level;
+
+use crate::app::App;
+use crate::auth::{TokenError, Viewer};
+use crate::graphql::ExecutionStarted;
+use crate::graphql::error::{BAD_USER_INPUT, INTERNAL, UNAUTHENTICATED};
+use crate::graphql::loaders::WalletLoader;
+
+pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
+const MAX_BODY_BYTES: usize = 256 * 1024;
+
+pub fn router(app: App) -> Router {
+    let timeout = app.request_timeout;
+    Router::new()
+        .route("/", get(graphiql))
+        .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(app)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+                .layer(
+                    TraceLayer::new_for_http()
+                        .make_span_with(|req: &Request<_>| {
+                            let id = req
+                                .headers()
+                                .get("x-request-id")
+                                .and_then(|v| v.to_str().ok())
+                                .unwrap_or("-");
+                            tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id)
+                        })
+                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
+                )
+                .layer(PropagateRequestIdLayer::x_request_id())
+                .layer(CatchPanicLayer::custom(|_| {
+                    error_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        MediaType::Json,
+                        INTERNAL,
+                        "internal error",
+                    )
+                }))
+                .layer(TimeoutLayer::with_status_code(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    timeout,
+                ))
+                .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
+}
+
+async fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .title("Wallet API")
+            .finish(),
+    )
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// Ready when a pooled connection answers within a second.
+async fn readyz(State(app): State<App>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(1), crate::db::ping(&app.state.pool)).await {
+        Ok(true) => (StatusCode::OK, "ready").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response(),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum MediaType {
+    GraphqlResponseJson,
+    Json,
+}
+
+impl MediaType {
+    fn content_type(self) -> &'static str {
+        match self {
+            MediaType::GraphqlResponseJson => "application/graphql-response+json; charset=utf-8",
+            MediaType::Json => "application/json; charset=utf-8",
+        }
+    }
+}
+
+/// Picks the response media type from `Accept` (highest q wins; the GraphQL media type on
+/// a tie). No `Accept` means `application/json`; nothing acceptable means 406.
+fn negotiate(headers: &HeaderMap) -> Result<MediaType, Rejection> {
+    let accept: Vec<&str> = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    if accept.is_empty() {
+        return Ok(MediaType::Json);
+    }
+    let mut best: Option<(f32, MediaType)> = None;
+    for range in accept.iter().flat_map(|h| h.split(',')) {
+        let mut parts = range.split(';').map(str::trim);
+        let essence = parts.next().unwrap_or("").to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let media = match essence.as_str() {
+            GRAPHQL_RESPONSE_JSON => MediaType::GraphqlResponseJson,
+            "application/json" => MediaType::Json,
+            "*/*" | "application/*" => MediaType::GraphqlResponseJson,
+            _ => continue,
+        };
+        if q <= 0.0 {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some((bq, bm)) => {
+                q > bq || (q == bq && media == MediaType::GraphqlResponseJson && bm != media)
+            }
+        };
+        if better {
+            best = Some((q, media));
+        }
+    }
+    best.map(|(_, m)| m).ok_or_else(|| {
+        Rejection::new(
+            StatusCode::NOT_ACCEPTABLE,
+            BAD_USER_INPUT,
+            "responses are application/graphql-response+json or application/json",
+        )
+    })
+}
+
+/// A request refused before execution; rendered in the negotiated media type.
+struct Rejection {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    header: Option<(header::HeaderName, HeaderValue)>,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Rejection {
+            status,
+            code,
+            message: message.into(),
+            header: None,
+        }
+    }
+
+    fn with_header(mut self, name: header::HeaderName, value: &'static str) -> Self {
+        self.header = Some((name, HeaderValue::from_static(value)));
+        self
+    }
+
+    fn render(self, media: MediaType) -> Response {
+        let mut resp = error_response(self.status, media, self.code, &self.message);
+        if let Some((name, value)) = self.header {
+            resp.headers_mut().insert(name, value);
+        }
+        resp
+    }
+}
+
+fn error_response(status: StatusCode, media: MediaType, code: &str, message: &str) -> Response {
+    let body = json!({ "errors": [{ "message": message, "extensions": { "code": code } }] });
+    let mut resp = (status, body.to_string()).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(media.content_type()),
+    );
+    resp
+}
+
+/// The caller named by the Authorization header. No header: anonymous. A header that does
+/// not verify is refused outright (401) rather than silently treated as anonymous.
+fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<Viewer>, Rejection> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let refuse = |why: &str| {
+        Rejection::new(StatusCode::UNAUTHORIZED, UNAUTHENTICATED, why)
+            .with_header(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| refuse("the Authorization header is not valid text"))?;
+    match app.tokens.verify_header(value) {
+        Ok(viewer) => Ok(Some(viewer)),
+        Err(TokenError::Expired) => Err(refuse("the token has expired")),
+        Err(TokenError::Invalid(_)) => Err(refuse("the token is not valid")),
+    }
+}
+
+/// Builds an `async_graphql::Request` from the parameters of a GraphQL-over-HTTP request,
+/// checking their types (a malformed request is 400 whatever the media type).
+fn graphql_request(
+    params: &serde_json::Map<String, Value>,
+) -> Result<async_graphql::Request, String> {
+    let query = match params.get("query") {
+        Some(Value::String(q)) => q.clone(),
+        Some(_) => return Err("`query` must be a string".into()),
+        None => return Err("the request has no `query`".into()),
+    };
+    let mut request = async_graphql::Request::new(query);
+    match params.get("operationName") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(name)) => request = request.operation_name(name.clone()),
+        Some(_) => return Err("`operationName` must be a string".into()),
+    }
+    match params.get("variables") {
+        None | Some(Value::Null) => {}
+        Some(v @ Value::Object(_)) => {
+            request = request.variables(async_graphql::Variables::from_json(v.clone()))
+        }
+        Some(_) => return Err("`variables` must be an object".into()),
+    }
+    match params.get("extensions") {
+        None | Some(Value::Null) | Some(Value::Object(_)) => {}
+        Some(_) => return Err("`extensions` must be an object".into()),
+    }
+    Ok(request)
+}
+
+async fn graphql_post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+    let media = match negotiate(&headers) {
+        Ok(m) => m,
+        Err(rejection) => return rejection.render(MediaType::Json),
+    };
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<mime::Mime>().ok())
+        .is_some_and(|m| m.essence_str() == "application/json");
+    if !is_json {
+        return error_response(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            media,
+            BAD_USER_INPUT,
+            "POST bodies must be application/json",
+        );
+    }
+    let params = match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                media,
+                BAD_USER_INPUT,
+                "the body must be a JSON object (batched requests are not supported)",
+            );
+        }
+        Err(e) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                media,
+                BAD_USER_INPUT,
+                &format!("the body is not valid JSON: {e}"),
+            );
+        }
+    };
+    match graphql_request(&params) {
+        Ok(request) => execute(&app, &headers, request, media).await,
+        Err(why) => error_response(StatusCode::BAD_REQUEST, media, BAD_USER_INPUT, &why),
+    }
+}
+
+async fn graphql_get(
+    State(app): State<App>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let media = match negotiate(&headers) {
+        Ok(m) => m,
+        Err(rejection) => return rejection.render(MediaType::Json),
+    };
+    let mut params = serde_json::Map::new();
+    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes()) {
+        let (key, value) = (key.into_owned(), value.into_owned());
+        let value = match key.as_str() {
+            // These two travel as JSON text inside the query string.
+            "variables" | "extensions" => match serde_json::from_str::<Value>(&value) {
+                Ok(v) => v,
+                Err(_) => {
+                    return error_response(
+                        StatusCode::BAD_REQUEST,
+                        media,
+                        BAD_USER_INPUT,
+                        &format!("`{key}` must be JSON"),
+                    );
+                }
+            },
+            _ => Value::String(value),
+        };
+        params.insert(key, value);
+    }
+    let request = match graphql_request(&params) {
+        Ok(r) => r,
+        Err(why) => return error_response(StatusCode::BAD_REQUEST, media, BAD_USER_INPUT, &why),
+    };
+    if selects_mutation(&request) {
+        return Rejection::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            BAD_USER_INPUT,
+            "mutations must be sent with POST",
+        )
+        .with_header(header::ALLOW, "POST")
+        .render(media);
+    }
+    execute(&app, &headers, request, media).await
+}
+
+/// Whether the operation a GET request would run is a mutation (or subscription).
+fn selects_mutation(request: &async_graphql::Request) -> bool {
+    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
+        return false; // execution reports the syntax error
+    };
+    let op = match &doc.operations {
+        DocumentOperations::Single(op) => Some(op),
+        DocumentOperations::Multiple(ops) => match &request.operation_name {
+            Some(name) => ops.get(name.as_str()),
+            None if ops.len() == 1 => ops.values().next(),
+            None => None,
+        },
+    };
+    op.is_some_and(|op| op.node.ty != OperationType::Query)
+}
+
+async fn execute(
+    app: &App,
+    headers: &HeaderMap,
+    request: async_graphql::Request,
+    media: MediaType,
+) -> Response {
+    let viewer = match authenticate(app, headers) {
+        Ok(v) => v,
+        Err(rejection) => return rejection.render(media),
+    };
+    let started = ExecutionStarted::default();
+    let mut request = request.data(started.clone()).data(DataLoader::new(
+        WalletLoader {
+            pool: app.state.pool.clone(),
+        },
+        tokio::spawn,
+    ));
+    if let Some(v) = viewer {
+        request = request.data(v);
+    }
+    let mut response = app.schema.execute(request).await;
+    // Errors raised by async-graphql itself (syntax, validation, argument coercion, query
+    // limits) carry no code: they are all about the request.
+    for err in &mut response.errors {
+        let ext = err.extensions.get_or_insert_with(Default::default);
+        if ext.get("code").is_none() {
+            ext.set("code", BAD_USER_INPUT);
+        }
+    }
+    let status = if media == MediaType::GraphqlResponseJson && !started.get() && response.is_err() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    let body = match serde_json::to_vec(&response) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = %e, "could not serialise a response");
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                media,
+                INTERNAL,
+                "internal error",
+            );
+        }
+    };
+    let mut resp = (status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(media.content_type()),
+    );
+    resp
+}

@@ -1,0 +1,68 @@
+//! Currencies are reference data (seeded by migrations): loaded once at start.
+
+use std::collections::BTreeMap;
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+
+use super::models::text_enum;
+use crate::schema::currencies;
+
+text_enum! {
+    /// Traditional money or a chain asset.
+    pub enum CurrencyKind {
+        Fiat => "FIAT",
+        Crypto => "CRYPTO",
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = currencies, check_for_backend(diesel::pg::Pg))]
+pub struct Currency {
+    pub code: String,
+    pub name: String,
+    pub kind: CurrencyKind,
+    /// Decimals an amount may carry.
+    pub scale: i16,
+    pub network: Option<String>,
+    pub enabled: bool,
+    pub reconciliation_tolerance: Decimal,
+}
+
+impl Currency {
+    pub fn scale(&self) -> u32 {
+        u32::try_from(self.scale).unwrap_or(0)
+    }
+}
+
+/// All currencies by code.
+#[derive(Clone, Debug, Default)]
+pub struct CurrencyRegistry {
+    by_code: BTreeMap<String, Currency>,
+}
+
+impl CurrencyRegistry {
+    pub async fn load(conn: &mut AsyncPgConnection) -> QueryResult<Self> {
+        let rows: Vec<Currency> = currencies::table
+            .select(Currency::as_select())
+            .load(conn)
+            .await?;
+        Ok(Self::from_rows(rows))
+    }
+
+    pub fn from_rows(rows: Vec<Currency>) -> Self {
+        CurrencyRegistry {
+            by_code: rows.into_iter().map(|c| (c.code.clone(), c)).collect(),
+        }
+    }
+
+    pub fn get(&self, code: &str) -> Option<&Currency> {
+        self.by_code.get(code)
+    }
+
+    /// All currencies, ordered by code.
+    pub fn all(&self) -> impl Iterator<Item = &Currency> {
+        self.by_code.values()
+    }
+}

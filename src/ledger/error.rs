@@ -1,0 +1,61 @@
+use rust_decimal::Decimal;
+
+/// Why a ledger operation was refused or failed.
+///
+/// Deliberately not `Display`: the API layer translates each variant into a client-facing
+/// message and code, and internal failures must never be shown verbatim (they may carry SQL).
+#[derive(Debug)]
+pub enum LedgerError {
+    /// The thing does not exist or is not visible to the caller (never a hint which).
+    NotFound(&'static str),
+    Forbidden(String),
+    InvalidAmount(String),
+    InsufficientFunds {
+        available: Decimal,
+        requested: Decimal,
+    },
+    /// The idempotency key was already used for a different request.
+    IdempotencyConflict(String),
+    CurrencyNotSupported(String),
+    BadInput(String),
+    /// The database failed; retried where that is safe before it gets here.
+    Database(diesel::result::Error),
+    /// No connection could be had.
+    Unavailable(String),
+}
+
+impl LedgerError {
+    /// The client-facing message (internal errors are summarised, not echoed).
+    pub fn message(&self) -> String {
+        match self {
+            LedgerError::NotFound(what) => format!("{what} not found"),
+            LedgerError::Forbidden(m)
+            | LedgerError::InvalidAmount(m)
+            | LedgerError::IdempotencyConflict(m)
+            | LedgerError::CurrencyNotSupported(m)
+            | LedgerError::BadInput(m) => m.clone(),
+            LedgerError::InsufficientFunds {
+                available,
+                requested,
+            } => format!("insufficient funds: available {available}, requested {requested}"),
+            LedgerError::Database(_) | LedgerError::Unavailable(_) => "internal error".into(),
+        }
+    }
+
+    /// Whether running the same transaction again may succeed.
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(self, LedgerError::Database(e) if crate::db::is_transient(e))
+    }
+}
+
+impl From<diesel::result::Error> for LedgerError {
+    fn from(e: diesel::result::Error) -> Self {
+        LedgerError::Database(e)
+    }
+}
+
+impl From<diesel_async::pooled_connection::deadpool::PoolError> for LedgerError {
+    fn from(e: diesel_async::pooled_connection::deadpool::PoolError) -> Self {
+        LedgerError::Unavailable(e.to_string())
+    }
+}

@@ -1,0 +1,164 @@
+//! Reading the journal: single rows, filtered pages, and chain verification.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+
+use super::page::paginate;
+use super::{
+    JournalEntry, LedgerError, ListScope, Page, PageArgs, Scope, TransactionStatus, TransactionType,
+};
+use crate::schema::{transactions, wallets};
+
+/// Filters of SPEC §3 `transactions(filter: …)`. Time bounds are inclusive.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransactionFilter {
+    pub types: Option<Vec<TransactionType>>,
+    pub statuses: Option<Vec<TransactionStatus>>,
+    pub created_from: Option<DateTime<Utc>>,
+    pub created_to: Option<DateTime<Utc>>,
+}
+
+/// A page of journal rows, in the order balances changed (oldest first).
+pub async fn list_transactions(
+    conn: &mut AsyncPgConnection,
+    scope: &ListScope,
+    filter: &TransactionFilter,
+    page: &PageArgs,
+) -> Result<Page<JournalEntry>, LedgerError> {
+    let mut q = transactions::table
+        .select(JournalEntry::as_select())
+        .into_boxed();
+    match scope {
+        ListScope::Wallet(id) => q = q.filter(transactions::wallet_id.eq(*id)),
+        ListScope::Owner(user) => {
+            q = q.filter(
+                transactions::wallet_id.eq_any(
+                    wallets::table
+                        .filter(wallets::user_id.eq(user.clone()))
+                        .select(wallets::id),
+                ),
+            )
+        }
+        ListScope::All => {}
+    }
+    if let Some(types) = &filter.types {
+        q = q.filter(transactions::type_.eq_any(types.clone()));
+    }
+    if let Some(statuses) = &filter.statuses {
+        q = q.filter(transactions::status.eq_any(statuses.clone()));
+    }
+    if let Some(from) = filter.created_from {
+        q = q.filter(transactions::created_at.ge(from));
+    }
+    if let Some(to) = filter.created_to {
+        q = q.filter(transactions::created_at.le(to));
+    }
+    let rows = paginate!(q, page, transactions).load(conn).await?;
+    Ok(page.finish(rows))
+}
+
+/// A journal row the caller may see.
+pub async fn find_transaction(
+    conn: &mut AsyncPgConnection,
+    scope: &Scope,
+    id: i64,
+) -> Result<JournalEntry, LedgerError> {
+    let mut q = transactions::table
+        .filter(transactions::id.eq(id))
+        .select(JournalEntry::as_select())
+        .into_boxed();
+    if let Some(owner) = scope.owner() {
+        q = q.filter(
+            transactions::wallet_id.eq_any(
+                wallets::table
+                    .filter(wallets::user_id.eq(owner.to_owned()))
+                    .select(wallets::id),
+            ),
+        );
+    }
+    q.first(conn)
+        .await
+        .optional()?
+        .ok_or(LedgerError::NotFound("transaction"))
+}
+
+/// What walking a wallet's journal in API order found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainReport {
+    pub rows: usize,
+    /// Rows whose `balance_before` differs from the previous row's `balance_after`, or
+    /// whose own before/after do not differ by the signed amount.
+    pub breaks: Vec<i64>,
+    /// The newest `balance_after` (zero for an empty journal).
+    pub journal_balance: Decimal,
+    pub wallet_balance: Decimal,
+}
+
+impl ChainReport {
+    pub fn holds(&self) -> bool {
+        self.breaks.is_empty() && self.journal_balance == self.wallet_balance
+    }
+}
+
+/// Walks a wallet's whole journal in API order and checks the chain of SPEC §2: each row
+/// starts where the previous ended, moves by its signed amount, and the last one ends at
+/// the wallet's balance. Read in one snapshot so concurrent movements cannot tear it.
+pub async fn verify_chain(
+    conn: &mut AsyncPgConnection,
+    wallet_id: i64,
+) -> Result<ChainReport, LedgerError> {
+    conn.build_transaction()
+        .repeatable_read()
+        .read_only()
+        .run(async |conn| {
+            let wallet_balance: Decimal = wallets::table
+                .find(wallet_id)
+                .select(wallets::balance)
+                .first(conn)
+                .await
+                .optional()?
+                .ok_or(LedgerError::NotFound("wallet"))?;
+            let rows: Vec<(
+                i64,
+                TransactionType,
+                TransactionStatus,
+                Decimal,
+                Decimal,
+                Decimal,
+            )> = transactions::table
+                .filter(transactions::wallet_id.eq(wallet_id))
+                .order((transactions::created_at.asc(), transactions::id.asc()))
+                .select((
+                    transactions::id,
+                    transactions::type_,
+                    transactions::status,
+                    transactions::amount,
+                    transactions::balance_before,
+                    transactions::balance_after,
+                ))
+                .load(conn)
+                .await?;
+            let mut breaks = Vec::new();
+            let mut running = Decimal::ZERO;
+            for (id, kind, status, amount, before, after) in &rows {
+                let moved = if *status == TransactionStatus::Failed {
+                    Decimal::ZERO
+                } else {
+                    kind.sign() * amount
+                };
+                if *before != running || *after != *before + moved {
+                    breaks.push(*id);
+                }
+                running = *after;
+            }
+            Ok(ChainReport {
+                rows: rows.len(),
+                breaks,
+                journal_balance: running,
+                wallet_balance,
+            })
+        })
+        .await
+}

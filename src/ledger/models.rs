@@ -1,0 +1,180 @@
+//! Rows as stored, and the closed vocabularies stored as text.
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use rust_decimal::Decimal;
+
+use crate::schema::{reconciliations, transactions, wallets};
+
+/// Declares an enum stored as TEXT (with a CHECK constraint in the migration), with
+/// conversions to and from its SQL spelling.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $sql:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash,
+                 diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        pub enum $name { $($(#[$vmeta])* $variant),+ }
+
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $sql),+ }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($sql => Ok($name::$variant),)+
+                    other => Err(format!("unknown {} {other:?}", stringify!($name))),
+                }
+            }
+        }
+
+        impl diesel::serialize::ToSql<diesel::sql_types::Text, diesel::pg::Pg> for $name {
+            fn to_sql<'b>(
+                &'b self,
+                out: &mut diesel::serialize::Output<'b, '_, diesel::pg::Pg>,
+            ) -> diesel::serialize::Result {
+                <str as diesel::serialize::ToSql<diesel::sql_types::Text, diesel::pg::Pg>>::to_sql(
+                    self.as_str(),
+                    &mut out.reborrow(),
+                )
+            }
+        }
+
+        impl diesel::deserialize::FromSql<diesel::sql_types::Text, diesel::pg::Pg> for $name {
+            fn from_sql(bytes: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+                let s = <String as diesel::deserialize::FromSql<
+                    diesel::sql_types::Text,
+                    diesel::pg::Pg,
+                >>::from_sql(bytes)?;
+                s.parse().map_err(Into::into)
+            }
+        }
+    };
+}
+pub(crate) use text_enum;
+
+text_enum! {
+    /// What a journal row records.
+    pub enum TransactionType {
+        Deposit => "DEPOSIT",
+        Withdraw => "WITHDRAW",
+        /// Compensating credit for a withdrawal that failed after its debit.
+        Refund => "REFUND",
+    }
+}
+
+impl TransactionType {
+    /// +1 for credits, -1 for debits.
+    pub fn sign(self) -> Decimal {
+        match self {
+            TransactionType::Deposit | TransactionType::Refund => Decimal::ONE,
+            TransactionType::Withdraw => Decimal::NEGATIVE_ONE,
+        }
+    }
+}
+
+text_enum! {
+    pub enum TransactionStatus {
+        Pending => "PENDING",
+        Processing => "PROCESSING",
+        Completed => "COMPLETED",
+        Failed => "FAILED",
+    }
+}
+
+text_enum! {
+    /// Where the balance a reconciliation compares against came from.
+    pub enum ReconciliationSource {
+        External => "EXTERNAL",
+        Chain => "CHAIN",
+    }
+}
+
+text_enum! {
+    pub enum ReconciliationStatus {
+        Pending => "PENDING",
+        Matched => "MATCHED",
+        Mismatch => "MISMATCH",
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = wallets, check_for_backend(diesel::pg::Pg))]
+pub struct Wallet {
+    pub id: i64,
+    pub user_id: String,
+    pub currency: String,
+    pub balance: Decimal,
+    pub locked_balance: Decimal,
+    pub network: Option<String>,
+    pub address: Option<String>,
+    pub derivation_path: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Wallet {
+    /// Balance not reserved by withdrawals in flight.
+    pub fn available_balance(&self) -> Decimal {
+        self.balance - self.locked_balance
+    }
+}
+
+/// One row of the journal (`transactions`).
+#[derive(Clone, Debug, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = transactions, check_for_backend(diesel::pg::Pg))]
+pub struct JournalEntry {
+    pub id: i64,
+    pub wallet_id: i64,
+    #[diesel(column_name = type_)]
+    pub kind: TransactionType,
+    pub amount: Decimal,
+    pub fee: Decimal,
+    pub balance_before: Decimal,
+    pub balance_after: Decimal,
+    pub status: TransactionStatus,
+    pub tx_hash: String,
+    pub description: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub network: Option<String>,
+    pub from_address: Option<String>,
+    pub to_address: Option<String>,
+    pub confirmations: Option<i32>,
+    pub required_confirmations: Option<i32>,
+    pub block_number: Option<i64>,
+    pub gas_price: Option<Decimal>,
+    pub gas_used: Option<i64>,
+    pub raw: Option<String>,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = reconciliations, check_for_backend(diesel::pg::Pg))]
+pub struct Reconciliation {
+    pub id: i64,
+    pub wallet_id: i64,
+    pub start_time: DateTime<Utc>,
+    pub end_time: DateTime<Utc>,
+    pub system_balance: Decimal,
+    pub external_balance: Decimal,
+    pub source: ReconciliationSource,
+    pub status: ReconciliationStatus,
+    /// `external_balance - system_balance`.
+    pub difference: Decimal,
+    pub notes: Option<String>,
+    pub mismatch_reason: Option<String>,
+    pub unmatched_transactions: Vec<Option<String>>,
+    pub created_at: DateTime<Utc>,
+}

@@ -1,0 +1,251 @@
+//! Reconciliation of a wallet's journal against an outside balance (seed §2.3.3).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Numeric, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+
+use super::models::{ReconciliationSource, ReconciliationStatus};
+use super::page::paginate;
+use super::{
+    CurrencyKind, CurrencyRegistry, LedgerError, ListScope, Page, PageArgs, Reconciliation, Scope,
+    money, wallet,
+};
+use crate::schema::{reconciliations, transactions, wallets};
+
+/// Compare the ledger over `[start, end]` with a balance reported from outside (a bank
+/// statement, the payment processor).
+#[derive(Clone, Debug)]
+pub struct ExternalReconciliation {
+    pub wallet_id: i64,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    pub external_balance: Decimal,
+}
+
+/// What the journal says about a period.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeriodSummary {
+    /// `balance_after` of the last row before the period (zero if none).
+    pub opening: Decimal,
+    pub movements: i64,
+    pub credits: Decimal,
+    pub debits: Decimal,
+    /// opening + credits - debits.
+    pub system_balance: Decimal,
+    /// Where the chain of balances disagrees with the amounts, if it does.
+    pub inconsistency: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct Totals {
+    #[diesel(sql_type = BigInt)]
+    movements: i64,
+    #[diesel(sql_type = Numeric)]
+    credits: Decimal,
+    #[diesel(sql_type = Numeric)]
+    debits: Decimal,
+    #[diesel(sql_type = BigInt)]
+    breaks: i64,
+}
+
+/// Sums a wallet's movements in `[start, end]` in the database (one pass over the
+/// `(wallet_id, created_at, id)` index), and checks the balance chain on the way.
+pub async fn summarize_period(
+    conn: &mut AsyncPgConnection,
+    wallet_id: i64,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+) -> Result<PeriodSummary, LedgerError> {
+    let opening: Decimal = transactions::table
+        .filter(transactions::wallet_id.eq(wallet_id))
+        .filter(transactions::created_at.lt(start))
+        .order((transactions::created_at.desc(), transactions::id.desc()))
+        .select(transactions::balance_after)
+        .first(conn)
+        .await
+        .optional()?
+        .unwrap_or(Decimal::ZERO);
+
+    let totals: Totals = diesel::sql_query(
+        "SELECT count(*) AS movements,
+                coalesce(sum(amount) FILTER (WHERE type IN ('DEPOSIT', 'REFUND')), 0) AS credits,
+                coalesce(sum(amount) FILTER (WHERE type = 'WITHDRAW'), 0) AS debits,
+                count(*) FILTER (WHERE balance_before <> coalesce(prev_after, $4)) AS breaks
+         FROM (SELECT type, amount, balance_before,
+                      lag(balance_after) OVER (ORDER BY created_at, id) AS prev_after
+               FROM transactions
+               WHERE wallet_id = $1 AND created_at >= $2 AND created_at <= $3
+                 AND status <> 'FAILED') AS period",
+    )
+    .bind::<BigInt, _>(wallet_id)
+    .bind::<Timestamptz, _>(start)
+    .bind::<Timestamptz, _>(end)
+    .bind::<Numeric, _>(opening)
+    .get_result(conn)
+    .await?;
+
+    let system_balance = opening + totals.credits - totals.debits;
+    let closing: Option<Decimal> = transactions::table
+        .filter(transactions::wallet_id.eq(wallet_id))
+        .filter(transactions::created_at.le(end))
+        .order((transactions::created_at.desc(), transactions::id.desc()))
+        .select(transactions::balance_after)
+        .first(conn)
+        .await
+        .optional()?;
+    let inconsistency = if totals.breaks > 0 {
+        Some(format!(
+            "the journal chain is broken at {} row(s) in the period",
+            totals.breaks
+        ))
+    } else if totals.movements > 0 && closing != Some(system_balance) {
+        Some(format!(
+            "the journal's closing balance {} differs from the sum of its movements {system_balance}",
+            closing.unwrap_or_default()
+        ))
+    } else {
+        None
+    };
+    Ok(PeriodSummary {
+        opening,
+        movements: totals.movements,
+        credits: totals.credits,
+        debits: totals.debits,
+        system_balance,
+        inconsistency,
+    })
+}
+
+/// Reconciles a fiat wallet against an external balance and records the result.
+pub async fn reconcile_external(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    scope: &Scope,
+    request: &ExternalReconciliation,
+) -> Result<Reconciliation, LedgerError> {
+    if request.start > request.end {
+        return Err(LedgerError::BadInput(
+            "startTime must not be after endTime".into(),
+        ));
+    }
+    // One snapshot for every read, so movements committed meanwhile cannot skew the sums.
+    conn.build_transaction()
+        .repeatable_read()
+        .run(async |conn| {
+            let wallet = wallet::find_wallet(conn, scope, request.wallet_id).await?;
+            let currency = currencies
+                .get(&wallet.currency)
+                .ok_or(LedgerError::NotFound("currency"))?;
+            if currency.kind != CurrencyKind::Fiat {
+                return Err(LedgerError::CurrencyNotSupported(format!(
+                    "{} wallets are reconciled against the chain",
+                    currency.code
+                )));
+            }
+            money::check_scale(request.external_balance, currency)?;
+            let period = summarize_period(conn, wallet.id, request.start, request.end).await?;
+
+            let difference = request.external_balance - period.system_balance;
+            let within_tolerance = difference.abs() <= currency.reconciliation_tolerance;
+            let status = if within_tolerance && period.inconsistency.is_none() {
+                ReconciliationStatus::Matched
+            } else {
+                ReconciliationStatus::Mismatch
+            };
+            let mismatch_reason = match (&period.inconsistency, within_tolerance) {
+                (Some(broken), _) => Some(broken.clone()),
+                (None, false) => Some(format!(
+                    "the external balance is {} {} {} than the ledger's {}",
+                    difference.abs(),
+                    currency.code,
+                    if difference > Decimal::ZERO {
+                        "higher"
+                    } else {
+                        "lower"
+                    },
+                    period.system_balance
+                )),
+                (None, true) => None,
+            };
+            let notes = format!(
+                "opening balance {}, {} movement(s) in the period: credits {}, debits {}; \
+                 tolerance {}",
+                period.opening,
+                period.movements,
+                period.credits,
+                period.debits,
+                currency.reconciliation_tolerance
+            );
+            let row = diesel::insert_into(reconciliations::table)
+                .values((
+                    reconciliations::wallet_id.eq(wallet.id),
+                    reconciliations::start_time.eq(request.start),
+                    reconciliations::end_time.eq(request.end),
+                    reconciliations::system_balance.eq(period.system_balance),
+                    reconciliations::external_balance.eq(request.external_balance),
+                    reconciliations::source.eq(ReconciliationSource::External),
+                    reconciliations::status.eq(status),
+                    reconciliations::difference.eq(difference),
+                    reconciliations::notes.eq(notes),
+                    reconciliations::mismatch_reason.eq(mismatch_reason),
+                ))
+                .returning(Reconciliation::as_returning())
+                .get_result(conn)
+                .await?;
+            Ok(row)
+        })
+        .await
+}
+
+/// A reconciliation the caller may see.
+pub async fn find_reconciliation(
+    conn: &mut AsyncPgConnection,
+    scope: &Scope,
+    id: i64,
+) -> Result<Reconciliation, LedgerError> {
+    let mut q = reconciliations::table
+        .filter(reconciliations::id.eq(id))
+        .select(Reconciliation::as_select())
+        .into_boxed();
+    if let Some(owner) = scope.owner() {
+        q = q.filter(
+            reconciliations::wallet_id.eq_any(
+                wallets::table
+                    .filter(wallets::user_id.eq(owner.to_owned()))
+                    .select(wallets::id),
+            ),
+        );
+    }
+    q.first(conn)
+        .await
+        .optional()?
+        .ok_or(LedgerError::NotFound("reconciliation"))
+}
+
+/// A page of reconciliations, oldest first.
+pub async fn list_reconciliations(
+    conn: &mut AsyncPgConnection,
+    scope: &ListScope,
+    page: &PageArgs,
+) -> Result<Page<Reconciliation>, LedgerError> {
+    let mut q = reconciliations::table
+        .select(Reconciliation::as_select())
+        .into_boxed();
+    match scope {
+        ListScope::Wallet(id) => q = q.filter(reconciliations::wallet_id.eq(*id)),
+        ListScope::Owner(user) => {
+            q = q.filter(
+                reconciliations::wallet_id.eq_any(
+                    wallets::table
+                        .filter(wallets::user_id.eq(user.clone()))
+                        .select(wallets::id),
+                ),
+            )
+        }
+        ListScope::All => {}
+    }
+    let rows = paginate!(q, page, reconciliations).load(conn).await?;
+    Ok(page.finish(rows))
+}

@@ -1,0 +1,16 @@
+//! Custodial wallet service: an exact, append-only ledger behind a GraphQL API.
+//!
+//! Layering (outermost first): [`http`] (axum transport, GraphQL over HTTP) →
+//! [`graphql`] (schema, translation of domain types and errors) → [`ledger`] (money rules,
+//! free of GraphQL/HTTP types; functions take a connection and return typed errors) →
+//! [`db`] (pool, migrations, transactions with retry).
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod graphql;
+pub mod http;
+pub mod ledger;
+pub mod schema;
+pub mod telemetry;

@@ -1,0 +1,79 @@
+// @generated automatically by Diesel CLI.
+
+diesel::table! {
+    currencies (code) {
+        code -> Text,
+        name -> Text,
+        kind -> Text,
+        scale -> Int2,
+        network -> Nullable<Text>,
+        enabled -> Bool,
+        reconciliation_tolerance -> Numeric,
+    }
+}
+
+diesel::table! {
+    reconciliations (id) {
+        id -> Int8,
+        wallet_id -> Int8,
+        start_time -> Timestamptz,
+        end_time -> Timestamptz,
+        system_balance -> Numeric,
+        external_balance -> Numeric,
+        source -> Text,
+        status -> Text,
+        difference -> Numeric,
+        notes -> Nullable<Text>,
+        mismatch_reason -> Nullable<Text>,
+        unmatched_transactions -> Array<Nullable<Text>>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    transactions (id) {
+        id -> Int8,
+        wallet_id -> Int8,
+        #[sql_name = "type"]
+        type_ -> Text,
+        amount -> Numeric,
+        fee -> Numeric,
+        balance_before -> Numeric,
+        balance_after -> Numeric,
+        status -> Text,
+        tx_hash -> Text,
+        description -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        network -> Nullable<Text>,
+        from_address -> Nullable<Text>,
+        to_address -> Nullable<Text>,
+        confirmations -> Nullable<Int4>,
+        required_confirmations -> Nullable<Int4>,
+        block_number -> Nullable<Int8>,
+        gas_price -> Nullable<Numeric>,
+        gas_used -> Nullable<Int8>,
+        raw -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    wallets (id) {
+        id -> Int8,
+        user_id -> Text,
+        currency -> Text,
+        balance -> Numeric,
+        locked_balance -> Numeric,
+        network -> Nullable<Text>,
+        address -> Nullable<Text>,
+        derivation_path -> Nullable<Text>,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(reconciliations -> wallets (wallet_id));
+diesel::joinable!(transactions -> wallets (wallet_id));
+diesel::joinable!(wallets -> currencies (currency));
+
+diesel::allow_tables_to_appear_in_same_query!(currencies, reconciliations, transactions, wallets,);
