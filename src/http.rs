@@ -131,7 +131,8 @@ fn negotiate(headers: &HeaderMap) -> Result<MediaType, Rejection> {
         let media = match essence.as_str() {
             GRAPHQL_RESPONSE_JSON => MediaType::GraphqlResponseJson,
             "application/json" => MediaType::Json,
-            "*/*" | "application/*" => MediaType::GraphqlResponseJson,
+            // Wildcards come from generic and legacy clients: give them the legacy type.
+            "*/*" | "application/*" => MediaType::Json,
             _ => continue,
         };
         if q <= 0.0 {

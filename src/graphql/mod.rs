@@ -59,7 +59,12 @@ pub fn build_schema(state: AppState, limits: Limits) -> AppSchema {
 
 /// The schema as SDL, as committed in `schema.graphql`.
 pub fn sdl() -> String {
-    schema_builder().finish().sdl()
+    schema_builder().finish().sdl_with_options(
+        async_graphql::SDLExportOptions::new()
+            .sorted_fields()
+            .sorted_arguments()
+            .sorted_enum_items(),
+    )
 }
 
 pub(crate) fn state<'a>(ctx: &Context<'a>) -> &'a AppState {

@@ -10,6 +10,8 @@ use crate::ledger::money;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DecimalScalar(pub Decimal);
 
+/// An exact decimal number written as a JSON string, e.g. `"10.50"`. JSON numbers are
+/// refused: they may have passed through binary floating point on the way.
 #[Scalar(name = "Decimal")]
 impl ScalarType for DecimalScalar {
     fn parse(value: Value) -> InputValueResult<Self> {

@@ -178,3 +178,31 @@ pub struct Reconciliation {
     pub unmatched_transactions: Vec<Option<String>>,
     pub created_at: DateTime<Utc>,
 }
+
+/// A `Decimal` bound as NUMERIC with its scale kept also for zero: rust_decimal encodes
+/// zero with display scale 0, which would make a USD balance read back as "0", not "0.00".
+#[derive(Clone, Copy, Debug, diesel::expression::AsExpression)]
+#[diesel(sql_type = diesel::sql_types::Numeric)]
+pub struct Scaled(pub Decimal);
+
+impl diesel::serialize::ToSql<diesel::sql_types::Numeric, diesel::pg::Pg> for Scaled {
+    fn to_sql<'b>(
+        &'b self,
+        out: &mut diesel::serialize::Output<'b, '_, diesel::pg::Pg>,
+    ) -> diesel::serialize::Result {
+        use diesel::data_types::PgNumeric;
+        let numeric = if self.0.is_zero() {
+            PgNumeric::Positive {
+                weight: 0,
+                scale: u16::try_from(self.0.scale())?,
+                digits: Vec::new(),
+            }
+        } else {
+            PgNumeric::from(self.0)
+        };
+        <PgNumeric as diesel::serialize::ToSql<diesel::sql_types::Numeric, diesel::pg::Pg>>::to_sql(
+            &numeric,
+            &mut out.reborrow(),
+        )
+    }
+}

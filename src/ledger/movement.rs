@@ -8,6 +8,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
+use super::models::Scaled;
 use super::{
     CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
     TransactionType, Wallet, money,
@@ -177,7 +178,7 @@ async fn apply(
     // ordering by (created_at, id) is the order in which the balance changed.
     let at: DateTime<Utc> = diesel::update(wallets::table.find(wallet.id))
         .set((
-            wallets::balance.eq(balance_after),
+            wallets::balance.eq(Scaled(balance_after)),
             wallets::updated_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
                 "GREATEST(clock_timestamp(), updated_at)",
             )),
@@ -190,9 +191,9 @@ async fn apply(
         .values((
             transactions::wallet_id.eq(wallet.id),
             transactions::type_.eq(kind),
-            transactions::amount.eq(amount),
-            transactions::balance_before.eq(balance_before),
-            transactions::balance_after.eq(balance_after),
+            transactions::amount.eq(Scaled(amount)),
+            transactions::balance_before.eq(Scaled(balance_before)),
+            transactions::balance_after.eq(Scaled(balance_after)),
             transactions::status.eq(TransactionStatus::Completed),
             transactions::tx_hash.eq(&request.key),
             transactions::description.eq(&request.description),

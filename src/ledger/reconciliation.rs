@@ -6,7 +6,7 @@ use diesel::sql_types::{BigInt, Numeric, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::models::{ReconciliationSource, ReconciliationStatus};
+use super::models::{ReconciliationSource, ReconciliationStatus, Scaled};
 use super::page::paginate;
 use super::{
     CurrencyKind, CurrencyRegistry, LedgerError, ListScope, Page, PageArgs, Reconciliation, Scope,
@@ -145,9 +145,17 @@ pub async fn reconcile_external(
                 )));
             }
             money::check_scale(request.external_balance, currency)?;
-            let period = summarize_period(conn, wallet.id, request.start, request.end).await?;
-
-            let difference = request.external_balance - period.system_balance;
+            let mut period = summarize_period(conn, wallet.id, request.start, request.end).await?;
+            for v in [
+                &mut period.opening,
+                &mut period.credits,
+                &mut period.debits,
+                &mut period.system_balance,
+            ] {
+                *v = money::at_scale(*v, currency);
+            }
+            let external = money::at_scale(request.external_balance, currency);
+            let difference = external - period.system_balance;
             let within_tolerance = difference.abs() <= currency.reconciliation_tolerance;
             let status = if within_tolerance && period.inconsistency.is_none() {
                 ReconciliationStatus::Matched
@@ -183,11 +191,11 @@ pub async fn reconcile_external(
                     reconciliations::wallet_id.eq(wallet.id),
                     reconciliations::start_time.eq(request.start),
                     reconciliations::end_time.eq(request.end),
-                    reconciliations::system_balance.eq(period.system_balance),
-                    reconciliations::external_balance.eq(request.external_balance),
+                    reconciliations::system_balance.eq(Scaled(period.system_balance)),
+                    reconciliations::external_balance.eq(Scaled(external)),
                     reconciliations::source.eq(ReconciliationSource::External),
                     reconciliations::status.eq(status),
-                    reconciliations::difference.eq(difference),
+                    reconciliations::difference.eq(Scaled(difference)),
                     reconciliations::notes.eq(notes),
                     reconciliations::mismatch_reason.eq(mismatch_reason),
                 ))

@@ -3,9 +3,11 @@
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 
+use super::models::Scaled;
 use super::page::paginate;
-use super::{CurrencyKind, CurrencyRegistry, LedgerError, Page, PageArgs, Scope, Wallet};
+use super::{CurrencyKind, CurrencyRegistry, LedgerError, Page, PageArgs, Scope, Wallet, money};
 use crate::schema::wallets;
+use rust_decimal::Decimal;
 
 /// Returns the caller's wallet in `currency`, creating it on first use. Creating it again
 /// (also concurrently) returns the same wallet; `created` says whether this call made it.
@@ -31,10 +33,14 @@ pub async fn create_wallet(
             cur.code
         )));
     }
+    // Zero written at the currency's scale, so balances always read "0.00" for USD.
+    let zero = money::at_scale(Decimal::ZERO, cur);
     let inserted: Option<Wallet> = diesel::insert_into(wallets::table)
         .values((
             wallets::user_id.eq(user_id),
             wallets::currency.eq(&cur.code),
+            wallets::balance.eq(Scaled(zero)),
+            wallets::locked_balance.eq(Scaled(zero)),
         ))
         .on_conflict((wallets::user_id, wallets::currency))
         .do_nothing()

@@ -1,0 +1,385 @@
+//! Shared test harness: every test gets its own database, cloned from a migrated template,
+//! and talks to the service through its real HTTP router (no mocks of the database).
+
+#![allow(dead_code)]
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use wallet::app::{App, AppConfig};
+use wallet::auth::{Role, TokenKeys};
+use wallet::graphql::Limits;
+
+pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
+
+/// Server URL for tests (its database name is replaced per test).
+fn server_url() -> String {
+    std::env::var("WALLET_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn url_for(db: &str) -> String {
+    let base = server_url();
+    let (prefix, _) = base.rsplit_once('/').expect("a database URL with a path");
+    format!("{prefix}/{db}")
+}
+
+async fn admin_client() -> tokio_postgres::Client {
+    let config = tokio_postgres::Config::from_str(&server_url()).expect("valid test URL");
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .expect("Postgres must be running for the integration tests (see README)");
+    tokio::spawn(conn);
+    client
+}
+
+/// Name of the template for the current migrations: a change to any migration file makes a
+/// new template, so a stale one is never cloned.
+fn template_name() -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut entries: Vec<_> = walk(&dir);
+    entries.sort();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for path in entries {
+        let bytes = std::fs::read(&path).expect("readable migration");
+        for b in path.to_string_lossy().bytes().chain(bytes) {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+    format!("wallet_test_tmpl_{hash:016x}")
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("migrations dir") {
+        let path = entry.expect("dir entry").path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// A database of its own for one test; dropped (forcibly) when the test ends.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let admin = admin_client().await;
+        let template = template_name();
+        // One process builds the template; the others wait on the lock, then clone it.
+        admin
+            .execute("SELECT pg_advisory_lock(7356)", &[])
+            .await
+            .unwrap();
+        let exists = admin
+            .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&template])
+            .await
+            .unwrap()
+            .is_some();
+        if !exists {
+            let building = format!("{template}_building");
+            admin
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+                .await
+                .unwrap();
+            admin
+                .batch_execute(&format!("CREATE DATABASE {building}"))
+                .await
+                .unwrap();
+            wallet::db::run_migrations(&url_for(&building))
+                .await
+                .expect("migrations apply");
+            admin
+                .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {template}"))
+                .await
+                .unwrap();
+        }
+        admin
+            .execute("SELECT pg_advisory_unlock(7356)", &[])
+            .await
+            .unwrap();
+        let name = format!("wallet_test_{}", uuid::Uuid::new_v4().simple());
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {template}"))
+            .await
+            .unwrap();
+        TestDb {
+            url: url_for(&name),
+            name,
+        }
+    }
+
+    /// A plain client on this test's database, for assertions and for injecting changes
+    /// the API would refuse.
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let config = tokio_postgres::Config::from_str(&self.url).unwrap();
+        let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        // Drop runs outside async context: use a runtime of its own on a plain thread.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let admin = admin_client().await;
+                let _ = admin
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// One service instance on its own database.
+pub struct TestApp {
+    pub db: TestDb,
+    pub app: App,
+    pub router: Router,
+    keys: TokenKeys,
+}
+
+pub struct Options {
+    pub pool_size: usize,
+    pub limits: Limits,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            pool_size: 10,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl TestApp {
+    pub async fn new() -> TestApp {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> TestApp {
+        let db = TestDb::new().await;
+        let app = App::start(&AppConfig {
+            database_url: db.url.clone(),
+            pool_size: options.pool_size,
+            jwt_secret: JWT_SECRET.into(),
+            limits: options.limits,
+            request_timeout: Duration::from_secs(30),
+        })
+        .await
+        .expect("app starts");
+        let router = wallet::http::router(app.clone());
+        TestApp {
+            db,
+            app,
+            router,
+            keys: TokenKeys::new(JWT_SECRET.as_bytes()),
+        }
+    }
+
+    /// A second app instance on the same database (another "process"): separate pool,
+    /// reference data loaded afresh.
+    pub async fn sibling(&self) -> (App, Router) {
+        let app = App::start(&AppConfig {
+            database_url: self.db.url.clone(),
+            pool_size: 4,
+            jwt_secret: JWT_SECRET.into(),
+            limits: Limits::default(),
+            request_timeout: Duration::from_secs(30),
+        })
+        .await
+        .expect("app starts");
+        let router = wallet::http::router(app.clone());
+        (app, router)
+    }
+
+    /// Replaces the app by a fresh instance on the same database.
+    pub async fn restart(self) -> TestApp {
+        let (app, router) = self.sibling().await;
+        TestApp {
+            app,
+            router,
+            ..self
+        }
+    }
+
+    pub fn token(&self, sub: &str, role: Role) -> String {
+        self.keys.mint(sub, role, Duration::from_secs(600)).unwrap()
+    }
+
+    pub fn user(&self, sub: &str) -> String {
+        self.token(sub, Role::User)
+    }
+
+    pub fn operator(&self) -> String {
+        self.token("back-office", Role::Operator)
+    }
+
+    /// Sends any request through the router; returns status, headers and the JSON body
+    /// (Null when the body is not JSON).
+    pub async fn send(&self, req: Request<Body>) -> (StatusCode, HeaderMap, Value) {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, headers, body)
+    }
+
+    /// POSTs a GraphQL operation as `token` (None: anonymous) and returns the JSON body.
+    pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut req = Request::post("/graphql")
+            .header("content-type", "application/json")
+            .header("accept", "application/json");
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let body = json!({ "query": query, "variables": variables }).to_string();
+        let (status, _, body) = self.send(req.body(Body::from(body)).unwrap()).await;
+        assert!(
+            status.is_success() || status == StatusCode::UNAUTHORIZED,
+            "status {status}: {body}"
+        );
+        body
+    }
+
+    /// Like [`gql`](Self::gql) but expects success and returns `data`.
+    pub async fn ok(&self, token: &str, query: &str, variables: Value) -> Value {
+        let body = self.gql(Some(token), query, variables).await;
+        assert!(body.get("errors").is_none(), "unexpected errors: {body}");
+        body["data"].clone()
+    }
+
+    pub async fn create_wallet(&self, owner: &str, currency: &str) -> String {
+        let data = self
+            .ok(
+                &self.user(owner),
+                "mutation($c: String!) { createWallet(input: {currency: $c}) { id } }",
+                json!({ "c": currency }),
+            )
+            .await;
+        data["createWallet"]["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn deposit(&self, wallet: &str, amount: &str, key: &str) -> Value {
+        self.gql(
+            Some(&self.operator()),
+            DEPOSIT,
+            json!({ "w": wallet, "a": amount, "k": key }),
+        )
+        .await
+    }
+
+    pub async fn withdraw(&self, token: &str, wallet: &str, amount: &str, key: &str) -> Value {
+        self.gql(
+            Some(token),
+            WITHDRAW,
+            json!({ "w": wallet, "a": amount, "k": key }),
+        )
+        .await
+    }
+
+    /// The wallet's balance as the API reports it (as an operator).
+    pub async fn balance(&self, wallet: &str) -> String {
+        let data = self
+            .ok(
+                &self.operator(),
+                "query($w: ID!) { wallet(id: $w) { balance } }",
+                json!({ "w": wallet }),
+            )
+            .await;
+        data["wallet"]["balance"].as_str().unwrap().to_owned()
+    }
+
+    /// Checks the SPEC §2 chain for a wallet via the API: pages through its whole history
+    /// in API order; each row starts where the previous ended, and the newest ends at the
+    /// wallet's balance. Returns the number of rows.
+    pub async fn assert_chain(&self, wallet: &str) -> usize {
+        let op = self.operator();
+        let mut after: Option<String> = None;
+        let mut previous = "0".parse::<rust_decimal::Decimal>().unwrap();
+        let mut rows = 0;
+        loop {
+            let data = self
+                .ok(
+                    &op,
+                    "query($w: ID!, $after: String) { wallet(id: $w) { balance
+                       transactions(first: 100, after: $after) {
+                         pageInfo { hasNextPage endCursor }
+                         edges { node { type amount balanceBefore balanceAfter } } } } }",
+                    json!({ "w": wallet, "after": after }),
+                )
+                .await;
+            let conn = &data["wallet"]["transactions"];
+            for edge in conn["edges"].as_array().unwrap() {
+                let n = &edge["node"];
+                let dec = |k: &str| {
+                    n[k].as_str()
+                        .unwrap()
+                        .parse::<rust_decimal::Decimal>()
+                        .unwrap()
+                };
+                assert_eq!(dec("balanceBefore"), previous, "chain broken at {n}");
+                let signed = match n["type"].as_str().unwrap() {
+                    "WITHDRAW" => -dec("amount"),
+                    _ => dec("amount"),
+                };
+                assert_eq!(
+                    dec("balanceAfter"),
+                    previous + signed,
+                    "row does not add up: {n}"
+                );
+                previous = dec("balanceAfter");
+                rows += 1;
+            }
+            if !conn["pageInfo"]["hasNextPage"].as_bool().unwrap() {
+                let balance: rust_decimal::Decimal =
+                    data["wallet"]["balance"].as_str().unwrap().parse().unwrap();
+                assert_eq!(
+                    previous, balance,
+                    "newest balanceAfter must equal the balance"
+                );
+                return rows;
+            }
+            after = conn["pageInfo"]["endCursor"].as_str().map(str::to_owned);
+        }
+    }
+}
+
+pub const DEPOSIT: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
+  deposit(input: {walletId: $w, amount: $a, txHash: $k}) {
+    id type amount balanceBefore balanceAfter status txHash } }";
+
+pub const WITHDRAW: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
+  withdraw(input: {walletId: $w, amount: $a, txHash: $k}) {
+    id type amount balanceBefore balanceAfter status txHash } }";
+
+/// The `extensions.code` of the first error of a response.
+pub fn error_code(body: &Value) -> &str {
+    body["errors"][0]["extensions"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("expected an error with a code, got {body}"))
+}

@@ -1,0 +1,378 @@
+//! Every mutation's happy path and each error code it can return; after every rejected
+//! request the balance is unchanged.
+
+mod common;
+
+use common::{DEPOSIT, TestApp, WITHDRAW, error_code};
+use serde_json::json;
+
+const CREATE: &str = "mutation($c: String!, $u: String) {
+  createWallet(input: {currency: $c, userId: $u}) { id userId currency kind balance availableBalance lockedBalance network address derivationPath } }";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_wallet_is_idempotent_and_validates() {
+    let t = TestApp::new().await;
+    let alice = t.user("alice");
+    let first = t.ok(&alice, CREATE, json!({"c": "USD"})).await["createWallet"].clone();
+    assert_eq!(first["userId"], "alice");
+    assert_eq!(first["currency"], "USD");
+    assert_eq!(first["kind"], "FIAT");
+    assert_eq!(first["balance"], "0.00");
+    assert_eq!(first["availableBalance"], "0.00");
+    assert_eq!(first["lockedBalance"], "0.00");
+    assert!(
+        first["network"].is_null()
+            && first["address"].is_null()
+            && first["derivationPath"].is_null()
+    );
+    // Again: the same wallet.
+    let again = t.ok(&alice, CREATE, json!({"c": "USD"})).await["createWallet"].clone();
+    assert_eq!(again["id"], first["id"]);
+    // JPY has scale 0.
+    let jpy = t.ok(&alice, CREATE, json!({"c": "JPY"})).await["createWallet"].clone();
+    assert_eq!(jpy["balance"], "0");
+    assert_ne!(jpy["id"], first["id"]);
+
+    // Unknown and not-yet-enabled currencies.
+    for c in ["XYZ", "usd", "BTC"] {
+        let body = t.gql(Some(&alice), CREATE, json!({"c": c})).await;
+        assert_eq!(error_code(&body), "CURRENCY_NOT_SUPPORTED", "{c}: {body}");
+    }
+    // A user cannot open a wallet for someone else; an operator can.
+    let body = t
+        .gql(Some(&alice), CREATE, json!({"c": "EUR", "u": "bob"}))
+        .await;
+    assert_eq!(error_code(&body), "FORBIDDEN");
+    let for_bob = t
+        .ok(&t.operator(), CREATE, json!({"c": "EUR", "u": "bob"}))
+        .await;
+    assert_eq!(for_bob["createWallet"]["userId"], "bob");
+    // Anonymous.
+    let body = t.gql(None, CREATE, json!({"c": "EUR"})).await;
+    assert_eq!(error_code(&body), "UNAUTHENTICATED");
+    // Nothing was created by the refused calls.
+    let list = t
+        .ok(
+            &t.operator(),
+            "{ wallets(first: 100) { edges { node { userId currency } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(list["wallets"]["edges"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deposit_happy_path_replay_and_errors() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "USD").await;
+
+    let body = t.deposit(&w, "100.5", "dep-1").await;
+    let tx = &body["data"]["deposit"];
+    assert_eq!(tx["type"], "DEPOSIT");
+    assert_eq!(tx["amount"], "100.50", "stored at the currency's scale");
+    assert_eq!(tx["balanceBefore"], "0.00");
+    assert_eq!(tx["balanceAfter"], "100.50");
+    assert_eq!(tx["status"], "COMPLETED");
+    assert_eq!(tx["txHash"], "dep-1");
+    assert_eq!(t.balance(&w).await, "100.50");
+
+    // Replays (also with an equal amount written differently) return the original row.
+    for amount in ["100.5", "100.50", "100.500"] {
+        let again = t.deposit(&w, amount, "dep-1").await;
+        assert_eq!(again["data"]["deposit"], *tx, "replay with {amount}");
+    }
+    assert_eq!(t.balance(&w).await, "100.50");
+
+    let op = t.operator();
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        // Same key, different request.
+        (
+            json!({"w": w, "a": "99", "k": "dep-1"}),
+            "IDEMPOTENCY_CONFLICT",
+        ),
+        // Amounts.
+        (json!({"w": w, "a": "0", "k": "d2"}), "INVALID_AMOUNT"),
+        (json!({"w": w, "a": "-5", "k": "d2"}), "INVALID_AMOUNT"),
+        (json!({"w": w, "a": "0.001", "k": "d2"}), "INVALID_AMOUNT"),
+        (json!({"w": w, "a": "1e3", "k": "d2"}), "BAD_USER_INPUT"),
+        (json!({"w": w, "a": "ten", "k": "d2"}), "BAD_USER_INPUT"),
+        (json!({"w": w, "a": 10.5, "k": "d2"}), "BAD_USER_INPUT"),
+        (json!({"w": w, "a": 10, "k": "d2"}), "BAD_USER_INPUT"),
+        (
+            json!({"w": w, "a": "1000000000000000000000000000", "k": "d2"}),
+            "INVALID_AMOUNT",
+        ),
+        // Keys.
+        (json!({"w": w, "a": "1", "k": ""}), "BAD_USER_INPUT"),
+        (
+            json!({"w": w, "a": "1", "k": "k".repeat(129)}),
+            "BAD_USER_INPUT",
+        ),
+        // Wallets.
+        (
+            json!({"w": "V2FsbGV0Ojk5OTk", "a": "1", "k": "d2"}),
+            "NOT_FOUND",
+        ),
+        (
+            json!({"w": "not-an-id", "a": "1", "k": "d2"}),
+            "BAD_USER_INPUT",
+        ),
+    ];
+    for (vars, code) in cases {
+        let body = t.gql(Some(&op), DEPOSIT, vars.clone()).await;
+        assert_eq!(error_code(&body), code, "{vars}: {body}");
+        assert!(body["data"].is_null() || body["data"]["deposit"].is_null());
+        assert_eq!(t.balance(&w).await, "100.50", "unchanged after {vars}");
+    }
+    // Users cannot deposit, anonymous callers are not authenticated.
+    let body = t
+        .gql(
+            Some(&t.user("alice")),
+            DEPOSIT,
+            json!({"w": w, "a": "1", "k": "d3"}),
+        )
+        .await;
+    assert_eq!(error_code(&body), "FORBIDDEN");
+    let body = t
+        .gql(None, DEPOSIT, json!({"w": w, "a": "1", "k": "d3"}))
+        .await;
+    assert_eq!(error_code(&body), "UNAUTHENTICATED");
+    assert_eq!(t.balance(&w).await, "100.50");
+    // The numeric-literal refusal says why.
+    let body = t
+        .gql(Some(&op), DEPOSIT, json!({"w": w, "a": 1.1, "k": "d4"}))
+        .await;
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Decimal")
+    );
+    assert_eq!(t.assert_chain(&w).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn withdraw_happy_path_replay_and_errors() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "USD").await;
+    let alice = t.user("alice");
+    t.deposit(&w, "50.00", "seed").await;
+
+    let body = t.withdraw(&alice, &w, "20.25", "wd-1").await;
+    let tx = body["data"]["withdraw"].clone();
+    assert_eq!(tx["type"], "WITHDRAW");
+    assert_eq!(tx["balanceBefore"], "50.00");
+    assert_eq!(tx["balanceAfter"], "29.75");
+    assert_eq!(
+        t.withdraw(&alice, &w, "20.25", "wd-1").await["data"]["withdraw"],
+        tx
+    );
+    assert_eq!(t.balance(&w).await, "29.75");
+
+    let cases = [
+        (
+            json!({"w": w, "a": "29.76", "k": "wd-2"}),
+            "INSUFFICIENT_FUNDS",
+        ),
+        (
+            json!({"w": w, "a": "1", "k": "wd-1"}),
+            "IDEMPOTENCY_CONFLICT",
+        ),
+        // A deposit's key cannot be reused for a withdrawal.
+        (
+            json!({"w": w, "a": "50.00", "k": "seed"}),
+            "IDEMPOTENCY_CONFLICT",
+        ),
+        (json!({"w": w, "a": "1.001", "k": "wd-3"}), "INVALID_AMOUNT"),
+        (json!({"w": w, "a": "0.00", "k": "wd-3"}), "INVALID_AMOUNT"),
+        (json!({"w": w, "a": 1, "k": "wd-3"}), "BAD_USER_INPUT"),
+    ];
+    for (vars, code) in cases {
+        let body = t.gql(Some(&alice), WITHDRAW, vars.clone()).await;
+        assert_eq!(error_code(&body), code, "{vars}: {body}");
+        assert_eq!(t.balance(&w).await, "29.75", "unchanged after {vars}");
+    }
+    let body = t.withdraw(&alice, &w, "29.76", "wd-2").await;
+    assert_eq!(body["errors"][0]["extensions"]["available"], "29.75");
+    assert_eq!(body["errors"][0]["extensions"]["requested"], "29.76");
+    // Exactly everything is fine; then a failed key can be used once funds exist.
+    let all = t.withdraw(&alice, &w, "29.75", "wd-all").await;
+    assert_eq!(all["data"]["withdraw"]["balanceAfter"], "0.00");
+    t.deposit(&w, "40", "top-up").await;
+    let later = t.withdraw(&alice, &w, "29.76", "wd-2").await;
+    assert_eq!(later["data"]["withdraw"]["balanceAfter"], "10.24");
+    // Someone else's wallet does not exist for bob.
+    let body = t.withdraw(&t.user("bob"), &w, "1", "wd-bob").await;
+    assert_eq!(error_code(&body), "NOT_FOUND");
+    // Operators may withdraw on behalf of the owner.
+    let body = t.withdraw(&t.operator(), &w, "0.24", "wd-op").await;
+    assert_eq!(body["data"]["withdraw"]["balanceAfter"], "10.00");
+    assert_eq!(t.assert_chain(&w).await, 6);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jpy_has_no_decimals() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "JPY").await;
+    assert_eq!(
+        error_code(&t.deposit(&w, "100.5", "j1").await),
+        "INVALID_AMOUNT"
+    );
+    let ok = t.deposit(&w, "1000", "j1").await;
+    assert_eq!(ok["data"]["deposit"]["balanceAfter"], "1000");
+    assert_eq!(t.balance(&w).await, "1000");
+}
+
+const RECONCILE: &str = "mutation($w: ID!, $s: DateTime!, $e: DateTime!, $x: Decimal) {
+  reconcileWallet(input: {walletId: $w, startTime: $s, endTime: $e, externalBalance: $x}) {
+    id status source systemBalance externalBalance difference notes mismatchReason
+    unmatchedTransactions startTime endTime wallet { id } } }";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciliation_matched_mismatched_and_errors() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "USD").await;
+    t.deposit(&w, "100.00", "d1").await;
+    t.withdraw(&t.user("alice"), &w, "30.00", "w1").await;
+    let op = t.operator();
+    let range = json!({"w": w, "s": "2000-01-01T00:00:00Z", "e": "2100-01-01T00:00:00Z"});
+    let with = |x: &str| {
+        let mut v = range.clone();
+        v["x"] = json!(x);
+        v
+    };
+
+    let r = t.ok(&op, RECONCILE, with("70.00")).await["reconcileWallet"].clone();
+    assert_eq!(r["status"], "MATCHED");
+    assert_eq!(r["source"], "EXTERNAL");
+    assert_eq!(r["systemBalance"], "70.00");
+    assert_eq!(r["difference"], "0.00");
+    assert!(r["mismatchReason"].is_null());
+    assert_eq!(r["unmatchedTransactions"], json!([]));
+    assert_eq!(r["wallet"]["id"], json!(w));
+
+    let r = t.ok(&op, RECONCILE, with("65.50")).await["reconcileWallet"].clone();
+    assert_eq!(r["status"], "MISMATCH");
+    assert_eq!(r["difference"], "-4.50");
+    assert!(r["mismatchReason"].as_str().unwrap().contains("lower"));
+
+    // A tolerance per currency: within it, still matched (the difference is reported).
+    t.db.client()
+        .await
+        .execute(
+            "UPDATE currencies SET reconciliation_tolerance = 0.05 WHERE code = 'USD'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let t2_registry_note = "the tolerance is reference data read at start";
+    let t = t.restart().await;
+    let r = t.ok(&op, RECONCILE, with("70.03")).await["reconcileWallet"].clone();
+    assert_eq!(r["status"], "MATCHED", "{t2_registry_note}");
+    assert_eq!(r["difference"], "0.03");
+    let r = t.ok(&op, RECONCILE, with("70.06")).await["reconcileWallet"].clone();
+    assert_eq!(r["status"], "MISMATCH");
+
+    // Errors, each recording nothing.
+    let user = t.user("alice");
+    assert_eq!(
+        error_code(&t.gql(Some(&user), RECONCILE, with("70")).await),
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        error_code(&t.gql(Some(&op), RECONCILE, range.clone()).await),
+        "BAD_USER_INPUT"
+    );
+    let mut backwards = with("70");
+    backwards["s"] = json!("2100-01-01T00:00:00Z");
+    backwards["e"] = json!("2000-01-01T00:00:00Z");
+    assert_eq!(
+        error_code(&t.gql(Some(&op), RECONCILE, backwards).await),
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        error_code(&t.gql(Some(&op), RECONCILE, with("70.001")).await),
+        "INVALID_AMOUNT"
+    );
+    let mut missing = with("70");
+    missing["w"] = json!("V2FsbGV0Ojk5OTk");
+    assert_eq!(
+        error_code(&t.gql(Some(&op), RECONCILE, missing).await),
+        "NOT_FOUND"
+    );
+    let mut bad_time = with("70");
+    bad_time["s"] = json!("yesterday");
+    assert_eq!(
+        error_code(&t.gql(Some(&op), RECONCILE, bad_time).await),
+        "BAD_USER_INPUT"
+    );
+
+    let list = t
+        .ok(
+            &op,
+            "query($w: ID!) { reconciliations(walletId: $w) { edges { node { status } } } }",
+            json!({"w": w}),
+        )
+        .await;
+    let statuses: Vec<_> = list["reconciliations"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["status"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(statuses, ["MATCHED", "MISMATCH", "MATCHED", "MISMATCH"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciliation_period_starts_after_earlier_history() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "EUR").await;
+    let alice = t.user("alice");
+    t.deposit(&w, "500.00", "old-1").await;
+    t.withdraw(&alice, &w, "100.00", "old-2").await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let start = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    t.deposit(&w, "25.00", "new-1").await;
+    t.withdraw(&alice, &w, "5.00", "new-2").await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let end = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    t.deposit(&w, "1000.00", "after-end").await;
+
+    let vars = json!({"w": w, "s": start.to_rfc3339(), "e": end.to_rfc3339(), "x": "420.00"});
+    let r = t.ok(&t.operator(), RECONCILE, vars).await["reconcileWallet"].clone();
+    // Opening 400.00 (last row before start) + 25 - 5; the later deposit is outside.
+    assert_eq!(r["systemBalance"], "420.00", "{r}");
+    assert_eq!(r["status"], "MATCHED");
+    let notes = r["notes"].as_str().unwrap();
+    assert!(
+        notes.contains("opening balance 400.00") && notes.contains("2 movement(s)"),
+        "{notes}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciliation_detects_a_tampered_journal() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "USD").await;
+    t.deposit(&w, "10.00", "a").await;
+    t.deposit(&w, "10.00", "b").await;
+    // Bypass the append-only trigger as a superuser would, to simulate corruption.
+    let c = t.db.client().await;
+    c.batch_execute(
+        "ALTER TABLE transactions DISABLE TRIGGER transactions_no_rewrite;
+         UPDATE transactions SET amount = 15 WHERE tx_hash = 'b';
+         ALTER TABLE transactions ENABLE TRIGGER transactions_no_rewrite;",
+    )
+    .await
+    .unwrap();
+    let vars =
+        json!({"w": w, "s": "2000-01-01T00:00:00Z", "e": "2100-01-01T00:00:00Z", "x": "20.00"});
+    let r = t.ok(&t.operator(), RECONCILE, vars).await["reconcileWallet"].clone();
+    assert_eq!(r["status"], "MISMATCH");
+    assert!(
+        r["mismatchReason"].as_str().unwrap().contains("journal"),
+        "{r}"
+    );
+}
