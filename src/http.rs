@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use async_graphql::dataloader::DataLoader;
+use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use axum::Router;
@@ -364,12 +364,14 @@ async fn execute(
         Err(rejection) => return rejection.render(media),
     };
     let started = ExecutionStarted::default();
-    let mut request = request.data(started.clone()).data(DataLoader::new(
+    let wallets = DataLoader::with_cache(
         WalletLoader {
             pool: app.state.pool.clone(),
         },
         tokio::spawn,
-    ));
+        HashMapCache::default(),
+    );
+    let mut request = request.data(started.clone()).data(wallets);
     if let Some(v) = viewer {
         request = request.data(v);
     }

@@ -21,9 +21,16 @@ async fn hundred_concurrent_withdrawals_never_overdraw() {
         let (t, w, alice) = (t.clone(), w.clone(), alice.clone());
         tokio::spawn(async move { t.withdraw(&alice, &w, "1.00", &format!("wd-{i}")).await })
     });
-    let results: Vec<_> = join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    let results: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let ok = results.iter().filter(|b| b.get("errors").is_none()).count();
-    let refused: Vec<_> = results.iter().filter(|b| b.get("errors").is_some()).collect();
+    let refused: Vec<_> = results
+        .iter()
+        .filter(|b| b.get("errors").is_some())
+        .collect();
     assert_eq!(ok, 50, "exactly the funded withdrawals succeed");
     assert_eq!(refused.len(), 50);
     for body in refused {
@@ -47,11 +54,18 @@ async fn fifty_identical_deposits_credit_once() {
         let (t, w) = (t.clone(), w.clone());
         tokio::spawn(async move { t.deposit(&w, "25.00", "same-key").await })
     });
-    let results: Vec<_> = join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    let results: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let first = &results[0]["data"]["deposit"];
     assert!(first["id"].is_string(), "{}", results[0]);
     for body in &results {
-        assert_eq!(&body["data"]["deposit"], first, "every caller gets the same transaction");
+        assert_eq!(
+            &body["data"]["deposit"], first,
+            "every caller gets the same transaction"
+        );
     }
     assert_eq!(t.balance(&w).await, "25.00");
     assert_eq!(t.assert_chain(&w).await, 1);
@@ -72,10 +86,20 @@ async fn same_key_racing_on_two_wallets_conflicts() {
             .map(|r| r.get("errors").map(|_| error_code(r).to_owned()))
             .collect();
         assert_eq!(codes.iter().filter(|c| c.is_none()).count(), 1, "{ra} {rb}");
-        assert!(codes.contains(&Some("IDEMPOTENCY_CONFLICT".into())), "{ra} {rb}");
+        assert!(
+            codes.contains(&Some("IDEMPOTENCY_CONFLICT".into())),
+            "{ra} {rb}"
+        );
     }
-    let total: rust_decimal::Decimal = t.balance(&a).await.parse::<rust_decimal::Decimal>().unwrap()
-        + t.balance(&b).await.parse::<rust_decimal::Decimal>().unwrap();
+    let total: rust_decimal::Decimal = t
+        .balance(&a)
+        .await
+        .parse::<rust_decimal::Decimal>()
+        .unwrap()
+        + t.balance(&b)
+            .await
+            .parse::<rust_decimal::Decimal>()
+            .unwrap();
     assert_eq!(total.to_string(), "10.00");
     t.assert_chain(&a).await;
     t.assert_chain(&b).await;
@@ -108,7 +132,11 @@ async fn mixed_concurrent_movements_keep_every_chain() {
             }
         })
     });
-    let results: Vec<_> = join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    let results: Vec<_> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     let mut expected: std::collections::HashMap<String, rust_decimal::Decimal> = wallets
         .iter()
         .map(|(_, w)| (w.clone(), "20.00".parse().unwrap()))
@@ -126,7 +154,10 @@ async fn mixed_concurrent_movements_keep_every_chain() {
             }
         }
     }
-    assert!(failures > 0, "the scenario must exercise refused withdrawals");
+    assert!(
+        failures > 0,
+        "the scenario must exercise refused withdrawals"
+    );
     for (_, w) in &wallets {
         let balance: rust_decimal::Decimal = t.balance(w).await.parse().unwrap();
         assert_eq!(balance, expected[w], "no lost update on {w}");
@@ -142,10 +173,21 @@ async fn concurrent_create_wallet_yields_one_wallet() {
         let t = t.clone();
         tokio::spawn(async move { t.create_wallet("carol", "CNY").await })
     });
-    let ids: HashSet<String> = join_all(tasks).await.into_iter().map(Result::unwrap).collect();
+    let ids: HashSet<String> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     assert_eq!(ids.len(), 1);
     let data = t
-        .ok(&t.user("carol"), "{ viewer { wallets { edges { node { currency } } } } }", json!({}))
+        .ok(
+            &t.user("carol"),
+            "{ viewer { wallets { edges { node { currency } } } } }",
+            json!({}),
+        )
         .await;
-    assert_eq!(data["viewer"]["wallets"]["edges"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        data["viewer"]["wallets"]["edges"].as_array().unwrap().len(),
+        1
+    );
 }

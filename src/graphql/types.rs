@@ -1,13 +1,12 @@
 //! Output types of the API contract (SPEC §3): thin views over ledger rows.
 
 use async_graphql::connection::Connection;
-use async_graphql::dataloader::DataLoader;
 use async_graphql::{Context, Enum, ID, InputObject, Interface, Object, Result};
 use chrono::{DateTime, Utc};
 
 use super::error::{internal, ledger_error};
 use super::ids::{NodeType, encode_id, fingerprint};
-use super::loaders::WalletLoader;
+use super::loaders::{Wallets, prefetch_wallets};
 use super::pagination::{ConnectionArgs, connection, page_cost};
 use super::scalars::DecimalScalar;
 use super::{conn, state};
@@ -145,6 +144,8 @@ pub async fn transactions_connection(
     let ledger_filter = filter.to_ledger()?;
     let mut c = conn(ctx).await?;
     let rows = journal::list_transactions(&mut c, &scope, &ledger_filter, &page).await?;
+    drop(c);
+    prefetch_wallets(ctx, rows.items.iter().map(|t| t.wallet_id)).await?;
     Ok(connection(list, rows, cursor_of_entry, TransactionObject))
 }
 
@@ -158,6 +159,8 @@ pub async fn reconciliations_connection(
     let page = args.page_args(list)?;
     let mut c = conn(ctx).await?;
     let rows = reconciliation::list_reconciliations(&mut c, &scope, &page).await?;
+    drop(c);
+    prefetch_wallets(ctx, rows.items.iter().map(|r| r.wallet_id)).await?;
     Ok(connection(
         list,
         rows,
@@ -185,7 +188,7 @@ fn cursor_of_entry(e: &ledger::JournalEntry) -> Cursor {
 }
 
 pub async fn load_wallet(ctx: &Context<'_>, id: i64) -> Result<WalletObject> {
-    let loader = ctx.data_unchecked::<DataLoader<WalletLoader>>();
+    let loader = ctx.data_unchecked::<Wallets>();
     match loader.load_one(id).await {
         Ok(Some(w)) => Ok(WalletObject(w)),
         Ok(None) => Err(internal(&format!(

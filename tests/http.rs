@@ -1,0 +1,257 @@
+//! GraphQL over HTTP conformance, limits, health endpoints, and no leaking of internals.
+
+mod common;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use common::{Options, TestApp, error_code};
+use serde_json::json;
+use wallet::graphql::Limits;
+
+fn post(body: &str, content_type: &str, accept: Option<&str>) -> Request<Body> {
+    let mut req = Request::post("/graphql").header("content-type", content_type);
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    req.body(Body::from(body.to_owned())).unwrap()
+}
+
+const GQL: &str = "application/graphql-response+json";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_negotiation_and_status_codes() {
+    let t = TestApp::new().await;
+    let ok = json!({"query": "{ currencies { code scale } }"}).to_string();
+
+    for (accept, expected) in [
+        (Some(GQL), GQL),
+        (Some("application/json"), "application/json"),
+        (None, "application/json"),
+        (Some("*/*"), "application/json"),
+        (
+            Some("application/json;q=0.5, application/graphql-response+json"),
+            GQL,
+        ),
+        (
+            Some("application/graphql-response+json;q=0.1, application/json"),
+            "application/json",
+        ),
+    ] {
+        let (status, headers, body) = t.send(post(&ok, "application/json", accept)).await;
+        assert_eq!(status, StatusCode::OK, "{accept:?}");
+        let ct = headers["content-type"].to_str().unwrap();
+        assert!(ct.starts_with(expected), "{accept:?} → {ct}");
+        let codes: Vec<_> = body["data"]["currencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["code"].as_str().unwrap().to_owned())
+            .collect();
+        assert!(codes.contains(&"USD".to_owned()) && codes.contains(&"JPY".to_owned()));
+    }
+    // Nothing acceptable.
+    let (status, _, _) = t
+        .send(post(&ok, "application/json", Some("text/html")))
+        .await;
+    assert_eq!(status, StatusCode::NOT_ACCEPTABLE);
+    // Wrong request media type.
+    let (status, _, body) = t.send(post(&ok, "text/plain", Some(GQL))).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert_eq!(error_code(&body), "BAD_USER_INPUT");
+    // Not well-formed requests: 400 under either media type.
+    for bad in [
+        "{not json",
+        "[]",
+        "{\"query\": 1}",
+        "{}",
+        "{\"query\": \"{ currencies { code } }\", \"variables\": [1]}",
+    ] {
+        for accept in [GQL, "application/json"] {
+            let (status, _, body) = t.send(post(bad, "application/json", Some(accept))).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} / {accept}");
+            assert_eq!(error_code(&body), "BAD_USER_INPUT");
+        }
+    }
+    // Parse and validation errors: 400 with the GraphQL media type, 200 with legacy JSON.
+    for doc in ["{ currencies { code ", "{ nope }", "{ currencies }"] {
+        let body = json!({"query": doc}).to_string();
+        let (status, _, b) = t.send(post(&body, "application/json", Some(GQL))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{doc}");
+        assert_eq!(error_code(&b), "BAD_USER_INPUT");
+        assert!(b["data"].is_null());
+        let (status, _, b) = t
+            .send(post(&body, "application/json", Some("application/json")))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{doc}");
+        assert_eq!(error_code(&b), "BAD_USER_INPUT");
+    }
+    // Field errors during execution are 200 either way.
+    let body = json!({"query": "{ viewer { userId } }"}).to_string();
+    let (status, _, b) = t.send(post(&body, "application/json", Some(GQL))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(error_code(&b), "UNAUTHENTICATED");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_runs_queries_and_refuses_mutations() {
+    let t = TestApp::new().await;
+    let get = |qs: &str| {
+        Request::get(format!("/graphql?{qs}"))
+            .header("accept", GQL)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (status, _, body) = t
+        .send(get("query=%7B%20currencies%20%7B%20code%20%7D%20%7D"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body["data"]["currencies"].is_array());
+    // Variables travel as JSON text.
+    let (status, _, body) = t
+        .send(get("query=query(%24w%3AID!)%7Bnode(id%3A%24w)%7Bid%7D%7D&variables=%7B%22w%22%3A%22x%22%7D"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(error_code(&body), "UNAUTHENTICATED");
+    let (status, _, _) = t
+        .send(get("query=%7Bcurrencies%7Bcode%7D%7D&variables=not-json"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Mutations over GET: 405 with Allow: POST, and nothing happens.
+    let token = t.user("alice");
+    let req = Request::get(
+        "/graphql?query=mutation%7BcreateWallet(input%3A%7Bcurrency%3A%22USD%22%7D)%7Bid%7D%7D",
+    )
+    .header("accept", GQL)
+    .header("authorization", format!("Bearer {token}"))
+    .body(Body::empty())
+    .unwrap();
+    let (status, headers, _) = t.send(req).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["allow"], "POST");
+    let data = t
+        .ok(
+            &token,
+            "{ viewer { wallets { edges { node { id } } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(data["viewer"]["wallets"]["edges"], json!([]));
+    // …also when the mutation is one of several operations.
+    let (status, _, _) = t
+        .send(get("query=query%20A%7Bcurrencies%7Bcode%7D%7D%20mutation%20B%7BcreateWallet(input%3A%7Bcurrency%3A%22USD%22%7D)%7Bid%7D%7D&operationName=B"))
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn depth_and_complexity_are_limited() {
+    let t = TestApp::with(Options {
+        limits: Limits {
+            max_depth: 8,
+            max_complexity: 500,
+        },
+        ..Options::default()
+    })
+    .await;
+    let op = t.operator();
+    let deep = "{ wallets(first: 1) { edges { node { transactions(first: 1) { edges { node { wallet { transactions(first: 1) { edges { node { id } } } } } } } } } } }";
+    let body = t.gql(Some(&op), deep, json!({})).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("nested"),
+        "{body}"
+    );
+    let wide = "{ wallets(first: 100) { edges { node { transactions(first: 100) { edges { node { id amount } } } } } } }";
+    let body = t.gql(Some(&op), wide, json!({})).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("complex"),
+        "{body}"
+    );
+    // Within limits is fine.
+    t.ok(
+        &op,
+        "{ wallets(first: 10) { edges { node { id balance } } } }",
+        json!({}),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn default_limits_admit_graphiql_introspection() {
+    let t = TestApp::new().await;
+    let introspection = include_str!("introspection.graphql");
+    let body = t.gql(None, introspection, json!({})).await;
+    assert!(body.get("errors").is_none(), "{body}");
+    assert!(body["data"]["__schema"]["types"].as_array().unwrap().len() > 20);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_readiness_and_graphiql() {
+    let t = TestApp::new().await;
+    let get = |p: &str| Request::get(p).body(Body::empty()).unwrap();
+    let resp = tower::ServiceExt::oneshot(t.router.clone(), get("/healthz"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = tower::ServiceExt::oneshot(t.router.clone(), get("/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers().get("x-request-id").is_some());
+    let resp = tower::ServiceExt::oneshot(t.router.clone(), get("/"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn database_failures_are_internal_and_leak_nothing() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "USD").await;
+    t.deposit(&w, "5.00", "d1").await;
+    // Inject a failure the code cannot anticipate: the journal table disappears.
+    t.db.client()
+        .await
+        .batch_execute("ALTER TABLE transactions RENAME TO transactions_gone")
+        .await
+        .unwrap();
+    let body = t.deposit(&w, "1.00", "d2").await;
+    assert_eq!(error_code(&body), "INTERNAL");
+    let message = body["errors"][0]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("internal error (reference "),
+        "{message}"
+    );
+    for leak in [
+        "relation",
+        "transactions",
+        "SELECT",
+        "INSERT",
+        "postgres",
+        "diesel",
+    ] {
+        assert!(!body.to_string().contains(leak), "leaks {leak:?}: {body}");
+    }
+    // The failed deposit changed nothing.
+    t.db.client()
+        .await
+        .batch_execute("ALTER TABLE transactions_gone RENAME TO transactions")
+        .await
+        .unwrap();
+    assert_eq!(t.balance(&w).await, "5.00");
+}
