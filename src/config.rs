@@ -37,7 +37,7 @@ pub struct ServeConfig {
     #[command(flatten)]
     pub auth: AuthConfig,
     /// Maximum depth of a GraphQL query.
-    #[arg(long, env = "WALLET_MAX_QUERY_DEPTH", default_value_t = 12)]
+    #[arg(long, env = "WALLET_MAX_QUERY_DEPTH", default_value_t = 16)]
     pub max_depth: usize,
     /// Maximum complexity of a GraphQL query (a connection costs its page size times its
     /// selection).
