@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::auth::TokenKeys;
 use crate::db::{self, PgPool, QueryCounter};
+use crate::events::{EventBus, Listener, ListenerConfig};
 use crate::graphql::{self, AppSchema, Limits};
 use crate::ledger::CurrencyRegistry;
 
@@ -15,6 +16,8 @@ pub struct AppState {
     pub currencies: Arc<CurrencyRegistry>,
     /// Statements sent to Postgres by the pool (for metrics and tests).
     pub queries: QueryCounter,
+    /// Ledger events of every process, fanned out to this process's subscribers.
+    pub events: EventBus,
 }
 
 /// Everything needed to start one service instance.
@@ -25,6 +28,8 @@ pub struct AppConfig {
     pub jwt_secret: String,
     pub limits: Limits,
     pub request_timeout: Duration,
+    /// Concurrent subscriptions one websocket connection may hold.
+    pub max_subscriptions: usize,
 }
 
 /// A service instance: the router is built from it by [`crate::http::router`].
@@ -34,6 +39,9 @@ pub struct App {
     pub schema: AppSchema,
     pub tokens: TokenKeys,
     pub request_timeout: Duration,
+    pub max_subscriptions: usize,
+    /// Stops when the last clone of the app is dropped.
+    pub listener: Arc<Listener>,
 }
 
 impl App {
@@ -51,10 +59,21 @@ impl App {
             let mut conn = pool.get().await?;
             Arc::new(CurrencyRegistry::load(&mut conn).await?)
         };
+        let events = EventBus::default();
+        let listener = Listener::spawn(
+            ListenerConfig::new(&config.database_url),
+            pool.clone(),
+            events.clone(),
+        );
+        // Subscriptions opened from now on see every event committed from now on.
+        if !listener.wait_listening(Duration::from_secs(10)).await {
+            tracing::warn!("the event listener is not connected yet; subscriptions wait for it");
+        }
         let state = AppState {
             pool,
             currencies,
             queries,
+            events,
         };
         let schema = graphql::build_schema(state.clone(), config.limits);
         Ok(App {
@@ -62,6 +81,8 @@ impl App {
             schema,
             tokens: TokenKeys::new(config.jwt_secret.as_bytes()),
             request_timeout: config.request_timeout,
+            max_subscriptions: config.max_subscriptions,
+            listener: Arc::new(listener),
         })
     }
 }

@@ -46,6 +46,9 @@ pub struct ServeConfig {
     /// Per-request timeout in seconds.
     #[arg(long, env = "WALLET_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
+    /// Concurrent subscriptions one websocket connection may hold.
+    #[arg(long, env = "WALLET_WS_MAX_SUBSCRIPTIONS", default_value_t = 32)]
+    pub ws_max_subscriptions: usize,
 }
 
 impl ServeConfig {

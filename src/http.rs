@@ -1,4 +1,5 @@
-//! HTTP transport: GraphQL over HTTP on `/graphql`, GraphiQL, health and readiness.
+//! HTTP transport: GraphQL over HTTP on `/graphql`, GraphiQL, health and readiness
+//! (websocket subscriptions on `/graphql/ws` are in [`crate::ws`]).
 //!
 //! Follows the GraphQL-over-HTTP specification: `application/graphql-response+json` and
 //! `application/json` responses by content negotiation, 400 for requests that are not
@@ -25,8 +26,9 @@ use tracing::Level;
 
 use crate::app::App;
 use crate::auth::{TokenError, Viewer};
+use crate::events::listener::ListenerState;
 use crate::graphql::ExecutionStarted;
-use crate::graphql::error::{BAD_USER_INPUT, INTERNAL, UNAUTHENTICATED};
+use crate::graphql::error::{BAD_USER_INPUT, INTERNAL, UNAUTHENTICATED, tag_request_errors};
 use crate::graphql::loaders::WalletLoader;
 
 pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
@@ -37,6 +39,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route("/", get(graphiql))
         .route("/graphql", get(graphql_get).post(graphql_post))
+        .route("/graphql/ws", get(crate::ws::handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(app)
@@ -86,10 +89,14 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when a pooled connection answers within a second.
+/// Ready when a pooled connection answers within a second and the event listener is
+/// connected (otherwise subscribers here would wait for events).
 async fn readyz(State(app): State<App>) -> Response {
     match tokio::time::timeout(Duration::from_secs(1), crate::db::ping(&app.state.pool)).await {
-        Ok(true) => (StatusCode::OK, "ready").into_response(),
+        Ok(true) if app.listener.state() == ListenerState::Listening => {
+            (StatusCode::OK, "ready").into_response()
+        }
+        Ok(true) => (StatusCode::SERVICE_UNAVAILABLE, "event listener reconnecting").into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response(),
     }
 }
@@ -376,14 +383,7 @@ async fn execute(
         request = request.data(v);
     }
     let mut response = app.schema.execute(request).await;
-    // Errors raised by async-graphql itself (syntax, validation, argument coercion, query
-    // limits) carry no code: they are all about the request.
-    for err in &mut response.errors {
-        let ext = err.extensions.get_or_insert_with(Default::default);
-        if ext.get("code").is_none() {
-            ext.set("code", BAD_USER_INPUT);
-        }
-    }
+    tag_request_errors(&mut response);
     let status = if media == MediaType::GraphqlResponseJson && !started.get() && response.is_err() {
         StatusCode::BAD_REQUEST
     } else {

@@ -111,6 +111,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             max_complexity: config.max_complexity,
         },
         request_timeout: config.request_timeout(),
+        max_subscriptions: config.ws_max_subscriptions,
     })
     .await
     .context("starting the service")?;
@@ -121,6 +122,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     println!("GraphiQL:  http://{addr}/");
     println!("GraphQL:   http://{addr}/graphql");
+    println!("Subscriptions (graphql-transport-ws): ws://{addr}/graphql/ws");
     if config.auth.environment == Environment::Development {
         let day = Duration::from_secs(86_400);
         println!("Demo tokens (development only, valid 24h):");

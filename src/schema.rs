@@ -13,6 +13,20 @@ diesel::table! {
 }
 
 diesel::table! {
+    events (id) {
+        id -> Int8,
+        tx_id -> Int8,
+        topic -> Text,
+        subject_id -> Int8,
+        wallet_id -> Int8,
+        user_id -> Text,
+        balance -> Nullable<Numeric>,
+        locked_balance -> Nullable<Numeric>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     reconciliations (id) {
         id -> Int8,
         wallet_id -> Int8,
@@ -76,4 +90,10 @@ diesel::joinable!(reconciliations -> wallets (wallet_id));
 diesel::joinable!(transactions -> wallets (wallet_id));
 diesel::joinable!(wallets -> currencies (currency));
 
-diesel::allow_tables_to_appear_in_same_query!(currencies, reconciliations, transactions, wallets,);
+diesel::allow_tables_to_appear_in_same_query!(
+    currencies,
+    events,
+    reconciliations,
+    transactions,
+    wallets,
+);

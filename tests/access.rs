@@ -5,8 +5,7 @@ mod common;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use common::{JWT_SECRET, TestApp, error_code};
-use jsonwebtoken::{EncodingKey, Header, encode};
+use common::{JWT_SECRET, TestApp, error_code, raw_token};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -130,15 +129,6 @@ async fn users_cannot_reach_each_others_wallets() {
         )
         .await;
     assert_eq!(data["wallets"]["edges"].as_array().unwrap().len(), 2);
-}
-
-fn raw_token(secret: &str, claims: serde_json::Value) -> String {
-    encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]

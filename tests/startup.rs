@@ -19,6 +19,7 @@ async fn concurrent_starts_create_and_migrate_once() {
         jwt_secret: common::JWT_SECRET.into(),
         limits: Default::default(),
         request_timeout: Duration::from_secs(5),
+        max_subscriptions: 8,
     };
     let starts = (0..4).map(|_| {
         let config = config.clone();

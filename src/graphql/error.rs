@@ -75,3 +75,14 @@ impl From<LedgerError> for Error {
         ledger_error(&e)
     }
 }
+
+/// Errors raised by async-graphql itself (syntax, validation, argument coercion, query
+/// limits) carry no code: they are all about the request.
+pub fn tag_request_errors(response: &mut async_graphql::Response) {
+    for err in &mut response.errors {
+        let ext = err.extensions.get_or_insert_with(Default::default);
+        if ext.get("code").is_none() {
+            ext.set("code", BAD_USER_INPUT);
+        }
+    }
+}

@@ -10,10 +10,11 @@ pub mod mutation;
 pub mod pagination;
 pub mod query;
 pub mod scalars;
+pub mod subscription;
 pub mod types;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute};
-use async_graphql::{Context, EmptySubscription, Response, Schema, SchemaBuilder};
+use async_graphql::{Context, Response, Schema, SchemaBuilder};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -24,8 +25,9 @@ use crate::ledger::{LedgerError, Scope};
 
 pub use mutation::Mutation;
 pub use query::Query;
+pub use subscription::Subscription;
 
-pub type AppSchema = Schema<Query, Mutation, EmptySubscription>;
+pub type AppSchema = Schema<Query, Mutation, Subscription>;
 
 /// Limits applied to every operation.
 #[derive(Clone, Copy, Debug)]
@@ -44,8 +46,8 @@ impl Default for Limits {
 }
 
 /// The schema without runtime data: for exporting the SDL.
-pub fn schema_builder() -> SchemaBuilder<Query, Mutation, EmptySubscription> {
-    Schema::build(Query, Mutation, EmptySubscription)
+pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
+    Schema::build(Query, Mutation, Subscription)
 }
 
 pub fn build_schema(state: AppState, limits: Limits) -> AppSchema {

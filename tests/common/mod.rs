@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod ws;
+
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -188,6 +190,7 @@ impl TestApp {
             jwt_secret: JWT_SECRET.into(),
             limits: options.limits,
             request_timeout: Duration::from_secs(30),
+            max_subscriptions: 8,
         })
         .await
         .expect("app starts");
@@ -209,6 +212,7 @@ impl TestApp {
             jwt_secret: JWT_SECRET.into(),
             limits: Limits::default(),
             request_timeout: Duration::from_secs(30),
+            max_subscriptions: 8,
         })
         .await
         .expect("app starts");
@@ -224,6 +228,11 @@ impl TestApp {
             router,
             ..self
         }
+    }
+
+    /// Serves this instance on a local port; returns the websocket endpoint.
+    pub async fn serve(&self) -> String {
+        serve(self.router.clone()).await
     }
 
     pub fn token(&self, sub: &str, role: Role) -> String {
@@ -369,6 +378,16 @@ impl TestApp {
     }
 }
 
+/// Serves a router on a local port for as long as the test runs; returns its websocket URL.
+pub async fn serve(router: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    format!("ws://{addr}/graphql/ws")
+}
+
 pub const DEPOSIT: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
   deposit(input: {walletId: $w, amount: $a, txHash: $k}) {
     id type amount balanceBefore balanceAfter status txHash } }";
@@ -382,4 +401,14 @@ pub fn error_code(body: &Value) -> &str {
     body["errors"][0]["extensions"]["code"]
         .as_str()
         .unwrap_or_else(|| panic!("expected an error with a code, got {body}"))
+}
+
+/// A token with arbitrary claims signed with `secret` (for expired and forged tokens).
+pub fn raw_token(secret: &str, claims: Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
 }

@@ -1,0 +1,264 @@
+//! The per-process event listener: one dedicated connection that LISTENs for the outbox's
+//! NOTIFY, then reads the outbox from its cursor (over the pool) and publishes to the bus.
+//!
+//! A notification is only a wake-up; the outbox is the source of truth. So a lost
+//! connection loses nothing: the listener reconnects with back-off and resumes from its
+//! cursor. A slow idle poll covers a connection that dies silently.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use futures_util::StreamExt;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tokio_postgres::AsyncMessage;
+
+use super::EventBus;
+use super::outbox::{self, Cursor};
+use crate::db::PgPool;
+
+/// The NOTIFY channel the outbox trigger signals.
+pub const CHANNEL: &str = "wallet_events";
+/// `application_name` of the listening connection (visible in `pg_stat_activity`).
+pub const APPLICATION_NAME: &str = "wallet-events-listener";
+/// Events read per query.
+const BATCH: i64 = 500;
+
+#[derive(Clone, Debug)]
+pub struct ListenerConfig {
+    pub database_url: String,
+    /// Look at the outbox this often even without a notification (and check the
+    /// listening connection is alive).
+    pub idle_poll: Duration,
+    /// Longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+    /// Events older than this are deleted from the outbox.
+    pub retention: Duration,
+}
+
+impl ListenerConfig {
+    pub fn new(database_url: impl Into<String>) -> Self {
+        ListenerConfig {
+            database_url: database_url.into(),
+            idle_poll: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(5),
+            retention: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListenerState {
+    Connecting,
+    Listening,
+}
+
+/// The running listener; stops when dropped.
+pub struct Listener {
+    task: JoinHandle<()>,
+    state: watch::Receiver<ListenerState>,
+}
+
+impl Listener {
+    pub fn spawn(config: ListenerConfig, pool: PgPool, bus: EventBus) -> Listener {
+        let (state_tx, state) = watch::channel(ListenerState::Connecting);
+        let task = tokio::spawn(run(config, pool, bus, state_tx));
+        Listener { task, state }
+    }
+
+    pub fn state(&self) -> ListenerState {
+        *self.state.borrow()
+    }
+
+    /// Waits until the listener is connected and has its starting position; events
+    /// committed from then on are delivered.
+    pub async fn wait_listening(&self, timeout: Duration) -> bool {
+        let mut state = self.state.clone();
+        tokio::time::timeout(
+            timeout,
+            state.wait_for(|s| *s == ListenerState::Listening),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn run(
+    config: ListenerConfig,
+    pool: PgPool,
+    bus: EventBus,
+    state: watch::Sender<ListenerState>,
+) {
+    let mut cursor: Option<Cursor> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let started = Instant::now();
+        let error = session(&config, &pool, &bus, &mut cursor, &state).await;
+        state.send_replace(ListenerState::Connecting);
+        if started.elapsed() > Duration::from_secs(30) {
+            backoff = Duration::from_millis(100);
+        }
+        tracing::warn!(error = %format!("{error:#}"), retry_in = ?backoff, "event listener disconnected");
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(config.max_backoff);
+    }
+}
+
+/// One connection's life; returns why it ended.
+async fn session(
+    config: &ListenerConfig,
+    pool: &PgPool,
+    bus: &EventBus,
+    cursor: &mut Option<Cursor>,
+    state: &watch::Sender<ListenerState>,
+) -> anyhow::Error {
+    match listen(config, pool, bus, cursor, state).await {
+        Ok(never) => match never {},
+        Err(e) => e,
+    }
+}
+
+async fn listen(
+    config: &ListenerConfig,
+    pool: &PgPool,
+    bus: &EventBus,
+    cursor: &mut Option<Cursor>,
+    state: &watch::Sender<ListenerState>,
+) -> anyhow::Result<std::convert::Infallible> {
+    let mut pg = tokio_postgres::Config::from_str(&config.database_url)
+        .context("invalid database URL")?;
+    pg.application_name(APPLICATION_NAME)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(5));
+    let (client, mut connection) = pg
+        .connect(tokio_postgres::NoTls)
+        .await
+        .context("connecting the listener")?;
+
+    // The connection delivers notifications only while it is polled: drive it in its own
+    // task and turn notifications into wake-ups (many collapse into one).
+    let wake = Arc::new(Notify::new());
+    let driver = {
+        let wake = wake.clone();
+        tokio::spawn(async move {
+            let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(AsyncMessage::Notification(_)) => wake.notify_one(),
+                    Ok(_) => {}
+                    Err(e) => return anyhow::Error::new(e).context("listener connection failed"),
+                }
+            }
+            anyhow::anyhow!("listener connection closed")
+        })
+    };
+    let mut driver = AbortOnDrop(driver);
+
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .await
+        .context("LISTEN")?;
+    if cursor.is_none() {
+        let mut conn = pool.get().await.context("pool")?;
+        *cursor = Some(outbox::head(&mut conn).await.map_err(ledger)?);
+    }
+    state.send_replace(ListenerState::Listening);
+    tracing::info!(channel = CHANNEL, "event listener is listening");
+
+    let mut last_prune = Instant::now() - Duration::from_secs(3600);
+    let mut retry = Duration::from_millis(5);
+    loop {
+        let position = cursor.get_or_insert_with(Cursor::default);
+        let held_back = deliver(pool, bus, position).await?;
+        // Committed events waiting for an older transaction: look again soon.
+        let wait = if held_back {
+            retry = (retry * 2).min(config.idle_poll);
+            retry
+        } else {
+            retry = Duration::from_millis(5);
+            config.idle_poll
+        };
+        tokio::select! {
+            _ = wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {
+                // Quiet: make sure the listening connection is still there.
+                tokio::time::timeout(Duration::from_secs(5), client.simple_query(""))
+                    .await
+                    .context("listener heartbeat timed out")?
+                    .context("listener heartbeat")?;
+            }
+            ended = &mut driver.0 => {
+                return Err(ended.unwrap_or_else(|e| anyhow::Error::new(e).context("driver")));
+            }
+        }
+        if last_prune.elapsed() > Duration::from_secs(3600) {
+            last_prune = Instant::now();
+            prune(pool, config.retention).await;
+        }
+    }
+}
+
+/// Publishes every settled event after `cursor`; returns whether committed events are
+/// held back behind an older, still running transaction.
+async fn deliver(pool: &PgPool, bus: &EventBus, cursor: &mut Cursor) -> anyhow::Result<bool> {
+    let mut conn = pool.get().await.context("pool")?;
+    loop {
+        let rows = outbox::read_after(&mut conn, *cursor, BATCH)
+            .await
+            .map_err(ledger)?;
+        let Some(last) = rows.last().map(|r| r.cursor()) else {
+            break;
+        };
+        // Nobody to tell in this process: just move on.
+        if bus.subscriber_count() > 0 {
+            for notice in outbox::load_notices(&mut conn, &rows)
+                .await
+                .map_err(ledger)?
+            {
+                bus.publish(notice);
+            }
+        }
+        *cursor = last;
+        if rows.len() < BATCH as usize {
+            break;
+        }
+    }
+    outbox::has_held_back(&mut conn).await.map_err(ledger)
+}
+
+async fn prune(pool: &PgPool, retention: Duration) {
+    let Ok(retention) = chrono::Duration::from_std(retention) else {
+        return;
+    };
+    let result = match pool.get().await {
+        Ok(mut conn) => outbox::prune(&mut conn, chrono::Utc::now() - retention).await,
+        Err(e) => Err(e.into()),
+    };
+    match result {
+        Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned old events"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = ?e, "could not prune old events"),
+    }
+}
+
+/// Logged, never shown to clients: the details are wanted.
+fn ledger(e: crate::ledger::LedgerError) -> anyhow::Error {
+    anyhow::anyhow!("{e:?}")
+}
+
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

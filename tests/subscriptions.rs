@@ -1,0 +1,380 @@
+//! Live subscriptions over a real websocket: the outbox → NOTIFY → listener → bus path,
+//! several server instances on one database, listener reconnection, and access control.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::ws::{Event, LEGACY_WS, TRANSPORT_WS, WsClient};
+use common::{TestApp, error_code, serve};
+use serde_json::{Value, json};
+use wallet::app::App;
+
+const TX_SUB: &str = "subscription($w: ID) { transactionUpdated(walletId: $w) {
+  id type amount balanceBefore balanceAfter status txHash wallet { id balance } } }";
+const WALLET_SUB: &str =
+    "subscription($w: ID!) { walletUpdated(walletId: $w) { id balance availableBalance } }";
+const REC_SUB: &str = "subscription($w: ID) { reconciliationCompleted(walletId: $w) {
+  status systemBalance externalBalance difference wallet { id } } }";
+
+/// Waits until `app` has at least `n` live subscriptions: from then on, events reach them.
+async fn subscribed(app: &App, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while app.state.events.subscriber_count() < n {
+        assert!(Instant::now() < deadline, "subscriptions did not start");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The next `n` data messages, grouped by operation id.
+async fn collect(client: &mut WsClient, n: usize) -> HashMap<String, Vec<Value>> {
+    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
+    for _ in 0..n {
+        match client.next().await {
+            Event::Message(m) if m["type"] == "next" => out
+                .entry(m["id"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(m["payload"]["data"].clone()),
+            other => panic!("expected data, got {other:?}"),
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposit_and_withdraw_push_transaction_and_wallet_events() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    let alice = t.user("alice");
+    let mut ws = WsClient::authenticated(&url, &alice).await;
+    ws.subscribe("tx", TX_SUB, json!({ "w": wallet })).await;
+    ws.subscribe("w", WALLET_SUB, json!({ "w": wallet })).await;
+    subscribed(&t.app, 2).await;
+
+    t.deposit(&wallet, "100.00", "dep-1").await;
+    let got = collect(&mut ws, 2).await;
+    let tx = &got["tx"][0]["transactionUpdated"];
+    assert_eq!(tx["type"], "DEPOSIT");
+    assert_eq!(tx["amount"], "100.00");
+    assert_eq!(tx["balanceBefore"], "0.00");
+    assert_eq!(tx["balanceAfter"], "100.00");
+    assert_eq!(tx["status"], "COMPLETED");
+    assert_eq!(tx["txHash"], "dep-1");
+    assert_eq!(tx["wallet"]["id"], wallet.as_str());
+    let w = &got["w"][0]["walletUpdated"];
+    assert_eq!(w["id"], wallet.as_str());
+    assert_eq!(w["balance"], "100.00");
+    assert_eq!(w["availableBalance"], "100.00");
+
+    let body = t.withdraw(&alice, &wallet, "30.25", "wd-1").await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let got = collect(&mut ws, 2).await;
+    let tx = &got["tx"][0]["transactionUpdated"];
+    assert_eq!(tx["type"], "WITHDRAW");
+    assert_eq!(tx["amount"], "30.25");
+    assert_eq!(tx["balanceAfter"], "69.75");
+    assert_eq!(got["w"][0]["walletUpdated"]["balance"], "69.75");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_carries_the_balance_its_change_produced() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    let mut ws = WsClient::authenticated(&url, &t.user("alice")).await;
+    ws.subscribe("w", WALLET_SUB, json!({ "w": wallet })).await;
+    subscribed(&t.app, 1).await;
+    // Back to back, faster than the listener wakes up: still one event per change, each
+    // with its own balance, in order.
+    for i in 1..=5 {
+        t.deposit(&wallet, "1.00", &format!("dep-{i}")).await;
+    }
+    for i in 1..=5 {
+        let w = ws.data("w").await;
+        assert_eq!(w["walletUpdated"]["balance"], format!("{i}.00"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconciliation_pushes_reconciliation_completed() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    t.deposit(&wallet, "10.00", "dep-1").await;
+    let mut ws = WsClient::authenticated(&url, &t.operator()).await;
+    ws.subscribe("r", REC_SUB, json!({})).await;
+    subscribed(&t.app, 1).await;
+    t.ok(
+        &t.operator(),
+        "mutation($w: ID!) { reconcileWallet(input: {walletId: $w, startTime: \"2020-01-01T00:00:00Z\",
+           endTime: \"2099-01-01T00:00:00Z\", externalBalance: \"10.00\"}) { id } }",
+        json!({ "w": wallet }),
+    )
+    .await;
+    let r = &ws.data("r").await["reconciliationCompleted"];
+    assert_eq!(r["status"], "MATCHED");
+    assert_eq!(r["systemBalance"], "10.00");
+    assert_eq!(r["difference"], "0.00");
+    assert_eq!(r["wallet"]["id"], wallet.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_mutation_produces_no_event() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    let alice = t.user("alice");
+    let mut ws = WsClient::authenticated(&url, &alice).await;
+    ws.subscribe("tx", TX_SUB, json!({ "w": wallet })).await;
+    ws.subscribe("w", WALLET_SUB, json!({ "w": wallet })).await;
+    subscribed(&t.app, 2).await;
+    t.deposit(&wallet, "5.00", "dep-1").await;
+    collect(&mut ws, 2).await;
+
+    let refused = t.withdraw(&alice, &wallet, "6.00", "wd-too-much").await;
+    assert_eq!(error_code(&refused), "INSUFFICIENT_FUNDS");
+    let replayed_conflict = t.deposit(&wallet, "9.00", "dep-1").await;
+    assert_eq!(error_code(&replayed_conflict), "IDEMPOTENCY_CONFLICT");
+    // The next events are those of this deposit: nothing came from the refused requests.
+    t.deposit(&wallet, "1.00", "dep-2").await;
+    let got = collect(&mut ws, 2).await;
+    assert_eq!(got["tx"][0]["transactionUpdated"]["txHash"], "dep-2");
+    assert_eq!(got["w"][0]["walletUpdated"]["balance"], "6.00");
+    assert!(
+        ws.next_within(Duration::from_millis(300)).await.is_none(),
+        "no further events"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_reach_subscribers_of_another_instance() {
+    let t = TestApp::new().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    // A second "process": its own pool, listener and bus, on the same database.
+    let (other, other_router) = t.sibling().await;
+    let url = serve(other_router).await;
+    let mut ws = WsClient::authenticated(&url, &t.user("alice")).await;
+    ws.subscribe("tx", TX_SUB, json!({ "w": wallet })).await;
+    subscribed(&other, 1).await;
+
+    for i in 1..=3 {
+        let started = Instant::now();
+        t.deposit(&wallet, "2.50", &format!("dep-{i}")).await;
+        let event = ws
+            .next_within(Duration::from_secs(1))
+            .await
+            .expect("delivered within a second");
+        let Event::Message(m) = event else {
+            panic!("expected data, got {event:?}")
+        };
+        assert_eq!(m["payload"]["data"]["transactionUpdated"]["txHash"], format!("dep-{i}"));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_reconnects_and_catches_up() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    let mut ws = WsClient::authenticated(&url, &t.user("alice")).await;
+    ws.subscribe("tx", TX_SUB, json!({ "w": wallet })).await;
+    subscribed(&t.app, 1).await;
+
+    let pg = t.db.client().await;
+    let listener_pid = "SELECT pid FROM pg_stat_activity
+                        WHERE application_name = $1 AND datname = current_database()";
+    let name = wallet::events::listener::APPLICATION_NAME;
+    let old: i32 = pg.query_one(listener_pid, &[&name]).await.unwrap().get(0);
+    let killed: bool = pg
+        .query_one("SELECT pg_terminate_backend($1)", &[&old])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed);
+    // Committed while the listener is down: its NOTIFYs reach nobody.
+    for i in 1..=3 {
+        t.deposit(&wallet, "1.00", &format!("while-down-{i}")).await;
+    }
+    for i in 1..=3 {
+        let tx = ws.data("tx").await;
+        assert_eq!(tx["transactionUpdated"]["txHash"], format!("while-down-{i}"));
+    }
+    let new: i32 = pg.query_one(listener_pid, &[&name]).await.unwrap().get(0);
+    assert_ne!(old, new, "a new listening connection");
+    // And live delivery works again on the new connection.
+    t.deposit(&wallet, "1.00", "after").await;
+    assert_eq!(ws.data("tx").await["transactionUpdated"]["txHash"], "after");
+}
+
+#[tokio::test]
+async fn connection_init_without_a_valid_token_is_refused() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+
+    let mut ws = WsClient::connect(&url, TRANSPORT_WS).await;
+    ws.init(None).await;
+    assert_eq!(ws.closed().await.0, 4401);
+
+    let mut ws = WsClient::connect(&url, TRANSPORT_WS).await;
+    let forged = common::raw_token(
+        "not-the-secret-not-the-secret-xx",
+        json!({"sub": "alice", "role": "operator", "exp": jsonwebtoken::get_current_timestamp() + 600}),
+    );
+    ws.init(Some(&forged)).await;
+    assert_eq!(ws.closed().await.0, 4403);
+
+    let expired = common::raw_token(
+        common::JWT_SECRET,
+        json!({"sub": "alice", "role": "user", "exp": jsonwebtoken::get_current_timestamp() - 120}),
+    );
+    let mut ws = WsClient::connect(&url, TRANSPORT_WS).await;
+    ws.init(Some(&expired)).await;
+    assert_eq!(ws.closed().await.0, 4403);
+
+    // Subscribing before the handshake.
+    let mut ws = WsClient::connect(&url, TRANSPORT_WS).await;
+    ws.subscribe("1", TX_SUB, json!({})).await;
+    assert_eq!(ws.closed().await.0, 4401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_only_see_their_own_wallets_events() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let alices = t.create_wallet("alice", "USD").await;
+    let bobs = t.create_wallet("bob", "USD").await;
+    let mut alice = WsClient::authenticated(&url, &t.user("alice")).await;
+
+    // Bob's wallet by id: NOT_FOUND, as for queries.
+    alice.subscribe("b", TX_SUB, json!({ "w": bobs })).await;
+    alice.subscribe("bw", WALLET_SUB, json!({ "w": bobs })).await;
+    for _ in 0..2 {
+        match alice.next().await {
+            Event::Message(m) if m["type"] == "error" => {
+                assert_eq!(m["payload"][0]["extensions"]["code"], "NOT_FOUND", "{m}");
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    // Without a filter: only her own.
+    alice.subscribe("all", TX_SUB, json!({})).await;
+    let mut operator = WsClient::authenticated(&url, &t.operator()).await;
+    operator.subscribe("all", TX_SUB, json!({})).await;
+    subscribed(&t.app, 2).await;
+    t.deposit(&bobs, "7.00", "bob-dep").await;
+    t.deposit(&alices, "3.00", "alice-dep").await;
+    let first = alice.data("all").await;
+    assert_eq!(first["transactionUpdated"]["txHash"], "alice-dep");
+    assert!(alice.next_within(Duration::from_millis(300)).await.is_none());
+    // The operator sees both.
+    let seen: Vec<Value> = vec![
+        operator.data("all").await["transactionUpdated"]["txHash"].clone(),
+        operator.data("all").await["transactionUpdated"]["txHash"].clone(),
+    ];
+    assert_eq!(seen, vec![json!("bob-dep"), json!("alice-dep")]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_graphql_ws_protocol() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    let mut ws = WsClient::connect(&url, LEGACY_WS).await;
+    ws.init(Some(&t.user("alice"))).await;
+    match ws.next().await {
+        Event::Message(m) => assert_eq!(m["type"], "connection_ack"),
+        other => panic!("{other:?}"),
+    }
+    ws.send(json!({ "id": "1", "type": "start",
+                    "payload": { "query": TX_SUB, "variables": { "w": wallet } } }))
+        .await;
+    subscribed(&t.app, 1).await;
+    t.deposit(&wallet, "4.00", "dep-1").await;
+    assert_eq!(ws.data("1").await["transactionUpdated"]["amount"], "4.00");
+    ws.send(json!({ "id": "1", "type": "stop" })).await;
+    match ws.next().await {
+        Event::Message(m) => assert_eq!((m["type"].as_str(), m["id"].as_str()), (Some("complete"), Some("1"))),
+        other => panic!("{other:?}"),
+    }
+
+    // A refused init: connection_error, then the close.
+    let mut ws = WsClient::connect(&url, LEGACY_WS).await;
+    ws.init(None).await;
+    match ws.next().await {
+        Event::Message(m) => assert_eq!(m["type"], "connection_error"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(ws.closed().await.0, 4401);
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_their_codes() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let token = t.user("alice");
+
+    let mut ws = WsClient::authenticated(&url, &token).await;
+    ws.subscribe("1", TX_SUB, json!({})).await;
+    ws.subscribe("1", TX_SUB, json!({})).await;
+    assert_eq!(ws.closed().await.0, 4409, "duplicate operation id");
+
+    let mut ws = WsClient::authenticated(&url, &token).await;
+    ws.init(Some(&token)).await;
+    assert_eq!(ws.closed().await.0, 4429, "second connection_init");
+
+    let mut ws = WsClient::authenticated(&url, &token).await;
+    ws.send(json!("not a message")).await;
+    assert_eq!(ws.closed().await.0, 4400);
+
+    // Pings are answered.
+    let mut ws = WsClient::authenticated(&url, &token).await;
+    ws.send(json!({ "type": "ping" })).await;
+    match ws.next().await {
+        Event::Message(m) => assert_eq!(m["type"], "pong"),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn concurrent_subscriptions_per_connection_are_capped() {
+    let t = TestApp::new().await; // 8 per connection in tests
+    let url = t.serve().await;
+    let mut ws = WsClient::authenticated(&url, &t.user("alice")).await;
+    for i in 0..8 {
+        ws.subscribe(&i.to_string(), TX_SUB, json!({})).await;
+    }
+    subscribed(&t.app, 8).await;
+    ws.subscribe("one-too-many", TX_SUB, json!({})).await;
+    match ws.next().await {
+        Event::Message(m) => {
+            assert_eq!(m["type"], "error");
+            assert_eq!(m["id"], "one-too-many");
+            assert_eq!(m["payload"][0]["extensions"]["code"], "BAD_USER_INPUT");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Completing one frees a slot.
+    ws.send(json!({ "id": "0", "type": "complete" })).await;
+    ws.subscribe("again", TX_SUB, json!({})).await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    subscribed(&t.app, 8).await;
+    t.deposit(&wallet, "1.00", "dep").await;
+    let got = collect(&mut ws, 8).await;
+    assert!(got.contains_key("again") && !got.contains_key("0"), "{got:?}");
+}
+
+#[tokio::test]
+async fn the_websocket_needs_a_graphql_subprotocol() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let request = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        url.as_str(),
+    )
+    .unwrap();
+    let refused = tokio_tungstenite::connect_async(request).await;
+    assert!(refused.is_err(), "a handshake without a protocol is refused");
+}
