@@ -60,11 +60,7 @@ impl App {
             Arc::new(CurrencyRegistry::load(&mut conn).await?)
         };
         let events = EventBus::default();
-        let listener = Listener::spawn(
-            ListenerConfig::new(&config.database_url),
-            pool.clone(),
-            events.clone(),
-        );
+        let listener = Listener::spawn(ListenerConfig::new(&config.database_url), events.clone());
         // Subscriptions opened from now on see every event committed from now on.
         if !listener.wait_listening(Duration::from_secs(10)).await {
             tracing::warn!("the event listener is not connected yet; subscriptions wait for it");

@@ -96,7 +96,11 @@ async fn readyz(State(app): State<App>) -> Response {
         Ok(true) if app.listener.state() == ListenerState::Listening => {
             (StatusCode::OK, "ready").into_response()
         }
-        Ok(true) => (StatusCode::SERVICE_UNAVAILABLE, "event listener reconnecting").into_response(),
+        Ok(true) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "event listener reconnecting",
+        )
+            .into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response(),
     }
 }

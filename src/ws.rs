@@ -18,8 +18,8 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use futures_util::stream::{self, BoxStream, SplitSink, StreamExt};
 use futures_util::SinkExt;
+use futures_util::stream::{self, BoxStream, SplitSink, StreamExt};
 use serde_json::{Value, json};
 use tokio_stream::StreamMap;
 
@@ -185,27 +185,30 @@ impl Session {
             Protocol::Legacy => "data",
         };
         let payload = serde_json::to_value(&response).unwrap_or(Value::Null);
-        send(tx, json!({"type": kind, "id": id, "payload": payload}))
-            .await
+        send(tx, json!({"type": kind, "id": id, "payload": payload})).await
     }
 
     async fn on_message(&mut self, tx: &mut Outgoing, text: &str) -> Result<(), Close> {
         let bad = |why: &str| Close(close::BAD_REQUEST, why.to_owned());
-        let message: Value = serde_json::from_str(text).map_err(|_| bad("Invalid message received"))?;
-        let kind = message["type"].as_str().ok_or_else(|| bad("the message has no type"))?;
+        let message: Value =
+            serde_json::from_str(text).map_err(|_| bad("Invalid message received"))?;
+        let kind = message["type"]
+            .as_str()
+            .ok_or_else(|| bad("the message has no type"))?;
         let id = message["id"].as_str().map(str::to_owned);
         let sent = match (self.protocol, kind) {
             (_, "connection_init") => {
                 if self.data.is_some() {
-                    return Err(Close(close::TOO_MANY_INITS, "Too many initialisation requests".into()));
+                    return Err(Close(
+                        close::TOO_MANY_INITS,
+                        "Too many initialisation requests".into(),
+                    ));
                 }
                 let viewer = self.authenticate(&message["payload"])?;
                 self.data = Some(Arc::new(self.session_data(viewer)));
                 send(tx, json!({"type": "connection_ack"})).await
             }
-            (Protocol::Transport, "ping") => {
-                send(tx, json!({"type": "pong"})).await
-            }
+            (Protocol::Transport, "ping") => send(tx, json!({"type": "pong"})).await,
             (Protocol::Transport, "pong") => Ok(()),
             (Protocol::Transport, "subscribe") | (Protocol::Legacy, "start") => {
                 let id = id.ok_or_else(|| bad("the operation has no id"))?;
@@ -238,7 +241,10 @@ impl Session {
                 .and_then(|(_, v)| v.as_str())
         });
         let Some(header) = header else {
-            return Err(Close(close::UNAUTHORIZED, "Unauthorized: connection_init needs an Authorization bearer token".into()));
+            return Err(Close(
+                close::UNAUTHORIZED,
+                "Unauthorized: connection_init needs an Authorization bearer token".into(),
+            ));
         };
         self.app.tokens.verify_header(header).map_err(|e| {
             let why = match e {
@@ -265,12 +271,20 @@ impl Session {
         data
     }
 
-    async fn start(&mut self, tx: &mut Outgoing, id: String, payload: &Value) -> Result<Result<(), axum::Error>, Close> {
+    async fn start(
+        &mut self,
+        tx: &mut Outgoing,
+        id: String,
+        payload: &Value,
+    ) -> Result<Result<(), axum::Error>, Close> {
         let Some(data) = self.data.clone() else {
             return Err(Close(close::UNAUTHORIZED, "Unauthorized".into()));
         };
         if self.operations.contains_key(&id) {
-            return Err(Close(close::DUPLICATE_ID, format!("Subscriber for {id} already exists")));
+            return Err(Close(
+                close::DUPLICATE_ID,
+                format!("Subscriber for {id} already exists"),
+            ));
         }
         let request = operation(payload).map_err(|why| Close(close::BAD_REQUEST, why))?;
         if self.operations.len() >= self.app.max_subscriptions {

@@ -8,8 +8,12 @@ use std::time::{Duration, Instant};
 
 use common::ws::{Event, LEGACY_WS, TRANSPORT_WS, WsClient};
 use common::{TestApp, error_code, serve};
+use futures_util::StreamExt;
 use serde_json::{Value, json};
-use wallet::app::App;
+use wallet::app::{App, AppState};
+use wallet::auth::{Role, Viewer};
+use wallet::events::{EventBus, Notice, Payload};
+use wallet::ledger::Scope;
 
 const TX_SUB: &str = "subscription($w: ID) { transactionUpdated(walletId: $w) {
   id type amount balanceBefore balanceAfter status txHash wallet { id balance } } }";
@@ -169,7 +173,10 @@ async fn events_reach_subscribers_of_another_instance() {
         let Event::Message(m) = event else {
             panic!("expected data, got {event:?}")
         };
-        assert_eq!(m["payload"]["data"]["transactionUpdated"]["txHash"], format!("dep-{i}"));
+        assert_eq!(
+            m["payload"]["data"]["transactionUpdated"]["txHash"],
+            format!("dep-{i}")
+        );
         assert!(started.elapsed() < Duration::from_secs(1));
     }
 }
@@ -200,7 +207,10 @@ async fn the_listener_reconnects_and_catches_up() {
     }
     for i in 1..=3 {
         let tx = ws.data("tx").await;
-        assert_eq!(tx["transactionUpdated"]["txHash"], format!("while-down-{i}"));
+        assert_eq!(
+            tx["transactionUpdated"]["txHash"],
+            format!("while-down-{i}")
+        );
     }
     let new: i32 = pg.query_one(listener_pid, &[&name]).await.unwrap().get(0);
     assert_ne!(old, new, "a new listening connection");
@@ -250,7 +260,9 @@ async fn users_only_see_their_own_wallets_events() {
 
     // Bob's wallet by id: NOT_FOUND, as for queries.
     alice.subscribe("b", TX_SUB, json!({ "w": bobs })).await;
-    alice.subscribe("bw", WALLET_SUB, json!({ "w": bobs })).await;
+    alice
+        .subscribe("bw", WALLET_SUB, json!({ "w": bobs }))
+        .await;
     for _ in 0..2 {
         match alice.next().await {
             Event::Message(m) if m["type"] == "error" => {
@@ -269,7 +281,12 @@ async fn users_only_see_their_own_wallets_events() {
     t.deposit(&alices, "3.00", "alice-dep").await;
     let first = alice.data("all").await;
     assert_eq!(first["transactionUpdated"]["txHash"], "alice-dep");
-    assert!(alice.next_within(Duration::from_millis(300)).await.is_none());
+    assert!(
+        alice
+            .next_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
     // The operator sees both.
     let seen: Vec<Value> = vec![
         operator.data("all").await["transactionUpdated"]["txHash"].clone(),
@@ -297,7 +314,10 @@ async fn legacy_graphql_ws_protocol() {
     assert_eq!(ws.data("1").await["transactionUpdated"]["amount"], "4.00");
     ws.send(json!({ "id": "1", "type": "stop" })).await;
     match ws.next().await {
-        Event::Message(m) => assert_eq!((m["type"].as_str(), m["id"].as_str()), (Some("complete"), Some("1"))),
+        Event::Message(m) => assert_eq!(
+            (m["type"].as_str(), m["id"].as_str()),
+            (Some("complete"), Some("1"))
+        ),
         other => panic!("{other:?}"),
     }
 
@@ -364,7 +384,10 @@ async fn concurrent_subscriptions_per_connection_are_capped() {
     subscribed(&t.app, 8).await;
     t.deposit(&wallet, "1.00", "dep").await;
     let got = collect(&mut ws, 8).await;
-    assert!(got.contains_key("again") && !got.contains_key("0"), "{got:?}");
+    assert!(
+        got.contains_key("again") && !got.contains_key("0"),
+        "{got:?}"
+    );
 }
 
 #[tokio::test]
@@ -376,5 +399,191 @@ async fn the_websocket_needs_a_graphql_subprotocol() {
     )
     .unwrap();
     let refused = tokio_tungstenite::connect_async(request).await;
-    assert!(refused.is_err(), "a handshake without a protocol is refused");
+    assert!(
+        refused.is_err(),
+        "a handshake without a protocol is refused"
+    );
+}
+
+/// An event of an older transaction that commits after a newer one is neither lost nor
+/// skipped: delivery waits for it (the outbox is read below the snapshot's xmin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_transaction_committing_late_is_not_skipped() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let x = t.create_wallet("alice", "USD").await;
+    let y = t.create_wallet("bob", "USD").await;
+    let mut ws = WsClient::authenticated(&url, &t.operator()).await;
+    ws.subscribe("all", TX_SUB, json!({})).await;
+    subscribed(&t.app, 1).await;
+    t.deposit(&x, "1.00", "dep-x").await;
+    assert_eq!(
+        ws.data("all").await["transactionUpdated"]["txHash"],
+        "dep-x"
+    );
+
+    // An open transaction (older id) records an event and stays open...
+    let mut pg = t.db.client().await;
+    let slow = pg.transaction().await.unwrap();
+    slow.execute(
+        "INSERT INTO events (topic, subject_id, wallet_id, user_id)
+         SELECT 'TRANSACTION', id, wallet_id, 'alice' FROM transactions WHERE tx_hash = 'dep-x'",
+        &[],
+    )
+    .await
+    .unwrap();
+    // ...while a newer one commits: its event waits rather than overtaking.
+    t.deposit(&y, "2.00", "dep-y").await;
+    assert!(
+        ws.next_within(Duration::from_millis(400)).await.is_none(),
+        "held back behind the open transaction"
+    );
+    slow.commit().await.unwrap();
+    assert_eq!(
+        ws.data("all").await["transactionUpdated"]["txHash"],
+        "dep-x"
+    );
+    assert_eq!(
+        ws.data("all").await["transactionUpdated"]["txHash"],
+        "dep-y"
+    );
+}
+
+/// A schema over the test's database whose bus holds only `capacity` events, to make a
+/// subscriber fall behind deterministically.
+fn schema_with_small_bus(t: &TestApp, capacity: usize) -> (wallet::graphql::AppSchema, EventBus) {
+    let bus = EventBus::new(capacity);
+    let state = AppState {
+        events: bus.clone(),
+        ..t.app.state.clone()
+    };
+    (
+        wallet::graphql::build_schema(state, Default::default()),
+        bus,
+    )
+}
+
+async fn flood(t: &TestApp, bus: &EventBus, topic_wallet: &str, n: usize) {
+    let pg = t.db.client().await;
+    let row = pg
+        .query_one("SELECT id, user_id FROM wallets ORDER BY id LIMIT 1", &[])
+        .await
+        .unwrap();
+    let (wallet_id, user_id): (i64, String) = (row.get(0), row.get(1));
+    let mut conn = t.app.state.pool.get().await.unwrap();
+    let w = wallet::ledger::wallet::find_wallet(&mut conn, &Scope::All, wallet_id)
+        .await
+        .unwrap();
+    let entry = wallet::ledger::journal::find_transaction(
+        &mut conn,
+        &Scope::All,
+        pg.query_one("SELECT max(id) FROM transactions", &[])
+            .await
+            .unwrap()
+            .get(0),
+    )
+    .await
+    .unwrap();
+    for i in 0..n {
+        let payload = if topic_wallet == "wallet" {
+            let mut w = w.clone();
+            w.balance = rust_decimal::Decimal::new(i as i64, 2);
+            Payload::Wallet(w)
+        } else {
+            Payload::Transaction(entry.clone())
+        };
+        bus.publish(Notice {
+            id: i as i64,
+            wallet_id,
+            user_id: user_id.clone(),
+            payload,
+        });
+    }
+}
+
+async fn pending_or_next(
+    stream: &mut (impl futures_util::Stream<Item = async_graphql::Response> + Unpin),
+) -> Option<async_graphql::Response> {
+    tokio::select! {
+        r = stream.next() => r,
+        _ = tokio::time::sleep(Duration::from_millis(200)) => panic!("stream is pending"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_transaction_subscriber_gets_an_error_and_the_stream_ends() {
+    let t = TestApp::new().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    t.deposit(&wallet, "1.00", "dep").await;
+    let (schema, bus) = schema_with_small_bus(&t, 4);
+    let request = async_graphql::Request::new("subscription { transactionUpdated { txHash } }")
+        .data(Viewer {
+            user_id: "alice".into(),
+            role: Role::User,
+        });
+    let mut stream = schema.execute_stream(request);
+    // Let the subscription start; it has nothing to yield yet.
+    tokio::select! {
+        _ = stream.next() => panic!("nothing was published yet"),
+        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+    }
+    assert_eq!(bus.subscriber_count(), 1);
+    // The subscriber does not read while 10 events arrive: the bus keeps only 4.
+    flood(&t, &bus, "transaction", 10).await;
+    let lagged = pending_or_next(&mut stream).await.unwrap();
+    let error = &lagged.errors[0];
+    let code = error
+        .extensions
+        .as_ref()
+        .and_then(|e| e.get("code"))
+        .cloned();
+    assert_eq!(
+        code,
+        Some(async_graphql::Value::from("SUBSCRIPTION_LAGGED"))
+    );
+    assert!(
+        error.message.contains("6 event(s) were dropped"),
+        "{}",
+        error.message
+    );
+    assert!(
+        pending_or_next(&mut stream).await.is_none(),
+        "the stream ends"
+    );
+    // Publishing never blocked, and the dropped subscriber is gone.
+    assert_eq!(bus.subscriber_count(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_wallet_subscriber_skips_to_the_current_state() {
+    let t = TestApp::new().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    t.deposit(&wallet, "42.00", "dep").await;
+    let (schema, bus) = schema_with_small_bus(&t, 4);
+    let request = async_graphql::Request::new(
+        "subscription($w: ID!) { walletUpdated(walletId: $w) { balance } }",
+    )
+    .variables(async_graphql::Variables::from_json(json!({ "w": wallet })))
+    .data(Viewer {
+        user_id: "alice".into(),
+        role: Role::User,
+    });
+    let mut stream = schema.execute_stream(request);
+    tokio::select! {
+        _ = stream.next() => panic!("nothing was published yet"),
+        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+    }
+    flood(&t, &bus, "wallet", 10).await;
+    // The current wallet (from the database), then the events still buffered.
+    let first = pending_or_next(&mut stream).await.unwrap();
+    assert!(first.errors.is_empty(), "{:?}", first.errors);
+    assert_eq!(
+        first.data.into_json().unwrap()["walletUpdated"]["balance"],
+        "42.00"
+    );
+    for cents in 6..10 {
+        let next = pending_or_next(&mut stream).await.unwrap();
+        let balance = next.data.into_json().unwrap()["walletUpdated"]["balance"].clone();
+        assert_eq!(balance, rust_decimal::Decimal::new(cents, 2).to_string());
+    }
 }

@@ -1,5 +1,6 @@
-//! The per-process event listener: one dedicated connection that LISTENs for the outbox's
-//! NOTIFY, then reads the outbox from its cursor (over the pool) and publishes to the bus.
+//! The per-process event listener: one dedicated connection (not from the pool, so request
+//! traffic never delays events and vice versa) that LISTENs for the outbox's NOTIFY, reads
+//! the outbox from its cursor and publishes to the bus.
 //!
 //! A notification is only a wake-up; the outbox is the source of truth. So a lost
 //! connection loses nothing: the listener reconnects with back-off and resumes from its
@@ -17,7 +18,7 @@ use tokio_postgres::AsyncMessage;
 
 use super::EventBus;
 use super::outbox::{self, Cursor};
-use crate::db::PgPool;
+use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 
 /// The NOTIFY channel the outbox trigger signals.
 pub const CHANNEL: &str = "wallet_events";
@@ -62,9 +63,9 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub fn spawn(config: ListenerConfig, pool: PgPool, bus: EventBus) -> Listener {
+    pub fn spawn(config: ListenerConfig, bus: EventBus) -> Listener {
         let (state_tx, state) = watch::channel(ListenerState::Connecting);
-        let task = tokio::spawn(run(config, pool, bus, state_tx));
+        let task = tokio::spawn(run(config, bus, state_tx));
         Listener { task, state }
     }
 
@@ -76,12 +77,9 @@ impl Listener {
     /// committed from then on are delivered.
     pub async fn wait_listening(&self, timeout: Duration) -> bool {
         let mut state = self.state.clone();
-        tokio::time::timeout(
-            timeout,
-            state.wait_for(|s| *s == ListenerState::Listening),
-        )
-        .await
-        .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, state.wait_for(|s| *s == ListenerState::Listening))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 }
 
@@ -91,17 +89,12 @@ impl Drop for Listener {
     }
 }
 
-async fn run(
-    config: ListenerConfig,
-    pool: PgPool,
-    bus: EventBus,
-    state: watch::Sender<ListenerState>,
-) {
+async fn run(config: ListenerConfig, bus: EventBus, state: watch::Sender<ListenerState>) {
     let mut cursor: Option<Cursor> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
-        let error = session(&config, &pool, &bus, &mut cursor, &state).await;
+        let error = session(&config, &bus, &mut cursor, &state).await;
         state.send_replace(ListenerState::Connecting);
         if started.elapsed() > Duration::from_secs(30) {
             backoff = Duration::from_millis(100);
@@ -115,12 +108,11 @@ async fn run(
 /// One connection's life; returns why it ended.
 async fn session(
     config: &ListenerConfig,
-    pool: &PgPool,
     bus: &EventBus,
     cursor: &mut Option<Cursor>,
     state: &watch::Sender<ListenerState>,
 ) -> anyhow::Error {
-    match listen(config, pool, bus, cursor, state).await {
+    match listen(config, bus, cursor, state).await {
         Ok(never) => match never {},
         Err(e) => e,
     }
@@ -128,13 +120,12 @@ async fn session(
 
 async fn listen(
     config: &ListenerConfig,
-    pool: &PgPool,
     bus: &EventBus,
     cursor: &mut Option<Cursor>,
     state: &watch::Sender<ListenerState>,
 ) -> anyhow::Result<std::convert::Infallible> {
-    let mut pg = tokio_postgres::Config::from_str(&config.database_url)
-        .context("invalid database URL")?;
+    let mut pg =
+        tokio_postgres::Config::from_str(&config.database_url).context("invalid database URL")?;
     pg.application_name(APPLICATION_NAME)
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(30))
@@ -163,13 +154,15 @@ async fn listen(
     };
     let mut driver = AbortOnDrop(driver);
 
-    client
-        .batch_execute(&format!("LISTEN {CHANNEL}"))
+    // Queries share the connection; the driver task keeps polling it.
+    let mut db = AsyncPgConnection::try_from(client)
+        .await
+        .context("preparing the listener connection")?;
+    db.batch_execute(&format!("LISTEN {CHANNEL}"))
         .await
         .context("LISTEN")?;
     if cursor.is_none() {
-        let mut conn = pool.get().await.context("pool")?;
-        *cursor = Some(outbox::head(&mut conn).await.map_err(ledger)?);
+        *cursor = Some(outbox::head(&mut db).await.map_err(ledger)?);
     }
     state.send_replace(ListenerState::Listening);
     tracing::info!(channel = CHANNEL, "event listener is listening");
@@ -178,7 +171,7 @@ async fn listen(
     let mut retry = Duration::from_millis(5);
     loop {
         let position = cursor.get_or_insert_with(Cursor::default);
-        let held_back = deliver(pool, bus, position).await?;
+        let held_back = deliver(&mut db, bus, position).await?;
         // Committed events waiting for an older transaction: look again soon.
         let wait = if held_back {
             retry = (retry * 2).min(config.idle_poll);
@@ -191,7 +184,7 @@ async fn listen(
             _ = wake.notified() => {}
             _ = tokio::time::sleep(wait) => {
                 // Quiet: make sure the listening connection is still there.
-                tokio::time::timeout(Duration::from_secs(5), client.simple_query(""))
+                tokio::time::timeout(Duration::from_secs(5), db.batch_execute("SELECT 1"))
                     .await
                     .context("listener heartbeat timed out")?
                     .context("listener heartbeat")?;
@@ -202,17 +195,20 @@ async fn listen(
         }
         if last_prune.elapsed() > Duration::from_secs(3600) {
             last_prune = Instant::now();
-            prune(pool, config.retention).await;
+            prune(&mut db, config.retention).await;
         }
     }
 }
 
 /// Publishes every settled event after `cursor`; returns whether committed events are
 /// held back behind an older, still running transaction.
-async fn deliver(pool: &PgPool, bus: &EventBus, cursor: &mut Cursor) -> anyhow::Result<bool> {
-    let mut conn = pool.get().await.context("pool")?;
+async fn deliver(
+    conn: &mut AsyncPgConnection,
+    bus: &EventBus,
+    cursor: &mut Cursor,
+) -> anyhow::Result<bool> {
     loop {
-        let rows = outbox::read_after(&mut conn, *cursor, BATCH)
+        let rows = outbox::read_after(conn, *cursor, BATCH)
             .await
             .map_err(ledger)?;
         let Some(last) = rows.last().map(|r| r.cursor()) else {
@@ -220,10 +216,7 @@ async fn deliver(pool: &PgPool, bus: &EventBus, cursor: &mut Cursor) -> anyhow::
         };
         // Nobody to tell in this process: just move on.
         if bus.subscriber_count() > 0 {
-            for notice in outbox::load_notices(&mut conn, &rows)
-                .await
-                .map_err(ledger)?
-            {
+            for notice in outbox::load_notices(conn, &rows).await.map_err(ledger)? {
                 bus.publish(notice);
             }
         }
@@ -232,18 +225,14 @@ async fn deliver(pool: &PgPool, bus: &EventBus, cursor: &mut Cursor) -> anyhow::
             break;
         }
     }
-    outbox::has_held_back(&mut conn).await.map_err(ledger)
+    outbox::has_held_back(conn).await.map_err(ledger)
 }
 
-async fn prune(pool: &PgPool, retention: Duration) {
+async fn prune(conn: &mut AsyncPgConnection, retention: Duration) {
     let Ok(retention) = chrono::Duration::from_std(retention) else {
         return;
     };
-    let result = match pool.get().await {
-        Ok(mut conn) => outbox::prune(&mut conn, chrono::Utc::now() - retention).await,
-        Err(e) => Err(e.into()),
-    };
-    match result {
+    match outbox::prune(conn, chrono::Utc::now() - retention).await {
         Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned old events"),
         Ok(_) => {}
         Err(e) => tracing::warn!(error = ?e, "could not prune old events"),

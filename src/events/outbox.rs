@@ -136,7 +136,10 @@ pub async fn load_notices(
     let mut notices = Vec::with_capacity(rows.len());
     for row in rows {
         let payload = match row.topic.as_str() {
-            "TRANSACTION" => entries.get(&row.subject_id).cloned().map(Payload::Transaction),
+            "TRANSACTION" => entries
+                .get(&row.subject_id)
+                .cloned()
+                .map(Payload::Transaction),
             // The wallet as this change left it: later changes have their own events.
             "WALLET" => wallets.get(&row.subject_id).map(|w| {
                 let mut w = w.clone();
@@ -144,7 +147,10 @@ pub async fn load_notices(
                 w.locked_balance = row.locked_balance.unwrap_or(w.locked_balance);
                 Payload::Wallet(w)
             }),
-            "RECONCILIATION" => recs.get(&row.subject_id).cloned().map(Payload::Reconciliation),
+            "RECONCILIATION" => recs
+                .get(&row.subject_id)
+                .cloned()
+                .map(Payload::Reconciliation),
             _ => None,
         };
         match payload {

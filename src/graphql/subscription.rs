@@ -9,8 +9,8 @@ use std::sync::Arc;
 use async_graphql::{Context, ID, Result, Subscription as SubscriptionRoot};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::broadcast::Receiver;
+use tokio::sync::broadcast::error::RecvError;
 
 use async_graphql::ErrorExtensions;
 
@@ -128,7 +128,9 @@ fn close_on_lag<T: Send + 'static>() -> OnLag<T> {
 
 async fn current_wallet(pool: &PgPool, id: i64) -> Result<WalletObject> {
     let mut c = pool.get().await.map_err(crate::ledger::LedgerError::from)?;
-    Ok(WalletObject(wallet::find_wallet(&mut c, &Scope::All, id).await?))
+    Ok(WalletObject(
+        wallet::find_wallet(&mut c, &Scope::All, id).await?,
+    ))
 }
 
 /// The notices the audience may see, mapped by `pick`; ends after yielding an error.
