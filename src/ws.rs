@@ -18,8 +18,8 @@ use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response as HttpResponse};
-use futures_util::SinkExt;
 use futures_util::stream::{self, BoxStream, SplitSink, StreamExt};
+use futures_util::{FutureExt, SinkExt};
 use serde_json::{Value, json};
 use tokio_stream::StreamMap;
 
@@ -30,6 +30,8 @@ use crate::graphql::loaders::WalletLoader;
 
 /// How long a client has to send `connection_init`.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest message a client may send (a subscribe with its query and variables).
+const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// Server keep-alive period (`ping` / `ka`).
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -75,6 +77,11 @@ pub async fn handler(
     };
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
+        // Client messages are small; thousands of idle connections should cost little.
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_message_size(MAX_CLIENT_MESSAGE)
+        .max_frame_size(MAX_CLIENT_MESSAGE)
         .on_upgrade(move |socket| Session::new(app, protocol).run(socket))
 }
 
@@ -124,14 +131,18 @@ impl Session {
                     Some(Ok(_)) => {} // websocket-level ping/pong: answered by axum
                 },
                 Some((id, item)) = self.operations.next(), if !self.operations.is_empty() => {
-                    let sent = match item {
-                        Some(response) => self.send_result(&mut tx, &id, response).await,
-                        None => {
-                            self.operations.remove(&id);
-                            send(&mut tx, json!({"type": "complete", "id": id})).await
+                    // Queue every result that is ready, then flush once.
+                    let mut ready = Some((id, item));
+                    let mut sent = Ok(());
+                    while let Some((id, item)) = ready.take() {
+                        let frame = self.result_frame(&id, item);
+                        sent = tx.feed(Message::Text(frame.into())).await;
+                        if sent.is_err() {
+                            break;
                         }
-                    };
-                    if sent.is_err() {
+                        ready = self.operations.next().now_or_never().flatten();
+                    }
+                    if sent.and(tx.flush().await).is_err() {
                         break None;
                     }
                 }
@@ -166,26 +177,24 @@ impl Session {
         let _ = tx.close().await;
     }
 
-    /// One result of an operation. A result with errors and no data (the operation was
-    /// refused, or a subscription ended in an error) is sent as `error` and ends it.
-    async fn send_result(
-        &mut self,
-        tx: &mut Outgoing,
-        id: &str,
-        mut response: Response,
-    ) -> Result<(), axum::Error> {
+    /// The frame for one result of an operation (`None`: it ended). A result with errors
+    /// and no data (the operation was refused, or a subscription ended in an error) is sent
+    /// as `error` and ends the operation.
+    fn result_frame(&mut self, id: &str, item: Option<Response>) -> String {
+        let Some(mut response) = item else {
+            self.operations.remove(id);
+            return frame("complete", id, None::<()>);
+        };
         tag_request_errors(&mut response);
         if response.is_err() && response.data == async_graphql::Value::Null {
             self.operations.remove(id);
-            let errors = serde_json::to_value(&response.errors).unwrap_or(Value::Null);
-            return send(tx, json!({"type": "error", "id": id, "payload": errors})).await;
+            return frame("error", id, Some(&response.errors));
         }
         let kind = match self.protocol {
             Protocol::Transport => "next",
             Protocol::Legacy => "data",
         };
-        let payload = serde_json::to_value(&response).unwrap_or(Value::Null);
-        send(tx, json!({"type": kind, "id": id, "payload": payload})).await
+        frame(kind, id, Some(&response))
     }
 
     async fn on_message(&mut self, tx: &mut Outgoing, text: &str) -> Result<(), Close> {
@@ -323,6 +332,22 @@ fn operation(payload: &Value) -> Result<async_graphql::Request, String> {
         _ => return Err("variables must be an object".into()),
     }
     Ok(request)
+}
+
+/// A protocol message serialised in one pass (results are the hot path of fan-out).
+fn frame<P: serde::Serialize>(kind: &str, id: &str, payload: Option<P>) -> String {
+    #[derive(serde::Serialize)]
+    struct Frame<'a, P> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        payload: Option<P>,
+    }
+    serde_json::to_string(&Frame { kind, id, payload }).unwrap_or_else(|e| {
+        tracing::error!(error = %e, "could not serialise a websocket message");
+        format!(r#"{{"type":"error","id":{id:?},"payload":[{{"message":"internal error","extensions":{{"code":"INTERNAL"}}}}]}}"#)
+    })
 }
 
 async fn send(tx: &mut Outgoing, message: Value) -> Result<(), axum::Error> {
