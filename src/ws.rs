@@ -3,7 +3,7 @@
 //! (subscriptions-transport-ws).
 //!
 //! Written here rather than taken from async-graphql-axum so that the protocol's close
-//! codes are the documented ones (4401 unauthenticated, 4403 forbidden, 4400 bad message,
+//! codes are the documented ones (4401 unauthenticated, 4400 bad message,
 //! 4408 init timeout, 4409 duplicate id, 4429 repeated init), and so that each connection
 //! has a cap on concurrent subscriptions and server-sent keep-alives.
 
@@ -38,7 +38,6 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub mod close {
     pub const BAD_REQUEST: u16 = 4400;
     pub const UNAUTHORIZED: u16 = 4401;
-    pub const FORBIDDEN: u16 = 4403;
     pub const INIT_TIMEOUT: u16 = 4408;
     pub const DUPLICATE_ID: u16 = 4409;
     pub const TOO_MANY_INITS: u16 = 4429;
@@ -161,9 +160,7 @@ impl Session {
             }
         };
         if let Some(Close(code, reason)) = closing {
-            if self.protocol == Protocol::Legacy
-                && (code == close::UNAUTHORIZED || code == close::FORBIDDEN)
-            {
+            if self.protocol == Protocol::Legacy && code == close::UNAUTHORIZED {
                 let error = json!({"type": "connection_error", "payload": {"message": reason}});
                 let _ = send(&mut tx, error).await;
             }
@@ -260,7 +257,9 @@ impl Session {
                 TokenError::Expired => "the token has expired",
                 TokenError::Invalid(_) => "the token is not valid",
             };
-            Close(close::FORBIDDEN, format!("Forbidden: {why}"))
+            // As over HTTP (401): the caller is not identified. 4401 is also what
+            // graphql-ws clients treat as final, rather than retrying a bad token.
+            Close(close::UNAUTHORIZED, format!("Unauthorized: {why}"))
         })
     }
 

@@ -46,16 +46,23 @@ async fn collect(client: &mut WsClient, n: usize) -> HashMap<String, Vec<Value>>
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deposit_and_withdraw_push_transaction_and_wallet_events() {
-    let t = TestApp::new().await;
+/// A new wallet of `owner`, with its owner subscribed to its transactions ("tx") and its
+/// balances ("w").
+async fn watch_new_wallet(t: &TestApp, owner: &str) -> (String, WsClient) {
     let url = t.serve().await;
-    let wallet = t.create_wallet("alice", "USD").await;
-    let alice = t.user("alice");
-    let mut ws = WsClient::authenticated(&url, &alice).await;
+    let wallet = t.create_wallet(owner, "USD").await;
+    let mut ws = WsClient::authenticated(&url, &t.user(owner)).await;
     ws.subscribe("tx", TX_SUB, json!({ "w": wallet })).await;
     ws.subscribe("w", WALLET_SUB, json!({ "w": wallet })).await;
     subscribed(&t.app, 2).await;
+    (wallet, ws)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposit_and_withdraw_push_transaction_and_wallet_events() {
+    let t = TestApp::new().await;
+    let (wallet, mut ws) = watch_new_wallet(&t, "alice").await;
+    let alice = t.user("alice");
 
     t.deposit(&wallet, "100.00", "dep-1").await;
     let got = collect(&mut ws, 2).await;
@@ -127,13 +134,8 @@ async fn reconciliation_pushes_reconciliation_completed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolled_back_mutation_produces_no_event() {
     let t = TestApp::new().await;
-    let url = t.serve().await;
-    let wallet = t.create_wallet("alice", "USD").await;
+    let (wallet, mut ws) = watch_new_wallet(&t, "alice").await;
     let alice = t.user("alice");
-    let mut ws = WsClient::authenticated(&url, &alice).await;
-    ws.subscribe("tx", TX_SUB, json!({ "w": wallet })).await;
-    ws.subscribe("w", WALLET_SUB, json!({ "w": wallet })).await;
-    subscribed(&t.app, 2).await;
     t.deposit(&wallet, "5.00", "dep-1").await;
     collect(&mut ws, 2).await;
 
@@ -234,7 +236,7 @@ async fn connection_init_without_a_valid_token_is_refused() {
         json!({"sub": "alice", "role": "operator", "exp": jsonwebtoken::get_current_timestamp() + 600}),
     );
     ws.init(Some(&forged)).await;
-    assert_eq!(ws.closed().await.0, 4403);
+    assert_eq!(ws.closed().await.0, 4401);
 
     let expired = common::raw_token(
         common::JWT_SECRET,
@@ -242,7 +244,7 @@ async fn connection_init_without_a_valid_token_is_refused() {
     );
     let mut ws = WsClient::connect(&url, TRANSPORT_WS).await;
     ws.init(Some(&expired)).await;
-    assert_eq!(ws.closed().await.0, 4403);
+    assert_eq!(ws.closed().await.0, 4401);
 
     // Subscribing before the handshake.
     let mut ws = WsClient::connect(&url, TRANSPORT_WS).await;
