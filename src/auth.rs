@@ -126,6 +126,12 @@ impl TokenKeys {
 
     /// Verifies a token (signature, algorithm, expiry) and returns the caller it names.
     pub fn verify(&self, token: &str) -> Result<Viewer, TokenError> {
+        self.verify_session(token).map(|(viewer, _)| viewer)
+    }
+
+    /// Like [`verify`](Self::verify), also returning until when (Unix seconds, leeway
+    /// included) the token stays valid: long-lived sessions end then.
+    pub fn verify_session(&self, token: &str) -> Result<(Viewer, u64), TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
@@ -136,19 +142,25 @@ impl TokenKeys {
         if sub.is_empty() || sub.len() > MAX_SUBJECT_LEN {
             return Err(TokenError::Invalid("bad subject".into()));
         }
-        Ok(Viewer {
+        let viewer = Viewer {
             user_id: sub,
             role: data.claims.role,
-        })
+        };
+        Ok((viewer, data.claims.exp.saturating_add(LEEWAY_SECS)))
     }
 
     /// Reads `Bearer <token>` from an Authorization header value.
     pub fn verify_header(&self, header: &str) -> Result<Viewer, TokenError> {
+        self.verify_header_session(header).map(|(viewer, _)| viewer)
+    }
+
+    /// [`verify_session`](Self::verify_session) of an Authorization header value.
+    pub fn verify_header_session(&self, header: &str) -> Result<(Viewer, u64), TokenError> {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
             .ok_or_else(|| TokenError::Invalid("expected `Bearer <token>`".into()))?;
-        self.verify(token.trim())
+        self.verify_session(token.trim())
     }
 }
 

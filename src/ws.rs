@@ -94,6 +94,8 @@ struct Session {
     protocol: Protocol,
     /// Set by a successful `connection_init`.
     data: Option<Arc<Data>>,
+    /// When the token of `connection_init` expires: the session ends then.
+    expires_at: Option<tokio::time::Instant>,
     /// Running operations by client id; `None` marks a stream's end.
     operations: StreamMap<String, BoxStream<'static, Option<Response>>>,
 }
@@ -104,6 +106,7 @@ impl Session {
             app,
             protocol,
             data: None,
+            expires_at: None,
             operations: StreamMap::new(),
         }
     }
@@ -144,6 +147,9 @@ impl Session {
                     if sent.and(tx.flush().await).is_err() {
                         break None;
                     }
+                }
+                _ = until(self.expires_at) => {
+                    break Some(Close(close::UNAUTHORIZED, "Unauthorized: the token has expired".into()));
                 }
                 _ = &mut init_deadline, if self.data.is_none() => {
                     break Some(Close(close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
@@ -210,7 +216,9 @@ impl Session {
                         "Too many initialisation requests".into(),
                     ));
                 }
-                let viewer = self.authenticate(&message["payload"])?;
+                let (viewer, valid_until) = self.authenticate(&message["payload"])?;
+                let left = valid_until.saturating_sub(jsonwebtoken::get_current_timestamp());
+                self.expires_at = Some(tokio::time::Instant::now() + Duration::from_secs(left));
                 self.data = Some(Arc::new(self.session_data(viewer)));
                 send(tx, json!({"type": "connection_ack"})).await
             }
@@ -240,7 +248,7 @@ impl Session {
     }
 
     /// The token of `connection_init` (SPEC §4: `{"Authorization": "Bearer …"}`).
-    fn authenticate(&self, payload: &Value) -> Result<Viewer, Close> {
+    fn authenticate(&self, payload: &Value) -> Result<(Viewer, u64), Close> {
         let header = payload.as_object().and_then(|p| {
             p.iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
@@ -252,7 +260,7 @@ impl Session {
                 "Unauthorized: connection_init needs an Authorization bearer token".into(),
             ));
         };
-        self.app.tokens.verify_header(header).map_err(|e| {
+        self.app.tokens.verify_header_session(header).map_err(|e| {
             let why = match e {
                 TokenError::Expired => "the token has expired",
                 TokenError::Invalid(_) => "the token is not valid",
@@ -331,6 +339,14 @@ fn operation(payload: &Value) -> Result<async_graphql::Request, String> {
         _ => return Err("variables must be an object".into()),
     }
     Ok(request)
+}
+
+/// Resolves at `deadline`, never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A protocol message serialised in one pass (results are the hot path of fan-out).

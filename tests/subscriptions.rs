@@ -252,6 +252,29 @@ async fn connection_init_without_a_valid_token_is_refused() {
     assert_eq!(ws.closed().await.0, 4401);
 }
 
+#[tokio::test]
+async fn the_session_ends_when_its_token_expires() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    // Expired 3 s ago but inside the 5 s leeway: accepted, for about 2 more seconds.
+    let exp = jsonwebtoken::get_current_timestamp() - 3;
+    let token = common::raw_token(
+        common::JWT_SECRET,
+        json!({"sub": "alice", "role": "user", "exp": exp, "iat": exp - 60}),
+    );
+    let mut ws = WsClient::authenticated(&url, &token).await;
+    ws.subscribe("tx", TX_SUB, json!({})).await;
+    let started = Instant::now();
+    match ws.next_within(Duration::from_secs(5)).await {
+        Some(Event::Closed(code, reason)) => {
+            assert_eq!(code, 4401);
+            assert!(reason.contains("expired"), "{reason}");
+        }
+        other => panic!("expected the session to end, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_only_see_their_own_wallets_events() {
     let t = TestApp::new().await;
@@ -588,4 +611,40 @@ async fn a_lagging_wallet_subscriber_skips_to_the_current_state() {
         let balance = next.data.into_json().unwrap()["walletUpdated"]["balance"].clone();
         assert_eq!(balance, rust_decimal::Decimal::new(cents, 2).to_string());
     }
+}
+
+/// Transaction ids are cluster-wide, but a long write transaction in another database
+/// cannot write to this outbox: it must not hold events back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_transaction_in_another_database_does_not_delay_events() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    let mut ws = WsClient::authenticated(&url, &t.user("alice")).await;
+    ws.subscribe("tx", TX_SUB, json!({ "w": wallet })).await;
+    subscribed(&t.app, 1).await;
+
+    let next_door = common::TestDb::new().await;
+    let mut pg = next_door.client().await;
+    let long = pg.transaction().await.unwrap();
+    long.execute("CREATE TABLE busy (x int)", &[])
+        .await
+        .unwrap();
+    let xid: i64 = long
+        .query_one("SELECT pg_current_xact_id()::text::bigint", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(xid > 0, "the open transaction holds an xid");
+
+    t.deposit(&wallet, "1.00", "while-next-door-is-busy").await;
+    let event = ws.next_within(Duration::from_secs(1)).await;
+    match event {
+        Some(Event::Message(m)) => assert_eq!(
+            m["payload"]["data"]["transactionUpdated"]["txHash"],
+            "while-next-door-is-busy"
+        ),
+        other => panic!("expected the event within a second, got {other:?}"),
+    }
+    long.rollback().await.unwrap();
 }

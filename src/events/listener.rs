@@ -24,6 +24,8 @@ use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 pub const CHANNEL: &str = "wallet_events";
 /// `application_name` of the listening connection (visible in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "wallet-events-listener";
+/// Longest wait before looking again at events held back by an open older transaction.
+const MAX_HELD_BACK_RETRY: Duration = Duration::from_millis(50);
 /// Events read per query.
 const BATCH: i64 = 500;
 
@@ -174,7 +176,7 @@ async fn listen(
         let held_back = deliver(&mut db, bus, position).await?;
         // Committed events waiting for an older transaction: look again soon.
         let wait = if held_back {
-            retry = (retry * 2).min(config.idle_poll);
+            retry = (retry * 2).min(MAX_HELD_BACK_RETRY);
             retry
         } else {
             retry = Duration::from_millis(5);

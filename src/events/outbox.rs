@@ -1,8 +1,7 @@
 //! Reading the `events` outbox in a loss-free order, and loading what its rows name.
 //!
 //! Events are read in `(tx_id, id)` order, and only those whose writing transaction is
-//! older than every transaction still running (`tx_id < xmin` of the reading statement's
-//! snapshot). Such a transaction has ended, so no event can later appear before the cursor:
+//! older than every transaction of this database still running (see `SETTLED`). Such a transaction has ended, so no event can later appear before the cursor:
 //! a reader that keeps `(tx_id, id)` of the last event it delivered misses nothing and
 //! repeats nothing, across restarts of its connection included.
 
@@ -49,8 +48,21 @@ impl EventRow {
     }
 }
 
-/// Transactions older than this one have all ended (in the reading statement's snapshot).
-const SETTLED: &str = "events.tx_id < pg_snapshot_xmin(pg_current_snapshot())::text::bigint";
+/// The event was written by a transaction older than every transaction of this database
+/// that was still running when the reading statement's snapshot was taken — so no event
+/// can later become visible behind it.
+///
+/// The horizon is the snapshot's oldest in-progress xid, except that xids seen running in
+/// another database are skipped: transaction ids are cluster-wide, but a transaction never
+/// writes to another database's outbox, so a long job next door must not stall events here.
+/// (Without the privilege to see other sessions' xids this degrades to the plain xmin.)
+const SETTLED: &str = "events.tx_id < (
+    SELECT COALESCE(min(x::text::bigint), pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
+      FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+     WHERE NOT EXISTS (
+           SELECT 1 FROM pg_stat_activity a
+            WHERE a.datname IS DISTINCT FROM current_database()
+              AND a.backend_xid::text::bigint = (x::text::bigint & 4294967295)))";
 
 /// The position of the newest settled event: where a listener that starts now begins.
 /// Events of transactions still running are after it, so they are delivered too.
