@@ -59,10 +59,10 @@ impl EventRow {
 const SETTLED: &str = "events.tx_id < (
     SELECT COALESCE(min(x::text::bigint), pg_snapshot_xmax(pg_current_snapshot())::text::bigint)
       FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-     WHERE NOT EXISTS (
-           SELECT 1 FROM pg_stat_activity a
+     WHERE (x::text::bigint & 4294967295) NOT IN (
+           SELECT a.backend_xid::text::bigint FROM pg_stat_activity a
             WHERE a.datname IS DISTINCT FROM current_database()
-              AND a.backend_xid::text::bigint = (x::text::bigint & 4294967295)))";
+              AND a.backend_xid IS NOT NULL))";
 
 /// The position of the newest settled event: where a listener that starts now begins.
 /// Events of transactions still running are after it, so they are delivered too.
