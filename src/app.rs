@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::TokenKeys;
+use crate::custody::{Custody, SeedSource};
 use crate::db::{self, PgPool, QueryCounter};
 use crate::events::{EventBus, Listener, ListenerConfig};
 use crate::graphql::{self, AppSchema, Limits};
@@ -18,6 +19,8 @@ pub struct AppState {
     pub queries: QueryCounter,
     /// Ledger events of every process, fanned out to this process's subscribers.
     pub events: EventBus,
+    /// The HD master key: derives crypto addresses.
+    pub custody: Arc<Custody>,
 }
 
 /// Everything needed to start one service instance.
@@ -30,6 +33,7 @@ pub struct AppConfig {
     pub request_timeout: Duration,
     /// Concurrent subscriptions one websocket connection may hold.
     pub max_subscriptions: usize,
+    pub seed: SeedSource,
 }
 
 /// A service instance: the router is built from it by [`crate::http::router`].
@@ -48,6 +52,7 @@ impl App {
     /// Creates the database if missing, applies migrations (under an advisory lock, so
     /// several processes may start at once), and builds the pool and schema.
     pub async fn start(config: &AppConfig) -> anyhow::Result<App> {
+        let custody = Arc::new(Custody::load(&config.seed)?);
         db::ensure_database(&config.database_url).await?;
         let applied = db::run_migrations(&config.database_url).await?;
         if !applied.is_empty() {
@@ -70,6 +75,7 @@ impl App {
             currencies,
             queries,
             events,
+            custody,
         };
         let schema = graphql::build_schema(state.clone(), config.limits);
         Ok(App {

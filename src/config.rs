@@ -1,9 +1,12 @@
 //! Runtime configuration from the environment (names fixed by SPEC §5) and flags.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+
+use crate::custody::{Custody, SeedSource};
 
 /// Development fallback for `WALLET_JWT_SECRET`; refused in production.
 pub const DEV_JWT_SECRET: &str = "wallet-development-secret-do-not-use-in-production";
@@ -36,6 +39,8 @@ pub struct ServeConfig {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub auth: AuthConfig,
+    #[command(flatten)]
+    pub custody: CustodyConfig,
     /// Maximum depth of a GraphQL query.
     #[arg(long, env = "WALLET_MAX_QUERY_DEPTH", default_value_t = 16)]
     pub max_depth: usize,
@@ -55,6 +60,64 @@ impl ServeConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
+}
+
+/// Where the custody seed (a BIP39 mnemonic) comes from.
+#[derive(Clone, Debug, Args)]
+pub struct CustodyConfig {
+    /// The mnemonic itself (prefer WALLET_SEED_FILE outside development).
+    #[arg(
+        long,
+        env = "WALLET_SEED",
+        hide_env_values = true,
+        conflicts_with = "seed_file"
+    )]
+    pub seed: Option<String>,
+    /// A file holding the mnemonic, readable by its owner only (chmod 600).
+    #[arg(long, env = "WALLET_SEED_FILE")]
+    pub seed_file: Option<PathBuf>,
+}
+
+/// Where a development seed is kept between runs when none is configured.
+pub const DEV_SEED_FILE: &str = ".wallet-dev-seed";
+
+impl CustodyConfig {
+    /// The configured seed. In development, with none configured, a seed is generated once
+    /// into [`DEV_SEED_FILE`] (mode 0600) and reused, with a warning; in production a
+    /// missing seed is an error.
+    pub fn resolve(&self, environment: Environment) -> anyhow::Result<SeedSource> {
+        if let Some(phrase) = self.seed.as_ref().filter(|s| !s.trim().is_empty()) {
+            return Ok(SeedSource::Mnemonic(phrase.clone()));
+        }
+        if let Some(path) = &self.seed_file {
+            return Ok(SeedSource::File(path.clone()));
+        }
+        if environment == Environment::Production {
+            anyhow::bail!("WALLET_SEED or WALLET_SEED_FILE is required when WALLET_ENV=production");
+        }
+        let path = PathBuf::from(DEV_SEED_FILE);
+        if !path.exists() {
+            let (_, phrase) = Custody::generate()?;
+            write_private(&path, &format!("{phrase}\n"))?;
+        }
+        tracing::warn!(
+            file = %path.display(),
+            "no custody seed configured: using a DEVELOPMENT seed generated into this file. \
+             Its addresses hold no real funds. Never use it in production."
+        );
+        Ok(SeedSource::File(path))
+    }
+}
+
+fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    Ok(())
 }
 
 /// Settings of token verification and minting.

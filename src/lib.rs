@@ -8,6 +8,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod custody;
 pub mod db;
 pub mod events;
 pub mod graphql;

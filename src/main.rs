@@ -112,6 +112,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         },
         request_timeout: config.request_timeout(),
         max_subscriptions: config.ws_max_subscriptions,
+        seed: config.custody.resolve(config.auth.environment)?,
     })
     .await
     .context("starting the service")?;

@@ -27,6 +27,13 @@ diesel::table! {
 }
 
 diesel::table! {
+    hd_indexes (network) {
+        network -> Text,
+        next_index -> Int4,
+    }
+}
+
+diesel::table! {
     reconciliations (id) {
         id -> Int8,
         wallet_id -> Int8,
@@ -93,6 +100,7 @@ diesel::joinable!(wallets -> currencies (currency));
 diesel::allow_tables_to_appear_in_same_query!(
     currencies,
     events,
+    hd_indexes,
     reconciliations,
     transactions,
     wallets,

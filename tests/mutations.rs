@@ -33,8 +33,8 @@ async fn create_wallet_is_idempotent_and_validates() {
     assert_eq!(jpy["balance"], "0");
     assert_ne!(jpy["id"], first["id"]);
 
-    // Unknown and not-yet-enabled currencies.
-    for c in ["XYZ", "usd", "BTC"] {
+    // Unknown currencies (codes are case-sensitive).
+    for c in ["XYZ", "usd", "btc"] {
         let body = t.gql(Some(&alice), CREATE, json!({"c": c})).await;
         assert_eq!(error_code(&body), "CURRENCY_NOT_SUPPORTED", "{c}: {body}");
     }

@@ -20,6 +20,7 @@ async fn concurrent_starts_create_and_migrate_once() {
         limits: Default::default(),
         request_timeout: Duration::from_secs(5),
         max_subscriptions: 8,
+        seed: wallet::custody::SeedSource::Mnemonic(common::TEST_MNEMONIC.into()),
     };
     let starts = (0..4).map(|_| {
         let config = config.clone();

@@ -72,8 +72,14 @@ impl Mutation {
             None => caller.user_id.clone(),
         };
         let mut c = conn(ctx).await?;
-        let (w, _created) =
-            wallet::create_wallet(&mut c, &state(ctx).currencies, &owner, &input.currency).await?;
+        let (w, _created) = wallet::create_wallet(
+            &mut c,
+            &state(ctx).currencies,
+            &state(ctx).custody,
+            &owner,
+            &input.currency,
+        )
+        .await?;
         Ok(WalletObject(w))
     }
 

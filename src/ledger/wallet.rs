@@ -6,14 +6,19 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use super::models::Scaled;
 use super::page::paginate;
 use super::{CurrencyKind, CurrencyRegistry, LedgerError, Page, PageArgs, Scope, Wallet, money};
-use crate::schema::wallets;
+use crate::custody::{Chain, Custody, Derived};
+use crate::schema::{hd_indexes, wallets};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::AsyncConnection;
 use rust_decimal::Decimal;
 
 /// Returns the caller's wallet in `currency`, creating it on first use. Creating it again
 /// (also concurrently) returns the same wallet; `created` says whether this call made it.
+/// A crypto wallet gets the next address of its network derived from the custody seed.
 pub async fn create_wallet(
     conn: &mut AsyncPgConnection,
     currencies: &CurrencyRegistry,
+    custody: &Custody,
     user_id: &str,
     currency: &str,
 ) -> Result<(Wallet, bool), LedgerError> {
@@ -27,38 +32,94 @@ pub async fn create_wallet(
             "currency {currency:?} is not supported"
         )));
     };
-    if cur.kind != CurrencyKind::Fiat {
-        return Err(LedgerError::CurrencyNotSupported(format!(
-            "{} wallets are not available yet",
-            cur.code
-        )));
+    if let Some(existing) = find_own(conn, user_id, &cur.code).await? {
+        return Ok((existing, false));
     }
     // Zero written at the currency's scale, so balances always read "0.00" for USD.
     let zero = money::at_scale(Decimal::ZERO, cur);
-    let inserted: Option<Wallet> = diesel::insert_into(wallets::table)
-        .values((
-            wallets::user_id.eq(user_id),
-            wallets::currency.eq(&cur.code),
-            wallets::balance.eq(Scaled(zero)),
-            wallets::locked_balance.eq(Scaled(zero)),
-        ))
-        .on_conflict((wallets::user_id, wallets::currency))
-        .do_nothing()
-        .returning(Wallet::as_returning())
-        .get_result(conn)
-        .await
-        .optional()?;
-    if let Some(w) = inserted {
-        return Ok((w, true));
+    let chain = match cur.kind {
+        CurrencyKind::Fiat => None,
+        CurrencyKind::Crypto => Some(
+            cur.network
+                .as_deref()
+                .and_then(Chain::from_network)
+                .ok_or_else(|| {
+                    LedgerError::CurrencyNotSupported(format!(
+                        "{} has no supported network",
+                        cur.code
+                    ))
+                })?,
+        ),
+    };
+    let created = conn
+        .transaction(async |tx| {
+            let derived = match chain {
+                Some(chain) => Some(next_address(tx, custody, chain).await?),
+                None => None,
+            };
+            let wallet: Wallet = diesel::insert_into(wallets::table)
+                .values((
+                    wallets::user_id.eq(user_id),
+                    wallets::currency.eq(&cur.code),
+                    wallets::balance.eq(Scaled(zero)),
+                    wallets::locked_balance.eq(Scaled(zero)),
+                    wallets::network.eq(chain.map(Chain::network)),
+                    wallets::address.eq(derived.as_ref().map(|d| d.address.as_str())),
+                    wallets::derivation_path.eq(derived.as_ref().map(|d| d.path.as_str())),
+                ))
+                .returning(Wallet::as_returning())
+                .get_result(tx)
+                .await?;
+            Ok::<_, LedgerError>(wallet)
+        })
+        .await;
+    match created {
+        Ok(wallet) => Ok((wallet, true)),
+        // A concurrent call made it first (and our index allocation rolled back with us).
+        Err(LedgerError::Database(DieselError::DatabaseError(
+            DatabaseErrorKind::UniqueViolation,
+            info,
+        ))) if info.constraint_name() == Some("wallets_user_id_currency_key") => {
+            let existing = find_own(conn, user_id, &cur.code).await?;
+            existing
+                .map(|w| (w, false))
+                .ok_or(LedgerError::NotFound("wallet"))
+        }
+        Err(e) => Err(e),
     }
-    // Someone (maybe a concurrent call) made it first; ON CONFLICT waited for them.
-    let existing = wallets::table
+}
+
+async fn find_own(
+    conn: &mut AsyncPgConnection,
+    user_id: &str,
+    currency: &str,
+) -> Result<Option<Wallet>, LedgerError> {
+    Ok(wallets::table
         .filter(wallets::user_id.eq(user_id))
-        .filter(wallets::currency.eq(&cur.code))
+        .filter(wallets::currency.eq(currency))
         .select(Wallet::as_select())
         .first(conn)
+        .await
+        .optional()?)
+}
+
+/// Takes the network's next address index (row-locked until the caller's transaction
+/// ends, so indexes are unique and gapless) and derives the address.
+async fn next_address(
+    conn: &mut AsyncPgConnection,
+    custody: &Custody,
+    chain: Chain,
+) -> Result<Derived, LedgerError> {
+    let index: i32 = diesel::update(hd_indexes::table.find(chain.network()))
+        .set(hd_indexes::next_index.eq(hd_indexes::next_index + 1))
+        .returning(hd_indexes::next_index - 1)
+        .get_result(conn)
         .await?;
-    Ok((existing, false))
+    let index = u32::try_from(index)
+        .map_err(|_| LedgerError::Unavailable(format!("bad HD index {index}")))?;
+    custody
+        .derive(chain, index)
+        .map_err(|e| LedgerError::Unavailable(format!("custody: {e}")))
 }
 
 /// A wallet the caller may see.

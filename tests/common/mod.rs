@@ -18,6 +18,9 @@ use wallet::app::{App, AppConfig};
 use wallet::auth::{Role, TokenKeys};
 use wallet::graphql::Limits;
 
+/// The well-known development mnemonic: its addresses are published test vectors.
+pub const TEST_MNEMONIC: &str = "test test test test test test test test test test test junk";
+
 pub const JWT_SECRET: &str = "test-secret-test-secret-test-secret!";
 
 /// Server URL for tests (its database name is replaced per test).
@@ -191,6 +194,7 @@ impl TestApp {
             limits: options.limits,
             request_timeout: Duration::from_secs(30),
             max_subscriptions: 8,
+            seed: wallet::custody::SeedSource::Mnemonic(TEST_MNEMONIC.into()),
         })
         .await
         .expect("app starts");
@@ -213,6 +217,7 @@ impl TestApp {
             limits: Limits::default(),
             request_timeout: Duration::from_secs(30),
             max_subscriptions: 8,
+            seed: wallet::custody::SeedSource::Mnemonic(TEST_MNEMONIC.into()),
         })
         .await
         .expect("app starts");
