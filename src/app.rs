@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::TokenKeys;
+use crate::chain::SimulatedChain;
 use crate::custody::{Custody, SeedSource};
 use crate::db::{self, PgPool, QueryCounter};
 use crate::events::{EventBus, Listener, ListenerConfig};
@@ -21,6 +22,8 @@ pub struct AppState {
     pub events: EventBus,
     /// The HD master key: derives crypto addresses.
     pub custody: Arc<Custody>,
+    /// The simulated chain, when enabled (development): its dev-only mutations work.
+    pub simulator: Option<SimulatedChain>,
 }
 
 /// Everything needed to start one service instance.
@@ -34,6 +37,10 @@ pub struct AppConfig {
     /// Concurrent subscriptions one websocket connection may hold.
     pub max_subscriptions: usize,
     pub seed: SeedSource,
+    /// Run the simulated bitcoin and ethereum networks.
+    pub simulated_chain: bool,
+    /// Mine a block this often (`None`: only on demand, with `mineBlocks`).
+    pub block_interval: Option<Duration>,
 }
 
 /// A service instance: the router is built from it by [`crate::http::router`].
@@ -46,6 +53,8 @@ pub struct App {
     pub max_subscriptions: usize,
     /// Stops when the last clone of the app is dropped.
     pub listener: Arc<Listener>,
+    /// The simulated chain's block timer, when it runs.
+    pub miner: Option<Arc<Background>>,
 }
 
 impl App {
@@ -76,6 +85,20 @@ impl App {
             queries,
             events,
             custody,
+            // Its own connections, as a node client would have: a request holding a pooled
+            // connection never waits on the pool for the chain.
+            simulator: match config.simulated_chain {
+                true => Some(SimulatedChain::new(db::build_pool(
+                    &config.database_url,
+                    4,
+                    QueryCounter::default(),
+                )?)),
+                false => None,
+            },
+        };
+        let miner = match (&state.simulator, config.block_interval) {
+            (Some(chain), Some(interval)) => Some(Arc::new(spawn_miner(chain.clone(), interval))),
+            _ => None,
         };
         let schema = graphql::build_schema(state.clone(), config.limits);
         Ok(App {
@@ -85,6 +108,35 @@ impl App {
             request_timeout: config.request_timeout,
             max_subscriptions: config.max_subscriptions,
             listener: Arc::new(listener),
+            miner,
         })
     }
+}
+
+/// A background task that stops when dropped.
+pub struct Background(tokio::task::JoinHandle<()>);
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The simulated chain's block timer. Every process runs it; the conditional update in
+/// [`SimulatedChain::mine_if_due`] mines one block per interval between them.
+fn spawn_miner(chain: SimulatedChain, interval: Duration) -> Background {
+    Background(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            for network in ["bitcoin", "ethereum"] {
+                match chain.mine_if_due(network, interval).await {
+                    Ok(Some(height)) => tracing::debug!(network, height, "mined a block"),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(network, error = %e, "could not mine"),
+                }
+            }
+        }
+    }))
 }

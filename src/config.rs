@@ -54,6 +54,13 @@ pub struct ServeConfig {
     /// Concurrent subscriptions one websocket connection may hold.
     #[arg(long, env = "WALLET_WS_MAX_SUBSCRIPTIONS", default_value_t = 32)]
     pub ws_max_subscriptions: usize,
+    /// Run the simulated bitcoin and ethereum networks (default: on in development, off
+    /// in production).
+    #[arg(long, env = "WALLET_SIMULATED_CHAIN")]
+    pub simulated_chain: Option<bool>,
+    /// Seconds between blocks of the simulated networks (0: only on demand).
+    #[arg(long, env = "WALLET_BLOCK_SECS", default_value_t = 10)]
+    pub block_secs: u64,
 }
 
 impl ServeConfig {

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod chain;
 pub mod config;
 pub mod custody;
 pub mod db;

@@ -113,6 +113,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         request_timeout: config.request_timeout(),
         max_subscriptions: config.ws_max_subscriptions,
         seed: config.custody.resolve(config.auth.environment)?,
+        simulated_chain: config
+            .simulated_chain
+            .unwrap_or(config.auth.environment == Environment::Development),
+        block_interval: (config.block_secs > 0).then(|| Duration::from_secs(config.block_secs)),
     })
     .await
     .context("starting the service")?;

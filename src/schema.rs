@@ -9,6 +9,7 @@ diesel::table! {
         network -> Nullable<Text>,
         enabled -> Bool,
         reconciliation_tolerance -> Numeric,
+        required_confirmations -> Nullable<Int4>,
     }
 }
 
@@ -47,6 +48,38 @@ diesel::table! {
         notes -> Nullable<Text>,
         mismatch_reason -> Nullable<Text>,
         unmatched_transactions -> Array<Nullable<Text>>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    sim_chains (network) {
+        network -> Text,
+        height -> Int8,
+        mined_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    sim_failing_addresses (network, address) {
+        network -> Text,
+        address -> Text,
+    }
+}
+
+diesel::table! {
+    sim_transfers (hash) {
+        hash -> Text,
+        network -> Text,
+        from_address -> Text,
+        to_address -> Text,
+        amount -> Numeric,
+        fee -> Numeric,
+        gas_price -> Nullable<Numeric>,
+        gas_used -> Nullable<Int8>,
+        status -> Text,
+        block_number -> Nullable<Int8>,
+        raw -> Nullable<Text>,
         created_at -> Timestamptz,
     }
 }
@@ -94,6 +127,8 @@ diesel::table! {
 }
 
 diesel::joinable!(reconciliations -> wallets (wallet_id));
+diesel::joinable!(sim_failing_addresses -> sim_chains (network));
+diesel::joinable!(sim_transfers -> sim_chains (network));
 diesel::joinable!(transactions -> wallets (wallet_id));
 diesel::joinable!(wallets -> currencies (currency));
 
@@ -102,6 +137,9 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     hd_indexes,
     reconciliations,
+    sim_chains,
+    sim_failing_addresses,
+    sim_transfers,
     transactions,
     wallets,
 );

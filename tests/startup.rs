@@ -21,6 +21,8 @@ async fn concurrent_starts_create_and_migrate_once() {
         request_timeout: Duration::from_secs(5),
         max_subscriptions: 8,
         seed: wallet::custody::SeedSource::Mnemonic(common::TEST_MNEMONIC.into()),
+        simulated_chain: true,
+        block_interval: None,
     };
     let starts = (0..4).map(|_| {
         let config = config.clone();

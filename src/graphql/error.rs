@@ -12,6 +12,10 @@ pub const INVALID_AMOUNT: &str = "INVALID_AMOUNT";
 pub const INSUFFICIENT_FUNDS: &str = "INSUFFICIENT_FUNDS";
 pub const IDEMPOTENCY_CONFLICT: &str = "IDEMPOTENCY_CONFLICT";
 pub const CURRENCY_NOT_SUPPORTED: &str = "CURRENCY_NOT_SUPPORTED";
+pub const INVALID_ADDRESS: &str = "INVALID_ADDRESS";
+pub const ADDRESS_MISMATCH: &str = "ADDRESS_MISMATCH";
+pub const INSUFFICIENT_CONFIRMATIONS: &str = "INSUFFICIENT_CONFIRMATIONS";
+pub const CHAIN_UNAVAILABLE: &str = "CHAIN_UNAVAILABLE";
 pub const INTERNAL: &str = "INTERNAL";
 
 pub fn coded(code: &'static str, message: impl Into<String>) -> Error {
@@ -53,6 +57,13 @@ pub fn ledger_error(e: &LedgerError) -> Error {
         LedgerError::IdempotencyConflict(_) => IDEMPOTENCY_CONFLICT,
         LedgerError::CurrencyNotSupported(_) => CURRENCY_NOT_SUPPORTED,
         LedgerError::BadInput(_) => BAD_USER_INPUT,
+        LedgerError::InvalidAddress(_) => INVALID_ADDRESS,
+        LedgerError::AddressMismatch(_) => ADDRESS_MISMATCH,
+        LedgerError::InsufficientConfirmations { .. } => INSUFFICIENT_CONFIRMATIONS,
+        LedgerError::ChainUnavailable(detail) => {
+            tracing::warn!(%detail, "chain unavailable");
+            CHAIN_UNAVAILABLE
+        }
         LedgerError::Database(_) | LedgerError::Unavailable(_) => return internal(e),
     };
     let err = coded(code, e.message());
@@ -63,6 +74,10 @@ pub fn ledger_error(e: &LedgerError) -> Error {
         } => err.extend_with(|_, x| {
             x.set("available", available.to_string());
             x.set("requested", requested.to_string());
+        }),
+        LedgerError::InsufficientConfirmations { current, required } => err.extend_with(|_, x| {
+            x.set("current", *current);
+            x.set("required", *required);
         }),
         _ => err,
     }

@@ -6,11 +6,14 @@ use chrono::{DateTime, Utc};
 use super::error::{bad_input, forbidden};
 use super::ids::{NodeType, decode_id};
 use super::scalars::DecimalScalar;
+use super::types::ChainTransferObject;
 use super::types::{ReconciliationObject, TransactionObject, WalletObject};
 use super::{conn, require_operator, scope, state, viewer};
+use crate::chain::SimulatedChain;
+use crate::custody::{Chain, validate_address};
 use crate::ledger::movement::{self, Direction, MovementRequest};
 use crate::ledger::reconciliation::{self, ExternalReconciliation};
-use crate::ledger::wallet;
+use crate::ledger::{Currency, LedgerError, crypto, money, wallet};
 
 #[derive(InputObject)]
 pub struct CreateWalletInput {
@@ -50,6 +53,28 @@ pub struct ReconcileWalletInput {
     pub end_time: DateTime<Utc>,
     /// The balance an outside source reports at `endTime` (required for fiat).
     pub external_balance: Option<DecimalScalar>,
+}
+
+#[derive(InputObject)]
+pub struct ProcessCryptoDepositInput {
+    pub wallet_id: ID,
+    /// The chain transaction's hash.
+    pub tx_hash: String,
+}
+
+#[derive(InputObject)]
+pub struct SimulateIncomingTransferInput {
+    /// `bitcoin` or `ethereum`.
+    pub network: String,
+    pub to_address: String,
+    pub amount: DecimalScalar,
+}
+
+#[derive(InputObject)]
+pub struct MineBlocksInput {
+    pub network: String,
+    /// 1 to 1000.
+    pub count: i32,
 }
 
 pub struct Mutation;
@@ -110,6 +135,69 @@ impl Mutation {
         .await
     }
 
+    /// Credits a chain transfer to a crypto wallet's address once it has the network's
+    /// confirmations (the wallet's owner, or operators). Exactly once per transaction.
+    async fn process_crypto_deposit(
+        &self,
+        ctx: &Context<'_>,
+        input: ProcessCryptoDepositInput,
+    ) -> Result<TransactionObject> {
+        let scope = scope(ctx)?;
+        let wallet_id = decode_id(&input.wallet_id, NodeType::Wallet)?;
+        let Some(chain) = state(ctx).simulator.as_ref() else {
+            return Err(LedgerError::ChainUnavailable("no chain is configured".into()).into());
+        };
+        let mut c = conn(ctx).await?;
+        let done = crypto::process_deposit(
+            &mut c,
+            &state(ctx).currencies,
+            chain,
+            &scope,
+            wallet_id,
+            &input.tx_hash,
+        )
+        .await?;
+        Ok(TransactionObject(done.entry))
+    }
+
+    /// Simulated chain only: a transfer from an outside address, pending until the next
+    /// block.
+    #[graphql(visible = "simulator_enabled")]
+    async fn simulate_incoming_transfer(
+        &self,
+        ctx: &Context<'_>,
+        input: SimulateIncomingTransferInput,
+    ) -> Result<ChainTransferObject> {
+        viewer(ctx)?;
+        let chain = simulator(ctx)?;
+        let currency = network_currency(ctx, &input.network)?;
+        let amount = money::validate_amount(input.amount.0, currency)?;
+        let custody_chain =
+            Chain::from_network(&input.network).ok_or_else(|| bad_input("unknown network"))?;
+        let to = validate_address(custody_chain, &input.to_address)
+            .map_err(LedgerError::InvalidAddress)?;
+        let transfer = chain
+            .incoming(&input.network, &to, amount)
+            .await
+            .map_err(LedgerError::from)?;
+        Ok(ChainTransferObject(transfer))
+    }
+
+    /// Simulated chain only: mines `count` blocks now and returns the new height.
+    #[graphql(visible = "simulator_enabled")]
+    async fn mine_blocks(&self, ctx: &Context<'_>, input: MineBlocksInput) -> Result<i64> {
+        viewer(ctx)?;
+        let chain = simulator(ctx)?;
+        network_currency(ctx, &input.network)?;
+        if !(1..=1000).contains(&input.count) {
+            return Err(bad_input("count must be 1 to 1000"));
+        }
+        Ok(chain
+            .mine(&input.network, i64::from(input.count))
+            .await
+            .map_err(LedgerError::from)?)
+    }
+
     /// Compares the ledger over `[startTime, endTime]` with an outside balance and records
     /// the result (operators).
     async fn reconcile_wallet(
@@ -139,6 +227,27 @@ impl Mutation {
     }
 }
 
+fn simulator_enabled(ctx: &Context<'_>) -> bool {
+    ctx.data_opt::<crate::app::AppState>()
+        .is_none_or(|s| s.simulator.is_some())
+}
+
+fn simulator<'a>(ctx: &Context<'a>) -> Result<&'a SimulatedChain> {
+    state(ctx)
+        .simulator
+        .as_ref()
+        .ok_or_else(|| forbidden("no simulated network is enabled on this server"))
+}
+
+/// The enabled crypto currency of a network, or `BAD_USER_INPUT`.
+fn network_currency<'a>(ctx: &Context<'a>, network: &str) -> Result<&'a Currency> {
+    state(ctx)
+        .currencies
+        .all()
+        .find(|c| c.enabled && c.network.as_deref() == Some(network))
+        .ok_or_else(|| bad_input(format!("unknown network {network:?} (bitcoin or ethereum)")))
+}
+
 async fn move_money(
     ctx: &Context<'_>,
     direction: Direction,
@@ -149,6 +258,7 @@ async fn move_money(
 ) -> Result<TransactionObject> {
     let scope = scope(ctx)?;
     let request = MovementRequest {
+        chain: None,
         wallet_id: decode_id(&wallet_id, NodeType::Wallet)?,
         direction,
         amount: amount.0,

@@ -450,6 +450,54 @@ impl CurrencyObject {
     async fn reconciliation_tolerance(&self) -> DecimalScalar {
         self.0.reconciliation_tolerance.into()
     }
+    /// Crypto only: confirmations before a deposit is credited.
+    async fn required_confirmations(&self) -> Option<i32> {
+        self.0.required_confirmations
+    }
+}
+
+/// A transfer as the chain reports it (simulated networks).
+pub struct ChainTransferObject(pub crate::chain::ChainTransfer);
+
+#[Object(name = "ChainTransfer")]
+impl ChainTransferObject {
+    async fn tx_hash(&self) -> &str {
+        &self.0.hash
+    }
+    async fn network(&self) -> &str {
+        &self.0.network
+    }
+    async fn from_address(&self) -> &str {
+        &self.0.from_address
+    }
+    async fn to_address(&self) -> &str {
+        &self.0.to_address
+    }
+    async fn amount(&self) -> DecimalScalar {
+        self.0.amount.into()
+    }
+    /// Paid by the sender.
+    async fn fee(&self) -> DecimalScalar {
+        self.0.fee.into()
+    }
+    /// `PENDING` until mined, then `SUCCESS` or `FAILED`.
+    async fn status(&self) -> &'static str {
+        match self.0.status {
+            crate::chain::TransferStatus::Pending => "PENDING",
+            crate::chain::TransferStatus::Success => "SUCCESS",
+            crate::chain::TransferStatus::Failed => "FAILED",
+        }
+    }
+    /// The including block; null while pending.
+    async fn block_number(&self) -> Option<i64> {
+        self.0.block_number
+    }
+    async fn confirmations(&self) -> i64 {
+        self.0.confirmations
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
 }
 
 /// The authenticated caller.

@@ -28,6 +28,8 @@ pub struct Currency {
     pub network: Option<String>,
     pub enabled: bool,
     pub reconciliation_tolerance: Decimal,
+    /// Crypto only: confirmations before a deposit is credited.
+    pub required_confirmations: Option<i32>,
 }
 
 impl Currency {

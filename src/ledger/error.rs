@@ -18,6 +18,17 @@ pub enum LedgerError {
     IdempotencyConflict(String),
     CurrencyNotSupported(String),
     BadInput(String),
+    /// A destination address that is not valid for the wallet's network.
+    InvalidAddress(String),
+    /// The chain transaction does not pay this wallet's address.
+    AddressMismatch(String),
+    /// The chain transaction is not deep enough yet.
+    InsufficientConfirmations {
+        current: i64,
+        required: i64,
+    },
+    /// The chain could not be asked.
+    ChainUnavailable(String),
     /// The database failed; retried where that is safe before it gets here.
     Database(diesel::result::Error),
     /// No connection could be had.
@@ -33,7 +44,13 @@ impl LedgerError {
             | LedgerError::InvalidAmount(m)
             | LedgerError::IdempotencyConflict(m)
             | LedgerError::CurrencyNotSupported(m)
-            | LedgerError::BadInput(m) => m.clone(),
+            | LedgerError::BadInput(m)
+            | LedgerError::InvalidAddress(m)
+            | LedgerError::AddressMismatch(m) => m.clone(),
+            LedgerError::InsufficientConfirmations { current, required } => {
+                format!("the transaction has {current} confirmation(s); {required} are required")
+            }
+            LedgerError::ChainUnavailable(_) => "the chain is unavailable, try again".into(),
             LedgerError::InsufficientFunds {
                 available,
                 requested,

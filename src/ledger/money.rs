@@ -92,6 +92,7 @@ mod tests {
             network: None,
             enabled: true,
             reconciliation_tolerance: Decimal::ZERO,
+            required_confirmations: None,
         }
     }
 

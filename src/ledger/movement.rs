@@ -44,6 +44,19 @@ pub struct MovementRequest {
     /// The client's idempotency key (`txHash`).
     pub key: String,
     pub description: Option<String>,
+    /// Set for crypto movements (the chain transfer behind them); `None` for fiat.
+    pub chain: Option<ChainDetails>,
+}
+
+/// What the journal records about the chain transfer behind a crypto movement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainDetails {
+    pub network: String,
+    pub from_address: String,
+    pub to_address: String,
+    pub confirmations: i32,
+    pub required_confirmations: i32,
+    pub block_number: Option<i64>,
 }
 
 /// The journal row a request produced, and whether it was produced by an earlier call
@@ -137,9 +150,15 @@ async fn apply(
         return replay(existing, request);
     }
 
+    // Fiat moves by the fiat mutations, crypto only with a chain transfer behind it.
     let currency = currencies
         .get(&wallet.currency)
-        .filter(|c| c.kind == CurrencyKind::Fiat)
+        .filter(|c| match &request.chain {
+            None => c.kind == CurrencyKind::Fiat,
+            Some(chain) => {
+                c.kind == CurrencyKind::Crypto && c.network.as_deref() == Some(&chain.network)
+            }
+        })
         .ok_or_else(|| {
             LedgerError::CurrencyNotSupported(format!(
                 "{} wallets are not moved with deposit/withdraw",
@@ -197,6 +216,13 @@ async fn apply(
             transactions::status.eq(TransactionStatus::Completed),
             transactions::tx_hash.eq(&request.key),
             transactions::description.eq(&request.description),
+            transactions::network.eq(request.chain.as_ref().map(|c| &c.network)),
+            transactions::from_address.eq(request.chain.as_ref().map(|c| &c.from_address)),
+            transactions::to_address.eq(request.chain.as_ref().map(|c| &c.to_address)),
+            transactions::confirmations.eq(request.chain.as_ref().map(|c| c.confirmations)),
+            transactions::required_confirmations
+                .eq(request.chain.as_ref().map(|c| c.required_confirmations)),
+            transactions::block_number.eq(request.chain.as_ref().and_then(|c| c.block_number)),
             transactions::created_at.eq(at),
             transactions::updated_at.eq(at),
         ))

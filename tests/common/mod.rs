@@ -195,6 +195,8 @@ impl TestApp {
             request_timeout: Duration::from_secs(30),
             max_subscriptions: 8,
             seed: wallet::custody::SeedSource::Mnemonic(TEST_MNEMONIC.into()),
+            simulated_chain: true,
+            block_interval: None,
         })
         .await
         .expect("app starts");
@@ -218,6 +220,8 @@ impl TestApp {
             request_timeout: Duration::from_secs(30),
             max_subscriptions: 8,
             seed: wallet::custody::SeedSource::Mnemonic(TEST_MNEMONIC.into()),
+            simulated_chain: true,
+            block_interval: None,
         })
         .await
         .expect("app starts");

@@ -1,0 +1,93 @@
+//! What the ledger needs from a blockchain, behind one trait, so that the simulated chain
+//! and real node clients are interchangeable (SPEC §6).
+
+pub mod simulated;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+pub use simulated::SimulatedChain;
+
+/// A transfer as the chain reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainTransfer {
+    pub hash: String,
+    pub network: String,
+    pub from_address: String,
+    pub to_address: String,
+    pub amount: Decimal,
+    /// Paid by the sender.
+    pub fee: Decimal,
+    pub gas_price: Option<Decimal>,
+    pub gas_used: Option<i64>,
+    pub status: TransferStatus,
+    /// The including block; `None` while pending.
+    pub block_number: Option<i64>,
+    /// Blocks on top of (and including) the including block; 0 while pending.
+    pub confirmations: i64,
+    pub raw: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransferStatus {
+    Pending,
+    Success,
+    Failed,
+}
+
+impl TransferStatus {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "PENDING" => Some(TransferStatus::Pending),
+            "SUCCESS" => Some(TransferStatus::Success),
+            "FAILED" => Some(TransferStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// A transfer signed by custody, ready to broadcast. Broadcasting the same bytes again is
+/// harmless: the chain identifies it by its hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedTransfer {
+    pub network: String,
+    pub hash: String,
+    pub from_address: String,
+    pub to_address: String,
+    pub amount: Decimal,
+    pub raw: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The node could not be reached or failed; worth retrying.
+    #[error("the chain is unavailable: {0}")]
+    Unavailable(String),
+    #[error("unknown network {0:?}")]
+    UnknownNetwork(String),
+}
+
+#[async_trait::async_trait]
+pub trait Chain: Send + Sync {
+    /// Height of the newest block.
+    async fn tip(&self, network: &str) -> Result<i64, ChainError>;
+    /// A transfer by hash, with its current confirmations.
+    async fn transfer(
+        &self,
+        network: &str,
+        hash: &str,
+    ) -> Result<Option<ChainTransfer>, ChainError>;
+    /// Balance of an address: successful transfers in, minus transfers and fees out.
+    async fn balance(&self, network: &str, address: &str) -> Result<Decimal, ChainError>;
+    /// Transfers from or to an address created in `[from, to]`, oldest first.
+    async fn transfers_of(
+        &self,
+        network: &str,
+        address: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<ChainTransfer>, ChainError>;
+    /// Submits a signed transfer; returns its hash (also when it was already submitted).
+    async fn broadcast(&self, transfer: &SignedTransfer) -> Result<String, ChainError>;
+}

@@ -1,0 +1,263 @@
+//! Crypto deposits through the simulated chain: confirmations, address checks and
+//! exactly-once crediting, also when calls race.
+
+mod common;
+
+use common::{TestApp, error_code};
+use serde_json::{Value, json};
+use wallet::chain::SimulatedChain;
+
+const CREATE: &str = "mutation($c: String!) { createWallet(input: {currency: $c}) { id address } }";
+const INCOMING: &str = "mutation($n: String!, $to: String!, $a: Decimal!) {
+  simulateIncomingTransfer(input: {network: $n, toAddress: $to, amount: $a}) {
+    txHash network fromAddress toAddress amount status blockNumber confirmations } }";
+const MINE: &str =
+    "mutation($n: String!, $c: Int!) { mineBlocks(input: {network: $n, count: $c}) }";
+const PROCESS: &str = "mutation($w: ID!, $h: String!) {
+  processCryptoDeposit(input: {walletId: $w, txHash: $h}) {
+    id type amount balanceBefore balanceAfter status txHash network fromAddress toAddress
+    confirmations requiredConfirmations blockNumber } }";
+
+async fn crypto_wallet(t: &TestApp, user: &str, currency: &str) -> (String, String) {
+    let w = t.ok(&t.user(user), CREATE, json!({"c": currency})).await["createWallet"].clone();
+    (
+        w["id"].as_str().unwrap().to_owned(),
+        w["address"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn incoming(t: &TestApp, token: &str, network: &str, to: &str, amount: &str) -> Value {
+    t.ok(
+        token,
+        INCOMING,
+        json!({"n": network, "to": to, "a": amount}),
+    )
+    .await["simulateIncomingTransfer"]
+        .clone()
+}
+
+async fn mine(t: &TestApp, network: &str, count: i32) -> i64 {
+    t.ok(&t.operator(), MINE, json!({"n": network, "c": count}))
+        .await["mineBlocks"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_deposit_is_credited_once_it_has_its_confirmations() {
+    let t = TestApp::new().await;
+    let alice = t.user("alice");
+    let (wallet, address) = crypto_wallet(&t, "alice", "BTC").await;
+    let transfer = incoming(&t, &alice, "bitcoin", &address, "0.12345678").await;
+    assert_eq!(transfer["status"], "PENDING");
+    assert_eq!(transfer["confirmations"], 0);
+    assert_eq!(transfer["toAddress"], address.as_str());
+    let hash = transfer["txHash"].as_str().unwrap().to_owned();
+
+    // Not mined, then too shallow: refused with the counts, nothing credited.
+    for (blocks, current) in [(0, 0), (1, 1), (4, 5)] {
+        if blocks > 0 {
+            mine(&t, "bitcoin", blocks).await;
+        }
+        let body = t
+            .gql(Some(&alice), PROCESS, json!({"w": wallet, "h": hash}))
+            .await;
+        assert_eq!(error_code(&body), "INSUFFICIENT_CONFIRMATIONS", "{body}");
+        let ext = &body["errors"][0]["extensions"];
+        assert_eq!(
+            (ext["current"].as_i64(), ext["required"].as_i64()),
+            (Some(current), Some(6))
+        );
+        assert_eq!(t.balance(&wallet).await, "0.00000000");
+    }
+
+    mine(&t, "bitcoin", 1).await;
+    let credited =
+        t.ok(&alice, PROCESS, json!({"w": wallet, "h": hash})).await["processCryptoDeposit"]
+            .clone();
+    assert_eq!(credited["type"], "DEPOSIT");
+    assert_eq!(credited["status"], "COMPLETED");
+    assert_eq!(credited["amount"], "0.12345678");
+    assert_eq!(credited["balanceBefore"], "0.00000000");
+    assert_eq!(credited["balanceAfter"], "0.12345678");
+    assert_eq!(credited["txHash"], hash.as_str());
+    assert_eq!(credited["network"], "bitcoin");
+    assert_eq!(credited["toAddress"], address.as_str());
+    assert_eq!(credited["fromAddress"], transfer["fromAddress"]);
+    assert_eq!(credited["confirmations"], 6);
+    assert_eq!(credited["requiredConfirmations"], 6);
+    assert_eq!(credited["blockNumber"], "1");
+
+    // Again, by the owner or an operator: the same row, no second credit.
+    let again = t
+        .ok(&t.operator(), PROCESS, json!({"w": wallet, "h": hash}))
+        .await["processCryptoDeposit"]
+        .clone();
+    assert_eq!(again["id"], credited["id"]);
+    assert_eq!(t.balance(&wallet).await, "0.12345678");
+    assert_eq!(t.assert_chain(&wallet).await, 1);
+}
+
+#[tokio::test]
+async fn wrong_address_unknown_hash_and_failed_transfers_are_refused() {
+    let t = TestApp::new().await;
+    let alice = t.user("alice");
+    let bob = t.user("bob");
+    let (alices, alices_address) = crypto_wallet(&t, "alice", "ETH").await;
+    let (bobs, _) = crypto_wallet(&t, "bob", "ETH").await;
+    let transfer = incoming(&t, &alice, "ethereum", &alices_address, "1.5").await;
+    let hash = transfer["txHash"].as_str().unwrap().to_owned();
+    assert!(hash.starts_with("0x") && hash.len() == 66);
+    mine(&t, "ethereum", 6).await;
+
+    // Bob claims Alice's transfer for his wallet.
+    let body = t
+        .gql(Some(&bob), PROCESS, json!({"w": bobs, "h": hash}))
+        .await;
+    assert_eq!(error_code(&body), "ADDRESS_MISMATCH");
+    // Alice cannot process into Bob's wallet at all.
+    let body = t
+        .gql(Some(&alice), PROCESS, json!({"w": bobs, "h": hash}))
+        .await;
+    assert_eq!(error_code(&body), "NOT_FOUND");
+    // No such transaction.
+    let unknown = format!("0x{}", "ab".repeat(32));
+    let body = t
+        .gql(Some(&alice), PROCESS, json!({"w": alices, "h": unknown}))
+        .await;
+    assert_eq!(error_code(&body), "NOT_FOUND");
+    // A fiat wallet has no chain deposits.
+    let usd = t.create_wallet("alice", "USD").await;
+    let body = t
+        .gql(Some(&alice), PROCESS, json!({"w": usd, "h": hash}))
+        .await;
+    assert_eq!(error_code(&body), "CURRENCY_NOT_SUPPORTED");
+    for w in [&alices, &bobs] {
+        assert_eq!(t.balance(w).await, "0.000000000000000000");
+    }
+
+    // A transfer that fails on chain is never credited.
+    let pg = t.db.client().await;
+    pg.execute(
+        "INSERT INTO sim_failing_addresses (network, address) VALUES ('ethereum', $1)",
+        &[&alices_address],
+    )
+    .await
+    .unwrap();
+    let failing = incoming(&t, &alice, "ethereum", &alices_address, "2").await;
+    mine(&t, "ethereum", 6).await;
+    let body = t
+        .gql(
+            Some(&alice),
+            PROCESS,
+            json!({"w": alices, "h": failing["txHash"]}),
+        )
+        .await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+
+    // The good one still credits.
+    t.ok(&alice, PROCESS, json!({"w": alices, "h": hash})).await;
+    assert_eq!(t.balance(&alices).await, "1.500000000000000000");
+}
+
+#[tokio::test]
+async fn simulated_transfers_validate_their_input() {
+    let t = TestApp::new().await;
+    let alice = t.user("alice");
+    let (_, address) = crypto_wallet(&t, "alice", "BTC").await;
+    let cases = [
+        (
+            json!({"n": "bitcoin", "to": "bc1qnotanaddress", "a": "1"}),
+            "INVALID_ADDRESS",
+        ),
+        // An ethereum address on the bitcoin network.
+        (
+            json!({"n": "bitcoin", "to": "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266", "a": "1"}),
+            "INVALID_ADDRESS",
+        ),
+        // EIP-55 checksum broken by one letter's case.
+        (
+            json!({"n": "ethereum", "to": "0xF39Fd6e51aad88F6F4ce6aB8827279cffFb92266", "a": "1"}),
+            "INVALID_ADDRESS",
+        ),
+        (
+            json!({"n": "bitcoin", "to": address, "a": "0.000000001"}),
+            "INVALID_AMOUNT",
+        ),
+        (
+            json!({"n": "bitcoin", "to": address, "a": "0"}),
+            "INVALID_AMOUNT",
+        ),
+        (
+            json!({"n": "dogecoin", "to": address, "a": "1"}),
+            "BAD_USER_INPUT",
+        ),
+    ];
+    for (vars, code) in cases {
+        let body = t.gql(Some(&alice), INCOMING, vars.clone()).await;
+        assert_eq!(error_code(&body), code, "{vars}: {body}");
+    }
+    for count in [0, 1001] {
+        let body = t
+            .gql(Some(&alice), MINE, json!({"n": "bitcoin", "c": count}))
+            .await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT");
+    }
+    let body = t.gql(None, MINE, json!({"n": "bitcoin", "c": 1})).await;
+    assert_eq!(error_code(&body), "UNAUTHENTICATED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_process_calls_credit_once() {
+    let t = TestApp::with(common::Options {
+        pool_size: 20,
+        ..Default::default()
+    })
+    .await;
+    let alice = t.user("alice");
+    let (wallet, address) = crypto_wallet(&t, "alice", "ETH").await;
+    let transfer = incoming(&t, &alice, "ethereum", &address, "0.25").await;
+    mine(&t, "ethereum", 6).await;
+    let calls = (0..20).map(|_| {
+        let (t, alice) = (&t, &alice);
+        let vars = json!({"w": wallet, "h": transfer["txHash"]});
+        async move { t.ok(alice, PROCESS, vars).await["processCryptoDeposit"]["id"].clone() }
+    });
+    let ids = futures_util::future::join_all(calls).await;
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert_eq!(t.balance(&wallet).await, "0.250000000000000000");
+    assert_eq!(t.assert_chain(&wallet).await, 1);
+}
+
+/// The block timer runs in every process; one block per interval is mined between them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_block_per_interval_however_many_timers() {
+    let t = TestApp::new().await;
+    let (other, _) = t.sibling().await;
+    let chains = [
+        SimulatedChain::new(t.app.state.pool.clone()),
+        SimulatedChain::new(other.state.pool.clone()),
+    ];
+    let pg = t.db.client().await;
+    pg.execute(
+        "UPDATE sim_chains SET mined_at = now() - interval '1 hour'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let attempts = (0..10).map(|i| {
+        let chain = chains[i % 2].clone();
+        async move {
+            chain
+                .mine_if_due("bitcoin", std::time::Duration::from_secs(60))
+                .await
+                .unwrap()
+        }
+    });
+    let mined: Vec<Option<i64>> = futures_util::future::join_all(attempts).await;
+    assert_eq!(
+        mined.iter().flatten().collect::<Vec<_>>(),
+        vec![&1],
+        "{mined:?}"
+    );
+}
