@@ -261,3 +261,52 @@ async fn one_block_per_interval_however_many_timers() {
         "{mined:?}"
     );
 }
+
+const RECONCILE: &str = "mutation($w: ID!) { reconcileWallet(input: {walletId: $w,
+    startTime: \"2020-01-01T00:00:00Z\", endTime: \"2099-01-01T00:00:00Z\"}) {
+    source status systemBalance externalBalance difference unmatchedTransactions mismatchReason } }";
+
+#[tokio::test]
+async fn crypto_wallets_reconcile_against_the_chain() {
+    let t = TestApp::new().await;
+    let alice = t.user("alice");
+    let op = t.operator();
+    let (wallet, address) = crypto_wallet(&t, "alice", "BTC").await;
+    for amount in ["0.5", "0.25"] {
+        let transfer = incoming(&t, &alice, "bitcoin", &address, amount).await;
+        mine(&t, "bitcoin", 6).await;
+        t.ok(
+            &alice,
+            PROCESS,
+            json!({"w": wallet, "h": transfer["txHash"]}),
+        )
+        .await;
+    }
+    let matched = t.ok(&op, RECONCILE, json!({"w": wallet})).await["reconcileWallet"].clone();
+    assert_eq!(matched["source"], "CHAIN");
+    assert_eq!(matched["status"], "MATCHED", "{matched}");
+    assert_eq!(matched["systemBalance"], "0.75000000");
+    assert_eq!(matched["externalBalance"], "0.75000000");
+    assert_eq!(matched["difference"], "0.00000000");
+    assert_eq!(matched["unmatchedTransactions"], json!([]));
+    assert_eq!(matched["mismatchReason"], json!(null));
+
+    // A transfer the ledger does not know (never processed): listed, and the balances differ.
+    let stray = incoming(&t, &alice, "bitcoin", &address, "0.1").await;
+    mine(&t, "bitcoin", 1).await;
+    let mismatch = t.ok(&op, RECONCILE, json!({"w": wallet})).await["reconcileWallet"].clone();
+    assert_eq!(mismatch["status"], "MISMATCH");
+    assert_eq!(mismatch["externalBalance"], "0.85000000");
+    assert_eq!(mismatch["systemBalance"], "0.75000000");
+    assert_eq!(mismatch["difference"], "0.10000000");
+    assert_eq!(mismatch["unmatchedTransactions"], json!([stray["txHash"]]));
+    let reason = mismatch["mismatchReason"].as_str().unwrap();
+    assert!(reason.contains("not in the ledger"), "{reason}");
+
+    // Reconciling is the back office's call; fiat still needs an external balance.
+    let body = t.gql(Some(&alice), RECONCILE, json!({"w": wallet})).await;
+    assert_eq!(error_code(&body), "FORBIDDEN");
+    let usd = t.create_wallet("alice", "USD").await;
+    let body = t.gql(Some(&op), RECONCILE, json!({"w": usd})).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT");
+}

@@ -12,7 +12,7 @@ use super::{conn, require_operator, scope, state, viewer};
 use crate::chain::SimulatedChain;
 use crate::custody::{Chain, validate_address};
 use crate::ledger::movement::{self, Direction, MovementRequest};
-use crate::ledger::reconciliation::{self, ExternalReconciliation};
+use crate::ledger::reconciliation::{self, ChainReconciliation, ExternalReconciliation};
 use crate::ledger::{Currency, LedgerError, crypto, money, wallet};
 
 #[derive(InputObject)]
@@ -209,9 +209,27 @@ impl Mutation {
         let scope = scope(ctx)?;
         let wallet_id = decode_id(&input.wallet_id, NodeType::Wallet)?;
         let Some(external) = input.external_balance else {
-            return Err(bad_input(
-                "externalBalance is required to reconcile a fiat wallet",
-            ));
+            // No outside balance: a crypto wallet is compared with the chain.
+            let Some(chain) = state(ctx).simulator.as_ref() else {
+                return Err(bad_input(
+                    "externalBalance is required to reconcile a fiat wallet",
+                ));
+            };
+            let request = ChainReconciliation {
+                wallet_id,
+                start: input.start_time,
+                end: input.end_time,
+            };
+            let mut c = conn(ctx).await?;
+            let row = reconciliation::reconcile_chain(
+                &mut c,
+                &state(ctx).currencies,
+                chain,
+                &scope,
+                &request,
+            )
+            .await?;
+            return Ok(ReconciliationObject(row));
         };
         let request = ExternalReconciliation {
             wallet_id,

@@ -257,3 +257,166 @@ pub async fn list_reconciliations(
     let rows = paginate!(q, page, reconciliations).load(conn).await?;
     Ok(page.finish(rows))
 }
+
+/// Compare a crypto wallet's ledger over `[start, end]` with its address on chain.
+#[derive(Clone, Debug)]
+pub struct ChainReconciliation {
+    pub wallet_id: i64,
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+}
+
+/// Reconciles a crypto wallet against the chain: the ledger's balance at `end` against the
+/// address's chain balance at `end`, and the transfers of the period on each side. A
+/// transfer counts as matched when the other side has it at any time (a deposit is
+/// journaled when credited, a little after it reached the chain).
+pub async fn reconcile_chain(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    chain: &dyn crate::chain::Chain,
+    scope: &Scope,
+    request: &ChainReconciliation,
+) -> Result<Reconciliation, LedgerError> {
+    use crate::chain::TransferStatus;
+    use std::collections::BTreeSet;
+
+    if request.start > request.end {
+        return Err(LedgerError::BadInput(
+            "startTime must not be after endTime".into(),
+        ));
+    }
+    let wallet = wallet::find_wallet(conn, scope, request.wallet_id).await?;
+    let currency = currencies
+        .get(&wallet.currency)
+        .filter(|c| c.kind == CurrencyKind::Crypto)
+        .ok_or_else(|| {
+            LedgerError::BadInput(format!(
+                "{} wallets are reconciled against an externalBalance",
+                wallet.currency
+            ))
+        })?;
+    let (Some(network), Some(address)) = (wallet.network.as_deref(), wallet.address.as_deref())
+    else {
+        return Err(LedgerError::CurrencyNotSupported(
+            "the wallet has no address".into(),
+        ));
+    };
+
+    // The chain side: the address's whole history up to `end` gives its balance then.
+    let history = chain
+        .transfers_of(network, address, DateTime::<Utc>::UNIX_EPOCH, request.end)
+        .await?;
+    let settled = history
+        .iter()
+        .filter(|t| t.status == TransferStatus::Success);
+    let mut chain_balance = Decimal::ZERO;
+    for t in settled.clone() {
+        if t.to_address == address {
+            chain_balance += t.amount;
+        }
+        if t.from_address == address {
+            chain_balance -= t.amount + t.fee;
+        }
+    }
+    let chain_period: BTreeSet<String> = settled
+        .filter(|t| t.created_at >= request.start)
+        .map(|t| t.hash.clone())
+        .collect();
+    let chain_known: BTreeSet<&str> = history.iter().map(|t| t.hash.as_str()).collect();
+
+    conn.build_transaction()
+        .repeatable_read()
+        .run(async |conn| {
+            let mut period = summarize_period(conn, wallet.id, request.start, request.end).await?;
+            period.system_balance = money::at_scale(period.system_balance, currency);
+            // Chain-backed journal rows of the period, and which of the chain's transfers
+            // the journal has at all.
+            let ledger_period: Vec<String> = transactions::table
+                .filter(transactions::wallet_id.eq(wallet.id))
+                .filter(transactions::network.is_not_null())
+                .filter(transactions::status.ne("FAILED"))
+                .filter(transactions::created_at.between(request.start, request.end))
+                .select(transactions::tx_hash)
+                .load(conn)
+                .await?;
+            let journaled: BTreeSet<String> = transactions::table
+                .filter(transactions::wallet_id.eq(wallet.id))
+                .filter(transactions::tx_hash.eq_any(chain_period.iter().cloned().collect::<Vec<_>>()))
+                .select(transactions::tx_hash)
+                .load::<String>(conn)
+                .await?
+                .into_iter()
+                .collect();
+            let chain_only: Vec<&String> = chain_period.difference(&journaled).collect();
+            let ledger_only: Vec<&String> = ledger_period
+                .iter()
+                .filter(|h| !chain_known.contains(h.as_str()))
+                .collect();
+
+            let chain_balance = money::at_scale(chain_balance, currency);
+            let difference = chain_balance - period.system_balance;
+            let within_tolerance = difference.abs() <= currency.reconciliation_tolerance;
+            let mut reasons = Vec::new();
+            if let Some(broken) = &period.inconsistency {
+                reasons.push(broken.clone());
+            }
+            if !chain_only.is_empty() {
+                reasons.push(format!(
+                    "{} transfer(s) on chain are not in the ledger (not yet credited, or unknown to the service)",
+                    chain_only.len()
+                ));
+            }
+            if !ledger_only.is_empty() {
+                reasons.push(format!(
+                    "{} ledger row(s) have no transfer on chain",
+                    ledger_only.len()
+                ));
+            }
+            if !within_tolerance {
+                reasons.push(format!(
+                    "the chain balance is {} {} {} than the ledger's {}",
+                    difference.abs(),
+                    currency.code,
+                    if difference > Decimal::ZERO { "higher" } else { "lower" },
+                    period.system_balance
+                ));
+            }
+            let status = if reasons.is_empty() {
+                ReconciliationStatus::Matched
+            } else {
+                ReconciliationStatus::Mismatch
+            };
+            let unmatched: Vec<Option<String>> = chain_only
+                .iter()
+                .chain(ledger_only.iter())
+                .map(|h| Some((*h).clone()))
+                .collect();
+            let notes = format!(
+                "address {address} on {network}: {} settled transfer(s) in the period; \
+                 ledger opening balance {}, {} movement(s); tolerance {}",
+                chain_period.len(),
+                period.opening,
+                period.movements,
+                currency.reconciliation_tolerance
+            );
+            let row = diesel::insert_into(reconciliations::table)
+                .values((
+                    reconciliations::wallet_id.eq(wallet.id),
+                    reconciliations::start_time.eq(request.start),
+                    reconciliations::end_time.eq(request.end),
+                    reconciliations::system_balance.eq(Scaled(period.system_balance)),
+                    reconciliations::external_balance.eq(Scaled(chain_balance)),
+                    reconciliations::source.eq(ReconciliationSource::Chain),
+                    reconciliations::status.eq(status),
+                    reconciliations::difference.eq(Scaled(difference)),
+                    reconciliations::notes.eq(notes),
+                    reconciliations::mismatch_reason.eq((!reasons.is_empty()).then(|| reasons.join("; "))),
+                    reconciliations::unmatched_transactions.eq(unmatched),
+                ))
+                .returning(Reconciliation::as_returning())
+                .get_result(conn)
+                .await?;
+            Ok(row)
+        })
+        .await
+}
