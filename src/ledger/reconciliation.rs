@@ -118,6 +118,44 @@ pub async fn summarize_period(
     })
 }
 
+/// The result of comparing a wallet with an outside source, as recorded.
+struct Outcome {
+    wallet_id: i64,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    system_balance: Decimal,
+    external_balance: Decimal,
+    source: ReconciliationSource,
+    status: ReconciliationStatus,
+    difference: Decimal,
+    notes: String,
+    mismatch_reason: Option<String>,
+    unmatched: Vec<Option<String>>,
+}
+
+async fn record(
+    conn: &mut AsyncPgConnection,
+    outcome: Outcome,
+) -> Result<Reconciliation, LedgerError> {
+    Ok(diesel::insert_into(reconciliations::table)
+        .values((
+            reconciliations::wallet_id.eq(outcome.wallet_id),
+            reconciliations::start_time.eq(outcome.start),
+            reconciliations::end_time.eq(outcome.end),
+            reconciliations::system_balance.eq(Scaled(outcome.system_balance)),
+            reconciliations::external_balance.eq(Scaled(outcome.external_balance)),
+            reconciliations::source.eq(outcome.source),
+            reconciliations::status.eq(outcome.status),
+            reconciliations::difference.eq(Scaled(outcome.difference)),
+            reconciliations::notes.eq(outcome.notes),
+            reconciliations::mismatch_reason.eq(outcome.mismatch_reason),
+            reconciliations::unmatched_transactions.eq(outcome.unmatched),
+        ))
+        .returning(Reconciliation::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
 /// Reconciles a fiat wallet against an external balance and records the result.
 pub async fn reconcile_external(
     conn: &mut AsyncPgConnection,
@@ -186,23 +224,23 @@ pub async fn reconcile_external(
                 period.debits,
                 currency.reconciliation_tolerance
             );
-            let row = diesel::insert_into(reconciliations::table)
-                .values((
-                    reconciliations::wallet_id.eq(wallet.id),
-                    reconciliations::start_time.eq(request.start),
-                    reconciliations::end_time.eq(request.end),
-                    reconciliations::system_balance.eq(Scaled(period.system_balance)),
-                    reconciliations::external_balance.eq(Scaled(external)),
-                    reconciliations::source.eq(ReconciliationSource::External),
-                    reconciliations::status.eq(status),
-                    reconciliations::difference.eq(Scaled(difference)),
-                    reconciliations::notes.eq(notes),
-                    reconciliations::mismatch_reason.eq(mismatch_reason),
-                ))
-                .returning(Reconciliation::as_returning())
-                .get_result(conn)
-                .await?;
-            Ok(row)
+            record(
+                conn,
+                Outcome {
+                    wallet_id: wallet.id,
+                    start: request.start,
+                    end: request.end,
+                    system_balance: period.system_balance,
+                    external_balance: external,
+                    source: ReconciliationSource::External,
+                    status,
+                    difference,
+                    notes,
+                    mismatch_reason,
+                    unmatched: Vec::new(),
+                },
+            )
+            .await
         })
         .await
 }
@@ -399,24 +437,23 @@ pub async fn reconcile_chain(
                 period.movements,
                 currency.reconciliation_tolerance
             );
-            let row = diesel::insert_into(reconciliations::table)
-                .values((
-                    reconciliations::wallet_id.eq(wallet.id),
-                    reconciliations::start_time.eq(request.start),
-                    reconciliations::end_time.eq(request.end),
-                    reconciliations::system_balance.eq(Scaled(period.system_balance)),
-                    reconciliations::external_balance.eq(Scaled(chain_balance)),
-                    reconciliations::source.eq(ReconciliationSource::Chain),
-                    reconciliations::status.eq(status),
-                    reconciliations::difference.eq(Scaled(difference)),
-                    reconciliations::notes.eq(notes),
-                    reconciliations::mismatch_reason.eq((!reasons.is_empty()).then(|| reasons.join("; "))),
-                    reconciliations::unmatched_transactions.eq(unmatched),
-                ))
-                .returning(Reconciliation::as_returning())
-                .get_result(conn)
-                .await?;
-            Ok(row)
+            record(
+                conn,
+                Outcome {
+                    wallet_id: wallet.id,
+                    start: request.start,
+                    end: request.end,
+                    system_balance: period.system_balance,
+                    external_balance: chain_balance,
+                    source: ReconciliationSource::Chain,
+                    status,
+                    difference,
+                    notes,
+                    mismatch_reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
+                    unmatched,
+                },
+            )
+            .await
         })
         .await
 }
