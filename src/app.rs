@@ -61,6 +61,7 @@ impl App {
     /// Creates the database if missing, applies migrations (under an advisory lock, so
     /// several processes may start at once), and builds the pool and schema.
     pub async fn start(config: &AppConfig) -> anyhow::Result<App> {
+        crate::metrics::handle();
         let custody = Arc::new(Custody::load(&config.seed)?);
         db::ensure_database(&config.database_url).await?;
         let applied = db::run_migrations(&config.database_url).await?;

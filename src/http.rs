@@ -42,7 +42,9 @@ pub fn router(app: App) -> Router {
         .route("/graphql/ws", get(crate::ws::handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::render))
         .with_state(app)
+        .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

@@ -15,6 +15,7 @@ pub mod events;
 pub mod graphql;
 pub mod http;
 pub mod ledger;
+pub mod metrics;
 pub mod schema;
 pub mod telemetry;
 pub mod ws;

@@ -255,3 +255,45 @@ async fn database_failures_are_internal_and_leak_nothing() {
         .unwrap();
     assert_eq!(t.balance(&w).await, "5.00");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_are_exposed_for_prometheus() {
+    let t = TestApp::new().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    t.deposit(&wallet, "1.00", "metrics-dep").await;
+    let resp = tower::ServiceExt::oneshot(
+        t.router.clone(),
+        Request::get("/metrics").body(Body::empty()).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    // The GraphQL posts above, by route and status, with their latency histogram.
+    let posts = text
+        .lines()
+        .find(|l| {
+            l.starts_with("wallet_http_requests_total{")
+                && l.contains(r#"route="/graphql""#)
+                && l.contains(r#"method="POST""#)
+                && l.contains(r#"status="200""#)
+        })
+        .unwrap_or_else(|| panic!("no request counter in:\n{text}"));
+    let count: f64 = posts.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 2.0, "{posts}");
+    assert!(text.contains("wallet_http_request_duration_seconds_bucket{"));
+    for gauge in [
+        "wallet_db_pool_size",
+        "wallet_db_pool_available",
+        "wallet_subscriptions",
+        "wallet_event_listener_connected 1",
+    ] {
+        assert!(text.contains(gauge), "{gauge} missing in:\n{text}");
+    }
+}

@@ -220,6 +220,7 @@ async fn deliver(
         if bus.subscriber_count() > 0 {
             for notice in outbox::load_notices(conn, &rows).await.map_err(ledger)? {
                 bus.publish(notice);
+                metrics::counter!("wallet_events_delivered_total").increment(1);
             }
         }
         *cursor = last;

@@ -1,0 +1,67 @@
+//! Prometheus metrics on `/metrics` (SPEC §5): request counts and latencies by route, and
+//! gauges read from the running service when scraped.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::app::App;
+use crate::events::listener::ListenerState;
+
+/// The process-wide recorder (one per process, however many app instances it runs).
+pub fn handle() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ])
+            .unwrap_or_else(|_| PrometheusBuilder::new())
+            .build_recorder();
+        let handle = recorder.handle();
+        // Fails only if another recorder was installed first; then ours stays unused.
+        let _ = metrics::set_global_recorder(recorder);
+        handle
+    })
+}
+
+/// Counts and times every request by method, route and status.
+pub async fn track(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("route", route), ("status", status)];
+    metrics::counter!("wallet_http_requests_total", &labels).increment(1);
+    metrics::histogram!("wallet_http_request_duration_seconds", &labels)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: the Prometheus text format.
+pub async fn render(State(app): State<App>) -> impl IntoResponse {
+    let handle = handle();
+    let pool = app.state.pool.status();
+    metrics::gauge!("wallet_db_pool_size").set(pool.size as f64);
+    metrics::gauge!("wallet_db_pool_available").set(pool.available as f64);
+    metrics::gauge!("wallet_db_pool_waiting").set(pool.waiting as f64);
+    metrics::gauge!("wallet_db_statements").set(app.state.queries.get() as f64);
+    metrics::gauge!("wallet_subscriptions").set(app.state.events.subscriber_count() as f64);
+    let listening = app.listener.state() == ListenerState::Listening;
+    metrics::gauge!("wallet_event_listener_connected").set(if listening { 1.0 } else { 0.0 });
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+}
