@@ -41,6 +41,8 @@ pub struct AppConfig {
     pub simulated_chain: bool,
     /// Mine a block this often (`None`: only on demand, with `mineBlocks`).
     pub block_interval: Option<Duration>,
+    /// Reconcile every crypto wallet against the chain this often (`None`: never).
+    pub reconcile_interval: Option<Duration>,
 }
 
 /// A service instance: the router is built from it by [`crate::http::router`].
@@ -55,6 +57,8 @@ pub struct App {
     pub listener: Arc<Listener>,
     /// The simulated chain's block timer, when it runs.
     pub miner: Option<Arc<Background>>,
+    /// The scheduled chain reconciliation, when it runs.
+    pub reconciler: Option<Arc<Background>>,
 }
 
 impl App {
@@ -101,6 +105,14 @@ impl App {
             (Some(chain), Some(interval)) => Some(Arc::new(spawn_miner(chain.clone(), interval))),
             _ => None,
         };
+        let reconciler = match (&state.simulator, config.reconcile_interval) {
+            (Some(chain), Some(interval)) => Some(Arc::new(spawn_reconciler(
+                state.clone(),
+                chain.clone(),
+                interval,
+            ))),
+            _ => None,
+        };
         let schema = graphql::build_schema(state.clone(), config.limits);
         Ok(App {
             state,
@@ -110,6 +122,7 @@ impl App {
             max_subscriptions: config.max_subscriptions,
             listener: Arc::new(listener),
             miner,
+            reconciler,
         })
     }
 }
@@ -137,6 +150,41 @@ fn spawn_miner(chain: SimulatedChain, interval: Duration) -> Background {
                     Ok(None) => {}
                     Err(e) => tracing::warn!(network, error = %e, "could not mine"),
                 }
+            }
+        }
+    }))
+}
+
+/// The scheduled chain reconciliation. Every process runs the timer; [`claim_job`] lets
+/// one of them do each interval's run.
+///
+/// [`claim_job`]: crate::ledger::reconciliation::claim_job
+fn spawn_reconciler(state: AppState, chain: SimulatedChain, interval: Duration) -> Background {
+    use crate::ledger::reconciliation::{claim_job, reconcile_all_crypto};
+    Background(tokio::spawn(async move {
+        let mut tick = tokio::time::interval((interval / 4).max(Duration::from_secs(1)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let Ok(mut conn) = state.pool.get().await else {
+                continue;
+            };
+            match claim_job(&mut conn, "chain_reconciliation", interval).await {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    tracing::warn!(error = ?e, "could not claim the reconciliation job");
+                    continue;
+                }
+            }
+            match reconcile_all_crypto(&mut conn, &state.currencies, &chain).await {
+                Ok(run) => tracing::info!(
+                    reconciled = run.reconciled,
+                    mismatched = run.mismatched,
+                    failed = run.failed,
+                    "scheduled chain reconciliation"
+                ),
+                Err(e) => tracing::warn!(error = ?e, "scheduled chain reconciliation failed"),
             }
         }
     }))

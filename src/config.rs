@@ -61,6 +61,10 @@ pub struct ServeConfig {
     /// Seconds between blocks of the simulated networks (0: only on demand).
     #[arg(long, env = "WALLET_BLOCK_SECS", default_value_t = 10)]
     pub block_secs: u64,
+    /// Seconds between scheduled reconciliations of every crypto wallet against the chain
+    /// (0: never).
+    #[arg(long, env = "WALLET_RECONCILE_SECS", default_value_t = 3600)]
+    pub reconcile_secs: u64,
 }
 
 impl ServeConfig {

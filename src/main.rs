@@ -117,6 +117,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             .simulated_chain
             .unwrap_or(config.auth.environment == Environment::Development),
         block_interval: (config.block_secs > 0).then(|| Duration::from_secs(config.block_secs)),
+        reconcile_interval: (config.reconcile_secs > 0)
+            .then(|| Duration::from_secs(config.reconcile_secs)),
     })
     .await
     .context("starting the service")?;

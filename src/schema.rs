@@ -49,6 +49,14 @@ diesel::table! {
         mismatch_reason -> Nullable<Text>,
         unmatched_transactions -> Array<Nullable<Text>>,
         created_at -> Timestamptz,
+        chain_height -> Nullable<Int8>,
+    }
+}
+
+diesel::table! {
+    scheduled_jobs (name) {
+        name -> Text,
+        last_run -> Timestamptz,
     }
 }
 
@@ -137,6 +145,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     events,
     hd_indexes,
     reconciliations,
+    scheduled_jobs,
     sim_chains,
     sim_failing_addresses,
     sim_transfers,

@@ -310,3 +310,88 @@ async fn crypto_wallets_reconcile_against_the_chain() {
     let body = t.gql(Some(&op), RECONCILE, json!({"w": usd})).await;
     assert_eq!(error_code(&body), "BAD_USER_INPUT");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn scheduled_reconciliation_is_incremental_and_claimed_once() {
+    use wallet::ledger::reconciliation::{ScheduledRun, claim_job, reconcile_all_crypto};
+    let t = TestApp::new().await;
+    let alice = t.user("alice");
+    let (a, a_address) = crypto_wallet(&t, "alice", "BTC").await;
+    let (_b, b_address) = crypto_wallet(&t, "bob", "ETH").await;
+    t.create_wallet("carol", "USD").await; // fiat: not part of it
+    let first = incoming(&t, &alice, "bitcoin", &a_address, "1").await;
+    mine(&t, "bitcoin", 6).await;
+    t.ok(&alice, PROCESS, json!({"w": a, "h": first["txHash"]}))
+        .await;
+    // Bob's transfer reaches the chain but is never credited.
+    incoming(&t, &alice, "ethereum", &b_address, "3").await;
+    mine(&t, "ethereum", 1).await;
+
+    let chain = t.app.state.simulator.clone().unwrap();
+    let currencies = t.app.state.currencies.clone();
+    let mut conn = t.app.state.pool.get().await.unwrap();
+    let run = reconcile_all_crypto(&mut conn, &currencies, &chain)
+        .await
+        .unwrap();
+    assert_eq!(
+        run,
+        ScheduledRun {
+            reconciled: 2,
+            mismatched: 1,
+            failed: 0
+        }
+    );
+
+    // Alice gets a second deposit; the next run for her starts at the checkpoint and sees
+    // only the new transfer, yet balances still agree.
+    let second = incoming(&t, &alice, "bitcoin", &a_address, "0.5").await;
+    mine(&t, "bitcoin", 6).await;
+    t.ok(&alice, PROCESS, json!({"w": a, "h": second["txHash"]}))
+        .await;
+    reconcile_all_crypto(&mut conn, &currencies, &chain)
+        .await
+        .unwrap();
+    let pg = t.db.client().await;
+    let rows = pg
+        .query(
+            "SELECT r.status, r.start_time::text, r.end_time::text, r.chain_height, r.notes,
+                    r.external_balance::text, r.system_balance::text
+               FROM reconciliations r JOIN wallets w ON w.id = r.wallet_id
+              WHERE w.user_id = 'alice' ORDER BY r.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    let (one, two) = (&rows[0], &rows[1]);
+    assert_eq!(one.get::<_, String>(0), "MATCHED");
+    assert_eq!(two.get::<_, String>(0), "MATCHED");
+    let one_end: String = one.get(2);
+    let two_start: String = two.get(1);
+    assert_eq!(
+        two_start, one_end,
+        "the second run starts where the first ended"
+    );
+    assert!(two.get::<_, i64>(3) > one.get::<_, i64>(3));
+    let notes: String = two.get(4);
+    assert!(notes.contains(": 1 settled transfer(s)"), "{notes}");
+    assert_eq!(two.get::<_, String>(5), "1.50000000");
+    assert_eq!(two.get::<_, String>(6), "1.50000000");
+
+    // However many processes run the timer, one claims each interval.
+    let claims = (0..8).map(|_| {
+        let pool = t.app.state.pool.clone();
+        async move {
+            let mut c = pool.get().await.unwrap();
+            claim_job(
+                &mut c,
+                "chain_reconciliation",
+                std::time::Duration::from_secs(3600),
+            )
+            .await
+            .unwrap()
+        }
+    });
+    let won = futures_util::future::join_all(claims).await;
+    assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+}

@@ -23,6 +23,7 @@ async fn concurrent_starts_create_and_migrate_once() {
         seed: wallet::custody::SeedSource::Mnemonic(common::TEST_MNEMONIC.into()),
         simulated_chain: true,
         block_interval: None,
+        reconcile_interval: None,
     };
     let starts = (0..4).map(|_| {
         let config = config.clone();

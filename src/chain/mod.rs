@@ -88,6 +88,15 @@ pub trait Chain: Send + Sync {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<ChainTransfer>, ChainError>;
+    /// Successful transfers from or to an address included in blocks `(after, up_to]`,
+    /// oldest first: what an incremental reconciliation needs since its last checkpoint.
+    async fn settled_between(
+        &self,
+        network: &str,
+        address: &str,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<ChainTransfer>, ChainError>;
     /// Submits a signed transfer; returns its hash (also when it was already submitted).
     async fn broadcast(&self, transfer: &SignedTransfer) -> Result<String, ChainError>;
 }

@@ -308,6 +308,33 @@ impl Chain for SimulatedChain {
         Ok(rows.into_iter().map(|r| r.into_transfer(tip)).collect())
     }
 
+    async fn settled_between(
+        &self,
+        network: &str,
+        address: &str,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<ChainTransfer>, ChainError> {
+        let mut conn = self.conn().await?;
+        let tip = Self::tip_on(&mut conn, network).await?;
+        let rows: Vec<Row> = sim_transfers::table
+            .filter(sim_transfers::network.eq(network))
+            .filter(
+                sim_transfers::to_address
+                    .eq(address)
+                    .or(sim_transfers::from_address.eq(address)),
+            )
+            .filter(sim_transfers::status.eq("SUCCESS"))
+            .filter(sim_transfers::block_number.gt(after))
+            .filter(sim_transfers::block_number.le(up_to))
+            .order((sim_transfers::block_number, sim_transfers::hash))
+            .select(Row::as_select())
+            .load(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.into_iter().map(|r| r.into_transfer(tip)).collect())
+    }
+
     async fn broadcast(&self, transfer: &SignedTransfer) -> Result<String, ChainError> {
         let mut conn = self.conn().await?;
         Self::tip_on(&mut conn, &transfer.network).await?;

@@ -177,6 +177,8 @@ pub struct Reconciliation {
     pub mismatch_reason: Option<String>,
     pub unmatched_transactions: Vec<Option<String>>,
     pub created_at: DateTime<Utc>,
+    /// Scheduled chain reconciliations: the chain height covered (the next run's start).
+    pub chain_height: Option<i64>,
 }
 
 /// A `Decimal` bound as NUMERIC with its scale kept also for zero: rust_decimal encodes

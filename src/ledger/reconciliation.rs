@@ -9,10 +9,12 @@ use rust_decimal::Decimal;
 use super::models::{ReconciliationSource, ReconciliationStatus, Scaled};
 use super::page::paginate;
 use super::{
-    CurrencyKind, CurrencyRegistry, LedgerError, ListScope, Page, PageArgs, Reconciliation, Scope,
-    money, wallet,
+    Currency, CurrencyKind, CurrencyRegistry, LedgerError, ListScope, Page, PageArgs,
+    Reconciliation, Scope, Wallet, money, wallet,
 };
+use crate::chain::{Chain, ChainTransfer, TransferStatus};
 use crate::schema::{reconciliations, transactions, wallets};
+use std::collections::BTreeSet;
 
 /// Compare the ledger over `[start, end]` with a balance reported from outside (a bank
 /// statement, the payment processor).
@@ -131,6 +133,7 @@ struct Outcome {
     notes: String,
     mismatch_reason: Option<String>,
     unmatched: Vec<Option<String>>,
+    chain_height: Option<i64>,
 }
 
 async fn record(
@@ -150,6 +153,7 @@ async fn record(
             reconciliations::notes.eq(outcome.notes),
             reconciliations::mismatch_reason.eq(outcome.mismatch_reason),
             reconciliations::unmatched_transactions.eq(outcome.unmatched),
+            reconciliations::chain_height.eq(outcome.chain_height),
         ))
         .returning(Reconciliation::as_returning())
         .get_result(conn)
@@ -238,6 +242,7 @@ pub async fn reconcile_external(
                     notes,
                     mismatch_reason,
                     unmatched: Vec::new(),
+                    chain_height: None,
                 },
             )
             .await
@@ -304,26 +309,24 @@ pub struct ChainReconciliation {
     pub end: DateTime<Utc>,
 }
 
-/// Reconciles a crypto wallet against the chain: the ledger's balance at `end` against the
-/// address's chain balance at `end`, and the transfers of the period on each side. A
-/// transfer counts as matched when the other side has it at any time (a deposit is
-/// journaled when credited, a little after it reached the chain).
-pub async fn reconcile_chain(
-    conn: &mut AsyncPgConnection,
-    currencies: &CurrencyRegistry,
-    chain: &dyn crate::chain::Chain,
-    scope: &Scope,
-    request: &ChainReconciliation,
-) -> Result<Reconciliation, LedgerError> {
-    use crate::chain::TransferStatus;
-    use std::collections::BTreeSet;
+/// The chain's side of a comparison.
+struct ChainSide {
+    /// The address's balance at the end of the window.
+    balance: Decimal,
+    /// Successful transfers of the window.
+    settled: BTreeSet<String>,
+    /// The height covered, for scheduled runs (their checkpoint).
+    height: Option<i64>,
+}
 
-    if request.start > request.end {
-        return Err(LedgerError::BadInput(
-            "startTime must not be after endTime".into(),
-        ));
-    }
-    let wallet = wallet::find_wallet(conn, scope, request.wallet_id).await?;
+/// A crypto wallet with its chain and address, if the caller may see it.
+async fn crypto_wallet<'c>(
+    conn: &mut AsyncPgConnection,
+    currencies: &'c CurrencyRegistry,
+    scope: &Scope,
+    wallet_id: i64,
+) -> Result<(Wallet, &'c Currency, String, String), LedgerError> {
+    let wallet = wallet::find_wallet(conn, scope, wallet_id).await?;
     let currency = currencies
         .get(&wallet.currency)
         .filter(|c| c.kind == CurrencyKind::Crypto)
@@ -333,65 +336,153 @@ pub async fn reconcile_chain(
                 wallet.currency
             ))
         })?;
-    let (Some(network), Some(address)) = (wallet.network.as_deref(), wallet.address.as_deref())
-    else {
+    let (Some(network), Some(address)) = (wallet.network.clone(), wallet.address.clone()) else {
         return Err(LedgerError::CurrencyNotSupported(
             "the wallet has no address".into(),
         ));
     };
+    Ok((wallet, currency, network, address))
+}
 
-    // The chain side: the address's whole history up to `end` gives its balance then.
+/// Reconciles a crypto wallet against the chain: the ledger's balance at `end` against the
+/// address's chain balance at `end`, and the transfers of the period on each side. A
+/// transfer counts as matched when the other side has it at any time (a deposit is
+/// journaled when credited, a little after it reached the chain).
+pub async fn reconcile_chain(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    chain: &dyn Chain,
+    scope: &Scope,
+    request: &ChainReconciliation,
+) -> Result<Reconciliation, LedgerError> {
+    if request.start > request.end {
+        return Err(LedgerError::BadInput(
+            "startTime must not be after endTime".into(),
+        ));
+    }
+    let (wallet, currency, network, address) =
+        crypto_wallet(conn, currencies, scope, request.wallet_id).await?;
+    // The address's whole history up to `end` gives its balance then.
     let history = chain
-        .transfers_of(network, address, DateTime::<Utc>::UNIX_EPOCH, request.end)
+        .transfers_of(&network, &address, DateTime::<Utc>::UNIX_EPOCH, request.end)
         .await?;
-    let settled = history
+    let settled: Vec<_> = history
         .iter()
-        .filter(|t| t.status == TransferStatus::Success);
-    let mut chain_balance = Decimal::ZERO;
-    for t in settled.clone() {
+        .filter(|t| t.status == TransferStatus::Success)
+        .collect();
+    let side = ChainSide {
+        balance: net_of(&address, settled.iter().copied()),
+        settled: settled
+            .iter()
+            .filter(|t| t.created_at >= request.start)
+            .map(|t| t.hash.clone())
+            .collect(),
+        height: None,
+    };
+    compare_with_chain(
+        conn,
+        chain,
+        &wallet,
+        currency,
+        (request.start, request.end),
+        side,
+    )
+    .await
+}
+
+/// What a set of settled transfers did to an address: in minus out and fees.
+fn net_of<'a>(address: &str, transfers: impl Iterator<Item = &'a ChainTransfer>) -> Decimal {
+    transfers.fold(Decimal::ZERO, |sum, t| {
+        let mut sum = sum;
         if t.to_address == address {
-            chain_balance += t.amount;
+            sum += t.amount;
         }
         if t.from_address == address {
-            chain_balance -= t.amount + t.fee;
+            sum -= t.amount + t.fee;
+        }
+        sum
+    })
+}
+
+/// Reconciles a crypto wallet from its last matched scheduled run to now, reading only
+/// what the chain settled since that run's height and the journal since its end time.
+pub async fn reconcile_since_checkpoint(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    chain: &dyn Chain,
+    wallet_id: i64,
+) -> Result<Reconciliation, LedgerError> {
+    let (wallet, currency, network, address) =
+        crypto_wallet(conn, currencies, &Scope::All, wallet_id).await?;
+    let checkpoint: Option<Reconciliation> = reconciliations::table
+        .filter(reconciliations::wallet_id.eq(wallet.id))
+        .filter(reconciliations::source.eq(ReconciliationSource::Chain))
+        .filter(reconciliations::status.eq(ReconciliationStatus::Matched))
+        .filter(reconciliations::chain_height.is_not_null())
+        .order(reconciliations::end_time.desc())
+        .select(Reconciliation::as_select())
+        .first(conn)
+        .await
+        .optional()?;
+    let (start, after, opening) = match &checkpoint {
+        Some(c) => (c.end_time, c.chain_height.unwrap_or(0), c.external_balance),
+        None => (wallet.created_at, 0, Decimal::ZERO),
+    };
+    let tip = chain.tip(&network).await?;
+    let end = Utc::now().max(start);
+    let settled = chain
+        .settled_between(&network, &address, after, tip)
+        .await?;
+    let side = ChainSide {
+        balance: opening + net_of(&address, settled.iter()),
+        settled: settled.iter().map(|t| t.hash.clone()).collect(),
+        height: Some(tip),
+    };
+    compare_with_chain(conn, chain, &wallet, currency, (start, end), side).await
+}
+
+/// Compares the journal over the window with the chain's side and records the outcome.
+async fn compare_with_chain(
+    conn: &mut AsyncPgConnection,
+    chain: &dyn Chain,
+    wallet: &Wallet,
+    currency: &Currency,
+    (start, end): (DateTime<Utc>, DateTime<Utc>),
+    side: ChainSide,
+) -> Result<Reconciliation, LedgerError> {
+    let network = wallet.network.clone().unwrap_or_default();
+    // Chain-backed journal rows of the window.
+    let ledger_period: Vec<String> = transactions::table
+        .filter(transactions::wallet_id.eq(wallet.id))
+        .filter(transactions::network.is_not_null())
+        .filter(transactions::status.ne("FAILED"))
+        .filter(transactions::created_at.between(start, end))
+        .select(transactions::tx_hash)
+        .load(conn)
+        .await?;
+    // Journal rows whose transfer the chain does not know at all.
+    let mut ledger_only = Vec::new();
+    for hash in ledger_period.iter().filter(|h| !side.settled.contains(*h)) {
+        if chain.transfer(&network, hash).await?.is_none() {
+            ledger_only.push(hash.clone());
         }
     }
-    let chain_period: BTreeSet<String> = settled
-        .filter(|t| t.created_at >= request.start)
-        .map(|t| t.hash.clone())
-        .collect();
-    let chain_known: BTreeSet<&str> = history.iter().map(|t| t.hash.as_str()).collect();
-
     conn.build_transaction()
         .repeatable_read()
         .run(async |conn| {
-            let mut period = summarize_period(conn, wallet.id, request.start, request.end).await?;
+            let mut period = summarize_period(conn, wallet.id, start, end).await?;
             period.system_balance = money::at_scale(period.system_balance, currency);
-            // Chain-backed journal rows of the period, and which of the chain's transfers
-            // the journal has at all.
-            let ledger_period: Vec<String> = transactions::table
-                .filter(transactions::wallet_id.eq(wallet.id))
-                .filter(transactions::network.is_not_null())
-                .filter(transactions::status.ne("FAILED"))
-                .filter(transactions::created_at.between(request.start, request.end))
-                .select(transactions::tx_hash)
-                .load(conn)
-                .await?;
             let journaled: BTreeSet<String> = transactions::table
                 .filter(transactions::wallet_id.eq(wallet.id))
-                .filter(transactions::tx_hash.eq_any(chain_period.iter().cloned().collect::<Vec<_>>()))
+                .filter(transactions::tx_hash.eq_any(side.settled.iter().cloned().collect::<Vec<_>>()))
                 .select(transactions::tx_hash)
                 .load::<String>(conn)
                 .await?
                 .into_iter()
                 .collect();
-            let chain_only: Vec<&String> = chain_period.difference(&journaled).collect();
-            let ledger_only: Vec<&String> = ledger_period
-                .iter()
-                .filter(|h| !chain_known.contains(h.as_str()))
-                .collect();
+            let chain_only: Vec<&String> = side.settled.difference(&journaled).collect();
 
-            let chain_balance = money::at_scale(chain_balance, currency);
+            let chain_balance = money::at_scale(side.balance, currency);
             let difference = chain_balance - period.system_balance;
             let within_tolerance = difference.abs() <= currency.reconciliation_tolerance;
             let mut reasons = Vec::new();
@@ -426,13 +517,14 @@ pub async fn reconcile_chain(
             };
             let unmatched: Vec<Option<String>> = chain_only
                 .iter()
-                .chain(ledger_only.iter())
                 .map(|h| Some((*h).clone()))
+                .chain(ledger_only.iter().map(|h| Some(h.clone())))
                 .collect();
             let notes = format!(
-                "address {address} on {network}: {} settled transfer(s) in the period; \
+                "address {} on {network}: {} settled transfer(s) in the window; \
                  ledger opening balance {}, {} movement(s); tolerance {}",
-                chain_period.len(),
+                wallet.address.as_deref().unwrap_or_default(),
+                side.settled.len(),
                 period.opening,
                 period.movements,
                 currency.reconciliation_tolerance
@@ -441,8 +533,8 @@ pub async fn reconcile_chain(
                 conn,
                 Outcome {
                     wallet_id: wallet.id,
-                    start: request.start,
-                    end: request.end,
+                    start,
+                    end,
                     system_balance: period.system_balance,
                     external_balance: chain_balance,
                     source: ReconciliationSource::Chain,
@@ -451,9 +543,76 @@ pub async fn reconcile_chain(
                     notes,
                     mismatch_reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
                     unmatched,
+                    chain_height: side.height,
                 },
             )
             .await
         })
         .await
+}
+
+/// How a scheduled run went.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScheduledRun {
+    pub reconciled: usize,
+    pub mismatched: usize,
+    pub failed: usize,
+}
+
+/// Reconciles every crypto wallet since its checkpoint, in pages of wallets. One wallet
+/// failing (the chain unreachable, say) does not stop the others.
+pub async fn reconcile_all_crypto(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    chain: &dyn Chain,
+) -> Result<ScheduledRun, LedgerError> {
+    let mut run = ScheduledRun::default();
+    let mut after = 0_i64;
+    loop {
+        let ids: Vec<i64> = wallets::table
+            .filter(wallets::address.is_not_null())
+            .filter(wallets::id.gt(after))
+            .order(wallets::id)
+            .limit(200)
+            .select(wallets::id)
+            .load(conn)
+            .await?;
+        let Some(&last) = ids.last() else {
+            return Ok(run);
+        };
+        for id in ids {
+            match reconcile_since_checkpoint(conn, currencies, chain, id).await {
+                Ok(r) => {
+                    run.reconciled += 1;
+                    if r.status == ReconciliationStatus::Mismatch {
+                        run.mismatched += 1;
+                    }
+                }
+                Err(e) => {
+                    run.failed += 1;
+                    tracing::warn!(wallet = id, error = ?e, "scheduled reconciliation failed");
+                }
+            }
+        }
+        after = last;
+    }
+}
+
+/// Claims the named job for this interval: true for exactly one caller per interval,
+/// across processes.
+pub async fn claim_job(
+    conn: &mut AsyncPgConnection,
+    name: &str,
+    interval: std::time::Duration,
+) -> Result<bool, LedgerError> {
+    let interval_ms = i64::try_from(interval.as_millis()).unwrap_or(i64::MAX);
+    let claimed = diesel::sql_query(
+        "UPDATE scheduled_jobs SET last_run = now()
+          WHERE name = $1 AND last_run <= now() - $2 * interval '1 millisecond'",
+    )
+    .bind::<diesel::sql_types::Text, _>(name)
+    .bind::<BigInt, _>(interval_ms)
+    .execute(conn)
+    .await?;
+    Ok(claimed == 1)
 }

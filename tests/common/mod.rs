@@ -197,6 +197,7 @@ impl TestApp {
             seed: wallet::custody::SeedSource::Mnemonic(TEST_MNEMONIC.into()),
             simulated_chain: true,
             block_interval: None,
+            reconcile_interval: None,
         })
         .await
         .expect("app starts");
@@ -222,6 +223,7 @@ impl TestApp {
             seed: wallet::custody::SeedSource::Mnemonic(TEST_MNEMONIC.into()),
             simulated_chain: true,
             block_interval: None,
+            reconcile_interval: None,
         })
         .await
         .expect("app starts");
