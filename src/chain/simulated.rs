@@ -215,6 +215,21 @@ impl SimulatedChain {
     }
 }
 
+/// Transfers from or to `address` on `network`.
+fn of_address<'a>(
+    network: &'a str,
+    address: &'a str,
+) -> sim_transfers::BoxedQuery<'a, diesel::pg::Pg> {
+    sim_transfers::table
+        .filter(sim_transfers::network.eq(network))
+        .filter(
+            sim_transfers::to_address
+                .eq(address)
+                .or(sim_transfers::from_address.eq(address)),
+        )
+        .into_boxed()
+}
+
 /// Puts every pending transfer of `network` into block `block`: it succeeds, unless its
 /// destination is listed in `sim_failing_addresses`.
 async fn include_pending(
@@ -292,13 +307,7 @@ impl Chain for SimulatedChain {
     ) -> Result<Vec<ChainTransfer>, ChainError> {
         let mut conn = self.conn().await?;
         let tip = Self::tip_on(&mut conn, network).await?;
-        let rows: Vec<Row> = sim_transfers::table
-            .filter(sim_transfers::network.eq(network))
-            .filter(
-                sim_transfers::to_address
-                    .eq(address)
-                    .or(sim_transfers::from_address.eq(address)),
-            )
+        let rows: Vec<Row> = of_address(network, address)
             .filter(sim_transfers::created_at.between(from, to))
             .order((sim_transfers::created_at, sim_transfers::hash))
             .select(Row::as_select())
@@ -317,13 +326,7 @@ impl Chain for SimulatedChain {
     ) -> Result<Vec<ChainTransfer>, ChainError> {
         let mut conn = self.conn().await?;
         let tip = Self::tip_on(&mut conn, network).await?;
-        let rows: Vec<Row> = sim_transfers::table
-            .filter(sim_transfers::network.eq(network))
-            .filter(
-                sim_transfers::to_address
-                    .eq(address)
-                    .or(sim_transfers::from_address.eq(address)),
-            )
+        let rows: Vec<Row> = of_address(network, address)
             .filter(sim_transfers::status.eq("SUCCESS"))
             .filter(sim_transfers::block_number.gt(after))
             .filter(sim_transfers::block_number.le(up_to))

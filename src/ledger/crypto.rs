@@ -4,7 +4,7 @@
 use diesel_async::AsyncPgConnection;
 
 use super::movement::{self, ChainDetails, Direction, Movement, MovementRequest};
-use super::{CurrencyKind, CurrencyRegistry, LedgerError, Scope, wallet};
+use super::{CurrencyRegistry, LedgerError, Scope, wallet};
 use crate::chain::{Chain, ChainError, TransferStatus};
 
 impl From<ChainError> for LedgerError {
@@ -24,21 +24,8 @@ pub async fn process_deposit(
     wallet_id: i64,
     hash: &str,
 ) -> Result<Movement, LedgerError> {
-    let wallet = wallet::find_wallet(conn, scope, wallet_id).await?;
-    let currency = currencies
-        .get(&wallet.currency)
-        .filter(|c| c.kind == CurrencyKind::Crypto)
-        .ok_or_else(|| {
-            LedgerError::CurrencyNotSupported(format!(
-                "{} wallets have no chain deposits",
-                wallet.currency
-            ))
-        })?;
-    let (Some(network), Some(address)) = (wallet.network.clone(), wallet.address.clone()) else {
-        return Err(LedgerError::CurrencyNotSupported(
-            "the wallet has no deposit address".into(),
-        ));
-    };
+    let (_, currency, network, address) =
+        wallet::find_crypto_wallet(conn, currencies, scope, wallet_id, "chain deposits").await?;
     let hash = hash.trim();
     if hash.is_empty() || hash.len() > movement::MAX_KEY_LEN {
         return Err(LedgerError::BadInput(

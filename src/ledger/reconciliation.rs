@@ -319,29 +319,22 @@ struct ChainSide {
     height: Option<i64>,
 }
 
-/// A crypto wallet with its chain and address, if the caller may see it.
+/// A crypto wallet with its chain and address, if the caller may see it. A fiat wallet
+/// is reconciled against an external balance instead: asking for the chain is bad input.
 async fn crypto_wallet<'c>(
     conn: &mut AsyncPgConnection,
     currencies: &'c CurrencyRegistry,
     scope: &Scope,
     wallet_id: i64,
 ) -> Result<(Wallet, &'c Currency, String, String), LedgerError> {
-    let wallet = wallet::find_wallet(conn, scope, wallet_id).await?;
-    let currency = currencies
-        .get(&wallet.currency)
-        .filter(|c| c.kind == CurrencyKind::Crypto)
-        .ok_or_else(|| {
-            LedgerError::BadInput(format!(
-                "{} wallets are reconciled against an externalBalance",
-                wallet.currency
-            ))
-        })?;
-    let (Some(network), Some(address)) = (wallet.network.clone(), wallet.address.clone()) else {
-        return Err(LedgerError::CurrencyNotSupported(
-            "the wallet has no address".into(),
-        ));
-    };
-    Ok((wallet, currency, network, address))
+    wallet::find_crypto_wallet(conn, currencies, scope, wallet_id, "chain")
+        .await
+        .map_err(|e| match e {
+            LedgerError::CurrencyNotSupported(_) => LedgerError::BadInput(
+                "a fiat wallet is reconciled against an externalBalance".into(),
+            ),
+            other => other,
+        })
 }
 
 /// Reconciles a crypto wallet against the chain: the ledger's balance at `end` against the

@@ -122,6 +122,30 @@ async fn next_address(
         .map_err(|e| LedgerError::Unavailable(format!("custody: {e}")))
 }
 
+/// A crypto wallet the caller may see, with its currency, network and address; a fiat
+/// wallet is `CURRENCY_NOT_SUPPORTED` (`what` says for what).
+pub async fn find_crypto_wallet<'c>(
+    conn: &mut AsyncPgConnection,
+    currencies: &'c CurrencyRegistry,
+    scope: &Scope,
+    id: i64,
+    what: &str,
+) -> Result<(Wallet, &'c super::Currency, String, String), LedgerError> {
+    let wallet = find_wallet(conn, scope, id).await?;
+    let currency = currencies
+        .get(&wallet.currency)
+        .filter(|c| c.kind == CurrencyKind::Crypto)
+        .ok_or_else(|| {
+            LedgerError::CurrencyNotSupported(format!("{} wallets have no {what}", wallet.currency))
+        })?;
+    let (Some(network), Some(address)) = (wallet.network.clone(), wallet.address.clone()) else {
+        return Err(LedgerError::CurrencyNotSupported(
+            "the wallet has no address".into(),
+        ));
+    };
+    Ok((wallet, currency, network, address))
+}
+
 /// A wallet the caller may see.
 pub async fn find_wallet(
     conn: &mut AsyncPgConnection,
