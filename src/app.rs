@@ -10,6 +10,7 @@ use crate::db::{self, PgPool, QueryCounter};
 use crate::events::{EventBus, Listener, ListenerConfig};
 use crate::graphql::{self, AppSchema, Limits};
 use crate::ledger::CurrencyRegistry;
+use crate::task::AbortOnDrop;
 
 /// What resolvers need: shared by every request.
 #[derive(Clone)]
@@ -56,9 +57,9 @@ pub struct App {
     /// Stops when the last clone of the app is dropped.
     pub listener: Arc<Listener>,
     /// The simulated chain's block timer, when it runs.
-    pub miner: Option<Arc<Background>>,
+    pub miner: Option<Arc<AbortOnDrop<()>>>,
     /// The scheduled chain reconciliation, when it runs.
-    pub reconciler: Option<Arc<Background>>,
+    pub reconciler: Option<Arc<AbortOnDrop<()>>>,
 }
 
 impl App {
@@ -127,19 +128,10 @@ impl App {
     }
 }
 
-/// A background task that stops when dropped.
-pub struct Background(tokio::task::JoinHandle<()>);
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The simulated chain's block timer. Every process runs it; the conditional update in
 /// [`SimulatedChain::mine_if_due`] mines one block per interval between them.
-fn spawn_miner(chain: SimulatedChain, interval: Duration) -> Background {
-    Background(tokio::spawn(async move {
+fn spawn_miner(chain: SimulatedChain, interval: Duration) -> AbortOnDrop<()> {
+    AbortOnDrop::spawn(async move {
         let mut tick = tokio::time::interval(interval / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -152,16 +144,16 @@ fn spawn_miner(chain: SimulatedChain, interval: Duration) -> Background {
                 }
             }
         }
-    }))
+    })
 }
 
 /// The scheduled chain reconciliation. Every process runs the timer; [`claim_job`] lets
 /// one of them do each interval's run.
 ///
 /// [`claim_job`]: crate::ledger::reconciliation::claim_job
-fn spawn_reconciler(state: AppState, chain: SimulatedChain, interval: Duration) -> Background {
+fn spawn_reconciler(state: AppState, chain: SimulatedChain, interval: Duration) -> AbortOnDrop<()> {
     use crate::ledger::reconciliation::{claim_job, reconcile_all_crypto};
-    Background(tokio::spawn(async move {
+    AbortOnDrop::spawn(async move {
         let mut tick = tokio::time::interval((interval / 4).max(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
@@ -187,5 +179,5 @@ fn spawn_reconciler(state: AppState, chain: SimulatedChain, interval: Duration) 
                 Err(e) => tracing::warn!(error = ?e, "scheduled chain reconciliation failed"),
             }
         }
-    }))
+    })
 }

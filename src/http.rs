@@ -8,7 +8,6 @@
 
 use std::time::Duration;
 
-use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use axum::Router;
@@ -29,7 +28,7 @@ use crate::auth::{TokenError, Viewer};
 use crate::events::listener::ListenerState;
 use crate::graphql::ExecutionStarted;
 use crate::graphql::error::{BAD_USER_INPUT, INTERNAL, UNAUTHENTICATED, tag_request_errors};
-use crate::graphql::loaders::WalletLoader;
+use crate::graphql::loaders;
 
 pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -377,13 +376,7 @@ async fn execute(
         Err(rejection) => return rejection.render(media),
     };
     let started = ExecutionStarted::default();
-    let wallets = DataLoader::with_cache(
-        WalletLoader {
-            pool: app.state.pool.clone(),
-        },
-        tokio::spawn,
-        HashMapCache::default(),
-    );
+    let wallets = loaders::wallets(app.state.pool.clone());
     let mut request = request.data(started.clone()).data(wallets);
     if let Some(v) = viewer {
         request = request.data(v);

@@ -17,5 +17,6 @@ pub mod http;
 pub mod ledger;
 pub mod metrics;
 pub mod schema;
+pub mod task;
 pub mod telemetry;
 pub mod ws;

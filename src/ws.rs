@@ -11,7 +11,6 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_graphql::dataloader::{DataLoader, HashMapCache};
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols};
 use async_graphql::{Data, Response};
 use axum::extract::State;
@@ -26,7 +25,7 @@ use tokio_stream::StreamMap;
 use crate::app::App;
 use crate::auth::{TokenError, Viewer};
 use crate::graphql::error::{BAD_USER_INPUT, tag_request_errors};
-use crate::graphql::loaders::WalletLoader;
+use crate::graphql::loaders;
 
 /// How long a client has to send `connection_init`.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -272,13 +271,7 @@ impl Session {
     }
 
     fn session_data(&self, viewer: Viewer) -> Data {
-        let wallets = DataLoader::with_cache(
-            WalletLoader {
-                pool: self.app.state.pool.clone(),
-            },
-            tokio::spawn,
-            HashMapCache::default(),
-        );
+        let wallets = loaders::wallets(self.app.state.pool.clone());
         // A connection lives long: never serve a wallet from an earlier event's cache.
         wallets.enable_all_cache(false);
         let mut data = Data::default();

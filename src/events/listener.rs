@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
-use tokio::task::JoinHandle;
 use tokio_postgres::AsyncMessage;
 
 use super::EventBus;
 use super::outbox::{self, Cursor};
+use crate::task::AbortOnDrop;
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 
 /// The NOTIFY channel the outbox trigger signals.
@@ -60,15 +60,15 @@ pub enum ListenerState {
 
 /// The running listener; stops when dropped.
 pub struct Listener {
-    task: JoinHandle<()>,
+    _task: AbortOnDrop<()>,
     state: watch::Receiver<ListenerState>,
 }
 
 impl Listener {
     pub fn spawn(config: ListenerConfig, bus: EventBus) -> Listener {
         let (state_tx, state) = watch::channel(ListenerState::Connecting);
-        let task = tokio::spawn(run(config, bus, state_tx));
-        Listener { task, state }
+        let task = AbortOnDrop::spawn(run(config, bus, state_tx));
+        Listener { _task: task, state }
     }
 
     pub fn state(&self) -> ListenerState {
@@ -82,12 +82,6 @@ impl Listener {
         tokio::time::timeout(timeout, state.wait_for(|s| *s == ListenerState::Listening))
             .await
             .is_ok_and(|r| r.is_ok())
-    }
-}
-
-impl Drop for Listener {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -140,9 +134,9 @@ async fn listen(
     // The connection delivers notifications only while it is polled: drive it in its own
     // task and turn notifications into wake-ups (many collapse into one).
     let wake = Arc::new(Notify::new());
-    let driver = {
+    let mut driver = {
         let wake = wake.clone();
-        tokio::spawn(async move {
+        AbortOnDrop::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
             while let Some(message) = messages.next().await {
                 match message {
@@ -154,7 +148,6 @@ async fn listen(
             anyhow::anyhow!("listener connection closed")
         })
     };
-    let mut driver = AbortOnDrop(driver);
 
     // Queries share the connection; the driver task keeps polling it.
     let mut db = AsyncPgConnection::try_from(client)
@@ -245,12 +238,4 @@ async fn prune(conn: &mut AsyncPgConnection, retention: Duration) {
 /// Logged, never shown to clients: the details are wanted.
 fn ledger(e: crate::ledger::LedgerError) -> anyhow::Error {
     anyhow::anyhow!("{e:?}")
-}
-
-struct AbortOnDrop<T>(JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }

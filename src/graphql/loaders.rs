@@ -14,6 +14,11 @@ use crate::ledger::{LedgerError, Wallet, wallet};
 /// The request's wallet loader (request-scoped, so its cache never outlives a request).
 pub type Wallets = DataLoader<WalletLoader, HashMapCache>;
 
+/// A wallet loader for one request (or one websocket session).
+pub fn wallets(pool: PgPool) -> Wallets {
+    DataLoader::with_cache(WalletLoader { pool }, tokio::spawn, HashMapCache::default())
+}
+
 /// When the selection of a connection asks for `edges.node.wallet`, loads the wallets of the
 /// whole page in one query up front, so the per-row loads are served from the cache instead
 /// of depending on the loader's batching window.
