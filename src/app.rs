@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::auth::TokenKeys;
 use crate::chain::SimulatedChain;
+use crate::chain_worker::ChainWorker;
 use crate::custody::{Custody, SeedSource};
 use crate::db::{self, PgPool, QueryCounter};
 use crate::events::{EventBus, Listener, ListenerConfig};
@@ -44,6 +45,8 @@ pub struct AppConfig {
     pub block_interval: Option<Duration>,
     /// Reconcile every crypto wallet against the chain this often (`None`: never).
     pub reconcile_interval: Option<Duration>,
+    /// Run the chain worker (withdrawals, deposit watcher) this often (`None`: never).
+    pub chain_poll: Option<Duration>,
 }
 
 /// A service instance: the router is built from it by [`crate::http::router`].
@@ -60,6 +63,8 @@ pub struct App {
     pub miner: Option<Arc<AbortOnDrop<()>>>,
     /// The scheduled chain reconciliation, when it runs.
     pub reconciler: Option<Arc<AbortOnDrop<()>>>,
+    /// The chain worker, when it runs.
+    pub chain_worker: Option<Arc<AbortOnDrop<()>>>,
 }
 
 impl App {
@@ -114,6 +119,10 @@ impl App {
             ))),
             _ => None,
         };
+        let chain_worker = match (App::worker_of(&state), config.chain_poll) {
+            (Some(worker), Some(interval)) => Some(Arc::new(worker.spawn(interval))),
+            _ => None,
+        };
         let schema = graphql::build_schema(state.clone(), config.limits);
         Ok(App {
             state,
@@ -124,7 +133,24 @@ impl App {
             listener: Arc::new(listener),
             miner,
             reconciler,
+            chain_worker,
         })
+    }
+
+    /// A chain worker over this app's chain (none without one).
+    pub fn worker_of(state: &AppState) -> Option<ChainWorker> {
+        let chain = state.simulator.clone()?;
+        Some(ChainWorker {
+            pool: state.pool.clone(),
+            currencies: state.currencies.clone(),
+            chain: Arc::new(chain),
+            custody: state.custody.clone(),
+        })
+    }
+
+    /// This app's chain worker, for running a pass by hand (tests, tools).
+    pub fn chain_worker(&self) -> Option<ChainWorker> {
+        App::worker_of(&self.state)
     }
 }
 

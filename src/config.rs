@@ -65,6 +65,10 @@ pub struct ServeConfig {
     /// (0: never).
     #[arg(long, env = "WALLET_RECONCILE_SECS", default_value_t = 3600)]
     pub reconcile_secs: u64,
+    /// Milliseconds between passes of the chain worker: signs and broadcasts
+    /// withdrawals, follows them and incoming deposits on chain (0: never).
+    #[arg(long, env = "WALLET_CHAIN_POLL_MS", default_value_t = 1000)]
+    pub chain_poll_ms: u64,
 }
 
 impl ServeConfig {

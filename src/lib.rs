@@ -8,6 +8,7 @@
 pub mod app;
 pub mod auth;
 pub mod chain;
+pub mod chain_worker;
 pub mod config;
 pub mod custody;
 pub mod db;

@@ -119,6 +119,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         block_interval: (config.block_secs > 0).then(|| Duration::from_secs(config.block_secs)),
         reconcile_interval: (config.reconcile_secs > 0)
             .then(|| Duration::from_secs(config.reconcile_secs)),
+        chain_poll: (config.chain_poll_ms > 0).then(|| Duration::from_millis(config.chain_poll_ms)),
     })
     .await
     .context("starting the service")?;

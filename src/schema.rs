@@ -1,6 +1,13 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    chain_scan_cursors (network) {
+        network -> Text,
+        block -> Int8,
+    }
+}
+
+diesel::table! {
     currencies (code) {
         code -> Text,
         name -> Text,
@@ -116,6 +123,9 @@ diesel::table! {
         gas_price -> Nullable<Numeric>,
         gas_used -> Nullable<Int8>,
         raw -> Nullable<Text>,
+        hold -> Bool,
+        hold_id -> Nullable<Int8>,
+        chain_tx_hash -> Nullable<Text>,
     }
 }
 
@@ -141,6 +151,7 @@ diesel::joinable!(transactions -> wallets (wallet_id));
 diesel::joinable!(wallets -> currencies (currency));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    chain_scan_cursors,
     currencies,
     events,
     hd_indexes,

@@ -95,7 +95,7 @@ async fn a_deposit_is_credited_once_it_has_its_confirmations() {
         .clone();
     assert_eq!(again["id"], credited["id"]);
     assert_eq!(t.balance(&wallet).await, "0.12345678");
-    assert_eq!(t.assert_chain(&wallet).await, 1);
+    assert_eq!(t.assert_chain(&wallet).await, 2, "hold and credit");
 }
 
 #[tokio::test]
@@ -226,7 +226,7 @@ async fn racing_process_calls_credit_once() {
     let ids = futures_util::future::join_all(calls).await;
     assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
     assert_eq!(t.balance(&wallet).await, "0.250000000000000000");
-    assert_eq!(t.assert_chain(&wallet).await, 1);
+    assert_eq!(t.assert_chain(&wallet).await, 2, "hold and credit");
 }
 
 /// The block timer runs in every process; one block per interval is mined between them.
@@ -394,4 +394,163 @@ async fn scheduled_reconciliation_is_incremental_and_claimed_once() {
     });
     let won = futures_util::future::join_all(claims).await;
     assert_eq!(won.iter().filter(|w| **w).count(), 1, "{won:?}");
+}
+
+const TRANSACTION: &str = "query($id: ID!) { node(id: $id) { ... on Transaction {
+  status isHold confirmations balanceBefore balanceAfter
+  settlements { type amount balanceBefore balanceAfter settles { id } } } } }";
+
+/// The id of the journal row keyed by a chain hash (the deposit's hold).
+async fn hold_id(t: &TestApp, hash: &str) -> Option<String> {
+    let pg = t.db.client().await;
+    let row = pg
+        .query_opt(
+            "SELECT id FROM transactions WHERE tx_hash = $1 AND hold",
+            &[&hash],
+        )
+        .await
+        .unwrap()?;
+    let id: i64 = row.get(0);
+    Some(
+        wallet::graphql::ids::encode_id(wallet::graphql::ids::NodeType::Transaction, id)
+            .to_string(),
+    )
+}
+
+#[tokio::test]
+async fn the_watcher_finds_follows_and_credits_deposits_by_itself() {
+    let t = TestApp::new().await;
+    let alice = t.user("alice");
+    let (wallet, address) = crypto_wallet(&t, "alice", "ETH").await;
+    let worker = t.app.chain_worker().unwrap();
+    let transfer = incoming(&t, &alice, "ethereum", &address, "2.5").await;
+    let hash = transfer["txHash"].as_str().unwrap();
+
+    // Seen while still pending: journaled as a hold, nothing credited.
+    worker.pass().await.unwrap();
+    let id = hold_id(&t, hash)
+        .await
+        .expect("the watcher journaled the deposit");
+    let hold = t.ok(&t.operator(), TRANSACTION, json!({"id": id})).await["node"].clone();
+    assert_eq!(
+        (
+            hold["status"].as_str(),
+            hold["isHold"].as_bool(),
+            hold["confirmations"].as_i64()
+        ),
+        (Some("PENDING"), Some(true), Some(0))
+    );
+    assert_eq!(t.balance(&wallet).await, "0.000000000000000000");
+
+    for (blocks, confirmations) in [(1, 1), (4, 5)] {
+        mine(&t, "ethereum", blocks).await;
+        worker.pass().await.unwrap();
+        let hold = t.ok(&t.operator(), TRANSACTION, json!({"id": id})).await["node"].clone();
+        assert_eq!(hold["confirmations"], confirmations);
+        assert_eq!(hold["status"], "PENDING");
+        assert_eq!(t.balance(&wallet).await, "0.000000000000000000");
+    }
+    mine(&t, "ethereum", 1).await;
+    let report = worker.pass().await.unwrap();
+    let credited: usize = report.deposits.iter().map(|(_, s)| s.credited).sum();
+    assert_eq!(credited, 1);
+    let hold = t.ok(&t.operator(), TRANSACTION, json!({"id": id})).await["node"].clone();
+    assert_eq!(hold["status"], "COMPLETED");
+    assert_eq!(hold["settlements"][0]["type"], "DEPOSIT");
+    assert_eq!(
+        hold["settlements"][0]["balanceAfter"],
+        "2.500000000000000000"
+    );
+    assert_eq!(hold["settlements"][0]["settles"]["id"], id.as_str());
+    assert_eq!(t.balance(&wallet).await, "2.500000000000000000");
+
+    // More blocks and passes, and the client asking too: still one credit.
+    mine(&t, "ethereum", 3).await;
+    worker.pass().await.unwrap();
+    let asked =
+        t.ok(&alice, PROCESS, json!({"w": wallet, "h": hash})).await["processCryptoDeposit"]
+            .clone();
+    assert_eq!(asked["balanceAfter"], "2.500000000000000000");
+    assert_eq!(t.balance(&wallet).await, "2.500000000000000000");
+    assert_eq!(t.assert_chain(&wallet).await, 2);
+}
+
+#[tokio::test]
+async fn the_watcher_ignores_other_addresses_and_fails_failed_transfers() {
+    let t = TestApp::new().await;
+    let alice = t.user("alice");
+    let (wallet, address) = crypto_wallet(&t, "alice", "BTC").await;
+    let worker = t.app.chain_worker().unwrap();
+    // To an address that is not ours.
+    let stranger = incoming(
+        &t,
+        &alice,
+        "bitcoin",
+        "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4",
+        "1",
+    )
+    .await;
+    // To ours, but failing on chain.
+    let pg = t.db.client().await;
+    pg.execute(
+        "INSERT INTO sim_failing_addresses (network, address) VALUES ('bitcoin', $1)",
+        &[&address],
+    )
+    .await
+    .unwrap();
+    let failing = incoming(&t, &alice, "bitcoin", &address, "1").await;
+    worker.pass().await.unwrap();
+    mine(&t, "bitcoin", 6).await;
+    worker.pass().await.unwrap();
+    assert_eq!(
+        hold_id(&t, stranger["txHash"].as_str().unwrap()).await,
+        None
+    );
+    let id = hold_id(&t, failing["txHash"].as_str().unwrap())
+        .await
+        .unwrap();
+    let hold = t.ok(&t.operator(), TRANSACTION, json!({"id": id})).await["node"].clone();
+    assert_eq!(hold["status"], "FAILED");
+    assert_eq!(hold["settlements"], json!([]));
+    assert_eq!(t.balance(&wallet).await, "0.00000000");
+}
+
+/// The watcher in two processes and clients asking at the same time: one credit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn watcher_and_process_calls_racing_credit_once() {
+    let t = TestApp::with(common::Options {
+        pool_size: 20,
+        ..Default::default()
+    })
+    .await;
+    let alice = t.user("alice");
+    let (wallet, address) = crypto_wallet(&t, "alice", "BTC").await;
+    let transfer = incoming(&t, &alice, "bitcoin", &address, "0.4").await;
+    mine(&t, "bitcoin", 6).await;
+    let (other, _) = t.sibling().await;
+    let workers = [t.app.chain_worker().unwrap(), other.chain_worker().unwrap()];
+    let passes = (0..6).map(|i| {
+        let w = workers[i % 2].clone();
+        async move {
+            let report = w.pass().await.unwrap();
+            report
+                .deposits
+                .iter()
+                .map(|(_, s)| s.credited)
+                .sum::<usize>()
+        }
+    });
+    let calls = (0..10).map(|_| {
+        let (t, alice) = (&t, &alice);
+        let vars = json!({"w": wallet, "h": transfer["txHash"]});
+        async move { t.ok(alice, PROCESS, vars).await["processCryptoDeposit"]["id"].clone() }
+    });
+    let (credits, ids) = tokio::join!(
+        futures_util::future::join_all(passes),
+        futures_util::future::join_all(calls)
+    );
+    assert!(credits.iter().sum::<usize>() <= 1, "{credits:?}");
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert_eq!(t.balance(&wallet).await, "0.40000000");
+    assert_eq!(t.assert_chain(&wallet).await, 2);
 }

@@ -24,6 +24,7 @@ async fn concurrent_starts_create_and_migrate_once() {
         simulated_chain: true,
         block_interval: None,
         reconcile_interval: None,
+        chain_poll: None,
     };
     let starts = (0..4).map(|_| {
         let config = config.clone();

@@ -648,3 +648,94 @@ async fn a_long_transaction_in_another_database_does_not_delay_events() {
     }
     long.rollback().await.unwrap();
 }
+
+/// A chain deposit found by the watcher: its hold is pushed when seen, again with each
+/// confirmation 1..6, and the credit when it reaches the threshold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn confirmation_progress_of_a_deposit_is_pushed_block_by_block() {
+    const CHAIN_SUB: &str = "subscription($w: ID) { transactionUpdated(walletId: $w) {
+      type txHash isHold status confirmations requiredConfirmations balanceAfter } }";
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let alice = t.user("alice");
+    let created = t
+        .ok(
+            &alice,
+            "mutation { createWallet(input: {currency: \"BTC\"}) { id address } }",
+            json!({}),
+        )
+        .await;
+    let wallet = created["createWallet"]["id"].as_str().unwrap().to_owned();
+    let address = created["createWallet"]["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut ws = WsClient::authenticated(&url, &alice).await;
+    ws.subscribe("tx", CHAIN_SUB, json!({ "w": wallet })).await;
+    subscribed(&t.app, 1).await;
+
+    let transfer = t
+        .ok(
+            &alice,
+            "mutation($to: String!) { simulateIncomingTransfer(input:
+               {network: \"bitcoin\", toAddress: $to, amount: \"0.5\"}) { txHash } }",
+            json!({ "to": address }),
+        )
+        .await;
+    let hash = transfer["simulateIncomingTransfer"]["txHash"].clone();
+    let worker = t.app.chain_worker().unwrap();
+    let mine = async || {
+        t.ok(
+            &t.operator(),
+            "mutation { mineBlocks(input: {network: \"bitcoin\", count: 1}) }",
+            json!({}),
+        )
+        .await;
+        worker.pass().await.unwrap();
+    };
+
+    worker.pass().await.unwrap();
+    let seen = &ws.data("tx").await["transactionUpdated"];
+    assert_eq!(seen["txHash"], hash);
+    assert_eq!(
+        (
+            seen["isHold"].as_bool(),
+            seen["status"].as_str(),
+            seen["confirmations"].as_i64()
+        ),
+        (Some(true), Some("PENDING"), Some(0))
+    );
+    assert_eq!(seen["requiredConfirmations"], 6);
+    for confirmations in 1..=5 {
+        mine().await;
+        let update = &ws.data("tx").await["transactionUpdated"];
+        assert_eq!(
+            (update["status"].as_str(), update["confirmations"].as_i64()),
+            (Some("PENDING"), Some(confirmations)),
+            "{update}"
+        );
+    }
+    mine().await;
+    let credit = ws.data("tx").await["transactionUpdated"].clone();
+    assert_eq!(
+        (
+            credit["isHold"].as_bool(),
+            credit["type"].as_str(),
+            credit["status"].as_str()
+        ),
+        (Some(false), Some("DEPOSIT"), Some("COMPLETED"))
+    );
+    assert_eq!(credit["balanceAfter"], "0.50000000");
+    let completed = ws.data("tx").await["transactionUpdated"].clone();
+    assert_eq!(
+        (
+            completed["isHold"].as_bool(),
+            completed["status"].as_str(),
+            completed["confirmations"].as_i64()
+        ),
+        (Some(true), Some("COMPLETED"), Some(6))
+    );
+    // Nothing more for this deposit.
+    mine().await;
+    assert!(ws.next_within(Duration::from_millis(300)).await.is_none());
+}

@@ -56,7 +56,63 @@ pub struct SignedTransfer {
     pub from_address: String,
     pub to_address: String,
     pub amount: Decimal,
+    /// What the sender pays, fixed when signing.
+    pub fee: Fee,
     pub raw: String,
+}
+
+/// A transfer's cost to its sender: a flat fee (bitcoin-like) or gas price × gas used
+/// (ethereum-like).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fee {
+    pub total: Decimal,
+    pub gas_price: Option<Decimal>,
+    pub gas_used: Option<i64>,
+}
+
+/// The bytes a sender signs for a transfer, in the simulated networks' wire format (one
+/// line of fields; a client of a real node would build that network's transaction
+/// encoding here). `nonce` makes two otherwise equal transfers distinct.
+pub fn transfer_payload(
+    network: &str,
+    from: &str,
+    to: &str,
+    amount: Decimal,
+    fee: &Fee,
+    nonce: i64,
+) -> Vec<u8> {
+    format!(
+        "{network}|{from}|{to}|{amount}|{}|{}|{}|{nonce}",
+        fee.total,
+        fee.gas_price.map(|p| p.to_string()).unwrap_or_default(),
+        fee.gas_used.map(|g| g.to_string()).unwrap_or_default(),
+    )
+    .into_bytes()
+}
+
+/// The digest a network signs and names transactions by: double SHA-256 for bitcoin,
+/// Keccak-256 for ethereum.
+pub fn digest(network: &str, bytes: &[u8]) -> [u8; 32] {
+    use bitcoin::hashes::Hash;
+    if network == "ethereum" {
+        alloy_primitives::keccak256(bytes).0
+    } else {
+        bitcoin::hashes::sha256d::Hash::hash(bytes).to_byte_array()
+    }
+}
+
+/// Assembles a signed transfer: the raw bytes are payload ‖ signature, and the hash is
+/// the digest of the raw bytes in the network's usual spelling.
+pub fn assemble(network: &str, payload: &[u8], signature: &[u8; 64]) -> (String, String) {
+    let mut raw = payload.to_vec();
+    raw.extend_from_slice(signature);
+    let hash = alloy_primitives::hex::encode(digest(network, &raw));
+    let hash = if network == "ethereum" {
+        format!("0x{hash}")
+    } else {
+        hash
+    };
+    (hash, alloy_primitives::hex::encode(raw))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +153,15 @@ pub trait Chain: Send + Sync {
         after: i64,
         up_to: i64,
     ) -> Result<Vec<ChainTransfer>, ChainError>;
+    /// Transfers included in blocks after `after_block`, and those still pending: what a
+    /// deposit watcher scans (oldest first).
+    async fn transfers_since(
+        &self,
+        network: &str,
+        after_block: i64,
+    ) -> Result<Vec<ChainTransfer>, ChainError>;
+    /// What a plain transfer costs its sender now.
+    async fn estimate_fee(&self, network: &str) -> Result<Fee, ChainError>;
     /// Submits a signed transfer; returns its hash (also when it was already submitted).
     async fn broadcast(&self, transfer: &SignedTransfer) -> Result<String, ChainError>;
 }

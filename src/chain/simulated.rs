@@ -13,7 +13,7 @@ use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::{Chain, ChainError, ChainTransfer, SignedTransfer, TransferStatus};
+use super::{Chain, ChainError, ChainTransfer, Fee, SignedTransfer, TransferStatus};
 use crate::db::{PgPool, PooledConn};
 use crate::ledger::models::Scaled;
 use crate::schema::{sim_chains, sim_transfers};
@@ -29,21 +29,25 @@ pub fn outside_address(network: &str) -> Option<&'static str> {
 }
 
 /// What a transfer costs its sender on each network.
-pub fn fee_of(network: &str) -> (Decimal, Option<Decimal>, Option<i64>) {
+pub fn fee_of(network: &str) -> Fee {
     match network {
         // A flat fee, as a bitcoin wallet would pay for a one-input, two-output spend.
-        "bitcoin" => (Decimal::new(1_000, 8), None, None),
+        "bitcoin" => Fee {
+            total: Decimal::new(1_000, 8),
+            gas_price: None,
+            gas_used: None,
+        },
         // 21,000 gas at 20 gwei.
         "ethereum" => {
             let gas_price = Decimal::new(20, 9);
             let gas_used = 21_000_i64;
-            (
-                gas_price * Decimal::from(gas_used),
-                Some(gas_price),
-                Some(gas_used),
-            )
+            Fee {
+                total: gas_price * Decimal::from(gas_used),
+                gas_price: Some(gas_price),
+                gas_used: Some(gas_used),
+            }
         }
-        _ => (Decimal::ZERO, None, None),
+        _ => Fee::default(),
     }
 }
 
@@ -338,10 +342,38 @@ impl Chain for SimulatedChain {
         Ok(rows.into_iter().map(|r| r.into_transfer(tip)).collect())
     }
 
+    async fn transfers_since(
+        &self,
+        network: &str,
+        after_block: i64,
+    ) -> Result<Vec<ChainTransfer>, ChainError> {
+        let mut conn = self.conn().await?;
+        let tip = Self::tip_on(&mut conn, network).await?;
+        let rows: Vec<Row> = sim_transfers::table
+            .filter(sim_transfers::network.eq(network))
+            .filter(
+                sim_transfers::block_number
+                    .gt(after_block)
+                    .or(sim_transfers::status.eq("PENDING")),
+            )
+            .order((sim_transfers::created_at, sim_transfers::hash))
+            .select(Row::as_select())
+            .load(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.into_iter().map(|r| r.into_transfer(tip)).collect())
+    }
+
+    async fn estimate_fee(&self, network: &str) -> Result<Fee, ChainError> {
+        let mut conn = self.conn().await?;
+        Self::tip_on(&mut conn, network).await?;
+        Ok(fee_of(network))
+    }
+
     async fn broadcast(&self, transfer: &SignedTransfer) -> Result<String, ChainError> {
         let mut conn = self.conn().await?;
         Self::tip_on(&mut conn, &transfer.network).await?;
-        let (fee, gas_price, gas_used) = fee_of(&transfer.network);
+        let fee = transfer.fee;
         diesel::insert_into(sim_transfers::table)
             .values((
                 sim_transfers::hash.eq(&transfer.hash),
@@ -349,9 +381,9 @@ impl Chain for SimulatedChain {
                 sim_transfers::from_address.eq(&transfer.from_address),
                 sim_transfers::to_address.eq(&transfer.to_address),
                 sim_transfers::amount.eq(Scaled(transfer.amount)),
-                sim_transfers::fee.eq(Scaled(fee)),
-                sim_transfers::gas_price.eq(gas_price.map(Scaled)),
-                sim_transfers::gas_used.eq(gas_used),
+                sim_transfers::fee.eq(Scaled(fee.total)),
+                sim_transfers::gas_price.eq(fee.gas_price.map(Scaled)),
+                sim_transfers::gas_used.eq(fee.gas_used),
                 sim_transfers::raw.eq(&transfer.raw),
             ))
             // The same bytes again: already known, nothing to do.

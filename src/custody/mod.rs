@@ -7,7 +7,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use bitcoin::bip32::{DerivationPath, Xpriv};
-use bitcoin::secp256k1::{All, PublicKey, Secp256k1};
+use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1, SecretKey};
 
 /// Chains the custody layer knows how to derive addresses for (`currencies.network`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -137,14 +137,43 @@ impl Custody {
         }
     }
 
-    fn public_key(&self, path: &str) -> Result<PublicKey, CustodyError> {
+    fn private_key(&self, path: &str) -> Result<SecretKey, CustodyError> {
         let path =
             DerivationPath::from_str(path).map_err(|e| CustodyError::Derivation(e.to_string()))?;
         let child = self
             .master
             .derive_priv(&self.secp, &path)
             .map_err(|e| CustodyError::Derivation(e.to_string()))?;
-        Ok(PublicKey::from_secret_key(&self.secp, &child.private_key))
+        Ok(child.private_key)
+    }
+
+    fn public_key(&self, path: &str) -> Result<PublicKey, CustodyError> {
+        Ok(PublicKey::from_secret_key(
+            &self.secp,
+            &self.private_key(path)?,
+        ))
+    }
+
+    /// Signs a 32-byte digest with the key at `path` (ECDSA over secp256k1, RFC 6979
+    /// nonces, so the same digest always gets the same signature). Returns the compact
+    /// 64-byte signature.
+    pub fn sign(&self, path: &str, digest: [u8; 32]) -> Result<[u8; 64], CustodyError> {
+        let key = self.private_key(path)?;
+        let signature = self.secp.sign_ecdsa(&Message::from_digest(digest), &key);
+        Ok(signature.serialize_compact())
+    }
+
+    /// Checks a signature made by [`Custody::sign`] against the key at `path`.
+    pub fn verify(&self, path: &str, digest: [u8; 32], signature: &[u8; 64]) -> bool {
+        let (Ok(key), Ok(signature)) = (
+            self.public_key(path),
+            bitcoin::secp256k1::ecdsa::Signature::from_compact(signature),
+        ) else {
+            return false;
+        };
+        self.secp
+            .verify_ecdsa(&Message::from_digest(digest), &signature, &key)
+            .is_ok()
     }
 
     /// The receiving address `index` of `chain`.

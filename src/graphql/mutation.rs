@@ -11,9 +11,10 @@ use super::types::{ReconciliationObject, TransactionObject, WalletObject};
 use super::{conn, require_operator, scope, state, viewer};
 use crate::chain::SimulatedChain;
 use crate::custody::{Chain, validate_address};
+use crate::ledger::chain_withdrawal::{self, WithdrawalRequest};
 use crate::ledger::movement::{self, Direction, MovementRequest};
 use crate::ledger::reconciliation::{self, ChainReconciliation, ExternalReconciliation};
-use crate::ledger::{Currency, LedgerError, crypto, money, wallet};
+use crate::ledger::{Currency, LedgerError, chain_deposit, money, wallet};
 
 #[derive(InputObject)]
 pub struct CreateWalletInput {
@@ -60,6 +61,19 @@ pub struct ProcessCryptoDepositInput {
     pub wallet_id: ID,
     /// The chain transaction's hash.
     pub tx_hash: String,
+}
+
+#[derive(InputObject)]
+pub struct CryptoWithdrawInput {
+    pub wallet_id: ID,
+    /// Destination on the wallet's network (bech32 for bitcoin; 0x… for ethereum, EIP-55
+    /// checked when mixed case).
+    pub to_address: String,
+    /// Positive, with at most the currency's decimals, as a string. The network fee is
+    /// added on top and locked with it.
+    pub amount: DecimalScalar,
+    /// The same key with the same request returns the original withdrawal.
+    pub idempotency_key: String,
 }
 
 #[derive(InputObject)]
@@ -148,7 +162,7 @@ impl Mutation {
             return Err(LedgerError::ChainUnavailable("no chain is configured".into()).into());
         };
         let mut c = conn(ctx).await?;
-        let done = crypto::process_deposit(
+        let done = chain_deposit::process_deposit(
             &mut c,
             &state(ctx).currencies,
             chain,
@@ -157,6 +171,32 @@ impl Mutation {
             &input.tx_hash,
         )
         .await?;
+        Ok(TransactionObject(done.entry))
+    }
+
+    /// Sends crypto to an outside address (the wallet's owner, or operators). Amount + fee
+    /// are locked at once and the withdrawal is returned PENDING; a worker signs and
+    /// broadcasts it (PROCESSING, debited) and completes it after the network's
+    /// confirmations, or marks it FAILED and refunds it if the chain fails it.
+    async fn crypto_withdraw(
+        &self,
+        ctx: &Context<'_>,
+        input: CryptoWithdrawInput,
+    ) -> Result<TransactionObject> {
+        let scope = scope(ctx)?;
+        let request = WithdrawalRequest {
+            wallet_id: decode_id(&input.wallet_id, NodeType::Wallet)?,
+            to_address: input.to_address,
+            amount: input.amount.0,
+            key: input.idempotency_key,
+        };
+        let Some(chain) = state(ctx).simulator.as_ref() else {
+            return Err(LedgerError::ChainUnavailable("no chain is configured".into()).into());
+        };
+        let mut c = conn(ctx).await?;
+        let done =
+            chain_withdrawal::request(&mut c, &state(ctx).currencies, chain, &scope, &request)
+                .await?;
         Ok(TransactionObject(done.entry))
     }
 
@@ -276,7 +316,6 @@ async fn move_money(
 ) -> Result<TransactionObject> {
     let scope = scope(ctx)?;
     let request = MovementRequest {
-        chain: None,
         wallet_id: decode_id(&wallet_id, NodeType::Wallet)?,
         direction,
         amount: amount.0,

@@ -364,6 +364,36 @@ impl TransactionObject {
     async fn raw(&self) -> Option<&str> {
         self.0.raw.as_deref()
     }
+    /// The chain transfer's hash: a deposit's from the start, a withdrawal's once it is
+    /// signed.
+    async fn chain_tx_hash(&self) -> Option<&str> {
+        self.0.chain_tx_hash.as_deref()
+    }
+    /// A hold: a crypto movement journaled while it is on its way, with no balance effect
+    /// of its own (balanceBefore = balanceAfter). Its `settlements` carry the effect.
+    async fn is_hold(&self) -> bool {
+        self.0.hold
+    }
+    /// On a posting: the crypto movement (hold) it settles.
+    async fn settles(&self, ctx: &Context<'_>) -> Result<Option<TransactionObject>> {
+        let Some(id) = self.0.hold_id else {
+            return Ok(None);
+        };
+        // Same wallet as this row, so visible to whoever sees this one.
+        let mut c = conn(ctx).await?;
+        let hold = journal::find_transaction(&mut c, &ledger::Scope::All, id).await?;
+        Ok(Some(TransactionObject(hold)))
+    }
+    /// On a hold: the postings that settle it, oldest first (a deposit's credit; a
+    /// withdrawal's debit and, if the chain failed it, its refund).
+    async fn settlements(&self, ctx: &Context<'_>) -> Result<Vec<TransactionObject>> {
+        if !self.0.hold {
+            return Ok(Vec::new());
+        }
+        let mut c = conn(ctx).await?;
+        let rows = ledger::posting::settlements(&mut c, self.0.id).await?;
+        Ok(rows.into_iter().map(TransactionObject).collect())
+    }
 }
 
 /// The result of comparing the ledger with an outside balance over a period.

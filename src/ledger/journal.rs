@@ -123,7 +123,8 @@ pub async fn verify_chain(
             let rows: Vec<(
                 i64,
                 TransactionType,
-                TransactionStatus,
+                bool,
+                Decimal,
                 Decimal,
                 Decimal,
                 Decimal,
@@ -133,8 +134,9 @@ pub async fn verify_chain(
                 .select((
                     transactions::id,
                     transactions::type_,
-                    transactions::status,
+                    transactions::hold,
                     transactions::amount,
+                    transactions::fee,
                     transactions::balance_before,
                     transactions::balance_after,
                 ))
@@ -142,11 +144,12 @@ pub async fn verify_chain(
                 .await?;
             let mut breaks = Vec::new();
             let mut running = Decimal::ZERO;
-            for (id, kind, status, amount, before, after) in &rows {
-                let moved = if *status == TransactionStatus::Failed {
+            for (id, kind, hold, amount, fee, before, after) in &rows {
+                // A hold moves nothing; a posting moves its amount and fee.
+                let moved = if *hold {
                     Decimal::ZERO
                 } else {
-                    kind.sign() * amount
+                    kind.sign() * (amount + fee)
                 };
                 if *before != running || *after != *before + moved {
                     breaks.push(*id);

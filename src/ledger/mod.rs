@@ -4,7 +4,8 @@
 //! how to present it. Visibility is passed in as a [`Scope`] so that access control is
 //! applied in the same query that reads the data.
 
-pub mod crypto;
+pub mod chain_deposit;
+pub mod chain_withdrawal;
 pub mod currency;
 mod error;
 pub mod journal;
@@ -12,6 +13,7 @@ pub mod models;
 pub mod money;
 pub mod movement;
 pub mod page;
+pub mod posting;
 pub mod reconciliation;
 pub mod wallet;
 

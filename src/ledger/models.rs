@@ -158,6 +158,19 @@ pub struct JournalEntry {
     pub gas_price: Option<Decimal>,
     pub gas_used: Option<i64>,
     pub raw: Option<String>,
+    /// A hold: journaled with no balance effect; its postings carry the effect.
+    pub hold: bool,
+    /// On a posting: the hold it settles.
+    pub hold_id: Option<i64>,
+    /// The chain transfer's hash (crypto rows; a withdrawal's once it is signed).
+    pub chain_tx_hash: Option<String>,
+}
+
+impl JournalEntry {
+    /// What the row did to the balance.
+    pub fn balance_change(&self) -> Decimal {
+        self.balance_after - self.balance_before
+    }
 }
 
 #[derive(Clone, Debug, Queryable, Selectable, Identifiable)]

@@ -2,7 +2,7 @@
 
 use rust_decimal::Decimal;
 
-use super::{Currency, LedgerError};
+use super::{Currency, LedgerError, Wallet};
 
 /// Significant digits that always fit a `Decimal` exactly (2^96 > 10^28).
 const MAX_DIGITS: usize = 28;
@@ -55,6 +55,22 @@ pub fn validate_amount(amount: Decimal, currency: &Currency) -> Result<Decimal, 
         )));
     }
     Ok(at_scale(amount, currency))
+}
+
+/// Refuses a credit that would take the balance above the currency's maximum.
+pub fn check_credit(
+    wallet: &Wallet,
+    amount: Decimal,
+    currency: &Currency,
+) -> Result<(), LedgerError> {
+    if wallet.balance + amount > max_balance(currency) {
+        return Err(LedgerError::InvalidAmount(format!(
+            "the credit would take the balance above the maximum of {} {}",
+            max_balance(currency),
+            currency.code
+        )));
+    }
+    Ok(())
 }
 
 /// Rejects values with more decimals than the currency has.

@@ -2,19 +2,14 @@
 //! withdrawals (debits). Each is one database transaction that locks the wallet row,
 //! honours the idempotency key, updates the balance and appends the journal row.
 
-use chrono::{DateTime, Utc};
-use diesel::prelude::*;
-use diesel::result::{DatabaseErrorKind, Error as DieselError};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use rust_decimal::Decimal;
 
-use super::models::Scaled;
+use super::posting::{self, NewRow};
 use super::{
     CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
-    TransactionType, Wallet, money,
+    TransactionType, money,
 };
-use crate::db;
-use crate::schema::{transactions, wallets};
 
 /// Longest accepted idempotency key and description.
 pub const MAX_KEY_LEN: usize = 128;
@@ -44,19 +39,6 @@ pub struct MovementRequest {
     /// The client's idempotency key (`txHash`).
     pub key: String,
     pub description: Option<String>,
-    /// Set for crypto movements (the chain transfer behind them); `None` for fiat.
-    pub chain: Option<ChainDetails>,
-}
-
-/// What the journal records about the chain transfer behind a crypto movement.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainDetails {
-    pub network: String,
-    pub from_address: String,
-    pub to_address: String,
-    pub confirmations: i32,
-    pub required_confirmations: i32,
-    pub block_number: Option<i64>,
 }
 
 /// The journal row a request produced, and whether it was produced by an earlier call
@@ -76,28 +58,22 @@ pub async fn execute(
     request: &MovementRequest,
 ) -> Result<Movement, LedgerError> {
     validate_shape(request)?;
-    let mut attempt = 1;
-    loop {
-        let result = conn
-            .transaction(async |tx| apply(tx, currencies, scope, request).await)
-            .await;
-        match result {
-            Err(e) if attempt < db::MAX_ATTEMPTS && (e.is_transient() || is_key_race(&e)) => {
-                tokio::time::sleep(db::retry_backoff(attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
+    posting::retried!(conn, |tx| { apply(tx, currencies, scope, request).await })
+}
+
+/// An idempotency key (named `field` in the API) is 1 to [`MAX_KEY_LEN`] characters.
+pub fn validate_key(key: &str, field: &str) -> Result<(), LedgerError> {
+    if key.trim().is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(LedgerError::BadInput(format!(
+            "{field} must be 1 to {MAX_KEY_LEN} characters"
+        )));
     }
+    Ok(())
 }
 
 /// Checks that need no database.
 fn validate_shape(request: &MovementRequest) -> Result<(), LedgerError> {
-    if request.key.trim().is_empty() || request.key.len() > MAX_KEY_LEN {
-        return Err(LedgerError::BadInput(format!(
-            "txHash must be 1 to {MAX_KEY_LEN} characters"
-        )));
-    }
+    validate_key(&request.key, "txHash")?;
     if request
         .description
         .as_ref()
@@ -116,49 +92,26 @@ fn validate_shape(request: &MovementRequest) -> Result<(), LedgerError> {
     Ok(())
 }
 
-/// Another transaction inserted the same key first (on another wallet, so the wallet lock
-/// did not order us): the retry will find its row and judge the replay.
-fn is_key_race(e: &LedgerError) -> bool {
-    matches!(
-        e,
-        LedgerError::Database(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
-            if info.constraint_name() == Some("transactions_tx_hash_key")
-    )
-}
-
 async fn apply(
     conn: &mut AsyncPgConnection,
     currencies: &CurrencyRegistry,
     scope: &Scope,
     request: &MovementRequest,
 ) -> Result<Movement, LedgerError> {
-    // The row lock orders every movement of this wallet; FOR NO KEY UPDATE because the
-    // key columns do not change (journal inserts referencing the wallet are not blocked).
-    let wallet: Wallet = wallets::table
-        .find(request.wallet_id)
-        .select(Wallet::as_select())
-        .for_no_key_update()
-        .first(conn)
-        .await
-        .optional()?
-        .filter(|w| scope.owner().is_none_or(|owner| w.user_id == owner))
-        .ok_or(LedgerError::NotFound("wallet"))?;
+    // The row lock orders every movement of this wallet.
+    let wallet = posting::lock_wallet(conn, scope, request.wallet_id).await?;
 
     // Read after the lock: a request with the same key that committed while we waited
     // is visible now.
-    if let Some(existing) = find_by_key(conn, &request.key).await? {
+    if let Some(existing) = posting::find_by_key(conn, &request.key).await? {
         return replay(existing, request);
     }
 
-    // Fiat moves by the fiat mutations, crypto only with a chain transfer behind it.
+    // Crypto moves only with a chain transfer behind it (processCryptoDeposit,
+    // cryptoWithdraw).
     let currency = currencies
         .get(&wallet.currency)
-        .filter(|c| match &request.chain {
-            None => c.kind == CurrencyKind::Fiat,
-            Some(chain) => {
-                c.kind == CurrencyKind::Crypto && c.network.as_deref() == Some(&chain.network)
-            }
-        })
+        .filter(|c| c.kind == CurrencyKind::Fiat)
         .ok_or_else(|| {
             LedgerError::CurrencyNotSupported(format!(
                 "{} wallets are not moved with deposit/withdraw",
@@ -167,20 +120,8 @@ async fn apply(
         })?;
     let amount = money::validate_amount(request.amount, currency)?;
 
-    let kind = request.direction.transaction_type();
-    let balance_before = wallet.balance;
-    let balance_after = match request.direction {
-        Direction::Deposit => {
-            let after = balance_before + amount;
-            if after > money::max_balance(currency) {
-                return Err(LedgerError::InvalidAmount(format!(
-                    "the deposit would take the balance above the maximum of {} {}",
-                    money::max_balance(currency),
-                    currency.code
-                )));
-            }
-            after
-        }
+    match request.direction {
+        Direction::Deposit => money::check_credit(&wallet, amount, currency)?,
         Direction::Withdraw => {
             let available = wallet.available_balance();
             if amount > available {
@@ -189,62 +130,24 @@ async fn apply(
                     requested: amount,
                 });
             }
-            balance_before - amount
         }
+    }
+    let row = NewRow {
+        kind: request.direction.transaction_type(),
+        amount,
+        fee: Decimal::ZERO,
+        status: TransactionStatus::Completed,
+        key: &request.key,
+        description: request.description.as_deref(),
+        hold: false,
+        settles: None,
+        chain: None,
     };
-
-    // Journal time never runs backwards within a wallet, even if the clock does, so that
-    // ordering by (created_at, id) is the order in which the balance changed.
-    let at: DateTime<Utc> = diesel::update(wallets::table.find(wallet.id))
-        .set((
-            wallets::balance.eq(Scaled(balance_after)),
-            wallets::updated_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
-                "GREATEST(clock_timestamp(), updated_at)",
-            )),
-        ))
-        .returning(wallets::updated_at)
-        .get_result(conn)
-        .await?;
-
-    let entry = diesel::insert_into(transactions::table)
-        .values((
-            transactions::wallet_id.eq(wallet.id),
-            transactions::type_.eq(kind),
-            transactions::amount.eq(Scaled(amount)),
-            transactions::balance_before.eq(Scaled(balance_before)),
-            transactions::balance_after.eq(Scaled(balance_after)),
-            transactions::status.eq(TransactionStatus::Completed),
-            transactions::tx_hash.eq(&request.key),
-            transactions::description.eq(&request.description),
-            transactions::network.eq(request.chain.as_ref().map(|c| &c.network)),
-            transactions::from_address.eq(request.chain.as_ref().map(|c| &c.from_address)),
-            transactions::to_address.eq(request.chain.as_ref().map(|c| &c.to_address)),
-            transactions::confirmations.eq(request.chain.as_ref().map(|c| c.confirmations)),
-            transactions::required_confirmations
-                .eq(request.chain.as_ref().map(|c| c.required_confirmations)),
-            transactions::block_number.eq(request.chain.as_ref().and_then(|c| c.block_number)),
-            transactions::created_at.eq(at),
-            transactions::updated_at.eq(at),
-        ))
-        .returning(JournalEntry::as_returning())
-        .get_result(conn)
-        .await?;
+    let entry = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
     Ok(Movement {
         entry,
         replayed: false,
     })
-}
-
-async fn find_by_key(
-    conn: &mut AsyncPgConnection,
-    key: &str,
-) -> Result<Option<JournalEntry>, LedgerError> {
-    Ok(transactions::table
-        .filter(transactions::tx_hash.eq(key))
-        .select(JournalEntry::as_select())
-        .first(conn)
-        .await
-        .optional()?)
 }
 
 /// Same key: the same request gets the original result; anything else is a conflict.

@@ -71,15 +71,14 @@ pub async fn summarize_period(
         .unwrap_or(Decimal::ZERO);
 
     let totals: Totals = diesel::sql_query(
-        "SELECT count(*) AS movements,
-                coalesce(sum(amount) FILTER (WHERE type IN ('DEPOSIT', 'REFUND')), 0) AS credits,
-                coalesce(sum(amount) FILTER (WHERE type = 'WITHDRAW'), 0) AS debits,
+        "SELECT count(*) FILTER (WHERE NOT hold) AS movements,
+                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND type IN ('DEPOSIT', 'REFUND')), 0) AS credits,
+                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND type = 'WITHDRAW'), 0) AS debits,
                 count(*) FILTER (WHERE balance_before <> coalesce(prev_after, $4)) AS breaks
-         FROM (SELECT type, amount, balance_before,
+         FROM (SELECT type, amount, fee, hold, balance_before,
                       lag(balance_after) OVER (ORDER BY created_at, id) AS prev_after
                FROM transactions
-               WHERE wallet_id = $1 AND created_at >= $2 AND created_at <= $3
-                 AND status <> 'FAILED') AS period",
+               WHERE wallet_id = $1 AND created_at >= $2 AND created_at <= $3) AS period",
     )
     .bind::<BigInt, _>(wallet_id)
     .bind::<Timestamptz, _>(start)
@@ -444,15 +443,18 @@ async fn compare_with_chain(
     side: ChainSide,
 ) -> Result<Reconciliation, LedgerError> {
     let network = wallet.network.clone().unwrap_or_default();
-    // Chain-backed journal rows of the window.
-    let ledger_period: Vec<String> = transactions::table
+    // Chain transfers behind the window's balance changes (holds change nothing; a
+    // failed withdrawal's debit and refund share one hash).
+    let ledger_period: BTreeSet<String> = transactions::table
         .filter(transactions::wallet_id.eq(wallet.id))
-        .filter(transactions::network.is_not_null())
-        .filter(transactions::status.ne("FAILED"))
+        .filter(transactions::hold.eq(false))
         .filter(transactions::created_at.between(start, end))
-        .select(transactions::tx_hash)
-        .load(conn)
-        .await?;
+        .select(transactions::chain_tx_hash)
+        .load::<Option<String>>(conn)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
     // Journal rows whose transfer the chain does not know at all.
     let mut ledger_only = Vec::new();
     for hash in ledger_period.iter().filter(|h| !side.settled.contains(*h)) {
@@ -467,8 +469,12 @@ async fn compare_with_chain(
             period.system_balance = money::at_scale(period.system_balance, currency);
             let journaled: BTreeSet<String> = transactions::table
                 .filter(transactions::wallet_id.eq(wallet.id))
-                .filter(transactions::tx_hash.eq_any(side.settled.iter().cloned().collect::<Vec<_>>()))
-                .select(transactions::tx_hash)
+                .filter(transactions::hold.eq(false))
+                .filter(
+                    transactions::chain_tx_hash
+                        .eq_any(side.settled.iter().cloned().collect::<Vec<_>>()),
+                )
+                .select(transactions::chain_tx_hash.assume_not_null())
                 .load::<String>(conn)
                 .await?
                 .into_iter()

@@ -198,6 +198,7 @@ impl TestApp {
             simulated_chain: true,
             block_interval: None,
             reconcile_interval: None,
+            chain_poll: None,
         })
         .await
         .expect("app starts");
@@ -224,6 +225,7 @@ impl TestApp {
             simulated_chain: true,
             block_interval: None,
             reconcile_interval: None,
+            chain_poll: None,
         })
         .await
         .expect("app starts");
@@ -349,7 +351,7 @@ impl TestApp {
                     "query($w: ID!, $after: String) { wallet(id: $w) { balance
                        transactions(first: 100, after: $after) {
                          pageInfo { hasNextPage endCursor }
-                         edges { node { type amount balanceBefore balanceAfter } } } } }",
+                         edges { node { type amount fee isHold balanceBefore balanceAfter } } } } }",
                     json!({ "w": wallet, "after": after }),
                 )
                 .await;
@@ -363,9 +365,13 @@ impl TestApp {
                         .unwrap()
                 };
                 assert_eq!(dec("balanceBefore"), previous, "chain broken at {n}");
-                let signed = match n["type"].as_str().unwrap() {
-                    "WITHDRAW" => -dec("amount"),
-                    _ => dec("amount"),
+                // A hold (a crypto movement on its way) moves nothing; any other row
+                // moves its amount and fee.
+                let moved = dec("amount") + dec("fee");
+                let signed = match (n["isHold"].as_bool().unwrap(), n["type"].as_str().unwrap()) {
+                    (true, _) => rust_decimal::Decimal::ZERO,
+                    (false, "WITHDRAW") => -moved,
+                    (false, _) => moved,
                 };
                 assert_eq!(
                     dec("balanceAfter"),

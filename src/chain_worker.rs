@@ -1,0 +1,89 @@
+//! The chain worker every process runs: signs and broadcasts withdrawals, follows them
+//! on chain, and watches for deposits. All of its steps are safe to run in several
+//! processes at once and to repeat after a crash (see `ledger::chain_withdrawal` and
+//! `ledger::chain_deposit`).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::chain::Chain;
+use crate::custody::Custody;
+use crate::db::PgPool;
+use crate::ledger::chain_deposit::{self, ScanReport};
+use crate::ledger::chain_withdrawal::{self, AdvanceReport};
+use crate::ledger::{CurrencyKind, CurrencyRegistry, LedgerError};
+use crate::task::AbortOnDrop;
+
+#[derive(Clone)]
+pub struct ChainWorker {
+    pub pool: PgPool,
+    pub currencies: Arc<CurrencyRegistry>,
+    pub chain: Arc<dyn Chain>,
+    pub custody: Arc<Custody>,
+}
+
+/// What one [`ChainWorker::pass`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub signed: usize,
+    pub broadcast: usize,
+    pub withdrawals: AdvanceReport,
+    pub deposits: Vec<(String, ScanReport)>,
+}
+
+impl ChainWorker {
+    /// Networks with an enabled crypto currency.
+    fn networks(&self) -> BTreeSet<String> {
+        self.currencies
+            .all()
+            .filter(|c| c.kind == CurrencyKind::Crypto && c.enabled)
+            .filter_map(|c| c.network.clone())
+            .collect()
+    }
+
+    /// Signs every waiting withdrawal and broadcasts it, follows those on chain, and
+    /// scans each network for deposits.
+    pub async fn pass(&self) -> Result<PassReport, LedgerError> {
+        let mut report = PassReport::default();
+        let mut conn = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| LedgerError::Unavailable(e.to_string()))?;
+        while let Some(signed) = chain_withdrawal::sign_next(&mut conn, &self.custody).await? {
+            report.signed += 1;
+            // Stored before this: if the broadcast fails, `advance` sends the same bytes.
+            match self.chain.broadcast(&signed).await {
+                Ok(_) => report.broadcast += 1,
+                Err(e) => tracing::warn!(hash = signed.hash, error = %e, "broadcast failed"),
+            }
+        }
+        report.withdrawals = chain_withdrawal::advance(&mut conn, self.chain.as_ref()).await?;
+        for network in self.networks() {
+            let scan =
+                chain_deposit::scan(&mut conn, &self.currencies, self.chain.as_ref(), &network)
+                    .await?;
+            report.deposits.push((network, scan));
+        }
+        Ok(report)
+    }
+
+    /// Runs [`ChainWorker::pass`] every `interval` until dropped.
+    pub fn spawn(self, interval: Duration) -> AbortOnDrop<()> {
+        AbortOnDrop::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                match self.pass().await {
+                    Ok(report) if report.signed + report.withdrawals.completed > 0 => {
+                        tracing::info!(?report, "chain worker pass")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = ?e, "chain worker pass failed"),
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,344 @@
+//! Crypto deposits. A chain transfer to a wallet's address is journaled as a hold the
+//! moment it is seen (PENDING, confirmations counting, no balance effect) and credited by
+//! a posting once it has the network's confirmations — exactly once, whoever gets there
+//! first: the watcher ([`scan`]) or a client (`processCryptoDeposit`, [`process_deposit`]).
+//! The chain hash is the hold's idempotency key, and both paths go through [`observe`]
+//! under the wallet's row lock.
+
+use std::collections::{BTreeSet, HashMap};
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+
+use super::movement::{self, Movement};
+use super::posting::{self, ChainFields, NewRow};
+use super::{
+    Currency, CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
+    TransactionType, money, wallet,
+};
+use crate::chain::{Chain, ChainError, ChainTransfer, TransferStatus};
+use crate::schema::{chain_scan_cursors, transactions, wallets};
+
+impl From<ChainError> for LedgerError {
+    fn from(e: ChainError) -> Self {
+        LedgerError::ChainUnavailable(e.to_string())
+    }
+}
+
+/// `processCryptoDeposit`: checks the transfer on chain — it exists, succeeded, pays this
+/// wallet's address and has the network's confirmations — and credits it once. Calling
+/// it again, or racing the watcher or another call, returns the same credit.
+pub async fn process_deposit(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    chain: &dyn Chain,
+    scope: &Scope,
+    wallet_id: i64,
+    hash: &str,
+) -> Result<Movement, LedgerError> {
+    let (wallet, currency, network, address) =
+        wallet::find_crypto_wallet(conn, currencies, scope, wallet_id, "chain deposits").await?;
+    let hash = hash.trim();
+    movement::validate_key(hash, "txHash")?;
+    let transfer = chain
+        .transfer(&network, hash)
+        .await?
+        .ok_or(LedgerError::NotFound("chain transaction"))?;
+    if transfer.to_address != address {
+        return Err(LedgerError::AddressMismatch(format!(
+            "transaction {hash} pays {}, not this wallet's address {address}",
+            transfer.to_address
+        )));
+    }
+    if transfer.status == TransferStatus::Failed {
+        return Err(LedgerError::BadInput(format!(
+            "transaction {hash} failed on chain"
+        )));
+    }
+    let required = i64::from(required_confirmations(currency));
+    if transfer.confirmations < required {
+        return Err(LedgerError::InsufficientConfirmations {
+            current: transfer.confirmations,
+            required,
+        });
+    }
+    let observed = observe(conn, currency, wallet.id, &transfer).await?;
+    match observed.credit {
+        Some(credit) => Ok(Movement {
+            entry: credit,
+            replayed: !observed.credited_now,
+        }),
+        // Checked above; the chain cannot have lost confirmations in between.
+        None => Err(LedgerError::InsufficientConfirmations {
+            current: transfer.confirmations,
+            required,
+        }),
+    }
+}
+
+fn required_confirmations(currency: &Currency) -> i32 {
+    currency.required_confirmations.unwrap_or(1)
+}
+
+/// What [`observe`] found and did.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// The deposit's hold as it is now.
+    pub hold: JournalEntry,
+    /// The credit posting, once there is one.
+    pub credit: Option<JournalEntry>,
+    /// This call posted the credit.
+    pub credited_now: bool,
+}
+
+/// Brings a deposit's journal up to date with the chain: records the hold if it is new,
+/// its confirmations and block, fails it if the transfer failed, and credits it at the
+/// threshold. The caller has checked that `transfer` pays wallet `wallet_id`.
+pub async fn observe(
+    conn: &mut AsyncPgConnection,
+    currency: &Currency,
+    wallet_id: i64,
+    transfer: &ChainTransfer,
+) -> Result<Observed, LedgerError> {
+    posting::retried!(conn, |tx| {
+        observe_in(tx, currency, wallet_id, transfer).await
+    })
+}
+
+async fn observe_in(
+    conn: &mut AsyncPgConnection,
+    currency: &Currency,
+    wallet_id: i64,
+    transfer: &ChainTransfer,
+) -> Result<Observed, LedgerError> {
+    // Every writer of a deposit takes the wallet lock first: one of them records, the
+    // others see its row.
+    let mut wallet = posting::lock_wallet(conn, &Scope::All, wallet_id).await?;
+    let required = required_confirmations(currency);
+    let confirmations = i32::try_from(transfer.confirmations).unwrap_or(i32::MAX);
+    let mut chain = ChainFields {
+        network: transfer.network.clone(),
+        from_address: transfer.from_address.clone(),
+        to_address: transfer.to_address.clone(),
+        chain_tx_hash: Some(transfer.hash.clone()),
+        confirmations,
+        required_confirmations: required,
+        block_number: transfer.block_number,
+        ..ChainFields::default()
+    };
+
+    let hold = match posting::find_by_key(conn, &transfer.hash).await? {
+        Some(existing)
+            if existing.wallet_id != wallet.id || existing.kind != TransactionType::Deposit =>
+        {
+            return Err(LedgerError::IdempotencyConflict(format!(
+                "the key {:?} is already used by another movement",
+                transfer.hash
+            )));
+        }
+        // Credited directly, before deposits were held: nothing left to do.
+        Some(existing) if !existing.hold => {
+            return Ok(Observed {
+                hold: existing.clone(),
+                credit: Some(existing),
+                credited_now: false,
+            });
+        }
+        Some(existing) => existing,
+        None => {
+            let amount = money::at_scale(transfer.amount, currency);
+            let row = NewRow {
+                kind: TransactionType::Deposit,
+                amount,
+                fee: Decimal::ZERO,
+                status: TransactionStatus::Pending,
+                key: &transfer.hash,
+                description: None,
+                hold: true,
+                settles: None,
+                chain: Some(&chain),
+            };
+            let hold = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
+            wallet.updated_at = hold.created_at;
+            hold
+        }
+    };
+
+    if hold.status != TransactionStatus::Pending {
+        let credit = credit_of(conn, hold.id).await?;
+        return Ok(Observed {
+            hold,
+            credit,
+            credited_now: false,
+        });
+    }
+    if transfer.status == TransferStatus::Failed {
+        let hold = update_hold(conn, &hold, TransactionStatus::Failed, &chain).await?;
+        return Ok(Observed {
+            hold,
+            credit: None,
+            credited_now: false,
+        });
+    }
+    if transfer.status == TransferStatus::Success && confirmations >= required {
+        money::check_credit(&wallet, hold.amount, currency)?;
+        chain.chain_tx_hash = hold.chain_tx_hash.clone();
+        let row = NewRow {
+            kind: TransactionType::Deposit,
+            amount: hold.amount,
+            fee: Decimal::ZERO,
+            status: TransactionStatus::Completed,
+            key: &hold.tx_hash,
+            description: None,
+            hold: false,
+            settles: Some(hold.id),
+            chain: Some(&chain),
+        };
+        let credit = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
+        let hold = update_hold(conn, &hold, TransactionStatus::Completed, &chain).await?;
+        return Ok(Observed {
+            hold,
+            credit: Some(credit),
+            credited_now: true,
+        });
+    }
+    let hold =
+        if hold.confirmations != Some(confirmations) || hold.block_number != chain.block_number {
+            update_hold(conn, &hold, TransactionStatus::Pending, &chain).await?
+        } else {
+            hold
+        };
+    Ok(Observed {
+        hold,
+        credit: None,
+        credited_now: false,
+    })
+}
+
+/// Moves a hold's status and chain progress on (each update is a `transactionUpdated`).
+pub(crate) async fn update_hold(
+    conn: &mut AsyncPgConnection,
+    hold: &JournalEntry,
+    status: TransactionStatus,
+    chain: &ChainFields,
+) -> Result<JournalEntry, LedgerError> {
+    Ok(diesel::update(transactions::table.find(hold.id))
+        .set((
+            transactions::status.eq(status),
+            transactions::confirmations.eq(chain.confirmations),
+            transactions::block_number.eq(chain.block_number),
+            transactions::updated_at.eq(diesel::dsl::now),
+        ))
+        .returning(JournalEntry::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+async fn credit_of(
+    conn: &mut AsyncPgConnection,
+    hold_id: i64,
+) -> Result<Option<JournalEntry>, LedgerError> {
+    Ok(posting::settlements(conn, hold_id)
+        .await?
+        .into_iter()
+        .find(|p| p.kind == TransactionType::Deposit))
+}
+
+/// What one [`scan`] of a network did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScanReport {
+    /// Deposits looked at (new ones and those still confirming).
+    pub observed: usize,
+    /// Deposits credited by this scan.
+    pub credited: usize,
+    /// The block the next scan starts after.
+    pub cursor: i64,
+}
+
+/// The deposit watcher, one pass over a network: finds transfers to our addresses in the
+/// blocks since the last scan (and those still pending), records each as a held deposit,
+/// follows every deposit still confirming, and credits those that reached the threshold.
+/// Safe to run in several processes at once: [`observe`] serialises on the wallet lock.
+pub async fn scan(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    chain: &dyn Chain,
+    network: &str,
+) -> Result<ScanReport, LedgerError> {
+    let Some(currency) = currencies
+        .all()
+        .find(|c| c.kind == CurrencyKind::Crypto && c.network.as_deref() == Some(network))
+    else {
+        return Err(LedgerError::CurrencyNotSupported(format!(
+            "no currency on network {network:?}"
+        )));
+    };
+    let cursor: i64 = chain_scan_cursors::table
+        .find(network)
+        .select(chain_scan_cursors::block)
+        .first(conn)
+        .await
+        .optional()?
+        .unwrap_or(0);
+    // Read the tip first: a block mined during the scan is scanned again next time
+    // (observing is idempotent), never skipped.
+    let tip = chain.tip(network).await?;
+    let mut transfers = chain.transfers_since(network, cursor).await?;
+
+    let addresses: BTreeSet<&str> = transfers.iter().map(|t| t.to_address.as_str()).collect();
+    let ours: HashMap<String, i64> = wallets::table
+        .filter(wallets::network.eq(network))
+        .filter(wallets::address.eq_any(addresses))
+        .select((wallets::address.assume_not_null(), wallets::id))
+        .load::<(String, i64)>(conn)
+        .await?
+        .into_iter()
+        .collect();
+    transfers.retain(|t| ours.contains_key(&t.to_address));
+
+    // Deposits seen before and still confirming, whose blocks are behind the cursor.
+    let seen: BTreeSet<String> = transfers.iter().map(|t| t.hash.clone()).collect();
+    let confirming: Vec<(i64, String)> = transactions::table
+        .filter(transactions::hold.eq(true))
+        .filter(transactions::type_.eq(TransactionType::Deposit))
+        .filter(transactions::status.eq(TransactionStatus::Pending))
+        .filter(transactions::network.eq(network))
+        .order(transactions::id)
+        .select((transactions::wallet_id, transactions::tx_hash))
+        .load(conn)
+        .await?;
+    let mut work: Vec<(i64, ChainTransfer)> = transfers
+        .into_iter()
+        .filter_map(|t| ours.get(&t.to_address).map(|&w| (w, t)))
+        .collect();
+    for (wallet_id, hash) in confirming {
+        if seen.contains(&hash) {
+            continue;
+        }
+        if let Some(t) = chain.transfer(network, &hash).await? {
+            work.push((wallet_id, t));
+        }
+    }
+
+    let mut report = ScanReport {
+        cursor: tip.max(cursor),
+        ..ScanReport::default()
+    };
+    for (wallet_id, transfer) in &work {
+        let observed = observe(conn, currency, *wallet_id, transfer).await?;
+        report.observed += 1;
+        report.credited += usize::from(observed.credited_now);
+    }
+    diesel::update(chain_scan_cursors::table.find(network))
+        .set(
+            chain_scan_cursors::block.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "GREATEST(block, ",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(tip)
+            .sql(")")),
+        )
+        .execute(conn)
+        .await?;
+    Ok(report)
+}

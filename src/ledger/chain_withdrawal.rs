@@ -1,0 +1,334 @@
+//! Crypto withdrawals: a state machine kept in the journal, each step committed before
+//! the side effect that follows it (SPEC §6).
+//!
+//! 1. [`request`] (`cryptoWithdraw`): one database transaction locks amount + fee
+//!    (`lockedBalance`) and journals the withdrawal as a hold, PENDING.
+//! 2. [`sign_next`]: a worker claims a PENDING withdrawal (`FOR UPDATE SKIP LOCKED`, so
+//!    several processes share the work), signs it, and in one transaction stores the raw
+//!    transaction and its hash, posts the debit (amount + fee; the lock is released into
+//!    it) and moves the hold to PROCESSING. Nothing has left the building yet.
+//! 3. Broadcast the stored bytes. Sending them again is harmless: the chain knows a
+//!    transaction by its hash.
+//! 4. [`advance`]: for every PROCESSING withdrawal, rebroadcast if the chain does not know
+//!    it (a crash between 2 and 3), record confirmations block by block, complete it at
+//!    the network's threshold, or — if the chain failed it — post a compensating REFUND
+//!    and mark it FAILED.
+//!
+//! A process that dies between any two steps leaves a state the next worker pass picks up:
+//! the withdrawal is neither lost nor sent twice, and it is debited once.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+
+use super::chain_deposit::update_hold;
+use super::movement::{self, Movement};
+use super::posting::{self, ChainFields, NewRow};
+use super::{
+    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, money,
+    wallet,
+};
+use crate::chain::{self, Chain, Fee, SignedTransfer, TransferStatus};
+use crate::custody::{self, Custody};
+use crate::schema::transactions;
+
+/// `cryptoWithdraw`.
+#[derive(Clone, Debug)]
+pub struct WithdrawalRequest {
+    pub wallet_id: i64,
+    pub to_address: String,
+    pub amount: Decimal,
+    /// The client's idempotency key.
+    pub key: String,
+}
+
+/// Step 1: validates the request, locks amount + the network's fee and journals the
+/// withdrawal (PENDING). A replay of the same key and request returns the original.
+pub async fn request(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    chain: &dyn Chain,
+    scope: &Scope,
+    request: &WithdrawalRequest,
+) -> Result<Movement, LedgerError> {
+    movement::validate_key(&request.key, "idempotencyKey")?;
+    let (wallet, currency, network, from_address) =
+        wallet::find_crypto_wallet(conn, currencies, scope, request.wallet_id, "withdrawals")
+            .await?;
+    let custody_chain = custody::Chain::from_network(&network).ok_or_else(|| {
+        LedgerError::CurrencyNotSupported(format!("no custody for network {network:?}"))
+    })?;
+    let to_address = custody::validate_address(custody_chain, &request.to_address)
+        .map_err(LedgerError::InvalidAddress)?;
+    let amount = money::validate_amount(request.amount, currency)?;
+    let fee = chain.estimate_fee(&network).await?;
+    let fee_total = money::at_scale(fee.total, currency);
+    let chain_fields = ChainFields {
+        network,
+        from_address,
+        to_address,
+        confirmations: 0,
+        required_confirmations: currency.required_confirmations.unwrap_or(1),
+        gas_price: fee.gas_price,
+        gas_used: fee.gas_used,
+        ..ChainFields::default()
+    };
+
+    posting::retried!(conn, |tx| {
+        let wallet = posting::lock_wallet(tx, scope, wallet.id).await?;
+        if let Some(existing) = posting::find_by_key(tx, &request.key).await? {
+            let same = existing.wallet_id == wallet.id
+                && existing.kind == TransactionType::Withdraw
+                && existing.amount == amount
+                && existing.to_address.as_deref() == Some(chain_fields.to_address.as_str());
+            return if same {
+                Ok(Movement {
+                    entry: existing,
+                    replayed: true,
+                })
+            } else {
+                Err(LedgerError::IdempotencyConflict(format!(
+                    "idempotencyKey {:?} was already used for a different request",
+                    request.key
+                )))
+            };
+        }
+        let needed = amount + fee_total;
+        let available = wallet.available_balance();
+        if needed > available {
+            return Err(LedgerError::InsufficientFunds {
+                available,
+                requested: needed,
+            });
+        }
+        let row = NewRow {
+            kind: TransactionType::Withdraw,
+            amount,
+            fee: fee_total,
+            status: TransactionStatus::Pending,
+            key: &request.key,
+            description: None,
+            hold: true,
+            settles: None,
+            chain: Some(&chain_fields),
+        };
+        let entry = posting::append(tx, &wallet, &row, needed).await?;
+        Ok(Movement {
+            entry,
+            replayed: false,
+        })
+    })
+}
+
+/// The fee a withdrawal hold reserved (and signs with).
+fn fee_of(hold: &JournalEntry) -> Fee {
+    Fee {
+        total: hold.fee,
+        gas_price: hold.gas_price,
+        gas_used: hold.gas_used,
+    }
+}
+
+/// The signed transfer a PROCESSING withdrawal stored, rebuilt for (re)broadcasting.
+fn stored_transfer(hold: &JournalEntry) -> Option<SignedTransfer> {
+    Some(SignedTransfer {
+        network: hold.network.clone()?,
+        hash: hold.chain_tx_hash.clone()?,
+        from_address: hold.from_address.clone()?,
+        to_address: hold.to_address.clone()?,
+        amount: hold.amount,
+        fee: fee_of(hold),
+        raw: hold.raw.clone()?,
+    })
+}
+
+/// Step 2: claims the oldest PENDING withdrawal no other worker holds, signs it, stores
+/// the signed bytes and posts the debit, all in one transaction. Returns the transfer to
+/// broadcast, or `None` when no withdrawal waits.
+pub async fn sign_next(
+    conn: &mut AsyncPgConnection,
+    custody: &Custody,
+) -> Result<Option<SignedTransfer>, LedgerError> {
+    posting::retried!(conn, |tx| {
+        let Some(hold) = transactions::table
+            .filter(transactions::hold.eq(true))
+            .filter(transactions::type_.eq(TransactionType::Withdraw))
+            .filter(transactions::status.eq(TransactionStatus::Pending))
+            .order(transactions::id)
+            .select(JournalEntry::as_select())
+            .for_update()
+            .skip_locked()
+            .first(tx)
+            .await
+            .optional()?
+        else {
+            return Ok(None);
+        };
+        let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+        let (Some(network), Some(from), Some(to), Some(path)) = (
+            hold.network.as_deref(),
+            hold.from_address.as_deref(),
+            hold.to_address.as_deref(),
+            wallet.derivation_path.as_deref(),
+        ) else {
+            return Err(LedgerError::Unavailable(format!(
+                "withdrawal {} lacks its chain details",
+                hold.id
+            )));
+        };
+        let fee = fee_of(&hold);
+        let payload = chain::transfer_payload(network, from, to, hold.amount, &fee, hold.id);
+        let signature = custody
+            .sign(path, chain::digest(network, &payload))
+            .map_err(|e| LedgerError::Unavailable(format!("custody: {e}")))?;
+        let (hash, raw) = chain::assemble(network, &payload, &signature);
+
+        let chain_fields = ChainFields {
+            network: network.to_owned(),
+            from_address: from.to_owned(),
+            to_address: to.to_owned(),
+            chain_tx_hash: Some(hash.clone()),
+            confirmations: 0,
+            required_confirmations: hold.required_confirmations.unwrap_or(1),
+            block_number: None,
+            gas_price: fee.gas_price,
+            gas_used: fee.gas_used,
+            raw: Some(raw.clone()),
+        };
+        let debit = NewRow {
+            kind: TransactionType::Withdraw,
+            amount: hold.amount,
+            fee: hold.fee,
+            status: TransactionStatus::Completed,
+            key: &hold.tx_hash,
+            description: None,
+            hold: false,
+            settles: Some(hold.id),
+            chain: Some(&chain_fields),
+        };
+        // The reservation becomes the debit.
+        posting::append(tx, &wallet, &debit, -(hold.amount + hold.fee)).await?;
+        diesel::update(transactions::table.find(hold.id))
+            .set((
+                transactions::status.eq(TransactionStatus::Processing),
+                transactions::chain_tx_hash.eq(&hash),
+                transactions::raw.eq(&raw),
+                transactions::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(tx)
+            .await?;
+        Ok(Some(SignedTransfer {
+            network: network.to_owned(),
+            hash,
+            from_address: from.to_owned(),
+            to_address: to.to_owned(),
+            amount: hold.amount,
+            fee,
+            raw,
+        }))
+    })
+}
+
+/// What one [`advance`] pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AdvanceReport {
+    pub rebroadcast: usize,
+    pub completed: usize,
+    pub failed: usize,
+}
+
+/// Step 4: follows every PROCESSING withdrawal on chain.
+pub async fn advance(
+    conn: &mut AsyncPgConnection,
+    chain: &dyn Chain,
+) -> Result<AdvanceReport, LedgerError> {
+    let processing: Vec<JournalEntry> = transactions::table
+        .filter(transactions::hold.eq(true))
+        .filter(transactions::type_.eq(TransactionType::Withdraw))
+        .filter(transactions::status.eq(TransactionStatus::Processing))
+        .order(transactions::id)
+        .select(JournalEntry::as_select())
+        .load(conn)
+        .await?;
+    let mut report = AdvanceReport::default();
+    for hold in processing {
+        let Some(signed) = stored_transfer(&hold) else {
+            tracing::error!(
+                id = hold.id,
+                "processing withdrawal without its signed bytes"
+            );
+            continue;
+        };
+        let Some(transfer) = chain.transfer(&signed.network, &signed.hash).await? else {
+            // Stored but never sent (or lost by the node): the same bytes again.
+            chain.broadcast(&signed).await?;
+            report.rebroadcast += 1;
+            continue;
+        };
+        let outcome = posting::retried!(conn, |tx| {
+            // Another worker may have moved it on since we listed it.
+            let hold: JournalEntry = transactions::table
+                .find(hold.id)
+                .select(JournalEntry::as_select())
+                .for_update()
+                .first(tx)
+                .await?;
+            if hold.status != TransactionStatus::Processing {
+                return Ok(None);
+            }
+            let mut fields = ChainFields {
+                network: signed.network.clone(),
+                from_address: signed.from_address.clone(),
+                to_address: signed.to_address.clone(),
+                chain_tx_hash: Some(signed.hash.clone()),
+                confirmations: i32::try_from(transfer.confirmations).unwrap_or(i32::MAX),
+                required_confirmations: hold.required_confirmations.unwrap_or(1),
+                block_number: transfer.block_number,
+                gas_price: transfer.gas_price,
+                gas_used: transfer.gas_used,
+                raw: None,
+            };
+            match transfer.status {
+                TransferStatus::Failed => {
+                    // Nothing left the address: the debit is compensated, not erased.
+                    let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+                    fields.raw = hold.raw.clone();
+                    let refund = NewRow {
+                        kind: TransactionType::Refund,
+                        amount: hold.amount,
+                        fee: hold.fee,
+                        status: TransactionStatus::Completed,
+                        key: &hold.tx_hash,
+                        description: Some("the chain failed the withdrawal"),
+                        hold: false,
+                        settles: Some(hold.id),
+                        chain: Some(&fields),
+                    };
+                    posting::append(tx, &wallet, &refund, Decimal::ZERO).await?;
+                    update_hold(tx, &hold, TransactionStatus::Failed, &fields).await?;
+                    Ok(Some(TransactionStatus::Failed))
+                }
+                TransferStatus::Success
+                    if fields.confirmations >= fields.required_confirmations =>
+                {
+                    update_hold(tx, &hold, TransactionStatus::Completed, &fields).await?;
+                    Ok(Some(TransactionStatus::Completed))
+                }
+                TransferStatus::Success | TransferStatus::Pending => {
+                    if hold.confirmations != Some(fields.confirmations)
+                        || hold.block_number != fields.block_number
+                    {
+                        update_hold(tx, &hold, TransactionStatus::Processing, &fields).await?;
+                    }
+                    Ok(None)
+                }
+            }
+        })?;
+        match outcome {
+            Some(TransactionStatus::Completed) => report.completed += 1,
+            Some(TransactionStatus::Failed) => report.failed += 1,
+            _ => {}
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,208 @@
+//! Appending journal rows: the one place that turns a balance change into a row.
+//!
+//! Every caller holds the wallet's row lock (taken with [`lock_wallet`]), so rows of one
+//! wallet are appended one at a time and each starts where the previous one ended. The
+//! wallet's `updated_at` never runs backwards and becomes the row's time, so ordering by
+//! `(created_at, id)` is the order in which the balance changed (the chain of SPEC §2).
+
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+
+use super::models::Scaled;
+use super::{JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet};
+use crate::schema::{transactions, wallets};
+
+/// Runs `$body` in a database transaction, again when Postgres reports a transient
+/// failure (serialization, deadlock) or another transaction inserted the same key first
+/// (on another wallet, so the wallet lock did not order the two: the retry finds its row
+/// and judges the replay). A macro because the body is an async closure over borrowed
+/// data, which diesel-async's `transaction` bounds make awkward to pass as a value.
+macro_rules! retried {
+    ($conn:expr, |$tx:ident| $body:block) => {{
+        let mut attempt = 1;
+        loop {
+            let result: Result<_, $crate::ledger::LedgerError> =
+                diesel_async::AsyncConnection::transaction($conn, async |$tx| $body).await;
+            match result {
+                Err(e)
+                    if attempt < $crate::db::MAX_ATTEMPTS
+                        && $crate::ledger::posting::worth_retrying(&e) =>
+                {
+                    tokio::time::sleep($crate::db::retry_backoff(attempt)).await;
+                    attempt += 1;
+                }
+                other => break other,
+            }
+        }
+    }};
+}
+pub(crate) use retried;
+
+/// A transient failure, or a lost race on a key (see [`retried`]).
+pub fn worth_retrying(e: &LedgerError) -> bool {
+    e.is_transient() || is_key_race(e)
+}
+
+fn is_key_race(e: &LedgerError) -> bool {
+    matches!(
+        e,
+        LedgerError::Database(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
+            if matches!(info.constraint_name(),
+                Some("transactions_tx_hash_key" | "transactions_hold_postings_key"))
+    )
+}
+
+/// Locks a wallet the caller may see for the rest of the database transaction.
+/// FOR NO KEY UPDATE: key columns do not change, so journal inserts referencing the
+/// wallet are not blocked by it.
+pub async fn lock_wallet(
+    conn: &mut AsyncPgConnection,
+    scope: &Scope,
+    wallet_id: i64,
+) -> Result<Wallet, LedgerError> {
+    wallets::table
+        .find(wallet_id)
+        .select(Wallet::as_select())
+        .for_no_key_update()
+        .first(conn)
+        .await
+        .optional()?
+        .filter(|w| scope.owner().is_none_or(|owner| w.user_id == owner))
+        .ok_or(LedgerError::NotFound("wallet"))
+}
+
+/// The chain transfer behind a crypto row.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChainFields {
+    pub network: String,
+    pub from_address: String,
+    pub to_address: String,
+    pub chain_tx_hash: Option<String>,
+    pub confirmations: i32,
+    pub required_confirmations: i32,
+    pub block_number: Option<i64>,
+    pub gas_price: Option<Decimal>,
+    pub gas_used: Option<i64>,
+    pub raw: Option<String>,
+}
+
+/// What a row records, apart from the balances (which [`append`] computes).
+#[derive(Clone, Debug)]
+pub struct NewRow<'a> {
+    pub kind: TransactionType,
+    pub amount: Decimal,
+    pub fee: Decimal,
+    pub status: TransactionStatus,
+    pub key: &'a str,
+    pub description: Option<&'a str>,
+    /// A hold: journaled now, no balance effect (its postings carry the effect).
+    pub hold: bool,
+    /// On a posting: the hold it settles.
+    pub settles: Option<i64>,
+    pub chain: Option<&'a ChainFields>,
+}
+
+impl NewRow<'_> {
+    /// The balance change the row records: none for a hold, otherwise the signed
+    /// amount plus fee (a withdrawal's debit includes the fee paid on chain).
+    pub fn balance_change(&self) -> Decimal {
+        if self.hold {
+            Decimal::ZERO
+        } else {
+            self.kind.sign() * (self.amount + self.fee)
+        }
+    }
+}
+
+/// Appends `row` to the journal of the locked `wallet`, changing its balance by the row's
+/// effect and its locked balance by `locked_change`. Returns the row as stored.
+///
+/// The CHECK constraints keep balance and locked balance within `0 ≤ locked ≤ balance`;
+/// callers check first so that a violation is a bug, not a user error.
+pub async fn append(
+    conn: &mut AsyncPgConnection,
+    wallet: &Wallet,
+    row: &NewRow<'_>,
+    locked_change: Decimal,
+) -> Result<JournalEntry, LedgerError> {
+    // Balances at the currency's scale: a positive amount carries it, while a zero read
+    // back from Postgres may not (rust_decimal gives zero scale 0).
+    let scale = row.amount.scale().max(wallet.balance.scale());
+    let mut balance_before = wallet.balance;
+    balance_before.rescale(scale);
+    let mut balance_after = balance_before + row.balance_change();
+    balance_after.rescale(scale);
+    let at: DateTime<Utc> = diesel::update(wallets::table.find(wallet.id))
+        .set((
+            wallets::balance.eq(Scaled(balance_after)),
+            wallets::locked_balance.eq(wallets::locked_balance + Scaled(locked_change)),
+            wallets::updated_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+                "GREATEST(clock_timestamp(), updated_at)",
+            )),
+        ))
+        .returning(wallets::updated_at)
+        .get_result(conn)
+        .await?;
+
+    let chain = row.chain;
+    let entry = diesel::insert_into(transactions::table)
+        .values((
+            transactions::wallet_id.eq(wallet.id),
+            transactions::type_.eq(row.kind),
+            transactions::amount.eq(Scaled(row.amount)),
+            transactions::fee.eq(Scaled(row.fee)),
+            transactions::balance_before.eq(Scaled(balance_before)),
+            transactions::balance_after.eq(Scaled(balance_after)),
+            transactions::status.eq(row.status),
+            transactions::tx_hash.eq(row.key),
+            transactions::description.eq(row.description),
+            transactions::hold.eq(row.hold),
+            transactions::hold_id.eq(row.settles),
+            transactions::network.eq(chain.map(|c| &c.network)),
+            transactions::from_address.eq(chain.map(|c| &c.from_address)),
+            transactions::to_address.eq(chain.map(|c| &c.to_address)),
+            transactions::chain_tx_hash.eq(chain.and_then(|c| c.chain_tx_hash.as_ref())),
+            transactions::confirmations.eq(chain.map(|c| c.confirmations)),
+            transactions::required_confirmations.eq(chain.map(|c| c.required_confirmations)),
+            transactions::block_number.eq(chain.and_then(|c| c.block_number)),
+            transactions::gas_price.eq(chain.and_then(|c| c.gas_price).map(Scaled)),
+            transactions::gas_used.eq(chain.and_then(|c| c.gas_used)),
+            transactions::raw.eq(chain.and_then(|c| c.raw.as_ref())),
+            transactions::created_at.eq(at),
+            transactions::updated_at.eq(at),
+        ))
+        .returning(JournalEntry::as_returning())
+        .get_result(conn)
+        .await?;
+    Ok(entry)
+}
+
+/// The movement (not a posting) recorded under an idempotency key, if any.
+pub async fn find_by_key(
+    conn: &mut AsyncPgConnection,
+    key: &str,
+) -> Result<Option<JournalEntry>, LedgerError> {
+    Ok(transactions::table
+        .filter(transactions::tx_hash.eq(key))
+        .filter(transactions::hold_id.is_null())
+        .select(JournalEntry::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// The postings that settle a hold, oldest first.
+pub async fn settlements(
+    conn: &mut AsyncPgConnection,
+    hold_id: i64,
+) -> Result<Vec<JournalEntry>, LedgerError> {
+    Ok(transactions::table
+        .filter(transactions::hold_id.eq(hold_id))
+        .order((transactions::created_at, transactions::id))
+        .select(JournalEntry::as_select())
+        .load(conn)
+        .await?)
+}
