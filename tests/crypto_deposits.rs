@@ -554,3 +554,26 @@ async fn watcher_and_process_calls_racing_credit_once() {
     assert_eq!(t.balance(&wallet).await, "0.40000000");
     assert_eq!(t.assert_chain(&wallet).await, 2);
 }
+
+/// Chain hashes are public before they are mined; using one as a client key first must
+/// not block the deposit.
+#[tokio::test]
+async fn a_client_key_equal_to_a_chain_hash_does_not_block_the_deposit() {
+    let t = TestApp::new().await;
+    let (bobs, bob_address) = crypto_wallet(&t, "bob", "BTC").await;
+    let transfer = incoming(&t, &t.user("bob"), "bitcoin", &bob_address, "0.3").await;
+    let hash = transfer["txHash"].as_str().unwrap();
+    let usd = t.create_wallet("mallory", "USD").await;
+    t.deposit(&usd, "1.00", "bank-1").await;
+    t.withdraw(&t.user("mallory"), &usd, "0.01", hash).await;
+
+    mine(&t, "bitcoin", 6).await;
+    t.app.chain_worker().unwrap().pass().await.unwrap();
+    assert_eq!(t.balance(&bobs).await, "0.30000000");
+    let credited = t
+        .ok(&t.user("bob"), PROCESS, json!({"w": bobs, "h": hash}))
+        .await["processCryptoDeposit"]
+        .clone();
+    assert_eq!(credited["balanceAfter"], "0.30000000");
+    assert_eq!(t.balance(&usd).await, "0.99");
+}

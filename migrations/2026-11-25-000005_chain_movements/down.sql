@@ -2,6 +2,7 @@ DROP TABLE chain_scan_cursors;
 DROP INDEX transactions_open_holds_idx;
 DROP INDEX transactions_chain_tx_hash_idx;
 DROP INDEX transactions_hold_postings_key;
+DROP INDEX transactions_chain_deposit_key;
 DROP INDEX transactions_tx_hash_key;
 ALTER TABLE transactions ADD CONSTRAINT transactions_tx_hash_key UNIQUE (tx_hash);
 ALTER TABLE transactions

@@ -24,13 +24,18 @@ ALTER TABLE transactions
 -- Crypto rows written before holds existed were posted directly; their hash is their key.
 UPDATE transactions SET chain_tx_hash = tx_hash WHERE network IS NOT NULL;
 
--- Keys are unique among movements; postings repeat their hold's key, and a hold has at
--- most one posting of each type (one credit; one debit and at most one refund).
+-- Clients' keys are unique among movements; postings repeat their hold's key, and a hold
+-- has at most one posting of each type (one credit; one debit and at most one refund).
+-- A chain deposit is keyed by its network and hash, apart from clients' keys: nobody can
+-- block a deposit by using its hash (public in the mempool) as a key first.
 ALTER TABLE transactions DROP CONSTRAINT transactions_tx_hash_key;
-CREATE UNIQUE INDEX transactions_tx_hash_key ON transactions (tx_hash) WHERE hold_id IS NULL;
+CREATE UNIQUE INDEX transactions_tx_hash_key ON transactions (tx_hash)
+    WHERE hold_id IS NULL AND NOT (hold AND type = 'DEPOSIT');
+CREATE UNIQUE INDEX transactions_chain_deposit_key ON transactions (network, chain_tx_hash)
+    WHERE hold AND type = 'DEPOSIT';
 CREATE UNIQUE INDEX transactions_hold_postings_key ON transactions (hold_id, type)
     WHERE hold_id IS NOT NULL;
-CREATE INDEX transactions_chain_tx_hash_idx ON transactions (chain_tx_hash)
+CREATE INDEX transactions_chain_tx_hash_idx ON transactions (network, chain_tx_hash)
     WHERE chain_tx_hash IS NOT NULL;
 -- Holds still in flight, for the deposit watcher and the withdrawal worker.
 CREATE INDEX transactions_open_holds_idx ON transactions (type, status, id)

@@ -128,12 +128,10 @@ async fn observe_in(
         ..ChainFields::default()
     };
 
-    let hold = match posting::find_by_key(conn, &transfer.hash).await? {
-        Some(existing)
-            if existing.wallet_id != wallet.id || existing.kind != TransactionType::Deposit =>
-        {
-            return Err(LedgerError::IdempotencyConflict(format!(
-                "the key {:?} is already used by another movement",
+    let hold = match posting::find_chain_deposit(conn, &transfer.network, &transfer.hash).await? {
+        Some(existing) if existing.wallet_id != wallet.id => {
+            return Err(LedgerError::AddressMismatch(format!(
+                "transaction {} was credited to another wallet",
                 transfer.hash
             )));
         }
@@ -325,10 +323,24 @@ pub async fn scan(
         cursor: tip.max(cursor),
         ..ScanReport::default()
     };
+    let mut failed = 0;
     for (wallet_id, transfer) in &work {
-        let observed = observe(conn, currency, *wallet_id, transfer).await?;
-        report.observed += 1;
-        report.credited += usize::from(observed.credited_now);
+        // One deposit that cannot be recorded must not hold up the others.
+        match observe(conn, currency, *wallet_id, transfer).await {
+            Ok(observed) => {
+                report.observed += 1;
+                report.credited += usize::from(observed.credited_now);
+            }
+            Err(e) => {
+                failed += 1;
+                tracing::error!(hash = transfer.hash, error = ?e, "could not record a deposit");
+            }
+        }
+    }
+    if failed > 0 {
+        // Scan these blocks again next time (observing is idempotent).
+        report.cursor = cursor;
+        return Ok(report);
     }
     diesel::update(chain_scan_cursors::table.find(network))
         .set(

@@ -51,7 +51,9 @@ fn is_key_race(e: &LedgerError) -> bool {
         e,
         LedgerError::Database(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
             if matches!(info.constraint_name(),
-                Some("transactions_tx_hash_key" | "transactions_hold_postings_key"))
+                Some("transactions_tx_hash_key"
+                    | "transactions_hold_postings_key"
+                    | "transactions_chain_deposit_key"))
     )
 }
 
@@ -180,13 +182,36 @@ pub async fn append(
     Ok(entry)
 }
 
-/// The movement (not a posting) recorded under an idempotency key, if any.
+/// The movement (not a posting) recorded under a client's idempotency key, if any.
 pub async fn find_by_key(
     conn: &mut AsyncPgConnection,
     key: &str,
 ) -> Result<Option<JournalEntry>, LedgerError> {
     Ok(transactions::table
         .filter(transactions::tx_hash.eq(key))
+        .filter(transactions::hold_id.is_null())
+        // Chain deposits are keyed by network and hash instead.
+        .filter(
+            transactions::hold
+                .eq(false)
+                .or(transactions::type_.ne(TransactionType::Deposit)),
+        )
+        .select(JournalEntry::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// The journaled deposit (a hold, or a credit from before holds) of a chain transfer.
+pub async fn find_chain_deposit(
+    conn: &mut AsyncPgConnection,
+    network: &str,
+    hash: &str,
+) -> Result<Option<JournalEntry>, LedgerError> {
+    Ok(transactions::table
+        .filter(transactions::network.eq(network))
+        .filter(transactions::chain_tx_hash.eq(hash))
+        .filter(transactions::type_.eq(TransactionType::Deposit))
         .filter(transactions::hold_id.is_null())
         .select(JournalEntry::as_select())
         .first(conn)
