@@ -283,6 +283,18 @@ async fn a_withdrawal_is_signed_sent_confirmed_and_completed_with_its_fee() {
         &signature
     ));
 
+    // On its way: the ledger has debited a transfer the chain has not settled yet.
+    let rec = t.ok(&t.operator(), RECONCILE, json!({"w": wallet})).await["reconcileWallet"].clone();
+    assert_eq!(rec["status"], "MISMATCH");
+    assert_eq!(rec["unmatchedTransactions"], json!([hash]));
+    assert!(
+        rec["mismatchReason"]
+            .as_str()
+            .unwrap()
+            .contains("not yet mined"),
+        "{rec}"
+    );
+
     // Confirmations are recorded block by block; the sixth completes it.
     for (blocks, confirmations) in [(1, 1), (4, 5)] {
         mine(&t, blocks).await;

@@ -455,10 +455,12 @@ async fn compare_with_chain(
         .into_iter()
         .flatten()
         .collect();
-    // Journal rows whose transfer the chain does not know at all.
+    // Journal rows whose transfer the chain does not know at all, or has not settled yet
+    // (a withdrawal on its way). A failed transfer's debit and refund cancel out.
     let mut ledger_only = Vec::new();
     for hash in ledger_period.iter().filter(|h| !side.settled.contains(*h)) {
-        if chain.transfer(&network, hash).await?.is_none() {
+        let known = chain.transfer(&network, hash).await?;
+        if known.is_none_or(|t| t.status == TransferStatus::Pending) {
             ledger_only.push(hash.clone());
         }
     }
@@ -496,7 +498,7 @@ async fn compare_with_chain(
             }
             if !ledger_only.is_empty() {
                 reasons.push(format!(
-                    "{} ledger row(s) have no transfer on chain",
+                    "{} ledger row(s) have no settled transfer on chain (unknown, or not yet mined)",
                     ledger_only.len()
                 ));
             }
