@@ -10,15 +10,17 @@
 //! `WALLET_BENCH_DATABASE_URL` names the server (default postgres://postgres@127.0.0.1:5432);
 //! the benchmark creates and drops its own database there.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wallet::auth::{Role, TokenKeys};
+
+mod support;
+use support::{Server, gql, percentile, wait_ready};
 
 const SECRET: &str = "fanout-benchmark-secret-0123456789";
 const PORT_A: u16 = 18091;
@@ -53,92 +55,6 @@ fn args() -> Args {
     out
 }
 
-/// A server process, killed when dropped.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Server {
-    fn start(url: &str, port: u16) -> Server {
-        let child = Command::new(env!("CARGO_BIN_EXE_wallet"))
-            .arg("serve")
-            .env("DATABASE_URL", url)
-            .env("WALLET_LISTEN", format!("127.0.0.1:{port}"))
-            .env("WALLET_JWT_SECRET", SECRET)
-            .env("WALLET_WS_MAX_SUBSCRIPTIONS", "4")
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("the wallet binary starts");
-        Server(child)
-    }
-
-    /// Resident and peak resident memory (KiB) from /proc.
-    fn memory(&self) -> (u64, u64) {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.0.id())).unwrap_or_default();
-        let field = |name: &str| {
-            status
-                .lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:"), field("VmHWM:"))
-    }
-}
-
-async fn wait_ready(http: &reqwest::Client, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(r) = http
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            && r.status().is_success()
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "server on {port} did not become ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn gql(
-    http: &reqwest::Client,
-    port: u16,
-    token: &str,
-    query: &str,
-    variables: Value,
-) -> Value {
-    http.post(format!("http://127.0.0.1:{port}/graphql"))
-        .bearer_auth(token)
-        .json(&json!({ "query": query, "variables": variables }))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("JSON response")
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[rank.min(sorted.len() - 1)]
-}
-
 fn main() {
     let args = args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -164,9 +80,19 @@ async fn run(args: Args) {
 
     // A first, alone, so it creates and migrates the database; then B.
     let http = reqwest::Client::new();
-    let a = Server::start(&url, PORT_A);
+    let a = Server::start(
+        &url,
+        PORT_A,
+        SECRET,
+        &[("WALLET_WS_MAX_SUBSCRIPTIONS", "4")],
+    );
     wait_ready(&http, PORT_A).await;
-    let b = Server::start(&url, PORT_B);
+    let b = Server::start(
+        &url,
+        PORT_B,
+        SECRET,
+        &[("WALLET_WS_MAX_SUBSCRIPTIONS", "4")],
+    );
     wait_ready(&http, PORT_B).await;
     let (rss_idle, _) = a.memory();
 

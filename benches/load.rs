@@ -1,0 +1,474 @@
+//! Load benchmark (issue #5): the service against the best the same Postgres does with raw
+//! SQL, in the same run.
+//!
+//! Starts one `wallet serve` process on a fresh database, prepares the data, drives the
+//! service over HTTP keep-alive with GraphQL mutations from C concurrent clients for T
+//! seconds per scenario, and runs `pgbench` with a script doing the same work as one
+//! deposit in one SQL transaction (a single `UPDATE … RETURNING` of the balance and the
+//! journal insert with a unique key, on the same tables and triggers) against the same
+//! wallets. Prints throughput, latency percentiles, `ratio = service / pgbench` and the
+//! server's memory.
+//!
+//! cargo bench --bench load -- [--scenario all|spread|hot|mixed|history|reconcile]
+//!     [--seconds 10] [--clients 16] [--wallets 10000] [--history-rows 1000000]
+//!     [--deep-page 10000]
+//!
+//! `WALLET_BENCH_DATABASE_URL` names the Postgres server (default
+//! postgres://postgres@127.0.0.1:5432); the benchmark creates and drops its own database.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use serde_json::{Value, json};
+use wallet::auth::{Role, TokenKeys};
+use wallet::graphql::ids::{NodeType, encode_id};
+
+mod support;
+use support::{Server, gql, percentile, wait_ready};
+
+const SECRET: &str = "load-benchmark-secret-0123456789abcdef";
+const PORT: u16 = 18093;
+const DB: &str = "wallet_bench_load";
+
+#[derive(Clone, Debug)]
+struct Args {
+    scenarios: Vec<String>,
+    seconds: u64,
+    clients: usize,
+    wallets: i64,
+    history_rows: i64,
+    deep_page: usize,
+}
+
+fn args() -> Args {
+    let mut out = Args {
+        scenarios: vec![],
+        seconds: 10,
+        clients: 16,
+        wallets: 10_000,
+        history_rows: 1_000_000,
+        deep_page: 10_000,
+    };
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    while i < argv.len() {
+        let value = || argv.get(i + 1).cloned().unwrap_or_default();
+        let number = || value().parse::<u64>().expect("a number");
+        match argv[i].as_str() {
+            "--scenario" => out.scenarios.push(value()),
+            "--seconds" => out.seconds = number(),
+            "--clients" => out.clients = number() as usize,
+            "--wallets" => out.wallets = number() as i64,
+            "--history-rows" => out.history_rows = number() as i64,
+            "--deep-page" => out.deep_page = number() as usize,
+            _ => {} // cargo bench passes --bench
+        }
+        i += 1;
+    }
+    if out.scenarios.is_empty() || out.scenarios.iter().any(|s| s == "all") {
+        out.scenarios = ["spread", "hot", "mixed", "history", "reconcile"]
+            .map(String::from)
+            .to_vec();
+    }
+    out
+}
+
+fn main() {
+    let args = args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(run(args));
+}
+
+struct Bench {
+    args: Args,
+    url: String,
+    http: reqwest::Client,
+    token: String,
+    pg: tokio_postgres::Client,
+    server: Server,
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("Postgres is running");
+    tokio::spawn(conn);
+    client
+}
+
+async fn run(args: Args) {
+    let base = std::env::var("WALLET_BENCH_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into());
+    let admin = connect(&format!("{base}/postgres")).await;
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"),
+        format!("CREATE DATABASE {DB}"),
+    ] {
+        admin.batch_execute(&statement).await.expect("a fresh database");
+    }
+    let url = format!("{base}/{DB}");
+    // No simulated chain: its timers would share the two cores with the measurement.
+    let server = Server::start(&url, PORT, SECRET, &[("WALLET_SIMULATED_CHAIN", "false")]);
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()
+        .expect("HTTP client");
+    wait_ready(&http, PORT).await;
+    let token = TokenKeys::new(SECRET.as_bytes())
+        .mint(
+            "bench-operator",
+            Role::Operator,
+            Duration::from_secs(86_400),
+        )
+        .expect("token");
+    let pg = connect(&url).await;
+    let bench = Bench {
+        args: args.clone(),
+        url,
+        http,
+        token,
+        pg,
+        server,
+    };
+    println!(
+        "load benchmark: {} s per scenario, {} clients, service on 127.0.0.1:{PORT}, database {DB}",
+        args.seconds, args.clients
+    );
+    for scenario in &args.scenarios {
+        match scenario.as_str() {
+            "spread" => {
+                let ids = bench.wallets("spread", args.wallets, "1000000.00").await;
+                bench.throughput("spread", &ids, args.clients, 0).await;
+            }
+            "hot" => {
+                let ids = bench.wallets("hot", 1, "1000000.00").await;
+                bench.throughput("hot", &ids, args.clients, 0).await;
+                bench.throughput("hot", &ids, 64, 0).await;
+            }
+            "mixed" => {
+                // Empty wallets: early withdrawals fail for insufficient funds, later ones
+                // mostly find the deposits before them.
+                let ids = bench.wallets("mixed", 1_000, "0.00").await;
+                bench.throughput("mixed", &ids, args.clients, 50).await;
+            }
+            "history" => bench.history().await,
+            "reconcile" => bench.reconcile().await,
+            other => eprintln!("unknown scenario {other:?}"),
+        }
+    }
+    drop(bench);
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"))
+        .await
+        .ok();
+}
+
+const DEPOSIT: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
+  deposit(input: {walletId: $w, amount: $a, txHash: $k}) { id balanceAfter } }";
+const WITHDRAW: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
+  withdraw(input: {walletId: $w, amount: $a, txHash: $k}) { id balanceAfter } }";
+
+#[derive(Default)]
+struct Outcomes {
+    latencies: Vec<Duration>,
+    ok: u64,
+    refused: u64,
+    errors: u64,
+}
+
+impl Bench {
+    /// `count` USD wallets of users `<prefix>-<n>`, each holding `balance`; their ids.
+    async fn wallets(&self, prefix: &str, count: i64, balance: &str) -> Vec<i64> {
+        let rows = self
+            .pg
+            .query(
+                "INSERT INTO wallets (user_id, currency, balance)
+                 SELECT $1 || '-' || g, 'USD', $2::text::numeric FROM generate_series(1, $3::bigint) g
+                 RETURNING id",
+                &[&prefix, &balance, &count],
+            )
+            .await
+            .expect("wallets");
+        rows.iter().map(|r| r.get(0)).collect()
+    }
+
+    fn rss(&self) -> String {
+        let (rss, peak) = self.server.memory();
+        format!("RSS {} MiB (peak {} MiB)", rss / 1024, peak / 1024)
+    }
+
+    /// C clients for T seconds; `withdraw_percent` of the requests are withdrawals.
+    async fn throughput(&self, name: &str, ids: &[i64], clients: usize, withdraw_percent: u32) {
+        let deadline = Instant::now() + Duration::from_secs(self.args.seconds);
+        // Created in one statement: a contiguous range for pgbench.
+        let range = (
+            ids.iter().copied().min().unwrap_or(1),
+            ids.iter().copied().max().unwrap_or(1),
+        );
+        let ids: Arc<Vec<String>> = Arc::new(
+            ids.iter()
+                .map(|&id| encode_id(NodeType::Wallet, id).to_string())
+                .collect(),
+        );
+        let seq = Arc::new(AtomicU64::new(0));
+        let started = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|client| {
+                let (http, token, ids, seq, name) = (
+                    self.http.clone(),
+                    self.token.clone(),
+                    ids.clone(),
+                    seq.clone(),
+                    name.to_owned(),
+                );
+                tokio::spawn(async move {
+                    let mut out = Outcomes::default();
+                    while Instant::now() < deadline {
+                        let (wallet, withdraw) = {
+                            let mut rng = rand::rng();
+                            (
+                                ids[rng.random_range(0..ids.len())].clone(),
+                                rng.random_range(0..100) < withdraw_percent,
+                            )
+                        };
+                        let n = seq.fetch_add(1, Ordering::Relaxed);
+                        let key = format!("{name}-{client}-{n}");
+                        let query = if withdraw { WITHDRAW } else { DEPOSIT };
+                        let sent = Instant::now();
+                        let body = gql(
+                            &http,
+                            PORT,
+                            &token,
+                            query,
+                            json!({"w": wallet, "a": "1.00", "k": key}),
+                        )
+                        .await;
+                        out.latencies.push(sent.elapsed());
+                        match body["errors"][0]["extensions"]["code"].as_str() {
+                            None => out.ok += 1,
+                            Some("INSUFFICIENT_FUNDS") => out.refused += 1,
+                            Some(_) => {
+                                out.errors += 1;
+                                if out.errors == 1 {
+                                    eprintln!("error: {body}");
+                                }
+                            }
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut all = Outcomes::default();
+        for t in tasks {
+            let out = t.await.expect("client task");
+            all.latencies.extend(out.latencies);
+            all.ok += out.ok;
+            all.refused += out.refused;
+            all.errors += out.errors;
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        all.latencies.sort();
+        let requests = all.latencies.len() as f64;
+        let tps = requests / elapsed;
+        let baseline = self.pgbench(range, clients).await;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "{name:<9} C={clients:<3} service {tps:>7.0}/s  p50 {:>6.2} ms  p95 {:>6.2}  p99 {:>6.2}  max {:>7.2}  \
+             ({} ok, {} insufficient funds, {} errors)  |  pgbench {baseline:>7.0}/s  ratio = {:.2}  |  {}",
+            ms(percentile(&all.latencies, 50.0)),
+            ms(percentile(&all.latencies, 95.0)),
+            ms(percentile(&all.latencies, 99.0)),
+            ms(all.latencies.last().copied().unwrap_or_default()),
+            all.ok,
+            all.refused,
+            all.errors,
+            tps / baseline,
+            self.rss(),
+        );
+    }
+
+    /// Transactions per second of `pgbench` doing one deposit per SQL transaction on the
+    /// wallets `lo..=hi`, with `clients` connections for the scenario's duration.
+    async fn pgbench(&self, (lo, hi): (i64, i64), clients: usize) -> f64 {
+        let script =
+            std::env::temp_dir().join(format!("wallet-bench-deposit-{}.sql", std::process::id()));
+        std::fs::write(
+            &script,
+            "\\set wid random(:lo, :hi)
+BEGIN;
+UPDATE wallets SET balance = balance + 1.00, updated_at = GREATEST(clock_timestamp(), updated_at) WHERE id = :wid RETURNING balance AS after \\gset
+INSERT INTO transactions (wallet_id, type, amount, balance_before, balance_after, status, tx_hash, created_at, updated_at) VALUES (:wid, 'DEPOSIT', 1.00, :after - 1.00, :after, 'COMPLETED', 'pgbench-' || gen_random_uuid(), now(), now());
+COMMIT;
+",
+        )
+        .expect("pgbench script");
+        let url = self.url.clone();
+        let seconds = self.args.seconds.to_string();
+        let output = tokio::process::Command::new("pgbench")
+            .args(["-n", "-j", "2", "-T", &seconds, "-c", &clients.to_string()])
+            .args(["-D", &format!("lo={lo}"), "-D", &format!("hi={hi}")])
+            .arg("-f")
+            .arg(&script)
+            .arg(&url)
+            .output()
+            .await
+            .expect("pgbench runs (it ships with Postgres)");
+        let _ = std::fs::remove_file(&script);
+        let text = String::from_utf8_lossy(&output.stdout);
+        let tps = text
+            .lines()
+            .find(|l| l.starts_with("tps = "))
+            .and_then(|l| l.split_whitespace().nth(2))
+            .and_then(|v| v.parse::<f64>().ok());
+        match tps {
+            Some(tps) => tps,
+            None => {
+                eprintln!(
+                    "pgbench failed: {text}{}",
+                    String::from_utf8_lossy(&output.stderr)
+                );
+                f64::NAN
+            }
+        }
+    }
+
+    /// A wallet with `history_rows` journal rows (a consistent chain), loaded in SQL.
+    async fn history_wallet(&self) -> (i64, String) {
+        let id = self.wallets("history", 1, "0.00").await[0];
+        let rows = self.args.history_rows;
+        let started = Instant::now();
+        self.pg
+            .batch_execute("ALTER TABLE transactions DISABLE TRIGGER transactions_event")
+            .await
+            .expect("bulk load without per-row events");
+        self.pg
+            .execute(
+                "INSERT INTO transactions (wallet_id, type, amount, balance_before, balance_after,
+                                           status, tx_hash, created_at, updated_at)
+                 SELECT $1, 'DEPOSIT', 1.00, (g - 1)::numeric(20, 2), g::numeric(20, 2), 'COMPLETED',
+                        'history-' || g, t, t
+                   FROM generate_series(1, $2::bigint) g,
+                        LATERAL (SELECT now() - interval '30 days' + g * interval '1 millisecond' AS t) ts",
+                &[&id, &rows],
+            )
+            .await
+            .expect("history rows");
+        self.pg
+            .batch_execute(
+                "ALTER TABLE transactions ENABLE TRIGGER transactions_event; ANALYZE transactions",
+            )
+            .await
+            .expect("triggers back");
+        let balance = format!("{rows}.00");
+        self.pg
+            .execute(
+                "UPDATE wallets SET balance = $2::text::numeric, updated_at = now() WHERE id = $1",
+                &[&id, &balance],
+            )
+            .await
+            .expect("balance");
+        println!(
+            "history   loaded {rows} journal rows in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        (id, balance)
+    }
+
+    async fn history(&self) {
+        const PAGE: &str = "query($w: ID!, $after: String) { wallet(id: $w) {
+          transactions(first: 50, after: $after) { pageInfo { hasNextPage endCursor }
+            edges { node { id amount balanceAfter createdAt } } } } }";
+        let (id, _) = self.history_wallet().await;
+        let wallet = encode_id(NodeType::Wallet, id).to_string();
+        let deep = self.args.deep_page;
+        let marks = [1, 100, deep];
+        let mut after: Option<String> = None;
+        let walk = Instant::now();
+        for page in 1..=deep {
+            if marks.contains(&page) {
+                let mut samples = Vec::new();
+                for _ in 0..25 {
+                    let sent = Instant::now();
+                    gql(
+                        &self.http,
+                        PORT,
+                        &self.token,
+                        PAGE,
+                        json!({"w": wallet, "after": after}),
+                    )
+                    .await;
+                    samples.push(sent.elapsed());
+                }
+                samples.sort();
+                println!(
+                    "history   transactions(first: 50) page {page:>6}: p50 {:.2} ms  p99 {:.2} ms  (25 requests)  |  {}",
+                    percentile(&samples, 50.0).as_secs_f64() * 1000.0,
+                    percentile(&samples, 99.0).as_secs_f64() * 1000.0,
+                    self.rss()
+                );
+            }
+            let body = gql(
+                &self.http,
+                PORT,
+                &self.token,
+                PAGE,
+                json!({"w": wallet, "after": after}),
+            )
+            .await;
+            let info = &body["data"]["wallet"]["transactions"]["pageInfo"];
+            after = info["endCursor"].as_str().map(str::to_owned);
+            if !info["hasNextPage"].as_bool().unwrap_or(false) {
+                println!("history   the journal ended at page {page}");
+                break;
+            }
+        }
+        println!(
+            "history   walked {deep} pages in {:.1} s",
+            walk.elapsed().as_secs_f64()
+        );
+    }
+
+    async fn reconcile(&self) {
+        const RECONCILE: &str = "mutation($w: ID!, $b: Decimal!) { reconcileWallet(input: {
+          walletId: $w, startTime: \"2000-01-01T00:00:00Z\", endTime: \"2100-01-01T00:00:00Z\",
+          externalBalance: $b}) { status systemBalance notes } }";
+        let existing: Option<(i64, String)> = self
+            .pg
+            .query_opt(
+                "SELECT id, balance::text FROM wallets WHERE user_id = 'history-1'",
+                &[],
+            )
+            .await
+            .expect("history wallet")
+            .map(|r| (r.get(0), r.get(1)));
+        let (id, balance) = match existing {
+            Some(found) => found,
+            None => self.history_wallet().await,
+        };
+        let wallet = encode_id(NodeType::Wallet, id).to_string();
+        for run in 1..=3 {
+            let sent = Instant::now();
+            let body: Value = gql(
+                &self.http,
+                PORT,
+                &self.token,
+                RECONCILE,
+                json!({"w": wallet, "b": balance}),
+            )
+            .await;
+            println!(
+                "reconcile run {run}: {} rows in {:.0} ms → {}  |  {}",
+                self.args.history_rows,
+                sent.elapsed().as_secs_f64() * 1000.0,
+                body["data"]["reconcileWallet"]["status"],
+                self.rss()
+            );
+        }
+    }
+}
