@@ -109,7 +109,10 @@ async fn run(args: Args) {
         format!("DROP DATABASE IF EXISTS {DB} WITH (FORCE)"),
         format!("CREATE DATABASE {DB}"),
     ] {
-        admin.batch_execute(&statement).await.expect("a fresh database");
+        admin
+            .batch_execute(&statement)
+            .await
+            .expect("a fresh database");
     }
     let url = format!("{base}/{DB}");
     // No simulated chain: its timers would share the two cores with the measurement.

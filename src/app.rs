@@ -11,6 +11,7 @@ use crate::db::{self, PgPool, QueryCounter};
 use crate::events::{EventBus, Listener, ListenerConfig};
 use crate::graphql::{self, AppSchema, Limits};
 use crate::ledger::CurrencyRegistry;
+use crate::ledger::group_commit::Committer;
 use crate::task::AbortOnDrop;
 
 /// What resolvers need: shared by every request.
@@ -26,6 +27,8 @@ pub struct AppState {
     pub custody: Arc<Custody>,
     /// The simulated chain, when enabled (development): its dev-only mutations work.
     pub simulator: Option<SimulatedChain>,
+    /// Applies fiat movements in batches, one database transaction per batch.
+    pub committer: Committer,
 }
 
 /// Everything needed to start one service instance.
@@ -91,6 +94,7 @@ impl App {
             tracing::warn!("the event listener is not connected yet; subscriptions wait for it");
         }
         let state = AppState {
+            committer: Committer::spawn(pool.clone(), currencies.clone()),
             pool,
             currencies,
             queries,

@@ -12,7 +12,7 @@ use super::{conn, require_operator, scope, state, viewer};
 use crate::chain::SimulatedChain;
 use crate::custody::{Chain, validate_address};
 use crate::ledger::chain_withdrawal::{self, WithdrawalRequest};
-use crate::ledger::movement::{self, Direction, MovementRequest};
+use crate::ledger::movement::{Direction, MovementRequest};
 use crate::ledger::reconciliation::{self, ChainReconciliation, ExternalReconciliation};
 use crate::ledger::{Currency, LedgerError, chain_deposit, money, wallet};
 
@@ -322,7 +322,6 @@ async fn move_money(
         key: tx_hash,
         description,
     };
-    let mut c = conn(ctx).await?;
-    let done = movement::execute(&mut c, &state(ctx).currencies, &scope, &request).await?;
+    let done = state(ctx).committer.execute(scope, request).await?;
     Ok(TransactionObject(done.entry))
 }

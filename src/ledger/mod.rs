@@ -8,6 +8,7 @@ pub mod chain_deposit;
 pub mod chain_withdrawal;
 pub mod currency;
 mod error;
+pub mod group_commit;
 pub mod journal;
 pub mod models;
 pub mod money;

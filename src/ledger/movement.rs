@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use super::posting::{self, NewRow};
 use super::{
     CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
-    TransactionType, money,
+    TransactionType, Wallet, money,
 };
 
 /// Longest accepted idempotency key and description.
@@ -22,7 +22,7 @@ pub enum Direction {
 }
 
 impl Direction {
-    fn transaction_type(self) -> TransactionType {
+    pub(crate) fn transaction_type(self) -> TransactionType {
         match self {
             Direction::Deposit => TransactionType::Deposit,
             Direction::Withdraw => TransactionType::Withdraw,
@@ -72,7 +72,7 @@ pub fn validate_key(key: &str, field: &str) -> Result<(), LedgerError> {
 }
 
 /// Checks that need no database.
-fn validate_shape(request: &MovementRequest) -> Result<(), LedgerError> {
+pub(crate) fn validate_shape(request: &MovementRequest) -> Result<(), LedgerError> {
     validate_key(&request.key, "txHash")?;
     if request
         .description
@@ -107,6 +107,21 @@ async fn apply(
         return replay(existing, request);
     }
 
+    let row = journal_row(currencies, &wallet, request)?;
+    let entry = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
+    Ok(Movement {
+        entry,
+        replayed: false,
+    })
+}
+
+/// The row `request` appends to `wallet` (locked, holding its current balance), or why it
+/// is refused: currency, amount, funds.
+pub(crate) fn journal_row<'r>(
+    currencies: &CurrencyRegistry,
+    wallet: &Wallet,
+    request: &'r MovementRequest,
+) -> Result<NewRow<'r>, LedgerError> {
     // Crypto moves only with a chain transfer behind it (processCryptoDeposit,
     // cryptoWithdraw).
     let currency = currencies
@@ -119,9 +134,8 @@ async fn apply(
             ))
         })?;
     let amount = money::validate_amount(request.amount, currency)?;
-
     match request.direction {
-        Direction::Deposit => money::check_credit(&wallet, amount, currency)?,
+        Direction::Deposit => money::check_credit(wallet, amount, currency)?,
         Direction::Withdraw => {
             let available = wallet.available_balance();
             if amount > available {
@@ -132,7 +146,7 @@ async fn apply(
             }
         }
     }
-    let row = NewRow {
+    Ok(NewRow {
         kind: request.direction.transaction_type(),
         amount,
         fee: Decimal::ZERO,
@@ -142,29 +156,32 @@ async fn apply(
         hold: false,
         settles: None,
         chain: None,
-    };
-    let entry = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
-    Ok(Movement {
-        entry,
-        replayed: false,
     })
 }
 
 /// Same key: the same request gets the original result; anything else is a conflict.
 fn replay(existing: JournalEntry, request: &MovementRequest) -> Result<Movement, LedgerError> {
-    let same = existing.wallet_id == request.wallet_id
-        && existing.kind == request.direction.transaction_type()
-        && existing.amount == request.amount
-        && existing.description == request.description;
-    if same {
+    if same_request(&existing, request) {
         Ok(Movement {
             entry: existing,
             replayed: true,
         })
     } else {
-        Err(LedgerError::IdempotencyConflict(format!(
-            "txHash {:?} was already used for a different request",
-            request.key
-        )))
+        Err(key_conflict(request))
     }
+}
+
+/// Whether `existing` is what `request` would have written.
+pub(crate) fn same_request(existing: &JournalEntry, request: &MovementRequest) -> bool {
+    existing.wallet_id == request.wallet_id
+        && existing.kind == request.direction.transaction_type()
+        && existing.amount == request.amount
+        && existing.description == request.description
+}
+
+pub(crate) fn key_conflict(request: &MovementRequest) -> LedgerError {
+    LedgerError::IdempotencyConflict(format!(
+        "txHash {:?} was already used for a different request",
+        request.key
+    ))
 }

@@ -107,7 +107,7 @@ pub struct NewRow<'a> {
     pub chain: Option<&'a ChainFields>,
 }
 
-impl NewRow<'_> {
+impl<'a> NewRow<'a> {
     /// The balance change the row records: none for a hold, otherwise the signed
     /// amount plus fee (a withdrawal's debit includes the fee paid on chain).
     pub fn balance_change(&self) -> Decimal {
@@ -117,6 +117,83 @@ impl NewRow<'_> {
             self.kind.sign() * (self.amount + self.fee)
         }
     }
+
+    /// The balances around this row when the wallet holds `balance`, at the currency's
+    /// scale: a positive amount carries it, while a zero read back from Postgres may not
+    /// (rust_decimal gives zero scale 0).
+    pub fn balances(&self, balance: Decimal) -> (Decimal, Decimal) {
+        let scale = self.amount.scale().max(balance.scale());
+        let mut before = balance;
+        before.rescale(scale);
+        let mut after = before + self.balance_change();
+        after.rescale(scale);
+        (before, after)
+    }
+
+    /// The row as inserted into wallet `wallet_id`'s journal at `at`.
+    pub fn entry(
+        &self,
+        wallet_id: i64,
+        (before, after): (Decimal, Decimal),
+        at: DateTime<Utc>,
+    ) -> NewEntry<'a> {
+        let chain = self.chain;
+        NewEntry {
+            wallet_id,
+            kind: self.kind,
+            amount: Scaled(self.amount),
+            fee: Scaled(self.fee),
+            balance_before: Scaled(before),
+            balance_after: Scaled(after),
+            status: self.status,
+            tx_hash: self.key,
+            description: self.description,
+            hold: self.hold,
+            hold_id: self.settles,
+            network: chain.map(|c| c.network.as_str()),
+            from_address: chain.map(|c| c.from_address.as_str()),
+            to_address: chain.map(|c| c.to_address.as_str()),
+            chain_tx_hash: chain.and_then(|c| c.chain_tx_hash.as_deref()),
+            confirmations: chain.map(|c| c.confirmations),
+            required_confirmations: chain.map(|c| c.required_confirmations),
+            block_number: chain.and_then(|c| c.block_number),
+            gas_price: chain.and_then(|c| c.gas_price).map(Scaled),
+            gas_used: chain.and_then(|c| c.gas_used),
+            raw: chain.and_then(|c| c.raw.as_deref()),
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
+/// A journal row ready to insert (one statement may insert many).
+#[derive(Insertable)]
+#[diesel(table_name = transactions, check_for_backend(diesel::pg::Pg))]
+pub struct NewEntry<'a> {
+    wallet_id: i64,
+    #[diesel(column_name = type_)]
+    kind: TransactionType,
+    amount: Scaled,
+    fee: Scaled,
+    balance_before: Scaled,
+    balance_after: Scaled,
+    status: TransactionStatus,
+    tx_hash: &'a str,
+    description: Option<&'a str>,
+    hold: bool,
+    hold_id: Option<i64>,
+    network: Option<&'a str>,
+    from_address: Option<&'a str>,
+    to_address: Option<&'a str>,
+    chain_tx_hash: Option<&'a str>,
+    confirmations: Option<i32>,
+    required_confirmations: Option<i32>,
+    block_number: Option<i64>,
+    gas_price: Option<Scaled>,
+    gas_used: Option<i64>,
+    raw: Option<&'a str>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
 }
 
 /// Appends `row` to the journal of the locked `wallet`, changing its balance by the row's
@@ -130,16 +207,10 @@ pub async fn append(
     row: &NewRow<'_>,
     locked_change: Decimal,
 ) -> Result<JournalEntry, LedgerError> {
-    // Balances at the currency's scale: a positive amount carries it, while a zero read
-    // back from Postgres may not (rust_decimal gives zero scale 0).
-    let scale = row.amount.scale().max(wallet.balance.scale());
-    let mut balance_before = wallet.balance;
-    balance_before.rescale(scale);
-    let mut balance_after = balance_before + row.balance_change();
-    balance_after.rescale(scale);
+    let balances = row.balances(wallet.balance);
     let at: DateTime<Utc> = diesel::update(wallets::table.find(wallet.id))
         .set((
-            wallets::balance.eq(Scaled(balance_after)),
+            wallets::balance.eq(Scaled(balances.1)),
             wallets::locked_balance.eq(wallets::locked_balance + Scaled(locked_change)),
             wallets::updated_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
                 "GREATEST(clock_timestamp(), updated_at)",
@@ -148,38 +219,11 @@ pub async fn append(
         .returning(wallets::updated_at)
         .get_result(conn)
         .await?;
-
-    let chain = row.chain;
-    let entry = diesel::insert_into(transactions::table)
-        .values((
-            transactions::wallet_id.eq(wallet.id),
-            transactions::type_.eq(row.kind),
-            transactions::amount.eq(Scaled(row.amount)),
-            transactions::fee.eq(Scaled(row.fee)),
-            transactions::balance_before.eq(Scaled(balance_before)),
-            transactions::balance_after.eq(Scaled(balance_after)),
-            transactions::status.eq(row.status),
-            transactions::tx_hash.eq(row.key),
-            transactions::description.eq(row.description),
-            transactions::hold.eq(row.hold),
-            transactions::hold_id.eq(row.settles),
-            transactions::network.eq(chain.map(|c| &c.network)),
-            transactions::from_address.eq(chain.map(|c| &c.from_address)),
-            transactions::to_address.eq(chain.map(|c| &c.to_address)),
-            transactions::chain_tx_hash.eq(chain.and_then(|c| c.chain_tx_hash.as_ref())),
-            transactions::confirmations.eq(chain.map(|c| c.confirmations)),
-            transactions::required_confirmations.eq(chain.map(|c| c.required_confirmations)),
-            transactions::block_number.eq(chain.and_then(|c| c.block_number)),
-            transactions::gas_price.eq(chain.and_then(|c| c.gas_price).map(Scaled)),
-            transactions::gas_used.eq(chain.and_then(|c| c.gas_used)),
-            transactions::raw.eq(chain.and_then(|c| c.raw.as_ref())),
-            transactions::created_at.eq(at),
-            transactions::updated_at.eq(at),
-        ))
+    Ok(diesel::insert_into(transactions::table)
+        .values(row.entry(wallet.id, balances, at))
         .returning(JournalEntry::as_returning())
         .get_result(conn)
-        .await?;
-    Ok(entry)
+        .await?)
 }
 
 /// The movement (not a posting) recorded under a client's idempotency key, if any.
@@ -200,6 +244,24 @@ pub async fn find_by_key(
         .first(conn)
         .await
         .optional()?)
+}
+
+/// The movements recorded under any of `keys` (see [`find_by_key`]).
+pub async fn find_by_keys(
+    conn: &mut AsyncPgConnection,
+    keys: &[&str],
+) -> Result<Vec<JournalEntry>, LedgerError> {
+    Ok(transactions::table
+        .filter(transactions::tx_hash.eq_any(keys))
+        .filter(transactions::hold_id.is_null())
+        .filter(
+            transactions::hold
+                .eq(false)
+                .or(transactions::type_.ne(TransactionType::Deposit)),
+        )
+        .select(JournalEntry::as_select())
+        .load(conn)
+        .await?)
 }
 
 /// The journaled deposit (a hold, or a credit from before holds) of a chain transfer.
