@@ -298,7 +298,7 @@ pub async fn scan(
     // Deposits seen before and still confirming, whose blocks are behind the cursor.
     let seen: BTreeSet<String> = transfers.iter().map(|t| t.hash.clone()).collect();
     let confirming: Vec<(i64, String)> = transactions::table
-        .filter(transactions::hold.eq(true))
+        .filter(posting::open_hold())
         .filter(transactions::type_.eq(TransactionType::Deposit))
         .filter(transactions::status.eq(TransactionStatus::Pending))
         .filter(transactions::network.eq(network))

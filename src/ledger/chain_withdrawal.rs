@@ -151,7 +151,7 @@ pub async fn sign_next(
 ) -> Result<Option<SignedTransfer>, LedgerError> {
     posting::retried!(conn, |tx| {
         let Some(hold) = transactions::table
-            .filter(transactions::hold.eq(true))
+            .filter(posting::open_hold())
             .filter(transactions::type_.eq(TransactionType::Withdraw))
             .filter(transactions::status.eq(TransactionStatus::Pending))
             .order(transactions::id)
@@ -243,7 +243,7 @@ pub async fn advance(
     chain: &dyn Chain,
 ) -> Result<AdvanceReport, LedgerError> {
     let processing: Vec<JournalEntry> = transactions::table
-        .filter(transactions::hold.eq(true))
+        .filter(posting::open_hold())
         .filter(transactions::type_.eq(TransactionType::Withdraw))
         .filter(transactions::status.eq(TransactionStatus::Processing))
         .order(transactions::id)

@@ -226,6 +226,23 @@ pub async fn append(
         .await?)
 }
 
+// Predicates spelled exactly as in the partial indexes that serve them, with literals
+// rather than bind parameters: a prepared statement's generic plan (used after a few
+// executions) can only use a partial index whose predicate it can prove from the query
+// text, and with `type <> $1` it cannot — it scanned the whole journal instead.
+
+/// Rows keyed by a client's idempotency key (`transactions_tx_hash_key`).
+pub fn keyed_by_client() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql(
+        "transactions.hold_id IS NULL AND NOT (transactions.hold AND transactions.type = 'DEPOSIT')",
+    )
+}
+
+/// Holds still in flight (`transactions_open_holds_idx`).
+pub fn open_hold() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
+    diesel::dsl::sql("transactions.hold AND transactions.status IN ('PENDING', 'PROCESSING')")
+}
+
 /// The movement (not a posting) recorded under a client's idempotency key, if any.
 pub async fn find_by_key(
     conn: &mut AsyncPgConnection,
@@ -233,13 +250,8 @@ pub async fn find_by_key(
 ) -> Result<Option<JournalEntry>, LedgerError> {
     Ok(transactions::table
         .filter(transactions::tx_hash.eq(key))
-        .filter(transactions::hold_id.is_null())
         // Chain deposits are keyed by network and hash instead.
-        .filter(
-            transactions::hold
-                .eq(false)
-                .or(transactions::type_.ne(TransactionType::Deposit)),
-        )
+        .filter(keyed_by_client())
         .select(JournalEntry::as_select())
         .first(conn)
         .await
@@ -253,12 +265,7 @@ pub async fn find_by_keys(
 ) -> Result<Vec<JournalEntry>, LedgerError> {
     Ok(transactions::table
         .filter(transactions::tx_hash.eq_any(keys))
-        .filter(transactions::hold_id.is_null())
-        .filter(
-            transactions::hold
-                .eq(false)
-                .or(transactions::type_.ne(TransactionType::Deposit)),
-        )
+        .filter(keyed_by_client())
         .select(JournalEntry::as_select())
         .load(conn)
         .await?)
