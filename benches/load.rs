@@ -160,7 +160,10 @@ async fn run(args: Args) {
                 bench.throughput("mixed", &ids, args.clients, 50).await;
             }
             "history" => bench.history().await,
-            "reconcile" => bench.reconcile().await,
+            "reconcile" => {
+                bench.reconcile().await;
+                bench.scheduled_reconciliation(args.wallets).await;
+            }
             other => eprintln!("unknown scenario {other:?}"),
         }
     }
@@ -471,6 +474,42 @@ COMMIT;
                 sent.elapsed().as_secs_f64() * 1000.0,
                 body["data"]["reconcileWallet"]["status"],
                 self.rss()
+            );
+        }
+    }
+
+    /// The scheduled job over `count` crypto wallets, run in this process against the
+    /// benchmark database: a first (full) run, then an incremental one from its checkpoints.
+    async fn scheduled_reconciliation(&self, count: i64) {
+        use wallet::db::{QueryCounter, build_pool};
+        use wallet::ledger::CurrencyRegistry;
+        use wallet::ledger::reconciliation::reconcile_all_crypto;
+        // Addresses only need to be distinct here: the simulated chain does not check them.
+        self.pg
+            .execute(
+                "INSERT INTO wallets (user_id, currency, network, address, derivation_path)
+                 SELECT 'scheduled-' || g, 'BTC', 'bitcoin', 'bench-address-' || g,
+                        'm/84''/0''/0''/0/' || g
+                   FROM generate_series(1, $1::bigint) g",
+                &[&count],
+            )
+            .await
+            .expect("crypto wallets");
+        let pool = build_pool(&self.url, 4, QueryCounter::default()).expect("pool");
+        let chain = wallet::chain::SimulatedChain::new(pool.clone());
+        let mut conn = pool.get().await.expect("connection");
+        let currencies = CurrencyRegistry::load(&mut conn).await.expect("currencies");
+        for run in ["first (full)", "second (incremental)"] {
+            let started = Instant::now();
+            let result = reconcile_all_crypto(&mut conn, &currencies, &chain)
+                .await
+                .expect("scheduled reconciliation");
+            println!(
+                "reconcile scheduled, {run}: {} crypto wallets in {:.1} s ({} mismatched, {} failed)",
+                result.reconciled,
+                started.elapsed().as_secs_f64(),
+                result.mismatched,
+                result.failed
             );
         }
     }
