@@ -55,6 +55,14 @@ pub async fn render(State(app): State<App>) -> impl IntoResponse {
     metrics::gauge!("wallet_db_pool_waiting").set(pool.waiting as f64);
     metrics::gauge!("wallet_db_statements").set(app.state.queries.get() as f64);
     metrics::gauge!("wallet_subscriptions").set(app.state.events.subscriber_count() as f64);
+    let batches = app.state.committer.stats();
+    for (name, value) in [
+        ("wallet_group_commit_batches", &batches.batches),
+        ("wallet_group_commit_movements", &batches.movements),
+        ("wallet_group_commit_fallbacks", &batches.fallbacks),
+    ] {
+        metrics::gauge!(name).set(value.load(std::sync::atomic::Ordering::Relaxed) as f64);
+    }
     let listening = app.listener.state() == ListenerState::Listening;
     metrics::gauge!("wallet_event_listener_connected").set(if listening { 1.0 } else { 0.0 });
     (

@@ -293,6 +293,8 @@ async fn metrics_are_exposed_for_prometheus() {
         "wallet_db_pool_available",
         "wallet_subscriptions",
         "wallet_event_listener_connected 1",
+        "wallet_group_commit_batches",
+        "wallet_group_commit_fallbacks",
     ] {
         assert!(text.contains(gauge), "{gauge} missing in:\n{text}");
     }
