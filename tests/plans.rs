@@ -1,0 +1,83 @@
+//! The hot paths never scan the journal or the outbox, also once Postgres has switched
+//! their prepared statements to generic plans (which it does after a few executions, and
+//! which cannot use a partial index whose predicate is hidden behind a bind parameter —
+//! a real defect the load benchmark found). Checked with the tables' own scan counters.
+
+mod common;
+
+use std::time::Duration;
+
+use common::TestApp;
+
+/// Sequential scans of a table so far, as the statistics collector counts them.
+async fn seq_scans(pg: &tokio_postgres::Client, table: &str) -> i64 {
+    // The counters are flushed by each backend at the end of its transaction and read
+    // through a snapshot: clear it so the next read is fresh.
+    pg.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    pg.query_one(
+        "SELECT seq_scan FROM pg_stat_user_tables WHERE relname = $1",
+        &[&table],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn movements_and_the_listener_use_indexes_under_generic_plans() {
+    let t = TestApp::new().await;
+    let pg = t.db.client().await;
+    // Every new session of this database plans prepared statements generically at once,
+    // and enough rows that a scan would be the planner's honest choice only if no index
+    // could serve the query.
+    pg.batch_execute(&format!(
+        "ALTER DATABASE {} SET plan_cache_mode = force_generic_plan",
+        t.db.name
+    ))
+    .await
+    .unwrap();
+    let wallet = t.create_wallet("alice", "USD").await;
+    pg.batch_execute(
+        "INSERT INTO wallets (user_id, currency) SELECT 'filler-' || g, 'USD' FROM generate_series(1, 2000) g;
+         INSERT INTO transactions (wallet_id, type, amount, balance_before, balance_after, status,
+                                   tx_hash, created_at, updated_at)
+         SELECT w.id, 'DEPOSIT', 1, 0, 1, 'COMPLETED', 'filler-' || w.id || '-' || g, now(), now()
+           FROM wallets w, generate_series(1, 10) g WHERE w.user_id LIKE 'filler-%';
+         INSERT INTO events (topic, subject_id, wallet_id, user_id)
+         SELECT 'WALLET', g, 1, 'filler' FROM generate_series(1, 20000) g;
+         ANALYZE wallets; ANALYZE transactions; ANALYZE events;",
+    )
+    .await
+    .unwrap();
+    // A fresh instance: its pool and listener connect after the setting.
+    let t = t.restart().await;
+    let (transactions_before, events_before) = (
+        seq_scans(&pg, "transactions").await,
+        seq_scans(&pg, "events").await,
+    );
+
+    // More than the five executions after which Postgres may go generic anyway.
+    for n in 0..12 {
+        t.deposit(&wallet, "1.00", &format!("dep-{n}")).await;
+        t.withdraw(&t.operator(), &wallet, "0.50", &format!("wd-{n}"))
+            .await;
+    }
+    // Replays and refusals take the same lookups.
+    t.deposit(&wallet, "1.00", "dep-0").await;
+    t.withdraw(&t.operator(), &wallet, "1000", "too-much").await;
+    // The listener's reads; backends report their counters at most once a second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(t.balance(&wallet).await, "6.00");
+    assert_eq!(
+        seq_scans(&pg, "transactions").await,
+        transactions_before,
+        "a movement scanned the journal"
+    );
+    assert_eq!(
+        seq_scans(&pg, "events").await,
+        events_before,
+        "the event listener scanned the outbox"
+    );
+}
