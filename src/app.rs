@@ -3,6 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use crate::auth::TokenKeys;
 use crate::chain::SimulatedChain;
 use crate::chain_worker::ChainWorker;
@@ -29,6 +31,8 @@ pub struct AppState {
     pub simulator: Option<SimulatedChain>,
     /// Applies fiat movements in batches, one database transaction per batch.
     pub committer: Committer,
+    /// Wakes this process's chain worker (a withdrawal to sign, blocks to follow).
+    pub chain_wakeup: Arc<Notify>,
 }
 
 /// Everything needed to start one service instance.
@@ -95,6 +99,7 @@ impl App {
         }
         let state = AppState {
             committer: Committer::spawn(pool.clone(), currencies.clone()),
+            chain_wakeup: Arc::new(Notify::new()),
             pool,
             currencies,
             queries,
@@ -124,7 +129,9 @@ impl App {
             _ => None,
         };
         let chain_worker = match (App::worker_of(&state), config.chain_poll) {
-            (Some(worker), Some(interval)) => Some(Arc::new(worker.spawn(interval))),
+            (Some(worker), Some(interval)) => {
+                Some(Arc::new(worker.spawn(interval, state.chain_wakeup.clone())))
+            }
             _ => None,
         };
         let schema = graphql::build_schema(state.clone(), config.limits);

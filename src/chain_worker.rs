@@ -7,6 +7,8 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
+
 use crate::chain::Chain;
 use crate::custody::Custody;
 use crate::db::PgPool;
@@ -69,13 +71,17 @@ impl ChainWorker {
         Ok(report)
     }
 
-    /// Runs [`ChainWorker::pass`] every `interval` until dropped.
-    pub fn spawn(self, interval: Duration) -> AbortOnDrop<()> {
+    /// Runs [`ChainWorker::pass`] every `interval`, and at once when `wake` is notified
+    /// (a withdrawal requested or blocks mined in this process), until dropped.
+    pub fn spawn(self, interval: Duration, wake: Arc<Notify>) -> AbortOnDrop<()> {
         AbortOnDrop::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = wake.notified() => {}
+                }
                 match self.pass().await {
                     Ok(report) if report.signed + report.withdrawals.completed > 0 => {
                         tracing::info!(?report, "chain worker pass")

@@ -556,3 +556,34 @@ async fn racing_identical_requests_lock_once() {
     );
     assert_eq!(balances(&t, &wallet).await.1, "0.20001000");
 }
+
+/// The worker polls rarely here (an hour); a request wakes it, so the withdrawal is
+/// signed, sent and — once mined — completed without waiting for the poll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_wakes_the_worker() {
+    let t = TestApp::with(common::Options {
+        chain_poll: Some(std::time::Duration::from_secs(3600)),
+        ..Default::default()
+    })
+    .await;
+    let (wallet, address) = funded_wallet(&t, "alice", "1.00000000").await;
+    let id = withdraw(&t, "alice", &wallet, "0.1", "woken").await["data"]["cryptoWithdraw"]["id"]
+        .clone();
+    let until = |status: &'static str| {
+        let (t, id) = (&t, &id);
+        async move {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            loop {
+                if transaction(t, id).await["status"] == status {
+                    return;
+                }
+                assert!(std::time::Instant::now() < deadline, "still not {status}");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    until("PROCESSING").await;
+    assert_eq!(chain_sends(&t, &address).await, 1);
+    mine(&t, 6).await; // mineBlocks wakes it too
+    until("COMPLETED").await;
+}

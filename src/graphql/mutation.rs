@@ -197,6 +197,8 @@ impl Mutation {
         let done =
             chain_withdrawal::request(&mut c, &state(ctx).currencies, chain, &scope, &request)
                 .await?;
+        // Sign and send it now rather than at the next poll.
+        state(ctx).chain_wakeup.notify_one();
         Ok(TransactionObject(done.entry))
     }
 
@@ -232,10 +234,12 @@ impl Mutation {
         if !(1..=1000).contains(&input.count) {
             return Err(bad_input("count must be 1 to 1000"));
         }
-        Ok(chain
+        let height = chain
             .mine(&input.network, i64::from(input.count))
             .await
-            .map_err(LedgerError::from)?)
+            .map_err(LedgerError::from)?;
+        state(ctx).chain_wakeup.notify_one();
+        Ok(height)
     }
 
     /// Compares the ledger over `[startTime, endTime]` with an outside balance and records

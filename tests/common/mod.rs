@@ -169,6 +169,8 @@ pub struct TestApp {
 pub struct Options {
     pub pool_size: usize,
     pub limits: Limits,
+    /// Run the chain worker this often (None: tests run passes by hand).
+    pub chain_poll: Option<Duration>,
 }
 
 impl Default for Options {
@@ -176,6 +178,7 @@ impl Default for Options {
         Options {
             pool_size: 10,
             limits: Limits::default(),
+            chain_poll: None,
         }
     }
 }
@@ -198,7 +201,7 @@ impl TestApp {
             simulated_chain: true,
             block_interval: None,
             reconcile_interval: None,
-            chain_poll: None,
+            chain_poll: options.chain_poll,
         })
         .await
         .expect("app starts");
