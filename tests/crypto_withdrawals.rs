@@ -587,3 +587,42 @@ async fn a_request_wakes_the_worker() {
     mine(&t, 6).await; // mineBlocks wakes it too
     until("COMPLETED").await;
 }
+
+/// A withdrawal custody cannot sign for (here: its wallet's key path no longer gives its
+/// address, as with a wrong seed) fails with its funds released, and does not hold up the
+/// withdrawals behind it.
+#[tokio::test]
+async fn a_withdrawal_custody_cannot_sign_fails_and_releases_its_funds() {
+    let t = TestApp::new().await;
+    let (alices, alice_address) = funded_wallet(&t, "alice", "1.00000000").await;
+    let (bobs, bob_address) = funded_wallet(&t, "bob", "1.00000000").await;
+    let stuck =
+        withdraw(&t, "alice", &alices, "0.2", "a-1").await["data"]["cryptoWithdraw"]["id"].clone();
+    let fine =
+        withdraw(&t, "bob", &bobs, "0.2", "b-1").await["data"]["cryptoWithdraw"]["id"].clone();
+    let pg = t.db.client().await;
+    pg.execute(
+        "UPDATE wallets SET derivation_path = 'm/84''/0''/0''/0/99' WHERE address = $1",
+        &[&alice_address],
+    )
+    .await
+    .unwrap();
+
+    let report = pass(&worker(&t)).await;
+    assert_eq!(report.signed, 1);
+    let failed = transaction(&t, &stuck).await;
+    assert_eq!(failed["status"], "FAILED");
+    assert_eq!(failed["settlements"], json!([]), "nothing was debited");
+    assert_eq!(
+        balances(&t, &alices).await,
+        (
+            "1.00000000".into(),
+            "0.00000000".into(),
+            "1.00000000".into()
+        )
+    );
+    assert_eq!(chain_sends(&t, &alice_address).await, 0);
+    assert_eq!(transaction(&t, &fine).await["status"], "PROCESSING");
+    assert_eq!(chain_sends(&t, &bob_address).await, 1);
+    t.assert_chain(&alices).await;
+}

@@ -179,7 +179,13 @@ impl Custody {
     /// The receiving address `index` of `chain`.
     pub fn derive(&self, chain: Chain, index: u32) -> Result<Derived, CustodyError> {
         let path = chain.path(index);
-        let key = self.public_key(&path)?;
+        let address = self.address_at(chain, &path)?;
+        Ok(Derived { path, address })
+    }
+
+    /// The address of `chain` whose key is at `path` (what this seed can sign for).
+    pub fn address_at(&self, chain: Chain, path: &str) -> Result<String, CustodyError> {
+        let key = self.public_key(path)?;
         let address = match chain {
             Chain::Bitcoin => {
                 let key = bitcoin::CompressedPublicKey(key);
@@ -193,7 +199,7 @@ impl Custody {
                 alloy_primitives::Address::from_slice(&hash[12..]).to_checksum(None)
             }
         };
-        Ok(Derived { path, address })
+        Ok(address)
     }
 }
 

@@ -22,6 +22,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
 use super::chain_deposit::update_hold;
+use super::models::Scaled;
 use super::movement::{self, Movement};
 use super::posting::{self, ChainFields, NewRow};
 use super::{
@@ -30,7 +31,7 @@ use super::{
 };
 use crate::chain::{self, Chain, Fee, SignedTransfer, TransferStatus};
 use crate::custody::{self, Custody};
-use crate::schema::transactions;
+use crate::schema::{transactions, wallets};
 
 /// `cryptoWithdraw`.
 #[derive(Clone, Debug)]
@@ -145,10 +146,30 @@ fn stored_transfer(hold: &JournalEntry) -> Option<SignedTransfer> {
 /// Step 2: claims the oldest PENDING withdrawal no other worker holds, signs it, stores
 /// the signed bytes and posts the debit, all in one transaction. Returns the transfer to
 /// broadcast, or `None` when no withdrawal waits.
+///
+/// A withdrawal custody cannot sign for — its key does not give its source address (a
+/// different seed configured), or its details are damaged — is marked FAILED with its
+/// funds released, so that it cannot hold up the ones behind it.
 pub async fn sign_next(
     conn: &mut AsyncPgConnection,
     custody: &Custody,
 ) -> Result<Option<SignedTransfer>, LedgerError> {
+    loop {
+        match sign_one(conn, custody).await? {
+            Signing::Idle => return Ok(None),
+            Signing::Signed(signed) => return Ok(Some(signed)),
+            Signing::Refused => continue,
+        }
+    }
+}
+
+enum Signing {
+    Idle,
+    Signed(SignedTransfer),
+    Refused,
+}
+
+async fn sign_one(conn: &mut AsyncPgConnection, custody: &Custody) -> Result<Signing, LedgerError> {
     posting::retried!(conn, |tx| {
         let Some(hold) = transactions::table
             .filter(posting::open_hold())
@@ -162,19 +183,57 @@ pub async fn sign_next(
             .await
             .optional()?
         else {
-            return Ok(None);
+            return Ok(Signing::Idle);
         };
         let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
-        let (Some(network), Some(from), Some(to), Some(path)) = (
+        let signer = |network: &str, from: &str, path: &str| {
+            let chain = custody::Chain::from_network(network).ok_or("unknown network")?;
+            match custody.address_at(chain, path) {
+                Ok(address) if address == from => Ok(()),
+                Ok(_) => Err("the custody seed does not hold the key of its source address"),
+                Err(_) => Err("its derivation path is not valid"),
+            }
+        };
+        let checked = match (
             hold.network.as_deref(),
             hold.from_address.as_deref(),
             hold.to_address.as_deref(),
             wallet.derivation_path.as_deref(),
-        ) else {
-            return Err(LedgerError::Unavailable(format!(
-                "withdrawal {} lacks its chain details",
-                hold.id
-            )));
+        ) {
+            (Some(network), Some(from), Some(to), Some(path)) => {
+                signer(network, from, path).map(|()| (network, from, to, path))
+            }
+            _ => Err("its chain details are incomplete"),
+        };
+        let (network, from, to, path) = match checked {
+            Ok(details) => details,
+            Err(reason) => {
+                tracing::error!(
+                    id = hold.id,
+                    reason,
+                    "withdrawal cannot be signed; failing it"
+                );
+                diesel::update(wallets::table.find(wallet.id))
+                    .set((
+                        wallets::locked_balance
+                            .eq(wallets::locked_balance - Scaled(hold.amount + hold.fee)),
+                        wallets::updated_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+                            "GREATEST(clock_timestamp(), updated_at)",
+                        )),
+                    ))
+                    .execute(tx)
+                    .await?;
+                diesel::update(transactions::table.find(hold.id))
+                    .set((
+                        transactions::status.eq(TransactionStatus::Failed),
+                        transactions::description
+                            .eq(format!("not sent: custody cannot sign it ({reason})")),
+                        transactions::updated_at.eq(diesel::dsl::now),
+                    ))
+                    .execute(tx)
+                    .await?;
+                return Ok(Signing::Refused);
+            }
         };
         let fee = fee_of(&hold);
         let payload = chain::transfer_payload(network, from, to, hold.amount, &fee, hold.id);
@@ -217,7 +276,7 @@ pub async fn sign_next(
             ))
             .execute(tx)
             .await?;
-        Ok(Some(SignedTransfer {
+        Ok(Signing::Signed(SignedTransfer {
             network: network.to_owned(),
             hash,
             from_address: from.to_owned(),
