@@ -163,3 +163,26 @@ async fn a_failing_batch_falls_back_to_one_transaction_per_request() {
         "the poisoned batch fell back"
     );
 }
+
+/// Without the batching task, movements still work, one transaction each, with the same
+/// answers — including replays of what the batches committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn movements_survive_the_loss_of_the_committer() {
+    let t = TestApp::new().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    let first = t.deposit(&wallet, "5.00", "before").await;
+    t.app.state.committer.stop();
+    tokio::task::yield_now().await;
+    let replay = t.deposit(&wallet, "5.00", "before").await;
+    assert_eq!(
+        replay["data"]["deposit"]["id"],
+        first["data"]["deposit"]["id"]
+    );
+    t.deposit(&wallet, "1.00", "after").await;
+    let body = t
+        .withdraw(&t.operator(), &wallet, "100.00", "too-much")
+        .await;
+    assert_eq!(code_of(&body), "INSUFFICIENT_FUNDS");
+    assert_eq!(t.balance(&wallet).await, "6.00");
+    assert_eq!(t.assert_chain(&wallet).await, 2);
+}

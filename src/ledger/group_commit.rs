@@ -48,7 +48,9 @@ struct Job {
 pub struct Committer {
     jobs: mpsc::Sender<Job>,
     stats: Arc<Stats>,
-    _task: Arc<AbortOnDrop<()>>,
+    pool: PgPool,
+    currencies: Arc<CurrencyRegistry>,
+    task: Arc<AbortOnDrop<()>>,
 }
 
 /// Counters since start (for metrics and tests).
@@ -67,7 +69,9 @@ impl Committer {
         let (jobs, mut queue) = mpsc::channel::<Job>(4 * MAX_BATCH);
         let stats = Arc::new(Stats::default());
         let counters = stats.clone();
+        let (batch_pool, batch_currencies) = (pool.clone(), currencies.clone());
         let task = AbortOnDrop::spawn(async move {
+            let (pool, currencies) = (batch_pool, batch_currencies);
             while let Some(first) = queue.recv().await {
                 let mut batch = vec![first];
                 // Let requests that are on their way join this batch.
@@ -84,12 +88,20 @@ impl Committer {
         Committer {
             jobs,
             stats,
-            _task: Arc::new(task),
+            pool,
+            currencies,
+            task: Arc::new(task),
         }
     }
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Stops batching: later movements are applied one by one, each in its own
+    /// transaction (the path taken if the batching task ever died).
+    pub fn stop(&self) {
+        self.task.0.abort();
     }
 
     /// Applies a movement exactly once per key, as [`movement::execute`] does.
@@ -100,17 +112,21 @@ impl Committer {
     ) -> Result<Movement, LedgerError> {
         movement::validate_shape(&request)?;
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send(Job {
-                scope,
-                request,
-                reply,
-            })
-            .await
-            .map_err(|_| LedgerError::Unavailable("the committer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| LedgerError::Unavailable("the committer has stopped".into()))?
+        let job = Job {
+            scope: scope.clone(),
+            request: request.clone(),
+            reply,
+        };
+        if self.jobs.send(job).await.is_ok()
+            && let Ok(result) = answer.await
+        {
+            return result;
+        }
+        // The committer is gone (a bug killed it): apply the movement on its own. Whether
+        // or not a batch committed it before dying, its key makes this a replay then.
+        tracing::error!("the group committer is not running; applying a movement on its own");
+        let mut conn = self.pool.get().await?;
+        movement::execute(&mut conn, &self.currencies, &scope, &request).await
     }
 }
 
