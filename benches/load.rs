@@ -495,13 +495,18 @@ COMMIT;
             )
             .await
             .expect("crypto wallets");
-        let pool = build_pool(&self.url, 4, QueryCounter::default()).expect("pool");
-        let chain = wallet::chain::SimulatedChain::new(pool.clone());
-        let mut conn = pool.get().await.expect("connection");
-        let currencies = CurrencyRegistry::load(&mut conn).await.expect("currencies");
+        // As in the service: the job's pool, and the chain client's own connections.
+        let pool = build_pool(&self.url, 8, QueryCounter::default()).expect("pool");
+        let chain = wallet::chain::SimulatedChain::new(
+            build_pool(&self.url, 4, QueryCounter::default()).expect("pool"),
+        );
+        let currencies = {
+            let mut conn = pool.get().await.expect("connection");
+            CurrencyRegistry::load(&mut conn).await.expect("currencies")
+        };
         for run in ["first (full)", "second (incremental)"] {
             let started = Instant::now();
-            let result = reconcile_all_crypto(&mut conn, &currencies, &chain)
+            let result = reconcile_all_crypto(&pool, &currencies, &chain)
                 .await
                 .expect("scheduled reconciliation");
             println!(

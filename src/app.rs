@@ -206,7 +206,8 @@ fn spawn_reconciler(state: AppState, chain: SimulatedChain, interval: Duration) 
                     continue;
                 }
             }
-            match reconcile_all_crypto(&mut conn, &state.currencies, &chain).await {
+            drop(conn);
+            match reconcile_all_crypto(&state.pool, &state.currencies, &chain).await {
                 Ok(run) => tracing::info!(
                     reconciled = run.reconciled,
                     mismatched = run.mismatched,

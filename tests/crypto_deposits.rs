@@ -329,8 +329,7 @@ async fn scheduled_reconciliation_is_incremental_and_claimed_once() {
 
     let chain = t.app.state.simulator.clone().unwrap();
     let currencies = t.app.state.currencies.clone();
-    let mut conn = t.app.state.pool.get().await.unwrap();
-    let run = reconcile_all_crypto(&mut conn, &currencies, &chain)
+    let run = reconcile_all_crypto(&t.app.state.pool, &currencies, &chain)
         .await
         .unwrap();
     assert_eq!(
@@ -348,7 +347,7 @@ async fn scheduled_reconciliation_is_incremental_and_claimed_once() {
     mine(&t, "bitcoin", 6).await;
     t.ok(&alice, PROCESS, json!({"w": a, "h": second["txHash"]}))
         .await;
-    reconcile_all_crypto(&mut conn, &currencies, &chain)
+    reconcile_all_crypto(&t.app.state.pool, &currencies, &chain)
         .await
         .unwrap();
     let pg = t.db.client().await;

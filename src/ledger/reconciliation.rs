@@ -13,6 +13,7 @@ use super::{
     Reconciliation, Scope, Wallet, money, wallet,
 };
 use crate::chain::{Chain, ChainTransfer, TransferStatus};
+use crate::db::PgPool;
 use crate::schema::{reconciliations, transactions, wallets};
 use std::collections::BTreeSet;
 
@@ -552,6 +553,9 @@ async fn compare_with_chain(
         .await
 }
 
+/// Wallets the scheduled job reconciles at once.
+const RECONCILE_CONCURRENCY: usize = 4;
+
 /// How a scheduled run went.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ScheduledRun {
@@ -563,26 +567,46 @@ pub struct ScheduledRun {
 /// Reconciles every crypto wallet since its checkpoint, in pages of wallets. One wallet
 /// failing (the chain unreachable, say) does not stop the others.
 pub async fn reconcile_all_crypto(
-    conn: &mut AsyncPgConnection,
+    pool: &PgPool,
     currencies: &CurrencyRegistry,
     chain: &dyn Chain,
 ) -> Result<ScheduledRun, LedgerError> {
+    use futures_util::StreamExt;
     let mut run = ScheduledRun::default();
     let mut after = 0_i64;
     loop {
-        let ids: Vec<i64> = wallets::table
-            .filter(wallets::address.is_not_null())
-            .filter(wallets::id.gt(after))
-            .order(wallets::id)
-            .limit(200)
-            .select(wallets::id)
-            .load(conn)
-            .await?;
+        let ids: Vec<i64> = {
+            let mut conn = pool.get().await?;
+            wallets::table
+                .filter(wallets::address.is_not_null())
+                .filter(wallets::id.gt(after))
+                .order(wallets::id)
+                .limit(200)
+                .select(wallets::id)
+                .load(&mut conn)
+                .await?
+        };
         let Some(&last) = ids.last() else {
             return Ok(run);
         };
-        for id in ids {
-            match reconcile_since_checkpoint(conn, currencies, chain, id).await {
+        // A few wallets at a time, each on its own connection: the job's wall time is
+        // mostly round trips, and it leaves the rest of the pool to requests.
+        let outcomes: Vec<(i64, Result<Reconciliation, LedgerError>)> =
+            futures_util::stream::iter(ids)
+                .map(|id| async move {
+                    let outcome = match pool.get().await {
+                        Ok(mut conn) => {
+                            reconcile_since_checkpoint(&mut conn, currencies, chain, id).await
+                        }
+                        Err(e) => Err(LedgerError::from(e)),
+                    };
+                    (id, outcome)
+                })
+                .buffer_unordered(RECONCILE_CONCURRENCY)
+                .collect()
+                .await;
+        for (id, outcome) in outcomes {
+            match outcome {
                 Ok(r) => {
                     run.reconciled += 1;
                     if r.status == ReconciliationStatus::Mismatch {
