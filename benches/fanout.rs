@@ -56,12 +56,7 @@ fn args() -> Args {
 }
 
 fn main() {
-    let args = args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run(args));
+    support::block_on(run(args()));
 }
 
 async fn run(args: Args) {

@@ -76,12 +76,7 @@ fn args() -> Args {
 }
 
 fn main() {
-    let args = args();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(run(args));
+    support::block_on(run(args()));
 }
 
 struct Bench {
@@ -394,6 +389,15 @@ COMMIT;
         let wallet = encode_id(NodeType::Wallet, id).to_string();
         let deep = self.args.deep_page;
         let marks = [1, 100, deep];
+        let page_at = |after: Option<String>| {
+            gql(
+                &self.http,
+                PORT,
+                &self.token,
+                PAGE,
+                json!({"w": wallet, "after": after}),
+            )
+        };
         let mut after: Option<String> = None;
         let walk = Instant::now();
         for page in 1..=deep {
@@ -401,14 +405,7 @@ COMMIT;
                 let mut samples = Vec::new();
                 for _ in 0..25 {
                     let sent = Instant::now();
-                    gql(
-                        &self.http,
-                        PORT,
-                        &self.token,
-                        PAGE,
-                        json!({"w": wallet, "after": after}),
-                    )
-                    .await;
+                    page_at(after.clone()).await;
                     samples.push(sent.elapsed());
                 }
                 samples.sort();
@@ -419,14 +416,7 @@ COMMIT;
                     self.rss()
                 );
             }
-            let body = gql(
-                &self.http,
-                PORT,
-                &self.token,
-                PAGE,
-                json!({"w": wallet, "after": after}),
-            )
-            .await;
+            let body = page_at(after.clone()).await;
             let info = &body["data"]["wallet"]["transactions"]["pageInfo"];
             after = info["endCursor"].as_str().map(str::to_owned);
             if !info["hasNextPage"].as_bool().unwrap_or(false) {
