@@ -626,3 +626,32 @@ async fn a_withdrawal_custody_cannot_sign_fails_and_releases_its_funds() {
     assert_eq!(chain_sends(&t, &bob_address).await, 1);
     t.assert_chain(&alices).await;
 }
+
+/// One withdrawal that cannot be followed (its stored bytes damaged here) is reported and
+/// retried next pass; the others still complete.
+#[tokio::test]
+async fn one_withdrawal_that_cannot_be_followed_does_not_stop_the_others() {
+    let t = TestApp::new().await;
+    let (alices, _) = funded_wallet(&t, "alice", "1.00000000").await;
+    let (bobs, _) = funded_wallet(&t, "bob", "1.00000000").await;
+    let damaged =
+        withdraw(&t, "alice", &alices, "0.2", "a-1").await["data"]["cryptoWithdraw"]["id"].clone();
+    let fine =
+        withdraw(&t, "bob", &bobs, "0.2", "b-1").await["data"]["cryptoWithdraw"]["id"].clone();
+    assert_eq!(pass(&worker(&t)).await.signed, 2);
+    let pg = t.db.client().await;
+    pg.execute(
+        "UPDATE transactions SET raw = NULL WHERE tx_hash = 'a-1' AND hold",
+        &[],
+    )
+    .await
+    .unwrap();
+    mine(&t, 6).await;
+    let report = pass(&worker(&t)).await;
+    assert_eq!(
+        (report.withdrawals.completed, report.withdrawals.errors),
+        (1, 1)
+    );
+    assert_eq!(transaction(&t, &fine).await["status"], "COMPLETED");
+    assert_eq!(transaction(&t, &damaged).await["status"], "PROCESSING");
+}

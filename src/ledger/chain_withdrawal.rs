@@ -294,6 +294,8 @@ pub struct AdvanceReport {
     pub rebroadcast: usize,
     pub completed: usize,
     pub failed: usize,
+    /// Withdrawals that could not be followed this time (retried next pass).
+    pub errors: usize,
 }
 
 /// Step 4: follows every PROCESSING withdrawal on chain.
@@ -311,83 +313,98 @@ pub async fn advance(
         .await?;
     let mut report = AdvanceReport::default();
     for hold in processing {
-        let Some(signed) = stored_transfer(&hold) else {
-            tracing::error!(
-                id = hold.id,
-                "processing withdrawal without its signed bytes"
-            );
-            continue;
-        };
-        let Some(transfer) = chain.transfer(&signed.network, &signed.hash).await? else {
-            // Stored but never sent (or lost by the node): the same bytes again.
-            chain.broadcast(&signed).await?;
-            report.rebroadcast += 1;
-            continue;
-        };
-        let outcome = posting::retried!(conn, |tx| {
-            // Another worker may have moved it on since we listed it.
-            let hold: JournalEntry = transactions::table
-                .find(hold.id)
-                .select(JournalEntry::as_select())
-                .for_update()
-                .first(tx)
-                .await?;
-            if hold.status != TransactionStatus::Processing {
-                return Ok(None);
+        // One withdrawal the chain will not take or tell about must not stop the others.
+        match advance_one(conn, chain, &hold).await {
+            Ok(Advanced::Rebroadcast) => report.rebroadcast += 1,
+            Ok(Advanced::To(TransactionStatus::Completed)) => report.completed += 1,
+            Ok(Advanced::To(TransactionStatus::Failed)) => report.failed += 1,
+            Ok(_) => {}
+            Err(e) => {
+                report.errors += 1;
+                tracing::warn!(id = hold.id, error = ?e, "could not follow a withdrawal");
             }
-            let mut fields = ChainFields {
-                network: signed.network.clone(),
-                from_address: signed.from_address.clone(),
-                to_address: signed.to_address.clone(),
-                chain_tx_hash: Some(signed.hash.clone()),
-                confirmations: i32::try_from(transfer.confirmations).unwrap_or(i32::MAX),
-                required_confirmations: hold.required_confirmations.unwrap_or(1),
-                block_number: transfer.block_number,
-                gas_price: transfer.gas_price,
-                gas_used: transfer.gas_used,
-                raw: None,
-            };
-            match transfer.status {
-                TransferStatus::Failed => {
-                    // Nothing left the address: the debit is compensated, not erased.
-                    let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
-                    fields.raw = hold.raw.clone();
-                    let refund = NewRow {
-                        kind: TransactionType::Refund,
-                        amount: hold.amount,
-                        fee: hold.fee,
-                        status: TransactionStatus::Completed,
-                        key: &hold.tx_hash,
-                        description: Some("the chain failed the withdrawal"),
-                        hold: false,
-                        settles: Some(hold.id),
-                        chain: Some(&fields),
-                    };
-                    posting::append(tx, &wallet, &refund, Decimal::ZERO).await?;
-                    update_hold(tx, &hold, TransactionStatus::Failed, &fields).await?;
-                    Ok(Some(TransactionStatus::Failed))
-                }
-                TransferStatus::Success
-                    if fields.confirmations >= fields.required_confirmations =>
-                {
-                    update_hold(tx, &hold, TransactionStatus::Completed, &fields).await?;
-                    Ok(Some(TransactionStatus::Completed))
-                }
-                TransferStatus::Success | TransferStatus::Pending => {
-                    if hold.confirmations != Some(fields.confirmations)
-                        || hold.block_number != fields.block_number
-                    {
-                        update_hold(tx, &hold, TransactionStatus::Processing, &fields).await?;
-                    }
-                    Ok(None)
-                }
-            }
-        })?;
-        match outcome {
-            Some(TransactionStatus::Completed) => report.completed += 1,
-            Some(TransactionStatus::Failed) => report.failed += 1,
-            _ => {}
         }
     }
     Ok(report)
+}
+
+enum Advanced {
+    Rebroadcast,
+    To(TransactionStatus),
+    Unchanged,
+}
+
+async fn advance_one(
+    conn: &mut AsyncPgConnection,
+    chain: &dyn Chain,
+    hold: &JournalEntry,
+) -> Result<Advanced, LedgerError> {
+    let Some(signed) = stored_transfer(hold) else {
+        return Err(LedgerError::Unavailable(format!(
+            "processing withdrawal {} lacks its signed bytes",
+            hold.id
+        )));
+    };
+    let Some(transfer) = chain.transfer(&signed.network, &signed.hash).await? else {
+        // Stored but never sent (or lost by the node): the same bytes again.
+        chain.broadcast(&signed).await?;
+        return Ok(Advanced::Rebroadcast);
+    };
+    posting::retried!(conn, |tx| {
+        // Another worker may have moved it on since we listed it.
+        let hold: JournalEntry = transactions::table
+            .find(hold.id)
+            .select(JournalEntry::as_select())
+            .for_update()
+            .first(tx)
+            .await?;
+        if hold.status != TransactionStatus::Processing {
+            return Ok(Advanced::Unchanged);
+        }
+        let mut fields = ChainFields {
+            network: signed.network.clone(),
+            from_address: signed.from_address.clone(),
+            to_address: signed.to_address.clone(),
+            chain_tx_hash: Some(signed.hash.clone()),
+            confirmations: i32::try_from(transfer.confirmations).unwrap_or(i32::MAX),
+            required_confirmations: hold.required_confirmations.unwrap_or(1),
+            block_number: transfer.block_number,
+            gas_price: transfer.gas_price,
+            gas_used: transfer.gas_used,
+            raw: None,
+        };
+        match transfer.status {
+            TransferStatus::Failed => {
+                // Nothing left the address: the debit is compensated, not erased.
+                let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+                fields.raw = hold.raw.clone();
+                let refund = NewRow {
+                    kind: TransactionType::Refund,
+                    amount: hold.amount,
+                    fee: hold.fee,
+                    status: TransactionStatus::Completed,
+                    key: &hold.tx_hash,
+                    description: Some("the chain failed the withdrawal"),
+                    hold: false,
+                    settles: Some(hold.id),
+                    chain: Some(&fields),
+                };
+                posting::append(tx, &wallet, &refund, Decimal::ZERO).await?;
+                update_hold(tx, &hold, TransactionStatus::Failed, &fields).await?;
+                Ok(Advanced::To(TransactionStatus::Failed))
+            }
+            TransferStatus::Success if fields.confirmations >= fields.required_confirmations => {
+                update_hold(tx, &hold, TransactionStatus::Completed, &fields).await?;
+                Ok(Advanced::To(TransactionStatus::Completed))
+            }
+            TransferStatus::Success | TransferStatus::Pending => {
+                if hold.confirmations != Some(fields.confirmations)
+                    || hold.block_number != fields.block_number
+                {
+                    update_hold(tx, &hold, TransactionStatus::Processing, &fields).await?;
+                }
+                Ok(Advanced::Unchanged)
+            }
+        }
+    })
 }
