@@ -53,20 +53,46 @@ impl ChainWorker {
             .get()
             .await
             .map_err(|e| LedgerError::Unavailable(e.to_string()))?;
-        while let Some(signed) = chain_withdrawal::sign_next(&mut conn, &self.custody).await? {
-            report.signed += 1;
-            // Stored before this: if the broadcast fails, `advance` sends the same bytes.
-            match self.chain.broadcast(&signed).await {
-                Ok(_) => report.broadcast += 1,
-                Err(e) => tracing::warn!(hash = signed.hash, error = %e, "broadcast failed"),
+        // Each stage runs even if one before it failed (the first error is returned).
+        let mut failure = None;
+        loop {
+            match chain_withdrawal::sign_next(&mut conn, &self.custody).await {
+                Ok(Some(signed)) => {
+                    report.signed += 1;
+                    // Stored before this: if the broadcast fails, `advance` sends the same
+                    // bytes.
+                    match self.chain.broadcast(&signed).await {
+                        Ok(_) => report.broadcast += 1,
+                        Err(e) => {
+                            tracing::warn!(hash = signed.hash, error = %e, "broadcast failed")
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    break;
+                }
             }
         }
-        report.withdrawals = chain_withdrawal::advance(&mut conn, self.chain.as_ref()).await?;
+        match chain_withdrawal::advance(&mut conn, self.chain.as_ref()).await {
+            Ok(advanced) => report.withdrawals = advanced,
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
         for network in self.networks() {
-            let scan =
-                chain_deposit::scan(&mut conn, &self.currencies, self.chain.as_ref(), &network)
-                    .await?;
-            report.deposits.push((network, scan));
+            match chain_deposit::scan(&mut conn, &self.currencies, self.chain.as_ref(), &network)
+                .await
+            {
+                Ok(scan) => report.deposits.push((network, scan)),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = failure {
+            return Err(e);
         }
         Ok(report)
     }

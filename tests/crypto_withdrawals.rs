@@ -475,8 +475,27 @@ async fn a_crash_inside_the_signing_transaction_leaves_it_pending() {
     )
     .await
     .unwrap();
+    // A deposit arriving meanwhile: the rest of the pass still runs.
+    t.ok(
+        &t.user("alice"),
+        INCOMING,
+        json!({"n": "bitcoin", "to": address, "a": "0.05"}),
+    )
+    .await;
     assert!(worker(&t).pass().await.is_err());
     assert_eq!(transaction(&t, &id).await["status"], "PENDING");
+    let watched: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM transactions WHERE hold AND type = 'DEPOSIT' AND amount = 0.05",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        watched, 1,
+        "the deposit watcher ran despite the failed signing"
+    );
     assert_eq!(
         balances(&t, &wallet).await,
         (
