@@ -106,13 +106,20 @@ pub fn digest(network: &str, bytes: &[u8]) -> [u8; 32] {
 pub fn assemble(network: &str, payload: &[u8], signature: &[u8; 64]) -> (String, String) {
     let mut raw = payload.to_vec();
     raw.extend_from_slice(signature);
-    let hash = alloy_primitives::hex::encode(digest(network, &raw));
-    let hash = if network == "ethereum" {
-        format!("0x{hash}")
+    (
+        hash_spelling(network, digest(network, &raw)),
+        alloy_primitives::hex::encode(raw),
+    )
+}
+
+/// A transaction hash in the network's usual spelling: hex, `0x`-prefixed on ethereum.
+pub fn hash_spelling(network: &str, hash: [u8; 32]) -> String {
+    let hex = alloy_primitives::hex::encode(hash);
+    if network == "ethereum" {
+        format!("0x{hex}")
     } else {
-        hash
-    };
-    (hash, alloy_primitives::hex::encode(raw))
+        hex
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -106,13 +106,7 @@ fn unavailable(e: impl std::fmt::Display) -> ChainError {
 
 /// A fresh transaction hash in the network's usual spelling.
 fn random_hash(network: &str) -> String {
-    let bytes: [u8; 32] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    if network == "ethereum" {
-        format!("0x{hex}")
-    } else {
-        hex
-    }
+    super::hash_spelling(network, rand::random())
 }
 
 impl SimulatedChain {
@@ -220,6 +214,24 @@ impl SimulatedChain {
 }
 
 /// Transfers from or to `address` on `network`.
+impl SimulatedChain {
+    /// The transfers `query` selects, with confirmations counted from the tip.
+    async fn load_transfers(
+        &self,
+        network: &str,
+        query: sim_transfers::BoxedQuery<'_, diesel::pg::Pg>,
+    ) -> Result<Vec<ChainTransfer>, ChainError> {
+        let mut conn = self.conn().await?;
+        let tip = Self::tip_on(&mut conn, network).await?;
+        let rows: Vec<Row> = query
+            .select(Row::as_select())
+            .load(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.into_iter().map(|r| r.into_transfer(tip)).collect())
+    }
+}
+
 fn of_address<'a>(
     network: &'a str,
     address: &'a str,
@@ -309,16 +321,10 @@ impl Chain for SimulatedChain {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<ChainTransfer>, ChainError> {
-        let mut conn = self.conn().await?;
-        let tip = Self::tip_on(&mut conn, network).await?;
-        let rows: Vec<Row> = of_address(network, address)
+        let query = of_address(network, address)
             .filter(sim_transfers::created_at.between(from, to))
-            .order((sim_transfers::created_at, sim_transfers::hash))
-            .select(Row::as_select())
-            .load(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(rows.into_iter().map(|r| r.into_transfer(tip)).collect())
+            .order((sim_transfers::created_at, sim_transfers::hash));
+        self.load_transfers(network, query).await
     }
 
     async fn settled_between(
@@ -328,18 +334,12 @@ impl Chain for SimulatedChain {
         after: i64,
         up_to: i64,
     ) -> Result<Vec<ChainTransfer>, ChainError> {
-        let mut conn = self.conn().await?;
-        let tip = Self::tip_on(&mut conn, network).await?;
-        let rows: Vec<Row> = of_address(network, address)
+        let query = of_address(network, address)
             .filter(sim_transfers::status.eq("SUCCESS"))
             .filter(sim_transfers::block_number.gt(after))
             .filter(sim_transfers::block_number.le(up_to))
-            .order((sim_transfers::block_number, sim_transfers::hash))
-            .select(Row::as_select())
-            .load(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(rows.into_iter().map(|r| r.into_transfer(tip)).collect())
+            .order((sim_transfers::block_number, sim_transfers::hash));
+        self.load_transfers(network, query).await
     }
 
     async fn transfers_since(
@@ -347,9 +347,7 @@ impl Chain for SimulatedChain {
         network: &str,
         after_block: i64,
     ) -> Result<Vec<ChainTransfer>, ChainError> {
-        let mut conn = self.conn().await?;
-        let tip = Self::tip_on(&mut conn, network).await?;
-        let rows: Vec<Row> = sim_transfers::table
+        let query = sim_transfers::table
             .filter(sim_transfers::network.eq(network))
             .filter(
                 sim_transfers::block_number
@@ -357,11 +355,8 @@ impl Chain for SimulatedChain {
                     .or(sim_transfers::status.eq("PENDING")),
             )
             .order((sim_transfers::created_at, sim_transfers::hash))
-            .select(Row::as_select())
-            .load(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        Ok(rows.into_iter().map(|r| r.into_transfer(tip)).collect())
+            .into_boxed();
+        self.load_transfers(network, query).await
     }
 
     async fn estimate_fee(&self, network: &str) -> Result<Fee, ChainError> {
