@@ -486,9 +486,10 @@ COMMIT;
             .await
             .expect("crypto wallets");
         // As in the service: the job's pool, and the chain client's own connections.
-        let pool = build_pool(&self.url, 8, QueryCounter::default()).expect("pool");
+        let pool =
+            build_pool(&self.url, 8, Default::default(), QueryCounter::default()).expect("pool");
         let chain = wallet::chain::SimulatedChain::new(
-            build_pool(&self.url, 4, QueryCounter::default()).expect("pool"),
+            build_pool(&self.url, 4, Default::default(), QueryCounter::default()).expect("pool"),
         );
         let currencies = {
             let mut conn = pool.get().await.expect("connection");

@@ -9,7 +9,7 @@ use crate::auth::TokenKeys;
 use crate::chain::SimulatedChain;
 use crate::chain_worker::ChainWorker;
 use crate::custody::{Custody, SeedSource};
-use crate::db::{self, PgPool, QueryCounter};
+use crate::db::{self, PgPool, QueryCounter, SessionLimits};
 use crate::events::{EventBus, Listener, ListenerConfig};
 use crate::graphql::{self, AppSchema, Limits};
 use crate::ledger::CurrencyRegistry;
@@ -33,6 +33,9 @@ pub struct AppState {
     pub committer: Committer,
     /// Wakes this process's chain worker (a withdrawal to sign, blocks to follow).
     pub chain_wakeup: Arc<Notify>,
+    /// How long a request may take: a movement not settled by then is answered
+    /// `OUTCOME_UNKNOWN` (or refused, if it never started).
+    pub request_timeout: Duration,
 }
 
 /// Everything needed to start one service instance.
@@ -40,6 +43,8 @@ pub struct AppState {
 pub struct AppConfig {
     pub database_url: String,
     pub pool_size: usize,
+    /// Limits every pooled database session runs under (lock and statement timeouts).
+    pub session_limits: SessionLimits,
     pub jwt_secret: String,
     pub limits: Limits,
     pub request_timeout: Duration,
@@ -54,6 +59,21 @@ pub struct AppConfig {
     pub reconcile_interval: Option<Duration>,
     /// Run the chain worker (withdrawals, deposit watcher) this often (`None`: never).
     pub chain_poll: Option<Duration>,
+}
+
+impl AppConfig {
+    /// The session limits, with the lock timeout kept within a quarter of the request
+    /// timeout: a movement blocked on a wallet lock is refused (nothing done) while its
+    /// request can still say so, rather than answered `OUTCOME_UNKNOWN`.
+    pub fn effective_session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            lock_timeout: self
+                .session_limits
+                .lock_timeout
+                .min(self.request_timeout / 4),
+            ..self.session_limits
+        }
+    }
 }
 
 /// A service instance: the router is built from it by [`crate::http::router`].
@@ -86,7 +106,13 @@ impl App {
             tracing::info!(?applied, "applied migrations");
         }
         let queries = QueryCounter::default();
-        let pool = db::build_pool(&config.database_url, config.pool_size, queries.clone())?;
+        let limits = config.effective_session_limits();
+        let pool = db::build_pool(
+            &config.database_url,
+            config.pool_size,
+            limits,
+            queries.clone(),
+        )?;
         let currencies = {
             let mut conn = pool.get().await?;
             Arc::new(CurrencyRegistry::load(&mut conn).await?)
@@ -98,7 +124,13 @@ impl App {
             tracing::warn!("the event listener is not connected yet; subscriptions wait for it");
         }
         let state = AppState {
-            committer: Committer::spawn(pool.clone(), currencies.clone()),
+            // A quarter of the pool for batches in flight; the rest serves everything else.
+            committer: Committer::spawn(
+                pool.clone(),
+                currencies.clone(),
+                (config.pool_size / 4).clamp(1, 8),
+            ),
+            request_timeout: config.request_timeout,
             chain_wakeup: Arc::new(Notify::new()),
             pool,
             currencies,
@@ -111,6 +143,7 @@ impl App {
                 true => Some(SimulatedChain::new(db::build_pool(
                     &config.database_url,
                     4,
+                    limits,
                     QueryCounter::default(),
                 )?)),
                 false => None,

@@ -29,6 +29,8 @@ pub struct ChainWorker {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PassReport {
     pub signed: usize,
+    /// Withdrawals that could not be signed this pass (tried again next pass).
+    pub sign_errors: usize,
     pub broadcast: usize,
     pub withdrawals: AdvanceReport,
     pub deposits: Vec<(String, ScanReport)>,
@@ -55,8 +57,12 @@ impl ChainWorker {
             .map_err(|e| LedgerError::Unavailable(e.to_string()))?;
         // Each stage runs even if one before it failed (the first error is returned).
         let mut failure = None;
+        // Every waiting withdrawal is tried once per pass, in id order; one that fails
+        // does not stop the others.
+        let mut after = 0;
         loop {
-            match chain_withdrawal::sign_next(&mut conn, &self.custody).await {
+            let before = after;
+            match chain_withdrawal::sign_next(&mut conn, &self.custody, &mut after).await {
                 Ok(Some(signed)) => {
                     report.signed += 1;
                     // Stored before this: if the broadcast fails, `advance` sends the same
@@ -70,8 +76,13 @@ impl ChainWorker {
                 }
                 Ok(None) => break,
                 Err(e) => {
+                    tracing::warn!(error = ?e, withdrawal = after, "could not sign a withdrawal");
+                    report.sign_errors += 1;
                     failure.get_or_insert(e);
-                    break;
+                    if after == before {
+                        // Failed before claiming one: nothing to skip past.
+                        break;
+                    }
                 }
             }
         }
@@ -85,7 +96,17 @@ impl ChainWorker {
             match chain_deposit::scan(&mut conn, &self.currencies, self.chain.as_ref(), &network)
                 .await
             {
-                Ok(scan) => report.deposits.push((network, scan)),
+                Ok(scan) => {
+                    if scan.parked > 0 {
+                        metrics::counter!("wallet_deposits_parked_total", "network" => network.clone())
+                            .increment(scan.parked as u64);
+                    }
+                    if scan.errors > 0 {
+                        metrics::counter!("wallet_deposit_errors_total", "network" => network.clone())
+                            .increment(scan.errors as u64);
+                    }
+                    report.deposits.push((network, scan))
+                }
                 Err(e) => {
                     failure.get_or_insert(e);
                 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 
 use crate::custody::{Custody, SeedSource};
+use crate::db::SessionLimits;
 
 /// Development fallback for `WALLET_JWT_SECRET`; refused in production.
 pub const DEV_JWT_SECRET: &str = "wallet-development-secret-do-not-use-in-production";
@@ -27,6 +28,31 @@ pub struct DatabaseConfig {
     /// Maximum connections in the pool.
     #[arg(long, env = "WALLET_DB_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
+    /// Milliseconds a statement waits for a row lock (a busy wallet) before the request
+    /// is refused with nothing done; at most a quarter of the request timeout.
+    #[arg(long, env = "WALLET_DB_LOCK_TIMEOUT_MS", default_value_t = 5_000)]
+    pub lock_timeout_ms: u64,
+    /// Milliseconds one statement may run.
+    #[arg(long, env = "WALLET_DB_STATEMENT_TIMEOUT_MS", default_value_t = 30_000)]
+    pub statement_timeout_ms: u64,
+    /// Milliseconds a session may sit idle inside a transaction before Postgres ends it
+    /// (and releases its locks).
+    #[arg(
+        long,
+        env = "WALLET_DB_IDLE_IN_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 10_000
+    )]
+    pub idle_in_transaction_timeout_ms: u64,
+}
+
+impl DatabaseConfig {
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            lock_timeout: Duration::from_millis(self.lock_timeout_ms),
+            statement_timeout: Duration::from_millis(self.statement_timeout_ms),
+            idle_in_transaction_timeout: Duration::from_millis(self.idle_in_transaction_timeout_ms),
+        }
+    }
 }
 
 /// Settings of the HTTP server.

@@ -22,8 +22,89 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 /// processes start at once.
 const MIGRATION_LOCK_KEY: i64 = 0x7761_6c6c_6574; // "wallet"
 
-pub type PgPool = Pool<AsyncPgConnection>;
-pub type PooledConn = Object<AsyncPgConnection>;
+/// The connection pool. Connections it hands out are [`PooledConn`]s.
+#[derive(Clone)]
+pub struct PgPool(Pool<AsyncPgConnection>);
+
+impl PgPool {
+    /// A connection, waiting for one to be free (up to the pool's wait timeout).
+    pub async fn get(&self) -> Result<PooledConn, PoolError> {
+        Ok(PooledConn(Some(self.0.get().await?)))
+    }
+
+    pub fn status(&self) -> deadpool::Status {
+        self.0.status()
+    }
+}
+
+pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
+
+/// A pooled connection. One dropped inside a transaction — its future was cancelled — is
+/// closed instead of returned: parked in the pool, its transaction would keep its locks
+/// (and its snapshot) until the pool happened to hand it out again. Closing it makes
+/// Postgres roll the transaction back at once.
+pub struct PooledConn(Option<Object<AsyncPgConnection>>);
+
+impl std::ops::Deref for PooledConn {
+    type Target = AsyncPgConnection;
+    fn deref(&self) -> &AsyncPgConnection {
+        self.0.as_ref().expect("a connection until dropped")
+    }
+}
+
+impl std::ops::DerefMut for PooledConn {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        self.0.as_mut().expect("a connection until dropped")
+    }
+}
+
+impl Drop for PooledConn {
+    fn drop(&mut self) {
+        use diesel_async::pooled_connection::PoolableConnection;
+        if let Some(mut conn) = self.0.take()
+            && conn.is_broken()
+        {
+            tracing::debug!("closing a connection dropped inside a transaction");
+            drop(Object::take(conn));
+        }
+    }
+}
+
+/// Limits every pooled session runs under, so that no statement, lock wait or forgotten
+/// transaction holds a wallet for long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// How long a statement waits for a row lock before giving up (`lock_timeout`).
+    pub lock_timeout: Duration,
+    /// How long one statement may run (`statement_timeout`).
+    pub statement_timeout: Duration,
+    /// How long a session may sit idle inside a transaction before Postgres ends it
+    /// (`idle_in_transaction_session_timeout`).
+    pub idle_in_transaction_timeout: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(30),
+            idle_in_transaction_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl SessionLimits {
+    fn sql(&self) -> String {
+        let ms = |d: Duration| d.as_millis().max(1);
+        format!(
+            "SET lock_timeout = {}; SET statement_timeout = {}; \
+             SET idle_in_transaction_session_timeout = {}",
+            ms(self.lock_timeout),
+            ms(self.statement_timeout),
+            ms(self.idle_in_transaction_timeout)
+        )
+    }
+}
 
 /// Counts statements sent to Postgres by the pool's connections (exported as a metric, and
 /// used by tests to prove that DataLoader batching keeps query counts constant).
@@ -105,14 +186,24 @@ fn migrate_blocking(url: &str) -> anyhow::Result<Vec<String>> {
     result
 }
 
-/// Builds the connection pool. Every connection reports its statements to `counter`.
-pub fn build_pool(url: &str, size: usize, counter: QueryCounter) -> anyhow::Result<PgPool> {
+/// Builds the connection pool. Every connection runs under `limits` and reports its
+/// statements to `counter`.
+pub fn build_pool(
+    url: &str,
+    size: usize,
+    limits: SessionLimits,
+    counter: QueryCounter,
+) -> anyhow::Result<PgPool> {
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
     config.custom_setup = Box::new(move |url: &str| -> BoxFuture<_> {
         let counter = counter.clone();
         let url = url.to_owned();
         async move {
+            use diesel_async::SimpleAsyncConnection;
             let mut conn = AsyncPgConnection::establish(&url).await?;
+            conn.batch_execute(&limits.sql())
+                .await
+                .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
             conn.set_instrumentation(counter.instrumentation());
             Ok(conn)
         }
@@ -125,16 +216,46 @@ pub fn build_pool(url: &str, size: usize, counter: QueryCounter) -> anyhow::Resu
         .create_timeout(Some(Duration::from_secs(10)))
         .runtime(deadpool::Runtime::Tokio1)
         .build()?;
-    Ok(pool)
+    Ok(PgPool(pool))
 }
 
 /// Whether a failed transaction may succeed when simply run again.
 pub fn is_transient(error: &DieselError) -> bool {
     match error {
         DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, _) => true,
-        // SQLSTATE 40P01 has no kind of its own in diesel.
+        // SQLSTATE 40P01 has no kind of its own in diesel (nor does diesel expose the
+        // SQLSTATE): the server's message names it.
         DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
             info.message().contains("deadlock detected")
+        }
+        _ => false,
+    }
+}
+
+/// Whether a statement failed because the database could not serve it now — the
+/// connection is gone, the server is shutting down, or a lock wait or the statement
+/// itself ran out of time — rather than because of what it asked. Said of a statement
+/// inside a transaction, the transaction did not commit.
+pub fn is_unavailable(error: &DieselError) -> bool {
+    match error {
+        DieselError::DatabaseError(
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+            _,
+        ) => true,
+        // 55P03 (lock timeout), 57014 (statement timeout), 57P01..03 and 25P03 (session
+        // ended by the server): diesel gives them no kind of their own.
+        DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            let message = info.message();
+            [
+                "lock timeout",
+                "statement timeout",
+                "could not obtain lock",
+                "terminating connection",
+                "the database system is",
+                "idle-in-transaction timeout",
+            ]
+            .iter()
+            .any(|m| message.contains(m))
         }
         _ => false,
     }

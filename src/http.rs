@@ -11,30 +11,31 @@ use std::time::Duration;
 use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::{DocumentOperations, OperationType};
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
 use crate::app::App;
 use crate::auth::{TokenError, Viewer};
 use crate::events::listener::ListenerState;
-use crate::graphql::ExecutionStarted;
-use crate::graphql::error::{BAD_USER_INPUT, INTERNAL, UNAUTHENTICATED, tag_request_errors};
+use crate::graphql::error::{
+    BAD_USER_INPUT, INTERNAL, OUTCOME_UNKNOWN, UNAUTHENTICATED, UNAVAILABLE, tag_request_errors,
+};
 use crate::graphql::loaders;
+use crate::graphql::{Deadline, ExecutionStarted};
 
 pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 const MAX_BODY_BYTES: usize = 256 * 1024;
 
 pub fn router(app: App) -> Router {
-    let timeout = app.request_timeout;
     Router::new()
         .route("/", get(graphiql))
         .route("/graphql", get(graphql_get).post(graphql_post))
@@ -68,11 +69,8 @@ pub fn router(app: App) -> Router {
                         "internal error",
                     )
                 }))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    timeout,
-                ))
-                .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES)),
+                // `/graphql` reads its body itself, up to MAX_BODY_BYTES.
+                .layer(axum::extract::DefaultBodyLimit::disable()),
         )
 }
 
@@ -261,7 +259,8 @@ fn graphql_request(
     Ok(request)
 }
 
-async fn graphql_post(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
+async fn graphql_post(State(app): State<App>, headers: HeaderMap, body: Body) -> Response {
+    let deadline = Deadline(Instant::now() + app.request_timeout);
     let media = match negotiate(&headers) {
         Ok(m) => m,
         Err(rejection) => return rejection.render(MediaType::Json),
@@ -279,6 +278,27 @@ async fn graphql_post(State(app): State<App>, headers: HeaderMap, body: Bytes) -
             "POST bodies must be application/json",
         );
     }
+    let body = match tokio::time::timeout_at(deadline.0, axum::body::to_bytes(body, MAX_BODY_BYTES))
+        .await
+    {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                media,
+                BAD_USER_INPUT,
+                &format!("the body must be at most {MAX_BODY_BYTES} bytes"),
+            );
+        }
+        Err(_) => {
+            return error_response(
+                StatusCode::REQUEST_TIMEOUT,
+                media,
+                BAD_USER_INPUT,
+                "the body did not arrive in time",
+            );
+        }
+    };
     let params = match serde_json::from_slice::<Value>(&body) {
         Ok(Value::Object(map)) => map,
         Ok(_) => {
@@ -299,7 +319,7 @@ async fn graphql_post(State(app): State<App>, headers: HeaderMap, body: Bytes) -
         }
     };
     match graphql_request(&params) {
-        Ok(request) => execute(&app, &headers, request, media).await,
+        Ok(request) => execute(&app, &headers, request, media, deadline).await,
         Err(why) => error_response(StatusCode::BAD_REQUEST, media, BAD_USER_INPUT, &why),
     }
 }
@@ -309,6 +329,7 @@ async fn graphql_get(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Response {
+    let deadline = Deadline(Instant::now() + app.request_timeout);
     let media = match negotiate(&headers) {
         Ok(m) => m,
         Err(rejection) => return rejection.render(MediaType::Json),
@@ -346,7 +367,7 @@ async fn graphql_get(
         .with_header(header::ALLOW, "POST")
         .render(media);
     }
-    execute(&app, &headers, request, media).await
+    execute(&app, &headers, request, media, deadline).await
 }
 
 /// Whether the operation a GET request would run is a mutation (or subscription).
@@ -365,23 +386,53 @@ fn selects_mutation(request: &async_graphql::Request) -> bool {
     op.is_some_and(|op| op.node.ty != OperationType::Query)
 }
 
+/// How long after its deadline a request is cut off if its resolvers have not answered
+/// (they answer by the deadline themselves; this is the backstop).
+const DEADLINE_GRACE: Duration = Duration::from_secs(1);
+
 async fn execute(
     app: &App,
     headers: &HeaderMap,
     request: async_graphql::Request,
     media: MediaType,
+    deadline: Deadline,
 ) -> Response {
     let viewer = match authenticate(app, headers) {
         Ok(v) => v,
         Err(rejection) => return rejection.render(media),
     };
+    let mutation = selects_mutation(&request);
     let started = ExecutionStarted::default();
     let wallets = loaders::wallets(app.state.pool.clone());
-    let mut request = request.data(started.clone()).data(wallets);
+    let mut request = request.data(started.clone()).data(wallets).data(deadline);
     if let Some(v) = viewer {
         request = request.data(v);
     }
-    let mut response = app.schema.execute(request).await;
+    let execution = app.schema.execute(request);
+    let Ok(mut response) = tokio::time::timeout_at(deadline.0 + DEADLINE_GRACE, execution).await
+    else {
+        // Never a bare timeout: a mutation's work goes on in its own task, so its outcome
+        // is unknown to us; a query changed nothing.
+        let (status, code, message) = match mutation {
+            true => (
+                StatusCode::GATEWAY_TIMEOUT,
+                OUTCOME_UNKNOWN,
+                "the request ran out of time: its movements may or may not have happened; \
+                 look them up by their keys, or send them again with the same keys",
+            ),
+            false => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                UNAVAILABLE,
+                "the request ran out of time; nothing was changed, try again",
+            ),
+        };
+        let status = if media == MediaType::Json {
+            StatusCode::OK
+        } else {
+            status
+        };
+        return error_response(status, media, code, message);
+    };
     tag_request_errors(&mut response);
     let status = if media == MediaType::GraphqlResponseJson && !started.get() && response.is_err() {
         StatusCode::BAD_REQUEST

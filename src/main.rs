@@ -105,6 +105,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let app = App::start(&AppConfig {
         database_url: config.db.database_url.clone(),
         pool_size: config.db.pool_size,
+        session_limits: config.db.session_limits(),
         jwt_secret: secret,
         limits: Limits {
             max_depth: config.max_depth,

@@ -126,6 +126,7 @@ diesel::table! {
         hold -> Bool,
         hold_id -> Nullable<Int8>,
         chain_tx_hash -> Nullable<Text>,
+        status_reason -> Nullable<Text>,
     }
 }
 

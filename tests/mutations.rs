@@ -358,11 +358,12 @@ async fn reconciliation_detects_a_tampered_journal() {
     let w = t.create_wallet("alice", "USD").await;
     t.deposit(&w, "10.00", "a").await;
     t.deposit(&w, "10.00", "b").await;
-    // Bypass the append-only trigger as a superuser would, to simulate corruption.
+    // Bypass the append-only trigger as a superuser would, to simulate corruption (the
+    // row's own arithmetic still adds up, so its CHECK lets it through; the chain breaks).
     let c = t.db.client().await;
     c.batch_execute(
         "ALTER TABLE transactions DISABLE TRIGGER transactions_no_rewrite;
-         UPDATE transactions SET amount = 15 WHERE tx_hash = 'b';
+         UPDATE transactions SET amount = 15, balance_after = 15 WHERE tx_hash = 'a';
          ALTER TABLE transactions ENABLE TRIGGER transactions_no_rewrite;",
     )
     .await

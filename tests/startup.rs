@@ -16,6 +16,7 @@ async fn concurrent_starts_create_and_migrate_once() {
     let config = AppConfig {
         database_url: url.clone(),
         pool_size: 2,
+        session_limits: Default::default(),
         jwt_secret: common::JWT_SECRET.into(),
         limits: Default::default(),
         request_timeout: Duration::from_secs(5),

@@ -17,6 +17,13 @@ pub const ADDRESS_MISMATCH: &str = "ADDRESS_MISMATCH";
 pub const INSUFFICIENT_CONFIRMATIONS: &str = "INSUFFICIENT_CONFIRMATIONS";
 pub const CHAIN_UNAVAILABLE: &str = "CHAIN_UNAVAILABLE";
 pub const INTERNAL: &str = "INTERNAL";
+/// Nothing was changed, and the service cannot do it right now (database unreachable, a
+/// wallet busy beyond the lock timeout, overload): try again.
+pub const UNAVAILABLE: &str = "UNAVAILABLE";
+/// A money movement may or may not have been committed: look it up by its key
+/// (`transactionByKey`) or send it again with the same key, which returns the original if
+/// it was.
+pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
 
 pub fn coded(code: &'static str, message: impl Into<String>) -> Error {
     Error::new(message).extend_with(|_, e| e.set("code", code))
@@ -64,7 +71,17 @@ pub fn ledger_error(e: &LedgerError) -> Error {
             tracing::warn!(%detail, "chain unavailable");
             CHAIN_UNAVAILABLE
         }
-        LedgerError::Database(_) | LedgerError::Unavailable(_) => return internal(e),
+        LedgerError::OutcomeUnknown(detail) => {
+            tracing::warn!(%detail, "outcome of a movement unknown to its caller");
+            OUTCOME_UNKNOWN
+        }
+        e if e.is_unavailable() => {
+            tracing::warn!(error = ?e, "unavailable");
+            UNAVAILABLE
+        }
+        LedgerError::Database(_) | LedgerError::Unavailable(_) | LedgerError::Internal(_) => {
+            return internal(e);
+        }
     };
     let err = coded(code, e.message());
     match e {

@@ -12,6 +12,7 @@ pub mod query;
 pub mod scalars;
 pub mod subscription;
 pub mod types;
+pub mod validators;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute};
 use async_graphql::{Context, Response, Schema, SchemaBuilder};
@@ -97,6 +98,18 @@ pub(crate) fn require_operator<'a>(
         return Err(error::forbidden(format!("only operators may {action}")));
     }
     Ok(v)
+}
+
+/// When the request must be answered by: set by the transport when the request arrives.
+#[derive(Clone, Copy, Debug)]
+pub struct Deadline(pub tokio::time::Instant);
+
+/// The request's deadline (operations sent without one, e.g. over a websocket, get the
+/// request timeout from now).
+pub(crate) fn deadline(ctx: &Context<'_>) -> tokio::time::Instant {
+    ctx.data_opt::<Deadline>()
+        .map(|d| d.0)
+        .unwrap_or_else(|| tokio::time::Instant::now() + state(ctx).request_timeout)
 }
 
 pub(crate) async fn conn(ctx: &Context<'_>) -> async_graphql::Result<PooledConn> {

@@ -8,20 +8,23 @@ use super::ids::{NodeType, decode_id};
 use super::scalars::DecimalScalar;
 use super::types::ChainTransferObject;
 use super::types::{ReconciliationObject, TransactionObject, WalletObject};
-use super::{conn, require_operator, scope, state, viewer};
+use super::validators::Text;
+use super::{deadline, require_operator, scope, state, viewer};
 use crate::chain::SimulatedChain;
 use crate::custody::{Chain, validate_address};
 use crate::ledger::chain_withdrawal::{self, WithdrawalRequest};
 use crate::ledger::movement::{Direction, MovementRequest};
 use crate::ledger::reconciliation::{self, ChainReconciliation, ExternalReconciliation};
-use crate::ledger::{Currency, LedgerError, chain_deposit, money, wallet};
+use crate::ledger::{Currency, LedgerError, chain_deposit, input, money, outcome, wallet};
 
 #[derive(InputObject)]
 pub struct CreateWalletInput {
     /// Currency code, e.g. `USD`.
+    #[graphql(validator(custom = "Text(input::MAX_CODE_LEN)"))]
     pub currency: String,
     /// Owner of the new wallet; defaults to the caller. Only operators may name someone
     /// else.
+    #[graphql(validator(custom = "Text(input::MAX_USER_ID_LEN)"))]
     pub user_id: Option<String>,
 }
 
@@ -31,7 +34,9 @@ pub struct DepositInput {
     /// Positive, with at most the currency's decimals, as a string.
     pub amount: DecimalScalar,
     /// Idempotency key: the same key with the same request returns the original result.
+    #[graphql(validator(custom = "Text(input::MAX_KEY_LEN)"))]
     pub tx_hash: String,
+    #[graphql(validator(custom = "Text(input::MAX_DESCRIPTION_LEN)"))]
     pub description: Option<String>,
 }
 
@@ -41,7 +46,9 @@ pub struct WithdrawInput {
     /// Positive, with at most the currency's decimals, as a string.
     pub amount: DecimalScalar,
     /// Idempotency key: the same key with the same request returns the original result.
+    #[graphql(validator(custom = "Text(input::MAX_KEY_LEN)"))]
     pub tx_hash: String,
+    #[graphql(validator(custom = "Text(input::MAX_DESCRIPTION_LEN)"))]
     pub description: Option<String>,
 }
 
@@ -60,6 +67,7 @@ pub struct ReconcileWalletInput {
 pub struct ProcessCryptoDepositInput {
     pub wallet_id: ID,
     /// The chain transaction's hash.
+    #[graphql(validator(custom = "Text(input::MAX_ADDRESS_LEN)"))]
     pub tx_hash: String,
 }
 
@@ -68,24 +76,29 @@ pub struct CryptoWithdrawInput {
     pub wallet_id: ID,
     /// Destination on the wallet's network (bech32 for bitcoin; 0x… for ethereum, EIP-55
     /// checked when mixed case).
+    #[graphql(validator(custom = "Text(input::MAX_ADDRESS_LEN)"))]
     pub to_address: String,
     /// Positive, with at most the currency's decimals, as a string. The network fee is
     /// added on top and locked with it.
     pub amount: DecimalScalar,
     /// The same key with the same request returns the original withdrawal.
+    #[graphql(validator(custom = "Text(input::MAX_KEY_LEN)"))]
     pub idempotency_key: String,
 }
 
 #[derive(InputObject)]
 pub struct SimulateIncomingTransferInput {
     /// `bitcoin` or `ethereum`.
+    #[graphql(validator(custom = "Text(input::MAX_CODE_LEN)"))]
     pub network: String,
+    #[graphql(validator(custom = "Text(input::MAX_ADDRESS_LEN)"))]
     pub to_address: String,
     pub amount: DecimalScalar,
 }
 
 #[derive(InputObject)]
 pub struct MineBlocksInput {
+    #[graphql(validator(custom = "Text(input::MAX_CODE_LEN)"))]
     pub network: String,
     /// 1 to 1000.
     pub count: i32,
@@ -110,15 +123,12 @@ impl Mutation {
             Some(user) => user,
             None => caller.user_id.clone(),
         };
-        let mut c = conn(ctx).await?;
-        let (w, _created) = wallet::create_wallet(
-            &mut c,
-            &state(ctx).currencies,
-            &state(ctx).custody,
-            &owner,
-            &input.currency,
-        )
-        .await?;
+        let (currencies, custody) = (state(ctx).currencies.clone(), state(ctx).custody.clone());
+        let (w, _created) =
+            outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
+                wallet::create_wallet(&mut c, &currencies, &custody, &owner, &input.currency).await
+            })
+            .await?;
         Ok(WalletObject(w))
     }
 
@@ -158,18 +168,19 @@ impl Mutation {
     ) -> Result<TransactionObject> {
         let scope = scope(ctx)?;
         let wallet_id = decode_id(&input.wallet_id, NodeType::Wallet)?;
-        let Some(chain) = state(ctx).simulator.as_ref() else {
-            return Err(LedgerError::ChainUnavailable("no chain is configured".into()).into());
-        };
-        let mut c = conn(ctx).await?;
-        let done = chain_deposit::process_deposit(
-            &mut c,
-            &state(ctx).currencies,
-            chain,
-            &scope,
-            wallet_id,
-            &input.tx_hash,
-        )
+        let chain = chain(ctx)?;
+        let currencies = state(ctx).currencies.clone();
+        let done = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
+            chain_deposit::process_deposit(
+                &mut c,
+                &currencies,
+                &chain,
+                &scope,
+                wallet_id,
+                &input.tx_hash,
+            )
+            .await
+        })
         .await?;
         Ok(TransactionObject(done.entry))
     }
@@ -190,13 +201,12 @@ impl Mutation {
             amount: input.amount.0,
             key: input.idempotency_key,
         };
-        let Some(chain) = state(ctx).simulator.as_ref() else {
-            return Err(LedgerError::ChainUnavailable("no chain is configured".into()).into());
-        };
-        let mut c = conn(ctx).await?;
-        let done =
-            chain_withdrawal::request(&mut c, &state(ctx).currencies, chain, &scope, &request)
-                .await?;
+        let chain = chain(ctx)?;
+        let currencies = state(ctx).currencies.clone();
+        let done = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
+            chain_withdrawal::request(&mut c, &currencies, &chain, &scope, &request).await
+        })
+        .await?;
         // Sign and send it now rather than at the next poll.
         state(ctx).chain_wakeup.notify_one();
         Ok(TransactionObject(done.entry))
@@ -252,9 +262,10 @@ impl Mutation {
         require_operator(ctx, "reconcile wallets")?;
         let scope = scope(ctx)?;
         let wallet_id = decode_id(&input.wallet_id, NodeType::Wallet)?;
+        let currencies = state(ctx).currencies.clone();
         let Some(external) = input.external_balance else {
             // No outside balance: a crypto wallet is compared with the chain.
-            let Some(chain) = state(ctx).simulator.as_ref() else {
+            let Some(chain) = state(ctx).simulator.clone() else {
                 return Err(bad_input(
                     "externalBalance is required to reconcile a fiat wallet",
                 ));
@@ -264,14 +275,9 @@ impl Mutation {
                 start: input.start_time,
                 end: input.end_time,
             };
-            let mut c = conn(ctx).await?;
-            let row = reconciliation::reconcile_chain(
-                &mut c,
-                &state(ctx).currencies,
-                chain,
-                &scope,
-                &request,
-            )
+            let row = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
+                reconciliation::reconcile_chain(&mut c, &currencies, &chain, &scope, &request).await
+            })
             .await?;
             return Ok(ReconciliationObject(row));
         };
@@ -281,12 +287,20 @@ impl Mutation {
             end: input.end_time,
             external_balance: external.0,
         };
-        let mut c = conn(ctx).await?;
-        let row =
-            reconciliation::reconcile_external(&mut c, &state(ctx).currencies, &scope, &request)
-                .await?;
+        let row = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
+            reconciliation::reconcile_external(&mut c, &currencies, &scope, &request).await
+        })
+        .await?;
         Ok(ReconciliationObject(row))
     }
+}
+
+/// The chain behind crypto movements.
+fn chain(ctx: &Context<'_>) -> Result<SimulatedChain> {
+    state(ctx)
+        .simulator
+        .clone()
+        .ok_or_else(|| LedgerError::ChainUnavailable("no chain is configured".into()).into())
 }
 
 fn simulator_enabled(ctx: &Context<'_>) -> bool {
@@ -326,6 +340,9 @@ async fn move_money(
         key: tx_hash,
         description,
     };
-    let done = state(ctx).committer.execute(scope, request).await?;
+    let done = state(ctx)
+        .committer
+        .execute(scope, request, deadline(ctx))
+        .await?;
     Ok(TransactionObject(done.entry))
 }

@@ -9,9 +9,10 @@ use super::types::{
     CurrencyObject, Node, ReconciliationObject, TransactionFilterInput, TransactionObject,
     ViewerObject, WalletObject, reconciliations_connection, transactions_connection,
 };
+use super::validators::Text;
 use super::{conn, scope, state, viewer};
 use crate::ledger::wallet::{self, WalletFilter};
-use crate::ledger::{Cursor, LedgerError, ListScope, Scope, journal, reconciliation};
+use crate::ledger::{Cursor, LedgerError, ListScope, Scope, input, journal, reconciliation};
 
 pub struct Query;
 
@@ -63,8 +64,8 @@ impl Query {
         after: Option<String>,
         last: Option<i32>,
         before: Option<String>,
-        currency: Option<String>,
-        user_id: Option<String>,
+        #[graphql(validator(custom = "Text(input::MAX_CODE_LEN)"))] currency: Option<String>,
+        #[graphql(validator(custom = "Text(input::MAX_USER_ID_LEN)"))] user_id: Option<String>,
     ) -> Result<Connection<String, WalletObject>> {
         let scope = scope(ctx)?;
         let args = ConnectionArgs {
@@ -83,6 +84,25 @@ impl Query {
         Ok(TransactionObject(
             journal::find_transaction(&mut c, &scope, id).await?,
         ))
+    }
+
+    /// The movement a key names on a wallet: the client's idempotency key (`txHash` of a
+    /// deposit or withdrawal, `idempotencyKey` of a crypto withdrawal), or a chain
+    /// deposit's hash. Null when there is none (yet). A client that lost an answer (a
+    /// timeout, `OUTCOME_UNKNOWN`) finds out here whether it happened; sending the same
+    /// request again with the same key is always safe too.
+    async fn transaction_by_key(
+        &self,
+        ctx: &Context<'_>,
+        wallet_id: ID,
+        #[graphql(validator(custom = "Text(input::MAX_KEY_LEN)"))] key: String,
+    ) -> Result<Option<TransactionObject>> {
+        let scope = scope(ctx)?;
+        let wallet_id = decode_id(&wallet_id, NodeType::Wallet)?;
+        let mut c = conn(ctx).await?;
+        Ok(journal::find_by_key(&mut c, &scope, wallet_id, &key)
+            .await?
+            .map(TransactionObject))
     }
 
     /// Journal rows, oldest first: of one wallet, or of every wallet the caller sees.

@@ -35,6 +35,9 @@ pub enum TransactionStatus {
     Processing,
     Completed,
     Failed,
+    /// A chain deposit that cannot be credited as it is (`statusReason` says why); it
+    /// waits for an operator.
+    Parked,
 }
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
@@ -322,6 +325,10 @@ impl TransactionObject {
     async fn status(&self) -> TransactionStatus {
         self.0.status.into()
     }
+    /// Why a crypto movement was parked or failed.
+    async fn status_reason(&self) -> Option<&str> {
+        self.0.status_reason.as_deref()
+    }
     /// The client's idempotency key (or the chain hash for crypto deposits).
     async fn tx_hash(&self) -> &str {
         &self.0.tx_hash
@@ -550,6 +557,7 @@ impl ViewerObject {
         after: Option<String>,
         last: Option<i32>,
         before: Option<String>,
+        #[graphql(validator(custom = "super::validators::Text(ledger::input::MAX_CODE_LEN)"))]
         currency: Option<String>,
     ) -> Result<Connection<String, WalletObject>> {
         let scope = ledger::Scope::Owner(self.0.user_id.clone());

@@ -11,11 +11,11 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::movement::{self, Movement};
+use super::movement::Movement;
 use super::posting::{self, ChainFields, NewRow};
 use super::{
     Currency, CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
-    TransactionType, money, wallet,
+    TransactionType, input, money, wallet,
 };
 use crate::chain::{Chain, ChainError, ChainTransfer, TransferStatus};
 use crate::schema::{chain_scan_cursors, transactions, wallets};
@@ -40,7 +40,7 @@ pub async fn process_deposit(
     let (wallet, currency, network, address) =
         wallet::find_crypto_wallet(conn, currencies, scope, wallet_id, "chain deposits").await?;
     let hash = hash.trim();
-    movement::validate_key(hash, "txHash")?;
+    input::check_key("txHash", hash)?;
     let transfer = chain
         .transfer(&network, hash)
         .await?
@@ -56,6 +56,12 @@ pub async fn process_deposit(
             "transaction {hash} failed on chain"
         )));
     }
+    if transfer.amount <= Decimal::ZERO {
+        return Err(LedgerError::BadInput(format!(
+            "transaction {hash} moves no {}",
+            currency.code
+        )));
+    }
     let required = i64::from(required_confirmations(currency));
     if transfer.confirmations < required {
         return Err(LedgerError::InsufficientConfirmations {
@@ -63,18 +69,38 @@ pub async fn process_deposit(
             required,
         });
     }
-    let observed = observe(conn, currency, wallet.id, &transfer).await?;
+    // Asked by name, a parked deposit is tried again (what parked it may have passed).
+    let observed = observe(conn, currency, wallet.id, &transfer, Parked::Retry).await?;
     match observed.credit {
         Some(credit) => Ok(Movement {
             entry: credit,
             replayed: !observed.credited_now,
         }),
+        None if observed.hold.status == TransactionStatus::Parked => {
+            Err(LedgerError::InvalidAmount(format!(
+                "the deposit is parked: {}",
+                observed
+                    .hold
+                    .status_reason
+                    .as_deref()
+                    .unwrap_or("it cannot be credited")
+            )))
+        }
         // Checked above; the chain cannot have lost confirmations in between.
         None => Err(LedgerError::InsufficientConfirmations {
             current: transfer.confirmations,
             required,
         }),
     }
+}
+
+/// What [`observe`] does with a deposit parked earlier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parked {
+    /// Leave it as it is (the watcher: a parked deposit must not cost every pass).
+    Keep,
+    /// Try to credit it again (a client asked for it by name).
+    Retry,
 }
 
 fn required_confirmations(currency: &Currency) -> i32 {
@@ -90,19 +116,26 @@ pub struct Observed {
     pub credit: Option<JournalEntry>,
     /// This call posted the credit.
     pub credited_now: bool,
+    /// This call parked the deposit.
+    pub parked_now: bool,
 }
 
 /// Brings a deposit's journal up to date with the chain: records the hold if it is new,
 /// its confirmations and block, fails it if the transfer failed, and credits it at the
 /// threshold. The caller has checked that `transfer` pays wallet `wallet_id`.
+///
+/// A deposit that cannot be credited as it is — an amount finer than the currency's
+/// scale (never rounded), or a credit above the currency's maximum balance — is *parked*
+/// with its reason instead of failing: the callers move on to the next deposit.
 pub async fn observe(
     conn: &mut AsyncPgConnection,
     currency: &Currency,
     wallet_id: i64,
     transfer: &ChainTransfer,
+    parked: Parked,
 ) -> Result<Observed, LedgerError> {
     posting::retried!(conn, |tx| {
-        observe_in(tx, currency, wallet_id, transfer).await
+        observe_in(tx, currency, wallet_id, transfer, parked).await
     })
 }
 
@@ -111,6 +144,7 @@ async fn observe_in(
     currency: &Currency,
     wallet_id: i64,
     transfer: &ChainTransfer,
+    parked: Parked,
 ) -> Result<Observed, LedgerError> {
     // Every writer of a deposit takes the wallet lock first: one of them records, the
     // others see its row.
@@ -141,11 +175,17 @@ async fn observe_in(
                 hold: existing.clone(),
                 credit: Some(existing),
                 credited_now: false,
+                parked_now: false,
             });
         }
         Some(existing) => existing,
         None => {
-            let amount = money::at_scale(transfer.amount, currency);
+            // The chain's amount exactly as it is: if it is finer than the currency's
+            // scale, the deposit is parked below rather than rounded.
+            let amount = match money::check_scale(transfer.amount, currency) {
+                Ok(()) => money::at_scale(transfer.amount, currency),
+                Err(_) => transfer.amount,
+            };
             let row = NewRow {
                 kind: TransactionType::Deposit,
                 amount,
@@ -163,24 +203,58 @@ async fn observe_in(
         }
     };
 
-    if hold.status != TransactionStatus::Pending {
+    let retry = hold.status == TransactionStatus::Parked && parked == Parked::Retry;
+    if hold.status != TransactionStatus::Pending && !retry {
         let credit = credit_of(conn, hold.id).await?;
         return Ok(Observed {
             hold,
             credit,
             credited_now: false,
+            parked_now: false,
         });
     }
     if transfer.status == TransferStatus::Failed {
-        let hold = update_hold(conn, &hold, TransactionStatus::Failed, &chain).await?;
+        let hold = update_hold(
+            conn,
+            &hold,
+            TransactionStatus::Failed,
+            &chain,
+            Some("the transfer failed on chain"),
+        )
+        .await?;
         return Ok(Observed {
             hold,
             credit: None,
             credited_now: false,
+            parked_now: false,
         });
     }
     if transfer.status == TransferStatus::Success && confirmations >= required {
-        money::check_credit(&wallet, hold.amount, currency)?;
+        let creditable = money::check_scale(hold.amount, currency)
+            .and_then(|()| money::check_credit(&wallet, hold.amount, currency));
+        if let Err(why) = creditable {
+            let reason = format!("not credited: {}", why.message());
+            let was_parked = hold.status == TransactionStatus::Parked;
+            let hold = if was_parked {
+                hold
+            } else {
+                tracing::warn!(hash = transfer.hash, %reason, "deposit parked");
+                update_hold(
+                    conn,
+                    &hold,
+                    TransactionStatus::Parked,
+                    &chain,
+                    Some(&reason),
+                )
+                .await?
+            };
+            return Ok(Observed {
+                hold,
+                credit: None,
+                credited_now: false,
+                parked_now: !was_parked,
+            });
+        }
         chain.chain_tx_hash = hold.chain_tx_hash.clone();
         let row = NewRow {
             kind: TransactionType::Deposit,
@@ -194,16 +268,17 @@ async fn observe_in(
             chain: Some(&chain),
         };
         let credit = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
-        let hold = update_hold(conn, &hold, TransactionStatus::Completed, &chain).await?;
+        let hold = update_hold(conn, &hold, TransactionStatus::Completed, &chain, None).await?;
         return Ok(Observed {
             hold,
             credit: Some(credit),
             credited_now: true,
+            parked_now: false,
         });
     }
     let hold =
         if hold.confirmations != Some(confirmations) || hold.block_number != chain.block_number {
-            update_hold(conn, &hold, TransactionStatus::Pending, &chain).await?
+            update_hold(conn, &hold, TransactionStatus::Pending, &chain, None).await?
         } else {
             hold
         };
@@ -211,19 +286,23 @@ async fn observe_in(
         hold,
         credit: None,
         credited_now: false,
+        parked_now: false,
     })
 }
 
-/// Moves a hold's status and chain progress on (each update is a `transactionUpdated`).
+/// Moves a hold's status and chain progress on (each update is a `transactionUpdated`);
+/// `reason` says why it failed or was parked.
 pub(crate) async fn update_hold(
     conn: &mut AsyncPgConnection,
     hold: &JournalEntry,
     status: TransactionStatus,
     chain: &ChainFields,
+    reason: Option<&str>,
 ) -> Result<JournalEntry, LedgerError> {
     Ok(diesel::update(transactions::table.find(hold.id))
         .set((
             transactions::status.eq(status),
+            transactions::status_reason.eq(reason.or(hold.status_reason.as_deref())),
             transactions::confirmations.eq(chain.confirmations),
             transactions::block_number.eq(chain.block_number),
             transactions::updated_at.eq(diesel::dsl::now),
@@ -250,6 +329,10 @@ pub struct ScanReport {
     pub observed: usize,
     /// Deposits credited by this scan.
     pub credited: usize,
+    /// Deposits parked by this scan (they cannot be credited as they are).
+    pub parked: usize,
+    /// Deposits that could not be recorded this time.
+    pub errors: usize,
     /// The block the next scan starts after.
     pub cursor: i64,
 }
@@ -306,40 +389,58 @@ pub async fn scan(
         .select((transactions::wallet_id, transactions::tx_hash))
         .load(conn)
         .await?;
+    let mut report = ScanReport::default();
     let mut work: Vec<(i64, ChainTransfer)> = transfers
         .into_iter()
+        // Nothing to credit (a contract call, say): not a deposit.
+        .filter(|t| t.amount > Decimal::ZERO)
         .filter_map(|t| ours.get(&t.to_address).map(|&w| (w, t)))
         .collect();
     for (wallet_id, hash) in confirming {
         if seen.contains(&hash) {
             continue;
         }
-        if let Some(t) = chain.transfer(network, &hash).await? {
-            work.push((wallet_id, t));
+        // One the chain cannot tell about now is asked again next pass (it stays open).
+        match chain.transfer(network, &hash).await {
+            Ok(Some(t)) => work.push((wallet_id, t)),
+            Ok(None) => {}
+            Err(e) => {
+                report.errors += 1;
+                tracing::warn!(hash, error = %e, "could not follow a deposit");
+            }
         }
     }
 
-    let mut report = ScanReport {
-        cursor: tip.max(cursor),
-        ..ScanReport::default()
-    };
-    let mut failed = 0;
+    // The next scan starts after the tip — or before the first block holding a deposit
+    // that could not be recorded for a passing reason (the database or chain away), so
+    // that it is found again. A deposit refused for what it is does not hold the cursor:
+    // it is parked, or (if it cannot even be journaled) logged and left to
+    // reconciliation, which lists it as on chain only.
+    let mut next = tip.max(cursor);
     for (wallet_id, transfer) in &work {
-        // One deposit that cannot be recorded must not hold up the others.
-        match observe(conn, currency, *wallet_id, transfer).await {
+        match observe(conn, currency, *wallet_id, transfer, Parked::Keep).await {
             Ok(observed) => {
                 report.observed += 1;
                 report.credited += usize::from(observed.credited_now);
+                report.parked += usize::from(observed.parked_now);
             }
             Err(e) => {
-                failed += 1;
-                tracing::error!(hash = transfer.hash, error = ?e, "could not record a deposit");
+                report.errors += 1;
+                let passing = e.is_transient()
+                    || e.is_unavailable()
+                    || matches!(
+                        e,
+                        LedgerError::ChainUnavailable(_) | LedgerError::OutcomeUnknown(_)
+                    );
+                tracing::error!(hash = transfer.hash, passing, error = ?e, "could not record a deposit");
+                if passing && let Some(block) = transfer.block_number {
+                    next = next.min(block - 1).max(cursor);
+                }
             }
         }
     }
-    if failed > 0 {
-        // Scan these blocks again next time (observing is idempotent).
-        report.cursor = cursor;
+    report.cursor = next;
+    if next == cursor {
         return Ok(report);
     }
     diesel::update(chain_scan_cursors::table.find(network))
@@ -347,7 +448,7 @@ pub async fn scan(
             chain_scan_cursors::block.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
                 "GREATEST(block, ",
             )
-            .bind::<diesel::sql_types::BigInt, _>(tip)
+            .bind::<diesel::sql_types::BigInt, _>(next)
             .sql(")")),
         )
         .execute(conn)

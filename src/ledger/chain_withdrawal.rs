@@ -23,11 +23,11 @@ use rust_decimal::Decimal;
 
 use super::chain_deposit::update_hold;
 use super::models::Scaled;
-use super::movement::{self, Movement};
+use super::movement::Movement;
 use super::posting::{self, ChainFields, NewRow};
 use super::{
-    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, money,
-    wallet,
+    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, input,
+    money, wallet,
 };
 use crate::chain::{self, Chain, Fee, SignedTransfer, TransferStatus};
 use crate::custody::{self, Custody};
@@ -52,7 +52,7 @@ pub async fn request(
     scope: &Scope,
     request: &WithdrawalRequest,
 ) -> Result<Movement, LedgerError> {
-    movement::validate_key(&request.key, "idempotencyKey")?;
+    input::check_key("idempotencyKey", &request.key)?;
     let (wallet, currency, network, from_address) =
         wallet::find_crypto_wallet(conn, currencies, scope, request.wallet_id, "withdrawals")
             .await?;
@@ -143,19 +143,26 @@ fn stored_transfer(hold: &JournalEntry) -> Option<SignedTransfer> {
     })
 }
 
-/// Step 2: claims the oldest PENDING withdrawal no other worker holds, signs it, stores
-/// the signed bytes and posts the debit, all in one transaction. Returns the transfer to
-/// broadcast, or `None` when no withdrawal waits.
+/// Step 2: claims the oldest PENDING withdrawal after `after` that no other worker
+/// holds, signs it, stores the signed bytes and posts the debit, all in one transaction.
+/// Returns the transfer to broadcast, or `None` when no withdrawal waits.
 ///
-/// A withdrawal custody cannot sign for — its key does not give its source address (a
-/// different seed configured), or its details are damaged — is marked FAILED with its
-/// funds released, so that it cannot hold up the ones behind it.
+/// `after` moves to each withdrawal tried, also when trying it failed: a pass that
+/// calls this until `None` tries every waiting withdrawal once, and one that cannot be
+/// signed now (say, the database refused its debit) does not hold up those behind it.
+/// A withdrawal custody cannot sign for at all — its key does not give its source
+/// address (a different seed configured), or its details are damaged — is marked FAILED
+/// with its funds released.
 pub async fn sign_next(
     conn: &mut AsyncPgConnection,
     custody: &Custody,
+    after: &mut i64,
 ) -> Result<Option<SignedTransfer>, LedgerError> {
     loop {
-        match sign_one(conn, custody).await? {
+        let tried = std::sync::atomic::AtomicI64::new(*after);
+        let signing = sign_one(conn, custody, *after, &tried).await;
+        *after = tried.into_inner();
+        match signing? {
             Signing::Idle => return Ok(None),
             Signing::Signed(signed) => return Ok(Some(signed)),
             Signing::Refused => continue,
@@ -169,12 +176,18 @@ enum Signing {
     Refused,
 }
 
-async fn sign_one(conn: &mut AsyncPgConnection, custody: &Custody) -> Result<Signing, LedgerError> {
+async fn sign_one(
+    conn: &mut AsyncPgConnection,
+    custody: &Custody,
+    after: i64,
+    tried: &std::sync::atomic::AtomicI64,
+) -> Result<Signing, LedgerError> {
     posting::retried!(conn, |tx| {
         let Some(hold) = transactions::table
             .filter(posting::open_hold())
             .filter(transactions::type_.eq(TransactionType::Withdraw))
             .filter(transactions::status.eq(TransactionStatus::Pending))
+            .filter(transactions::id.gt(after))
             .order(transactions::id)
             .select(JournalEntry::as_select())
             .for_update()
@@ -185,6 +198,7 @@ async fn sign_one(conn: &mut AsyncPgConnection, custody: &Custody) -> Result<Sig
         else {
             return Ok(Signing::Idle);
         };
+        tried.store(hold.id, std::sync::atomic::Ordering::Relaxed);
         let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
         let signer = |network: &str, from: &str, path: &str| {
             let chain = custody::Chain::from_network(network).ok_or("unknown network")?;
@@ -226,7 +240,7 @@ async fn sign_one(conn: &mut AsyncPgConnection, custody: &Custody) -> Result<Sig
                 diesel::update(transactions::table.find(hold.id))
                     .set((
                         transactions::status.eq(TransactionStatus::Failed),
-                        transactions::description
+                        transactions::status_reason
                             .eq(format!("not sent: custody cannot sign it ({reason})")),
                         transactions::updated_at.eq(diesel::dsl::now),
                     ))
@@ -239,7 +253,7 @@ async fn sign_one(conn: &mut AsyncPgConnection, custody: &Custody) -> Result<Sig
         let payload = chain::transfer_payload(network, from, to, hold.amount, &fee, hold.id);
         let signature = custody
             .sign(path, chain::digest(network, &payload))
-            .map_err(|e| LedgerError::Unavailable(format!("custody: {e}")))?;
+            .map_err(|e| LedgerError::Internal(format!("custody: {e}")))?;
         let (hash, raw) = chain::assemble(network, &payload, &signature);
 
         let chain_fields = ChainFields {
@@ -340,7 +354,7 @@ async fn advance_one(
     hold: &JournalEntry,
 ) -> Result<Advanced, LedgerError> {
     let Some(signed) = stored_transfer(hold) else {
-        return Err(LedgerError::Unavailable(format!(
+        return Err(LedgerError::Internal(format!(
             "processing withdrawal {} lacks its signed bytes",
             hold.id
         )));
@@ -390,18 +404,25 @@ async fn advance_one(
                     chain: Some(&fields),
                 };
                 posting::append(tx, &wallet, &refund, Decimal::ZERO).await?;
-                update_hold(tx, &hold, TransactionStatus::Failed, &fields).await?;
+                update_hold(
+                    tx,
+                    &hold,
+                    TransactionStatus::Failed,
+                    &fields,
+                    Some("the chain failed the withdrawal"),
+                )
+                .await?;
                 Ok(Advanced::To(TransactionStatus::Failed))
             }
             TransferStatus::Success if fields.confirmations >= fields.required_confirmations => {
-                update_hold(tx, &hold, TransactionStatus::Completed, &fields).await?;
+                update_hold(tx, &hold, TransactionStatus::Completed, &fields, None).await?;
                 Ok(Advanced::To(TransactionStatus::Completed))
             }
             TransferStatus::Success | TransferStatus::Pending => {
                 if hold.confirmations != Some(fields.confirmations)
                     || hold.block_number != fields.block_number
                 {
-                    update_hold(tx, &hold, TransactionStatus::Processing, &fields).await?;
+                    update_hold(tx, &hold, TransactionStatus::Processing, &fields, None).await?;
                 }
                 Ok(Advanced::Unchanged)
             }

@@ -31,8 +31,15 @@ pub enum LedgerError {
     ChainUnavailable(String),
     /// The database failed; retried where that is safe before it gets here.
     Database(diesel::result::Error),
-    /// No connection could be had.
+    /// The database could not serve the request now: no connection could be had, or a
+    /// lock wait or statement ran out of time. Nothing was changed; trying again may work.
     Unavailable(String),
+    /// A money movement that may or may not have been committed: the answer to its
+    /// commit was lost, or the request's deadline passed while it ran. Looking it up, or
+    /// sending it again with the same key, tells which.
+    OutcomeUnknown(String),
+    /// A broken invariant (a bug): logged in full, never shown.
+    Internal(String),
 }
 
 impl LedgerError {
@@ -55,7 +62,39 @@ impl LedgerError {
                 available,
                 requested,
             } => format!("insufficient funds: available {available}, requested {requested}"),
-            LedgerError::Database(_) | LedgerError::Unavailable(_) => "internal error".into(),
+            LedgerError::Unavailable(_) => {
+                "the service cannot do this right now; nothing was changed, try again".into()
+            }
+            LedgerError::Database(e) if crate::db::is_unavailable(e) => {
+                "the service cannot do this right now; nothing was changed, try again".into()
+            }
+            LedgerError::OutcomeUnknown(_) => "the outcome of this request is unknown: \
+                 look the movement up by its key, or send it again with the same key"
+                .into(),
+            LedgerError::Database(_) | LedgerError::Internal(_) => "internal error".into(),
+        }
+    }
+
+    /// A failure of the system (database, chain, a bug) rather than a judgement of the
+    /// request.
+    pub fn is_system(&self) -> bool {
+        matches!(
+            self,
+            LedgerError::Database(_)
+                | LedgerError::Unavailable(_)
+                | LedgerError::OutcomeUnknown(_)
+                | LedgerError::Internal(_)
+                | LedgerError::ChainUnavailable(_)
+        )
+    }
+
+    /// Whether this is an [`LedgerError::Unavailable`] in substance: the database could
+    /// not serve the request (a connection or a deadline failed, not the request).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            LedgerError::Unavailable(_) => true,
+            LedgerError::Database(e) => crate::db::is_unavailable(e),
+            _ => false,
         }
     }
 

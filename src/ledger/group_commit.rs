@@ -1,35 +1,46 @@
-//! Group commit of fiat movements (issue #5).
+//! Group commit of fiat movements.
 //!
 //! One database transaction per deposit spends most of its time waiting: for the wallet
 //! lock behind the previous deposit, and for its own commit to reach the disk. Here every
-//! movement goes through one committer per process, which takes all requests waiting at
+//! movement goes through one committer per process, which takes the requests waiting at
 //! that moment and applies them in **one** transaction: the wallets are locked in id
 //! order with one statement, each request is judged in arrival order against the running
 //! balances exactly as [`movement::execute`] would (a refused request changes nothing and
 //! does not fail the others), the balances are written with one statement, the journal
 //! rows inserted with one multi-row insert, and one commit makes them all durable. A
-//! request is answered only after that commit, so an acknowledged movement is committed,
-//! as before. If the batch's transaction fails as a whole (a lost race on a key with
-//! another process, a deadlock), each request is run again on its own.
+//! request is answered only after that commit, so an acknowledged movement is committed.
+//!
+//! Several batches run at once (one per *lane*), but a wallet is in at most one of them:
+//! requests for a wallet whose batch is still running wait for the next batch, in arrival
+//! order. So one slow or blocked wallet holds up its own requests only, and a process
+//! never contends with itself for a wallet lock.
+//!
+//! If a batch's transaction fails as a whole (a lost race on a key with another process,
+//! a deadlock, a lock wait past the timeout), each of its requests runs again on its own.
+//! If its *commit* failed, the batch may have committed: running each request again
+//! replays it by its key if so, and a request that cannot be run again is answered
+//! `OutcomeUnknown`.
 //!
 //! A hot wallet so pays one lock wait and one disk flush per batch instead of per deposit.
 //! Rows of one batch and wallet share a timestamp and are ordered by id, which follows
 //! arrival order, so the journal chain holds as before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Numeric};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Numeric, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::models::Scaled;
 use super::movement::{self, Movement, MovementRequest};
 use super::posting::{self, NewEntry, NewRow};
-use super::{CurrencyRegistry, JournalEntry, LedgerError, Scope, Wallet};
+use super::{CurrencyRegistry, JournalEntry, LedgerError, Scope, Wallet, outcome};
 use crate::db::PgPool;
 use crate::schema::{transactions, wallets};
 use crate::task::AbortOnDrop;
@@ -37,10 +48,24 @@ use crate::task::AbortOnDrop;
 /// Requests one transaction takes at most.
 const MAX_BATCH: usize = 256;
 
+/// Where a queued request is: waiting, taken by a batch, or withdrawn by its caller.
+/// Whichever of "taken" and "withdrawn" happens first is the truth: a caller that
+/// withdrew its request may say nothing was done.
+const QUEUED: u8 = 0;
+const TAKEN: u8 = 1;
+const WITHDRAWN: u8 = 2;
+
 struct Job {
     scope: Scope,
     request: MovementRequest,
     reply: oneshot::Sender<Result<Movement, LedgerError>>,
+    state: Arc<AtomicU8>,
+}
+
+fn advance(state: &AtomicU8, to: u8) -> bool {
+    state
+        .compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok()
 }
 
 /// The process's committer: cheap to clone, stops when the last clone is dropped.
@@ -62,29 +87,28 @@ pub struct Stats {
     pub movements: AtomicU64,
     /// Batches that failed as a whole and were run request by request.
     pub fallbacks: AtomicU64,
+    /// Requests withdrawn by their callers before a batch took them (deadline passed).
+    pub withdrawn: AtomicU64,
+}
+
+/// What every batch needs.
+struct Shared {
+    pool: PgPool,
+    currencies: Arc<CurrencyRegistry>,
+    stats: Arc<Stats>,
 }
 
 impl Committer {
-    pub fn spawn(pool: PgPool, currencies: Arc<CurrencyRegistry>) -> Committer {
-        let (jobs, mut queue) = mpsc::channel::<Job>(4 * MAX_BATCH);
+    /// Starts the committer with up to `lanes` batches in flight at once.
+    pub fn spawn(pool: PgPool, currencies: Arc<CurrencyRegistry>, lanes: usize) -> Committer {
+        let (jobs, queue) = mpsc::channel::<Job>(4 * MAX_BATCH);
         let stats = Arc::new(Stats::default());
-        let counters = stats.clone();
-        let (batch_pool, batch_currencies) = (pool.clone(), currencies.clone());
-        let task = AbortOnDrop::spawn(async move {
-            let (pool, currencies) = (batch_pool, batch_currencies);
-            while let Some(first) = queue.recv().await {
-                let mut batch = vec![first];
-                // Let requests that are on their way join this batch.
-                tokio::task::yield_now().await;
-                while batch.len() < MAX_BATCH {
-                    match queue.try_recv() {
-                        Ok(job) => batch.push(job),
-                        Err(_) => break,
-                    }
-                }
-                run_batch(&pool, &currencies, &counters, batch).await;
-            }
+        let shared = Arc::new(Shared {
+            pool: pool.clone(),
+            currencies: currencies.clone(),
+            stats: stats.clone(),
         });
+        let task = AbortOnDrop::spawn(run(queue, shared, lanes.max(1)));
         Committer {
             jobs,
             stats,
@@ -99,63 +123,178 @@ impl Committer {
     }
 
     /// Stops batching: later movements are applied one by one, each in its own
-    /// transaction (the path taken if the batching task ever died).
+    /// transaction (the path taken if the batching task ever died). Batches in flight
+    /// are abandoned: their requests are run again on their own (a replay, by key, of
+    /// whatever those batches had committed).
     pub fn stop(&self) {
         self.task.0.abort();
     }
 
-    /// Applies a movement exactly once per key, as [`movement::execute`] does.
+    /// Applies a movement exactly once per key, as [`movement::execute`] does, answering
+    /// by `deadline`: with the committed result, a refusal of a movement that did not and
+    /// will not happen, or [`LedgerError::OutcomeUnknown`] when a batch holding it has not
+    /// finished by then.
     pub async fn execute(
         &self,
         scope: Scope,
         request: MovementRequest,
+        deadline: Instant,
     ) -> Result<Movement, LedgerError> {
         movement::validate_shape(&request)?;
+        let state = Arc::new(AtomicU8::new(QUEUED));
         let (reply, answer) = oneshot::channel();
         let job = Job {
             scope: scope.clone(),
             request: request.clone(),
             reply,
+            state: state.clone(),
         };
-        if self.jobs.send(job).await.is_ok()
-            && let Ok(result) = answer.await
-        {
-            return result;
+        match tokio::time::timeout_at(deadline, self.jobs.send(job)).await {
+            Ok(Ok(())) => {}
+            // The committer is gone (stopped, or a bug killed it): nothing was queued.
+            Ok(Err(_)) => return self.alone(scope, request, deadline, false).await,
+            Err(_) => {
+                return Err(LedgerError::Unavailable(
+                    "too many movements are waiting to be committed; nothing was done".into(),
+                ));
+            }
         }
-        // The committer is gone (a bug killed it): apply the movement on its own. Whether
-        // or not a batch committed it before dying, its key makes this a replay then.
-        tracing::error!("the group committer is not running; applying a movement on its own");
-        let mut conn = self.pool.get().await?;
-        movement::execute(&mut conn, &self.currencies, &scope, &request).await
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(result)) => result,
+            // Dropped unanswered: the committer stopped. If a batch had taken the request,
+            // it may have committed it; running it again replays it by key if so.
+            Ok(Err(_)) => {
+                let taken = !advance(&state, WITHDRAWN);
+                tracing::error!("the group committer stopped; applying a movement on its own");
+                self.alone(scope, request, deadline, taken).await
+            }
+            Err(_) if advance(&state, WITHDRAWN) => {
+                self.stats.withdrawn.fetch_add(1, Ordering::Relaxed);
+                Err(LedgerError::Unavailable(
+                    "the wallet is busy: the movement waited past the request's deadline \
+                     and was withdrawn; nothing was done"
+                        .into(),
+                ))
+            }
+            Err(_) => Err(LedgerError::OutcomeUnknown(
+                "the request's deadline passed while its batch was being committed".into(),
+            )),
+        }
+    }
+
+    /// Applies one movement in a transaction of its own (in a task of its own).
+    async fn alone(
+        &self,
+        scope: Scope,
+        request: MovementRequest,
+        deadline: Instant,
+        maybe_committed: bool,
+    ) -> Result<Movement, LedgerError> {
+        let currencies = self.currencies.clone();
+        let result = outcome::detached(&self.pool, deadline, move |mut conn| async move {
+            movement::execute(&mut conn, &currencies, &scope, &request).await
+        })
+        .await;
+        if maybe_committed {
+            outcome::after_unknown_commit(result)
+        } else {
+            result
+        }
     }
 }
 
-/// What the batch decided for one request before anything is written.
-enum Verdict {
-    /// A new journal row: the index into the batch's inserts.
-    Insert(usize),
-    /// The key's movement exists already.
-    Replay(Box<JournalEntry>),
-    /// The same key and request earlier in this batch: its insert.
-    ReplayOfInsert(usize),
-    Refused(LedgerError),
+/// The committer's loop: collects requests, starts a batch whenever a lane is free and
+/// some request's wallet is not in a batch already, and frees wallets as batches end.
+async fn run(mut queue: mpsc::Receiver<Job>, shared: Arc<Shared>, lanes: usize) {
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut busy: HashSet<i64> = HashSet::new();
+    let mut running: JoinSet<()> = JoinSet::new();
+    let mut wallets_of: HashMap<tokio::task::Id, Vec<i64>> = HashMap::new();
+    let mut open = true;
+    loop {
+        tokio::select! {
+            job = queue.recv(), if open => match job {
+                Some(job) => {
+                    pending.push_back(job);
+                    // Let requests that are on their way join this batch.
+                    tokio::task::yield_now().await;
+                }
+                None => open = false,
+            },
+            Some(done) = running.join_next_with_id() => {
+                let id = match done {
+                    Ok((id, ())) => id,
+                    Err(e) => {
+                        tracing::error!(error = %e, "a group-commit batch failed");
+                        e.id()
+                    }
+                };
+                for wallet in wallets_of.remove(&id).unwrap_or_default() {
+                    busy.remove(&wallet);
+                }
+            }
+            else => break,
+        }
+        while let Ok(job) = queue.try_recv() {
+            pending.push_back(job);
+        }
+        while running.len() < lanes {
+            let batch = take_batch(&mut pending, &busy);
+            if batch.is_empty() {
+                break;
+            }
+            let mut wallets: Vec<i64> = batch.iter().map(|j| j.request.wallet_id).collect();
+            wallets.sort_unstable();
+            wallets.dedup();
+            busy.extend(&wallets);
+            let shared = shared.clone();
+            let handle = running.spawn(async move { run_batch(&shared, batch).await });
+            wallets_of.insert(handle.id(), wallets);
+        }
+    }
 }
 
-async fn run_batch(
-    pool: &PgPool,
-    currencies: &Arc<CurrencyRegistry>,
-    stats: &Stats,
-    batch: Vec<Job>,
-) {
-    let outcome = match pool.get().await {
-        Ok(mut conn) => {
-            conn.transaction(async |tx| apply_batch(tx, currencies, &batch).await)
-                .await
+/// The next batch: waiting requests in arrival order whose wallet is not in a batch
+/// already (the others keep their place), at most [`MAX_BATCH`]. Requests their callers
+/// withdrew are dropped.
+fn take_batch(pending: &mut VecDeque<Job>, busy: &HashSet<i64>) -> Vec<Job> {
+    let mut batch = Vec::new();
+    let mut left = VecDeque::with_capacity(pending.len());
+    while let Some(job) = pending.pop_front() {
+        if batch.len() == MAX_BATCH || busy.contains(&job.request.wallet_id) {
+            left.push_back(job);
+        } else if advance(&job.state, TAKEN) {
+            batch.push(job);
         }
-        Err(e) => Err(LedgerError::from(e)),
+    }
+    *pending = left;
+    batch
+}
+
+async fn run_batch(shared: &Shared, batch: Vec<Job>) {
+    let mut conn = match shared.pool.get().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            // Nothing was begun.
+            let why = format!("no database connection: {e}");
+            for job in batch {
+                let _ = job.reply.send(Err(LedgerError::Unavailable(why.clone())));
+            }
+            return;
+        }
     };
+    let body_done = AtomicBool::new(false);
+    let outcome = conn
+        .transaction(async |tx| {
+            let results = apply_batch(tx, &shared.currencies, &batch).await;
+            body_done.store(results.is_ok(), Ordering::Relaxed);
+            results
+        })
+        .await;
+    drop(conn);
     match outcome {
         Ok(results) => {
+            let stats = &shared.stats;
             stats.batches.fetch_add(1, Ordering::Relaxed);
             stats
                 .movements
@@ -165,23 +304,29 @@ async fn run_batch(
             }
         }
         Err(e) => {
-            // The transaction failed as a whole: nothing was written. Each request runs
-            // again on its own, with the usual retries.
-            tracing::debug!(error = ?e, size = batch.len(), "batch failed; running its requests one by one");
-            stats.fallbacks.fetch_add(1, Ordering::Relaxed);
-            for job in batch {
-                let (pool, currencies) = (pool.clone(), currencies.clone());
-                tokio::spawn(async move {
-                    let result = match pool.get().await {
-                        Ok(mut conn) => {
-                            movement::execute(&mut conn, &currencies, &job.scope, &job.request)
-                                .await
-                        }
-                        Err(e) => Err(LedgerError::from(e)),
-                    };
-                    let _ = job.reply.send(result);
-                });
-            }
+            // Rolled back — unless the commit itself failed, in which case it may have
+            // committed. Either way each request runs again on its own, with the usual
+            // retries: its key makes it a replay of whatever did commit. The wallets stay
+            // in this batch until all of them are answered, which keeps their order.
+            let maybe_committed = AtomicBool::load(&body_done, Ordering::Relaxed);
+            tracing::debug!(error = ?e, size = batch.len(), maybe_committed, "batch failed; running its requests one by one");
+            shared.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+            futures_util::future::join_all(batch.into_iter().map(|job| async move {
+                let result = match shared.pool.get().await {
+                    Ok(mut conn) => {
+                        movement::execute(&mut conn, &shared.currencies, &job.scope, &job.request)
+                            .await
+                    }
+                    Err(e) => Err(LedgerError::from(e)),
+                };
+                let result = if maybe_committed {
+                    outcome::after_unknown_commit(result)
+                } else {
+                    result
+                };
+                let _ = job.reply.send(result);
+            }))
+            .await;
         }
     }
 }
@@ -194,23 +339,40 @@ struct Stamp {
     updated_at: chrono::DateTime<chrono::Utc>,
 }
 
-async fn apply_batch(
+/// Locks, in id order, the wallets of the batch that the request naming them may touch.
+/// A wallet named only by callers who may not see it is never locked.
+async fn lock_visible_wallets(
     conn: &mut AsyncPgConnection,
-    currencies: &CurrencyRegistry,
     batch: &[Job],
-) -> Result<Vec<Result<Movement, LedgerError>>, LedgerError> {
-    // Every wallet of the batch, locked in id order (the order every movement locks in).
-    let mut ids: Vec<i64> = batch.iter().map(|j| j.request.wallet_id).collect();
-    ids.sort_unstable();
-    ids.dedup();
+) -> Result<HashMap<i64, Wallet>, LedgerError> {
+    let ids: Vec<i64> = batch.iter().map(|j| j.request.wallet_id).collect();
+    let owners: Vec<Option<&str>> = batch.iter().map(|j| j.scope.owner()).collect();
+    let visible = diesel::dsl::sql::<Bool>("EXISTS (SELECT 1 FROM unnest(")
+        .bind::<Array<BigInt>, _>(&ids)
+        .sql("::bigint[], ")
+        .bind::<Array<Nullable<Text>>, _>(owners)
+        .sql(
+            "::text[]) AS r (id, owner)
+          WHERE r.id = wallets.id AND (r.owner IS NULL OR r.owner = wallets.user_id))",
+        );
     let locked: Vec<Wallet> = wallets::table
         .filter(wallets::id.eq_any(&ids))
+        .filter(visible)
         .order(wallets::id)
         .select(Wallet::as_select())
         .for_no_key_update()
         .load(conn)
         .await?;
-    let mut balances: HashMap<i64, Wallet> = locked.into_iter().map(|w| (w.id, w)).collect();
+    Ok(locked.into_iter().map(|w| (w.id, w)).collect())
+}
+
+async fn apply_batch(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    batch: &[Job],
+) -> Result<Vec<Result<Movement, LedgerError>>, LedgerError> {
+    // The wallets of the batch, locked in id order (the order every movement locks in).
+    let mut balances = lock_visible_wallets(conn, batch).await?;
 
     // Keys used before, read after the locks (as a single movement does).
     let keys: Vec<&str> = batch.iter().map(|j| j.request.key.as_str()).collect();
@@ -281,7 +443,7 @@ async fn apply_batch(
             .get_results(conn)
             .await?;
         if inserted.len() != rows.len() {
-            return Err(LedgerError::Unavailable(
+            return Err(LedgerError::Internal(
                 "the batch insert returned fewer rows than it was given".into(),
             ));
         }
@@ -310,6 +472,17 @@ async fn apply_batch(
             Verdict::Refused(e) => Err(e),
         })
         .collect())
+}
+
+/// What the batch decided for one request before anything is written.
+enum Verdict {
+    /// A new journal row: the index into the batch's inserts.
+    Insert(usize),
+    /// The key's movement exists already.
+    Replay(Box<JournalEntry>),
+    /// The same key and request earlier in this batch: its insert.
+    ReplayOfInsert(usize),
+    Refused(LedgerError),
 }
 
 enum Judged<'a> {

@@ -84,6 +84,30 @@ pub async fn find_transaction(
         .ok_or(LedgerError::NotFound("transaction"))
 }
 
+/// The movement recorded on a wallet the caller may see under `key`: a client's
+/// idempotency key (`txHash`, `idempotencyKey`), or a chain deposit's hash. `None` when
+/// there is none (yet).
+pub async fn find_by_key(
+    conn: &mut AsyncPgConnection,
+    scope: &Scope,
+    wallet_id: i64,
+    key: &str,
+) -> Result<Option<JournalEntry>, LedgerError> {
+    let wallet = super::wallet::find_wallet(conn, scope, wallet_id).await?;
+    let keyed = super::posting::find_by_key(conn, key)
+        .await?
+        .filter(|e| e.wallet_id == wallet.id);
+    if keyed.is_some() {
+        return Ok(keyed);
+    }
+    match &wallet.network {
+        Some(network) => Ok(super::posting::find_chain_deposit(conn, network, key)
+            .await?
+            .filter(|e| e.wallet_id == wallet.id)),
+        None => Ok(None),
+    }
+}
+
 /// What walking a wallet's journal in API order found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainReport {

@@ -91,6 +91,9 @@ text_enum! {
         Processing => "PROCESSING",
         Completed => "COMPLETED",
         Failed => "FAILED",
+        /// A chain deposit that cannot be credited as it is (see `status_reason`); it
+        /// waits for an operator instead of holding up the deposits behind it.
+        Parked => "PARKED",
     }
 }
 
@@ -164,6 +167,8 @@ pub struct JournalEntry {
     pub hold_id: Option<i64>,
     /// The chain transfer's hash (crypto rows; a withdrawal's once it is signed).
     pub chain_tx_hash: Option<String>,
+    /// Why a hold was parked or failed.
+    pub status_reason: Option<String>,
 }
 
 impl JournalEntry {

@@ -8,12 +8,8 @@ use rust_decimal::Decimal;
 use super::posting::{self, NewRow};
 use super::{
     CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
-    TransactionType, Wallet, money,
+    TransactionType, Wallet, input, money,
 };
-
-/// Longest accepted idempotency key and description.
-pub const MAX_KEY_LEN: usize = 128;
-pub const MAX_DESCRIPTION_LEN: usize = 255;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Direction {
@@ -61,27 +57,11 @@ pub async fn execute(
     posting::retried!(conn, |tx| { apply(tx, currencies, scope, request).await })
 }
 
-/// An idempotency key (named `field` in the API) is 1 to [`MAX_KEY_LEN`] characters.
-pub fn validate_key(key: &str, field: &str) -> Result<(), LedgerError> {
-    if key.trim().is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(LedgerError::BadInput(format!(
-            "{field} must be 1 to {MAX_KEY_LEN} characters"
-        )));
-    }
-    Ok(())
-}
-
-/// Checks that need no database.
+/// Checks that need no database: a request that passes them cannot fail a batch.
 pub(crate) fn validate_shape(request: &MovementRequest) -> Result<(), LedgerError> {
-    validate_key(&request.key, "txHash")?;
-    if request
-        .description
-        .as_ref()
-        .is_some_and(|d| d.chars().count() > MAX_DESCRIPTION_LEN)
-    {
-        return Err(LedgerError::BadInput(format!(
-            "description must be at most {MAX_DESCRIPTION_LEN} characters"
-        )));
+    input::check_key("txHash", &request.key)?;
+    if let Some(d) = &request.description {
+        input::check_text("description", d, input::MAX_DESCRIPTION_LEN)?;
     }
     if request.amount <= Decimal::ZERO {
         return Err(LedgerError::InvalidAmount(format!(

@@ -20,12 +20,43 @@ use crate::schema::{transactions, wallets};
 /// (on another wallet, so the wallet lock did not order the two: the retry finds its row
 /// and judges the replay). A macro because the body is an async closure over borrowed
 /// data, which diesel-async's `transaction` bounds make awkward to pass as a value.
+///
+/// A failure of the COMMIT itself (the body had succeeded) leaves the outcome unknown:
+/// the body runs again, which for a keyed movement replays what committed or applies
+/// what did not. If it cannot run again (the database is gone), the error is
+/// [`LedgerError::OutcomeUnknown`] — never a failure that claims nothing happened.
 macro_rules! retried {
     ($conn:expr, |$tx:ident| $body:block) => {{
         let mut attempt = 1;
+        let mut maybe_committed = false;
         loop {
+            let body_done = std::sync::atomic::AtomicBool::new(false);
             let result: Result<_, $crate::ledger::LedgerError> =
-                diesel_async::AsyncConnection::transaction($conn, async |$tx| $body).await;
+                diesel_async::AsyncConnection::transaction($conn, async |$tx| {
+                    let result: Result<_, $crate::ledger::LedgerError> = async { $body }.await;
+                    if result.is_ok() {
+                        body_done.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    result
+                })
+                .await;
+            let result = match result {
+                Err(e)
+                    if std::sync::atomic::AtomicBool::load(
+                        &body_done,
+                        std::sync::atomic::Ordering::Relaxed,
+                    ) =>
+                {
+                    maybe_committed = true;
+                    Err($crate::ledger::LedgerError::OutcomeUnknown(format!(
+                        "the commit failed: {e:?}"
+                    )))
+                }
+                // Only a judgement of the request itself (made after its key was looked
+                // up again) proves the earlier commit did not happen.
+                other if maybe_committed => $crate::ledger::outcome::after_unknown_commit(other),
+                other => other,
+            };
             match result {
                 Err(e)
                     if attempt < $crate::db::MAX_ATTEMPTS
@@ -41,9 +72,10 @@ macro_rules! retried {
 }
 pub(crate) use retried;
 
-/// A transient failure, or a lost race on a key (see [`retried`]).
+/// A transient failure, a lost race on a key, or a commit whose outcome is unknown (see
+/// [`retried`]).
 pub fn worth_retrying(e: &LedgerError) -> bool {
-    e.is_transient() || is_key_race(e)
+    e.is_transient() || is_key_race(e) || matches!(e, LedgerError::OutcomeUnknown(_))
 }
 
 fn is_key_race(e: &LedgerError) -> bool {
@@ -59,21 +91,32 @@ fn is_key_race(e: &LedgerError) -> bool {
 
 /// Locks a wallet the caller may see for the rest of the database transaction.
 /// FOR NO KEY UPDATE: key columns do not change, so journal inserts referencing the
-/// wallet are not blocked by it.
+/// wallet are not blocked by it. A wallet the caller may not see is never locked.
 pub async fn lock_wallet(
     conn: &mut AsyncPgConnection,
     scope: &Scope,
     wallet_id: i64,
 ) -> Result<Wallet, LedgerError> {
-    wallets::table
-        .find(wallet_id)
-        .select(Wallet::as_select())
-        .for_no_key_update()
-        .first(conn)
-        .await
-        .optional()?
-        .filter(|w| scope.owner().is_none_or(|owner| w.user_id == owner))
-        .ok_or(LedgerError::NotFound("wallet"))
+    let locked = match scope.owner() {
+        None => {
+            wallets::table
+                .find(wallet_id)
+                .select(Wallet::as_select())
+                .for_no_key_update()
+                .first(conn)
+                .await
+        }
+        Some(owner) => {
+            wallets::table
+                .find(wallet_id)
+                .filter(wallets::user_id.eq(owner))
+                .select(Wallet::as_select())
+                .for_no_key_update()
+                .first(conn)
+                .await
+        }
+    };
+    locked.optional()?.ok_or(LedgerError::NotFound("wallet"))
 }
 
 /// The chain transfer behind a crypto row.

@@ -115,11 +115,11 @@ async fn next_address(
         .returning(hd_indexes::next_index - 1)
         .get_result(conn)
         .await?;
-    let index = u32::try_from(index)
-        .map_err(|_| LedgerError::Unavailable(format!("bad HD index {index}")))?;
+    let index =
+        u32::try_from(index).map_err(|_| LedgerError::Internal(format!("bad HD index {index}")))?;
     custody
         .derive(chain, index)
-        .map_err(|e| LedgerError::Unavailable(format!("custody: {e}")))
+        .map_err(|e| LedgerError::Internal(format!("custody: {e}")))
 }
 
 /// A crypto wallet the caller may see, with its currency, network and address; a fiat

@@ -166,11 +166,14 @@ pub struct TestApp {
     keys: TokenKeys,
 }
 
+#[derive(Clone)]
 pub struct Options {
     pub pool_size: usize,
     pub limits: Limits,
     /// Run the chain worker this often (None: tests run passes by hand).
     pub chain_poll: Option<Duration>,
+    pub session_limits: wallet::db::SessionLimits,
+    pub request_timeout: Duration,
 }
 
 impl Default for Options {
@@ -179,6 +182,27 @@ impl Default for Options {
             pool_size: 10,
             limits: Limits::default(),
             chain_poll: None,
+            session_limits: Default::default(),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Options {
+    pub fn config(&self, database_url: &str) -> AppConfig {
+        AppConfig {
+            database_url: database_url.to_owned(),
+            pool_size: self.pool_size,
+            session_limits: self.session_limits,
+            jwt_secret: JWT_SECRET.into(),
+            limits: self.limits,
+            request_timeout: self.request_timeout,
+            max_subscriptions: 8,
+            seed: wallet::custody::SeedSource::Mnemonic(TEST_MNEMONIC.into()),
+            simulated_chain: true,
+            block_interval: None,
+            reconcile_interval: None,
+            chain_poll: self.chain_poll,
         }
     }
 }
@@ -190,21 +214,9 @@ impl TestApp {
 
     pub async fn with(options: Options) -> TestApp {
         let db = TestDb::new().await;
-        let app = App::start(&AppConfig {
-            database_url: db.url.clone(),
-            pool_size: options.pool_size,
-            jwt_secret: JWT_SECRET.into(),
-            limits: options.limits,
-            request_timeout: Duration::from_secs(30),
-            max_subscriptions: 8,
-            seed: wallet::custody::SeedSource::Mnemonic(TEST_MNEMONIC.into()),
-            simulated_chain: true,
-            block_interval: None,
-            reconcile_interval: None,
-            chain_poll: options.chain_poll,
-        })
-        .await
-        .expect("app starts");
+        let app = App::start(&options.config(&db.url))
+            .await
+            .expect("app starts");
         let router = wallet::http::router(app.clone());
         TestApp {
             db,
@@ -217,21 +229,18 @@ impl TestApp {
     /// A second app instance on the same database (another "process"): separate pool,
     /// reference data loaded afresh.
     pub async fn sibling(&self) -> (App, Router) {
-        let app = App::start(&AppConfig {
-            database_url: self.db.url.clone(),
+        self.sibling_with(Options {
             pool_size: 4,
-            jwt_secret: JWT_SECRET.into(),
-            limits: Limits::default(),
-            request_timeout: Duration::from_secs(30),
-            max_subscriptions: 8,
-            seed: wallet::custody::SeedSource::Mnemonic(TEST_MNEMONIC.into()),
-            simulated_chain: true,
-            block_interval: None,
-            reconcile_interval: None,
-            chain_poll: None,
+            ..Options::default()
         })
         .await
-        .expect("app starts");
+    }
+
+    /// Like [`sibling`](Self::sibling), with its own options.
+    pub async fn sibling_with(&self, options: Options) -> (App, Router) {
+        let app = App::start(&options.config(&self.db.url))
+            .await
+            .expect("app starts");
         let router = wallet::http::router(app.clone());
         (app, router)
     }
