@@ -441,3 +441,82 @@ pub fn raw_token(secret: &str, claims: Value) -> String {
     )
     .unwrap()
 }
+
+/// The database id inside a global id (`base64("Wallet:42")` → 42).
+pub fn db_id(global: &str) -> i64 {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(global)
+        .expect("a global id");
+    let text = String::from_utf8(raw).unwrap();
+    text.split_once(':').unwrap().1.parse().unwrap()
+}
+
+/// Waits until `check` holds, polling every 20 ms; panics with `what` after `limit`.
+pub async fn wait_until<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let give_up = tokio::time::Instant::now() + limit;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < give_up,
+            "timed out after {limit:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub const CREATE_CRYPTO: &str =
+    "mutation($c: String!) { createWallet(input: {currency: $c}) { id address } }";
+pub const INCOMING: &str = "mutation($n: String!, $to: String!, $a: Decimal!) {
+  simulateIncomingTransfer(input: {network: $n, toAddress: $to, amount: $a}) { txHash } }";
+pub const MINE: &str =
+    "mutation($n: String!, $c: Int!) { mineBlocks(input: {network: $n, count: $c}) }";
+pub const CRYPTO_WITHDRAW: &str = "mutation($w: ID!, $to: String!, $a: Decimal!, $k: String!) {
+  cryptoWithdraw(input: {walletId: $w, toAddress: $to, amount: $a, idempotencyKey: $k}) {
+    id type amount fee status isHold txHash } }";
+pub const BY_KEY: &str = "query($w: ID!, $k: String!) {
+  transactionByKey(walletId: $w, key: $k) { id type amount status txHash } }";
+
+/// An outside bitcoin address (BIP173's P2WSH example).
+pub const OUTSIDE_BTC: &str = "bc1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3qccfmv3";
+
+impl TestApp {
+    /// A BTC wallet of `user` holding `amount`, credited through a confirmed deposit.
+    /// Returns its id and address.
+    pub async fn funded_btc(&self, user: &str, amount: &str) -> (String, String) {
+        let w = self
+            .ok(&self.user(user), CREATE_CRYPTO, json!({"c": "BTC"}))
+            .await["createWallet"]
+            .clone();
+        let (id, address) = (
+            w["id"].as_str().unwrap().to_owned(),
+            w["address"].as_str().unwrap().to_owned(),
+        );
+        self.ok(
+            &self.operator(),
+            INCOMING,
+            json!({"n": "bitcoin", "to": address, "a": amount}),
+        )
+        .await;
+        self.ok(&self.operator(), MINE, json!({"n": "bitcoin", "c": 6}))
+            .await;
+        self.app
+            .chain_worker()
+            .expect("a simulated chain")
+            .pass()
+            .await
+            .expect("a worker pass");
+        assert_eq!(self.balance(&id).await, amount);
+        (id, address)
+    }
+
+    /// The movement `key` names on `wallet` (Null when there is none).
+    pub async fn by_key(&self, wallet: &str, key: &str) -> Value {
+        self.ok(&self.operator(), BY_KEY, json!({"w": wallet, "k": key}))
+            .await["transactionByKey"]
+            .clone()
+    }
+}
