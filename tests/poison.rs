@@ -258,7 +258,7 @@ async fn poison_in_any_string_input_is_refused_and_changes_nothing() {
     let mut expected = before.clone();
     expected[1] += 40;
     expected[5] += 40;
-    assert_eq!(state_of(&t).await, expected);
+    assert_eq!(state_of(t).await, expected);
     assert_eq!(t.balance(&other).await, "40.00");
     assert_eq!(t.balance(&usd).await, "100.00");
 }
