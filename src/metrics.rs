@@ -60,6 +60,8 @@ pub async fn render(State(app): State<App>) -> impl IntoResponse {
         ("wallet_group_commit_batches", &batches.batches),
         ("wallet_group_commit_movements", &batches.movements),
         ("wallet_group_commit_fallbacks", &batches.fallbacks),
+        ("wallet_group_commit_rerun", &batches.rerun),
+        ("wallet_group_commit_withdrawn", &batches.withdrawn),
     ] {
         metrics::gauge!(name).set(value.load(std::sync::atomic::Ordering::Relaxed) as f64);
     }

@@ -1,31 +1,72 @@
 //! Concurrency claims, proven concurrently: no overdraft, no lost update, exactly-once
 //! under racing idempotent requests, and a journal chain that holds throughout.
+//!
+//! Each scenario runs in three topologies (see `common::Topology`): one process whose
+//! committer batches everything; three processes whose batches race in the database; and
+//! two processes without batching, where every movement is a transaction of its own
+//! racing the others. The last two are what the wallet row lock, the key read after the
+//! lock and the unique-key retry exist for; each test checks which path carried its
+//! movements.
 
 mod common;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use common::{TestApp, error_code};
+use common::{Fleet, TestApp, Topology, error_code};
 use futures_util::future::join_all;
+use rust_decimal::Decimal;
 use serde_json::json;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn hundred_concurrent_withdrawals_never_overdraw() {
-    let t = Arc::new(TestApp::new().await);
+/// One test per topology for a scenario `async fn(Arc<Fleet>, Topology)`.
+macro_rules! in_every_topology {
+    ($scenario:ident) => {
+        mod $scenario {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn one_process() {
+                let topology = Topology::OneProcess;
+                super::$scenario(Arc::new(topology.start().await), topology).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn three_processes() {
+                let topology = Topology::ThreeProcesses;
+                super::$scenario(Arc::new(topology.start().await), topology).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn unbatched() {
+                let topology = Topology::Unbatched;
+                super::$scenario(Arc::new(topology.start().await), topology).await;
+            }
+        }
+    };
+}
+
+in_every_topology!(hundred_concurrent_withdrawals_never_overdraw);
+in_every_topology!(fifty_identical_deposits_credit_once);
+in_every_topology!(same_key_racing_on_two_wallets_conflicts);
+in_every_topology!(mixed_concurrent_movements_keep_every_chain);
+
+async fn hundred_concurrent_withdrawals_never_overdraw(f: Arc<Fleet>, topology: Topology) {
+    let t = &f.t;
     let w = t.create_wallet("alice", "USD").await;
     t.deposit(&w, "50.00", "funding").await;
     let alice = t.user("alice");
+    let before = f.stats();
 
     let tasks = (0..100).map(|i| {
-        let (t, w, alice) = (t.clone(), w.clone(), alice.clone());
-        tokio::spawn(async move { t.withdraw(&alice, &w, "1.00", &format!("wd-{i}")).await })
+        let (f, w, alice) = (f.clone(), w.clone(), alice.clone());
+        tokio::spawn(async move { f.withdraw(i, &alice, &w, "1.00", &format!("wd-{i}")).await })
     });
     let results: Vec<_> = join_all(tasks)
         .await
         .into_iter()
         .map(Result::unwrap)
         .collect();
+    f.assert_path(topology, before, 100);
     let ok = results.iter().filter(|b| b.get("errors").is_none()).count();
     let refused: Vec<_> = results
         .iter()
@@ -46,19 +87,20 @@ async fn hundred_concurrent_withdrawals_never_overdraw() {
     assert_eq!(t.assert_chain(&w).await, 51);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fifty_identical_deposits_credit_once() {
-    let t = Arc::new(TestApp::new().await);
+async fn fifty_identical_deposits_credit_once(f: Arc<Fleet>, topology: Topology) {
+    let t = &f.t;
     let w = t.create_wallet("alice", "USD").await;
-    let tasks = (0..50).map(|_| {
-        let (t, w) = (t.clone(), w.clone());
-        tokio::spawn(async move { t.deposit(&w, "25.00", "same-key").await })
+    let before = f.stats();
+    let tasks = (0..50).map(|i| {
+        let (f, w) = (f.clone(), w.clone());
+        tokio::spawn(async move { f.deposit(i, &w, "25.00", "same-key").await })
     });
     let results: Vec<_> = join_all(tasks)
         .await
         .into_iter()
         .map(Result::unwrap)
         .collect();
+    f.assert_path(topology, before, 50);
     let first = &results[0]["data"]["deposit"];
     assert!(first["id"].is_string(), "{}", results[0]);
     for body in &results {
@@ -71,16 +113,19 @@ async fn fifty_identical_deposits_credit_once() {
     assert_eq!(t.assert_chain(&w).await, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn same_key_racing_on_two_wallets_conflicts() {
+async fn same_key_racing_on_two_wallets_conflicts(f: Arc<Fleet>, topology: Topology) {
     // The wallet lock does not order these two: the unique key does. One wins; the other
     // is told the key was used for a different request, and has no effect.
-    let t = Arc::new(TestApp::new().await);
+    let t = &f.t;
     let a = t.create_wallet("alice", "USD").await;
     let b = t.create_wallet("bob", "USD").await;
+    let before = f.stats();
     for round in 0..10 {
         let key = format!("shared-{round}");
-        let (ra, rb) = tokio::join!(t.deposit(&a, "1.00", &key), t.deposit(&b, "1.00", &key));
+        let (ra, rb) = tokio::join!(
+            f.deposit(round, &a, "1.00", &key),
+            f.deposit(round + 1, &b, "1.00", &key)
+        );
         let codes: Vec<_> = [&ra, &rb]
             .iter()
             .map(|r| r.get("errors").map(|_| error_code(r).to_owned()))
@@ -91,23 +136,16 @@ async fn same_key_racing_on_two_wallets_conflicts() {
             "{ra} {rb}"
         );
     }
-    let total: rust_decimal::Decimal = t
-        .balance(&a)
-        .await
-        .parse::<rust_decimal::Decimal>()
-        .unwrap()
-        + t.balance(&b)
-            .await
-            .parse::<rust_decimal::Decimal>()
-            .unwrap();
+    f.assert_path(topology, before, 20);
+    let total: Decimal = t.balance(&a).await.parse::<Decimal>().unwrap()
+        + t.balance(&b).await.parse::<Decimal>().unwrap();
     assert_eq!(total.to_string(), "10.00");
     t.assert_chain(&a).await;
     t.assert_chain(&b).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn mixed_concurrent_movements_keep_every_chain() {
-    let t = Arc::new(TestApp::new().await);
+async fn mixed_concurrent_movements_keep_every_chain(f: Arc<Fleet>, topology: Topology) {
+    let t = &f.t;
     let users = ["u1", "u2", "u3", "u4"];
     let mut wallets = Vec::new();
     for u in users {
@@ -115,19 +153,20 @@ async fn mixed_concurrent_movements_keep_every_chain() {
         t.deposit(&w, "20.00", &format!("seed-{u}")).await;
         wallets.push((u, w));
     }
+    let before = f.stats();
     // 240 movements: deposits and withdrawals interleaved on four wallets, some
     // withdrawals bound to fail for lack of funds.
     let tasks = (0..240).map(|i| {
-        let t = t.clone();
+        let f = f.clone();
         let (user, w) = wallets[i % wallets.len()].clone();
         tokio::spawn(async move {
             let amount = format!("{}.{:02}", 1 + i % 7, i % 100);
             let key = format!("m-{i}");
             if i % 3 == 0 {
-                let body = t.deposit(&w, &amount, &key).await;
+                let body = f.deposit(i, &w, &amount, &key).await;
                 (w, true, amount, body)
             } else {
-                let body = t.withdraw(&t.user(user), &w, &amount, &key).await;
+                let body = f.withdraw(i, &f.t.user(user), &w, &amount, &key).await;
                 (w, false, amount, body)
             }
         })
@@ -137,13 +176,14 @@ async fn mixed_concurrent_movements_keep_every_chain() {
         .into_iter()
         .map(Result::unwrap)
         .collect();
-    let mut expected: std::collections::HashMap<String, rust_decimal::Decimal> = wallets
+    f.assert_path(topology, before, 240);
+    let mut expected: HashMap<String, Decimal> = wallets
         .iter()
         .map(|(_, w)| (w.clone(), "20.00".parse().unwrap()))
         .collect();
     let mut failures = 0;
     for (w, deposit, amount, body) in &results {
-        let amount: rust_decimal::Decimal = amount.parse().unwrap();
+        let amount: Decimal = amount.parse().unwrap();
         match body.get("errors") {
             None if *deposit => *expected.get_mut(w).unwrap() += amount,
             None => *expected.get_mut(w).unwrap() -= amount,
@@ -159,9 +199,9 @@ async fn mixed_concurrent_movements_keep_every_chain() {
         "the scenario must exercise refused withdrawals"
     );
     for (_, w) in &wallets {
-        let balance: rust_decimal::Decimal = t.balance(w).await.parse().unwrap();
+        let balance: Decimal = t.balance(w).await.parse().unwrap();
         assert_eq!(balance, expected[w], "no lost update on {w}");
-        assert!(balance >= rust_decimal::Decimal::ZERO);
+        assert!(balance >= Decimal::ZERO);
         t.assert_chain(w).await;
     }
 }
@@ -190,4 +230,94 @@ async fn concurrent_create_wallet_yields_one_wallet() {
         data["viewer"]["wallets"]["edges"].as_array().unwrap().len(),
         1
     );
+}
+
+/// A movement chosen as a deadlock's victim is run again, not failed. The deadlock is made
+/// on purpose: a trigger has the movement's insert lock a row the test holds, while the
+/// test waits for the wallet the movement holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadlocked_movement_is_run_again() {
+    let f = Topology::Unbatched.start().await;
+    let t = &f.t;
+    let w = t.create_wallet("alice", "USD").await;
+    f.deposit(0, &w, "10.00", "funding").await;
+    let mut pg = t.db.client().await;
+    pg.batch_execute(
+        "CREATE TABLE poke (id int PRIMARY KEY); INSERT INTO poke VALUES (1);
+         CREATE FUNCTION poke() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN PERFORM 1 FROM poke WHERE id = 1 FOR UPDATE; RETURN NEW; END $$;
+         CREATE TRIGGER poke BEFORE INSERT ON transactions
+           FOR EACH ROW WHEN (NEW.tx_hash = 'deadlock') EXECUTE FUNCTION poke();",
+    )
+    .await
+    .unwrap();
+    let observer = t.db.client().await;
+    let deadlocks_before = deadlocks(&observer, &t.db.name).await;
+
+    let holder = pg.transaction().await.unwrap();
+    holder
+        .batch_execute("SELECT 1 FROM poke WHERE id = 1 FOR UPDATE")
+        .await
+        .unwrap();
+    let alice = t.user("alice");
+    let movement = f.withdraw(0, &alice, &w, "1.00", "deadlock");
+    let db = t.db.name.clone();
+    let close_the_cycle = async {
+        common::wait_until(
+            "the movement waits for the test's row",
+            std::time::Duration::from_secs(10),
+            || {
+                let (observer, db) = (&observer, &db);
+                async move {
+                    observer
+                        .query_one(
+                            "SELECT count(*) FROM pg_stat_activity
+                              WHERE datname = $1 AND wait_event_type = 'Lock'",
+                            &[db],
+                        )
+                        .await
+                        .unwrap()
+                        .get::<_, i64>(0)
+                        == 1
+                }
+            },
+        )
+        .await;
+        // Postgres aborts the movement (it waited first), which runs again.
+        holder
+            .execute(
+                "SELECT 1 FROM wallets WHERE id = $1 FOR UPDATE",
+                &[&common::db_id(&w)],
+            )
+            .await
+            .unwrap();
+        holder.commit().await.unwrap();
+    };
+    let (body, ()) = tokio::join!(movement, close_the_cycle);
+    assert_eq!(body["data"]["withdraw"]["txHash"], "deadlock", "{body}");
+    common::wait_until(
+        "the deadlock is counted",
+        std::time::Duration::from_secs(5),
+        || {
+            let observer = &observer;
+            async move { deadlocks(observer, &t.db.name).await > deadlocks_before }
+        },
+    )
+    .await;
+    assert_eq!(t.balance(&w).await, "9.00");
+    assert_eq!(t.assert_chain(&w).await, 2);
+}
+
+/// Deadlocks Postgres has counted in a database.
+async fn deadlocks(pg: &tokio_postgres::Client, database: &str) -> i64 {
+    pg.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    pg.query_one(
+        "SELECT deadlocks FROM pg_stat_database WHERE datname = $1",
+        &[&database],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }

@@ -87,6 +87,8 @@ pub struct Stats {
     pub movements: AtomicU64,
     /// Batches that failed as a whole and were run request by request.
     pub fallbacks: AtomicU64,
+    /// Requests of those batches, each run again on its own.
+    pub rerun: AtomicU64,
     /// Requests withdrawn by their callers before a batch took them (deadline passed).
     pub withdrawn: AtomicU64,
 }
@@ -311,6 +313,10 @@ async fn run_batch(shared: &Shared, batch: Vec<Job>) {
             let maybe_committed = AtomicBool::load(&body_done, Ordering::Relaxed);
             tracing::debug!(error = ?e, size = batch.len(), maybe_committed, "batch failed; running its requests one by one");
             shared.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
+            shared
+                .stats
+                .rerun
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             futures_util::future::join_all(batch.into_iter().map(|job| async move {
                 let result = match shared.pool.get().await {
                     Ok(mut conn) => {

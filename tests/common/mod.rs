@@ -275,29 +275,12 @@ impl TestApp {
     /// Sends any request through the router; returns status, headers and the JSON body
     /// (Null when the body is not JSON).
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, HeaderMap, Value) {
-        let resp = self.router.clone().oneshot(req).await.unwrap();
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, headers, body)
+        send_to(&self.router, req).await
     }
 
     /// POSTs a GraphQL operation as `token` (None: anonymous) and returns the JSON body.
     pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
-        let mut req = Request::post("/graphql")
-            .header("content-type", "application/json")
-            .header("accept", "application/json");
-        if let Some(t) = token {
-            req = req.header("authorization", format!("Bearer {t}"));
-        }
-        let body = json!({ "query": query, "variables": variables }).to_string();
-        let (status, _, body) = self.send(req.body(Body::from(body)).unwrap()).await;
-        assert!(
-            status.is_success() || status == StatusCode::UNAUTHORIZED,
-            "status {status}: {body}"
-        );
-        body
+        gql_to(&self.router, token, query, variables).await
     }
 
     /// Like [`gql`](Self::gql) but expects success and returns `data`.
@@ -405,6 +388,165 @@ impl TestApp {
             after = conn["pageInfo"]["endCursor"].as_str().map(str::to_owned);
         }
     }
+}
+
+/// Several service instances ("processes") on one database, as behind a load balancer.
+/// Requests are spread over them by index.
+pub struct Fleet {
+    pub t: TestApp,
+    pub nodes: Vec<(App, Router)>,
+}
+
+/// How movements reach the database in a concurrency test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One process: its committer batches everything.
+    OneProcess,
+    /// Three processes, each batching: their batches race in the database.
+    ThreeProcesses,
+    /// Two processes with their committers stopped: every movement is a transaction of
+    /// its own, racing the others in the database.
+    Unbatched,
+}
+
+impl Topology {
+    pub async fn start(self) -> Fleet {
+        let t = TestApp::with(Options {
+            pool_size: 20,
+            ..Options::default()
+        })
+        .await;
+        let mut nodes = vec![(t.app.clone(), t.router.clone())];
+        let count = match self {
+            Topology::OneProcess => 1,
+            Topology::ThreeProcesses => 3,
+            Topology::Unbatched => 2,
+        };
+        for _ in 1..count {
+            nodes.push(
+                t.sibling_with(Options {
+                    pool_size: 20,
+                    ..Options::default()
+                })
+                .await,
+            );
+        }
+        if self == Topology::Unbatched {
+            for (app, _) in &nodes {
+                app.state.committer.stop();
+            }
+        }
+        Fleet { t, nodes }
+    }
+}
+
+/// Group-commit counters summed over a fleet.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    pub batches: u64,
+    pub movements: u64,
+    pub fallbacks: u64,
+    pub rerun: u64,
+}
+
+impl Fleet {
+    pub fn router(&self, i: usize) -> &Router {
+        &self.nodes[i % self.nodes.len()].1
+    }
+
+    pub async fn deposit(&self, i: usize, wallet: &str, amount: &str, key: &str) -> Value {
+        gql_to(
+            self.router(i),
+            Some(&self.t.operator()),
+            DEPOSIT,
+            json!({ "w": wallet, "a": amount, "k": key }),
+        )
+        .await
+    }
+
+    pub async fn withdraw(
+        &self,
+        i: usize,
+        token: &str,
+        wallet: &str,
+        amount: &str,
+        key: &str,
+    ) -> Value {
+        gql_to(
+            self.router(i),
+            Some(token),
+            WITHDRAW,
+            json!({ "w": wallet, "a": amount, "k": key }),
+        )
+        .await
+    }
+
+    pub fn stats(&self) -> CommitStats {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut sum = CommitStats::default();
+        for (app, _) in &self.nodes {
+            let s = app.state.committer.stats();
+            sum.batches += s.batches.load(Relaxed);
+            sum.movements += s.movements.load(Relaxed);
+            sum.fallbacks += s.fallbacks.load(Relaxed);
+            sum.rerun += s.rerun.load(Relaxed);
+        }
+        sum
+    }
+
+    /// Checks which path carried `requests` movements since `before`: batches in every
+    /// process when batching (each process got some), none at all when unbatched.
+    pub fn assert_path(&self, topology: Topology, before: CommitStats, requests: u64) {
+        let now = self.stats();
+        match topology {
+            Topology::Unbatched => assert_eq!(now, before, "no batch ran"),
+            _ => {
+                assert_eq!(
+                    (now.movements - before.movements) + (now.rerun - before.rerun),
+                    requests,
+                    "every movement went through a batch (or its fallback)"
+                );
+
+                for (i, (app, _)) in self.nodes.iter().enumerate() {
+                    let batches = app
+                        .state
+                        .committer
+                        .stats()
+                        .batches
+                        .load(std::sync::atomic::Ordering::Relaxed);
+                    assert!(batches > 0, "process {i} committed batches");
+                }
+            }
+        }
+    }
+}
+
+/// Sends a request to `router`; returns status, headers and the JSON body (Null when the
+/// body is not JSON).
+pub async fn send_to(router: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, Value) {
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, headers, body)
+}
+
+/// POSTs a GraphQL operation to `router` as `token` (None: anonymous); returns the body.
+pub async fn gql_to(router: &Router, token: Option<&str>, query: &str, variables: Value) -> Value {
+    let mut req = Request::post("/graphql")
+        .header("content-type", "application/json")
+        .header("accept", "application/json");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let body = json!({ "query": query, "variables": variables }).to_string();
+    let (status, _, body) = send_to(router, req.body(Body::from(body)).unwrap()).await;
+    assert!(
+        status.is_success() || status == StatusCode::UNAUTHORIZED,
+        "status {status}: {body}"
+    );
+    body
 }
 
 /// Serves a router on a local port for as long as the test runs; returns its websocket URL.
