@@ -1,0 +1,476 @@
+//! Real server processes for fault tests: the `wallet` binary started on a port of its
+//! own, killed with SIGKILL, restarted; a load of keyed movements sent to it over HTTP; a
+//! private Postgres cluster the test may stop and start.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+use super::{DEPOSIT, JWT_SECRET, TEST_MNEMONIC, WITHDRAW, wait_until};
+
+/// A free local port (bound and released; good enough for a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `wallet serve` process; killed when dropped.
+pub struct ServerProcess {
+    child: Child,
+    pub base: String,
+}
+
+impl ServerProcess {
+    /// Starts the service on `database_url` and waits until it is ready.
+    pub async fn start(database_url: &str) -> ServerProcess {
+        let port = free_port();
+        let child = Command::new(env!("CARGO_BIN_EXE_wallet"))
+            .arg("serve")
+            .env("DATABASE_URL", database_url)
+            .env("WALLET_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WALLET_JWT_SECRET", JWT_SECRET)
+            .env("WALLET_SEED", TEST_MNEMONIC)
+            .env("WALLET_BLOCK_SECS", "0")
+            .env("WALLET_CHAIN_POLL_MS", "0")
+            .env("WALLET_RECONCILE_SECS", "0")
+            .env("WALLET_REQUEST_TIMEOUT_SECS", "10")
+            .env("WALLET_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("the wallet binary starts");
+        let server = ServerProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        server.wait_ready(Duration::from_secs(60)).await;
+        server
+    }
+
+    pub async fn readyz(&self) -> Option<u16> {
+        reqwest::get(format!("{}/readyz", self.base))
+            .await
+            .ok()
+            .map(|r| r.status().as_u16())
+    }
+
+    pub async fn wait_ready(&self, limit: Duration) {
+        wait_until("the server is ready", limit, || async {
+            self.readyz().await == Some(200)
+        })
+        .await;
+    }
+
+    /// SIGKILL: no shutdown, no flush, nothing finishes.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        let _ = self.child.wait();
+    }
+
+    pub fn websocket(&self) -> String {
+        format!("{}/graphql/ws", self.base.replace("http://", "ws://"))
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A GraphQL POST to a running server; `Err` when no HTTP answer came (connection refused
+/// or reset: the process is gone).
+pub async fn post(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    query: &str,
+    variables: Value,
+) -> Result<Value, String> {
+    let resp = http
+        .post(format!("{base}/graphql"))
+        .bearer_auth(token)
+        .json(&json!({"query": query, "variables": variables}))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    serde_json::from_str(&text).map_err(|_| format!("a non-JSON answer ({status}): {text}"))
+}
+
+/// One keyed movement of a load: always sent with the same parameters.
+#[derive(Clone, Debug)]
+pub struct Movement {
+    pub key: String,
+    pub wallet: String,
+    pub user: String,
+    pub deposit: bool,
+    pub amount: String,
+}
+
+impl Movement {
+    pub fn query(&self) -> (&'static str, Value) {
+        let q = if self.deposit { DEPOSIT } else { WITHDRAW };
+        (
+            q,
+            json!({"w": self.wallet, "a": self.amount, "k": self.key}),
+        )
+    }
+
+    pub fn field(&self) -> &'static str {
+        if self.deposit { "deposit" } else { "withdraw" }
+    }
+}
+
+/// What a client learned from sending a movement once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Heard {
+    /// Committed: the journal row's id.
+    Acknowledged(String),
+    /// A definite refusal, by code.
+    Refused(String),
+    /// No answer, or OUTCOME_UNKNOWN.
+    Unknown(String),
+}
+
+pub fn hear(movement: &Movement, answer: Result<Value, String>) -> Heard {
+    match answer {
+        Err(e) => Heard::Unknown(e),
+        Ok(body) => match body["errors"][0]["extensions"]["code"].as_str() {
+            Some("OUTCOME_UNKNOWN") => Heard::Unknown("OUTCOME_UNKNOWN".into()),
+            Some(code) => Heard::Refused(code.to_owned()),
+            None => match body["data"][movement.field()]["id"].as_str() {
+                Some(id) => Heard::Acknowledged(id.to_owned()),
+                None => Heard::Unknown(format!("an answer without the movement: {body}")),
+            },
+        },
+    }
+}
+
+/// A load of keyed movements from several clients against whatever server `base` names
+/// at the moment (the test may swap it); every answer recorded.
+pub struct Load {
+    pub heard: Arc<Mutex<HashMap<String, (Movement, Vec<Heard>)>>>,
+    pub acknowledged: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    pub base: Arc<Mutex<String>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub struct Tokens {
+    pub operator: String,
+    pub users: HashMap<String, String>,
+}
+
+impl Load {
+    /// `clients` clients, each sending movements over `wallets` (wallet id, owner) one
+    /// after another with fresh keys until stopped: deposits of 1.00–9.99 and smaller
+    /// withdrawals, so that most of them go through.
+    pub fn start(
+        base: &str,
+        clients: usize,
+        wallets: Vec<(String, String)>,
+        tokens: Arc<Tokens>,
+    ) -> Load {
+        let heard = Arc::new(Mutex::new(HashMap::new()));
+        let acknowledged = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let base = Arc::new(Mutex::new(base.to_owned()));
+        let tasks = (0..clients)
+            .map(|c| {
+                let (heard, acknowledged, stop, base) = (
+                    heard.clone(),
+                    acknowledged.clone(),
+                    stop.clone(),
+                    base.clone(),
+                );
+                let (wallets, tokens) = (wallets.clone(), tokens.clone());
+                tokio::spawn(async move {
+                    let http = reqwest::Client::new();
+                    let mut n = 0usize;
+                    while !stop.load(Ordering::Relaxed) {
+                        let (wallet, user) = &wallets[(c + n) % wallets.len()];
+                        let deposit = n % 3 != 2;
+                        let movement = Movement {
+                            key: format!("load-{c}-{n}"),
+                            wallet: wallet.clone(),
+                            user: user.clone(),
+                            deposit,
+                            amount: if deposit {
+                                format!("{}.{:02}", 1 + n % 9, n % 100)
+                            } else {
+                                format!("0.{:02}", 1 + n % 99)
+                            },
+                        };
+                        let answer = send(&http, &base, &tokens, &movement).await;
+                        let what = hear(&movement, answer);
+                        if matches!(what, Heard::Acknowledged(_)) {
+                            acknowledged.fetch_add(1, Ordering::Relaxed);
+                        }
+                        let failed = !matches!(what, Heard::Acknowledged(_) | Heard::Refused(_));
+                        heard
+                            .lock()
+                            .unwrap()
+                            .insert(movement.key.clone(), (movement, vec![what]));
+                        n += 1;
+                        if failed {
+                            // The server is away: do not spin.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            heard,
+            acknowledged,
+            stop,
+            base,
+            tasks,
+        }
+    }
+
+    pub fn point_at(&self, base: &str) {
+        *self.base.lock().unwrap() = base.to_owned();
+    }
+
+    pub async fn wait_for_acknowledged(&self, count: usize, limit: Duration) {
+        wait_until(
+            &format!("{count} movements acknowledged"),
+            limit,
+            || async { self.acknowledged.load(Ordering::Relaxed) >= count },
+        )
+        .await;
+    }
+
+    pub async fn stop(self) -> HashMap<String, (Movement, Vec<Heard>)> {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        Arc::try_unwrap(self.heard)
+            .ok()
+            .expect("the clients are done")
+            .into_inner()
+            .unwrap()
+    }
+}
+
+pub async fn send(
+    http: &reqwest::Client,
+    base: &Mutex<String>,
+    tokens: &Tokens,
+    movement: &Movement,
+) -> Result<Value, String> {
+    let base = base.lock().unwrap().clone();
+    let token = if movement.deposit {
+        &tokens.operator
+    } else {
+        &tokens.users[&movement.user]
+    };
+    let (query, vars) = movement.query();
+    post(http, &base, token, query, vars).await
+}
+
+/// Sends every movement again with the same parameters and checks the exactly-once
+/// promise: an acknowledged movement gets its original row back; one whose outcome was
+/// unknown is now either a row or a definite refusal; nothing is ever a second row.
+/// Returns how many movements are in the journal.
+pub async fn replay_and_check(
+    base: &str,
+    tokens: &Tokens,
+    heard: &HashMap<String, (Movement, Vec<Heard>)>,
+    pg: &tokio_postgres::Client,
+) -> usize {
+    // A refusal is a promise too: nothing was, or will be, committed under that key.
+    for (movement, first) in heard.values() {
+        if let Heard::Refused(code) = &first[0] {
+            let rows: i64 = pg
+                .query_one(
+                    "SELECT count(*) FROM transactions WHERE tx_hash = $1",
+                    &[&movement.key],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            assert_eq!(rows, 0, "{}: refused ({code}) but committed", movement.key);
+        }
+    }
+    let http = reqwest::Client::new();
+    let base = Mutex::new(base.to_owned());
+    let mut journaled = 0;
+    let mut unknown = 0;
+    let checks = heard.values().map(|(movement, first)| {
+        let (http, base) = (&http, &base);
+        async move {
+            let again = hear(movement, send(http, base, tokens, movement).await);
+            (movement, first, again)
+        }
+    });
+    // A few at a time, like clients retrying.
+    let results: Vec<_> = futures_util::stream::iter(checks)
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    for (movement, first, again) in results {
+        match (&first[0], &again) {
+            (Heard::Acknowledged(id), Heard::Acknowledged(replayed)) => {
+                assert_eq!(
+                    id, replayed,
+                    "{}: the replay returns the original",
+                    movement.key
+                )
+            }
+            (Heard::Acknowledged(_), other) => {
+                panic!("{}: acknowledged, then {other:?}", movement.key)
+            }
+            (Heard::Refused(_), _) => {}
+            (Heard::Unknown(_), Heard::Acknowledged(_) | Heard::Refused(_)) => unknown += 1,
+            (Heard::Unknown(_), other) => {
+                panic!("{}: still unknown after recovery: {other:?}", movement.key)
+            }
+        }
+        let rows: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM transactions WHERE tx_hash = $1",
+                &[&movement.key],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let expected = i64::from(matches!(again, Heard::Acknowledged(_)));
+        assert_eq!(rows, expected, "{}: rows under the key", movement.key);
+        journaled += rows as usize;
+    }
+    eprintln!(
+        "{} movements sent, {journaled} journaled, {unknown} of unknown outcome resolved by replay",
+        heard.len()
+    );
+    journaled
+}
+
+/// A private Postgres cluster on its own port and data directory, for tests that stop
+/// and start the database server. Never the shared one. Stopped and removed on drop.
+pub struct PrivateCluster {
+    pub port: u16,
+    dir: PathBuf,
+    data: String,
+    bin: PathBuf,
+}
+
+impl PrivateCluster {
+    /// Creates and starts a cluster with trust authentication for `postgres`.
+    pub fn start() -> PrivateCluster {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql (Debian's postgresql package)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("an initdb");
+        let dir = std::env::temp_dir().join(format!("wallet-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            // The server refuses to run as root: its files belong to `postgres`.
+            let owned = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success();
+            assert!(owned, "chown of the cluster directory");
+        }
+        let cluster = PrivateCluster {
+            port: free_port(),
+            data: dir.join("data").to_string_lossy().into_owned(),
+            dir,
+            bin,
+        };
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &cluster.data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--no-sync",
+            ],
+        );
+        cluster.pg_ctl_start();
+        cluster
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// Stops the server (fast shutdown: sessions are terminated).
+    pub fn stop(&self) {
+        self.run("pg_ctl", &["-D", &self.data, "-m", "fast", "-w", "stop"]);
+    }
+
+    pub fn pg_ctl_start(&self) {
+        let options = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("server.log").to_string_lossy().into_owned();
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data, "-o", &options, "-l", &log, "-w", "start"],
+        );
+    }
+
+    /// One of the server's tools, run as `postgres` when we are root.
+    fn tool(&self, name: &str) -> Command {
+        let path = self.bin.join(name);
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        };
+        command.stdout(Stdio::null());
+        command
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let status = self
+            .tool(tool)
+            .args(args)
+            .status()
+            .unwrap_or_else(|e| panic!("{tool}: {e}"));
+        assert!(status.success(), "{tool} {args:?} failed");
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let _ = self
+            .tool("pg_ctl")
+            .args(["-D", &self.data, "-m", "immediate", "stop"])
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
