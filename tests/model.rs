@@ -157,7 +157,7 @@ async fn random_concurrent_movements_keep_every_promise() {
         .await;
     worker.pass().await.unwrap();
 
-    let model = model.lock().unwrap();
+    let model = std::mem::take(&mut *model.lock().unwrap());
     let pg = t.db.client().await;
     for (seed_amount, wallets) in [("100.00", &fiat), ("0.50000000", &crypto)] {
         for (_, wallet) in wallets {

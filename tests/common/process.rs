@@ -157,10 +157,13 @@ pub fn hear(movement: &Movement, answer: Result<Value, String>) -> Heard {
     }
 }
 
+/// What the clients heard, by key: the movement and its first answer.
+pub type Answers = HashMap<String, (Movement, Heard)>;
+
 /// A load of keyed movements from several clients against whatever server `base` names
 /// at the moment (the test may swap it); every answer recorded.
 pub struct Load {
-    pub heard: Arc<Mutex<HashMap<String, (Movement, Vec<Heard>)>>>,
+    pub heard: Arc<Mutex<Answers>>,
     pub acknowledged: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     pub base: Arc<Mutex<String>>,
@@ -221,7 +224,7 @@ impl Load {
                         heard
                             .lock()
                             .unwrap()
-                            .insert(movement.key.clone(), (movement, vec![what]));
+                            .insert(movement.key.clone(), (movement, what));
                         n += 1;
                         if failed {
                             // The server is away: do not spin.
@@ -253,16 +256,12 @@ impl Load {
         .await;
     }
 
-    pub async fn stop(self) -> HashMap<String, (Movement, Vec<Heard>)> {
+    pub async fn stop(self) -> Answers {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             t.await.unwrap();
         }
-        Arc::try_unwrap(self.heard)
-            .ok()
-            .expect("the clients are done")
-            .into_inner()
-            .unwrap()
+        std::mem::take(&mut *self.heard.lock().unwrap())
     }
 }
 
@@ -289,12 +288,12 @@ pub async fn send(
 pub async fn replay_and_check(
     base: &str,
     tokens: &Tokens,
-    heard: &HashMap<String, (Movement, Vec<Heard>)>,
+    heard: &Answers,
     pg: &tokio_postgres::Client,
 ) -> usize {
     // A refusal is a promise too: nothing was, or will be, committed under that key.
     for (movement, first) in heard.values() {
-        if let Heard::Refused(code) = &first[0] {
+        if let Heard::Refused(code) = first {
             let rows: i64 = pg
                 .query_one(
                     "SELECT count(*) FROM transactions WHERE tx_hash = $1",
@@ -323,7 +322,7 @@ pub async fn replay_and_check(
         .collect()
         .await;
     for (movement, first, again) in results {
-        match (&first[0], &again) {
+        match (first, &again) {
             (Heard::Acknowledged(id), Heard::Acknowledged(replayed)) => {
                 assert_eq!(
                     id, replayed,
