@@ -576,3 +576,111 @@ async fn a_client_key_equal_to_a_chain_hash_does_not_block_the_deposit() {
     assert_eq!(credited["balanceAfter"], "0.30000000");
     assert_eq!(t.balance(&usd).await, "0.99");
 }
+
+/// A deposit that cannot be credited as it is — an amount finer than the currency's
+/// scale, or a credit above its maximum balance — is parked with its reason (never
+/// rounded, never retried every pass), and the watcher moves on: the deposits behind it
+/// are credited and the scan cursor passes it.
+#[tokio::test]
+async fn deposits_that_cannot_be_credited_are_parked_and_the_watcher_moves_on() {
+    let t = TestApp::new().await;
+    let alice = t.user("alice");
+    let (wallet, address) = crypto_wallet(&t, "alice", "BTC").await;
+    let worker = t.app.chain_worker().unwrap();
+    let pg = t.db.client().await;
+    // Transfers no client could have sent through the API, straight onto the chain: one
+    // satoshi-and-a-tenth finer than BTC's 8 decimals, one far above the maximum.
+    pg.batch_execute(&format!(
+        "INSERT INTO sim_transfers (hash, network, from_address, to_address, amount)
+         VALUES ('too-fine', 'bitcoin', 'bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4', '{address}', 0.123456789),
+                ('too-big', 'bitcoin', 'bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4', '{address}', 10000000000000000001)"
+    ))
+    .await
+    .unwrap();
+    mine(&t, "bitcoin", 1).await;
+    // An ordinary deposit in a later block.
+    let ordinary = incoming(&t, &alice, "bitcoin", &address, "0.5").await["txHash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    mine(&t, "bitcoin", 6).await;
+
+    let report = worker.pass().await.unwrap();
+    let (_, scan) = report
+        .deposits
+        .iter()
+        .find(|(n, _)| n == "bitcoin")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (scan.credited, scan.parked, scan.errors),
+        (1, 2, 0),
+        "{scan:?}"
+    );
+    assert_eq!(scan.cursor, 7, "the cursor passes the parked deposits");
+    assert_eq!(t.balance(&wallet).await, "0.50000000");
+    for (hash, why) in [("too-fine", "decimal"), ("too-big", "maximum")] {
+        let id = hold_id(&t, hash).await.expect("journaled as a hold");
+        let hold = t
+            .ok(
+                &t.operator(),
+                "query($id: ID!) { transaction(id: $id) { status statusReason amount settlements { id } } }",
+                json!({"id": id}),
+            )
+            .await["transaction"]
+            .clone();
+        assert_eq!(hold["status"], "PARKED", "{hold}");
+        assert!(
+            hold["statusReason"].as_str().unwrap().contains(why),
+            "{hold}"
+        );
+        assert_eq!(hold["settlements"], json!([]));
+        // Asked for by name, it is tried again and still refused, with the reason.
+        let body = t
+            .gql(Some(&alice), PROCESS, json!({"w": wallet, "h": hash}))
+            .await;
+        assert_eq!(error_code(&body), "INVALID_AMOUNT", "{body}");
+        assert!(
+            body["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("parked"),
+            "{body}"
+        );
+    }
+    // The exact amount was kept, not rounded.
+    let amount: String = pg
+        .query_one(
+            "SELECT amount::text FROM transactions WHERE tx_hash = 'too-fine'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(amount, "0.123456789");
+    // Later passes do not touch them again; the ordinary deposit stays credited once.
+    mine(&t, "bitcoin", 1).await;
+    let again = worker.pass().await.unwrap();
+    let (_, scan) = again.deposits.iter().find(|(n, _)| n == "bitcoin").unwrap();
+    assert_eq!(
+        (scan.observed, scan.parked, scan.errors),
+        (0, 0, 0),
+        "{scan:?}"
+    );
+    let listed = t
+        .ok(
+            &t.operator(),
+            "query($w: ID!) { transactions(walletId: $w, filter: {statuses: [PARKED]}) { edges { node { txHash } } } }",
+            json!({"w": wallet}),
+        )
+        .await;
+    assert_eq!(listed["transactions"]["edges"].as_array().unwrap().len(), 2);
+    let metrics = t.metrics().await;
+    assert!(
+        metrics.contains(r#"wallet_deposits_parked_total{network="bitcoin"}"#),
+        "{metrics}"
+    );
+    // Two holds parked, one hold and its credit.
+    assert_eq!(t.assert_chain(&wallet).await, 4);
+    assert_eq!(t.by_key(&wallet, &ordinary).await["status"], "COMPLETED");
+}

@@ -483,7 +483,15 @@ async fn a_crash_inside_the_signing_transaction_leaves_it_pending() {
     )
     .await;
     assert!(worker(&t).pass().await.is_err());
-    assert_eq!(transaction(&t, &id).await["status"], "PENDING");
+    // Nothing of the failed transaction was stored: no signed bytes, no hash, no debit.
+    let hold = transaction(&t, &id).await;
+    assert_eq!(hold["status"], "PENDING");
+    assert_eq!(
+        (&hold["raw"], &hold["chainTxHash"]),
+        (&json!(null), &json!(null))
+    );
+    assert_eq!(hold["settlements"], json!([]));
+    assert_eq!(debits(&t, "crash-3").await, 0);
     let watched: i64 = pg
         .query_one(
             "SELECT count(*) FROM transactions WHERE hold AND type = 'DEPOSIT' AND amount = 0.05",
@@ -675,4 +683,112 @@ async fn one_withdrawal_that_cannot_be_followed_does_not_stop_the_others() {
     );
     assert_eq!(transaction(&t, &fine).await["status"], "COMPLETED");
     assert_eq!(transaction(&t, &damaged).await["status"], "PROCESSING");
+}
+
+/// A withdrawal whose signing transaction fails (its debit refused, here by a trigger)
+/// does not hold up the ones behind it: each pass tries every waiting withdrawal once,
+/// in id order, and the failed one is signed once the cause is gone.
+#[tokio::test]
+async fn a_withdrawal_that_fails_to_sign_does_not_delay_the_others() {
+    let t = TestApp::new().await;
+    let (alices, alice_address) = funded_wallet(&t, "alice", "1.00000000").await;
+    let (bobs, bob_address) = funded_wallet(&t, "bob", "1.00000000").await;
+    // The stuck one comes first.
+    let stuck =
+        withdraw(&t, "alice", &alices, "0.1", "stuck").await["data"]["cryptoWithdraw"]["id"]
+            .clone();
+    let fine =
+        withdraw(&t, "bob", &bobs, "0.1", "fine").await["data"]["cryptoWithdraw"]["id"].clone();
+    let pg = t.db.client().await;
+    pg.batch_execute(
+        "CREATE FUNCTION fail_debit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+         CREATE TRIGGER fail_debit BEFORE INSERT ON transactions
+           FOR EACH ROW WHEN (NEW.tx_hash = 'stuck' AND NEW.hold_id IS NOT NULL)
+           EXECUTE FUNCTION fail_debit();",
+    )
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let report = worker(&t).pass().await;
+        assert!(report.is_err(), "the failure is reported");
+        assert_eq!(transaction(&t, &stuck).await["status"], "PENDING");
+        assert_eq!(transaction(&t, &fine).await["status"], "PROCESSING");
+        assert_eq!(chain_sends(&t, &bob_address).await, 1, "sent once");
+        assert_eq!(chain_sends(&t, &alice_address).await, 0);
+    }
+    pg.batch_execute("DROP TRIGGER fail_debit ON transactions")
+        .await
+        .unwrap();
+    assert_eq!(pass(&worker(&t)).await.signed, 1);
+    assert_eq!(chain_sends(&t, &alice_address).await, 1);
+    assert_eq!(
+        (debits(&t, "stuck").await, debits(&t, "fine").await),
+        (1, 1)
+    );
+}
+
+/// Workers racing the last step: completion of one withdrawal and the refund of another
+/// the chain failed. Each is completed or refunded exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_workers_complete_or_refund_each_withdrawal_once() {
+    let t = TestApp::with(common::Options {
+        pool_size: 12,
+        ..Default::default()
+    })
+    .await;
+    let (alices, _) = funded_wallet(&t, "alice", "1.00000000").await;
+    let (bobs, _) = funded_wallet(&t, "bob", "1.00000000").await;
+    let failing = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4";
+    t.db.client()
+        .await
+        .execute(
+            "INSERT INTO sim_failing_addresses (network, address) VALUES ('bitcoin', $1)",
+            &[&failing],
+        )
+        .await
+        .unwrap();
+    let refunded = t
+        .ok(
+            &t.user("alice"),
+            WITHDRAW,
+            json!({"w": alices, "to": failing, "a": "0.3", "k": "to-fail"}),
+        )
+        .await["cryptoWithdraw"]["id"]
+        .clone();
+    let completed =
+        withdraw(&t, "bob", &bobs, "0.3", "to-complete").await["data"]["cryptoWithdraw"]["id"]
+            .clone();
+    assert_eq!(pass(&worker(&t)).await.signed, 2);
+    mine(&t, 6).await;
+
+    let (other, _) = t.sibling().await;
+    let workers = [worker(&t), other.chain_worker().unwrap()];
+    let passes = (0..6).map(|i| {
+        let w = workers[i % 2].clone();
+        async move { w.pass().await.unwrap() }
+    });
+    let reports = futures_util::future::join_all(passes).await;
+    let sum =
+        |f: fn(&wallet::chain_worker::PassReport) -> usize| reports.iter().map(f).sum::<usize>();
+    assert_eq!(sum(|r| r.withdrawals.completed), 1, "{reports:?}");
+    assert_eq!(sum(|r| r.withdrawals.failed), 1, "{reports:?}");
+    assert_eq!(transaction(&t, &completed).await["status"], "COMPLETED");
+    let failed = transaction(&t, &refunded).await;
+    assert_eq!(failed["status"], "FAILED");
+    let refunds: Vec<_> = failed["settlements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["type"] == "REFUND")
+        .collect();
+    assert_eq!(refunds.len(), 1, "{failed}");
+    assert_eq!(
+        t.balance(&alices).await,
+        "1.00000000",
+        "refunded in full, once"
+    );
+    assert_eq!(t.balance(&bobs).await, "0.69999000");
+    t.assert_chain(&alices).await;
+    t.assert_chain(&bobs).await;
 }

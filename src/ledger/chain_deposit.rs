@@ -196,6 +196,7 @@ async fn observe_in(
                 hold: true,
                 settles: None,
                 chain: Some(&chain),
+                scale: currency.scale(),
             };
             let hold = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
             wallet.updated_at = hold.created_at;
@@ -266,6 +267,7 @@ async fn observe_in(
             hold: false,
             settles: Some(hold.id),
             chain: Some(&chain),
+            scale: currency.scale(),
         };
         let credit = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
         let hold = update_hold(conn, &hold, TransactionStatus::Completed, &chain, None).await?;

@@ -112,6 +112,7 @@ pub async fn request(
             hold: true,
             settles: None,
             chain: Some(&chain_fields),
+            scale: currency.scale(),
         };
         let entry = posting::append(tx, &wallet, &row, needed).await?;
         Ok(Movement {
@@ -278,6 +279,7 @@ async fn sign_one(
             hold: false,
             settles: Some(hold.id),
             chain: Some(&chain_fields),
+            scale: hold.amount.scale(),
         };
         // The reservation becomes the debit.
         posting::append(tx, &wallet, &debit, -(hold.amount + hold.fee)).await?;
@@ -402,6 +404,7 @@ async fn advance_one(
                     hold: false,
                     settles: Some(hold.id),
                     chain: Some(&fields),
+                    scale: hold.amount.scale(),
                 };
                 posting::append(tx, &wallet, &refund, Decimal::ZERO).await?;
                 update_hold(

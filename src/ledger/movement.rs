@@ -136,6 +136,7 @@ pub(crate) fn journal_row<'r>(
         hold: false,
         settles: None,
         chain: None,
+        scale: currency.scale(),
     })
 }
 

@@ -148,6 +148,8 @@ pub struct NewRow<'a> {
     /// On a posting: the hold it settles.
     pub settles: Option<i64>,
     pub chain: Option<&'a ChainFields>,
+    /// The currency's scale: balances are written with exactly this many decimals.
+    pub scale: u32,
 }
 
 impl<'a> NewRow<'a> {
@@ -162,14 +164,13 @@ impl<'a> NewRow<'a> {
     }
 
     /// The balances around this row when the wallet holds `balance`, at the currency's
-    /// scale: a positive amount carries it, while a zero read back from Postgres may not
-    /// (rust_decimal gives zero scale 0).
+    /// scale (a zero read back from Postgres has lost it: rust_decimal gives zero scale
+    /// 0; and a parked deposit's amount may be finer than the currency).
     pub fn balances(&self, balance: Decimal) -> (Decimal, Decimal) {
-        let scale = self.amount.scale().max(balance.scale());
         let mut before = balance;
-        before.rescale(scale);
+        before.rescale(self.scale);
         let mut after = before + self.balance_change();
-        after.rescale(scale);
+        after.rescale(self.scale);
         (before, after)
     }
 

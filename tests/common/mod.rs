@@ -656,6 +656,18 @@ impl TestApp {
         (id, address)
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let resp = self
+            .router
+            .clone()
+            .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
     /// The movement `key` names on `wallet` (Null when there is none).
     pub async fn by_key(&self, wallet: &str, key: &str) -> Value {
         self.ok(&self.operator(), BY_KEY, json!({"w": wallet, "k": key}))
