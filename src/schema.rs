@@ -68,6 +68,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    sim_blocks (network, height) {
+        network -> Text,
+        height -> Int8,
+        mined_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     sim_chains (network) {
         network -> Text,
         height -> Int8,
@@ -146,6 +154,7 @@ diesel::table! {
 }
 
 diesel::joinable!(reconciliations -> wallets (wallet_id));
+diesel::joinable!(sim_blocks -> sim_chains (network));
 diesel::joinable!(sim_failing_addresses -> sim_chains (network));
 diesel::joinable!(sim_transfers -> sim_chains (network));
 diesel::joinable!(transactions -> wallets (wallet_id));
@@ -158,6 +167,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     hd_indexes,
     reconciliations,
     scheduled_jobs,
+    sim_blocks,
     sim_chains,
     sim_failing_addresses,
     sim_transfers,

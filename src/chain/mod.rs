@@ -143,14 +143,9 @@ pub trait Chain: Send + Sync {
     ) -> Result<Option<ChainTransfer>, ChainError>;
     /// Balance of an address: successful transfers in, minus transfers and fees out.
     async fn balance(&self, network: &str, address: &str) -> Result<Decimal, ChainError>;
-    /// Transfers from or to an address created in `[from, to]`, oldest first.
-    async fn transfers_of(
-        &self,
-        network: &str,
-        address: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<ChainTransfer>, ChainError>;
+    /// The height the chain had at `at`: its newest block mined at or before then (0
+    /// before the first). What a reconciliation of a past window compares against.
+    async fn height_at(&self, network: &str, at: DateTime<Utc>) -> Result<i64, ChainError>;
     /// Successful transfers from or to an address included in blocks `(after, up_to]`,
     /// oldest first: what an incremental reconciliation needs since its last checkpoint.
     async fn settled_between(

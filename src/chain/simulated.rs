@@ -16,7 +16,7 @@ use rust_decimal::Decimal;
 use super::{Chain, ChainError, ChainTransfer, Fee, SignedTransfer, TransferStatus};
 use crate::db::{PgPool, PooledConn};
 use crate::ledger::models::Scaled;
-use crate::schema::{sim_chains, sim_transfers};
+use crate::schema::{sim_blocks, sim_chains, sim_transfers};
 
 /// Where simulated incoming transfers come from: an address outside the service.
 pub fn outside_address(network: &str) -> Option<&'static str> {
@@ -171,6 +171,7 @@ impl SimulatedChain {
                 .optional()?;
             match height {
                 Some(h) => {
+                    record_blocks(tx, &network, h - count + 1, h).await?;
                     include_pending(tx, &network, h - count + 1).await?;
                     Ok(Some(h))
                 }
@@ -204,6 +205,7 @@ impl SimulatedChain {
             .await
             .optional()?;
             if let Some(Height { height }) = mined {
+                record_blocks(tx, &network, height, height).await?;
                 include_pending(tx, &network, height).await?;
             }
             Ok(mined.map(|m| m.height))
@@ -244,6 +246,24 @@ fn of_address<'a>(
                 .or(sim_transfers::from_address.eq(address)),
         )
         .into_boxed()
+}
+
+/// Records blocks `first..=last` of `network` as mined now.
+async fn record_blocks(
+    conn: &mut AsyncPgConnection,
+    network: &str,
+    first: i64,
+    last: i64,
+) -> QueryResult<usize> {
+    diesel::sql_query(
+        "INSERT INTO sim_blocks (network, height, mined_at)
+         SELECT $1, g, now() FROM generate_series($2::bigint, $3::bigint) AS g",
+    )
+    .bind::<Text, _>(network)
+    .bind::<BigInt, _>(first)
+    .bind::<BigInt, _>(last)
+    .execute(conn)
+    .await
 }
 
 /// Puts every pending transfer of `network` into block `block`: it succeeds, unless its
@@ -314,17 +334,17 @@ impl Chain for SimulatedChain {
         Ok(received.unwrap_or_default() - sent.unwrap_or_default())
     }
 
-    async fn transfers_of(
-        &self,
-        network: &str,
-        address: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<ChainTransfer>, ChainError> {
-        let query = of_address(network, address)
-            .filter(sim_transfers::created_at.between(from, to))
-            .order((sim_transfers::created_at, sim_transfers::hash));
-        self.load_transfers(network, query).await
+    async fn height_at(&self, network: &str, at: DateTime<Utc>) -> Result<i64, ChainError> {
+        let mut conn = self.conn().await?;
+        Self::tip_on(&mut conn, network).await?;
+        let height: Option<i64> = sim_blocks::table
+            .filter(sim_blocks::network.eq(network))
+            .filter(sim_blocks::mined_at.le(at))
+            .select(diesel::dsl::max(sim_blocks::height))
+            .first(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        Ok(height.unwrap_or(0))
     }
 
     async fn settled_between(

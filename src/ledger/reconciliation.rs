@@ -12,7 +12,7 @@ use super::{
     Currency, CurrencyKind, CurrencyRegistry, LedgerError, ListScope, Page, PageArgs,
     Reconciliation, Scope, Wallet, money, wallet,
 };
-use crate::chain::{Chain, ChainTransfer, TransferStatus};
+use crate::chain::{Chain, ChainTransfer};
 use crate::db::PgPool;
 use crate::schema::{reconciliations, transactions, wallets};
 use std::collections::BTreeSet;
@@ -309,14 +309,20 @@ pub struct ChainReconciliation {
     pub end: DateTime<Utc>,
 }
 
-/// The chain's side of a comparison.
-struct ChainSide {
-    /// The address's balance at the end of the window.
+/// The chain's side of a comparison, as the chain was at the window's end: only blocks
+/// mined by then count, whatever happened since.
+struct ChainAsOf {
+    /// The chain's height at the window's end.
+    height: i64,
+    /// The address's balance at that height.
     balance: Decimal,
-    /// Successful transfers of the window.
-    settled: BTreeSet<String>,
-    /// The height covered, for scheduled runs (their checkpoint).
-    height: Option<i64>,
+    /// The address's successful transfers up to that height that the comparison looks
+    /// at: its whole history, or those since the last checkpoint.
+    settled: Vec<ChainTransfer>,
+    /// Of those, the hashes mined inside the window.
+    window: BTreeSet<String>,
+    /// Ledger rows before this time are already reconciled (a checkpoint's end).
+    reconciled_until: Option<DateTime<Utc>>,
 }
 
 /// A crypto wallet with its chain and address, if the caller may see it. A fiat wallet
@@ -337,10 +343,12 @@ async fn crypto_wallet<'c>(
         })
 }
 
-/// Reconciles a crypto wallet against the chain: the ledger's balance at `end` against the
-/// address's chain balance at `end`, and the transfers of the period on each side. A
-/// transfer counts as matched when the other side has it at any time (a deposit is
-/// journaled when credited, a little after it reached the chain).
+/// Reconciles a crypto wallet against the chain *as it was at `end`*: the ledger's
+/// balance at `end` against the address's balance at the chain's height then, and the
+/// transfers mined inside the window on each side. A window that was consistent when it
+/// ended reconciles MATCHED whenever it is asked about; movements that were on their way
+/// at its end (a deposit confirming, a withdrawal signed but not yet mined) are listed as
+/// in transit, not as differences.
 pub async fn reconcile_chain(
     conn: &mut AsyncPgConnection,
     currencies: &CurrencyRegistry,
@@ -355,22 +363,19 @@ pub async fn reconcile_chain(
     }
     let (wallet, currency, network, address) =
         crypto_wallet(conn, currencies, scope, request.wallet_id).await?;
-    // The address's whole history up to `end` gives its balance then.
-    let history = chain
-        .transfers_of(&network, &address, DateTime::<Utc>::UNIX_EPOCH, request.end)
-        .await?;
-    let settled: Vec<_> = history
-        .iter()
-        .filter(|t| t.status == TransferStatus::Success)
-        .collect();
-    let side = ChainSide {
-        balance: net_of(&address, settled.iter().copied()),
-        settled: settled
+    let before_start = chain.height_at(&network, request.start).await?;
+    let height = chain.height_at(&network, request.end).await?;
+    let settled = chain.settled_between(&network, &address, 0, height).await?;
+    let side = ChainAsOf {
+        height,
+        balance: net_of(&address, settled.iter()),
+        window: settled
             .iter()
-            .filter(|t| t.created_at >= request.start)
+            .filter(|t| t.block_number.is_some_and(|b| b > before_start))
             .map(|t| t.hash.clone())
             .collect(),
-        height: None,
+        settled,
+        reconciled_until: None,
     };
     compare_with_chain(
         conn,
@@ -379,6 +384,7 @@ pub async fn reconcile_chain(
         currency,
         (request.start, request.end),
         side,
+        false,
     )
     .await
 }
@@ -397,8 +403,9 @@ fn net_of<'a>(address: &str, transfers: impl Iterator<Item = &'a ChainTransfer>)
     })
 }
 
-/// Reconciles a crypto wallet from its last matched scheduled run to now, reading only
-/// what the chain settled since that run's height and the journal since its end time.
+/// Reconciles a crypto wallet from its last clean scheduled run (its checkpoint) to now,
+/// reading only what the chain settled above that run's height and the journal since its
+/// end time. A run is a checkpoint when it matched with nothing in transit.
 pub async fn reconcile_since_checkpoint(
     conn: &mut AsyncPgConnection,
     currencies: &CurrencyRegistry,
@@ -421,95 +428,198 @@ pub async fn reconcile_since_checkpoint(
         Some(c) => (c.end_time, c.chain_height.unwrap_or(0), c.external_balance),
         None => (wallet.created_at, 0, Decimal::ZERO),
     };
-    let tip = chain.tip(&network).await?;
+    // The end first, then the chain as it was then: a block mined meanwhile is the next
+    // run's.
     let end = Utc::now().max(start);
+    let height = chain.height_at(&network, end).await?.max(after);
     let settled = chain
-        .settled_between(&network, &address, after, tip)
+        .settled_between(&network, &address, after, height)
         .await?;
-    let side = ChainSide {
+    let side = ChainAsOf {
+        height,
         balance: opening + net_of(&address, settled.iter()),
-        settled: settled.iter().map(|t| t.hash.clone()).collect(),
-        height: Some(tip),
+        window: settled.iter().map(|t| t.hash.clone()).collect(),
+        settled,
+        reconciled_until: checkpoint.map(|c| c.end_time),
     };
-    compare_with_chain(conn, chain, &wallet, currency, (start, end), side).await
+    compare_with_chain(conn, chain, &wallet, currency, (start, end), side, true).await
 }
 
-/// Compares the journal over the window with the chain's side and records the outcome.
+/// A movement on its way at a window's end: on one side already, on the other later.
+struct InTransit {
+    hash: String,
+    /// What it does to the balance: a deposit's amount (on chain, not yet credited), or
+    /// a withdrawal's amount and fee, negative (debited, not yet paid out on chain).
+    effect: Decimal,
+}
+
+impl InTransit {
+    /// How much higher the chain's balance is than the ledger's because of it.
+    fn explains(&self) -> Decimal {
+        self.effect.abs()
+    }
+}
+
+/// What the journal says about the chain transfers behind a wallet, as of a moment.
+#[derive(QueryableByName)]
+struct JournaledTransfer {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    hash: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    kind: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    hold: bool,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    status: String,
+    #[diesel(sql_type = Numeric)]
+    moved: Decimal,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+}
+
+/// Compares the journal as of the window's end with the chain as of then, and records the
+/// outcome. `checkpoint`: a scheduled run, which becomes the next run's starting point if
+/// it matched with nothing in transit.
 async fn compare_with_chain(
     conn: &mut AsyncPgConnection,
     chain: &dyn Chain,
     wallet: &Wallet,
     currency: &Currency,
     (start, end): (DateTime<Utc>, DateTime<Utc>),
-    side: ChainSide,
+    side: ChainAsOf,
+    checkpoint: bool,
 ) -> Result<Reconciliation, LedgerError> {
     let network = wallet.network.clone().unwrap_or_default();
-    // Chain transfers behind the window's balance changes (holds change nothing; a
-    // failed withdrawal's debit and refund share one hash).
-    let ledger_period: BTreeSet<String> = transactions::table
-        .filter(transactions::wallet_id.eq(wallet.id))
-        .filter(transactions::hold.eq(false))
-        .filter(transactions::created_at.between(start, end))
-        .select(transactions::chain_tx_hash)
-        .load::<Option<String>>(conn)
-        .await?
-        .into_iter()
-        .flatten()
-        .collect();
-    // Journal rows whose transfer the chain does not know at all, or has not settled yet
-    // (a withdrawal on its way). A failed transfer's debit and refund cancel out.
-    let mut ledger_only = Vec::new();
-    for hash in ledger_period.iter().filter(|h| !side.settled.contains(*h)) {
-        let known = chain.transfer(&network, hash).await?;
-        if known.is_none_or(|t| t.status == TransferStatus::Pending) {
-            ledger_only.push(hash.clone());
+    let address = wallet.address.clone().unwrap_or_default();
+    let on_chain: std::collections::HashMap<&str, &ChainTransfer> =
+        side.settled.iter().map(|t| (t.hash.as_str(), t)).collect();
+
+    // Every journal row carrying a chain transfer of this wallet since the last clean
+    // checkpoint: credits, debits, refunds and deposit holds.
+    let journaled: Vec<JournaledTransfer> = diesel::sql_query(
+        "SELECT chain_tx_hash AS hash, type AS kind, hold, status, amount + fee AS moved, created_at
+           FROM transactions
+          WHERE wallet_id = $1 AND chain_tx_hash IS NOT NULL
+            AND ($2::timestamptz IS NULL OR created_at > $2)
+            AND (NOT hold OR type = 'DEPOSIT')",
+    )
+    .bind::<BigInt, _>(wallet.id)
+    .bind::<diesel::sql_types::Nullable<Timestamptz>, _>(side.reconciled_until)
+    .load(conn)
+    .await?;
+    let posted = |hash: &str, kind: &str| {
+        journaled
+            .iter()
+            .find(|j| j.hash == hash && j.kind == kind && !j.hold)
+    };
+
+    let mut in_transit: Vec<InTransit> = Vec::new();
+    let mut chain_only: Vec<String> = Vec::new();
+    let mut ledger_only: Vec<String> = Vec::new();
+    // Deposits on chain by the window's end: credited by then, on their way (credited
+    // later, or still confirming), or unknown to the ledger.
+    for t in side.settled.iter().filter(|t| t.to_address == address) {
+        match posted(&t.hash, "DEPOSIT") {
+            Some(credit) if credit.created_at <= end => {}
+            Some(_) => in_transit.push(InTransit {
+                hash: t.hash.clone(),
+                effect: t.amount,
+            }),
+            None if journaled
+                .iter()
+                .any(|j| j.hash == t.hash && j.hold && j.status == "PENDING") =>
+            {
+                in_transit.push(InTransit {
+                    hash: t.hash.clone(),
+                    effect: t.amount,
+                })
+            }
+            None if side.window.contains(&t.hash) => chain_only.push(t.hash.clone()),
+            None => {}
         }
     }
+    // Outflows on chain the ledger never debited.
+    for t in side.settled.iter().filter(|t| t.from_address == address) {
+        if posted(&t.hash, "WITHDRAW").is_none() && side.window.contains(&t.hash) {
+            chain_only.push(t.hash.clone());
+        }
+    }
+    // Debits by the window's end whose transfer was not mined by then: on their way
+    // (mined, failed or still pending since, or signed and waiting to be sent again), or
+    // unknown to the chain. One refunded by the end cancels out.
+    for debit in journaled
+        .iter()
+        .filter(|j| !j.hold && j.kind == "WITHDRAW" && j.created_at <= end)
+    {
+        let refunded = journaled
+            .iter()
+            .any(|j| j.hash == debit.hash && j.kind == "REFUND" && j.created_at <= end);
+        if refunded || on_chain.contains_key(debit.hash.as_str()) {
+            continue;
+        }
+        let known = chain.transfer(&network, &debit.hash).await?.is_some();
+        let in_flight = known || holds_processing(conn, wallet.id, &debit.hash).await?;
+        if in_flight {
+            in_transit.push(InTransit {
+                hash: debit.hash.clone(),
+                effect: -debit.moved,
+            });
+        } else if debit.created_at >= start {
+            ledger_only.push(debit.hash.clone());
+        }
+    }
+    // Credits of the window for transfers the chain had not settled by its end.
+    for credit in journaled
+        .iter()
+        .filter(|j| !j.hold && j.kind == "DEPOSIT" && j.created_at >= start && j.created_at <= end)
+    {
+        if !on_chain.contains_key(credit.hash.as_str()) {
+            ledger_only.push(credit.hash.clone());
+        }
+    }
+
     conn.build_transaction()
         .repeatable_read()
         .run(async |conn| {
             let mut period = summarize_period(conn, wallet.id, start, end).await?;
             period.system_balance = money::at_scale(period.system_balance, currency);
-            let journaled: BTreeSet<String> = transactions::table
-                .filter(transactions::wallet_id.eq(wallet.id))
-                .filter(transactions::hold.eq(false))
-                .filter(
-                    transactions::chain_tx_hash
-                        .eq_any(side.settled.iter().cloned().collect::<Vec<_>>()),
-                )
-                .select(transactions::chain_tx_hash.assume_not_null())
-                .load::<String>(conn)
-                .await?
-                .into_iter()
-                .collect();
-            let chain_only: Vec<&String> = side.settled.difference(&journaled).collect();
-
             let chain_balance = money::at_scale(side.balance, currency);
             let difference = chain_balance - period.system_balance;
-            let within_tolerance = difference.abs() <= currency.reconciliation_tolerance;
+            let transit: Decimal = in_transit.iter().map(InTransit::explains).sum();
+            let unexplained = difference - transit;
+            let within_tolerance = unexplained.abs() <= currency.reconciliation_tolerance;
             let mut reasons = Vec::new();
             if let Some(broken) = &period.inconsistency {
                 reasons.push(broken.clone());
             }
             if !chain_only.is_empty() {
                 reasons.push(format!(
-                    "{} transfer(s) on chain are not in the ledger (not yet credited, or unknown to the service)",
+                    "{} transfer(s) on chain are not in the ledger",
                     chain_only.len()
                 ));
             }
             if !ledger_only.is_empty() {
                 reasons.push(format!(
-                    "{} ledger row(s) have no settled transfer on chain (unknown, or not yet mined)",
+                    "{} ledger row(s) have no transfer on chain",
                     ledger_only.len()
                 ));
             }
             if !within_tolerance {
                 reasons.push(format!(
-                    "the chain balance is {} {} {} than the ledger's {}",
-                    difference.abs(),
+                    "the chain balance is {} {} {} than the ledger's {}{}",
+                    unexplained.abs(),
                     currency.code,
-                    if difference > Decimal::ZERO { "higher" } else { "lower" },
-                    period.system_balance
+                    if unexplained > Decimal::ZERO {
+                        "higher"
+                    } else {
+                        "lower"
+                    },
+                    period.system_balance,
+                    if in_transit.is_empty() {
+                        String::new()
+                    } else {
+                        " beyond what was in transit".into()
+                    }
                 ));
             }
             let status = if reasons.is_empty() {
@@ -519,18 +629,30 @@ async fn compare_with_chain(
             };
             let unmatched: Vec<Option<String>> = chain_only
                 .iter()
-                .map(|h| Some((*h).clone()))
-                .chain(ledger_only.iter().map(|h| Some(h.clone())))
+                .chain(ledger_only.iter())
+                .map(|h| Some(h.clone()))
                 .collect();
-            let notes = format!(
-                "address {} on {network}: {} settled transfer(s) in the window; \
-                 ledger opening balance {}, {} movement(s); tolerance {}",
-                wallet.address.as_deref().unwrap_or_default(),
-                side.settled.len(),
+            let mut notes = format!(
+                "address {address} on {network} at height {}: {} settled transfer(s) in the \
+                 window; ledger opening balance {}, {} movement(s); tolerance {}",
+                side.height,
+                side.window.len(),
                 period.opening,
                 period.movements,
                 currency.reconciliation_tolerance
             );
+            if !in_transit.is_empty() {
+                notes.push_str(&format!(
+                    "; in transit at the window's end: {}",
+                    in_transit
+                        .iter()
+                        .map(|t| format!("{} ({:+})", t.hash, t.effect))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
+            // Only a clean run is a checkpoint: the next one starts from its height.
+            let clean = status == ReconciliationStatus::Matched && in_transit.is_empty();
             record(
                 conn,
                 Outcome {
@@ -545,12 +667,30 @@ async fn compare_with_chain(
                     notes,
                     mismatch_reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
                     unmatched,
-                    chain_height: side.height,
+                    chain_height: (checkpoint && clean).then_some(side.height),
                 },
             )
             .await
         })
         .await
+}
+
+/// Whether the wallet's withdrawal with this chain hash is still on its way (signed,
+/// to be sent again if the chain lost it).
+async fn holds_processing(
+    conn: &mut AsyncPgConnection,
+    wallet_id: i64,
+    hash: &str,
+) -> Result<bool, LedgerError> {
+    let status: Option<super::TransactionStatus> = transactions::table
+        .filter(transactions::wallet_id.eq(wallet_id))
+        .filter(transactions::hold.eq(true))
+        .filter(transactions::chain_tx_hash.eq(hash))
+        .select(transactions::status)
+        .first(conn)
+        .await
+        .optional()?;
+    Ok(status == Some(super::TransactionStatus::Processing))
 }
 
 /// Wallets the scheduled job reconciles at once.
