@@ -250,3 +250,78 @@ async fn wallet_of_each_transaction_is_batched() {
     // The page query and one wallet query, each with the pool's connection check.
     assert_eq!(costs, [4, 4], "statements for pages of 10 and 100");
 }
+
+/// Rows sharing one timestamp (a group-commit batch stamps every row of a wallet with the
+/// same time) are walked by their ids: every row exactly once, in order, with pages of 1
+/// and 7, forward and backward; and `createdFrom`/`createdTo` equal to that timestamp
+/// include them.
+#[tokio::test(flavor = "multi_thread")]
+async fn rows_with_equal_timestamps_are_walked_by_cursor() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "USD").await;
+    t.deposit(&w, "1.00", "before").await;
+    // Twenty deposits committed as one batch would be: one timestamp, ids in order.
+    let pg = t.db.client().await;
+    pg.execute(
+        "WITH w AS (SELECT id, balance FROM wallets WHERE user_id = 'alice')
+         INSERT INTO transactions (wallet_id, type, amount, balance_before, balance_after,
+                                   status, tx_hash, created_at, updated_at)
+         SELECT w.id, 'DEPOSIT', 1.00, w.balance + g - 1, w.balance + g, 'COMPLETED',
+                'same-' || lpad(g::text, 2, '0'),
+                '2030-01-01 00:00:00.123456+00', '2030-01-01 00:00:00.123456+00'
+           FROM w, generate_series(1, 20) AS g ORDER BY g",
+        &[],
+    )
+    .await
+    .unwrap();
+    pg.execute(
+        "UPDATE wallets SET balance = balance + 20, updated_at = '2030-01-01 00:00:00.123456+00'
+          WHERE user_id = 'alice'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let same: Vec<String> = (1..=20).map(|g| format!("same-{g:02}")).collect();
+    let mut all = vec!["before".to_owned()];
+    all.extend(same.iter().cloned());
+    let stamps: std::collections::BTreeSet<String> = {
+        let data = t
+            .ok(
+                &t.operator(),
+                PAGE,
+                json!({"w": w, "first": 100, "filter": {"createdFrom": "2029-01-01T00:00:00Z"}}),
+            )
+            .await;
+        data["transactions"]["edges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["node"]["createdAt"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(stamps.len(), 1, "one shared timestamp: {stamps:?}");
+
+    for size in [1, 7] {
+        for backward in [false, true] {
+            assert_eq!(
+                walk(&t, &w, size, backward, &json!(null)).await,
+                all,
+                "page size {size}, backward {backward}"
+            );
+        }
+    }
+    // Both bounds are inclusive, to the microsecond.
+    let exactly = json!({"createdFrom": "2030-01-01T00:00:00.123456Z", "createdTo": "2030-01-01T00:00:00.123456Z"});
+    for size in [1, 7] {
+        assert_eq!(walk(&t, &w, size, false, &exactly).await, same);
+        assert_eq!(walk(&t, &w, size, true, &exactly).await, same);
+    }
+    let up_to = json!({"createdTo": "2030-01-01T00:00:00.123456Z"});
+    assert_eq!(walk(&t, &w, 7, false, &up_to).await, all);
+    let just_before = json!({"createdTo": "2030-01-01T00:00:00.123455Z"});
+    assert_eq!(
+        walk(&t, &w, 7, false, &just_before).await,
+        vec!["before".to_owned()]
+    );
+    assert_eq!(t.assert_chain(&w).await, 21);
+}

@@ -67,9 +67,34 @@ async fn movements_and_the_listener_use_indexes_under_generic_plans() {
     // Replays and refusals take the same lookups.
     t.deposit(&wallet, "1.00", "dep-0").await;
     t.withdraw(&t.operator(), &wallet, "1000", "too-much").await;
-    // The listener's reads; backends report their counters at most once a second.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
     assert_eq!(t.balance(&wallet).await, "6.00");
+    // A backend reports its scan counters at most once a second, and always when it
+    // ends: end every session of the service (pool and listener), then read them.
+    let TestApp {
+        db, app, router, ..
+    } = t;
+    drop((app, router));
+    let name = db.name.clone();
+    common::wait_until(
+        "the service's sessions end",
+        Duration::from_secs(30),
+        || {
+            let (pg, name) = (&pg, &name);
+            async move {
+                let others: i64 = pg
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = $1 AND pid <> pg_backend_pid()",
+                        &[name],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                others == 0
+            }
+        },
+    )
+    .await;
     assert_eq!(
         seq_scans(&pg, "transactions").await,
         transactions_before,

@@ -4,14 +4,15 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::ws::{Event, LEGACY_WS, TRANSPORT_WS, WsClient};
-use common::{TestApp, error_code, serve};
+use common::{TestApp, error_code, serve, wait_until};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use wallet::app::{App, AppState};
 use wallet::auth::{Role, Viewer};
+use wallet::events::listener::ListenerState;
 use wallet::events::{EventBus, Notice, Payload};
 use wallet::ledger::Scope;
 
@@ -24,11 +25,12 @@ const REC_SUB: &str = "subscription($w: ID) { reconciliationCompleted(walletId: 
 
 /// Waits until `app` has at least `n` live subscriptions: from then on, events reach them.
 async fn subscribed(app: &App, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while app.state.events.subscriber_count() < n {
-        assert!(Instant::now() < deadline, "subscriptions did not start");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_until(
+        "the subscriptions start",
+        Duration::from_secs(10),
+        || async { app.state.events.subscriber_count() >= n },
+    )
+    .await;
 }
 
 /// The next `n` data messages, grouped by operation id.
@@ -165,21 +167,13 @@ async fn events_reach_subscribers_of_another_instance() {
     ws.subscribe("tx", TX_SUB, json!({ "w": wallet })).await;
     subscribed(&other, 1).await;
 
+    // (How fast: the fan-out benchmark measures it.)
     for i in 1..=3 {
-        let started = Instant::now();
         t.deposit(&wallet, "2.50", &format!("dep-{i}")).await;
-        let event = ws
-            .next_within(Duration::from_secs(1))
-            .await
-            .expect("delivered within a second");
-        let Event::Message(m) = event else {
-            panic!("expected data, got {event:?}")
-        };
         assert_eq!(
-            m["payload"]["data"]["transactionUpdated"]["txHash"],
+            ws.data("tx").await["transactionUpdated"]["txHash"],
             format!("dep-{i}")
         );
-        assert!(started.elapsed() < Duration::from_secs(1));
     }
 }
 
@@ -197,16 +191,41 @@ async fn the_listener_reconnects_and_catches_up() {
                         WHERE application_name = $1 AND datname = current_database()";
     let name = wallet::events::listener::APPLICATION_NAME;
     let old: i32 = pg.query_one(listener_pid, &[&name]).await.unwrap().get(0);
+    // Keep the listener out: no new session may connect to this database for now (the
+    // pool's sessions are already open), then end the listener's session.
+    let admin = common::admin_client().await;
+    let allow = |yes: bool| format!("ALTER DATABASE {} WITH ALLOW_CONNECTIONS {yes}", t.db.name);
+    admin.batch_execute(&allow(false)).await.unwrap();
     let killed: bool = pg
         .query_one("SELECT pg_terminate_backend($1)", &[&old])
         .await
         .unwrap()
         .get(0);
     assert!(killed);
+    let listener = t.app.listener.clone();
+    wait_until("the listener notices", Duration::from_secs(10), || async {
+        listener.state() != ListenerState::Listening
+    })
+    .await;
     // Committed while the listener is down: its NOTIFYs reach nobody.
     for i in 1..=3 {
         t.deposit(&wallet, "1.00", &format!("while-down-{i}")).await;
     }
+    assert_ne!(
+        listener.state(),
+        ListenerState::Listening,
+        "the deposits were committed while the listener was away"
+    );
+    // Not ready meanwhile: subscribers here would wait for events.
+    let (status, _, _) = t
+        .send(
+            axum::http::Request::get("/readyz")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(status, axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    admin.batch_execute(&allow(true)).await.unwrap();
     for i in 1..=3 {
         let tx = ws.data("tx").await;
         assert_eq!(
@@ -264,7 +283,7 @@ async fn the_session_ends_when_its_token_expires() {
     );
     let mut ws = WsClient::authenticated(&url, &token).await;
     ws.subscribe("tx", TX_SUB, json!({})).await;
-    let started = Instant::now();
+    let started = std::time::Instant::now();
     match ws.next_within(Duration::from_secs(5)).await {
         Some(Event::Closed(code, reason)) => {
             assert_eq!(code, 4401);
@@ -526,12 +545,30 @@ async fn flood(t: &TestApp, bus: &EventBus, topic_wallet: &str, n: usize) {
     }
 }
 
+/// Polls a subscription until it is registered on the bus (it yields nothing before).
+async fn started(
+    stream: &mut (impl futures_util::Stream<Item = async_graphql::Response> + Unpin),
+    bus: &EventBus,
+) {
+    let registered = async {
+        while bus.subscriber_count() == 0 {
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::select! {
+        _ = stream.next() => panic!("nothing was published yet"),
+        () = registered => {}
+        _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("the subscription never started"),
+    }
+    assert_eq!(bus.subscriber_count(), 1);
+}
+
 async fn pending_or_next(
     stream: &mut (impl futures_util::Stream<Item = async_graphql::Response> + Unpin),
 ) -> Option<async_graphql::Response> {
     tokio::select! {
         r = stream.next() => r,
-        _ = tokio::time::sleep(Duration::from_millis(200)) => panic!("stream is pending"),
+        _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("stream is pending"),
     }
 }
 
@@ -548,11 +585,7 @@ async fn a_lagging_transaction_subscriber_gets_an_error_and_the_stream_ends() {
         });
     let mut stream = schema.execute_stream(request);
     // Let the subscription start; it has nothing to yield yet.
-    tokio::select! {
-        _ = stream.next() => panic!("nothing was published yet"),
-        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-    }
-    assert_eq!(bus.subscriber_count(), 1);
+    started(&mut stream, &bus).await;
     // The subscriber does not read while 10 events arrive: the bus keeps only 4.
     flood(&t, &bus, "transaction", 10).await;
     let lagged = pending_or_next(&mut stream).await.unwrap();
@@ -594,10 +627,7 @@ async fn a_lagging_wallet_subscriber_skips_to_the_current_state() {
         role: Role::User,
     });
     let mut stream = schema.execute_stream(request);
-    tokio::select! {
-        _ = stream.next() => panic!("nothing was published yet"),
-        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
-    }
+    started(&mut stream, &bus).await;
     flood(&t, &bus, "wallet", 10).await;
     // The current wallet (from the database), then the events still buffered.
     let first = pending_or_next(&mut stream).await.unwrap();
@@ -638,14 +668,11 @@ async fn a_long_transaction_in_another_database_does_not_delay_events() {
     assert!(xid > 0, "the open transaction holds an xid");
 
     t.deposit(&wallet, "1.00", "while-next-door-is-busy").await;
-    let event = ws.next_within(Duration::from_secs(1)).await;
-    match event {
-        Some(Event::Message(m)) => assert_eq!(
-            m["payload"]["data"]["transactionUpdated"]["txHash"],
-            "while-next-door-is-busy"
-        ),
-        other => panic!("expected the event within a second, got {other:?}"),
-    }
+    // Delivered while the other database's transaction is still open.
+    assert_eq!(
+        ws.data("tx").await["transactionUpdated"]["txHash"],
+        "while-next-door-is-busy"
+    );
     long.rollback().await.unwrap();
 }
 
@@ -738,4 +765,84 @@ async fn confirmation_progress_of_a_deposit_is_pushed_block_by_block() {
     // Nothing more for this deposit.
     mine().await;
     assert!(ws.next_within(Duration::from_millis(300)).await.is_none());
+}
+
+/// Movements committed concurrently through two processes: every subscriber, on either
+/// process, receives every one exactly once, and each wallet's in the order its balance
+/// changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_subscriber_gets_every_event_once_and_in_order_from_two_processes() {
+    let options = common::Options {
+        pool_size: 20,
+        ..common::Options::default()
+    };
+    let t = TestApp::with(options.clone()).await;
+    let (other, other_router) = t.sibling_with(options).await;
+    let urls = [t.serve().await, serve(other_router.clone()).await];
+    let routers = [t.router.clone(), other_router];
+    let mut wallets = Vec::new();
+    for user in ["a", "b", "c"] {
+        wallets.push(t.create_wallet(user, "USD").await);
+    }
+    const SUB: &str =
+        "subscription { transactionUpdated { txHash walletId balanceBefore balanceAfter } }";
+    let mut subscribers = Vec::new();
+    for url in urls.iter().chain(urls.iter()) {
+        let mut ws = WsClient::authenticated(url, &t.operator()).await;
+        ws.subscribe("tx", SUB, json!({})).await;
+        subscribers.push(ws);
+    }
+    subscribed(&t.app, 2).await;
+    subscribed(&other, 2).await;
+
+    const MOVEMENTS: usize = 120;
+    let operator = t.operator();
+    let sends = (0..MOVEMENTS).map(|i| {
+        let (router, wallet, operator) = (&routers[i % 2], &wallets[i % 3], &operator);
+        async move {
+            let body = common::gql_to(
+                router,
+                Some(operator),
+                common::DEPOSIT,
+                json!({"w": wallet, "a": format!("{}.00", 1 + i % 5), "k": format!("m-{i}")}),
+            )
+            .await;
+            assert!(body.get("errors").is_none(), "{body}");
+        }
+    });
+    futures_util::future::join_all(sends).await;
+
+    let expected: std::collections::BTreeSet<String> =
+        (0..MOVEMENTS).map(|i| format!("m-{i}")).collect();
+    for (n, ws) in subscribers.iter_mut().enumerate() {
+        let mut received = Vec::new();
+        let mut last_balance: HashMap<String, rust_decimal::Decimal> = HashMap::new();
+        while received.len() < MOVEMENTS {
+            let event = ws.data("tx").await["transactionUpdated"].clone();
+            let wallet = event["walletId"].as_str().unwrap().to_owned();
+            let dec = |k: &str| {
+                event[k]
+                    .as_str()
+                    .unwrap()
+                    .parse::<rust_decimal::Decimal>()
+                    .unwrap()
+            };
+            let previous = last_balance.get(&wallet).copied().unwrap_or_default();
+            assert_eq!(
+                dec("balanceBefore"),
+                previous,
+                "subscriber {n}: out of order: {event}"
+            );
+            last_balance.insert(wallet, dec("balanceAfter"));
+            received.push(event["txHash"].as_str().unwrap().to_owned());
+        }
+        let distinct: std::collections::BTreeSet<String> = received.iter().cloned().collect();
+        assert_eq!(distinct.len(), MOVEMENTS, "subscriber {n}: a duplicate");
+        assert_eq!(distinct, expected, "subscriber {n}");
+        // And nothing more.
+        assert!(
+            ws.next_within(Duration::from_millis(300)).await.is_none(),
+            "subscriber {n}: an extra event"
+        );
+    }
 }

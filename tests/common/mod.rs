@@ -36,7 +36,7 @@ fn url_for(db: &str) -> String {
     format!("{prefix}/{db}")
 }
 
-async fn admin_client() -> tokio_postgres::Client {
+pub async fn admin_client() -> tokio_postgres::Client {
     let config = tokio_postgres::Config::from_str(&server_url()).expect("valid test URL");
     let (client, conn) = config
         .connect(tokio_postgres::NoTls)
