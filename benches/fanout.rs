@@ -3,7 +3,8 @@
 //! Starts two real server processes on one fresh database: N websocket subscribers on
 //! process A follow one wallet's `transactionUpdated`; deposits into that wallet are sent
 //! to process B at a fixed interval. Reports the delivery latency (deposit request sent →
-//! event received, over every subscriber × deposit) and process A's memory.
+//! event received, over every subscriber × deposit) and process A's memory, and fails
+//! unless every subscriber received every deposit exactly once, in balance order.
 //!
 //! cargo bench --bench fanout -- [--subscribers 1000] [--deposits 500] [--interval-ms 10]
 //!
@@ -144,6 +145,11 @@ async fn run(args: Args) {
         subscribers.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(expected);
             let mut received = 0;
+            // How often each deposit arrived, and arrivals whose balance did not follow
+            // the one before.
+            let mut seen = vec![0u32; expected + 1];
+            let mut out_of_order = 0usize;
+            let mut last_balance = rust_decimal::Decimal::ZERO;
             while let Some(Ok(frame)) = ws.next().await {
                 let Message::Text(text) = frame else { continue };
                 let at = Instant::now();
@@ -161,9 +167,21 @@ async fn run(args: Args) {
                 else {
                     continue;
                 };
+                let balance = text
+                    .split_once(r#""balanceAfter":""#)
+                    .and_then(|(_, rest)| rest.split('"').next())
+                    .and_then(|b| b.parse::<rust_decimal::Decimal>().ok())
+                    .unwrap_or_default();
+                if balance <= last_balance {
+                    out_of_order += 1;
+                }
+                last_balance = balance;
                 if n == 0 {
                     let _ = ready.send(());
                     continue;
+                }
+                if let Some(count) = seen.get_mut(n) {
+                    *count += 1;
                 }
                 if let Some(t0) = sent.get(n).and_then(|s| s.get()) {
                     latencies.push(at.duration_since(*t0));
@@ -173,7 +191,7 @@ async fn run(args: Args) {
                     break;
                 }
             }
-            latencies
+            (latencies, seen, out_of_order)
         }));
     }
     drop(ready_tx);
@@ -229,9 +247,22 @@ async fn run(args: Args) {
     let send_time = started.elapsed();
 
     let mut latencies = Vec::with_capacity(args.subscribers * args.deposits);
-    for s in subscribers {
-        if let Ok(Ok(l)) = tokio::time::timeout(Duration::from_secs(30), s).await {
-            latencies.extend(l);
+    let mut failures = Vec::new();
+    for (i, s) in subscribers.into_iter().enumerate() {
+        match tokio::time::timeout(Duration::from_secs(30), s).await {
+            Ok(Ok((l, seen, out_of_order))) => {
+                latencies.extend(l);
+                let missing = seen[1..].iter().filter(|&&c| c == 0).count();
+                let duplicated = seen[1..].iter().filter(|&&c| c > 1).count();
+                if missing + duplicated + out_of_order > 0 {
+                    failures.push(format!(
+                        "subscriber {i}: {missing} missing, {duplicated} duplicated, {out_of_order} out of order"
+                    ));
+                }
+            }
+            _ => failures.push(format!(
+                "subscriber {i}: did not receive every event within 30 s"
+            )),
         }
     }
     let (rss_end, rss_peak) = a.memory();
@@ -274,4 +305,10 @@ async fn run(args: Args) {
     let _ = admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .await;
+    assert!(
+        failures.is_empty(),
+        "every subscriber must receive every deposit exactly once, in balance order:\n{}",
+        failures.join("\n")
+    );
+    println!("  every subscriber received every deposit exactly once, in balance order");
 }
