@@ -1,4 +1,4 @@
-//! Subscription fan-out benchmark (issue #3).
+//! Subscription fan-out benchmark.
 //!
 //! Starts two real server processes on one fresh database: N websocket subscribers on
 //! process A follow one wallet's `transactionUpdated`; deposits into that wallet are sent

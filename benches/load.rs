@@ -1,4 +1,4 @@
-//! Load benchmark (issue #5): the service against the best the same Postgres does with raw
+//! Load benchmark: the service against the best the same Postgres does with raw
 //! SQL, in the same run.
 //!
 //! Starts one `wallet serve` process on a fresh database, prepares the data, drives the

@@ -1,4 +1,4 @@
-//! Bearer tokens (HS256 JWT, SPEC §4) and the identity of a caller.
+//! Bearer tokens (HS256 JWT) and the identity of a caller.
 
 use std::fmt;
 use std::str::FromStr;

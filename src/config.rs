@@ -1,4 +1,5 @@
-//! Runtime configuration from the environment (names fixed by SPEC §5) and flags.
+//! Runtime configuration from the environment and flags. The variables' names are fixed:
+//! deployments and scripts rely on them.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

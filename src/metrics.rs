@@ -1,4 +1,4 @@
-//! Prometheus metrics on `/metrics` (SPEC §5): request counts and latencies by route, and
+//! Prometheus metrics on `/metrics`: request counts and latencies by route, and
 //! gauges read from the running service when scraped.
 
 use std::sync::OnceLock;

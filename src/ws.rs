@@ -246,7 +246,7 @@ impl Session {
         Ok(())
     }
 
-    /// The token of `connection_init` (SPEC §4: `{"Authorization": "Bearer …"}`).
+    /// The token of `connection_init` (`{"Authorization": "Bearer …"}`).
     fn authenticate(&self, payload: &Value) -> Result<(Viewer, u64), Close> {
         let header = payload.as_object().and_then(|p| {
             p.iter()

@@ -1,4 +1,4 @@
-//! Access control (SPEC §4): users see and touch only their own wallets; another user's
+//! Access control: users see and touch only their own wallets; another user's
 //! wallet is NOT_FOUND, never a hint that it exists. Bad tokens are refused.
 
 mod common;

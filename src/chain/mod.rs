@@ -1,5 +1,5 @@
 //! What the ledger needs from a blockchain, behind one trait, so that the simulated chain
-//! and real node clients are interchangeable (SPEC §6).
+//! and real node clients are interchangeable.
 
 pub mod simulated;
 

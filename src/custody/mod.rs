@@ -1,4 +1,4 @@
-//! Custody (SPEC §6): one BIP39 seed, kept outside the database, from which every deposit
+//! Custody: one BIP39 seed, kept outside the database, from which every deposit
 //! address is derived — BIP84 (native segwit, bech32) for bitcoin, BIP44 with EIP-55
 //! checksums for ethereum. The database stores the derivation path and the address only.
 

@@ -1,5 +1,5 @@
 //! Live events: what changed in the ledger, delivered to subscribers of every server
-//! process (SPEC §3 "Subscriptions").
+//! process.
 //!
 //! The path is a transactional outbox: triggers write an `events` row in the same database
 //! transaction as the change (see the migration), Postgres NOTIFYs at commit, and each

@@ -1,4 +1,4 @@
-//! Translation of failures into GraphQL errors with `extensions.code` (SPEC §3).
+//! Translation of failures into GraphQL errors with `extensions.code`.
 
 use async_graphql::{Error, ErrorExtensions};
 

@@ -1,4 +1,4 @@
-//! The GraphQL API (SPEC §3): schema assembly and the helpers resolvers share.
+//! The GraphQL API: schema assembly and the helpers resolvers share.
 //!
 //! Resolvers stay thin: decode ids and arguments, check the caller, call one ledger
 //! function, wrap the result.

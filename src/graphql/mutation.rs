@@ -1,4 +1,4 @@
-//! Mutation root: each mutation takes one `input` object (SPEC §3).
+//! Mutation root: each mutation takes one `input` object.
 
 use async_graphql::{Context, ID, InputObject, Object, Result};
 use chrono::{DateTime, Utc};

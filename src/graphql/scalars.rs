@@ -1,4 +1,4 @@
-//! The `Decimal` scalar: exact amounts as JSON strings (SPEC §2).
+//! The `Decimal` scalar: exact amounts as JSON strings.
 
 use async_graphql::{InputValueError, InputValueResult, Scalar, ScalarType, Value};
 use rust_decimal::Decimal;

@@ -1,4 +1,4 @@
-//! Subscription root (SPEC §3): live ledger events, filtered per caller.
+//! Subscription root: live ledger events, filtered per caller.
 //!
 //! Access is checked twice: at subscribe time (a `walletId` the caller cannot see is
 //! `NOT_FOUND`, as for queries) and on every event (a user only ever receives events of

@@ -1,4 +1,4 @@
-//! Output types of the API contract (SPEC §3): thin views over ledger rows.
+//! Output types of the API contract: thin views over ledger rows.
 
 use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ID, InputObject, Interface, Object, Result};

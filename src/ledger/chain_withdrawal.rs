@@ -1,5 +1,5 @@
 //! Crypto withdrawals: a state machine kept in the journal, each step committed before
-//! the side effect that follows it (SPEC §6).
+//! the side effect that follows it.
 //!
 //! 1. [`request`] (`cryptoWithdraw`): one database transaction locks amount + fee
 //!    (`lockedBalance`) and journals the withdrawal as a hold, PENDING.

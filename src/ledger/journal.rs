@@ -11,7 +11,7 @@ use super::{
 };
 use crate::schema::{transactions, wallets};
 
-/// Filters of SPEC §3 `transactions(filter: …)`. Time bounds are inclusive.
+/// Filters of `transactions(filter: …)`. Time bounds are inclusive.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TransactionFilter {
     pub types: Option<Vec<TransactionType>>,
@@ -126,7 +126,7 @@ impl ChainReport {
     }
 }
 
-/// Walks a wallet's whole journal in API order and checks the chain of SPEC §2: each row
+/// Walks a wallet's whole journal in API order and checks the journal chain: each row
 /// starts where the previous ended, moves by its signed amount, and the last one ends at
 /// the wallet's balance. Read in one snapshot so concurrent movements cannot tear it.
 pub async fn verify_chain(

@@ -3,7 +3,7 @@
 //! Every caller holds the wallet's row lock (taken with [`lock_wallet`]), so rows of one
 //! wallet are appended one at a time and each starts where the previous one ended. The
 //! wallet's `updated_at` never runs backwards and becomes the row's time, so ordering by
-//! `(created_at, id)` is the order in which the balance changed (the chain of SPEC §2).
+//! `(created_at, id)` is the order in which the balance changed (the journal chain).
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;

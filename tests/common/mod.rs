@@ -332,7 +332,7 @@ impl TestApp {
         data["wallet"]["balance"].as_str().unwrap().to_owned()
     }
 
-    /// Checks the SPEC §2 chain for a wallet via the API: pages through its whole history
+    /// Checks the journal chain for a wallet via the API: pages through its whole history
     /// in API order; each row starts where the previous ended, and the newest ends at the
     /// wallet's balance. Returns the number of rows.
     pub async fn assert_chain(&self, wallet: &str) -> usize {
