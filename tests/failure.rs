@@ -204,8 +204,10 @@ async fn lock_held_past_the_deadline(kind: Kind) {
         "answered by the deadline, took {took:?}: {body}"
     );
     let first = answer(status, &body);
-    // The lock was held throughout: nothing could have committed yet.
-    assert!(!matches!(first, Answer::Committed(_)), "{body}");
+    // The lock was held throughout: nothing could have committed. The lock timeout (a
+    // quarter of the request timeout) ends the wait while the request can still say so:
+    // a definite refusal.
+    assert_eq!(first, Answer::Refused("UNAVAILABLE".into()), "{body}");
 
     tokio::time::sleep(REQUEST_TIMEOUT.saturating_sub(took) + Duration::from_millis(500)).await;
     lock.rollback().await.unwrap();
@@ -225,7 +227,7 @@ async fn lock_held_past_the_deadline(kind: Kind) {
         Answer::Committed(_) => unreachable!(),
     }
 
-    // The same key again: the original if it committed after all, else now — once.
+    // The same key again, now that the wallet is free: applied, once.
     let (status, again) = case.send(&t, "held-1").await;
     let Answer::Committed(id) = answer(status, &again) else {
         panic!("with the lock gone the movement goes through: {again}");
@@ -496,4 +498,37 @@ async fn a_connection_dropped_inside_a_transaction_is_closed() {
     task.abort();
     let _ = task.await;
     wait_until("the lock is released", Duration::from_secs(3), try_lock).await;
+}
+
+/// Every pooled session runs under the configured limits (the lock timeout kept within a
+/// quarter of the request timeout).
+#[tokio::test]
+async fn pooled_sessions_run_under_their_limits() {
+    let t = TestApp::with(Options {
+        request_timeout: Duration::from_secs(8),
+        session_limits: SessionLimits {
+            lock_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_millis(12_345),
+            idle_in_transaction_timeout: Duration::from_millis(6_789),
+        },
+        ..Options::default()
+    })
+    .await;
+    use diesel_async::RunQueryDsl;
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        setting: String,
+    }
+    let mut conn = t.app.state.pool.get().await.unwrap();
+    let mut show = async |name: &str| {
+        diesel::sql_query(format!("SELECT current_setting('{name}') AS setting"))
+            .get_result::<Setting>(&mut conn)
+            .await
+            .unwrap()
+            .setting
+    };
+    assert_eq!(show("lock_timeout").await, "2s");
+    assert_eq!(show("statement_timeout").await, "12345ms");
+    assert_eq!(show("idle_in_transaction_session_timeout").await, "6789ms");
 }
