@@ -402,6 +402,10 @@ async fn abandoned_work_releases_its_locks_at_once() {
         }
     })
     .await;
+    // The caller still gets the truth: its movement, applied once.
+    let body = deposit.await.unwrap();
+    assert_eq!(body["data"]["deposit"]["txHash"], "abandoned", "{body}");
+    // And nothing was left behind holding a transaction open.
     let idle_in_transaction: i64 = pg
         .query_one(
             "SELECT count(*) FROM pg_stat_activity
@@ -412,9 +416,6 @@ async fn abandoned_work_releases_its_locks_at_once() {
         .unwrap()
         .get(0);
     assert_eq!(idle_in_transaction, 0);
-    // The caller still gets the truth: its movement, applied once.
-    let body = deposit.await.unwrap();
-    assert_eq!(body["data"]["deposit"]["txHash"], "abandoned", "{body}");
     assert_eq!(t.balance(&wallet).await, "6.00");
     assert_eq!(t.assert_chain(&wallet).await, 2);
 }
@@ -531,4 +532,70 @@ async fn pooled_sessions_run_under_their_limits() {
     assert_eq!(show("lock_timeout").await, "2s");
     assert_eq!(show("statement_timeout").await, "12345ms");
     assert_eq!(show("idle_in_transaction_session_timeout").await, "6789ms");
+}
+
+/// A batch blocked on one wallet (locked elsewhere) holds up that wallet's requests only:
+/// movements on other wallets are committed meanwhile, by batches of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_blocked_wallet_does_not_hold_up_the_others() {
+    let t = TestApp::with(Options {
+        session_limits: SessionLimits {
+            lock_timeout: Duration::from_secs(60),
+            ..SessionLimits::default()
+        },
+        request_timeout: Duration::from_secs(300),
+        ..Options::default()
+    })
+    .await;
+    let blocked = t.create_wallet("alice", "USD").await;
+    let free = t.create_wallet("bob", "USD").await;
+    let mut holder = t.db.client().await;
+    let lock = holder.transaction().await.unwrap();
+    lock.execute(
+        "SELECT 1 FROM wallets WHERE id = $1 FOR UPDATE",
+        &[&common::db_id(&blocked)],
+    )
+    .await
+    .unwrap();
+    let waiting = {
+        let (router, token, w) = (t.router.clone(), t.operator(), blocked.clone());
+        tokio::spawn(async move {
+            common::gql_to(
+                &router,
+                Some(&token),
+                common::DEPOSIT,
+                json!({"w": w, "a": "1.00", "k": "blocked"}),
+            )
+            .await
+        })
+    };
+    let pg = t.db.client().await;
+    let db = t.db.name.clone();
+    wait_until("the batch waits for the lock", Duration::from_secs(10), || {
+        let (pg, db) = (&pg, &db);
+        async move {
+            pg.query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+                &[db],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                == 1
+        }
+    })
+    .await;
+    for n in 0..20 {
+        let body = t.deposit(&free, "1.00", &format!("free-{n}")).await;
+        assert!(body.get("errors").is_none(), "{body}");
+    }
+    assert!(
+        !waiting.is_finished(),
+        "still blocked: the others did not wait for it"
+    );
+    assert_eq!(t.balance(&free).await, "20.00");
+    lock.rollback().await.unwrap();
+    let body = waiting.await.unwrap();
+    assert_eq!(body["data"]["deposit"]["txHash"], "blocked", "{body}");
+    assert_eq!(t.balance(&blocked).await, "1.00");
 }

@@ -10,10 +10,12 @@
 //! rows inserted with one multi-row insert, and one commit makes them all durable. A
 //! request is answered only after that commit, so an acknowledged movement is committed.
 //!
-//! Several batches run at once (one per *lane*), but a wallet is in at most one of them:
-//! requests for a wallet whose batch is still running wait for the next batch, in arrival
-//! order. So one slow or blocked wallet holds up its own requests only, and a process
-//! never contends with itself for a wallet lock.
+//! Normally one batch runs at a time and the next one takes everything that arrived
+//! meanwhile. When a batch stalls (a wallet locked elsewhere, say), further batches start
+//! beside it, up to one per *lane*; a wallet is in at most one running batch: requests for
+//! a wallet whose batch is still running wait for the next, in arrival order. So one slow
+//! or blocked wallet holds up its own requests only, and a process never contends with
+//! itself for a wallet lock.
 //!
 //! If a batch's transaction fails as a whole (a lost race on a key with another process,
 //! a deadlock, a lock wait past the timeout), each of its requests runs again on its own.
@@ -33,6 +35,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bool, Nullable, Numeric, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -205,15 +208,28 @@ impl Committer {
     }
 }
 
-/// The committer's loop: collects requests, starts a batch whenever a lane is free and
-/// some request's wallet is not in a batch already, and frees wallets as batches end.
+/// How long a batch may run before requests for other wallets stop waiting for it and
+/// start a batch of their own. A batch takes a few milliseconds; one that takes longer is
+/// blocked (a wallet locked elsewhere) or slow, and must not hold up everyone.
+const STALLED: Duration = Duration::from_millis(20);
+
+/// The committer's loop: collects requests and starts a batch when none is running —
+/// or, while the running ones have stalled, when a lane is free and some request's
+/// wallet is not in a running batch — and frees wallets as batches end. Waiting for the
+/// running batch is what makes batches big; starting another when it stalls is what
+/// keeps one blocked wallet from holding up the rest.
 async fn run(mut queue: mpsc::Receiver<Job>, shared: Arc<Shared>, lanes: usize) {
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut busy: HashSet<i64> = HashSet::new();
     let mut running: JoinSet<()> = JoinSet::new();
-    let mut wallets_of: HashMap<tokio::task::Id, Vec<i64>> = HashMap::new();
+    // The wallets of each running batch, and when it started.
+    let mut batches: HashMap<tokio::task::Id, (Vec<i64>, Instant)> = HashMap::new();
     let mut open = true;
     loop {
+        // The running batches have all stalled once the youngest has.
+        let youngest = batches.values().map(|(_, at)| *at).max();
+        let stalled_at = youngest.unwrap_or_else(Instant::now) + STALLED;
+        let may_spill = !running.is_empty() && running.len() < lanes && !pending.is_empty();
         tokio::select! {
             job = queue.recv(), if open => match job {
                 Some(job) => {
@@ -231,16 +247,19 @@ async fn run(mut queue: mpsc::Receiver<Job>, shared: Arc<Shared>, lanes: usize) 
                         e.id()
                     }
                 };
-                for wallet in wallets_of.remove(&id).unwrap_or_default() {
-                    busy.remove(&wallet);
+                if let Some((wallets, _)) = batches.remove(&id) {
+                    for wallet in wallets {
+                        busy.remove(&wallet);
+                    }
                 }
             }
+            () = tokio::time::sleep_until(stalled_at), if may_spill => {}
             else => break,
         }
         while let Ok(job) = queue.try_recv() {
             pending.push_back(job);
         }
-        while running.len() < lanes {
+        while running.is_empty() || (running.len() < lanes && stalled(&batches)) {
             let batch = take_batch(&mut pending, &busy);
             if batch.is_empty() {
                 break;
@@ -251,9 +270,15 @@ async fn run(mut queue: mpsc::Receiver<Job>, shared: Arc<Shared>, lanes: usize) 
             busy.extend(&wallets);
             let shared = shared.clone();
             let handle = running.spawn(async move { run_batch(&shared, batch).await });
-            wallets_of.insert(handle.id(), wallets);
+            batches.insert(handle.id(), (wallets, Instant::now()));
         }
     }
+}
+
+/// Whether every running batch has run for [`STALLED`] or longer.
+fn stalled(batches: &HashMap<tokio::task::Id, (Vec<i64>, Instant)>) -> bool {
+    let youngest = batches.values().map(|(_, at)| *at).max();
+    youngest.is_some_and(|at| at.elapsed() >= STALLED)
 }
 
 /// The next batch: waiting requests in arrival order whose wallet is not in a batch
