@@ -94,8 +94,9 @@ impl Default for SessionLimits {
 }
 
 impl SessionLimits {
+    /// The `SET`s for a new session (zero: no limit, as in Postgres).
     fn sql(&self) -> String {
-        let ms = |d: Duration| d.as_millis().max(1);
+        let ms = |d: Duration| d.as_millis();
         format!(
             "SET lock_timeout = {}; SET statement_timeout = {}; \
              SET idle_in_transaction_session_timeout = {}",

@@ -401,7 +401,9 @@ async fn execute(
         Ok(v) => v,
         Err(rejection) => return rejection.render(media),
     };
-    let mutation = selects_mutation(&request);
+    // Kept to tell, should the request run out of time, whether it was a mutation.
+    let mut operation = async_graphql::Request::new(request.query.clone());
+    operation.operation_name = request.operation_name.clone();
     let started = ExecutionStarted::default();
     let wallets = loaders::wallets(app.state.pool.clone());
     let mut request = request.data(started.clone()).data(wallets).data(deadline);
@@ -413,7 +415,7 @@ async fn execute(
     else {
         // Never a bare timeout: a mutation's work goes on in its own task, so its outcome
         // is unknown to us; a query changed nothing.
-        let (status, code, message) = match mutation {
+        let (status, code, message) = match selects_mutation(&operation) {
             true => (
                 StatusCode::GATEWAY_TIMEOUT,
                 OUTCOME_UNKNOWN,
