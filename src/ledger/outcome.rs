@@ -38,7 +38,7 @@ where
 }
 
 /// Waits for a detached task until `deadline`.
-pub async fn settle<T>(
+async fn settle<T>(
     deadline: Instant,
     task: tokio::task::JoinHandle<Result<T, LedgerError>>,
 ) -> Result<T, LedgerError> {
