@@ -261,28 +261,9 @@ async fn a_deadlocked_movement_is_run_again() {
         .unwrap();
     let alice = t.user("alice");
     let movement = f.withdraw(0, &alice, &w, "1.00", "deadlock");
-    let db = t.db.name.clone();
     let close_the_cycle = async {
-        common::wait_until(
-            "the movement waits for the test's row",
-            std::time::Duration::from_secs(10),
-            || {
-                let (observer, db) = (&observer, &db);
-                async move {
-                    observer
-                        .query_one(
-                            "SELECT count(*) FROM pg_stat_activity
-                              WHERE datname = $1 AND wait_event_type = 'Lock'",
-                            &[db],
-                        )
-                        .await
-                        .unwrap()
-                        .get::<_, i64>(0)
-                        == 1
-                }
-            },
-        )
-        .await;
+        // The movement waits for the test's row.
+        common::wait_for_lock_waiters(t, 1).await;
         // Postgres aborts the movement (it waited first), which runs again.
         holder
             .execute(

@@ -798,6 +798,19 @@ async fn racing_workers_complete_or_refund_each_withdrawal_once() {
     t.assert_chain(&bobs).await;
 }
 
+/// A transfer from outside to `address`, pending until the next block; its hash.
+async fn send_in(t: &TestApp, address: &str, amount: &str) -> String {
+    t.ok(
+        &t.user("alice"),
+        INCOMING,
+        json!({"n": "bitcoin", "to": address, "a": amount}),
+    )
+    .await["simulateIncomingTransfer"]["txHash"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// The database's clock now (journal times and block times come from it).
 async fn db_now(t: &TestApp) -> chrono::DateTime<chrono::Utc> {
     let text: String = t
@@ -847,16 +860,7 @@ async fn past_windows_reconcile_against_the_chain_as_it_was_then() {
     };
     let worker = worker(&t);
     let opened = db_now(&t).await;
-    let deposit = t
-        .ok(
-            &t.user("alice"),
-            INCOMING,
-            json!({"n": "bitcoin", "to": address, "a": "0.5"}),
-        )
-        .await["simulateIncomingTransfer"]["txHash"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let deposit = send_in(&t, &address, "0.5").await;
     mine(&t, 1).await;
     pass(&worker).await;
     let confirming = db_now(&t).await; // the deposit has 1 of 6 confirmations
@@ -921,16 +925,7 @@ async fn past_windows_reconcile_against_the_chain_as_it_was_then() {
 
     // A transfer the ledger never heard of (no watcher pass since) is a difference, in
     // the window that saw it and in any later one.
-    let stranger = t
-        .ok(
-            &t.user("alice"),
-            INCOMING,
-            json!({"n": "bitcoin", "to": address, "a": "0.2"}),
-        )
-        .await["simulateIncomingTransfer"]["txHash"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let stranger = send_in(&t, &address, "0.2").await;
     mine(&t, 1).await;
     let later = db_now(&t).await;
     let rec = reconcile_window(&t, &wallet, settled, later).await;

@@ -364,28 +364,9 @@ async fn abandoned_work_releases_its_locks_at_once() {
             serde_json::from_slice::<Value>(&bytes).unwrap()
         })
     };
+    common::wait_for_lock_waiters(&t, 1).await;
     let pg = t.db.client().await;
     let db = t.db.name.clone();
-    wait_until(
-        "a batch waits for the lock",
-        Duration::from_secs(10),
-        || {
-            let (pg, db) = (&pg, &db);
-            async move {
-                let waiting: i64 = pg
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity
-                      WHERE datname = $1 AND wait_event_type = 'Lock'",
-                        &[db],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
-                waiting == 1
-            }
-        },
-    )
-    .await;
     t.app.state.committer.stop();
     lock.rollback().await.unwrap();
 
@@ -569,22 +550,7 @@ async fn a_blocked_wallet_does_not_hold_up_the_others() {
             .await
         })
     };
-    let pg = t.db.client().await;
-    let db = t.db.name.clone();
-    wait_until("the batch waits for the lock", Duration::from_secs(10), || {
-        let (pg, db) = (&pg, &db);
-        async move {
-            pg.query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
-                &[db],
-            )
-            .await
-            .unwrap()
-            .get::<_, i64>(0)
-                == 1
-        }
-    })
-    .await;
+    common::wait_for_lock_waiters(&t, 1).await;
     for n in 0..20 {
         let body = t.deposit(&free, "1.00", &format!("free-{n}")).await;
         assert!(body.get("errors").is_none(), "{body}");

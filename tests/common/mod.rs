@@ -611,6 +611,28 @@ where
     }
 }
 
+/// Sessions of `database` waiting for a lock right now.
+pub async fn lock_waiters(pg: &tokio_postgres::Client, database: &str) -> i64 {
+    pg.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'",
+        &[&database],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Waits until `n` sessions of the test's database wait for a lock.
+pub async fn wait_for_lock_waiters(t: &TestApp, n: i64) {
+    let pg = t.db.client().await;
+    wait_until(
+        &format!("{n} session(s) wait for a lock"),
+        Duration::from_secs(10),
+        || async { lock_waiters(&pg, &t.db.name).await == n },
+    )
+    .await;
+}
+
 pub const CREATE_CRYPTO: &str =
     "mutation($c: String!) { createWallet(input: {currency: $c}) { id address } }";
 pub const INCOMING: &str = "mutation($n: String!, $to: String!, $a: Decimal!) {

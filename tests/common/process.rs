@@ -294,14 +294,7 @@ pub async fn replay_and_check(
     // A refusal is a promise too: nothing was, or will be, committed under that key.
     for (movement, first) in heard.values() {
         if let Heard::Refused(code) = first {
-            let rows: i64 = pg
-                .query_one(
-                    "SELECT count(*) FROM transactions WHERE tx_hash = $1",
-                    &[&movement.key],
-                )
-                .await
-                .unwrap()
-                .get(0);
+            let rows = rows_under(pg, &movement.key).await;
             assert_eq!(rows, 0, "{}: refused ({code}) but committed", movement.key);
         }
     }
@@ -339,14 +332,7 @@ pub async fn replay_and_check(
                 panic!("{}: still unknown after recovery: {other:?}", movement.key)
             }
         }
-        let rows: i64 = pg
-            .query_one(
-                "SELECT count(*) FROM transactions WHERE tx_hash = $1",
-                &[&movement.key],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let rows = rows_under(pg, &movement.key).await;
         let expected = i64::from(matches!(again, Heard::Acknowledged(_)));
         assert_eq!(rows, expected, "{}: rows under the key", movement.key);
         journaled += rows as usize;
@@ -356,6 +342,17 @@ pub async fn replay_and_check(
         heard.len()
     );
     journaled
+}
+
+/// Journal rows recorded under a key.
+async fn rows_under(pg: &tokio_postgres::Client, key: &str) -> i64 {
+    pg.query_one(
+        "SELECT count(*) FROM transactions WHERE tx_hash = $1",
+        &[&key],
+    )
+    .await
+    .unwrap()
+    .get(0)
 }
 
 /// A private Postgres cluster on its own port and data directory, for tests that stop
