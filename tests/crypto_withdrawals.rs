@@ -527,6 +527,17 @@ async fn a_crash_inside_the_signing_transaction_leaves_it_pending() {
     assert_eq!(debits(&t, "crash-3").await, 1);
 }
 
+/// `n` worker passes at once, alternately in this process and another one.
+async fn racing_passes(t: &TestApp, n: usize) -> Vec<wallet::chain_worker::PassReport> {
+    let (other, _) = t.sibling().await;
+    let workers = [worker(t), other.chain_worker().unwrap()];
+    let passes = (0..n).map(|i| {
+        let w = workers[i % 2].clone();
+        async move { w.pass().await.unwrap() }
+    });
+    futures_util::future::join_all(passes).await
+}
+
 /// Workers in two processes, four passes at once, twelve withdrawals: each is signed,
 /// sent and debited exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -542,13 +553,7 @@ async fn racing_workers_handle_each_withdrawal_once() {
         withdraw(&t, "alice", &alices, "0.1", &format!("a-{i}")).await;
         withdraw(&t, "bob", &bobs, "0.1", &format!("b-{i}")).await;
     }
-    let (other, _) = t.sibling().await;
-    let workers = [worker(&t), other.chain_worker().unwrap()];
-    let passes = (0..4).map(|i| {
-        let w = workers[i % 2].clone();
-        async move { w.pass().await.unwrap() }
-    });
-    let reports = futures_util::future::join_all(passes).await;
+    let reports = racing_passes(&t, 4).await;
     assert_eq!(
         reports.iter().map(|r| r.signed).sum::<usize>(),
         12,
@@ -767,13 +772,7 @@ async fn racing_workers_complete_or_refund_each_withdrawal_once() {
     assert_eq!(pass(&worker(&t)).await.signed, 2);
     mine(&t, 6).await;
 
-    let (other, _) = t.sibling().await;
-    let workers = [worker(&t), other.chain_worker().unwrap()];
-    let passes = (0..6).map(|i| {
-        let w = workers[i % 2].clone();
-        async move { w.pass().await.unwrap() }
-    });
-    let reports = futures_util::future::join_all(passes).await;
+    let reports = racing_passes(&t, 6).await;
     let sum =
         |f: fn(&wallet::chain_worker::PassReport) -> usize| reports.iter().map(f).sum::<usize>();
     assert_eq!(sum(|r| r.withdrawals.completed), 1, "{reports:?}");
