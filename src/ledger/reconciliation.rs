@@ -519,23 +519,20 @@ async fn compare_with_chain(
     // Deposits on chain by the window's end: credited by then, on their way (credited
     // later, or still confirming), or unknown to the ledger.
     for t in side.settled.iter().filter(|t| t.to_address == address) {
-        match posted(&t.hash, "DEPOSIT") {
-            Some(credit) if credit.created_at <= end => {}
-            Some(_) => in_transit.push(InTransit {
+        let credit = posted(&t.hash, "DEPOSIT");
+        let on_its_way = match credit {
+            Some(credit) => credit.created_at > end,
+            None => journaled
+                .iter()
+                .any(|j| j.hash == t.hash && j.hold && j.status == "PENDING"),
+        };
+        if on_its_way {
+            in_transit.push(InTransit {
                 hash: t.hash.clone(),
                 effect: t.amount,
-            }),
-            None if journaled
-                .iter()
-                .any(|j| j.hash == t.hash && j.hold && j.status == "PENDING") =>
-            {
-                in_transit.push(InTransit {
-                    hash: t.hash.clone(),
-                    effect: t.amount,
-                })
-            }
-            None if side.window.contains(&t.hash) => chain_only.push(t.hash.clone()),
-            None => {}
+            });
+        } else if credit.is_none() && side.window.contains(&t.hash) {
+            chain_only.push(t.hash.clone());
         }
     }
     // Outflows on chain the ledger never debited.
