@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 
 use crate::auth::TokenKeys;
@@ -14,12 +15,17 @@ use crate::events::{EventBus, Listener, ListenerConfig};
 use crate::graphql::{self, AppSchema, Limits};
 use crate::ledger::CurrencyRegistry;
 use crate::ledger::group_commit::Committer;
+use crate::limits::{HttpLimits, MutationLimiter, RateLimits, WsLimits, WsSlots};
 use crate::task::AbortOnDrop;
 
 /// What resolvers need: shared by every request.
 #[derive(Clone)]
 pub struct AppState {
+    /// Connections for money movements (the group committer, mutations, the chain
+    /// worker): queries never take one of these.
     pub pool: PgPool,
+    /// Connections for queries and subscriptions.
+    pub reads: PgPool,
     pub currencies: Arc<CurrencyRegistry>,
     /// Statements sent to Postgres by the pool (for metrics and tests).
     pub queries: QueryCounter,
@@ -38,18 +44,22 @@ pub struct AppState {
     pub request_timeout: Duration,
 }
 
-/// Everything needed to start one service instance.
+/// Everything needed to start one service instance. `Debug` shows no secret.
 #[derive(Clone, Debug)]
 pub struct AppConfig {
     pub database_url: String,
+    /// Connections for money movements.
     pub pool_size: usize,
+    /// Connections for queries and subscriptions.
+    pub read_pool_size: usize,
     /// Limits every pooled database session runs under (lock and statement timeouts).
     pub session_limits: SessionLimits,
-    pub jwt_secret: String,
+    pub jwt_secret: SecretString,
     pub limits: Limits,
     pub request_timeout: Duration,
-    /// Concurrent subscriptions one websocket connection may hold.
-    pub max_subscriptions: usize,
+    pub http: HttpLimits,
+    pub ws: WsLimits,
+    pub rates: RateLimits,
     pub seed: SeedSource,
     /// Run the simulated bitcoin and ethereum networks.
     pub simulated_chain: bool,
@@ -59,6 +69,21 @@ pub struct AppConfig {
     pub reconcile_interval: Option<Duration>,
     /// Run the chain worker (withdrawals, deposit watcher) this often (`None`: never).
     pub chain_poll: Option<Duration>,
+    /// Serve GraphiQL and answer introspection.
+    pub graphiql: bool,
+    /// Who may read `/metrics` on the main listener.
+    pub metrics: MetricsAccess,
+}
+
+/// Who may read `/metrics` on the main listener.
+#[derive(Clone, Debug)]
+pub enum MetricsAccess {
+    /// Anyone (a loopback listener).
+    Open,
+    /// Callers presenting this bearer token.
+    Token(SecretString),
+    /// Nobody: served on a separate address, or not at all.
+    Hidden,
 }
 
 impl AppConfig {
@@ -83,7 +108,13 @@ pub struct App {
     pub schema: AppSchema,
     pub tokens: TokenKeys,
     pub request_timeout: Duration,
-    pub max_subscriptions: usize,
+    pub limits: Limits,
+    pub http: HttpLimits,
+    pub ws: WsLimits,
+    /// Websocket connections open, in total and per user.
+    pub ws_slots: Arc<WsSlots>,
+    pub graphiql: bool,
+    pub metrics: MetricsAccess,
     /// Stops when the last clone of the app is dropped.
     pub listener: Arc<Listener>,
     /// The simulated chain's block timer, when it runs.
@@ -113,9 +144,26 @@ impl App {
             limits,
             queries.clone(),
         )?;
+        let reads = db::build_pool(
+            &config.database_url,
+            config.read_pool_size.max(1),
+            limits,
+            queries.clone(),
+        )?;
+        // Networks with a chain backend; crypto currencies of other networks are not
+        // offered.
+        let networks: &[&str] = match config.simulated_chain {
+            true => &["bitcoin", "ethereum"],
+            false => &[],
+        };
         let currencies = {
             let mut conn = pool.get().await?;
-            Arc::new(CurrencyRegistry::load(&mut conn).await?)
+            crate::custody::fingerprint::check(&mut conn, &custody).await?;
+            Arc::new(
+                CurrencyRegistry::load(&mut conn)
+                    .await?
+                    .with_networks(networks),
+            )
         };
         let events = EventBus::default();
         let listener = Listener::spawn(ListenerConfig::new(&config.database_url), events.clone());
@@ -133,6 +181,7 @@ impl App {
             request_timeout: config.request_timeout,
             chain_wakeup: Arc::new(Notify::new()),
             pool,
+            reads,
             currencies,
             queries,
             events,
@@ -167,13 +216,20 @@ impl App {
             }
             _ => None,
         };
-        let schema = graphql::build_schema(state.clone(), config.limits);
+        let limiter = Arc::new(MutationLimiter::new(config.rates));
+        let schema =
+            graphql::build_schema(state.clone(), config.limits, Some(limiter), config.graphiql);
         Ok(App {
             state,
             schema,
-            tokens: TokenKeys::new(config.jwt_secret.as_bytes()),
+            tokens: TokenKeys::new(config.jwt_secret.expose_secret().as_bytes()),
             request_timeout: config.request_timeout,
-            max_subscriptions: config.max_subscriptions,
+            limits: config.limits,
+            http: config.http,
+            ws: config.ws,
+            ws_slots: Arc::new(WsSlots::new(config.ws)),
+            graphiql: config.graphiql,
+            metrics: config.metrics.clone(),
             listener: Arc::new(listener),
             miner,
             reconciler,

@@ -2,13 +2,16 @@
 //! deployments and scripts rely on them.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, ValueEnum};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::custody::{Custody, SeedSource};
 use crate::db::SessionLimits;
+use crate::graphql::Limits;
+use crate::limits::{HttpLimits, RateLimits, WsLimits};
 
 /// Development fallback for `WALLET_JWT_SECRET`; refused in production.
 pub const DEV_JWT_SECRET: &str = "wallet-development-secret-do-not-use-in-production";
@@ -26,9 +29,13 @@ pub struct DatabaseConfig {
     /// Postgres URL; the database is created if it does not exist.
     #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
     pub database_url: String,
-    /// Maximum connections in the pool.
+    /// Connections for money movements (the group committer, mutations, the chain worker).
     #[arg(long, env = "WALLET_DB_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
+    /// Connections for queries and subscriptions, apart from the movements' so that no
+    /// query load can delay a deposit.
+    #[arg(long, env = "WALLET_DB_READ_POOL_SIZE", default_value_t = 8)]
+    pub read_pool_size: usize,
     /// Milliseconds a statement waits for a row lock (a busy wallet) before the request
     /// is refused with nothing done; at most a quarter of the request timeout.
     #[arg(long, env = "WALLET_DB_LOCK_TIMEOUT_MS", default_value_t = 5_000)]
@@ -56,7 +63,8 @@ impl DatabaseConfig {
     }
 }
 
-/// Settings of the HTTP server.
+/// Settings of the HTTP server. Secrets are not among them: they come from the
+/// environment or from files (never from flags, which any local user can read in `ps`).
 #[derive(Clone, Debug, Args)]
 pub struct ServeConfig {
     #[command(flatten)]
@@ -68,20 +76,14 @@ pub struct ServeConfig {
     pub auth: AuthConfig,
     #[command(flatten)]
     pub custody: CustodyConfig,
-    /// Maximum depth of a GraphQL query.
-    #[arg(long, env = "WALLET_MAX_QUERY_DEPTH", default_value_t = 16)]
-    pub max_depth: usize,
-    /// Maximum complexity of a GraphQL query (a connection costs its page size times its
-    /// selection).
-    #[arg(long, env = "WALLET_MAX_QUERY_COMPLEXITY", default_value_t = 5000)]
-    pub max_complexity: usize,
+    #[command(flatten)]
+    pub graphql: GraphqlConfig,
+    #[command(flatten)]
+    pub abuse: AbuseConfig,
     /// Per-request timeout in seconds.
     #[arg(long, env = "WALLET_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
-    /// Concurrent subscriptions one websocket connection may hold.
-    #[arg(long, env = "WALLET_WS_MAX_SUBSCRIPTIONS", default_value_t = 32)]
-    pub ws_max_subscriptions: usize,
-    /// Run the simulated bitcoin and ethereum networks (default: on in development, off
+    /// Run the simulated bitcoin and ethereum networks (default: on in development; refused
     /// in production).
     #[arg(long, env = "WALLET_SIMULATED_CHAIN")]
     pub simulated_chain: Option<bool>,
@@ -96,26 +98,208 @@ pub struct ServeConfig {
     /// withdrawals, follows them and incoming deposits on chain (0: never).
     #[arg(long, env = "WALLET_CHAIN_POLL_MS", default_value_t = 1000)]
     pub chain_poll_ms: u64,
+    /// Serve GraphiQL on `/` and answer introspection queries (default: on in
+    /// development, off in production).
+    #[arg(long, env = "WALLET_GRAPHIQL")]
+    pub graphiql: Option<bool>,
+    /// A separate address serving only `/metrics` (e.g. a private interface for
+    /// Prometheus). Without it, `/metrics` is on `WALLET_LISTEN` when that is a loopback
+    /// address or when `WALLET_METRICS_TOKEN` is set (then required as a bearer token).
+    #[arg(long, env = "WALLET_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Limits of the GraphQL executor.
+#[derive(Clone, Debug, Args)]
+pub struct GraphqlConfig {
+    /// Maximum depth of a GraphQL query.
+    #[arg(long, env = "WALLET_MAX_QUERY_DEPTH", default_value_t = 16)]
+    pub max_depth: usize,
+    /// Maximum complexity of a GraphQL query (a connection costs its page size times its
+    /// selection).
+    #[arg(long, env = "WALLET_MAX_QUERY_COMPLEXITY", default_value_t = 5000)]
+    pub max_complexity: usize,
+    /// Maximum root fields (aliases included) of one operation.
+    #[arg(long, env = "WALLET_MAX_ROOT_FIELDS", default_value_t = 20)]
+    pub max_root_fields: usize,
+    /// Maximum fields selected by one operation, counted in the document (fragments
+    /// expanded where they are spread).
+    #[arg(long, env = "WALLET_MAX_FIELDS", default_value_t = 500)]
+    pub max_fields: usize,
+    /// Maximum directives on one field.
+    #[arg(long, env = "WALLET_MAX_DIRECTIVES", default_value_t = 4)]
+    pub max_directives: usize,
+    /// Database connections one request may hold at once, whatever its shape.
+    #[arg(long, env = "WALLET_REQUEST_DB_CONNECTIONS", default_value_t = 2)]
+    pub request_connections: usize,
+}
+
+impl GraphqlConfig {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_depth: self.max_depth,
+            max_complexity: self.max_complexity,
+            max_root_fields: self.max_root_fields,
+            max_fields: self.max_fields,
+            max_directives: self.max_directives,
+            request_connections: self.request_connections.max(1),
+        }
+    }
+}
+
+/// Limits on connections and request rates.
+#[derive(Clone, Debug, Args)]
+pub struct AbuseConfig {
+    /// Seconds a client has to send a request's headers; also how long an idle keep-alive
+    /// connection stays open between requests.
+    #[arg(long, env = "WALLET_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+    /// Open connections (HTTP and websocket) the server accepts at once; more are answered
+    /// 503 and closed.
+    #[arg(long, env = "WALLET_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Concurrent subscriptions one websocket connection may hold.
+    #[arg(long, env = "WALLET_WS_MAX_SUBSCRIPTIONS", default_value_t = 32)]
+    pub ws_max_subscriptions: usize,
+    /// Websocket connections open at once, in total.
+    #[arg(long, env = "WALLET_WS_MAX_CONNECTIONS", default_value_t = 512)]
+    pub ws_max_connections: usize,
+    /// Websocket connections one user may have open at once.
+    #[arg(long, env = "WALLET_WS_MAX_PER_USER", default_value_t = 8)]
+    pub ws_max_per_user: usize,
+    /// Seconds a websocket peer has to answer a ping before the connection is closed.
+    #[arg(long, env = "WALLET_WS_PONG_TIMEOUT_SECS", default_value_t = 30)]
+    pub ws_pong_timeout_secs: u64,
+    /// Mutations per second a user may send (sustained; 0: no limit).
+    #[arg(long, env = "WALLET_RATE_LIMIT_PER_SEC", default_value_t = 10)]
+    pub rate_per_sec: u32,
+    /// Mutations a user may send in a burst above the sustained rate.
+    #[arg(long, env = "WALLET_RATE_LIMIT_BURST", default_value_t = 50)]
+    pub rate_burst: u32,
+    /// Mutations per second an operator token may send (0: no limit; the back office is
+    /// trusted and batches deposits).
+    #[arg(long, env = "WALLET_OPERATOR_RATE_LIMIT_PER_SEC", default_value_t = 0)]
+    pub operator_rate_per_sec: u32,
+}
+
+impl AbuseConfig {
+    pub fn http(&self) -> HttpLimits {
+        HttpLimits {
+            header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+            max_connections: self.max_connections.max(1),
+        }
+    }
+
+    pub fn ws(&self) -> WsLimits {
+        WsLimits {
+            max_subscriptions: self.ws_max_subscriptions,
+            max_connections: self.ws_max_connections,
+            max_per_user: self.ws_max_per_user,
+            pong_timeout: Duration::from_secs(self.ws_pong_timeout_secs.max(1)),
+        }
+    }
+
+    pub fn rates(&self) -> RateLimits {
+        RateLimits {
+            user_per_sec: self.rate_per_sec,
+            user_burst: self.rate_burst,
+            operator_per_sec: self.operator_rate_per_sec,
+        }
+    }
+}
+
+/// What the server starts with once its configuration has been checked.
+#[derive(Debug)]
+pub struct Startup {
+    pub jwt_secret: SecretString,
+    /// The development secret compiled into the binary is in use.
+    pub built_in_secret: bool,
+    pub seed: SeedSource,
+    /// A development seed generated into [`DEV_SEED_FILE`] is in use.
+    pub generated_seed: bool,
+    pub simulated_chain: bool,
+    pub graphiql: bool,
+    /// Bearer token `/metrics` requires on the main listener.
+    pub metrics_token: Option<SecretString>,
 }
 
 impl ServeConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
+
+    fn production(&self) -> bool {
+        self.auth.environment == Environment::Production
+    }
+
+    /// Checks the configuration and resolves its secrets. Production refuses every unsafe
+    /// setting, and development defaults (the built-in secret, a generated seed) serve a
+    /// loopback address only. Every refusal is one line saying what to set.
+    pub fn check(&self) -> anyhow::Result<Startup> {
+        let mut refusals: Vec<String> = Vec::new();
+        let production = self.production();
+        let secret = self.auth.resolve_secret();
+        let seed = self.custody.resolve(self.auth.environment);
+        let simulated_chain = self.simulated_chain.unwrap_or(!production);
+        if production && simulated_chain {
+            refusals.push(
+                "WALLET_SIMULATED_CHAIN=true: a simulated chain cannot run in production \
+                 (anyone who can mine can mint deposits)"
+                    .into(),
+            );
+        }
+        let metrics_token = match std::env::var("WALLET_METRICS_TOKEN") {
+            Ok(token) if token.len() >= 16 => Some(SecretString::from(token)),
+            Ok(token) if token.is_empty() => None,
+            Ok(_) => {
+                refusals.push("WALLET_METRICS_TOKEN must be at least 16 bytes".into());
+                None
+            }
+            Err(_) => None,
+        };
+        let (secret, seed) = match (secret, seed) {
+            (Ok(secret), Ok(seed)) => (secret, seed),
+            (secret, seed) => {
+                refusals.extend(secret.err().map(|e| e.to_string()));
+                refusals.extend(seed.err().map(|e| e.to_string()));
+                anyhow::bail!(refusals.join("\n"));
+            }
+        };
+        let (jwt_secret, built_in_secret) = secret;
+        let (seed, generated_seed) = seed;
+        if (built_in_secret || generated_seed) && !self.listen.ip().is_loopback() {
+            let which = match (built_in_secret, generated_seed) {
+                (true, true) => "the built-in JWT secret and a generated custody seed",
+                (true, false) => "the built-in JWT secret",
+                _ => "a generated custody seed",
+            };
+            refusals.push(format!(
+                "WALLET_LISTEN={} is reachable from other machines, but this server runs on \
+                 development defaults ({which}): set WALLET_JWT_SECRET (or \
+                 WALLET_JWT_SECRET_FILE) and WALLET_SEED_FILE, or listen on 127.0.0.1",
+                self.listen
+            ));
+        }
+        if !refusals.is_empty() {
+            anyhow::bail!(refusals.join("\n"));
+        }
+        Ok(Startup {
+            jwt_secret,
+            built_in_secret,
+            seed,
+            generated_seed,
+            simulated_chain,
+            graphiql: self.graphiql.unwrap_or(!production),
+            metrics_token,
+        })
+    }
 }
 
-/// Where the custody seed (a BIP39 mnemonic) comes from.
+/// Where the custody seed (a BIP39 mnemonic) comes from: `WALLET_SEED` in the environment
+/// (development and tests) or the file named by `WALLET_SEED_FILE`.
 #[derive(Clone, Debug, Args)]
 pub struct CustodyConfig {
-    /// The mnemonic itself (prefer WALLET_SEED_FILE outside development).
-    #[arg(
-        long,
-        env = "WALLET_SEED",
-        hide_env_values = true,
-        conflicts_with = "seed_file"
-    )]
-    pub seed: Option<String>,
-    /// A file holding the mnemonic, readable by its owner only (chmod 600).
+    /// A file holding the mnemonic: a regular file owned by the service's user, mode 0600.
     #[arg(long, env = "WALLET_SEED_FILE")]
     pub seed_file: Option<PathBuf>,
 }
@@ -124,18 +308,24 @@ pub struct CustodyConfig {
 pub const DEV_SEED_FILE: &str = ".wallet-dev-seed";
 
 impl CustodyConfig {
-    /// The configured seed. In development, with none configured, a seed is generated once
-    /// into [`DEV_SEED_FILE`] (mode 0600) and reused, with a warning; in production a
-    /// missing seed is an error.
-    pub fn resolve(&self, environment: Environment) -> anyhow::Result<SeedSource> {
-        if let Some(phrase) = self.seed.as_ref().filter(|s| !s.trim().is_empty()) {
-            return Ok(SeedSource::Mnemonic(phrase.clone()));
-        }
-        if let Some(path) = &self.seed_file {
-            return Ok(SeedSource::File(path.clone()));
+    /// The configured seed, and whether it is a generated development seed. In
+    /// development, with none configured, a seed is generated once into
+    /// [`DEV_SEED_FILE`] (mode 0600) and reused, with a warning; in production a missing
+    /// seed is refused.
+    pub fn resolve(&self, environment: Environment) -> anyhow::Result<(SeedSource, bool)> {
+        let phrase = secret_from_env("WALLET_SEED");
+        match (phrase, &self.seed_file) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("set one of WALLET_SEED and WALLET_SEED_FILE, not both")
+            }
+            (Some(phrase), None) => return Ok((SeedSource::Mnemonic(phrase), false)),
+            (None, Some(path)) => return Ok((SeedSource::File(path.clone()), false)),
+            (None, None) => {}
         }
         if environment == Environment::Production {
-            anyhow::bail!("WALLET_SEED or WALLET_SEED_FILE is required when WALLET_ENV=production");
+            anyhow::bail!(
+                "no custody seed: WALLET_SEED_FILE is required when WALLET_ENV=production"
+            );
         }
         let path = PathBuf::from(DEV_SEED_FILE);
         if !path.exists() {
@@ -147,11 +337,19 @@ impl CustodyConfig {
             "no custody seed configured: using a DEVELOPMENT seed generated into this file. \
              Its addresses hold no real funds. Never use it in production."
         );
-        Ok(SeedSource::File(path))
+        Ok((SeedSource::File(path), true))
     }
 }
 
-fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
+/// A secret from the environment; unset and empty are the same.
+fn secret_from_env(name: &str) -> Option<SecretString> {
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(SecretString::from)
+}
+
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -162,13 +360,13 @@ fn write_private(path: &std::path::Path, contents: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Settings of token verification and minting.
+/// Settings of token verification and minting. The secret itself is `WALLET_JWT_SECRET`
+/// in the environment, or the contents of `WALLET_JWT_SECRET_FILE`.
 #[derive(Clone, Debug, Args)]
 pub struct AuthConfig {
-    /// HS256 secret for bearer tokens. Defaults to a development secret (refused in
-    /// production).
-    #[arg(long, env = "WALLET_JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    /// A file holding the HS256 secret for bearer tokens (instead of WALLET_JWT_SECRET).
+    #[arg(long, env = "WALLET_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// `development` (default) or `production`; production refuses development defaults.
     #[arg(
         long = "env",
@@ -179,25 +377,128 @@ pub struct AuthConfig {
     pub environment: Environment,
 }
 
+/// The shortest secret production accepts, in bytes.
+pub const MIN_SECRET_BYTES: usize = 32;
+/// The least estimated entropy production accepts in a secret, in bits.
+pub const MIN_SECRET_BITS: f64 = 128.0;
+
 impl AuthConfig {
-    /// The secret to sign and verify with. In development a missing secret falls back to
-    /// [`DEV_JWT_SECRET`] (with a warning); in production it is an error.
-    pub fn resolve_secret(&self) -> anyhow::Result<String> {
-        match (&self.jwt_secret, self.environment) {
-            (Some(s), _) if s.len() < 32 && self.environment == Environment::Production => {
-                anyhow::bail!("WALLET_JWT_SECRET must be at least 32 bytes in production")
+    /// The secret to sign and verify with, and whether it is the built-in development
+    /// secret. In development a missing secret falls back to [`DEV_JWT_SECRET`] (with a
+    /// warning); production refuses a missing, built-in, short or low-entropy secret.
+    pub fn resolve_secret(&self) -> anyhow::Result<(SecretString, bool)> {
+        let from_env = secret_from_env("WALLET_JWT_SECRET");
+        let secret = match (from_env, &self.jwt_secret_file) {
+            (Some(_), Some(_)) => {
+                anyhow::bail!("set one of WALLET_JWT_SECRET and WALLET_JWT_SECRET_FILE, not both")
             }
-            (Some(s), _) if !s.is_empty() => Ok(s.clone()),
-            (_, Environment::Production) => {
-                anyhow::bail!("WALLET_JWT_SECRET is required when WALLET_ENV=production")
+            (Some(secret), None) => Some(secret),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    anyhow::anyhow!("WALLET_JWT_SECRET_FILE {}: {e}", path.display())
+                })?;
+                Some(SecretString::from(
+                    text.trim_end_matches(['\r', '\n']).to_owned(),
+                ))
             }
-            (_, Environment::Development) => {
+            (None, None) => None,
+        };
+        let production = self.environment == Environment::Production;
+        match secret {
+            Some(secret) if production => {
+                check_secret_strength(secret.expose_secret())?;
+                Ok((secret, false))
+            }
+            Some(secret) => {
+                let built_in = secret.expose_secret() == DEV_JWT_SECRET;
+                Ok((secret, built_in))
+            }
+            None if production => anyhow::bail!(
+                "no JWT secret: WALLET_JWT_SECRET or WALLET_JWT_SECRET_FILE is required when \
+                 WALLET_ENV=production"
+            ),
+            None => {
                 tracing::warn!(
                     "WALLET_JWT_SECRET is not set: using the built-in DEVELOPMENT secret. \
                      Anyone can mint tokens for this server. Never use this in production."
                 );
-                Ok(DEV_JWT_SECRET.to_owned())
+                Ok((SecretString::from(DEV_JWT_SECRET), true))
             }
         }
+    }
+}
+
+/// Refuses the built-in secret, and secrets too short or too regular to resist guessing
+/// (estimated from the frequency of their characters — a repeated or sequential string
+/// scores low). `openssl rand -hex 32` passes.
+pub fn check_secret_strength(secret: &str) -> anyhow::Result<()> {
+    if secret == DEV_JWT_SECRET {
+        anyhow::bail!(
+            "WALLET_JWT_SECRET is the built-in development secret, which is public: \
+             generate one with `openssl rand -hex 32`"
+        );
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        anyhow::bail!(
+            "WALLET_JWT_SECRET is {} bytes; production needs at least {MIN_SECRET_BYTES} \
+             (`openssl rand -hex 32`)",
+            secret.len()
+        );
+    }
+    let bits = estimated_entropy_bits(secret);
+    if bits < MIN_SECRET_BITS {
+        anyhow::bail!(
+            "WALLET_JWT_SECRET looks guessable (about {bits:.0} bits of entropy; production \
+             needs {MIN_SECRET_BITS:.0}): generate one with `openssl rand -hex 32`"
+        );
+    }
+    Ok(())
+}
+
+/// Shannon entropy of the secret's bytes times its length, with runs of consecutive
+/// byte values (`abcd…`, `1234…`) counted once: an upper bound for random strings, low for
+/// repeated or sequential ones.
+fn estimated_entropy_bits(secret: &str) -> f64 {
+    let bytes = secret.as_bytes();
+    let mut counts = [0u32; 256];
+    for &b in bytes {
+        counts[usize::from(b)] += 1;
+    }
+    let n = bytes.len() as f64;
+    let per_byte: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = f64::from(c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    let steps = bytes
+        .windows(2)
+        .filter(|w| w[1].wrapping_sub(w[0]) == 1)
+        .count();
+    per_byte * (bytes.len() - steps) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weak_secrets_are_refused() {
+        assert!(check_secret_strength(DEV_JWT_SECRET).is_err());
+        assert!(check_secret_strength("short-secret").is_err());
+        assert!(check_secret_strength(&"a".repeat(64)).is_err());
+        assert!(check_secret_strength(&"ab".repeat(32)).is_err());
+        assert!(check_secret_strength("0123456789abcdef0123456789abcdef").is_err());
+        assert!(check_secret_strength("abcdefghijklmnopqrstuvwxyz0123456789").is_err());
+        // `openssl rand -hex 32` and `-base64 32` outputs.
+        assert!(
+            check_secret_strength(
+                "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+            )
+            .is_ok()
+        );
+        assert!(check_secret_strength("q3Jb8Xo1Vf9kLm2ZpT7rYc0sNw4GhE6uDaIxKzQvBtM=").is_ok());
     }
 }

@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use async_graphql::http::GraphiQLSource;
-use async_graphql::parser::types::{DocumentOperations, OperationType};
+use async_graphql::parser::types::OperationType;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -23,26 +23,41 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use tracing::Level;
 
-use crate::app::App;
+use crate::app::{App, MetricsAccess};
 use crate::auth::{TokenError, Viewer};
 use crate::events::listener::ListenerState;
 use crate::graphql::error::{
-    BAD_USER_INPUT, INTERNAL, OUTCOME_UNKNOWN, UNAUTHENTICATED, UNAVAILABLE, tag_request_errors,
+    BAD_USER_INPUT, INTERNAL, RATE_LIMITED, UNAUTHENTICATED, tag_request_errors,
 };
-use crate::graphql::loaders;
-use crate::graphql::{Deadline, ExecutionStarted};
+use crate::graphql::loaders::Loaders;
+use crate::graphql::{
+    DEADLINE_GRACE, Deadline, ExecutionStarted, RequestDb, operation_type, ran_out_of_time,
+};
 
 pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 const MAX_BODY_BYTES: usize = 256 * 1024;
 
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/", get(graphiql))
+    let mut routes = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
         .route("/graphql/ws", get(crate::ws::handler))
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(crate::metrics::render))
+        .route("/readyz", get(readyz));
+    if app.graphiql {
+        routes = routes.route("/", get(graphiql));
+    }
+    routes = match &app.metrics {
+        MetricsAccess::Open => routes.route("/metrics", get(crate::metrics::render)),
+        MetricsAccess::Token(_) => routes.route(
+            "/metrics",
+            get(crate::metrics::render).route_layer(axum::middleware::from_fn_with_state(
+                app.clone(),
+                crate::metrics::require_token,
+            )),
+        ),
+        MetricsAccess::Hidden => routes,
+    };
+    routes
         .with_state(app)
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(
@@ -372,23 +387,8 @@ async fn graphql_get(
 
 /// Whether the operation a GET request would run is a mutation (or subscription).
 fn selects_mutation(request: &async_graphql::Request) -> bool {
-    let Ok(doc) = async_graphql::parser::parse_query(&request.query) else {
-        return false; // execution reports the syntax error
-    };
-    let op = match &doc.operations {
-        DocumentOperations::Single(op) => Some(op),
-        DocumentOperations::Multiple(ops) => match &request.operation_name {
-            Some(name) => ops.get(name.as_str()),
-            None if ops.len() == 1 => ops.values().next(),
-            None => None,
-        },
-    };
-    op.is_some_and(|op| op.node.ty != OperationType::Query)
+    operation_type(request).is_some_and(|ty| ty != OperationType::Query)
 }
-
-/// How long after its deadline a request is cut off if its resolvers have not answered
-/// (they answer by the deadline themselves; this is the backstop).
-const DEADLINE_GRACE: Duration = Duration::from_secs(1);
 
 async fn execute(
     app: &App,
@@ -405,28 +405,21 @@ async fn execute(
     let mut operation = async_graphql::Request::new(request.query.clone());
     operation.operation_name = request.operation_name.clone();
     let started = ExecutionStarted::default();
-    let wallets = loaders::wallets(app.state.pool.clone());
-    let mut request = request.data(started.clone()).data(wallets).data(deadline);
+    let db = RequestDb::new(app.state.reads.clone(), app.limits.request_connections);
+    let request = Loaders::new(&db, true).into_request(request);
+    let mut request = request.data(started.clone()).data(db).data(deadline);
     if let Some(v) = viewer {
         request = request.data(v);
     }
     let execution = app.schema.execute(request);
     let Ok(mut response) = tokio::time::timeout_at(deadline.0 + DEADLINE_GRACE, execution).await
     else {
-        // Never a bare timeout: a mutation's work goes on in its own task, so its outcome
-        // is unknown to us; a query changed nothing.
-        let (status, code, message) = match selects_mutation(&operation) {
-            true => (
-                StatusCode::GATEWAY_TIMEOUT,
-                OUTCOME_UNKNOWN,
-                "the request ran out of time: its movements may or may not have happened; \
-                 look them up by their keys, or send them again with the same keys",
-            ),
-            false => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                UNAVAILABLE,
-                "the request ran out of time; nothing was changed, try again",
-            ),
+        // Never a bare timeout: an error the client can act on.
+        let mutation = selects_mutation(&operation);
+        let (code, message) = ran_out_of_time(mutation);
+        let status = match mutation {
+            true => StatusCode::GATEWAY_TIMEOUT,
+            false => StatusCode::SERVICE_UNAVAILABLE,
         };
         let status = if media == MediaType::Json {
             StatusCode::OK
@@ -436,7 +429,10 @@ async fn execute(
         return error_response(status, media, code, message);
     };
     tag_request_errors(&mut response);
-    let status = if media == MediaType::GraphqlResponseJson && !started.get() && response.is_err() {
+    let retry_after = rate_limited(&response);
+    let status = if retry_after.is_some() {
+        StatusCode::TOO_MANY_REQUESTS
+    } else if media == MediaType::GraphqlResponseJson && !started.get() && response.is_err() {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
@@ -458,5 +454,26 @@ async fn execute(
         header::CONTENT_TYPE,
         HeaderValue::from_static(media.content_type()),
     );
+    if let Some(seconds) = retry_after {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
     resp
+}
+
+/// Seconds to wait, when the request was refused by the rate limit (HTTP 429 with
+/// `Retry-After`, whatever the media type: the request was not run at all).
+fn rate_limited(response: &async_graphql::Response) -> Option<u64> {
+    response.errors.iter().find_map(|e| {
+        let ext = e.extensions.as_ref()?;
+        match ext.get("code") {
+            Some(async_graphql::Value::String(code)) if code == RATE_LIMITED => {
+                match ext.get("retryAfter") {
+                    Some(async_graphql::Value::Number(n)) => n.as_u64(),
+                    _ => Some(1),
+                }
+            }
+            _ => None,
+        }
+    })
 }

@@ -4,11 +4,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use wallet::app::{App, AppConfig};
+use secrecy::ExposeSecret;
+use wallet::app::{App, AppConfig, MetricsAccess};
 use wallet::auth::{Role, TokenKeys, parse_ttl};
-use wallet::config::{AuthConfig, DatabaseConfig, Environment, ServeConfig};
-use wallet::graphql::Limits;
-use wallet::{db, graphql, http, telemetry};
+use wallet::config::{AuthConfig, DatabaseConfig, ServeConfig};
+use wallet::{db, graphql, http, server, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the HTTP server (the default).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
     /// Create the database if missing and apply pending migrations, then exit.
     Migrate(DatabaseConfig),
     /// Print a signed bearer token for development and operations.
@@ -44,16 +44,33 @@ enum Command {
     Schema,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// Runs the command; a failure is printed as one line per cause (a refused configuration
+/// lists each refusal on its own line) and the process exits with status 1.
+fn main() {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run()) {
+        for line in format!("{e:#}").lines() {
+            eprintln!("error: {line}");
+        }
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     telemetry::init();
     let cli = Cli::parse();
     let command = match cli.command {
         Some(c) => c,
-        None => Command::Serve(ServeConfig::parse_from(["wallet"])),
+        None => Command::Serve(Box::new(ServeConfig::parse_from(["wallet"]))),
     };
     match command {
-        Command::Serve(config) => serve(config).await,
+        Command::Serve(config) => serve(*config).await,
         Command::Migrate(db_config) => {
             db::ensure_database(&db_config.database_url).await?;
             let applied = db::run_migrations(&db_config.database_url).await?;
@@ -72,7 +89,8 @@ async fn main() -> anyhow::Result<()> {
             auth,
         } => {
             let role: Role = role.parse().map_err(anyhow::Error::msg)?;
-            let keys = TokenKeys::new(auth.resolve_secret()?.as_bytes());
+            let (secret, _) = auth.resolve_secret()?;
+            let keys = TokenKeys::new(secret.expose_secret().as_bytes());
             println!("{}", keys.mint(&sub, role, ttl)?);
             Ok(())
         }
@@ -101,26 +119,34 @@ impl ParseFrom for ServeConfig {
 }
 
 async fn serve(config: ServeConfig) -> anyhow::Result<()> {
-    let secret = config.auth.resolve_secret()?;
+    let startup = config.check()?;
+    let main_is_loopback = config.listen.ip().is_loopback();
+    // `/metrics` on the main listener: behind the token when one is set; else open on a
+    // loopback listener only, and not there at all when it has an address of its own.
+    let metrics = match (&startup.metrics_token, config.metrics_listen) {
+        (Some(token), _) => MetricsAccess::Token(token.clone()),
+        (None, None) if main_is_loopback => MetricsAccess::Open,
+        (None, _) => MetricsAccess::Hidden,
+    };
     let app = App::start(&AppConfig {
         database_url: config.db.database_url.clone(),
         pool_size: config.db.pool_size,
+        read_pool_size: config.db.read_pool_size,
         session_limits: config.db.session_limits(),
-        jwt_secret: secret,
-        limits: Limits {
-            max_depth: config.max_depth,
-            max_complexity: config.max_complexity,
-        },
+        jwt_secret: startup.jwt_secret.clone(),
+        limits: config.graphql.limits(),
         request_timeout: config.request_timeout(),
-        max_subscriptions: config.ws_max_subscriptions,
-        seed: config.custody.resolve(config.auth.environment)?,
-        simulated_chain: config
-            .simulated_chain
-            .unwrap_or(config.auth.environment == Environment::Development),
+        http: config.abuse.http(),
+        ws: config.abuse.ws(),
+        rates: config.abuse.rates(),
+        seed: startup.seed.clone(),
+        simulated_chain: startup.simulated_chain,
         block_interval: (config.block_secs > 0).then(|| Duration::from_secs(config.block_secs)),
         reconcile_interval: (config.reconcile_secs > 0)
             .then(|| Duration::from_secs(config.reconcile_secs)),
         chain_poll: (config.chain_poll_ms > 0).then(|| Duration::from_millis(config.chain_poll_ms)),
+        graphiql: startup.graphiql,
+        metrics,
     })
     .await
     .context("starting the service")?;
@@ -129,12 +155,16 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    println!("GraphiQL:  http://{addr}/");
+    if startup.graphiql {
+        println!("GraphiQL:  http://{addr}/");
+    }
     println!("GraphQL:   http://{addr}/graphql");
     println!("Subscriptions (graphql-transport-ws): ws://{addr}/graphql/ws");
-    if config.auth.environment == Environment::Development {
+    // Only the built-in secret is public anyway: a token signed with a real secret is a
+    // credential and never goes to stdout.
+    if startup.built_in_secret {
         let day = Duration::from_secs(86_400);
-        println!("Demo tokens (development only, valid 24h):");
+        println!("Demo tokens (built-in development secret, valid 24h):");
         println!(
             "  user alice: Bearer {}",
             app.tokens.mint("alice", Role::User, day)?
@@ -144,10 +174,33 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             app.tokens.mint("back-office", Role::Operator, day)?
         );
     }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let metrics_server = match config.metrics_listen {
+        Some(metrics_addr) => {
+            let listener = tokio::net::TcpListener::bind(metrics_addr)
+                .await
+                .with_context(|| format!("binding {metrics_addr} (WALLET_METRICS_LISTEN)"))?;
+            println!("Metrics:   http://{}/metrics", listener.local_addr()?);
+            let mut stopped = stopped.clone();
+            Some(tokio::spawn(server::serve(
+                listener,
+                wallet::metrics::router(app.clone()),
+                app.http,
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )))
+        }
+        None => None,
+    };
     tracing::info!(%addr, "listening");
-    axum::serve(listener, http::router(app))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let limits = app.http;
+    server::serve(listener, http::router(app), limits, shutdown_signal()).await?;
+    let _ = stop.send(true);
+    if let Some(metrics_server) = metrics_server {
+        let _ = metrics_server.await;
+    }
+    drop(stopped);
     tracing::info!("shut down cleanly");
     Ok(())
 }

@@ -46,6 +46,42 @@ pub async fn track(request: Request, next: Next) -> Response {
     response
 }
 
+/// Lets through only requests bearing the metrics token (`WALLET_METRICS_TOKEN`).
+pub async fn require_token(State(app): State<App>, request: Request, next: Next) -> Response {
+    use secrecy::ExposeSecret;
+    let crate::app::MetricsAccess::Token(token) = &app.metrics else {
+        return next.run(request).await;
+    };
+    let presented = request
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if same_secret(presented.as_bytes(), token.expose_secret().as_bytes()) {
+        next.run(request).await
+    } else {
+        (
+            axum::http::StatusCode::UNAUTHORIZED,
+            [(axum::http::header::WWW_AUTHENTICATE, "Bearer")],
+            "metrics need Authorization: Bearer <WALLET_METRICS_TOKEN>\n",
+        )
+            .into_response()
+    }
+}
+
+/// Compares without stopping at the first difference (no timing hint of a prefix).
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A router serving only `/metrics`, for a separate listen address.
+pub fn router(app: App) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", axum::routing::get(render))
+        .with_state(app)
+}
+
 /// `GET /metrics`: the Prometheus text format.
 pub async fn render(State(app): State<App>) -> impl IntoResponse {
     let handle = handle();
@@ -55,6 +91,10 @@ pub async fn render(State(app): State<App>) -> impl IntoResponse {
     metrics::gauge!("wallet_db_pool_waiting").set(pool.waiting as f64);
     metrics::gauge!("wallet_db_statements").set(app.state.queries.get() as f64);
     metrics::gauge!("wallet_subscriptions").set(app.state.events.subscriber_count() as f64);
+    metrics::gauge!("wallet_websocket_connections").set(app.ws_slots.open_count(&app.ws) as f64);
+    let reads = app.state.reads.status();
+    metrics::gauge!("wallet_db_read_pool_size").set(reads.size as f64);
+    metrics::gauge!("wallet_db_read_pool_available").set(reads.available as f64);
     let batches = app.state.committer.stats();
     for (name, value) in [
         ("wallet_group_commit_batches", &batches.batches),

@@ -21,6 +21,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    custody_fingerprint (singleton) {
+        singleton -> Bool,
+        fingerprint -> Text,
+        recorded_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     events (id) {
         id -> Int8,
         tx_id -> Int8,
@@ -163,6 +171,7 @@ diesel::joinable!(wallets -> currencies (currency));
 diesel::allow_tables_to_appear_in_same_query!(
     chain_scan_cursors,
     currencies,
+    custody_fingerprint,
     events,
     hd_indexes,
     reconciliations,

@@ -6,12 +6,18 @@
 //! codes are the documented ones (4401 unauthenticated, 4400 bad message,
 //! 4408 init timeout, 4409 duplicate id, 4429 repeated init), and so that each connection
 //! has a cap on concurrent subscriptions and server-sent keep-alives.
+//!
+//! Limits: connections in total (over it: HTTP 503 before the upgrade) and per user (over
+//! it: close 1013 "try again later" at `connection_init`); a peer that answers no ping
+//! within the pong timeout is closed (1001); queries and mutations sent over the socket
+//! run under the request timeout like HTTP requests (subscriptions run until stopped).
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_graphql::http::{ALL_WEBSOCKET_PROTOCOLS, WebSocketProtocols};
+use async_graphql::parser::types::OperationType;
 use async_graphql::{Data, Response};
 use axum::extract::State;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -25,7 +31,9 @@ use tokio_stream::StreamMap;
 use crate::app::App;
 use crate::auth::{TokenError, Viewer};
 use crate::graphql::error::{BAD_USER_INPUT, tag_request_errors};
-use crate::graphql::loaders;
+use crate::graphql::loaders::Loaders;
+use crate::graphql::{DEADLINE_GRACE, Deadline, RequestDb, operation_type, ran_out_of_time};
+use crate::limits::{UserSlot, WsSlot};
 
 /// How long a client has to send `connection_init`.
 const INIT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,6 +43,10 @@ const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 pub mod close {
+    /// The peer stopped answering pings.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Too many connections for this user: try again later.
+    pub const TRY_AGAIN_LATER: u16 = 1013;
     pub const BAD_REQUEST: u16 = 4400;
     pub const UNAUTHORIZED: u16 = 4401;
     pub const INIT_TIMEOUT: u16 = 4408;
@@ -73,6 +85,15 @@ pub async fn handler(
                 .into_response();
         }
     };
+    let Some(slot) = app.ws_slots.open() else {
+        metrics::counter!("wallet_websocket_refused_total").increment(1);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "too many websocket connections, try again later",
+        )
+            .into_response();
+    };
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
         // Client messages are small; thousands of idle connections should cost little.
@@ -80,7 +101,7 @@ pub async fn handler(
         .write_buffer_size(8 * 1024)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| Session::new(app, protocol).run(socket))
+        .on_upgrade(move |socket| Session::new(app, protocol, slot).run(socket))
 }
 
 /// Why the session ends.
@@ -97,16 +118,25 @@ struct Session {
     expires_at: Option<tokio::time::Instant>,
     /// Running operations by client id; `None` marks a stream's end.
     operations: StreamMap<String, BoxStream<'static, Option<Response>>>,
+    /// This connection's place in the total, held until it closes.
+    _slot: WsSlot,
+    /// Its place among its user's connections, from `connection_init` on.
+    user_slot: Option<UserSlot>,
+    /// Since when a ping has gone unanswered (nothing at all heard from the peer).
+    unanswered_since: Option<tokio::time::Instant>,
 }
 
 impl Session {
-    fn new(app: App, protocol: Protocol) -> Self {
+    fn new(app: App, protocol: Protocol, slot: WsSlot) -> Self {
         Session {
             app,
             protocol,
             data: None,
             expires_at: None,
             operations: StreamMap::new(),
+            _slot: slot,
+            user_slot: None,
+            unanswered_since: None,
         }
     }
 
@@ -114,12 +144,17 @@ impl Session {
         let (mut tx, mut rx) = socket.split();
         let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
         tokio::pin!(init_deadline);
-        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+        let pong_timeout = self.app.ws.pong_timeout;
+        let mut keep_alive = tokio::time::interval(KEEP_ALIVE.min(pong_timeout));
         keep_alive.tick().await;
 
         let closing = loop {
+            let silent_until = self.unanswered_since.map(|since| since + pong_timeout);
             tokio::select! {
-                incoming = rx.next() => match incoming {
+                incoming = rx.next() => {
+                    // Anything from the peer (a pong included) shows it is there.
+                    self.unanswered_since = None;
+                    match incoming {
                     Some(Ok(Message::Text(text))) => {
                         if let Err(close) = self.on_message(&mut tx, text.as_str()).await {
                             break Some(close);
@@ -130,7 +165,11 @@ impl Session {
                     }
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
                     Some(Ok(_)) => {} // websocket-level ping/pong: answered by axum
+                    }
                 },
+                _ = until(silent_until) => {
+                    break Some(Close(close::GOING_AWAY, "no answer to ping".into()));
+                }
                 Some((id, item)) = self.operations.next(), if !self.operations.is_empty() => {
                     // Queue every result that is ready, then flush once.
                     let mut ready = Some((id, item));
@@ -158,9 +197,17 @@ impl Session {
                         Protocol::Transport => json!({"type": "ping"}),
                         Protocol::Legacy => json!({"type": "ka"}),
                     };
-                    if send(&mut tx, ping).await.is_err() {
+                    // The protocol's keep-alive for clients that watch for it, and a
+                    // websocket ping that every client answers (browsers and libraries do
+                    // it themselves) — which the legacy protocol's `ka` never gets.
+                    let sent = match send(&mut tx, ping).await {
+                        Ok(()) => tx.send(Message::Ping(Default::default())).await,
+                        Err(e) => Err(e),
+                    };
+                    if sent.is_err() {
                         break None;
                     }
+                    self.unanswered_since.get_or_insert_with(tokio::time::Instant::now);
                 }
             }
         };
@@ -216,6 +263,16 @@ impl Session {
                     ));
                 }
                 let (viewer, valid_until) = self.authenticate(&message["payload"])?;
+                let Some(user_slot) = self.app.ws_slots.for_user(&viewer.user_id) else {
+                    return Err(Close(
+                        close::TRY_AGAIN_LATER,
+                        format!(
+                            "at most {} websocket connections per user",
+                            self.app.ws.max_per_user
+                        ),
+                    ));
+                };
+                self.user_slot = Some(user_slot);
                 let left = valid_until.saturating_sub(jsonwebtoken::get_current_timestamp());
                 self.expires_at = Some(tokio::time::Instant::now() + Duration::from_secs(left));
                 self.data = Some(Arc::new(self.session_data(viewer)));
@@ -271,12 +328,16 @@ impl Session {
     }
 
     fn session_data(&self, viewer: Viewer) -> Data {
-        let wallets = loaders::wallets(self.app.state.pool.clone());
-        // A connection lives long: never serve a wallet from an earlier event's cache.
-        wallets.enable_all_cache(false);
+        // All operations of one connection share one connection budget.
+        let db = RequestDb::new(
+            self.app.state.reads.clone(),
+            self.app.limits.request_connections,
+        );
         let mut data = Data::default();
+        // A connection lives long: never serve a row from an earlier event's cache.
+        Loaders::new(&db, false).into_data(&mut data);
+        data.insert(db);
         data.insert(viewer);
-        data.insert(wallets);
         data
     }
 
@@ -295,18 +356,36 @@ impl Session {
                 format!("Subscriber for {id} already exists"),
             ));
         }
-        let request = operation(payload).map_err(|why| Close(close::BAD_REQUEST, why))?;
-        if self.operations.len() >= self.app.max_subscriptions {
+        let mut request = operation(payload).map_err(|why| Close(close::BAD_REQUEST, why))?;
+        let max = self.app.ws.max_subscriptions;
+        if self.operations.len() >= max {
             let errors = json!([{
-                "message": format!("at most {} operations may run at once on one connection", self.app.max_subscriptions),
+                "message": format!("at most {max} operations may run at once on one connection"),
                 "extensions": {"code": BAD_USER_INPUT},
             }]);
             return Ok(send(tx, json!({"type": "error", "id": id, "payload": errors})).await);
         }
+        // Queries and mutations get the request timeout, as over HTTP; a subscription runs
+        // until the client stops it.
+        let kind = operation_type(&request);
+        let deadline = (kind != Some(OperationType::Subscription))
+            .then(|| tokio::time::Instant::now() + self.app.request_timeout);
+        if let Some(deadline) = deadline {
+            request = request.data(Deadline(deadline));
+        }
         let results = self
             .app
             .schema
-            .execute_stream_with_session_data(request, data)
+            .execute_stream_with_session_data(request, data);
+        let results = match deadline {
+            Some(deadline) => cut_off(
+                results,
+                deadline + DEADLINE_GRACE,
+                kind == Some(OperationType::Mutation),
+            ),
+            None => results,
+        };
+        let results = results
             .map(Some)
             .chain(stream::once(async { None }))
             .boxed();
@@ -332,6 +411,34 @@ fn operation(payload: &Value) -> Result<async_graphql::Request, String> {
         _ => return Err("variables must be an object".into()),
     }
     Ok(request)
+}
+
+/// The results of an operation until `at`; then an error saying it ran out of time, and
+/// the end.
+fn cut_off(
+    results: BoxStream<'static, Response>,
+    at: tokio::time::Instant,
+    mutation: bool,
+) -> BoxStream<'static, Response> {
+    stream::unfold(Some(results), move |results| async move {
+        let mut results = results?;
+        match tokio::time::timeout_at(at, results.next()).await {
+            Ok(Some(response)) => Some((response, Some(results))),
+            Ok(None) => None,
+            Err(_) => {
+                let (code, message) = ran_out_of_time(mutation);
+                let error = async_graphql::ServerError::new(message, None);
+                let mut response = Response::from_errors(vec![error]);
+                if let Some(e) = response.errors.first_mut() {
+                    e.extensions
+                        .get_or_insert_with(Default::default)
+                        .set("code", code);
+                }
+                Some((response, None))
+            }
+        }
+    })
+    .boxed()
 }
 
 /// Resolves at `deadline`, never without one.

@@ -149,6 +149,7 @@ async fn depth_and_complexity_are_limited() {
         limits: Limits {
             max_depth: 8,
             max_complexity: 500,
+            ..Limits::default()
         },
         ..Options::default()
     })

@@ -247,8 +247,12 @@ async fn wallet_of_each_transaction_is_batched() {
         assert_eq!(users.len(), n, "each row has its own wallet");
         costs.push(cost);
     }
-    // The page query and one wallet query, each with the pool's connection check.
-    assert_eq!(costs, [4, 4], "statements for pages of 10 and 100");
+    // The page query and one wallet query, each with the pool's connection check (none
+    // for a connection the pool has just opened).
+    assert!(
+        costs.iter().all(|&c| (2..=4).contains(&c)),
+        "statements for pages of 10 and 100: {costs:?}"
+    );
 }
 
 /// Rows sharing one timestamp (a group-commit batch stamps every row of a wallet with the

@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use wallet::app::{App, AppConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -16,16 +14,7 @@ async fn concurrent_starts_create_and_migrate_once() {
     let config = AppConfig {
         database_url: url.clone(),
         pool_size: 2,
-        session_limits: Default::default(),
-        jwt_secret: common::JWT_SECRET.into(),
-        limits: Default::default(),
-        request_timeout: Duration::from_secs(5),
-        max_subscriptions: 8,
-        seed: wallet::custody::SeedSource::Mnemonic(common::TEST_MNEMONIC.into()),
-        simulated_chain: true,
-        block_interval: None,
-        reconcile_interval: None,
-        chain_poll: None,
+        ..common::Options::default().config(&url)
     };
     let starts = (0..4).map(|_| {
         let config = config.clone();

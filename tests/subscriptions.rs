@@ -502,7 +502,7 @@ fn schema_with_small_bus(t: &TestApp, capacity: usize) -> (wallet::graphql::AppS
         ..t.app.state.clone()
     };
     (
-        wallet::graphql::build_schema(state, Default::default()),
+        wallet::graphql::build_schema(state, Default::default(), None, true),
         bus,
     )
 }

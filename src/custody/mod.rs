@@ -2,9 +2,13 @@
 //! address is derived — BIP84 (native segwit, bech32) for bitcoin, BIP44 with EIP-55
 //! checksums for ethereum. The database stores the derivation path and the address only.
 
+pub mod fingerprint;
+
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
+
+use secrecy::{ExposeSecret, SecretString};
 
 use bitcoin::bip32::{DerivationPath, Xpriv};
 use bitcoin::secp256k1::{All, Message, PublicKey, Secp256k1, SecretKey};
@@ -51,6 +55,12 @@ pub enum CustodyError {
     MissingSeed,
     #[error("derivation failed: {0}")]
     Derivation(String),
+    #[error(
+        "the custody seed is not the one this database's wallets were derived from \
+         (recorded fingerprint {recorded}, this seed's {this}): restore the original seed, \
+         or point DATABASE_URL at a new database"
+    )]
+    SeedChanged { recorded: String, this: String },
 }
 
 /// A derived receiving address.
@@ -72,10 +82,10 @@ impl fmt::Debug for Custody {
     }
 }
 
-/// Where the seed comes from.
+/// Where the seed comes from. `Debug` never shows a mnemonic.
 #[derive(Clone, Debug)]
 pub enum SeedSource {
-    Mnemonic(String),
+    Mnemonic(SecretString),
     File(std::path::PathBuf),
     /// Development only: a fresh random seed (addresses change at every start).
     Generate,
@@ -94,30 +104,55 @@ impl Custody {
         })
     }
 
-    /// Reads the mnemonic from a file that only its owner may read (mode 0600 or
-    /// stricter), as one would keep an SSH key.
+    /// Reads the mnemonic from a file kept as one would keep an SSH key: a regular file,
+    /// not a symlink, owned by the user the service runs as, readable by that user only
+    /// (mode 0600 or 0400). The checks are made on the opened file, so the file cannot be
+    /// swapped between the check and the read.
     pub fn from_file(path: &Path) -> Result<Custody, CustodyError> {
+        use std::io::Read;
         let shown = path.display().to_string();
+        let refuse = |why: String| CustodyError::SeedFile(shown.clone(), why);
+        let mut options = std::fs::OpenOptions::new();
+        options.read(true);
         #[cfg(unix)]
         {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(path)
-                .map_err(|e| CustodyError::SeedFile(shown.clone(), e.to_string()))?
-                .permissions()
-                .mode();
-            if mode & 0o077 != 0 {
-                return Err(CustodyError::SeedFile(
-                    shown,
-                    format!(
-                        "is readable by others (mode {:o}); chmod 600 it",
-                        mode & 0o777
-                    ),
-                ));
+            use std::os::unix::fs::OpenOptionsExt;
+            // A symlink is refused by open(2) itself (ELOOP) rather than followed.
+            options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+        }
+        let mut file = options.open(path).map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                refuse("is a symlink; point WALLET_SEED_FILE at the file itself".into())
+            } else {
+                refuse(e.to_string())
+            }
+        })?;
+        let meta = file.metadata().map_err(|e| refuse(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(refuse("is not a regular file".into()));
+        }
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            let owner = rustix::process::geteuid().as_raw();
+            if meta.uid() != owner {
+                return Err(refuse(format!(
+                    "is owned by uid {}, not by the service's user (uid {owner}); chown it",
+                    meta.uid()
+                )));
+            }
+            let mode = meta.mode() & 0o777;
+            if mode & 0o177 != 0 {
+                return Err(refuse(format!(
+                    "must be readable by its owner only (mode {mode:o}); chmod 600 it"
+                )));
             }
         }
-        let phrase = std::fs::read_to_string(path)
-            .map_err(|e| CustodyError::SeedFile(shown.clone(), e.to_string()))?;
-        Custody::from_mnemonic(&phrase)
+        let mut phrase = String::new();
+        file.read_to_string(&mut phrase)
+            .map_err(|e| refuse(e.to_string()))?;
+        let phrase = SecretString::from(phrase);
+        Custody::from_mnemonic(phrase.expose_secret())
     }
 
     /// A random seed for development; returns the mnemonic so it can be shown once.
@@ -131,10 +166,18 @@ impl Custody {
 
     pub fn load(source: &SeedSource) -> Result<Custody, CustodyError> {
         match source {
-            SeedSource::Mnemonic(phrase) => Custody::from_mnemonic(phrase),
+            SeedSource::Mnemonic(phrase) => Custody::from_mnemonic(phrase.expose_secret()),
             SeedSource::File(path) => Custody::from_file(path),
             SeedSource::Generate => Custody::generate().map(|(c, _)| c),
         }
+    }
+
+    /// Identifies the seed without revealing anything about it: SHA-256 of the master
+    /// extended public key, in hex. Stored in the database to notice a changed seed.
+    pub fn fingerprint(&self) -> String {
+        use bitcoin::hashes::{Hash, sha256};
+        let xpub = bitcoin::bip32::Xpub::from_priv(&self.secp, &self.master);
+        sha256::Hash::hash(&xpub.encode()).to_string()
     }
 
     fn private_key(&self, path: &str) -> Result<SecretKey, CustodyError> {
@@ -294,7 +337,31 @@ mod tests {
             custody.derive(Chain::Bitcoin, 0).unwrap().address,
             "bc1qcr8te4kr609gcawutmrza0j4xv80jy8z306fyu"
         );
+        // A symlink to a good file is refused, not followed.
+        let link = dir.join("link");
+        std::os::unix::fs::symlink(&file, &link).unwrap();
+        let refused = Custody::from_file(&link).unwrap_err().to_string();
+        assert!(refused.contains("symlink"), "{refused}");
+        // Owned by someone else (only root can give a file away).
+        if rustix::process::geteuid().is_root() {
+            std::os::unix::fs::chown(&file, Some(65534), None).unwrap();
+            let refused = Custody::from_file(&file).unwrap_err().to_string();
+            assert!(refused.contains("owned by uid 65534"), "{refused}");
+        }
+        // A directory is not a seed.
+        assert!(Custody::from_file(&dir).is_err());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn fingerprints_tell_seeds_apart_and_reveal_no_key() {
+        let a = Custody::from_mnemonic(ABANDON).unwrap();
+        let again = Custody::from_mnemonic(ABANDON).unwrap();
+        let b = Custody::from_mnemonic(HARDHAT).unwrap();
+        assert_eq!(a.fingerprint(), again.fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 64);
+        assert!(!format!("{:?}", SeedSource::Mnemonic(ABANDON.into())).contains("abandon"));
     }
 
     #[test]

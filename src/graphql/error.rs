@@ -24,6 +24,9 @@ pub const UNAVAILABLE: &str = "UNAVAILABLE";
 /// (`transactionByKey`) or send it again with the same key, which returns the original if
 /// it was.
 pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
+/// Too many mutations from this caller: nothing was done; try again after
+/// `extensions.retryAfter` seconds (HTTP: 429 with `Retry-After`).
+pub const RATE_LIMITED: &str = "RATE_LIMITED";
 
 pub fn coded(code: &'static str, message: impl Into<String>) -> Error {
     Error::new(message).extend_with(|_, e| e.set("code", code))

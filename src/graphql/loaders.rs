@@ -1,22 +1,91 @@
-//! DataLoaders: batch the lookups that each row of a page would otherwise make.
+//! DataLoaders: batch the lookups that each row of a page would otherwise make, one query
+//! (and one connection) per batch instead of one per row.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_graphql::dataloader::Loader;
-
 use async_graphql::Context;
-use async_graphql::dataloader::{DataLoader, HashMapCache};
+use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
+use tokio::sync::Semaphore;
 
+use super::RequestDb;
 use crate::db::PgPool;
-use crate::ledger::{LedgerError, Wallet, wallet};
+use crate::ledger::{JournalEntry, LedgerError, Wallet, posting, wallet};
 
 /// The request's wallet loader (request-scoped, so its cache never outlives a request).
 pub type Wallets = DataLoader<WalletLoader, HashMapCache>;
+/// Journal rows by id (`Transaction.settles`).
+pub type Entries = DataLoader<EntryLoader, HashMapCache>;
+/// The postings of holds, by hold id (`Transaction.settlements`).
+pub type Settlements = DataLoader<SettlementLoader, HashMapCache>;
 
-/// A wallet loader for one request (or one websocket session).
-pub fn wallets(pool: PgPool) -> Wallets {
-    DataLoader::with_cache(WalletLoader { pool }, tokio::spawn, HashMapCache::default())
+/// The loaders of one request (or one websocket connection). Their batches share one
+/// connection at a time, apart from the resolvers' budget.
+pub struct Loaders {
+    pub wallets: Wallets,
+    pub entries: Entries,
+    pub settlements: Settlements,
+}
+
+impl Loaders {
+    /// Loaders over `db`'s pool. Without `cache`, every load reads the database again (a
+    /// long-lived websocket connection must never serve an earlier event's row).
+    pub fn new(db: &RequestDb, cache: bool) -> Loaders {
+        let batches = Batches {
+            pool: db.pool().clone(),
+            one_at_a_time: Arc::new(Semaphore::new(1)),
+        };
+        let loaders = Loaders {
+            wallets: loader(WalletLoader(batches.clone())),
+            entries: loader(EntryLoader(batches.clone())),
+            settlements: loader(SettlementLoader(batches)),
+        };
+        if !cache {
+            loaders.wallets.enable_all_cache(false);
+            loaders.entries.enable_all_cache(false);
+            loaders.settlements.enable_all_cache(false);
+        }
+        loaders
+    }
+
+    pub fn into_request(self, request: async_graphql::Request) -> async_graphql::Request {
+        request
+            .data(self.wallets)
+            .data(self.entries)
+            .data(self.settlements)
+    }
+
+    pub fn into_data(self, data: &mut async_graphql::Data) {
+        data.insert(self.wallets);
+        data.insert(self.entries);
+        data.insert(self.settlements);
+    }
+}
+
+fn loader<L: Loader<i64>>(l: L) -> DataLoader<L, HashMapCache> {
+    DataLoader::with_cache(l, tokio::spawn, HashMapCache::default())
+}
+
+/// Where the loaders of one request get their connection: one batch at a time.
+#[derive(Clone)]
+pub struct Batches {
+    pool: PgPool,
+    one_at_a_time: Arc<Semaphore>,
+}
+
+impl Batches {
+    async fn run<T>(
+        &self,
+        load: impl AsyncFnOnce(&mut diesel_async::AsyncPgConnection) -> Result<T, LedgerError>,
+    ) -> Result<T, Arc<LedgerError>> {
+        let _turn = self
+            .one_at_a_time
+            .acquire()
+            .await
+            .map_err(|_| Arc::new(LedgerError::Internal("loader closed".into())))?;
+        let mut conn = self.pool.get().await.map_err(|e| Arc::new(e.into()))?;
+        load(&mut conn).await.map_err(Arc::new)
+    }
 }
 
 /// When the selection of a connection asks for `edges.node.wallet`, loads the wallets of the
@@ -42,21 +111,57 @@ pub async fn prefetch_wallets(
     Ok(())
 }
 
-/// Loads wallets by id, one query per batch (used by `Transaction.wallet` and
-/// `Reconciliation.wallet`, whose rows the caller was already allowed to see).
-pub struct WalletLoader {
-    pub pool: PgPool,
-}
+/// Loads wallets by id (used by `Transaction.wallet` and `Reconciliation.wallet`, whose
+/// rows the caller was already allowed to see).
+pub struct WalletLoader(Batches);
 
 impl Loader<i64> for WalletLoader {
     type Value = Wallet;
     type Error = Arc<LedgerError>;
 
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Wallet>, Self::Error> {
-        let mut conn = self.pool.get().await.map_err(|e| Arc::new(e.into()))?;
-        let rows = wallet::wallets_by_ids(&mut conn, keys)
-            .await
-            .map_err(Arc::new)?;
+        let rows = self
+            .0
+            .run(async |c| wallet::wallets_by_ids(c, keys).await)
+            .await?;
         Ok(rows.into_iter().map(|w| (w.id, w)).collect())
+    }
+}
+
+/// Loads journal rows by id (the holds that postings settle: same wallet as the posting).
+pub struct EntryLoader(Batches);
+
+impl Loader<i64> for EntryLoader {
+    type Value = JournalEntry;
+    type Error = Arc<LedgerError>;
+
+    async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, JournalEntry>, Self::Error> {
+        let rows = self
+            .0
+            .run(async |c| posting::entries_by_ids(c, keys).await)
+            .await?;
+        Ok(rows.into_iter().map(|e| (e.id, e)).collect())
+    }
+}
+
+/// Loads the postings of holds, oldest first, by hold id.
+pub struct SettlementLoader(Batches);
+
+impl Loader<i64> for SettlementLoader {
+    type Value = Vec<JournalEntry>;
+    type Error = Arc<LedgerError>;
+
+    async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Vec<JournalEntry>>, Self::Error> {
+        let rows = self
+            .0
+            .run(async |c| posting::settlements_of(c, keys).await)
+            .await?;
+        let mut by_hold: HashMap<i64, Vec<JournalEntry>> = HashMap::new();
+        for row in rows {
+            if let Some(hold) = row.hold_id {
+                by_hold.entry(hold).or_default().push(row);
+            }
+        }
+        Ok(by_hold)
     }
 }

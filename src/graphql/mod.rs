@@ -4,6 +4,7 @@
 //! function, wrap the result.
 
 pub mod error;
+pub mod guard;
 pub mod ids;
 pub mod loaders;
 pub mod mutation;
@@ -16,13 +17,16 @@ pub mod validators;
 
 use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextExecute};
 use async_graphql::{Context, Response, Schema, SchemaBuilder};
+use diesel_async::AsyncPgConnection;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::app::AppState;
 use crate::auth::Viewer;
-use crate::db::PooledConn;
+use crate::db::{PgPool, PooledConn};
 use crate::ledger::{LedgerError, Scope};
+use crate::limits::MutationLimiter;
 
 pub use mutation::Mutation;
 pub use query::Query;
@@ -35,6 +39,14 @@ pub type AppSchema = Schema<Query, Mutation, Subscription>;
 pub struct Limits {
     pub max_depth: usize,
     pub max_complexity: usize,
+    /// Root fields (aliases included) of one operation.
+    pub max_root_fields: usize,
+    /// Fields of one operation, fragments expanded.
+    pub max_fields: usize,
+    /// Directives on one field.
+    pub max_directives: usize,
+    /// Database connections one request's resolvers may hold at once.
+    pub request_connections: usize,
 }
 
 impl Default for Limits {
@@ -42,6 +54,10 @@ impl Default for Limits {
         Limits {
             max_depth: 16,
             max_complexity: 5000,
+            max_root_fields: 20,
+            max_fields: 500,
+            max_directives: 4,
+            request_connections: 2,
         }
     }
 }
@@ -51,13 +67,29 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
     Schema::build(Query, Mutation, Subscription)
 }
 
-pub fn build_schema(state: AppState, limits: Limits) -> AppSchema {
-    schema_builder()
+/// The running schema. `limiter` counts root mutation fields per caller; without
+/// `introspection`, `__schema` and `__type` are refused (production default).
+pub fn build_schema(
+    state: AppState,
+    limits: Limits,
+    limiter: Option<Arc<MutationLimiter>>,
+    introspection: bool,
+) -> AppSchema {
+    let builder = schema_builder()
         .data(state)
         .limit_depth(limits.max_depth)
         .limit_complexity(limits.max_complexity)
-        .extension(ExecutionMarker)
-        .finish()
+        .limit_directives(limits.max_directives)
+        .extension(guard::Guard {
+            max_root_fields: limits.max_root_fields,
+            max_fields: limits.max_fields,
+            limiter,
+        })
+        .extension(ExecutionMarker);
+    match introspection {
+        true => builder.finish(),
+        false => builder.disable_introspection().finish(),
+    }
 }
 
 /// The schema as SDL, as committed in `schema.graphql`.
@@ -100,6 +132,44 @@ pub(crate) fn require_operator<'a>(
     Ok(v)
 }
 
+/// The kind of operation a request would run (`None`: it does not parse, or names no
+/// operation of its document; execution reports that).
+pub fn operation_type(
+    request: &async_graphql::Request,
+) -> Option<async_graphql::parser::types::OperationType> {
+    use async_graphql::parser::types::DocumentOperations;
+    let doc = async_graphql::parser::parse_query(&request.query).ok()?;
+    let op = match &doc.operations {
+        DocumentOperations::Single(op) => Some(op),
+        DocumentOperations::Multiple(ops) => match &request.operation_name {
+            Some(name) => ops.get(name.as_str()),
+            None if ops.len() == 1 => ops.values().next(),
+            None => None,
+        },
+    };
+    op.map(|op| op.node.ty)
+}
+
+/// How long after its deadline an operation is cut off if its resolvers have not answered
+/// (they answer by the deadline themselves; this is the backstop).
+pub const DEADLINE_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The error code and message for an operation cut off at its deadline. A mutation's work
+/// goes on in its own task, so its outcome is unknown; a query changed nothing.
+pub fn ran_out_of_time(mutation: bool) -> (&'static str, &'static str) {
+    match mutation {
+        true => (
+            error::OUTCOME_UNKNOWN,
+            "the request ran out of time: its movements may or may not have happened; \
+             look them up by their keys, or send them again with the same keys",
+        ),
+        false => (
+            error::UNAVAILABLE,
+            "the request ran out of time; nothing was changed, try again",
+        ),
+    }
+}
+
 /// When the request must be answered by: set by the transport when the request arrives.
 #[derive(Clone, Copy, Debug)]
 pub struct Deadline(pub tokio::time::Instant);
@@ -112,12 +182,76 @@ pub(crate) fn deadline(ctx: &Context<'_>) -> tokio::time::Instant {
         .unwrap_or_else(|| tokio::time::Instant::now() + state(ctx).request_timeout)
 }
 
-pub(crate) async fn conn(ctx: &Context<'_>) -> async_graphql::Result<PooledConn> {
-    state(ctx)
-        .pool
-        .get()
-        .await
-        .map_err(|e| LedgerError::from(e).into())
+/// The database connections one request (or one websocket connection) may use: its
+/// resolvers hold at most `limit` at once, whatever the shape of the operation — root
+/// fields of a query run concurrently, and without this a request with many aliases would
+/// take every pooled connection. Queries use the read pool; money movements have their own.
+#[derive(Clone)]
+pub struct RequestDb {
+    pool: PgPool,
+    resolvers: Arc<Semaphore>,
+}
+
+impl RequestDb {
+    pub fn new(pool: PgPool, limit: usize) -> Self {
+        RequestDb {
+            pool,
+            resolvers: Arc::new(Semaphore::new(limit.max(1))),
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    async fn get(&self) -> Result<RequestConn, LedgerError> {
+        let permit =
+            self.resolvers.clone().acquire_owned().await.map_err(|_| {
+                LedgerError::Internal("the request's connection budget closed".into())
+            })?;
+        let conn = self.pool.get().await?;
+        Ok(RequestConn {
+            conn,
+            _permit: Some(permit),
+        })
+    }
+}
+
+/// A pooled connection counted against its request's budget until dropped.
+pub struct RequestConn {
+    conn: PooledConn,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for RequestConn {
+    type Target = AsyncPgConnection;
+    fn deref(&self) -> &AsyncPgConnection {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for RequestConn {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        &mut self.conn
+    }
+}
+
+/// A read connection for a resolver, within the request's budget.
+pub(crate) async fn conn(ctx: &Context<'_>) -> async_graphql::Result<RequestConn> {
+    let conn = match ctx.data_opt::<RequestDb>() {
+        Some(db) => db.get().await,
+        // Executed without a transport (tools, tests): no budget to count against.
+        None => state(ctx)
+            .reads
+            .get()
+            .await
+            .map(|conn| RequestConn {
+                conn,
+                _permit: None,
+            })
+            .map_err(LedgerError::from),
+    };
+    conn.map_err(Into::into)
 }
 
 /// Set by [`ExecutionMarker`] when an operation got past parsing and validation: the

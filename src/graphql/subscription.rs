@@ -75,7 +75,7 @@ impl Subscription {
         wallet_id: ID,
     ) -> Result<BoxStream<'static, Result<WalletObject>>> {
         let audience = audience(ctx, Some(&wallet_id)).await?;
-        let pool = state(ctx).pool.clone();
+        let pool = state(ctx).reads.clone();
         let id = audience.wallet_id.unwrap_or_default();
         Ok(follow(
             state(ctx).events.subscribe(),

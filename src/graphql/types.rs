@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 
 use super::error::{internal, ledger_error};
 use super::ids::{NodeType, encode_id, fingerprint};
-use super::loaders::{Wallets, prefetch_wallets};
+use super::loaders::{self, Wallets, prefetch_wallets};
 use super::pagination::{ConnectionArgs, connection, page_cost};
 use super::scalars::DecimalScalar;
 use super::{conn, state};
@@ -387,8 +387,12 @@ impl TransactionObject {
             return Ok(None);
         };
         // Same wallet as this row, so visible to whoever sees this one.
-        let mut c = conn(ctx).await?;
-        let hold = journal::find_transaction(&mut c, &ledger::Scope::All, id).await?;
+        let hold = ctx
+            .data_unchecked::<loaders::Entries>()
+            .load_one(id)
+            .await
+            .map_err(|e| ledger_error(&e))?
+            .ok_or(ledger::LedgerError::NotFound("transaction"))?;
         Ok(Some(TransactionObject(hold)))
     }
     /// On a hold: the postings that settle it, oldest first (a deposit's credit; a
@@ -397,8 +401,12 @@ impl TransactionObject {
         if !self.0.hold {
             return Ok(Vec::new());
         }
-        let mut c = conn(ctx).await?;
-        let rows = ledger::posting::settlements(&mut c, self.0.id).await?;
+        let rows = ctx
+            .data_unchecked::<loaders::Settlements>()
+            .load_one(self.0.id)
+            .await
+            .map_err(|e| ledger_error(&e))?
+            .unwrap_or_default();
         Ok(rows.into_iter().map(TransactionObject).collect())
     }
 }

@@ -59,6 +59,20 @@ impl CurrencyRegistry {
         }
     }
 
+    /// The registry with every crypto currency whose network is not in `networks`
+    /// disabled: a server with no backend for a chain does not hand out addresses whose
+    /// deposits it could never see.
+    pub fn with_networks(mut self, networks: &[&str]) -> Self {
+        for currency in self.by_code.values_mut() {
+            if let Some(network) = &currency.network
+                && !networks.contains(&network.as_str())
+            {
+                currency.enabled = false;
+            }
+        }
+        self
+    }
+
     pub fn get(&self, code: &str) -> Option<&Currency> {
         self.by_code.get(code)
     }

@@ -332,6 +332,32 @@ pub async fn find_chain_deposit(
         .optional()?)
 }
 
+/// Journal rows by id (rows the caller was already allowed to see: the holds that postings
+/// settle).
+pub async fn entries_by_ids(
+    conn: &mut AsyncPgConnection,
+    ids: &[i64],
+) -> Result<Vec<JournalEntry>, LedgerError> {
+    Ok(transactions::table
+        .filter(transactions::id.eq_any(ids))
+        .select(JournalEntry::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// The postings that settle each of `hold_ids`, oldest first.
+pub async fn settlements_of(
+    conn: &mut AsyncPgConnection,
+    hold_ids: &[i64],
+) -> Result<Vec<JournalEntry>, LedgerError> {
+    Ok(transactions::table
+        .filter(transactions::hold_id.eq_any(hold_ids))
+        .order((transactions::created_at, transactions::id))
+        .select(JournalEntry::as_select())
+        .load(conn)
+        .await?)
+}
+
 /// The postings that settle a hold, oldest first.
 pub async fn settlements(
     conn: &mut AsyncPgConnection,

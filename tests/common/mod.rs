@@ -18,6 +18,7 @@ use tower::ServiceExt;
 use wallet::app::{App, AppConfig};
 use wallet::auth::{Role, TokenKeys};
 use wallet::graphql::Limits;
+use wallet::limits::{RateLimits, WsLimits};
 
 /// The well-known development mnemonic: its addresses are published test vectors.
 pub const TEST_MNEMONIC: &str = "test test test test test test test test test test test junk";
@@ -174,6 +175,8 @@ pub struct Options {
     /// Run the chain worker this often (None: tests run passes by hand).
     pub chain_poll: Option<Duration>,
     pub session_limits: wallet::db::SessionLimits,
+    pub rates: RateLimits,
+    pub ws: WsLimits,
     pub request_timeout: Duration,
 }
 
@@ -185,6 +188,15 @@ impl Default for Options {
             chain_poll: None,
             session_limits: Default::default(),
             request_timeout: Duration::from_secs(30),
+            // Tests drive many mutations as one user; the rate-limit tests set one.
+            rates: RateLimits {
+                user_per_sec: 0,
+                ..RateLimits::default()
+            },
+            ws: WsLimits {
+                max_subscriptions: 8,
+                ..WsLimits::default()
+            },
         }
     }
 }
@@ -194,16 +206,21 @@ impl Options {
         AppConfig {
             database_url: database_url.to_owned(),
             pool_size: self.pool_size,
+            read_pool_size: self.pool_size,
             session_limits: self.session_limits,
             jwt_secret: JWT_SECRET.into(),
             limits: self.limits,
             request_timeout: self.request_timeout,
-            max_subscriptions: 8,
+            http: Default::default(),
+            ws: self.ws,
+            rates: self.rates,
             seed: wallet::custody::SeedSource::Mnemonic(TEST_MNEMONIC.into()),
             simulated_chain: true,
             block_interval: None,
             reconcile_interval: None,
             chain_poll: self.chain_poll,
+            graphiql: true,
+            metrics: wallet::app::MetricsAccess::Open,
         }
     }
 }

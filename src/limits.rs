@@ -1,0 +1,238 @@
+//! Abuse limits outside the GraphQL executor: connections, websockets, mutation rates.
+//!
+//! Each limit answers with a clear refusal (503 for connections over the cap, websocket
+//! close code 1013 "try again later", `RATE_LIMITED` with `Retry-After` for mutations)
+//! and never slows anyone else down.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::auth::Viewer;
+
+/// Limits of the HTTP server.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpLimits {
+    /// Time a client has to send a request's headers; also how long an idle keep-alive
+    /// connection is kept between requests.
+    pub header_timeout: Duration,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            header_timeout: Duration::from_secs(10),
+            max_connections: 1024,
+        }
+    }
+}
+
+/// Limits of websocket connections.
+#[derive(Clone, Copy, Debug)]
+pub struct WsLimits {
+    /// Operations one connection may run at once.
+    pub max_subscriptions: usize,
+    /// Connections open at once, in total.
+    pub max_connections: usize,
+    /// Connections one user may have open at once.
+    pub max_per_user: usize,
+    /// Time a peer has to answer a ping.
+    pub pong_timeout: Duration,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        WsLimits {
+            max_subscriptions: 32,
+            max_connections: 512,
+            max_per_user: 8,
+            pong_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Mutation rates per token subject.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimits {
+    /// Sustained mutations per second of a user (0: no limit).
+    pub user_per_sec: u32,
+    /// Mutations a user may send at once above the sustained rate.
+    pub user_burst: u32,
+    /// Sustained mutations per second of an operator (0: no limit).
+    pub operator_per_sec: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        RateLimits {
+            user_per_sec: 10,
+            user_burst: 50,
+            operator_per_sec: 0,
+        }
+    }
+}
+
+/// How many keys a limiter keeps before forgetting the ones that are back to full quota.
+const RETAIN_KEYS: usize = 10_000;
+
+/// Counts mutations (root mutation fields) per caller.
+pub struct MutationLimiter {
+    users: Option<DefaultKeyedRateLimiter<String>>,
+    operators: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+impl MutationLimiter {
+    pub fn new(limits: RateLimits) -> Self {
+        let keyed = |per_sec: u32, burst: u32| {
+            let per_sec = NonZeroU32::new(per_sec)?;
+            let burst = NonZeroU32::new(burst).unwrap_or(per_sec).max(per_sec);
+            Some(RateLimiter::keyed(
+                Quota::per_second(per_sec).allow_burst(burst),
+            ))
+        };
+        MutationLimiter {
+            users: keyed(limits.user_per_sec, limits.user_burst),
+            operators: keyed(limits.operator_per_sec, limits.operator_per_sec),
+        }
+    }
+
+    /// Takes `count` mutations from the caller's quota, or says how long to wait.
+    pub fn check(&self, viewer: &Viewer, count: u32) -> Result<(), Duration> {
+        let limiter = match viewer.is_operator() {
+            true => &self.operators,
+            false => &self.users,
+        };
+        let (Some(limiter), Some(count)) = (limiter, NonZeroU32::new(count)) else {
+            return Ok(());
+        };
+        if limiter.len() > RETAIN_KEYS {
+            limiter.retain_recent();
+        }
+        match limiter.check_key_n(&viewer.user_id, count) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(not_until.wait_time_from(DefaultClock::default().now())),
+            // More at once than the burst allows: never possible, say so with a second.
+            Err(_) => Err(Duration::from_secs(1)),
+        }
+    }
+}
+
+/// Websocket connections open, in total and per user.
+pub struct WsSlots {
+    total: Arc<Semaphore>,
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+    max_per_user: usize,
+}
+
+/// A connection's place in the total; released when dropped.
+pub struct WsSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+
+/// A connection's place among its user's; released when dropped.
+pub struct UserSlot {
+    per_user: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut counts = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl WsSlots {
+    pub fn new(limits: WsLimits) -> Self {
+        WsSlots {
+            total: Arc::new(Semaphore::new(limits.max_connections)),
+            per_user: Arc::default(),
+            max_per_user: limits.max_per_user,
+        }
+    }
+
+    /// A place for one more connection, if the total allows.
+    pub fn open(&self) -> Option<WsSlot> {
+        self.total.clone().try_acquire_owned().ok().map(WsSlot)
+    }
+
+    /// A place for one more connection of `user`, if their cap allows.
+    pub fn for_user(&self, user: &str) -> Option<UserSlot> {
+        let mut counts = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(user.to_owned()).or_default();
+        if *n >= self.max_per_user {
+            return None;
+        }
+        *n += 1;
+        Some(UserSlot {
+            per_user: self.per_user.clone(),
+            user: user.to_owned(),
+        })
+    }
+
+    /// Connections open now.
+    pub fn open_count(&self, limits: &WsLimits) -> usize {
+        limits.max_connections - self.total.available_permits()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::Role;
+
+    fn viewer(id: &str, role: Role) -> Viewer {
+        Viewer {
+            user_id: id.into(),
+            role,
+        }
+    }
+
+    #[test]
+    fn users_are_limited_separately_and_operators_not_by_default() {
+        let limiter = MutationLimiter::new(RateLimits {
+            user_per_sec: 1,
+            user_burst: 3,
+            operator_per_sec: 0,
+        });
+        let alice = viewer("alice", Role::User);
+        assert!(limiter.check(&alice, 3).is_ok());
+        let wait = limiter.check(&alice, 1).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+        assert!(limiter.check(&viewer("bob", Role::User), 1).is_ok());
+        let operator = viewer("back-office", Role::Operator);
+        for _ in 0..1000 {
+            assert!(limiter.check(&operator, 1).is_ok());
+        }
+    }
+
+    #[test]
+    fn websocket_slots_are_released() {
+        let limits = WsLimits {
+            max_connections: 2,
+            max_per_user: 1,
+            ..WsLimits::default()
+        };
+        let slots = WsSlots::new(limits);
+        let a = slots.open().unwrap();
+        let _b = slots.open().unwrap();
+        assert!(slots.open().is_none());
+        drop(a);
+        assert!(slots.open().is_some());
+        let alice = slots.for_user("alice").unwrap();
+        assert!(slots.for_user("alice").is_none());
+        assert!(slots.for_user("bob").is_some());
+        drop(alice);
+        assert!(slots.for_user("alice").is_some());
+    }
+}
