@@ -26,9 +26,10 @@ async fn crypto_wallet(t: &TestApp, user: &str, currency: &str) -> (String, Stri
     )
 }
 
-async fn incoming(t: &TestApp, token: &str, network: &str, to: &str, amount: &str) -> Value {
+/// A transfer from outside (the simulator's mutations are the operator's).
+async fn incoming(t: &TestApp, network: &str, to: &str, amount: &str) -> Value {
     t.ok(
-        token,
+        &t.operator(),
         INCOMING,
         json!({"n": network, "to": to, "a": amount}),
     )
@@ -48,7 +49,7 @@ async fn a_deposit_is_credited_once_it_has_its_confirmations() {
     let t = TestApp::new().await;
     let alice = t.user("alice");
     let (wallet, address) = crypto_wallet(&t, "alice", "BTC").await;
-    let transfer = incoming(&t, &alice, "bitcoin", &address, "0.12345678").await;
+    let transfer = incoming(&t, "bitcoin", &address, "0.12345678").await;
     assert_eq!(transfer["status"], "PENDING");
     assert_eq!(transfer["confirmations"], 0);
     assert_eq!(transfer["toAddress"], address.as_str());
@@ -105,7 +106,7 @@ async fn wrong_address_unknown_hash_and_failed_transfers_are_refused() {
     let bob = t.user("bob");
     let (alices, alices_address) = crypto_wallet(&t, "alice", "ETH").await;
     let (bobs, _) = crypto_wallet(&t, "bob", "ETH").await;
-    let transfer = incoming(&t, &alice, "ethereum", &alices_address, "1.5").await;
+    let transfer = incoming(&t, "ethereum", &alices_address, "1.5").await;
     let hash = transfer["txHash"].as_str().unwrap().to_owned();
     assert!(hash.starts_with("0x") && hash.len() == 66);
     mine(&t, "ethereum", 6).await;
@@ -144,7 +145,7 @@ async fn wrong_address_unknown_hash_and_failed_transfers_are_refused() {
     )
     .await
     .unwrap();
-    let failing = incoming(&t, &alice, "ethereum", &alices_address, "2").await;
+    let failing = incoming(&t, "ethereum", &alices_address, "2").await;
     mine(&t, "ethereum", 6).await;
     let body = t
         .gql(
@@ -216,7 +217,7 @@ async fn racing_process_calls_credit_once() {
     .await;
     let alice = t.user("alice");
     let (wallet, address) = crypto_wallet(&t, "alice", "ETH").await;
-    let transfer = incoming(&t, &alice, "ethereum", &address, "0.25").await;
+    let transfer = incoming(&t, "ethereum", &address, "0.25").await;
     mine(&t, "ethereum", 6).await;
     let calls = (0..20).map(|_| {
         let (t, alice) = (&t, &alice);
@@ -273,7 +274,7 @@ async fn crypto_wallets_reconcile_against_the_chain() {
     let op = t.operator();
     let (wallet, address) = crypto_wallet(&t, "alice", "BTC").await;
     for amount in ["0.5", "0.25"] {
-        let transfer = incoming(&t, &alice, "bitcoin", &address, amount).await;
+        let transfer = incoming(&t, "bitcoin", &address, amount).await;
         mine(&t, "bitcoin", 6).await;
         t.ok(
             &alice,
@@ -292,7 +293,7 @@ async fn crypto_wallets_reconcile_against_the_chain() {
     assert_eq!(matched["mismatchReason"], json!(null));
 
     // A transfer the ledger does not know (never processed): listed, and the balances differ.
-    let stray = incoming(&t, &alice, "bitcoin", &address, "0.1").await;
+    let stray = incoming(&t, "bitcoin", &address, "0.1").await;
     mine(&t, "bitcoin", 1).await;
     let mismatch = t.ok(&op, RECONCILE, json!({"w": wallet})).await["reconcileWallet"].clone();
     assert_eq!(mismatch["status"], "MISMATCH");
@@ -319,12 +320,12 @@ async fn scheduled_reconciliation_is_incremental_and_claimed_once() {
     let (a, a_address) = crypto_wallet(&t, "alice", "BTC").await;
     let (_b, b_address) = crypto_wallet(&t, "bob", "ETH").await;
     t.create_wallet("carol", "USD").await; // fiat: not part of it
-    let first = incoming(&t, &alice, "bitcoin", &a_address, "1").await;
+    let first = incoming(&t, "bitcoin", &a_address, "1").await;
     mine(&t, "bitcoin", 6).await;
     t.ok(&alice, PROCESS, json!({"w": a, "h": first["txHash"]}))
         .await;
     // Bob's transfer reaches the chain but is never credited.
-    incoming(&t, &alice, "ethereum", &b_address, "3").await;
+    incoming(&t, "ethereum", &b_address, "3").await;
     mine(&t, "ethereum", 1).await;
 
     let chain = t.app.state.simulator.clone().unwrap();
@@ -343,7 +344,7 @@ async fn scheduled_reconciliation_is_incremental_and_claimed_once() {
 
     // Alice gets a second deposit; the next run for her starts at the checkpoint and sees
     // only the new transfer, yet balances still agree.
-    let second = incoming(&t, &alice, "bitcoin", &a_address, "0.5").await;
+    let second = incoming(&t, "bitcoin", &a_address, "0.5").await;
     mine(&t, "bitcoin", 6).await;
     t.ok(&alice, PROCESS, json!({"w": a, "h": second["txHash"]}))
         .await;
@@ -422,7 +423,7 @@ async fn the_watcher_finds_follows_and_credits_deposits_by_itself() {
     let alice = t.user("alice");
     let (wallet, address) = crypto_wallet(&t, "alice", "ETH").await;
     let worker = t.app.chain_worker().unwrap();
-    let transfer = incoming(&t, &alice, "ethereum", &address, "2.5").await;
+    let transfer = incoming(&t, "ethereum", &address, "2.5").await;
     let hash = transfer["txHash"].as_str().unwrap();
 
     // Seen while still pending: journaled as a hold, nothing credited.
@@ -477,13 +478,11 @@ async fn the_watcher_finds_follows_and_credits_deposits_by_itself() {
 #[tokio::test]
 async fn the_watcher_ignores_other_addresses_and_fails_failed_transfers() {
     let t = TestApp::new().await;
-    let alice = t.user("alice");
     let (wallet, address) = crypto_wallet(&t, "alice", "BTC").await;
     let worker = t.app.chain_worker().unwrap();
     // To an address that is not ours.
     let stranger = incoming(
         &t,
-        &alice,
         "bitcoin",
         "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4",
         "1",
@@ -497,7 +496,7 @@ async fn the_watcher_ignores_other_addresses_and_fails_failed_transfers() {
     )
     .await
     .unwrap();
-    let failing = incoming(&t, &alice, "bitcoin", &address, "1").await;
+    let failing = incoming(&t, "bitcoin", &address, "1").await;
     worker.pass().await.unwrap();
     mine(&t, "bitcoin", 6).await;
     worker.pass().await.unwrap();
@@ -524,7 +523,7 @@ async fn watcher_and_process_calls_racing_credit_once() {
     .await;
     let alice = t.user("alice");
     let (wallet, address) = crypto_wallet(&t, "alice", "BTC").await;
-    let transfer = incoming(&t, &alice, "bitcoin", &address, "0.4").await;
+    let transfer = incoming(&t, "bitcoin", &address, "0.4").await;
     mine(&t, "bitcoin", 6).await;
     let (other, _) = t.sibling().await;
     let workers = [t.app.chain_worker().unwrap(), other.chain_worker().unwrap()];
@@ -560,7 +559,7 @@ async fn watcher_and_process_calls_racing_credit_once() {
 async fn a_client_key_equal_to_a_chain_hash_does_not_block_the_deposit() {
     let t = TestApp::new().await;
     let (bobs, bob_address) = crypto_wallet(&t, "bob", "BTC").await;
-    let transfer = incoming(&t, &t.user("bob"), "bitcoin", &bob_address, "0.3").await;
+    let transfer = incoming(&t, "bitcoin", &bob_address, "0.3").await;
     let hash = transfer["txHash"].as_str().unwrap();
     let usd = t.create_wallet("mallory", "USD").await;
     t.deposit(&usd, "1.00", "bank-1").await;
@@ -599,7 +598,7 @@ async fn deposits_that_cannot_be_credited_are_parked_and_the_watcher_moves_on() 
     .unwrap();
     mine(&t, "bitcoin", 1).await;
     // An ordinary deposit in a later block.
-    let ordinary = incoming(&t, &alice, "bitcoin", &address, "0.5").await["txHash"]
+    let ordinary = incoming(&t, "bitcoin", &address, "0.5").await["txHash"]
         .as_str()
         .unwrap()
         .to_owned();

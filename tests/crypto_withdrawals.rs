@@ -482,7 +482,7 @@ async fn a_crash_inside_the_signing_transaction_leaves_it_pending() {
     .unwrap();
     // A deposit arriving meanwhile: the rest of the pass still runs.
     t.ok(
-        &t.user("alice"),
+        &t.operator(),
         INCOMING,
         json!({"n": "bitcoin", "to": address, "a": "0.05"}),
     )
@@ -800,7 +800,7 @@ async fn racing_workers_complete_or_refund_each_withdrawal_once() {
 /// A transfer from outside to `address`, pending until the next block; its hash.
 async fn send_in(t: &TestApp, address: &str, amount: &str) -> String {
     t.ok(
-        &t.user("alice"),
+        &t.operator(),
         INCOMING,
         json!({"n": "bitcoin", "to": address, "a": amount}),
     )

@@ -703,7 +703,7 @@ async fn confirmation_progress_of_a_deposit_is_pushed_block_by_block() {
 
     let transfer = t
         .ok(
-            &alice,
+            &t.operator(),
             "mutation($to: String!) { simulateIncomingTransfer(input:
                {network: \"bitcoin\", toAddress: $to, amount: \"0.5\"}) { txHash } }",
             json!({ "to": address }),

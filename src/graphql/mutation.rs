@@ -212,15 +212,15 @@ impl Mutation {
         Ok(TransactionObject(done.entry))
     }
 
-    /// Simulated chain only: a transfer from an outside address, pending until the next
-    /// block.
+    /// Simulated chain only (operators): a transfer from an outside address, pending until
+    /// the next block.
     #[graphql(visible = "simulator_enabled")]
     async fn simulate_incoming_transfer(
         &self,
         ctx: &Context<'_>,
         input: SimulateIncomingTransferInput,
     ) -> Result<ChainTransferObject> {
-        viewer(ctx)?;
+        require_operator(ctx, "simulate chain transfers")?;
         let chain = simulator(ctx)?;
         let currency = network_currency(ctx, &input.network)?;
         let amount = money::validate_amount(input.amount.0, currency)?;
@@ -235,10 +235,11 @@ impl Mutation {
         Ok(ChainTransferObject(transfer))
     }
 
-    /// Simulated chain only: mines `count` blocks now and returns the new height.
+    /// Simulated chain only (operators): mines `count` blocks now and returns the new
+    /// height.
     #[graphql(visible = "simulator_enabled")]
     async fn mine_blocks(&self, ctx: &Context<'_>, input: MineBlocksInput) -> Result<i64> {
-        viewer(ctx)?;
+        require_operator(ctx, "mine blocks")?;
         let chain = simulator(ctx)?;
         network_currency(ctx, &input.network)?;
         if !(1..=1000).contains(&input.count) {

@@ -77,7 +77,7 @@ pub async fn request(
 
     posting::retried!(conn, |tx| {
         let wallet = posting::lock_wallet(tx, scope, wallet.id).await?;
-        if let Some(existing) = posting::find_by_key(tx, &request.key).await? {
+        if let Some(existing) = posting::find_by_key(tx, wallet.id, &request.key).await? {
             let same = existing.wallet_id == wallet.id
                 && existing.kind == TransactionType::Withdraw
                 && existing.amount == amount

@@ -406,17 +406,20 @@ async fn apply_batch(
     let mut balances = lock_visible_wallets(conn, batch).await?;
 
     // Keys used before, read after the locks (as a single movement does).
-    let keys: Vec<&str> = batch.iter().map(|j| j.request.key.as_str()).collect();
-    let mut existing: HashMap<String, JournalEntry> = posting::find_by_keys(conn, &keys)
+    let keys: Vec<(i64, &str)> = batch
+        .iter()
+        .map(|j| (j.request.wallet_id, j.request.key.as_str()))
+        .collect();
+    let mut existing: HashMap<(i64, String), JournalEntry> = posting::find_by_keys(conn, &keys)
         .await?
         .into_iter()
-        .map(|e| (e.tx_hash.clone(), e))
+        .map(|e| ((e.wallet_id, e.tx_hash.clone()), e))
         .collect();
 
     // Judge each request in arrival order against the running balances.
     let mut verdicts = Vec::with_capacity(batch.len());
     let mut rows: Vec<(i64, NewRow<'_>, (Decimal, Decimal))> = Vec::new();
-    let mut earlier: HashMap<&str, usize> = HashMap::new();
+    let mut earlier: HashMap<(i64, &str), usize> = HashMap::new();
     for job in batch {
         let judged = judge(currencies, job, &balances, &existing, &earlier, &rows);
         let verdict = match judged {
@@ -424,7 +427,7 @@ async fn apply_batch(
                 Some(wallet) => {
                     let around = row.balances(wallet.balance);
                     wallet.balance = around.1;
-                    earlier.insert(job.request.key.as_str(), rows.len());
+                    earlier.insert((wallet.id, job.request.key.as_str()), rows.len());
                     rows.push((wallet.id, row, around));
                     Verdict::Insert(rows.len() - 1)
                 }
@@ -481,7 +484,7 @@ async fn apply_batch(
         // Rows come back in the order given (one VALUES list, ids in that order).
         inserted.sort_by_key(|e| e.id);
         for e in &inserted {
-            existing.insert(e.tx_hash.clone(), e.clone());
+            existing.insert((e.wallet_id, e.tx_hash.clone()), e.clone());
         }
     }
 
@@ -528,8 +531,8 @@ fn judge<'a>(
     currencies: &CurrencyRegistry,
     job: &'a Job,
     balances: &HashMap<i64, Wallet>,
-    existing: &HashMap<String, JournalEntry>,
-    earlier: &HashMap<&str, usize>,
+    existing: &HashMap<(i64, String), JournalEntry>,
+    earlier: &HashMap<(i64, &str), usize>,
     rows: &[(i64, NewRow<'_>, (Decimal, Decimal))],
 ) -> Result<Judged<'a>, LedgerError> {
     let request = &job.request;
@@ -537,17 +540,17 @@ fn judge<'a>(
         .get(&request.wallet_id)
         .filter(|w| job.scope.owner().is_none_or(|owner| w.user_id == owner))
         .ok_or(LedgerError::NotFound("wallet"))?;
-    if let Some(e) = existing.get(&request.key) {
+    // Keys are scoped to the wallet.
+    if let Some(e) = existing.get(&(request.wallet_id, request.key.clone())) {
         return if movement::same_request(e, request) {
             Ok(Judged::Replay(Box::new(e.clone())))
         } else {
             Err(movement::key_conflict(request))
         };
     }
-    if let Some(&i) = earlier.get(request.key.as_str()) {
-        let (wallet_id, row, _) = &rows[i];
-        let same = *wallet_id == request.wallet_id
-            && row.kind == request.direction.transaction_type()
+    if let Some(&i) = earlier.get(&(request.wallet_id, request.key.as_str())) {
+        let (_, row, _) = &rows[i];
+        let same = row.kind == request.direction.transaction_type()
             && row.amount == request.amount
             && row.description == request.description.as_deref();
         return if same {

@@ -94,9 +94,7 @@ pub async fn find_by_key(
     key: &str,
 ) -> Result<Option<JournalEntry>, LedgerError> {
     let wallet = super::wallet::find_wallet(conn, scope, wallet_id).await?;
-    let keyed = super::posting::find_by_key(conn, key)
-        .await?
-        .filter(|e| e.wallet_id == wallet.id);
+    let keyed = super::posting::find_by_key(conn, wallet.id, key).await?;
     if keyed.is_some() {
         return Ok(keyed);
     }

@@ -83,7 +83,7 @@ async fn apply(
 
     // Read after the lock: a request with the same key that committed while we waited
     // is visible now.
-    if let Some(existing) = posting::find_by_key(conn, &request.key).await? {
+    if let Some(existing) = posting::find_by_key(conn, wallet.id, &request.key).await? {
         return replay(existing, request);
     }
 

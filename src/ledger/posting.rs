@@ -275,7 +275,7 @@ pub async fn append(
 // executions) can only use a partial index whose predicate it can prove from the query
 // text, and with `type <> $1` it cannot — it scanned the whole journal instead.
 
-/// Rows keyed by a client's idempotency key (`transactions_tx_hash_key`).
+/// Rows keyed by a client's idempotency key, unique per wallet (`transactions_tx_hash_key`).
 pub fn keyed_by_client() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
     diesel::dsl::sql(
         "transactions.hold_id IS NULL AND NOT (transactions.hold AND transactions.type = 'DEPOSIT')",
@@ -287,12 +287,16 @@ pub fn open_hold() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
     diesel::dsl::sql("transactions.hold AND transactions.status IN ('PENDING', 'PROCESSING')")
 }
 
-/// The movement (not a posting) recorded under a client's idempotency key, if any.
+/// The movement (not a posting) recorded on `wallet_id` under a client's idempotency key,
+/// if any. Keys are scoped to the wallet: the same key on another wallet is another
+/// movement.
 pub async fn find_by_key(
     conn: &mut AsyncPgConnection,
+    wallet_id: i64,
     key: &str,
 ) -> Result<Option<JournalEntry>, LedgerError> {
     Ok(transactions::table
+        .filter(transactions::wallet_id.eq(wallet_id))
         .filter(transactions::tx_hash.eq(key))
         // Chain deposits are keyed by network and hash instead.
         .filter(keyed_by_client())
@@ -302,17 +306,25 @@ pub async fn find_by_key(
         .optional()?)
 }
 
-/// The movements recorded under any of `keys` (see [`find_by_key`]).
+/// The movements recorded under any of `keys`, each a wallet and a key (see
+/// [`find_by_key`]).
 pub async fn find_by_keys(
     conn: &mut AsyncPgConnection,
-    keys: &[&str],
+    keys: &[(i64, &str)],
 ) -> Result<Vec<JournalEntry>, LedgerError> {
-    Ok(transactions::table
-        .filter(transactions::tx_hash.eq_any(keys))
+    let (wallets, texts): (Vec<i64>, Vec<&str>) = keys.iter().copied().unzip();
+    let rows: Vec<JournalEntry> = transactions::table
+        .filter(transactions::wallet_id.eq_any(&wallets))
+        .filter(transactions::tx_hash.eq_any(&texts))
         .filter(keyed_by_client())
         .select(JournalEntry::as_select())
         .load(conn)
-        .await?)
+        .await?;
+    // The two lists match crosswise too (wallet A with B's key): keep only the pairs asked.
+    Ok(rows
+        .into_iter()
+        .filter(|e| keys.contains(&(e.wallet_id, e.tx_hash.as_str())))
+        .collect())
 }
 
 /// The journaled deposit (a hold, or a credit from before holds) of a chain transfer.

@@ -177,6 +177,10 @@ pub struct Options {
     pub session_limits: wallet::db::SessionLimits,
     pub rates: RateLimits,
     pub ws: WsLimits,
+    /// Run the simulated networks (without: no chain backend, crypto not offered).
+    pub simulated_chain: bool,
+    pub graphiql: bool,
+    pub metrics: wallet::app::MetricsAccess,
     pub request_timeout: Duration,
 }
 
@@ -197,6 +201,9 @@ impl Default for Options {
                 max_subscriptions: 8,
                 ..WsLimits::default()
             },
+            simulated_chain: true,
+            graphiql: true,
+            metrics: wallet::app::MetricsAccess::Open,
         }
     }
 }
@@ -215,12 +222,12 @@ impl Options {
             ws: self.ws,
             rates: self.rates,
             seed: wallet::custody::SeedSource::Mnemonic(TEST_MNEMONIC.into()),
-            simulated_chain: true,
+            simulated_chain: self.simulated_chain,
             block_interval: None,
             reconcile_interval: None,
             chain_poll: self.chain_poll,
-            graphiql: true,
-            metrics: wallet::app::MetricsAccess::Open,
+            graphiql: self.graphiql,
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -569,12 +576,25 @@ pub async fn gql_to(router: &Router, token: Option<&str>, query: &str, variables
 
 /// Serves a router on a local port for as long as the test runs; returns its websocket URL.
 pub async fn serve(router: Router) -> String {
+    let addr = serve_with(router, Default::default()).await;
+    format!("ws://{addr}/graphql/ws")
+}
+
+/// Serves a router as the binary does (hyper with its timeouts and connection cap) on a
+/// local port for as long as the test runs.
+pub async fn serve_with(
+    router: Router,
+    limits: wallet::limits::HttpLimits,
+) -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    format!("ws://{addr}/graphql/ws")
+    tokio::spawn(wallet::server::serve(
+        listener,
+        router,
+        limits,
+        std::future::pending(),
+    ));
+    addr
 }
 
 pub const DEPOSIT: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
