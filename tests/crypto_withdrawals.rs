@@ -38,7 +38,7 @@ async fn funded_wallet(t: &TestApp, user: &str, amount: &str) -> (String, String
         w["address"].as_str().unwrap().to_owned(),
     );
     t.ok(
-        &t.user(user),
+        &t.operator(),
         INCOMING,
         json!({"n": "bitcoin", "to": address, "a": amount}),
     )

@@ -487,7 +487,9 @@ impl CurrencyObject {
     async fn network(&self) -> Option<&str> {
         self.0.network.as_deref()
     }
-    /// Whether wallets can be created in this currency.
+    /// Whether wallets can be created in this currency on this server: false for a crypto
+    /// currency whose network has no chain backend here (its deposits could never be
+    /// seen).
     async fn enabled(&self) -> bool {
         self.0.enabled
     }
