@@ -30,7 +30,7 @@ use tokio_stream::StreamMap;
 
 use crate::app::App;
 use crate::auth::{TokenError, Viewer};
-use crate::graphql::error::{BAD_USER_INPUT, tag_request_errors};
+use crate::graphql::error::{BAD_USER_INPUT, server_error, tag_request_errors};
 use crate::graphql::loaders::Loaders;
 use crate::graphql::{DEADLINE_GRACE, Deadline, RequestDb, operation_type, ran_out_of_time};
 use crate::limits::{UserSlot, WsSlot};
@@ -427,13 +427,7 @@ fn cut_off(
             Ok(None) => None,
             Err(_) => {
                 let (code, message) = ran_out_of_time(mutation);
-                let error = async_graphql::ServerError::new(message, None);
-                let mut response = Response::from_errors(vec![error]);
-                if let Some(e) = response.errors.first_mut() {
-                    e.extensions
-                        .get_or_insert_with(Default::default)
-                        .set("code", code);
-                }
+                let response = Response::from_errors(vec![server_error(code, message)]);
                 Some((response, None))
             }
         }

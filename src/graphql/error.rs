@@ -32,6 +32,16 @@ pub fn coded(code: &'static str, message: impl Into<String>) -> Error {
     Error::new(message).extend_with(|_, e| e.set("code", code))
 }
 
+/// An error raised outside a resolver (before execution, or by a transport), with a code.
+pub fn server_error(code: &'static str, message: impl Into<String>) -> async_graphql::ServerError {
+    let mut error = async_graphql::ServerError::new(message, None);
+    error
+        .extensions
+        .get_or_insert_with(Default::default)
+        .set("code", code);
+    error
+}
+
 pub fn unauthenticated() -> Error {
     coded(
         UNAUTHENTICATED,

@@ -18,7 +18,7 @@ use async_graphql::parser::types::{
 };
 use async_graphql::{Request, ServerError, ServerResult, Variables};
 
-use super::error::{BAD_USER_INPUT, RATE_LIMITED};
+use super::error::{BAD_USER_INPUT, RATE_LIMITED, server_error};
 use crate::auth::Viewer;
 use crate::limits::MutationLimiter;
 
@@ -113,12 +113,7 @@ impl Extension for GuardRun {
 }
 
 fn refusal(message: String) -> ServerError {
-    let mut error = ServerError::new(message, None);
-    error
-        .extensions
-        .get_or_insert_with(Default::default)
-        .set("code", BAD_USER_INPUT);
-    error
+    server_error(BAD_USER_INPUT, message)
 }
 
 /// The operation a request runs: the named one, or the only one.

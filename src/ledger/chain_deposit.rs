@@ -318,7 +318,7 @@ async fn credit_of(
     conn: &mut AsyncPgConnection,
     hold_id: i64,
 ) -> Result<Option<JournalEntry>, LedgerError> {
-    Ok(posting::settlements(conn, hold_id)
+    Ok(posting::settlements_of(conn, &[hold_id])
         .await?
         .into_iter()
         .find(|p| p.kind == TransactionType::Deposit))

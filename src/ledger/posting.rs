@@ -369,16 +369,3 @@ pub async fn settlements_of(
         .load(conn)
         .await?)
 }
-
-/// The postings that settle a hold, oldest first.
-pub async fn settlements(
-    conn: &mut AsyncPgConnection,
-    hold_id: i64,
-) -> Result<Vec<JournalEntry>, LedgerError> {
-    Ok(transactions::table
-        .filter(transactions::hold_id.eq(hold_id))
-        .order((transactions::created_at, transactions::id))
-        .select(JournalEntry::as_select())
-        .load(conn)
-        .await?)
-}
