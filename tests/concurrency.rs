@@ -241,7 +241,12 @@ async fn a_deadlocked_movement_is_run_again() {
     pg.batch_execute(
         "CREATE TABLE poke (id int PRIMARY KEY); INSERT INTO poke VALUES (1);
          CREATE FUNCTION poke() RETURNS trigger LANGUAGE plpgsql AS $$
-         BEGIN PERFORM 1 FROM poke WHERE id = 1 FOR UPDATE; RETURN NEW; END $$;
+         BEGIN
+           -- Postgres looks for a deadlock once, deadlock_timeout after a wait starts:
+           -- long enough here for the test to close the cycle even on a loaded machine.
+           SET LOCAL deadlock_timeout = '3s';
+           PERFORM 1 FROM poke WHERE id = 1 FOR UPDATE; RETURN NEW;
+         END $$;
          CREATE TRIGGER poke BEFORE INSERT ON transactions
            FOR EACH ROW WHEN (NEW.tx_hash = 'deadlock') EXECUTE FUNCTION poke();",
     )
@@ -250,6 +255,11 @@ async fn a_deadlocked_movement_is_run_again() {
     let observer = t.db.client().await;
     let deadlocks_before = deadlocks(&observer, &t.db.name).await;
 
+    // The test's session never looks for the deadlock itself: the movement is the one to
+    // find it, and so its victim.
+    pg.batch_execute("SET deadlock_timeout = '60s'")
+        .await
+        .unwrap();
     let holder = pg.transaction().await.unwrap();
     holder
         .batch_execute("SELECT 1 FROM poke WHERE id = 1 FOR UPDATE")
@@ -260,7 +270,7 @@ async fn a_deadlocked_movement_is_run_again() {
     let close_the_cycle = async {
         // The movement waits for the test's row.
         common::wait_for_lock_waiters(t, 1).await;
-        // Postgres aborts the movement (it waited first), which runs again.
+        // Postgres aborts the movement (it looks for the deadlock), which runs again.
         holder
             .execute(
                 "SELECT 1 FROM wallets WHERE id = $1 FOR UPDATE",
