@@ -50,6 +50,24 @@ diesel::table! {
 }
 
 diesel::table! {
+    ledger_accounts (id) {
+        id -> Int8,
+        code -> Text,
+        currency -> Text,
+    }
+}
+
+diesel::table! {
+    ledger_postings (id) {
+        id -> Int8,
+        transaction_id -> Int8,
+        account_id -> Int8,
+        amount -> Numeric,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     reconciliations (id) {
         id -> Int8,
         wallet_id -> Int8,
@@ -161,6 +179,9 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(ledger_accounts -> currencies (currency));
+diesel::joinable!(ledger_postings -> ledger_accounts (account_id));
+diesel::joinable!(ledger_postings -> transactions (transaction_id));
 diesel::joinable!(reconciliations -> wallets (wallet_id));
 diesel::joinable!(sim_blocks -> sim_chains (network));
 diesel::joinable!(sim_failing_addresses -> sim_chains (network));
@@ -174,6 +195,8 @@ diesel::allow_tables_to_appear_in_same_query!(
     custody_fingerprint,
     events,
     hd_indexes,
+    ledger_accounts,
+    ledger_postings,
     reconciliations,
     scheduled_jobs,
     sim_blocks,

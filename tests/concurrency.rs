@@ -194,6 +194,7 @@ async fn mixed_concurrent_movements_keep_every_chain(f: Arc<Fleet>, topology: To
         failures > 0,
         "the scenario must exercise refused withdrawals"
     );
+    t.assert_balanced().await;
     for (_, w) in &wallets {
         let balance: Decimal = t.balance(w).await.parse().unwrap();
         assert_eq!(balance, expected[w], "no lost update on {w}");

@@ -191,6 +191,7 @@ async fn random_concurrent_movements_keep_every_promise() {
             t.assert_chain(wallet).await;
         }
     }
+    t.assert_balanced().await;
     for (key, p) in &model.promised {
         let rows: i64 = pg
             .query_one(

@@ -7,12 +7,15 @@ use super::ids::{NodeType, decode_any, decode_id, fingerprint};
 use super::pagination::{ConnectionArgs, connection, page_cost};
 use super::types::{
     CurrencyObject, Node, ReconciliationObject, TransactionFilterInput, TransactionObject,
-    ViewerObject, WalletObject, reconciliations_connection, transactions_connection,
+    TrialBalanceObject, ViewerObject, WalletObject, reconciliations_connection,
+    transactions_connection,
 };
 use super::validators::Text;
-use super::{conn, scope, state, viewer};
+use super::{conn, require_operator, scope, state, viewer};
 use crate::ledger::wallet::{self, WalletFilter};
-use crate::ledger::{Cursor, LedgerError, ListScope, Scope, input, journal, reconciliation};
+use crate::ledger::{
+    Cursor, LedgerError, ListScope, Scope, accounts, input, journal, reconciliation,
+};
 
 pub struct Query;
 
@@ -147,6 +150,18 @@ impl Query {
             before,
         };
         reconciliations_connection(ctx, list, args).await
+    }
+
+    /// The double-entry check, per currency: the customers' total, each system account,
+    /// and their sum — `imbalance`, exactly "0" in a healthy ledger (operators).
+    async fn trial_balance(&self, ctx: &Context<'_>) -> Result<Vec<TrialBalanceObject>> {
+        require_operator(ctx, "read the trial balance")?;
+        let mut c = conn(ctx).await?;
+        Ok(accounts::trial_balance(&mut c)
+            .await?
+            .into_iter()
+            .map(TrialBalanceObject)
+            .collect())
     }
 
     /// Supported currencies and their scales (no authentication needed).

@@ -580,3 +580,49 @@ impl ViewerObject {
         super::query::wallets_connection(ctx, &scope, None, currency, args).await
     }
 }
+
+/// One currency's trial balance.
+pub struct TrialBalanceObject(pub ledger::accounts::TrialBalance);
+
+#[Object(name = "TrialBalance")]
+impl TrialBalanceObject {
+    async fn currency(&self) -> &str {
+        &self.0.currency
+    }
+    /// The sum of every customer wallet's balance.
+    async fn customer_balance(&self) -> DecimalScalar {
+        self.0.customer_balance.into()
+    }
+    /// The currency's system accounts.
+    async fn accounts(&self) -> Vec<LedgerAccountObject> {
+        self.0
+            .accounts
+            .iter()
+            .cloned()
+            .map(LedgerAccountObject)
+            .collect()
+    }
+    /// Customers plus system accounts: "0" in a healthy ledger.
+    async fn imbalance(&self) -> DecimalScalar {
+        self.0.imbalance.normalize().into()
+    }
+}
+
+/// A system account of the ledger (`bank`, `custody`, `network_fees`, `fee_revenue`) and
+/// its balance, the sum of its postings. Customers' wallets and all system accounts of a
+/// currency sum to zero: `bank` and `custody` are minus what customers brought in through
+/// them, `network_fees` what custody paid the chain, `fee_revenue` fees charged.
+pub struct LedgerAccountObject(pub ledger::accounts::AccountBalance);
+
+#[Object(name = "LedgerAccount")]
+impl LedgerAccountObject {
+    async fn code(&self) -> &str {
+        &self.0.code
+    }
+    async fn currency(&self) -> &str {
+        &self.0.currency
+    }
+    async fn balance(&self) -> DecimalScalar {
+        self.0.balance.into()
+    }
+}

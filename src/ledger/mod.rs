@@ -4,6 +4,7 @@
 //! how to present it. Visibility is passed in as a [`Scope`] so that access control is
 //! applied in the same query that reads the data.
 
+pub mod accounts;
 pub mod chain_deposit;
 pub mod chain_withdrawal;
 pub mod currency;

@@ -6,6 +6,7 @@
 pub mod process;
 pub mod ws;
 
+use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -732,5 +733,81 @@ impl TestApp {
         self.ok(&self.operator(), BY_KEY, json!({"w": wallet, "k": key}))
             .await["transactionByKey"]
             .clone()
+    }
+}
+
+pub const TRIAL: &str = "{ trialBalance { currency customerBalance imbalance
+    accounts { code currency balance } } }";
+
+/// Per currency: (customer balance, imbalance, account code → balance).
+pub type Trial = BTreeMap<String, (String, String, BTreeMap<String, String>)>;
+
+impl TestApp {
+    /// The trial balance, per currency.
+    pub async fn trial_balance(&self) -> Trial {
+        let data = self.ok(&self.operator(), TRIAL, json!({})).await;
+        let mut out = Trial::new();
+        for tb in data["trialBalance"].as_array().unwrap() {
+            let accounts = tb["accounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| {
+                    assert_eq!(a["currency"], tb["currency"]);
+                    (
+                        a["code"].as_str().unwrap().to_owned(),
+                        a["balance"].as_str().unwrap().to_owned(),
+                    )
+                })
+                .collect();
+            out.insert(
+                tb["currency"].as_str().unwrap().to_owned(),
+                (
+                    tb["customerBalance"].as_str().unwrap().to_owned(),
+                    tb["imbalance"].as_str().unwrap().to_owned(),
+                    accounts,
+                ),
+            );
+        }
+        out
+    }
+
+    /// Every currency balances, and every journal row's entry sums to zero.
+    pub async fn assert_balanced(&self) -> Trial {
+        let trial = self.trial_balance().await;
+        for (currency, (_, imbalance, _)) in &trial {
+            assert_eq!(imbalance, "0", "{currency}: {trial:?}");
+        }
+        let pg = self.db.client().await;
+        let unbalanced = pg
+            .query(
+                "SELECT t.id, t.type FROM transactions t
+              WHERE NOT t.hold
+                AND CASE WHEN t.type = 'WITHDRAW' THEN -1 ELSE 1 END * (t.amount + t.fee)
+                    + COALESCE((SELECT sum(p.amount) FROM ledger_postings p
+                                 WHERE p.transaction_id = t.id), 0) <> 0",
+                &[],
+            )
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.get::<_, i64>("id"), r.get::<_, String>("type")))
+            .collect::<Vec<_>>();
+        assert!(
+            unbalanced.is_empty(),
+            "entries not summing to zero: {unbalanced:?}"
+        );
+        // Holds move nothing and have no postings.
+        let hold_postings: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM ledger_postings p JOIN transactions t ON t.id = p.transaction_id
+              WHERE t.hold",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+        assert_eq!(hold_postings, 0);
+        trial
     }
 }

@@ -1,0 +1,109 @@
+-- Double entry: every journal row that changes a wallet's balance is one entry whose
+-- postings sum to zero per currency. The wallet's side is the journal row itself (its
+-- signed amount: a credit adds amount + fee, a debit subtracts them); the other side is
+-- one or more postings to the currency's system accounts, written by the database in the
+-- same statement as the row, so no code path can forget them.
+--
+-- Sign convention: an account's balance is the sum of its postings, and the customers'
+-- wallets plus all system accounts of a currency sum to exactly zero.
+--   bank          fiat clearing: minus what customers brought in through the bank
+--                 (deposits post -amount, withdrawals +amount)
+--   custody       crypto: minus what our addresses received for customers, net of what
+--                 they sent out (credits -amount, withdrawals +amount)
+--   network_fees  crypto: network fees custody paid on chain (+fee per withdrawal)
+--   fee_revenue   fiat: fees charged on withdrawals (+fee)
+-- On chain, our addresses hold -(custody + network_fees).
+
+CREATE TABLE ledger_accounts (
+    id       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    code     TEXT NOT NULL CHECK (code IN ('bank', 'custody', 'network_fees', 'fee_revenue')),
+    currency TEXT NOT NULL REFERENCES currencies (code),
+    UNIQUE (currency, code)
+);
+
+-- Every currency has its accounts, including currencies configured later.
+CREATE FUNCTION ledger_accounts_of_currency() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ledger_accounts (code, currency)
+    SELECT account.code, NEW.code
+      FROM unnest(CASE WHEN NEW.kind = 'FIAT' THEN ARRAY['bank', 'fee_revenue']
+                       ELSE ARRAY['custody', 'network_fees', 'fee_revenue'] END)
+           AS account (code)
+    ON CONFLICT DO NOTHING;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER currencies_ledger_accounts AFTER INSERT ON currencies
+    FOR EACH ROW EXECUTE FUNCTION ledger_accounts_of_currency();
+INSERT INTO ledger_accounts (code, currency)
+SELECT account.code, c.code
+  FROM currencies c,
+       unnest(CASE WHEN c.kind = 'FIAT' THEN ARRAY['bank', 'fee_revenue']
+                   ELSE ARRAY['custody', 'network_fees', 'fee_revenue'] END)
+       AS account (code);
+
+-- The postings to system accounts. Append-only, like the journal.
+CREATE TABLE ledger_postings (
+    id             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    -- The journal row whose entry this posting belongs to.
+    transaction_id BIGINT NOT NULL REFERENCES transactions (id),
+    account_id     BIGINT NOT NULL REFERENCES ledger_accounts (id),
+    amount         NUMERIC NOT NULL CHECK (amount <> 0),
+    created_at     TIMESTAMPTZ NOT NULL
+);
+CREATE INDEX ledger_postings_account_idx ON ledger_postings (account_id, created_at, id);
+CREATE INDEX ledger_postings_transaction_idx ON ledger_postings (transaction_id);
+
+CREATE FUNCTION ledger_postings_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'postings are append-only: % on ledger_postings is not allowed', TG_OP
+        USING ERRCODE = 'restrict_violation';
+END $$;
+CREATE TRIGGER ledger_postings_no_rewrite BEFORE UPDATE OR DELETE ON ledger_postings
+    FOR EACH ROW EXECUTE FUNCTION ledger_postings_append_only();
+CREATE TRIGGER ledger_postings_no_truncate BEFORE TRUNCATE ON ledger_postings
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_postings_append_only();
+
+-- The system side of a journal row's entry: (account code, amount) pairs that cancel the
+-- row's effect on its wallet. A hold moves nothing and has none.
+CREATE FUNCTION ledger_counter_legs(r transactions) RETURNS TABLE (code TEXT, amount NUMERIC)
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT leg.code, leg.amount
+      FROM (VALUES
+              (CASE WHEN r.network IS NULL THEN 'bank' ELSE 'custody' END,
+               CASE r.type WHEN 'WITHDRAW' THEN r.amount
+                           WHEN 'REFUND' THEN -r.amount
+                           ELSE -(r.amount + r.fee) END),
+              (CASE WHEN r.network IS NULL THEN 'fee_revenue' ELSE 'network_fees' END,
+               CASE r.type WHEN 'WITHDRAW' THEN r.fee
+                           WHEN 'REFUND' THEN -r.fee
+                           ELSE 0 END)
+           ) AS leg (code, amount)
+     WHERE NOT r.hold AND leg.amount <> 0
+$$;
+
+-- Once per INSERT statement (a group-commit batch is one), not per row.
+CREATE FUNCTION transactions_post_counter_legs() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO ledger_postings (transaction_id, account_id, amount, created_at)
+    SELECT r.id, a.id, leg.amount, r.created_at
+      FROM new_rows r
+      JOIN wallets w ON w.id = r.wallet_id
+     CROSS JOIN LATERAL ledger_counter_legs(r) AS leg
+      JOIN ledger_accounts a ON a.currency = w.currency AND a.code = leg.code;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER transactions_counter_legs AFTER INSERT ON transactions
+    REFERENCING NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION transactions_post_counter_legs();
+
+-- The journal written before double entry gets its counter postings.
+INSERT INTO ledger_postings (transaction_id, account_id, amount, created_at)
+SELECT r.id, a.id, leg.amount, r.created_at
+  FROM transactions r
+  JOIN wallets w ON w.id = r.wallet_id
+ CROSS JOIN LATERAL ledger_counter_legs(r) AS leg
+  JOIN ledger_accounts a ON a.currency = w.currency AND a.code = leg.code
+ ORDER BY r.id;

@@ -1,0 +1,104 @@
+//! System accounts and the trial balance.
+//!
+//! Every journal row that changes a wallet's balance is one double-entry entry: the row
+//! is the wallet's side, and the database writes the other side — postings to the
+//! currency's system accounts — in the same statement (see the `double_entry` migration).
+//! An account's balance is the sum of its postings; the customers' wallets and all system
+//! accounts of a currency always sum to exactly zero:
+//!
+//! | account | currencies | balance |
+//! | --- | --- | --- |
+//! | `bank` | fiat | minus what customers brought in through the bank (deposits post `-amount`, withdrawals `+amount`) |
+//! | `custody` | crypto | minus what our addresses received for customers, net of what they sent out |
+//! | `network_fees` | crypto | network fees custody paid on chain |
+//! | `fee_revenue` | all | fees charged to customers |
+//!
+//! System balances are derived from postings, never kept in a row that every movement would
+//! have to lock.
+
+use std::collections::BTreeMap;
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+
+use super::LedgerError;
+use crate::schema::{ledger_accounts, ledger_postings, wallets};
+
+/// One system account and its balance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountBalance {
+    pub code: String,
+    pub currency: String,
+    pub balance: Decimal,
+}
+
+/// One currency's trial balance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrialBalance {
+    pub currency: String,
+    /// The sum of every customer wallet's balance.
+    pub customer_balance: Decimal,
+    pub accounts: Vec<AccountBalance>,
+    /// Customers plus system accounts: exactly zero in a healthy ledger.
+    pub imbalance: Decimal,
+}
+
+/// The trial balance of every currency, read in one snapshot (so that movements committing
+/// meanwhile are either wholly in it or wholly out).
+pub async fn trial_balance(conn: &mut AsyncPgConnection) -> Result<Vec<TrialBalance>, LedgerError> {
+    let (customers, accounts) = conn
+        .build_transaction()
+        .repeatable_read()
+        .read_only()
+        .run(async |tx| {
+            let customers: Vec<(String, Option<Decimal>)> = wallets::table
+                .group_by(wallets::currency)
+                .select((wallets::currency, diesel::dsl::sum(wallets::balance)))
+                .load(tx)
+                .await?;
+            let accounts: Vec<(String, String, Option<Decimal>)> = ledger_accounts::table
+                .left_join(ledger_postings::table)
+                .group_by((
+                    ledger_accounts::id,
+                    ledger_accounts::code,
+                    ledger_accounts::currency,
+                ))
+                .select((
+                    ledger_accounts::currency,
+                    ledger_accounts::code,
+                    diesel::dsl::sum(ledger_postings::amount.nullable()),
+                ))
+                .order((ledger_accounts::currency, ledger_accounts::code))
+                .load(tx)
+                .await?;
+            Ok::<_, LedgerError>((customers, accounts))
+        })
+        .await?;
+    let mut by_currency: BTreeMap<String, TrialBalance> = BTreeMap::new();
+    fn of<'a>(map: &'a mut BTreeMap<String, TrialBalance>, currency: &str) -> &'a mut TrialBalance {
+        map.entry(currency.to_owned())
+            .or_insert_with(|| TrialBalance {
+                currency: currency.to_owned(),
+                customer_balance: Decimal::ZERO,
+                accounts: Vec::new(),
+                imbalance: Decimal::ZERO,
+            })
+    }
+    for (currency, sum) in customers {
+        let tb = of(&mut by_currency, &currency);
+        tb.customer_balance = sum.unwrap_or_default();
+        tb.imbalance += tb.customer_balance;
+    }
+    for (currency, code, sum) in accounts {
+        let tb = of(&mut by_currency, &currency);
+        let balance = sum.unwrap_or_default();
+        tb.imbalance += balance;
+        tb.accounts.push(AccountBalance {
+            code,
+            currency,
+            balance,
+        });
+    }
+    Ok(by_currency.into_values().collect())
+}

@@ -1,0 +1,209 @@
+//! Double entry: every movement is one entry whose postings sum to zero per currency; the
+//! customers' wallets and the system accounts always balance; a journal written before
+//! double entry is backfilled to a balanced ledger.
+
+mod common;
+
+use common::{CRYPTO_WITHDRAW, OUTSIDE_BTC, TestApp, Trial};
+use serde_json::json;
+
+fn account<'a>(trial: &'a Trial, currency: &str, code: &str) -> &'a str {
+    trial[currency].2[code].as_str()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_movement_is_one_balanced_entry() {
+    let t = TestApp::new().await;
+    let usd = t.create_wallet("alice", "USD").await;
+    t.deposit(&usd, "100.00", "d-1").await;
+    let after = t.assert_balanced().await;
+    assert_eq!(account(&after, "USD", "bank"), "-100.00");
+    assert_eq!(after["USD"].0, "100.00");
+    t.withdraw(&t.user("alice"), &usd, "30.25", "w-1").await;
+    let after = t.assert_balanced().await;
+    assert_eq!(account(&after, "USD", "bank"), "-69.75");
+    assert_eq!(account(&after, "USD", "fee_revenue"), "0");
+
+    // Crypto: a deposit credited, a withdrawal with its network fee, and one the chain
+    // fails, refunded.
+    let (btc, _) = t.funded_btc("alice", "1.00000000").await;
+    let after = t.assert_balanced().await;
+    assert_eq!(account(&after, "BTC", "custody"), "-1.00000000");
+    let worker = t.app.chain_worker().unwrap();
+    t.ok(
+        &t.user("alice"),
+        CRYPTO_WITHDRAW,
+        json!({"w": btc, "to": OUTSIDE_BTC, "a": "0.25", "k": "cw-1"}),
+    )
+    .await;
+    worker.pass().await.unwrap();
+    let after = t.assert_balanced().await;
+    assert_eq!(after["BTC"].0, "0.74999000");
+    assert_eq!(account(&after, "BTC", "custody"), "-0.75000000");
+    assert_eq!(account(&after, "BTC", "network_fees"), "0.00001000");
+    // Confirmed on chain: completing it posts nothing more.
+    t.ok(&t.operator(), common::MINE, json!({"n": "bitcoin", "c": 6}))
+        .await;
+    worker.pass().await.unwrap();
+    assert_eq!(t.assert_balanced().await, after);
+
+    let pg = t.db.client().await;
+    pg.execute(
+        "INSERT INTO sim_failing_addresses (network, address) VALUES ('bitcoin', $1)",
+        &[&OUTSIDE_BTC],
+    )
+    .await
+    .unwrap();
+    t.ok(
+        &t.user("alice"),
+        CRYPTO_WITHDRAW,
+        json!({"w": btc, "to": OUTSIDE_BTC, "a": "0.5", "k": "cw-doomed"}),
+    )
+    .await;
+    worker.pass().await.unwrap();
+    let debited = t.assert_balanced().await;
+    assert_eq!(account(&debited, "BTC", "custody"), "-0.25000000");
+    assert_eq!(account(&debited, "BTC", "network_fees"), "0.00002000");
+    t.ok(&t.operator(), common::MINE, json!({"n": "bitcoin", "c": 1}))
+        .await;
+    assert_eq!(worker.pass().await.unwrap().withdrawals.failed, 1);
+    let refunded = t.assert_balanced().await;
+    // The refund reverses exactly what the debit posted.
+    assert_eq!(refunded["BTC"], after["BTC"]);
+    for w in [&usd, &btc] {
+        t.assert_chain(w).await;
+    }
+
+    // Postings are history: never rewritten or removed.
+    for statement in [
+        "UPDATE ledger_postings SET amount = 1",
+        "DELETE FROM ledger_postings",
+        "TRUNCATE ledger_postings",
+    ] {
+        let refused = pg.batch_execute(statement).await.unwrap_err();
+        assert!(
+            refused.to_string().contains("append-only")
+                || format!("{refused:?}").contains("append-only"),
+            "{statement}: {refused:?}"
+        );
+    }
+}
+
+/// Concurrent deposits and withdrawals from 16 clients over 20 wallets, batched by the
+/// group committer: the ledger balances after every round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_movements_keep_the_ledger_balanced() {
+    let t = TestApp::new().await;
+    let mut wallets = Vec::new();
+    for i in 0..20 {
+        let w = t.create_wallet(&format!("user{i}"), "USD").await;
+        t.deposit(&w, "50.00", &format!("seed-{i}")).await;
+        wallets.push(w);
+    }
+    for round in 0..3 {
+        let requests = (0..16).map(|client| {
+            let (t, wallets) = (&t, &wallets);
+            async move {
+                for n in 0..10 {
+                    let i = (client * 7 + n * 3 + round) % 20;
+                    let key = format!("r{round}-c{client}-n{n}");
+                    if (client + n) % 3 == 0 {
+                        t.withdraw(&t.user(&format!("user{i}")), &wallets[i], "7.00", &key)
+                            .await;
+                    } else {
+                        t.deposit(&wallets[i], "1.25", &key).await;
+                    }
+                }
+            }
+        });
+        futures_util::future::join_all(requests).await;
+        let trial = t.assert_balanced().await;
+        let customers: rust_decimal::Decimal = trial["USD"].0.parse().unwrap();
+        let bank: rust_decimal::Decimal = account(&trial, "USD", "bank").parse().unwrap();
+        assert_eq!(customers + bank, rust_decimal::Decimal::ZERO);
+    }
+    for w in &wallets {
+        t.assert_chain(w).await;
+    }
+    let stats = t.app.state.committer.stats();
+    assert!(
+        stats.batches.load(std::sync::atomic::Ordering::Relaxed)
+            < stats.movements.load(std::sync::atomic::Ordering::Relaxed),
+        "movements were batched"
+    );
+}
+
+/// A database written before double entry — deposits, withdrawals, crypto credits, debits
+/// and refunds — migrates to a balanced ledger with the same account balances, and every
+/// wallet's chain still verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_journal_from_before_double_entry_is_backfilled() {
+    let t = TestApp::new().await;
+    let usd = t.create_wallet("alice", "USD").await;
+    t.deposit(&usd, "80.00", "d-1").await;
+    t.withdraw(&t.user("alice"), &usd, "12.34", "w-1").await;
+    let eur = t.create_wallet("bob", "EUR").await;
+    t.deposit(&eur, "5.00", "d-2").await;
+    let (btc, _) = t.funded_btc("carol", "1.00000000").await;
+    let worker = t.app.chain_worker().unwrap();
+    t.ok(
+        &t.user("carol"),
+        CRYPTO_WITHDRAW,
+        json!({"w": btc, "to": OUTSIDE_BTC, "a": "0.1", "k": "cw-1"}),
+    )
+    .await;
+    worker.pass().await.unwrap();
+    let pg = t.db.client().await;
+    pg.execute(
+        "INSERT INTO sim_failing_addresses (network, address) VALUES ('bitcoin', $1)",
+        &[&OUTSIDE_BTC],
+    )
+    .await
+    .unwrap();
+    t.ok(
+        &t.user("carol"),
+        CRYPTO_WITHDRAW,
+        json!({"w": btc, "to": OUTSIDE_BTC, "a": "0.2", "k": "cw-2"}),
+    )
+    .await;
+    worker.pass().await.unwrap();
+    t.ok(&t.operator(), common::MINE, json!({"n": "bitcoin", "c": 1}))
+        .await;
+    worker.pass().await.unwrap();
+    let before = t.assert_balanced().await;
+
+    // Back to the schema before double entry, data kept.
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/migrations/2026-11-27-000003_double_entry"
+    );
+    let down = std::fs::read_to_string(format!("{dir}/down.sql")).unwrap();
+    pg.batch_execute(&down).await.unwrap();
+    pg.execute(
+        "DELETE FROM __diesel_schema_migrations WHERE version = '20261127000003'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let gone: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'ledger_postings'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(gone, 0);
+
+    // The new migrations, as a deployment of this version runs them.
+    let applied = wallet::db::run_migrations(&t.db.url).await.unwrap();
+    assert_eq!(applied, vec!["20261127000003".to_owned()]);
+    let after = t.assert_balanced().await;
+    assert_eq!(after, before);
+    for w in [&usd, &eur, &btc] {
+        t.assert_chain(w).await;
+    }
+    // And it goes on balancing.
+    t.deposit(&usd, "1.00", "d-after").await;
+    t.assert_balanced().await;
+}
