@@ -202,25 +202,38 @@ async fn deliver(
     bus: &EventBus,
     cursor: &mut Cursor,
 ) -> anyhow::Result<bool> {
+    // Everything settled now, read in (tx_id, id) order: that order is what makes reading
+    // loss-free, but it is not commit order. A transaction that locked one wallet early
+    // (and so got its xid early), then waited for another wallet held by a younger
+    // transaction, sorts before that one although it wrote after it. Both settle at the
+    // same moment — the younger one is held back until the older ends — so publishing
+    // what settled together in event id order (ids are drawn under the wallet's lock, in
+    // journal order) keeps every wallet's events in order.
+    let mut settled = Vec::new();
+    let mut after = *cursor;
     loop {
-        let rows = outbox::read_after(conn, *cursor, BATCH)
+        let rows = outbox::read_after(conn, after, BATCH)
             .await
             .map_err(ledger)?;
         let Some(last) = rows.last().map(|r| r.cursor()) else {
             break;
         };
-        // Nobody to tell in this process: just move on.
-        if bus.subscriber_count() > 0 {
-            for notice in outbox::load_notices(conn, &rows).await.map_err(ledger)? {
-                bus.publish(notice);
-                metrics::counter!("wallet_events_delivered_total").increment(1);
-            }
-        }
-        *cursor = last;
-        if rows.len() < BATCH as usize {
+        after = last;
+        let full = rows.len() == BATCH as usize;
+        settled.extend(rows);
+        if !full {
             break;
         }
     }
+    settled.sort_by_key(|r| r.id);
+    // Nobody to tell in this process: just move on.
+    if !settled.is_empty() && bus.subscriber_count() > 0 {
+        for notice in outbox::load_notices(conn, &settled).await.map_err(ledger)? {
+            bus.publish(notice);
+            metrics::counter!("wallet_events_delivered_total").increment(1);
+        }
+    }
+    *cursor = after;
     outbox::has_held_back(conn).await.map_err(ledger)
 }
 
