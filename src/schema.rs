@@ -180,8 +180,6 @@ diesel::table! {
 }
 
 diesel::joinable!(ledger_accounts -> currencies (currency));
-diesel::joinable!(ledger_postings -> ledger_accounts (account_id));
-diesel::joinable!(ledger_postings -> transactions (transaction_id));
 diesel::joinable!(reconciliations -> wallets (wallet_id));
 diesel::joinable!(sim_blocks -> sim_chains (network));
 diesel::joinable!(sim_failing_addresses -> sim_chains (network));

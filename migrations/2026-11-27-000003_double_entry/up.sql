@@ -42,12 +42,16 @@ SELECT account.code, c.code
                    ELSE ARRAY['custody', 'network_fees', 'fee_revenue'] END)
        AS account (code);
 
--- The postings to system accounts. Append-only, like the journal.
+-- The postings to system accounts. Append-only, like the journal. Written only by the
+-- trigger below, from the journal row itself, so both references hold by construction.
+-- They are deliberately not foreign keys: a foreign-key check takes a share lock on the
+-- referenced row, and every deposit referencing the one `bank` account would then share
+-- (and multixact) that row — the hot row double entry must not become.
 CREATE TABLE ledger_postings (
     id             BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     -- The journal row whose entry this posting belongs to.
-    transaction_id BIGINT NOT NULL REFERENCES transactions (id),
-    account_id     BIGINT NOT NULL REFERENCES ledger_accounts (id),
+    transaction_id BIGINT NOT NULL,
+    account_id     BIGINT NOT NULL,
     amount         NUMERIC NOT NULL CHECK (amount <> 0),
     created_at     TIMESTAMPTZ NOT NULL
 );

@@ -58,7 +58,9 @@ pub async fn trial_balance(conn: &mut AsyncPgConnection) -> Result<Vec<TrialBala
                 .load(tx)
                 .await?;
             let accounts: Vec<(String, String, Option<Decimal>)> = ledger_accounts::table
-                .left_join(ledger_postings::table)
+                .left_join(
+                    ledger_postings::table.on(ledger_postings::account_id.eq(ledger_accounts::id)),
+                )
                 .group_by((
                     ledger_accounts::id,
                     ledger_accounts::code,
