@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{CRYPTO_WITHDRAW, OUTSIDE_BTC, TestApp, Trial};
+use common::{CRYPTO_WITHDRAW, OUTSIDE_BTC, TRIAL, TestApp, Trial};
 use serde_json::json;
 
 fn account<'a>(trial: &'a Trial, currency: &str, code: &str) -> &'a str {
@@ -206,4 +206,73 @@ async fn a_journal_from_before_double_entry_is_backfilled() {
     // And it goes on balancing.
     t.deposit(&usd, "1.00", "d-after").await;
     t.assert_balanced().await;
+}
+
+/// An account's postings, page by page: each names its journal row, and they add up to the
+/// account's balance.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_accounts_postings_add_up_to_its_balance() {
+    let t = TestApp::new().await;
+    let usd = t.create_wallet("alice", "USD").await;
+    for (i, amount) in ["10.00", "20.00", "30.00"].iter().enumerate() {
+        t.deposit(&usd, amount, &format!("d-{i}")).await;
+    }
+    t.withdraw(&t.user("alice"), &usd, "5.50", "w-1").await;
+    let query = "query($c: String, $code: String, $after: String) {
+      ledgerAccounts(currency: $c, code: $code) {
+        code currency balance
+        postings(first: 3, after: $after) {
+          pageInfo { hasNextPage endCursor }
+          edges { node { amount transaction { txHash type } } } } } }";
+    let first = t.ok(&t.operator(), query, json!({"c": "USD"})).await["ledgerAccounts"].clone();
+    let codes: Vec<&str> = first
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["bank", "fee_revenue"]);
+    let bank = &first[0];
+    assert_eq!(bank["balance"], "-54.50");
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut page = bank["postings"].clone();
+    loop {
+        for e in page["edges"].as_array().unwrap() {
+            seen.push((
+                e["node"]["transaction"]["txHash"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                e["node"]["amount"].as_str().unwrap().to_owned(),
+            ));
+        }
+        if page["pageInfo"]["hasNextPage"] != true {
+            break;
+        }
+        let after = page["pageInfo"]["endCursor"].clone();
+        page = t
+            .ok(
+                &t.operator(),
+                query,
+                json!({"c": "USD", "code": "bank", "after": after}),
+            )
+            .await["ledgerAccounts"][0]["postings"]
+            .clone();
+    }
+    let expected: Vec<(String, String)> = [
+        ("d-0", "-10.00"),
+        ("d-1", "-20.00"),
+        ("d-2", "-30.00"),
+        ("w-1", "5.50"),
+    ]
+    .iter()
+    .map(|(k, a)| (k.to_string(), a.to_string()))
+    .collect();
+    assert_eq!(seen, expected);
+
+    // Operators only.
+    for q in [TRIAL, "{ ledgerAccounts { code } }"] {
+        let body = t.gql(Some(&t.user("alice")), q, json!({})).await;
+        assert_eq!(common::error_code(&body), "FORBIDDEN", "{body}");
+    }
 }

@@ -6,8 +6,8 @@ use async_graphql::{Context, ID, Object, Result};
 use super::ids::{NodeType, decode_any, decode_id, fingerprint};
 use super::pagination::{ConnectionArgs, connection, page_cost};
 use super::types::{
-    CurrencyObject, Node, ReconciliationObject, TransactionFilterInput, TransactionObject,
-    TrialBalanceObject, ViewerObject, WalletObject, reconciliations_connection,
+    CurrencyObject, LedgerAccountObject, Node, ReconciliationObject, TransactionFilterInput,
+    TransactionObject, TrialBalanceObject, ViewerObject, WalletObject, reconciliations_connection,
     transactions_connection,
 };
 use super::validators::Text;
@@ -161,6 +161,24 @@ impl Query {
             .await?
             .into_iter()
             .map(TrialBalanceObject)
+            .collect())
+    }
+
+    /// The ledger's system accounts with their balances and postings, by currency and
+    /// code; `currency` and `code` narrow the list (operators).
+    async fn ledger_accounts(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(validator(custom = "Text(input::MAX_CODE_LEN)"))] currency: Option<String>,
+        #[graphql(validator(custom = "Text(input::MAX_CODE_LEN)"))] code: Option<String>,
+    ) -> Result<Vec<LedgerAccountObject>> {
+        require_operator(ctx, "read the ledger's accounts")?;
+        let mut c = conn(ctx).await?;
+        Ok(accounts::account_balances(&mut c, currency.as_deref())
+            .await?
+            .into_iter()
+            .filter(|a| code.as_ref().is_none_or(|code| &a.code == code))
+            .map(LedgerAccountObject)
             .collect())
     }
 

@@ -625,4 +625,59 @@ impl LedgerAccountObject {
     async fn balance(&self) -> DecimalScalar {
         self.0.balance.into()
     }
+    /// The account's postings, oldest first: each is this account's part of a journal
+    /// row's entry.
+    #[graphql(complexity = "page_cost(first, last, child_complexity)")]
+    async fn postings(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<Connection<String, PostingObject>> {
+        let args = ConnectionArgs {
+            first,
+            after,
+            last,
+            before,
+        };
+        let list = fingerprint(&["postings", &self.0.id.to_string()]);
+        let page = args.page_args(list)?;
+        let mut c = conn(ctx).await?;
+        let rows = ledger::accounts::list_postings(&mut c, self.0.id, &page).await?;
+        Ok(connection(
+            list,
+            rows,
+            |p| Cursor {
+                created_at: p.created_at,
+                id: p.id,
+            },
+            PostingObject,
+        ))
+    }
+}
+
+/// A posting to a system account.
+pub struct PostingObject(pub ledger::accounts::Posting);
+
+#[Object(name = "Posting")]
+impl PostingObject {
+    /// Signed: the account's balance is the sum of its postings.
+    async fn amount(&self) -> DecimalScalar {
+        self.0.amount.into()
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    /// The journal row whose entry this posting belongs to.
+    async fn transaction(&self, ctx: &Context<'_>) -> Result<TransactionObject> {
+        let row = ctx
+            .data_unchecked::<loaders::Entries>()
+            .load_one(self.0.transaction_id)
+            .await
+            .map_err(|e| ledger_error(&e))?
+            .ok_or(ledger::LedgerError::NotFound("transaction"))?;
+        Ok(TransactionObject(row))
+    }
 }

@@ -22,12 +22,14 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::LedgerError;
+use super::page::paginate;
+use super::{LedgerError, Page, PageArgs};
 use crate::schema::{ledger_accounts, ledger_postings, wallets};
 
 /// One system account and its balance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccountBalance {
+    pub id: i64,
     pub code: String,
     pub currency: String,
     pub balance: Decimal,
@@ -57,23 +59,7 @@ pub async fn trial_balance(conn: &mut AsyncPgConnection) -> Result<Vec<TrialBala
                 .select((wallets::currency, diesel::dsl::sum(wallets::balance)))
                 .load(tx)
                 .await?;
-            let accounts: Vec<(String, String, Option<Decimal>)> = ledger_accounts::table
-                .left_join(
-                    ledger_postings::table.on(ledger_postings::account_id.eq(ledger_accounts::id)),
-                )
-                .group_by((
-                    ledger_accounts::id,
-                    ledger_accounts::code,
-                    ledger_accounts::currency,
-                ))
-                .select((
-                    ledger_accounts::currency,
-                    ledger_accounts::code,
-                    diesel::dsl::sum(ledger_postings::amount.nullable()),
-                ))
-                .order((ledger_accounts::currency, ledger_accounts::code))
-                .load(tx)
-                .await?;
+            let accounts = account_balances(tx, None).await?;
             Ok::<_, LedgerError>((customers, accounts))
         })
         .await?;
@@ -92,15 +78,70 @@ pub async fn trial_balance(conn: &mut AsyncPgConnection) -> Result<Vec<TrialBala
         tb.customer_balance = sum.unwrap_or_default();
         tb.imbalance += tb.customer_balance;
     }
-    for (currency, code, sum) in accounts {
-        let tb = of(&mut by_currency, &currency);
-        let balance = sum.unwrap_or_default();
-        tb.imbalance += balance;
-        tb.accounts.push(AccountBalance {
-            code,
-            currency,
-            balance,
-        });
+    for account in accounts {
+        let tb = of(&mut by_currency, &account.currency);
+        tb.imbalance += account.balance;
+        tb.accounts.push(account);
     }
     Ok(by_currency.into_values().collect())
+}
+
+/// The system accounts (of one currency, or all), with their balances, by currency and code.
+pub async fn account_balances(
+    conn: &mut AsyncPgConnection,
+    currency: Option<&str>,
+) -> Result<Vec<AccountBalance>, LedgerError> {
+    let mut q = ledger_accounts::table
+        .left_join(ledger_postings::table.on(ledger_postings::account_id.eq(ledger_accounts::id)))
+        .group_by((
+            ledger_accounts::id,
+            ledger_accounts::code,
+            ledger_accounts::currency,
+        ))
+        .select((
+            ledger_accounts::id,
+            ledger_accounts::code,
+            ledger_accounts::currency,
+            diesel::dsl::sum(ledger_postings::amount.nullable()),
+        ))
+        .order((ledger_accounts::currency, ledger_accounts::code))
+        .into_boxed();
+    if let Some(currency) = currency {
+        q = q.filter(ledger_accounts::currency.eq(currency.to_owned()));
+    }
+    let rows: Vec<(i64, String, String, Option<Decimal>)> = q.load(conn).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, code, currency, sum)| AccountBalance {
+            id,
+            code,
+            currency,
+            balance: sum.unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// One posting to a system account: its part of a journal row's entry.
+#[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable)]
+#[diesel(table_name = ledger_postings, check_for_backend(diesel::pg::Pg))]
+pub struct Posting {
+    pub id: i64,
+    pub transaction_id: i64,
+    pub account_id: i64,
+    pub amount: Decimal,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A page of an account's postings, oldest first.
+pub async fn list_postings(
+    conn: &mut AsyncPgConnection,
+    account_id: i64,
+    page: &PageArgs,
+) -> Result<Page<Posting>, LedgerError> {
+    let q = ledger_postings::table
+        .filter(ledger_postings::account_id.eq(account_id))
+        .select(Posting::as_select())
+        .into_boxed();
+    let rows = paginate!(q, page, ledger_postings).load(conn).await?;
+    Ok(page.finish(rows))
 }
