@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{CRYPTO_WITHDRAW, OUTSIDE_BTC, TRIAL, TestApp, Trial};
+use common::{OUTSIDE_BTC, TRIAL, TestApp, Trial};
 use serde_json::json;
 
 fn account<'a>(trial: &'a Trial, currency: &str, code: &str) -> &'a str {
@@ -30,12 +30,7 @@ async fn every_movement_is_one_balanced_entry() {
     let after = t.assert_balanced().await;
     assert_eq!(account(&after, "BTC", "custody"), "-1.00000000");
     let worker = t.app.chain_worker().unwrap();
-    t.ok(
-        &t.user("alice"),
-        CRYPTO_WITHDRAW,
-        json!({"w": btc, "to": OUTSIDE_BTC, "a": "0.25", "k": "cw-1"}),
-    )
-    .await;
+    t.crypto_withdraw("alice", &btc, "0.25", "cw-1").await;
     worker.pass().await.unwrap();
     let after = t.assert_balanced().await;
     assert_eq!(after["BTC"].0, "0.74999000");
@@ -47,19 +42,8 @@ async fn every_movement_is_one_balanced_entry() {
     worker.pass().await.unwrap();
     assert_eq!(t.assert_balanced().await, after);
 
-    let pg = t.db.client().await;
-    pg.execute(
-        "INSERT INTO sim_failing_addresses (network, address) VALUES ('bitcoin', $1)",
-        &[&OUTSIDE_BTC],
-    )
-    .await
-    .unwrap();
-    t.ok(
-        &t.user("alice"),
-        CRYPTO_WITHDRAW,
-        json!({"w": btc, "to": OUTSIDE_BTC, "a": "0.5", "k": "cw-doomed"}),
-    )
-    .await;
+    t.fail_transfers_to(OUTSIDE_BTC).await;
+    t.crypto_withdraw("alice", &btc, "0.5", "cw-doomed").await;
     worker.pass().await.unwrap();
     let debited = t.assert_balanced().await;
     assert_eq!(account(&debited, "BTC", "custody"), "-0.25000000");
@@ -75,6 +59,7 @@ async fn every_movement_is_one_balanced_entry() {
     }
 
     // Postings are history: never rewritten or removed.
+    let pg = t.db.client().await;
     for statement in [
         "UPDATE ledger_postings SET amount = 1",
         "DELETE FROM ledger_postings",
@@ -146,26 +131,10 @@ async fn a_journal_from_before_double_entry_is_backfilled() {
     t.deposit(&eur, "5.00", "d-2").await;
     let (btc, _) = t.funded_btc("carol", "1.00000000").await;
     let worker = t.app.chain_worker().unwrap();
-    t.ok(
-        &t.user("carol"),
-        CRYPTO_WITHDRAW,
-        json!({"w": btc, "to": OUTSIDE_BTC, "a": "0.1", "k": "cw-1"}),
-    )
-    .await;
+    t.crypto_withdraw("carol", &btc, "0.1", "cw-1").await;
     worker.pass().await.unwrap();
-    let pg = t.db.client().await;
-    pg.execute(
-        "INSERT INTO sim_failing_addresses (network, address) VALUES ('bitcoin', $1)",
-        &[&OUTSIDE_BTC],
-    )
-    .await
-    .unwrap();
-    t.ok(
-        &t.user("carol"),
-        CRYPTO_WITHDRAW,
-        json!({"w": btc, "to": OUTSIDE_BTC, "a": "0.2", "k": "cw-2"}),
-    )
-    .await;
+    t.fail_transfers_to(OUTSIDE_BTC).await;
+    t.crypto_withdraw("carol", &btc, "0.2", "cw-2").await;
     worker.pass().await.unwrap();
     t.ok(&t.operator(), common::MINE, json!({"n": "bitcoin", "c": 1}))
         .await;
@@ -173,6 +142,7 @@ async fn a_journal_from_before_double_entry_is_backfilled() {
     let before = t.assert_balanced().await;
 
     // Back to the schema before double entry, data kept.
+    let pg = t.db.client().await;
     let dir = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/migrations/2026-11-27-000003_double_entry"

@@ -811,3 +811,34 @@ impl TestApp {
         trial
     }
 }
+
+impl TestApp {
+    /// Makes the simulated chain fail every transfer to `address` (mined as failed).
+    pub async fn fail_transfers_to(&self, address: &str) {
+        self.db
+            .client()
+            .await
+            .execute(
+                "INSERT INTO sim_failing_addresses (network, address) VALUES ('bitcoin', $1)",
+                &[&address],
+            )
+            .await
+            .unwrap();
+    }
+
+    /// `user` withdraws `amount` BTC from `wallet` to an outside address under `key`.
+    pub async fn crypto_withdraw(
+        &self,
+        user: &str,
+        wallet: &str,
+        amount: &str,
+        key: &str,
+    ) -> Value {
+        self.ok(
+            &self.user(user),
+            CRYPTO_WITHDRAW,
+            json!({"w": wallet, "to": OUTSIDE_BTC, "a": amount, "k": key}),
+        )
+        .await
+    }
+}
