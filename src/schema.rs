@@ -161,6 +161,7 @@ diesel::table! {
         hold_id -> Nullable<Int8>,
         chain_tx_hash -> Nullable<Text>,
         status_reason -> Nullable<Text>,
+        counterpart_id -> Nullable<Int8>,
     }
 }
 

@@ -534,7 +534,7 @@ async fn flood(t: &TestApp, bus: &EventBus, topic_wallet: &str, n: usize) {
             w.balance = rust_decimal::Decimal::new(i as i64, 2);
             Payload::Wallet(w)
         } else {
-            Payload::Transaction(entry.clone())
+            Payload::Transaction(Box::new(entry.clone()))
         };
         bus.publish(Notice {
             id: i as i64,

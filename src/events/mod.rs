@@ -23,7 +23,7 @@ pub use listener::{Listener, ListenerConfig};
 #[derive(Clone, Debug)]
 pub enum Payload {
     /// A journal row was created or its status/confirmations changed (current row).
-    Transaction(JournalEntry),
+    Transaction(Box<JournalEntry>),
     /// A wallet's balances changed: the wallet as that change left it.
     Wallet(Wallet),
     /// A reconciliation was recorded.

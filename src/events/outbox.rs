@@ -166,7 +166,7 @@ pub async fn load_notices(
             "TRANSACTION" => entries
                 .get(&row.subject_id)
                 .cloned()
-                .map(Payload::Transaction),
+                .map(|e| Payload::Transaction(Box::new(e))),
             // The wallet as this change left it: later changes have their own events.
             "WALLET" => wallets.get(&row.subject_id).map(|w| {
                 let mut w = w.clone();

@@ -7,7 +7,7 @@ use super::error::{bad_input, forbidden};
 use super::ids::{NodeType, decode_id};
 use super::scalars::DecimalScalar;
 use super::types::ChainTransferObject;
-use super::types::{ReconciliationObject, TransactionObject, WalletObject};
+use super::types::{ReconciliationObject, TransactionObject, TransferObject, WalletObject};
 use super::validators::Text;
 use super::{deadline, require_operator, scope, state, viewer};
 use crate::chain::SimulatedChain;
@@ -15,6 +15,7 @@ use crate::custody::{Chain, validate_address};
 use crate::ledger::chain_withdrawal::{self, WithdrawalRequest};
 use crate::ledger::movement::{Direction, MovementRequest};
 use crate::ledger::reconciliation::{self, ChainReconciliation, ExternalReconciliation};
+use crate::ledger::transfer::{self, TransferRequest};
 use crate::ledger::{Currency, LedgerError, chain_deposit, input, money, outcome, wallet};
 
 #[derive(InputObject)]
@@ -84,6 +85,22 @@ pub struct CryptoWithdrawInput {
     /// The same key with the same request returns the original withdrawal.
     #[graphql(validator(custom = "Text(input::MAX_KEY_LEN)"))]
     pub idempotency_key: String,
+}
+
+#[derive(InputObject)]
+pub struct TransferInput {
+    /// The wallet the money leaves: the caller's own (operators: any).
+    pub from_wallet_id: ID,
+    /// The wallet the money reaches: anyone's, in the same currency.
+    pub to_wallet_id: ID,
+    /// Positive, with at most the currency's decimals, as a string.
+    pub amount: DecimalScalar,
+    /// Scoped to the source wallet: the same key with the same request returns the
+    /// original transfer.
+    #[graphql(validator(custom = "Text(input::MAX_KEY_LEN)"))]
+    pub idempotency_key: String,
+    #[graphql(validator(custom = "Text(input::MAX_DESCRIPTION_LEN)"))]
+    pub description: Option<String>,
 }
 
 #[derive(InputObject)]
@@ -210,6 +227,26 @@ impl Mutation {
         // Sign and send it now rather than at the next poll.
         state(ctx).chain_wakeup.notify_one();
         Ok(TransactionObject(done.entry))
+    }
+
+    /// Moves money between two wallets of the same currency (fiat): a `TRANSFER_OUT` row
+    /// on the source and a `TRANSFER_IN` row on the target, in one database transaction.
+    /// The source's owner or an operator may send, to any wallet.
+    async fn transfer(&self, ctx: &Context<'_>, input: TransferInput) -> Result<TransferObject> {
+        let scope = scope(ctx)?;
+        let request = TransferRequest {
+            from_wallet_id: decode_id(&input.from_wallet_id, NodeType::Wallet)?,
+            to_wallet_id: decode_id(&input.to_wallet_id, NodeType::Wallet)?,
+            amount: input.amount.0,
+            key: input.idempotency_key,
+            description: input.description,
+        };
+        let currencies = state(ctx).currencies.clone();
+        let done = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
+            transfer::execute(&mut c, &currencies, &scope, &request).await
+        })
+        .await?;
+        Ok(TransferObject(done))
     }
 
     /// Simulated chain only (operators): a transfer from an outside address, pending until

@@ -42,7 +42,7 @@ impl Subscription {
             state(ctx).events.subscribe(),
             audience,
             |p| match p {
-                Payload::Transaction(e) => Some(TransactionObject(e.clone())),
+                Payload::Transaction(e) => Some(TransactionObject((**e).clone())),
                 _ => None,
             },
             close_on_lag(),

@@ -17,6 +17,8 @@ pub enum LedgerError {
     /// The idempotency key was already used for a different request.
     IdempotencyConflict(String),
     CurrencyNotSupported(String),
+    /// The wallets of a transfer hold different currencies.
+    CurrencyMismatch(String),
     BadInput(String),
     /// A destination address that is not valid for the wallet's network.
     InvalidAddress(String),
@@ -51,6 +53,7 @@ impl LedgerError {
             | LedgerError::InvalidAmount(m)
             | LedgerError::IdempotencyConflict(m)
             | LedgerError::CurrencyNotSupported(m)
+            | LedgerError::CurrencyMismatch(m)
             | LedgerError::BadInput(m)
             | LedgerError::InvalidAddress(m)
             | LedgerError::AddressMismatch(m) => m.clone(),

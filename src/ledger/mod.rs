@@ -19,6 +19,7 @@ pub mod outcome;
 pub mod page;
 pub mod posting;
 pub mod reconciliation;
+pub mod transfer;
 pub mod wallet;
 
 pub use currency::{Currency, CurrencyKind, CurrencyRegistry};

@@ -72,6 +72,10 @@ text_enum! {
         Withdraw => "WITHDRAW",
         /// Compensating credit for a withdrawal that failed after its debit.
         Refund => "REFUND",
+        /// The sending side of a transfer between wallets.
+        TransferOut => "TRANSFER_OUT",
+        /// The receiving side of a transfer between wallets.
+        TransferIn => "TRANSFER_IN",
     }
 }
 
@@ -79,8 +83,10 @@ impl TransactionType {
     /// +1 for credits, -1 for debits.
     pub fn sign(self) -> Decimal {
         match self {
-            TransactionType::Deposit | TransactionType::Refund => Decimal::ONE,
-            TransactionType::Withdraw => Decimal::NEGATIVE_ONE,
+            TransactionType::Deposit | TransactionType::Refund | TransactionType::TransferIn => {
+                Decimal::ONE
+            }
+            TransactionType::Withdraw | TransactionType::TransferOut => Decimal::NEGATIVE_ONE,
         }
     }
 }
@@ -169,6 +175,8 @@ pub struct JournalEntry {
     pub chain_tx_hash: Option<String>,
     /// Why a hold was parked or failed.
     pub status_reason: Option<String>,
+    /// On the receiving side of a transfer: the sending side.
+    pub counterpart_id: Option<i64>,
 }
 
 impl JournalEntry {

@@ -204,6 +204,7 @@ impl<'a> NewRow<'a> {
             gas_price: chain.and_then(|c| c.gas_price).map(Scaled),
             gas_used: chain.and_then(|c| c.gas_used),
             raw: chain.and_then(|c| c.raw.as_deref()),
+            counterpart_id: None,
             created_at: at,
             updated_at: at,
         }
@@ -236,6 +237,7 @@ pub struct NewEntry<'a> {
     gas_price: Option<Scaled>,
     gas_used: Option<i64>,
     raw: Option<&'a str>,
+    counterpart_id: Option<i64>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -251,6 +253,17 @@ pub async fn append(
     row: &NewRow<'_>,
     locked_change: Decimal,
 ) -> Result<JournalEntry, LedgerError> {
+    append_with(conn, wallet, row, locked_change, None).await
+}
+
+/// Like [`append`], for the receiving side of a transfer: the row names its sending side.
+pub async fn append_with(
+    conn: &mut AsyncPgConnection,
+    wallet: &Wallet,
+    row: &NewRow<'_>,
+    locked_change: Decimal,
+    counterpart: Option<i64>,
+) -> Result<JournalEntry, LedgerError> {
     let balances = row.balances(wallet.balance);
     let at: DateTime<Utc> = diesel::update(wallets::table.find(wallet.id))
         .set((
@@ -263,8 +276,10 @@ pub async fn append(
         .returning(wallets::updated_at)
         .get_result(conn)
         .await?;
+    let mut entry = row.entry(wallet.id, balances, at);
+    entry.counterpart_id = counterpart;
     Ok(diesel::insert_into(transactions::table)
-        .values(row.entry(wallet.id, balances, at))
+        .values(entry)
         .returning(JournalEntry::as_returning())
         .get_result(conn)
         .await?)
@@ -278,7 +293,8 @@ pub async fn append(
 /// Rows keyed by a client's idempotency key, unique per wallet (`transactions_tx_hash_key`).
 pub fn keyed_by_client() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
     diesel::dsl::sql(
-        "transactions.hold_id IS NULL AND NOT (transactions.hold AND transactions.type = 'DEPOSIT')",
+        "transactions.hold_id IS NULL AND NOT (transactions.hold AND transactions.type = 'DEPOSIT') \
+         AND transactions.type <> 'TRANSFER_IN'",
     )
 }
 

@@ -73,8 +73,8 @@ pub async fn summarize_period(
 
     let totals: Totals = diesel::sql_query(
         "SELECT count(*) FILTER (WHERE NOT hold) AS movements,
-                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND type IN ('DEPOSIT', 'REFUND')), 0) AS credits,
-                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND type = 'WITHDRAW'), 0) AS debits,
+                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND type IN ('DEPOSIT', 'REFUND', 'TRANSFER_IN')), 0) AS credits,
+                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND type IN ('WITHDRAW', 'TRANSFER_OUT')), 0) AS debits,
                 count(*) FILTER (WHERE balance_before <> coalesce(prev_after, $4)) AS breaks
          FROM (SELECT type, amount, fee, hold, balance_before,
                       lag(balance_after) OVER (ORDER BY created_at, id) AS prev_after

@@ -391,7 +391,7 @@ impl TestApp {
                 let moved = dec("amount") + dec("fee");
                 let signed = match (n["isHold"].as_bool().unwrap(), n["type"].as_str().unwrap()) {
                     (true, _) => rust_decimal::Decimal::ZERO,
-                    (false, "WITHDRAW") => -moved,
+                    (false, "WITHDRAW" | "TRANSFER_OUT") => -moved,
                     (false, _) => moved,
                 };
                 assert_eq!(
@@ -781,11 +781,25 @@ impl TestApp {
         let pg = self.db.client().await;
         let unbalanced = pg
             .query(
+                // A row's entry is the row and its postings — or, for a transfer, the
+                // sending row, the receiving row that names it, and no postings.
                 "SELECT t.id, t.type FROM transactions t
-              WHERE NOT t.hold
-                AND CASE WHEN t.type = 'WITHDRAW' THEN -1 ELSE 1 END * (t.amount + t.fee)
+              WHERE NOT t.hold AND t.type <> 'TRANSFER_IN'
+                AND CASE WHEN t.type IN ('WITHDRAW', 'TRANSFER_OUT') THEN -1 ELSE 1 END
+                      * (t.amount + t.fee)
+                    + COALESCE((SELECT sum(i.amount + i.fee) FROM transactions i
+                                 WHERE i.counterpart_id = t.id), 0)
                     + COALESCE((SELECT sum(p.amount) FROM ledger_postings p
-                                 WHERE p.transaction_id = t.id), 0) <> 0",
+                                 WHERE p.transaction_id = t.id), 0) <> 0
+             UNION ALL
+             SELECT i.id, i.type FROM transactions i
+               LEFT JOIN transactions o ON o.id = i.counterpart_id
+               LEFT JOIN wallets wi ON wi.id = i.wallet_id
+               LEFT JOIN wallets wo ON wo.id = o.wallet_id
+              WHERE i.type = 'TRANSFER_IN'
+                AND (o.type IS DISTINCT FROM 'TRANSFER_OUT' OR wi.currency <> wo.currency
+                     OR EXISTS (SELECT 1 FROM ledger_postings p
+                                 WHERE p.transaction_id IN (i.id, o.id)))",
                 &[],
             )
             .await

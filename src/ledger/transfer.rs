@@ -1,0 +1,182 @@
+//! Transfers between wallets of the same currency: a `TRANSFER_OUT` row on the source and a
+//! `TRANSFER_IN` row on the target, each with its own balances, in one database
+//! transaction. The pair is one double-entry entry (it sums to zero by itself).
+//!
+//! Both wallets are locked in id order — the order every movement locks in — so transfers
+//! A→B and B→A racing each other never deadlock. The key belongs to the source wallet,
+//! like any other movement's: the same request again returns the original transfer.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+
+use super::posting::{self, NewRow};
+use super::{
+    CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
+    TransactionType, Wallet, input, money,
+};
+use crate::schema::transactions;
+
+/// A transfer a caller asks for.
+#[derive(Clone, Debug)]
+pub struct TransferRequest {
+    pub from_wallet_id: i64,
+    pub to_wallet_id: i64,
+    pub amount: Decimal,
+    pub key: String,
+    pub description: Option<String>,
+}
+
+/// Both sides of a transfer, and whether an earlier call with the same key made it.
+#[derive(Clone, Debug)]
+pub struct Transfer {
+    pub out: JournalEntry,
+    pub into: JournalEntry,
+    pub replayed: bool,
+}
+
+/// Moves `amount` from one wallet to another, exactly once per key of the source wallet.
+/// The source must be visible to the caller (`scope`); the target may be anyone's.
+pub async fn execute(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    scope: &Scope,
+    request: &TransferRequest,
+) -> Result<Transfer, LedgerError> {
+    input::check_key("idempotencyKey", &request.key)?;
+    if let Some(d) = &request.description {
+        input::check_text("description", d, input::MAX_DESCRIPTION_LEN)?;
+    }
+    if request.amount <= Decimal::ZERO {
+        return Err(LedgerError::InvalidAmount(format!(
+            "the amount must be greater than zero, got {}",
+            request.amount
+        )));
+    }
+    if request.from_wallet_id == request.to_wallet_id {
+        return Err(LedgerError::BadInput(
+            "a transfer needs two different wallets".into(),
+        ));
+    }
+    posting::retried!(conn, |tx| { apply(tx, currencies, scope, request).await })
+}
+
+async fn apply(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    scope: &Scope,
+    request: &TransferRequest,
+) -> Result<Transfer, LedgerError> {
+    let (from, to) = lock_pair(conn, scope, request).await?;
+
+    // Read after the locks: an identical request that committed meanwhile is seen.
+    if let Some(out) = posting::find_by_key(conn, from.id, &request.key).await? {
+        let same = out.kind == TransactionType::TransferOut
+            && out.amount == request.amount
+            && out.description == request.description;
+        let into = match same {
+            true => receiving_side(conn, out.id).await?,
+            false => None,
+        };
+        return match into {
+            Some(into) if into.wallet_id == to.id => Ok(Transfer {
+                out,
+                into,
+                replayed: true,
+            }),
+            _ => Err(LedgerError::IdempotencyConflict(format!(
+                "idempotencyKey {:?} was already used for a different request",
+                request.key
+            ))),
+        };
+    }
+
+    if from.currency != to.currency {
+        return Err(LedgerError::CurrencyMismatch(format!(
+            "the source wallet holds {} and the target {}",
+            from.currency, to.currency
+        )));
+    }
+    let currency = currencies
+        .get(&from.currency)
+        .ok_or_else(|| LedgerError::CurrencyNotSupported(from.currency.clone()))?;
+    if currency.kind == CurrencyKind::Crypto {
+        // A book transfer between addresses would leave each address's chain balance
+        // unreconcilable against its wallet; not offered until reconciliation knows it.
+        return Err(LedgerError::CurrencyNotSupported(format!(
+            "transfers of {} between wallets are not supported",
+            currency.code
+        )));
+    }
+    let amount = money::validate_amount(request.amount, currency)?;
+    let available = from.available_balance();
+    if amount > available {
+        return Err(LedgerError::InsufficientFunds {
+            available,
+            requested: amount,
+        });
+    }
+    let side = |kind| NewRow {
+        kind,
+        amount,
+        fee: Decimal::ZERO,
+        status: TransactionStatus::Completed,
+        key: &request.key,
+        description: request.description.as_deref(),
+        hold: false,
+        settles: None,
+        chain: None,
+        scale: currency.scale(),
+    };
+    let out = posting::append(
+        conn,
+        &from,
+        &side(TransactionType::TransferOut),
+        Decimal::ZERO,
+    )
+    .await?;
+    let into = posting::append_with(
+        conn,
+        &to,
+        &side(TransactionType::TransferIn),
+        Decimal::ZERO,
+        Some(out.id),
+    )
+    .await?;
+    Ok(Transfer {
+        out,
+        into,
+        replayed: false,
+    })
+}
+
+/// Locks the source (visible to the caller) and the target (anyone's), lower id first.
+async fn lock_pair(
+    conn: &mut AsyncPgConnection,
+    scope: &Scope,
+    request: &TransferRequest,
+) -> Result<(Wallet, Wallet), LedgerError> {
+    let (from_id, to_id) = (request.from_wallet_id, request.to_wallet_id);
+    if from_id < to_id {
+        let from = posting::lock_wallet(conn, scope, from_id).await?;
+        let to = posting::lock_wallet(conn, &Scope::All, to_id).await?;
+        Ok((from, to))
+    } else {
+        let to = posting::lock_wallet(conn, &Scope::All, to_id).await?;
+        let from = posting::lock_wallet(conn, scope, from_id).await?;
+        Ok((from, to))
+    }
+}
+
+/// The receiving side of the transfer whose sending side is `out_id`.
+pub async fn receiving_side(
+    conn: &mut AsyncPgConnection,
+    out_id: i64,
+) -> Result<Option<JournalEntry>, LedgerError> {
+    Ok(transactions::table
+        .filter(transactions::counterpart_id.eq(out_id))
+        .select(JournalEntry::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}

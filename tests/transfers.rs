@@ -1,0 +1,266 @@
+//! Transfers between wallets: both sides in one transaction with their own balances,
+//! idempotent under races, deadlock-free in both directions, and always balanced.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{TestApp, error_code};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+
+const TRANSFER: &str = "mutation($from: ID!, $to: ID!, $a: Decimal!, $k: String!, $d: String) {
+  transfer(input: {fromWalletId: $from, toWalletId: $to, amount: $a, idempotencyKey: $k,
+                   description: $d}) {
+    id amount currency createdAt
+    from { id type amount balanceBefore balanceAfter txHash description }
+    to { id type amount balanceBefore balanceAfter txHash description } } }";
+
+async fn transfer(
+    t: &TestApp,
+    token: &str,
+    from: &str,
+    to: &str,
+    amount: &str,
+    key: &str,
+) -> Value {
+    t.gql(
+        Some(token),
+        TRANSFER,
+        json!({"from": from, "to": to, "a": amount, "k": key}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transfer_moves_money_between_two_wallets_once() {
+    let t = TestApp::new().await;
+    let alice = t.create_wallet("alice", "USD").await;
+    let bob = t.create_wallet("bob", "USD").await;
+    t.deposit(&alice, "100.00", "fund").await;
+    // Bob's own key "pay-1" must not stand in the way of alice's transfer keyed "pay-1".
+    t.deposit(&bob, "1.00", "pay-1").await;
+
+    let body = t
+        .gql(
+            Some(&t.user("alice")),
+            TRANSFER,
+            json!({"from": alice, "to": bob, "a": "30.25", "k": "pay-1", "d": "rent"}),
+        )
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+    let sent = body["data"]["transfer"].clone();
+    assert_eq!(sent["amount"], "30.25");
+    assert_eq!(sent["currency"], "USD");
+    assert_eq!(sent["from"]["type"], "TRANSFER_OUT");
+    assert_eq!(sent["from"]["balanceBefore"], "100.00");
+    assert_eq!(sent["from"]["balanceAfter"], "69.75");
+    assert_eq!(sent["from"]["description"], "rent");
+    // Alice may not see bob's balances.
+    assert!(sent["to"].is_null(), "{sent}");
+    assert_eq!(t.balance(&alice).await, "69.75");
+    assert_eq!(t.balance(&bob).await, "31.25");
+
+    // The operator sees both sides.
+    let op = t
+        .gql(
+            Some(&t.operator()),
+            TRANSFER,
+            json!({"from": alice, "to": bob, "a": "30.25", "k": "pay-1", "d": "rent"}),
+        )
+        .await["data"]["transfer"]
+        .clone();
+    assert_eq!(op["id"], sent["id"], "a replay, not a second transfer");
+    assert_eq!(op["to"]["type"], "TRANSFER_IN");
+    assert_eq!(op["to"]["balanceBefore"], "1.00");
+    assert_eq!(op["to"]["balanceAfter"], "31.25");
+    assert_eq!(t.balance(&alice).await, "69.75");
+
+    // Refusals change nothing.
+    let eur = t.create_wallet("bob", "EUR").await;
+    let alice_token = t.user("alice");
+    let cases = [
+        (
+            json!({"from": alice, "to": bob, "a": "1.00", "k": "pay-1"}),
+            "IDEMPOTENCY_CONFLICT",
+        ),
+        (
+            json!({"from": alice, "to": eur, "a": "1.00", "k": "x-1"}),
+            "CURRENCY_MISMATCH",
+        ),
+        (
+            json!({"from": alice, "to": bob, "a": "69.76", "k": "x-2"}),
+            "INSUFFICIENT_FUNDS",
+        ),
+        (
+            json!({"from": alice, "to": bob, "a": "0.001", "k": "x-3"}),
+            "INVALID_AMOUNT",
+        ),
+        (
+            json!({"from": alice, "to": alice, "a": "1.00", "k": "x-4"}),
+            "BAD_USER_INPUT",
+        ),
+        // Alice cannot send from bob's wallet; an unknown target does not exist.
+        (
+            json!({"from": bob, "to": alice, "a": "1.00", "k": "x-5"}),
+            "NOT_FOUND",
+        ),
+        (
+            json!({"from": alice, "to": "V2FsbGV0Ojk5OTk5", "a": "1.00", "k": "x-6"}),
+            "NOT_FOUND",
+        ),
+    ];
+    for (vars, code) in cases {
+        let body = t.gql(Some(&alice_token), TRANSFER, vars.clone()).await;
+        assert_eq!(error_code(&body), code, "{vars}: {body}");
+    }
+    assert_eq!(t.balance(&alice).await, "69.75");
+    assert_eq!(t.balance(&bob).await, "31.25");
+    let trial = t.assert_balanced().await;
+    assert_eq!(
+        trial["USD"].2["bank"], "-101.00",
+        "a transfer posts nothing to the bank"
+    );
+    t.assert_chain(&alice).await;
+    t.assert_chain(&bob).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn thirty_identical_racing_transfers_make_one() {
+    let t = TestApp::new().await;
+    let alice = t.create_wallet("alice", "USD").await;
+    let bob = t.create_wallet("bob", "USD").await;
+    t.deposit(&alice, "10.00", "fund").await;
+    let token = t.user("alice");
+    let answers = futures_util::future::join_all(
+        (0..30).map(|_| transfer(&t, &token, &alice, &bob, "2.50", "once")),
+    )
+    .await;
+    let ids: HashSet<Value> = answers
+        .iter()
+        .map(|b| {
+            assert!(b["errors"].is_null(), "{b}");
+            b["data"]["transfer"]["id"].clone()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(t.balance(&alice).await, "7.50");
+    assert_eq!(t.balance(&bob).await, "2.50");
+    t.assert_balanced().await;
+}
+
+/// 16 clients move money at random among 20 wallets — both directions between the same
+/// pairs included — beside deposits and withdrawals: no deadlock reaches anyone, money is
+/// only created by deposits and destroyed by withdrawals, every chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_transfers_in_both_directions_keep_the_books() {
+    let t = TestApp::with(common::Options {
+        pool_size: 20,
+        ..Default::default()
+    })
+    .await;
+    let mut wallets = Vec::new();
+    for i in 0..20 {
+        let w = t.create_wallet(&format!("u{i}"), "USD").await;
+        t.deposit(&w, "20.00", &format!("seed-{i}")).await;
+        wallets.push(w);
+    }
+    let operator = t.operator();
+    let answers = futures_util::future::join_all((0..16).map(|client| {
+        let (t, wallets, operator) = (&t, &wallets, &operator);
+        async move {
+            let mut out = Vec::new();
+            for n in 0..12usize {
+                let a = (client * 5 + n * 7) % 20;
+                // Pairs sent both ways: client c sends a→b, client c+1 sends b→a.
+                let b = if client % 2 == 0 {
+                    (a + 1) % 20
+                } else {
+                    (a + 19) % 20
+                };
+                let key = format!("c{client}-n{n}");
+                let body = match n % 4 {
+                    0 => ("deposit", t.deposit(&wallets[a], "3.00", &key).await),
+                    1 => (
+                        "withdraw",
+                        t.withdraw(&t.user(&format!("u{a}")), &wallets[a], "2.00", &key)
+                            .await,
+                    ),
+                    _ => (
+                        "transfer",
+                        transfer(t, operator, &wallets[a], &wallets[b], "4.00", &key).await,
+                    ),
+                };
+                out.push(body);
+            }
+            out
+        }
+    }))
+    .await;
+    let (mut deposited, mut withdrawn) = (Decimal::ZERO, Decimal::ZERO);
+    let mut transfers = 0;
+    for (kind, body) in answers.into_iter().flatten() {
+        match body.get("errors") {
+            None => match kind {
+                "deposit" => deposited += Decimal::new(300, 2),
+                "withdraw" => withdrawn += Decimal::new(200, 2),
+                _ => transfers += 1,
+            },
+            Some(_) => assert_eq!(error_code(&body), "INSUFFICIENT_FUNDS", "{kind}: {body}"),
+        }
+    }
+    assert!(transfers > 0);
+    let mut total = Decimal::ZERO;
+    for w in &wallets {
+        total += t.balance(w).await.parse::<Decimal>().unwrap();
+        t.assert_chain(w).await;
+    }
+    assert_eq!(total, Decimal::new(40000, 2) + deposited - withdrawn);
+    t.assert_balanced().await;
+}
+
+/// A wallet's reconciliation counts transfers in and out; both owners' subscriptions see
+/// their side.
+#[tokio::test(flavor = "multi_thread")]
+async fn transfers_reconcile_and_reach_both_owners() {
+    let t = TestApp::new().await;
+    let alice = t.create_wallet("alice", "USD").await;
+    let bob = t.create_wallet("bob", "USD").await;
+    t.deposit(&alice, "50.00", "fund").await;
+    let url = t.serve().await;
+    let sub =
+        "subscription($w: ID!) { transactionUpdated(walletId: $w) { type amount balanceAfter } }";
+    let mut alices = common::ws::WsClient::authenticated(&url, &t.user("alice")).await;
+    alices.subscribe("a", sub, json!({"w": alice})).await;
+    let mut bobs = common::ws::WsClient::authenticated(&url, &t.user("bob")).await;
+    bobs.subscribe("b", sub, json!({"w": bob})).await;
+    common::wait_until(
+        "both subscribed",
+        std::time::Duration::from_secs(5),
+        || async { t.app.state.events.subscriber_count() == 2 },
+    )
+    .await;
+    let body = transfer(&t, &t.user("alice"), &alice, &bob, "12.00", "gift").await;
+    assert!(body["errors"].is_null(), "{body}");
+    let seen = alices.data("a").await["transactionUpdated"].clone();
+    assert_eq!(
+        seen,
+        json!({"type": "TRANSFER_OUT", "amount": "12.00", "balanceAfter": "38.00"})
+    );
+    let seen = bobs.data("b").await["transactionUpdated"].clone();
+    assert_eq!(
+        seen,
+        json!({"type": "TRANSFER_IN", "amount": "12.00", "balanceAfter": "12.00"})
+    );
+
+    let reconcile = "mutation($w: ID!, $b: Decimal!) { reconcileWallet(input: {walletId: $w,
+        startTime: \"2000-01-01T00:00:00Z\", endTime: \"2100-01-01T00:00:00Z\",
+        externalBalance: $b}) { status systemBalance } }";
+    for (w, balance) in [(&alice, "38.00"), (&bob, "12.00")] {
+        let rec = t
+            .ok(&t.operator(), reconcile, json!({"w": w, "b": balance}))
+            .await["reconcileWallet"]
+            .clone();
+        assert_eq!(rec["status"], "MATCHED", "{rec}");
+    }
+}
