@@ -1,4 +1,4 @@
--- Transactional outbox for live subscriptions (SPEC §3).
+-- Transactional outbox for live subscriptions.
 --
 -- Triggers record an event in the same database transaction as the change it describes,
 -- so a rolled-back change has no event and a committed one always has one. NOTIFY (sent

@@ -1,4 +1,4 @@
--- HD custody (SPEC §6): crypto wallets get an address derived from the service's seed.
+-- HD custody: crypto wallets get an address derived from the service's seed.
 -- The seed never enters the database; a wallet keeps its derivation path and address.
 
 -- Next unused address index per network. It is taken with a row lock in the transaction

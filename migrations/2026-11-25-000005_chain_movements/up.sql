@@ -2,7 +2,7 @@
 --
 -- A chain deposit is a Transaction from the moment it is seen (PENDING, confirmations
 -- counting), and a crypto withdrawal from the moment it is requested, yet a journal
--- row's balances never change (SPEC §2). So such a movement is journaled as a *hold*:
+-- row's balances never change. So such a movement is journaled as a *hold*:
 -- a row with no balance effect (balance_before = balance_after) whose status and chain
 -- fields move on. What it does to the balance is appended as *postings* that point at
 -- the hold: the credit of a deposit at its confirmation threshold; the debit of a
