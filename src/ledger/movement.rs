@@ -7,8 +7,8 @@ use rust_decimal::Decimal;
 
 use super::posting::{self, NewRow};
 use super::{
-    CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
-    TransactionType, Wallet, input, money,
+    CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet,
+    input, money,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,18 +126,13 @@ pub(crate) fn journal_row<'r>(
             }
         }
     }
-    Ok(NewRow {
-        kind: request.direction.transaction_type(),
+    Ok(NewRow::fiat(
+        request.direction.transaction_type(),
         amount,
-        fee: Decimal::ZERO,
-        status: TransactionStatus::Completed,
-        key: &request.key,
-        description: request.description.as_deref(),
-        hold: false,
-        settles: None,
-        chain: None,
-        scale: currency.scale(),
-    })
+        &request.key,
+        request.description.as_deref(),
+        currency.scale(),
+    ))
 }
 
 /// Same key: the same request gets the original result; anything else is a conflict.

@@ -153,6 +153,28 @@ pub struct NewRow<'a> {
 }
 
 impl<'a> NewRow<'a> {
+    /// A fiat row, final when written: no fee, no chain, not a hold.
+    pub fn fiat(
+        kind: TransactionType,
+        amount: Decimal,
+        key: &'a str,
+        description: Option<&'a str>,
+        scale: u32,
+    ) -> Self {
+        NewRow {
+            kind,
+            amount,
+            fee: Decimal::ZERO,
+            status: TransactionStatus::Completed,
+            key,
+            description,
+            hold: false,
+            settles: None,
+            chain: None,
+            scale,
+        }
+    }
+
     /// The balance change the row records: none for a hold, otherwise the signed
     /// amount plus fee (a withdrawal's debit includes the fee paid on chain).
     pub fn balance_change(&self) -> Decimal {

@@ -12,8 +12,8 @@ use rust_decimal::Decimal;
 
 use super::posting::{self, NewRow};
 use super::{
-    CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
-    TransactionType, Wallet, input, money,
+    CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet,
+    input, money,
 };
 use crate::schema::transactions;
 
@@ -116,17 +116,14 @@ async fn apply(
             requested: amount,
         });
     }
-    let side = |kind| NewRow {
-        kind,
-        amount,
-        fee: Decimal::ZERO,
-        status: TransactionStatus::Completed,
-        key: &request.key,
-        description: request.description.as_deref(),
-        hold: false,
-        settles: None,
-        chain: None,
-        scale: currency.scale(),
+    let side = |kind| {
+        NewRow::fiat(
+            kind,
+            amount,
+            &request.key,
+            request.description.as_deref(),
+            currency.scale(),
+        )
     };
     let out = posting::append(
         conn,
