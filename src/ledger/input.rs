@@ -53,6 +53,27 @@ pub fn check_key(field: &str, key: &str) -> Result<(), LedgerError> {
     Ok(())
 }
 
+/// What every keyed fiat movement (deposit, withdrawal, transfer) checks before touching
+/// the database: its key (named `key_field` in the API), its description, a positive
+/// amount.
+pub fn check_movement(
+    key_field: &str,
+    key: &str,
+    description: Option<&str>,
+    amount: rust_decimal::Decimal,
+) -> Result<(), LedgerError> {
+    check_key(key_field, key)?;
+    if let Some(d) = description {
+        check_text("description", d, MAX_DESCRIPTION_LEN)?;
+    }
+    if amount <= rust_decimal::Decimal::ZERO {
+        return Err(LedgerError::InvalidAmount(format!(
+            "the amount must be greater than zero, got {amount}"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

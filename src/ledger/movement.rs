@@ -59,17 +59,12 @@ pub async fn execute(
 
 /// Checks that need no database: a request that passes them cannot fail a batch.
 pub(crate) fn validate_shape(request: &MovementRequest) -> Result<(), LedgerError> {
-    input::check_key("txHash", &request.key)?;
-    if let Some(d) = &request.description {
-        input::check_text("description", d, input::MAX_DESCRIPTION_LEN)?;
-    }
-    if request.amount <= Decimal::ZERO {
-        return Err(LedgerError::InvalidAmount(format!(
-            "the amount must be greater than zero, got {}",
-            request.amount
-        )));
-    }
-    Ok(())
+    input::check_movement(
+        "txHash",
+        &request.key,
+        request.description.as_deref(),
+        request.amount,
+    )
 }
 
 async fn apply(

@@ -43,16 +43,12 @@ pub async fn execute(
     scope: &Scope,
     request: &TransferRequest,
 ) -> Result<Transfer, LedgerError> {
-    input::check_key("idempotencyKey", &request.key)?;
-    if let Some(d) = &request.description {
-        input::check_text("description", d, input::MAX_DESCRIPTION_LEN)?;
-    }
-    if request.amount <= Decimal::ZERO {
-        return Err(LedgerError::InvalidAmount(format!(
-            "the amount must be greater than zero, got {}",
-            request.amount
-        )));
-    }
+    input::check_movement(
+        "idempotencyKey",
+        &request.key,
+        request.description.as_deref(),
+        request.amount,
+    )?;
     if request.from_wallet_id == request.to_wallet_id {
         return Err(LedgerError::BadInput(
             "a transfer needs two different wallets".into(),
