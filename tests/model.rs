@@ -129,7 +129,9 @@ async fn random_concurrent_movements_keep_every_promise() {
                     // The same key with another amount: a conflict, no effect.
                     85..=92 if !mine.is_empty() => {
                         let (key, request) = mine[rng.random_range(0..mine.len())].clone();
-                        let body = resend(&fleet, node, &request, Some("0.01")).await;
+                        // Never the original amount: that would be a replay, not a conflict.
+                        let other = (model.lock().unwrap().promised[&key].amount + Decimal::new(1, 2)).to_string();
+                        let body = resend(&fleet, node, &request, Some(&other)).await;
                         assert_eq!(error_code(&body), "IDEMPOTENCY_CONFLICT", "seed {seed}: {key}: {body}");
                     }
                     // The chain moves on: a worker pass (signing debits crypto withdrawals),
