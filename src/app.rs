@@ -73,6 +73,8 @@ pub struct AppConfig {
     pub graphiql: bool,
     /// Who may read `/metrics` on the main listener.
     pub metrics: MetricsAccess,
+    /// Flat withdrawal fees by currency code (see `WALLET_WITHDRAWAL_FEES`).
+    pub withdrawal_fees: std::collections::BTreeMap<String, rust_decimal::Decimal>,
 }
 
 /// Who may read `/metrics` on the main listener.
@@ -162,7 +164,9 @@ impl App {
             Arc::new(
                 CurrencyRegistry::load(&mut conn)
                     .await?
-                    .with_networks(networks),
+                    .with_networks(networks)
+                    .with_withdrawal_fees(&config.withdrawal_fees)
+                    .map_err(|e| anyhow::anyhow!(e))?,
             )
         };
         let events = EventBus::default();

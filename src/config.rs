@@ -107,6 +107,32 @@ pub struct ServeConfig {
     /// address or when `WALLET_METRICS_TOKEN` is set (then required as a bearer token).
     #[arg(long, env = "WALLET_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
+    /// Flat withdrawal fees per currency, credited to fee revenue, e.g. `USD=0.50,BTC=0.0001`.
+    /// Fiat: charged on top of the amount. Crypto: charged instead of the network's fee,
+    /// which the service then pays. Without one, fiat withdrawals are free and crypto
+    /// withdrawals pay the network's fee.
+    #[arg(long, env = "WALLET_WITHDRAWAL_FEES", value_parser = parse_fees, default_value = "")]
+    pub withdrawal_fees: WithdrawalFees,
+}
+
+/// Flat withdrawal fees by currency code.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WithdrawalFees(pub std::collections::BTreeMap<String, rust_decimal::Decimal>);
+
+/// `CODE=AMOUNT` pairs separated by commas (empty: none).
+fn parse_fees(text: &str) -> Result<WithdrawalFees, String> {
+    let mut fees = std::collections::BTreeMap::new();
+    for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (code, amount) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not CODE=AMOUNT"))?;
+        let amount = crate::ledger::money::parse_decimal(amount.trim())
+            .map_err(|e| format!("the fee of {}: {e}", code.trim()))?;
+        if fees.insert(code.trim().to_owned(), amount).is_some() {
+            return Err(format!("{} has two fees", code.trim()));
+        }
+    }
+    Ok(WithdrawalFees(fees))
 }
 
 /// Limits of the GraphQL executor.

@@ -147,6 +147,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         chain_poll: (config.chain_poll_ms > 0).then(|| Duration::from_millis(config.chain_poll_ms)),
         graphiql: startup.graphiql,
         metrics,
+        withdrawal_fees: config.withdrawal_fees.0.clone(),
     })
     .await
     .context("starting the service")?;

@@ -162,6 +162,10 @@ diesel::table! {
         chain_tx_hash -> Nullable<Text>,
         status_reason -> Nullable<Text>,
         counterpart_id -> Nullable<Int8>,
+        reverses_id -> Nullable<Int8>,
+        network_fee -> Nullable<Numeric>,
+        reference -> Nullable<Text>,
+        metadata -> Nullable<Jsonb>,
     }
 }
 

@@ -34,8 +34,10 @@ async fn every_movement_is_one_balanced_entry() {
     worker.pass().await.unwrap();
     let after = t.assert_balanced().await;
     assert_eq!(after["BTC"].0, "0.74999000");
-    assert_eq!(account(&after, "BTC", "custody"), "-0.75000000");
-    assert_eq!(account(&after, "BTC", "network_fees"), "0.00001000");
+    // Our address paid amount + network fee; the fee was the user's, passed on.
+    assert_eq!(account(&after, "BTC", "custody"), "-0.74999000");
+    assert_eq!(account(&after, "BTC", "network_fees"), "-0.00001000");
+    assert_eq!(account(&after, "BTC", "fee_revenue"), "0.00001000");
     // Confirmed on chain: completing it posts nothing more.
     t.ok(&t.operator(), common::MINE, json!({"n": "bitcoin", "c": 6}))
         .await;
@@ -46,8 +48,8 @@ async fn every_movement_is_one_balanced_entry() {
     t.crypto_withdraw("alice", &btc, "0.5", "cw-doomed").await;
     worker.pass().await.unwrap();
     let debited = t.assert_balanced().await;
-    assert_eq!(account(&debited, "BTC", "custody"), "-0.25000000");
-    assert_eq!(account(&debited, "BTC", "network_fees"), "0.00002000");
+    assert_eq!(account(&debited, "BTC", "custody"), "-0.24998000");
+    assert_eq!(account(&debited, "BTC", "network_fees"), "-0.00002000");
     t.ok(&t.operator(), common::MINE, json!({"n": "bitcoin", "c": 1}))
         .await;
     assert_eq!(worker.pass().await.unwrap().withdrawals.failed, 1);

@@ -4,15 +4,16 @@
 -- one or more postings to the currency's system accounts, written by the database in the
 -- same statement as the row, so no code path can forget them.
 --
--- Sign convention: an account's balance is the sum of its postings, and the customers'
--- wallets plus all system accounts of a currency sum to exactly zero.
---   bank          fiat clearing: minus what customers brought in through the bank
+-- Sign convention: an account's balance is the sum of its postings; credits are positive,
+-- debits negative, and the customers' wallets plus all system accounts of a currency sum to
+-- exactly zero. Accounts that hold what we owe or earned (customer wallets, fee revenue)
+-- carry positive balances; accounts that hold what we have or spent carry negative ones.
+--   bank          fiat clearing: minus the money at the bank for customers
 --                 (deposits post -amount, withdrawals +amount)
---   custody       crypto: minus what our addresses received for customers, net of what
---                 they sent out (credits -amount, withdrawals +amount)
---   network_fees  crypto: network fees custody paid on chain (+fee per withdrawal)
---   fee_revenue   fiat: fees charged on withdrawals (+fee)
--- On chain, our addresses hold -(custody + network_fees).
+--   custody       crypto: minus what our addresses hold on chain (credits -amount,
+--                 withdrawals +(amount + network fee))
+--   network_fees  crypto: minus the network fees our addresses paid
+--   fee_revenue   fees charged to users on withdrawals (+fee)
 
 CREATE TABLE ledger_accounts (
     id       BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -71,20 +72,26 @@ CREATE TRIGGER ledger_postings_no_truncate BEFORE TRUNCATE ON ledger_postings
 
 -- The system side of a journal row's entry: (account code, amount) pairs that cancel the
 -- row's effect on its wallet. A hold moves nothing and has none.
+--   deposit     the bank or our addresses received it: -(amount + fee)
+--   withdrawal  the bank or our addresses paid out the amount (on chain, plus the
+--               network's fee): +(amount + network fee); the network fee is an expense:
+--               -network fee; the fee charged to the user is revenue: +fee
+--   refund      the exact opposite of the withdrawal it undoes
+-- Until a withdrawal records its network fee separately, a crypto withdrawal's fee is the
+-- network's fee, passed on to the user.
 CREATE FUNCTION ledger_counter_legs(r transactions) RETURNS TABLE (code TEXT, amount NUMERIC)
 LANGUAGE sql IMMUTABLE AS $$
     SELECT leg.code, leg.amount
-      FROM (VALUES
-              (CASE WHEN r.network IS NULL THEN 'bank' ELSE 'custody' END,
-               CASE r.type WHEN 'WITHDRAW' THEN r.amount
-                           WHEN 'REFUND' THEN -r.amount
-                           ELSE -(r.amount + r.fee) END),
-              (CASE WHEN r.network IS NULL THEN 'fee_revenue' ELSE 'network_fees' END,
-               CASE r.type WHEN 'WITHDRAW' THEN r.fee
-                           WHEN 'REFUND' THEN -r.fee
-                           ELSE 0 END)
+      FROM (SELECT CASE WHEN r.type = 'REFUND' THEN -1 ELSE 1 END AS sign,
+                   CASE WHEN r.network IS NULL THEN 0 ELSE r.fee END AS network_fee,
+                   CASE WHEN r.network IS NULL THEN 'bank' ELSE 'custody' END AS holder) AS x,
+           LATERAL (VALUES
+              (x.holder, CASE WHEN r.type = 'DEPOSIT' THEN -(r.amount + r.fee)
+                              ELSE x.sign * (r.amount + x.network_fee) END),
+              ('network_fees', CASE WHEN r.type = 'DEPOSIT' THEN 0 ELSE -x.sign * x.network_fee END),
+              ('fee_revenue', CASE WHEN r.type = 'DEPOSIT' THEN 0 ELSE x.sign * r.fee END)
            ) AS leg (code, amount)
-     WHERE NOT r.hold AND leg.amount <> 0
+     WHERE NOT r.hold AND r.type IN ('DEPOSIT', 'WITHDRAW', 'REFUND') AND leg.amount <> 0
 $$;
 
 -- Once per INSERT statement (a group-commit batch is one), not per row.

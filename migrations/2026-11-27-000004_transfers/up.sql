@@ -26,19 +26,3 @@ CREATE UNIQUE INDEX transactions_counterpart_key ON transactions (counterpart_id
 DROP INDEX transactions_tx_hash_key;
 CREATE UNIQUE INDEX transactions_tx_hash_key ON transactions (wallet_id, tx_hash)
     WHERE hold_id IS NULL AND NOT (hold AND type = 'DEPOSIT') AND type <> 'TRANSFER_IN';
-
-CREATE OR REPLACE FUNCTION ledger_counter_legs(r transactions) RETURNS TABLE (code TEXT, amount NUMERIC)
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT leg.code, leg.amount
-      FROM (VALUES
-              (CASE WHEN r.network IS NULL THEN 'bank' ELSE 'custody' END,
-               CASE r.type WHEN 'WITHDRAW' THEN r.amount
-                           WHEN 'REFUND' THEN -r.amount
-                           ELSE -(r.amount + r.fee) END),
-              (CASE WHEN r.network IS NULL THEN 'fee_revenue' ELSE 'network_fees' END,
-               CASE r.type WHEN 'WITHDRAW' THEN r.fee
-                           WHEN 'REFUND' THEN -r.fee
-                           ELSE 0 END)
-           ) AS leg (code, amount)
-     WHERE NOT r.hold AND r.type NOT IN ('TRANSFER_OUT', 'TRANSFER_IN') AND leg.amount <> 0
-$$;

@@ -13,6 +13,7 @@ pub const INSUFFICIENT_FUNDS: &str = "INSUFFICIENT_FUNDS";
 pub const IDEMPOTENCY_CONFLICT: &str = "IDEMPOTENCY_CONFLICT";
 pub const CURRENCY_NOT_SUPPORTED: &str = "CURRENCY_NOT_SUPPORTED";
 pub const CURRENCY_MISMATCH: &str = "CURRENCY_MISMATCH";
+pub const ALREADY_REVERSED: &str = "ALREADY_REVERSED";
 pub const INVALID_ADDRESS: &str = "INVALID_ADDRESS";
 pub const ADDRESS_MISMATCH: &str = "ADDRESS_MISMATCH";
 pub const INSUFFICIENT_CONFIRMATIONS: &str = "INSUFFICIENT_CONFIRMATIONS";
@@ -78,6 +79,7 @@ pub fn ledger_error(e: &LedgerError) -> Error {
         LedgerError::IdempotencyConflict(_) => IDEMPOTENCY_CONFLICT,
         LedgerError::CurrencyNotSupported(_) => CURRENCY_NOT_SUPPORTED,
         LedgerError::CurrencyMismatch(_) => CURRENCY_MISMATCH,
+        LedgerError::AlreadyReversed(_) => ALREADY_REVERSED,
         LedgerError::BadInput(_) => BAD_USER_INPUT,
         LedgerError::InvalidAddress(_) => INVALID_ADDRESS,
         LedgerError::AddressMismatch(_) => ADDRESS_MISMATCH,

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::RequestDb;
 use crate::db::PgPool;
-use crate::ledger::{JournalEntry, LedgerError, Wallet, posting, wallet};
+use crate::ledger::{JournalEntry, LedgerError, Wallet, posting, reversal, wallet};
 
 /// The request's wallet loader (request-scoped, so its cache never outlives a request).
 pub type Wallets = DataLoader<WalletLoader, HashMapCache>;
@@ -18,6 +18,8 @@ pub type Wallets = DataLoader<WalletLoader, HashMapCache>;
 pub type Entries = DataLoader<EntryLoader, HashMapCache>;
 /// The postings of holds, by hold id (`Transaction.settlements`).
 pub type Settlements = DataLoader<SettlementLoader, HashMapCache>;
+/// The reversal of a journal row, by the row's id (`Transaction.reversedBy`).
+pub type Reversals = DataLoader<ReversalLoader, HashMapCache>;
 
 /// The loaders of one request (or one websocket connection). Their batches share one
 /// connection at a time, apart from the resolvers' budget.
@@ -25,6 +27,7 @@ pub struct Loaders {
     pub wallets: Wallets,
     pub entries: Entries,
     pub settlements: Settlements,
+    pub reversals: Reversals,
 }
 
 impl Loaders {
@@ -38,12 +41,14 @@ impl Loaders {
         let loaders = Loaders {
             wallets: loader(WalletLoader(batches.clone())),
             entries: loader(EntryLoader(batches.clone())),
-            settlements: loader(SettlementLoader(batches)),
+            settlements: loader(SettlementLoader(batches.clone())),
+            reversals: loader(ReversalLoader(batches)),
         };
         if !cache {
             loaders.wallets.enable_all_cache(false);
             loaders.entries.enable_all_cache(false);
             loaders.settlements.enable_all_cache(false);
+            loaders.reversals.enable_all_cache(false);
         }
         loaders
     }
@@ -53,12 +58,14 @@ impl Loaders {
             .data(self.wallets)
             .data(self.entries)
             .data(self.settlements)
+            .data(self.reversals)
     }
 
     pub fn into_data(self, data: &mut async_graphql::Data) {
         data.insert(self.wallets);
         data.insert(self.entries);
         data.insert(self.settlements);
+        data.insert(self.reversals);
     }
 }
 
@@ -163,5 +170,24 @@ impl Loader<i64> for SettlementLoader {
             }
         }
         Ok(by_hold)
+    }
+}
+
+/// Loads the reversal of each journal row, by the reversed row's id (same wallet).
+pub struct ReversalLoader(Batches);
+
+impl Loader<i64> for ReversalLoader {
+    type Value = JournalEntry;
+    type Error = Arc<LedgerError>;
+
+    async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, JournalEntry>, Self::Error> {
+        let rows = self
+            .0
+            .run(async |c| reversal::reversals_of(c, keys).await)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|e| e.reverses_id.map(|id| (id, e)))
+            .collect())
     }
 }

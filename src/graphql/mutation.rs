@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::error::{bad_input, forbidden};
 use super::ids::{NodeType, decode_id};
-use super::scalars::DecimalScalar;
+use super::scalars::{DecimalScalar, MetadataScalar};
 use super::types::ChainTransferObject;
 use super::types::{ReconciliationObject, TransactionObject, TransferObject, WalletObject};
 use super::validators::Text;
@@ -15,6 +15,7 @@ use crate::custody::{Chain, validate_address};
 use crate::ledger::chain_withdrawal::{self, WithdrawalRequest};
 use crate::ledger::movement::{Direction, MovementRequest};
 use crate::ledger::reconciliation::{self, ChainReconciliation, ExternalReconciliation};
+use crate::ledger::reversal::{self, ReversalRequest};
 use crate::ledger::transfer::{self, TransferRequest};
 use crate::ledger::{Currency, LedgerError, chain_deposit, input, money, outcome, wallet};
 
@@ -39,6 +40,11 @@ pub struct DepositInput {
     pub tx_hash: String,
     #[graphql(validator(custom = "Text(input::MAX_DESCRIPTION_LEN)"))]
     pub description: Option<String>,
+    /// A business reference (e.g. the bank's statement id): not unique, searchable with
+    /// `TransactionFilter.reference`.
+    #[graphql(validator(custom = "Text(input::MAX_REFERENCE_LEN)"))]
+    pub reference: Option<String>,
+    pub metadata: Option<MetadataScalar>,
 }
 
 #[derive(InputObject)]
@@ -51,6 +57,11 @@ pub struct WithdrawInput {
     pub tx_hash: String,
     #[graphql(validator(custom = "Text(input::MAX_DESCRIPTION_LEN)"))]
     pub description: Option<String>,
+    /// A business reference (e.g. the bank's statement id): not unique, searchable with
+    /// `TransactionFilter.reference`.
+    #[graphql(validator(custom = "Text(input::MAX_REFERENCE_LEN)"))]
+    pub reference: Option<String>,
+    pub metadata: Option<MetadataScalar>,
 }
 
 #[derive(InputObject)]
@@ -79,8 +90,8 @@ pub struct CryptoWithdrawInput {
     /// checked when mixed case).
     #[graphql(validator(custom = "Text(input::MAX_ADDRESS_LEN)"))]
     pub to_address: String,
-    /// Positive, with at most the currency's decimals, as a string. The network fee is
-    /// added on top and locked with it.
+    /// Positive, with at most the currency's decimals, as a string. The fee (the
+    /// network's, or the currency's `withdrawalFee`) is added on top and locked with it.
     pub amount: DecimalScalar,
     /// The same key with the same request returns the original withdrawal.
     #[graphql(validator(custom = "Text(input::MAX_KEY_LEN)"))]
@@ -101,6 +112,24 @@ pub struct TransferInput {
     pub idempotency_key: String,
     #[graphql(validator(custom = "Text(input::MAX_DESCRIPTION_LEN)"))]
     pub description: Option<String>,
+    /// A business reference (e.g. the bank's statement id): not unique, searchable with
+    /// `TransactionFilter.reference`.
+    #[graphql(validator(custom = "Text(input::MAX_REFERENCE_LEN)"))]
+    pub reference: Option<String>,
+    pub metadata: Option<MetadataScalar>,
+}
+
+#[derive(InputObject)]
+pub struct ReverseTransactionInput {
+    /// The completed fiat movement or transfer (either side) to undo.
+    pub transaction_id: ID,
+    /// Scoped to the reversed transaction's wallet: the same key with the same request
+    /// returns the original reversal.
+    #[graphql(validator(custom = "Text(input::MAX_KEY_LEN)"))]
+    pub idempotency_key: String,
+    /// Why: kept as the reversal's description.
+    #[graphql(validator(custom = "Text(input::MAX_DESCRIPTION_LEN)"))]
+    pub reason: String,
 }
 
 #[derive(InputObject)]
@@ -159,6 +188,7 @@ impl Mutation {
             input.amount,
             input.tx_hash,
             input.description,
+            (input.reference, input.metadata),
         )
         .await
     }
@@ -172,6 +202,7 @@ impl Mutation {
             input.amount,
             input.tx_hash,
             input.description,
+            (input.reference, input.metadata),
         )
         .await
     }
@@ -240,6 +271,8 @@ impl Mutation {
             amount: input.amount.0,
             key: input.idempotency_key,
             description: input.description,
+            reference: input.reference,
+            metadata: input.metadata.map(|m| m.0),
         };
         let currencies = state(ctx).currencies.clone();
         let done = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
@@ -247,6 +280,30 @@ impl Mutation {
         })
         .await?;
         Ok(TransferObject(done))
+    }
+
+    /// Undoes a completed fiat movement or transfer (operators) with a `REVERSAL` row that
+    /// moves the same amount and fee the other way; a transfer is reversed on both sides.
+    /// Once per transaction (`ALREADY_REVERSED`); refused if a wallet would go below its
+    /// locked funds (`INSUFFICIENT_FUNDS`). Returns the reversal on the given
+    /// transaction's wallet.
+    async fn reverse_transaction(
+        &self,
+        ctx: &Context<'_>,
+        input: ReverseTransactionInput,
+    ) -> Result<TransactionObject> {
+        require_operator(ctx, "reverse transactions")?;
+        let request = ReversalRequest {
+            transaction_id: decode_id(&input.transaction_id, NodeType::Transaction)?,
+            key: input.idempotency_key,
+            reason: input.reason,
+        };
+        let currencies = state(ctx).currencies.clone();
+        let done = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
+            reversal::execute(&mut c, &currencies, &request).await
+        })
+        .await?;
+        Ok(TransactionObject(done.entry))
     }
 
     /// Simulated chain only (operators): a transfer from an outside address, pending until
@@ -369,6 +426,7 @@ async fn move_money(
     amount: DecimalScalar,
     tx_hash: String,
     description: Option<String>,
+    (reference, metadata): (Option<String>, Option<MetadataScalar>),
 ) -> Result<TransactionObject> {
     let scope = scope(ctx)?;
     let request = MovementRequest {
@@ -377,6 +435,8 @@ async fn move_money(
         amount: amount.0,
         key: tx_hash,
         description,
+        reference,
+        metadata: metadata.map(|m| m.0),
     };
     let done = state(ctx)
         .committer

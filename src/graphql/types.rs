@@ -8,7 +8,7 @@ use super::error::{internal, ledger_error};
 use super::ids::{NodeType, encode_id, fingerprint};
 use super::loaders::{self, Wallets, prefetch_wallets};
 use super::pagination::{ConnectionArgs, connection, page_cost};
-use super::scalars::DecimalScalar;
+use super::scalars::{DecimalScalar, MetadataScalar};
 use super::{conn, state};
 use crate::ledger::{self, Cursor, ListScope, journal, reconciliation};
 
@@ -30,6 +30,9 @@ pub enum TransactionType {
     TransferOut,
     /// The receiving side of a transfer between wallets.
     TransferIn,
+    /// An operator's correction: undoes one completed movement (`reverses`) with the same
+    /// amount and fee in the opposite direction.
+    Reversal,
 }
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +88,9 @@ pub struct TransactionFilterInput {
     pub statuses: Option<Vec<TransactionStatus>>,
     pub created_from: Option<DateTime<Utc>>,
     pub created_to: Option<DateTime<Utc>>,
+    /// Only movements with exactly this business reference.
+    #[graphql(validator(custom = "super::validators::Text(ledger::input::MAX_REFERENCE_LEN)"))]
+    pub reference: Option<String>,
 }
 
 impl TransactionFilterInput {
@@ -107,6 +113,7 @@ impl TransactionFilterInput {
                 .map(|v| v.iter().map(|&s| s.into()).collect()),
             created_from: self.created_from,
             created_to: self.created_to,
+            reference: self.reference.clone(),
         })
     }
 
@@ -121,7 +128,7 @@ impl TransactionFilterInput {
             .unwrap_or_else(|| "*".into())
         };
         format!(
-            "types={};statuses={};from={};to={}",
+            "types={};statuses={};from={};to={};reference={:?}",
             names(self.types.as_ref().map(|v| {
                 v.iter()
                     .map(|&t| ledger::TransactionType::from(t).to_string())
@@ -136,6 +143,7 @@ impl TransactionFilterInput {
                 .map_or("*".into(), |t| t.timestamp_micros().to_string()),
             self.created_to
                 .map_or("*".into(), |t| t.timestamp_micros().to_string()),
+            self.reference,
         )
     }
 }
@@ -387,6 +395,47 @@ impl TransactionObject {
     async fn is_hold(&self) -> bool {
         self.0.hold
     }
+    /// The client's business reference (not unique; `TransactionFilter.reference` finds
+    /// it).
+    async fn reference(&self) -> Option<&str> {
+        self.0.reference.as_deref()
+    }
+    /// The client's metadata.
+    async fn metadata(&self) -> Option<MetadataScalar> {
+        self.0.metadata.clone().map(MetadataScalar)
+    }
+    /// Crypto withdrawals: what our addresses pay the network. Equal to `fee` unless the
+    /// currency has a flat withdrawal fee (then `fee` is that, and the service pays this).
+    async fn network_fee(&self) -> Option<DecimalScalar> {
+        match (&self.0.network, self.0.kind) {
+            (Some(_), ledger::TransactionType::Withdraw | ledger::TransactionType::Refund) => {
+                Some(self.0.network_fee.unwrap_or(self.0.fee).into())
+            }
+            _ => None,
+        }
+    }
+    /// On a reversal: the movement it undoes (same wallet).
+    async fn reverses(&self, ctx: &Context<'_>) -> Result<Option<TransactionObject>> {
+        let Some(id) = self.0.reverses_id else {
+            return Ok(None);
+        };
+        let row = ctx
+            .data_unchecked::<loaders::Entries>()
+            .load_one(id)
+            .await
+            .map_err(|e| ledger_error(&e))?
+            .ok_or(ledger::LedgerError::NotFound("transaction"))?;
+        Ok(Some(TransactionObject(row)))
+    }
+    /// The reversal that undid this movement, if any (same wallet).
+    async fn reversed_by(&self, ctx: &Context<'_>) -> Result<Option<TransactionObject>> {
+        let row = ctx
+            .data_unchecked::<loaders::Reversals>()
+            .load_one(self.0.id)
+            .await
+            .map_err(|e| ledger_error(&e))?;
+        Ok(row.map(TransactionObject))
+    }
     /// On a posting: the crypto movement (hold) it settles.
     async fn settles(&self, ctx: &Context<'_>) -> Result<Option<TransactionObject>> {
         let Some(id) = self.0.hold_id else {
@@ -506,6 +555,15 @@ impl CurrencyObject {
     /// Crypto only: confirmations before a deposit is credited.
     async fn required_confirmations(&self) -> Option<i32> {
         self.0.required_confirmations
+    }
+    /// The flat fee charged on each withdrawal, credited to fee revenue: fiat on top of
+    /// the amount; crypto instead of the network's fee (which the service then pays).
+    /// Null: fiat withdrawals are free, crypto ones pay the network's fee.
+    async fn withdrawal_fee(&self, ctx: &Context<'_>) -> Option<DecimalScalar> {
+        state(ctx)
+            .currencies
+            .withdrawal_fee(&self.0.code)
+            .map(Into::into)
     }
 }
 
@@ -728,6 +786,14 @@ impl TransferObject {
         Ok(wallet
             .filter(|w| w.user_id == viewer.user_id)
             .map(|_| TransactionObject(self.0.into.clone())))
+    }
+    /// The client's business reference, on both sides.
+    async fn reference(&self) -> Option<&str> {
+        self.0.out.reference.as_deref()
+    }
+    /// The client's metadata, on both sides.
+    async fn metadata(&self) -> Option<MetadataScalar> {
+        self.0.out.metadata.clone().map(MetadataScalar)
     }
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.out.created_at

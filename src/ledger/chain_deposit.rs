@@ -197,6 +197,9 @@ async fn observe_in(
                 settles: None,
                 chain: Some(&chain),
                 scale: currency.scale(),
+                network_fee: None,
+                annotation: Default::default(),
+                reverses: None,
             };
             let hold = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
             wallet.updated_at = hold.created_at;
@@ -268,6 +271,9 @@ async fn observe_in(
             settles: Some(hold.id),
             chain: Some(&chain),
             scale: currency.scale(),
+            network_fee: None,
+            annotation: Default::default(),
+            reverses: None,
         };
         let credit = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
         let hold = update_hold(conn, &hold, TransactionStatus::Completed, &chain, None).await?;

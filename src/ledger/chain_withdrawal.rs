@@ -2,7 +2,9 @@
 //! the side effect that follows it.
 //!
 //! 1. [`request`] (`cryptoWithdraw`): one database transaction locks amount + fee
-//!    (`lockedBalance`) and journals the withdrawal as a hold, PENDING.
+//!    (`lockedBalance`) and journals the withdrawal as a hold, PENDING. The fee is the
+//!    network's, or the currency's configured withdrawal fee (the service then pays the
+//!    network's fee, recorded apart as `network_fee`).
 //! 2. [`sign_next`]: a worker claims a PENDING withdrawal (`FOR UPDATE SKIP LOCKED`, so
 //!    several processes share the work), signs it, and in one transaction stores the raw
 //!    transaction and its hash, posts the debit (amount + fee; the lock is released into
@@ -63,7 +65,12 @@ pub async fn request(
         .map_err(LedgerError::InvalidAddress)?;
     let amount = money::validate_amount(request.amount, currency)?;
     let fee = chain.estimate_fee(&network).await?;
-    let fee_total = money::at_scale(fee.total, currency);
+    let network_fee = money::at_scale(fee.total, currency);
+    // The user pays the network's fee, or the currency's configured withdrawal fee
+    // instead (then the network's fee is the service's expense).
+    let user_fee = currencies
+        .withdrawal_fee(&currency.code)
+        .unwrap_or(network_fee);
     let chain_fields = ChainFields {
         network,
         from_address,
@@ -94,7 +101,7 @@ pub async fn request(
                 )))
             };
         }
-        let needed = amount + fee_total;
+        let needed = amount + user_fee;
         let available = wallet.available_balance();
         if needed > available {
             return Err(LedgerError::InsufficientFunds {
@@ -105,7 +112,7 @@ pub async fn request(
         let row = NewRow {
             kind: TransactionType::Withdraw,
             amount,
-            fee: fee_total,
+            fee: user_fee,
             status: TransactionStatus::Pending,
             key: &request.key,
             description: None,
@@ -113,6 +120,9 @@ pub async fn request(
             settles: None,
             chain: Some(&chain_fields),
             scale: currency.scale(),
+            network_fee: Some(network_fee),
+            annotation: Default::default(),
+            reverses: None,
         };
         let entry = posting::append(tx, &wallet, &row, needed).await?;
         Ok(Movement {
@@ -122,10 +132,10 @@ pub async fn request(
     })
 }
 
-/// The fee a withdrawal hold reserved (and signs with).
+/// The network fee a withdrawal signs with (the user's fee, unless recorded apart).
 fn fee_of(hold: &JournalEntry) -> Fee {
     Fee {
-        total: hold.fee,
+        total: hold.network_fee.unwrap_or(hold.fee),
         gas_price: hold.gas_price,
         gas_used: hold.gas_used,
     }
@@ -280,6 +290,9 @@ async fn sign_one(
             settles: Some(hold.id),
             chain: Some(&chain_fields),
             scale: hold.amount.scale(),
+            network_fee: hold.network_fee,
+            annotation: Default::default(),
+            reverses: None,
         };
         // The reservation becomes the debit.
         posting::append(tx, &wallet, &debit, -(hold.amount + hold.fee)).await?;
@@ -405,6 +418,9 @@ async fn advance_one(
                     settles: Some(hold.id),
                     chain: Some(&fields),
                     scale: hold.amount.scale(),
+                    network_fee: hold.network_fee,
+                    annotation: Default::default(),
+                    reverses: None,
                 };
                 posting::append(tx, &wallet, &refund, Decimal::ZERO).await?;
                 update_hold(

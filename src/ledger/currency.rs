@@ -38,10 +38,11 @@ impl Currency {
     }
 }
 
-/// All currencies by code.
+/// All currencies by code, and the withdrawal fees configured for them.
 #[derive(Clone, Debug, Default)]
 pub struct CurrencyRegistry {
     by_code: BTreeMap<String, Currency>,
+    withdrawal_fees: BTreeMap<String, Decimal>,
 }
 
 impl CurrencyRegistry {
@@ -56,7 +57,42 @@ impl CurrencyRegistry {
     pub fn from_rows(rows: Vec<Currency>) -> Self {
         CurrencyRegistry {
             by_code: rows.into_iter().map(|c| (c.code.clone(), c)).collect(),
+            withdrawal_fees: BTreeMap::new(),
         }
+    }
+
+    /// The registry with a flat fee charged on every withdrawal of the given currencies,
+    /// credited to the currency's fee revenue. Fiat: on top of the amount. Crypto: instead
+    /// of the network's fee, which the service then pays. Refuses an unknown currency, a
+    /// negative fee or one finer than the currency's scale.
+    pub fn with_withdrawal_fees(
+        mut self,
+        fees: &BTreeMap<String, Decimal>,
+    ) -> Result<Self, String> {
+        for (code, &fee) in fees {
+            let currency = self
+                .by_code
+                .get(code)
+                .ok_or_else(|| format!("withdrawal fee for unknown currency {code:?}"))?;
+            if fee.is_sign_negative() {
+                return Err(format!("the withdrawal fee of {code} must not be negative"));
+            }
+            if fee.normalize().scale() > currency.scale() {
+                return Err(format!(
+                    "the withdrawal fee of {code} has more than {} decimals",
+                    currency.scale()
+                ));
+            }
+            let mut fee = fee;
+            fee.rescale(currency.scale());
+            self.withdrawal_fees.insert(code.clone(), fee);
+        }
+        Ok(self)
+    }
+
+    /// The flat fee configured for withdrawals of `code`, at the currency's scale.
+    pub fn withdrawal_fee(&self, code: &str) -> Option<Decimal> {
+        self.withdrawal_fees.get(code).copied()
     }
 
     /// The registry with every crypto currency whose network is not in `networks`

@@ -19,6 +19,8 @@ pub enum LedgerError {
     CurrencyNotSupported(String),
     /// The wallets of a transfer hold different currencies.
     CurrencyMismatch(String),
+    /// The movement has been reversed already.
+    AlreadyReversed(String),
     BadInput(String),
     /// A destination address that is not valid for the wallet's network.
     InvalidAddress(String),
@@ -54,6 +56,7 @@ impl LedgerError {
             | LedgerError::IdempotencyConflict(m)
             | LedgerError::CurrencyNotSupported(m)
             | LedgerError::CurrencyMismatch(m)
+            | LedgerError::AlreadyReversed(m)
             | LedgerError::BadInput(m)
             | LedgerError::InvalidAddress(m)
             | LedgerError::AddressMismatch(m) => m.clone(),

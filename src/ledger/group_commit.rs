@@ -552,7 +552,8 @@ fn judge<'a>(
         let (_, row, _) = &rows[i];
         let same = row.kind == request.direction.transaction_type()
             && row.amount == request.amount
-            && row.description == request.description.as_deref();
+            && row.description == request.description.as_deref()
+            && row.annotation == request.annotation();
         return if same {
             Ok(Judged::ReplayOfInsert(i))
         } else {

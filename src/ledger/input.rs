@@ -74,6 +74,67 @@ pub fn check_movement(
     Ok(())
 }
 
+/// Longest business reference.
+pub const MAX_REFERENCE_LEN: usize = 128;
+/// Most keys in a movement's metadata.
+pub const MAX_METADATA_KEYS: usize = 32;
+/// Longest metadata key and value.
+pub const MAX_METADATA_KEY_LEN: usize = 64;
+pub const MAX_METADATA_VALUE_LEN: usize = 512;
+/// Largest metadata, as compact JSON.
+pub const MAX_METADATA_BYTES: usize = 4096;
+
+/// A movement's business reference and metadata: a reference of 1 to
+/// [`MAX_REFERENCE_LEN`] characters; metadata a JSON object of at most
+/// [`MAX_METADATA_KEYS`] string values, [`MAX_METADATA_BYTES`] in all. No control
+/// characters anywhere.
+pub fn check_annotation(
+    reference: Option<&str>,
+    metadata: Option<&serde_json::Value>,
+) -> Result<(), LedgerError> {
+    if let Some(reference) = reference {
+        check_text("reference", reference, MAX_REFERENCE_LEN)?;
+        if reference.trim().is_empty() {
+            return Err(LedgerError::BadInput("reference must not be blank".into()));
+        }
+    }
+    let Some(metadata) = metadata else {
+        return Ok(());
+    };
+    let object = metadata
+        .as_object()
+        .ok_or_else(|| LedgerError::BadInput("metadata must be a JSON object".into()))?;
+    if object.len() > MAX_METADATA_KEYS {
+        return Err(LedgerError::BadInput(format!(
+            "metadata may have at most {MAX_METADATA_KEYS} keys (got {})",
+            object.len()
+        )));
+    }
+    for (key, value) in object {
+        check_text("a metadata key", key, MAX_METADATA_KEY_LEN)?;
+        if key.is_empty() {
+            return Err(LedgerError::BadInput(
+                "metadata keys must not be empty".into(),
+            ));
+        }
+        let value = value.as_str().ok_or_else(|| {
+            LedgerError::BadInput(format!("metadata value of {key:?} must be a string"))
+        })?;
+        check_text(
+            &format!("metadata value of {key:?}"),
+            value,
+            MAX_METADATA_VALUE_LEN,
+        )?;
+    }
+    let size = metadata.to_string().len();
+    if size > MAX_METADATA_BYTES {
+        return Err(LedgerError::BadInput(format!(
+            "metadata must be at most {MAX_METADATA_BYTES} bytes as JSON (got {size})"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +157,30 @@ mod tests {
             )
             .is_ok()
         );
+        let ok = serde_json::json!({"invoice": "INV-1", "note": "ünïcode"});
+        assert!(check_annotation(Some("stmt-2026-11"), Some(&ok)).is_ok());
+        for bad in [
+            serde_json::json!(["a"]),
+            serde_json::json!({"n": 1}),
+            serde_json::json!({"nested": {"a": "b"}}),
+            serde_json::json!({"": "empty key"}),
+            serde_json::json!({"k": "nul\u{0}"}),
+            serde_json::json!({"k": "v".repeat(MAX_METADATA_VALUE_LEN + 1)}),
+            serde_json::Value::Object(
+                (0..=MAX_METADATA_KEYS)
+                    .map(|i| (format!("k{i}"), "v".into()))
+                    .collect(),
+            ),
+            serde_json::Value::Object(
+                (0..10)
+                    .map(|i| (format!("k{i}"), "v".repeat(500).into()))
+                    .collect(),
+            ),
+        ] {
+            assert!(check_annotation(None, Some(&bad)).is_err(), "{bad}");
+        }
+        assert!(check_annotation(Some(" "), None).is_err());
+        assert!(check_annotation(Some(&"r".repeat(MAX_REFERENCE_LEN + 1)), None).is_err());
         match check_text("description", "a\0", 10) {
             Err(LedgerError::BadInput(m)) => assert!(m.contains("U+0000"), "{m}"),
             other => panic!("{other:?}"),

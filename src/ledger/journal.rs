@@ -18,6 +18,8 @@ pub struct TransactionFilter {
     pub statuses: Option<Vec<TransactionStatus>>,
     pub created_from: Option<DateTime<Utc>>,
     pub created_to: Option<DateTime<Utc>>,
+    /// Exactly this business reference.
+    pub reference: Option<String>,
 }
 
 /// A page of journal rows, in the order balances changed (oldest first).
@@ -54,6 +56,9 @@ pub async fn list_transactions(
     }
     if let Some(to) = filter.created_to {
         q = q.filter(transactions::created_at.le(to));
+    }
+    if let Some(reference) = &filter.reference {
+        q = q.filter(transactions::reference.eq(reference.clone()));
     }
     let rows = paginate!(q, page, transactions).load(conn).await?;
     Ok(page.finish(rows))
@@ -167,11 +172,17 @@ pub async fn verify_chain(
             let mut breaks = Vec::new();
             let mut running = Decimal::ZERO;
             for (id, kind, hold, amount, fee, before, after) in &rows {
-                // A hold moves nothing; a posting moves its amount and fee.
+                // A hold moves nothing; a posting moves its amount and fee (a reversal
+                // in the direction the database checked against its original).
+                let sign = kind.sign().unwrap_or(if after < before {
+                    Decimal::NEGATIVE_ONE
+                } else {
+                    Decimal::ONE
+                });
                 let moved = if *hold {
                     Decimal::ZERO
                 } else {
-                    kind.sign() * (amount + fee)
+                    sign * (amount + fee)
                 };
                 if *before != running || *after != *before + moved {
                     breaks.push(*id);

@@ -19,6 +19,7 @@ pub mod outcome;
 pub mod page;
 pub mod posting;
 pub mod reconciliation;
+pub mod reversal;
 pub mod transfer;
 pub mod wallet;
 

@@ -76,17 +76,22 @@ text_enum! {
         TransferOut => "TRANSFER_OUT",
         /// The receiving side of a transfer between wallets.
         TransferIn => "TRANSFER_IN",
+        /// Compensates one completed movement (an operator's correction): the same
+        /// amount and fee, the opposite balance change.
+        Reversal => "REVERSAL",
     }
 }
 
 impl TransactionType {
-    /// +1 for credits, -1 for debits.
-    pub fn sign(self) -> Decimal {
+    /// +1 for credits, -1 for debits; `None` for a reversal, whose direction is the
+    /// opposite of the row it reverses.
+    pub fn sign(self) -> Option<Decimal> {
         match self {
             TransactionType::Deposit | TransactionType::Refund | TransactionType::TransferIn => {
-                Decimal::ONE
+                Some(Decimal::ONE)
             }
-            TransactionType::Withdraw | TransactionType::TransferOut => Decimal::NEGATIVE_ONE,
+            TransactionType::Withdraw | TransactionType::TransferOut => Some(Decimal::NEGATIVE_ONE),
+            TransactionType::Reversal => None,
         }
     }
 }
@@ -175,8 +180,17 @@ pub struct JournalEntry {
     pub chain_tx_hash: Option<String>,
     /// Why a hold was parked or failed.
     pub status_reason: Option<String>,
-    /// On the receiving side of a transfer: the sending side.
+    /// On the receiving side of a transfer (or of a transfer's reversal): the sending side.
     pub counterpart_id: Option<i64>,
+    /// On a reversal: the row it reverses.
+    pub reverses_id: Option<i64>,
+    /// Crypto withdrawals: what our addresses pay the network, when it is not `fee` (a
+    /// configured withdrawal fee is charged instead).
+    pub network_fee: Option<Decimal>,
+    /// The client's business reference (not unique).
+    pub reference: Option<String>,
+    /// The client's metadata: a JSON object of strings.
+    pub metadata: Option<serde_json::Value>,
 }
 
 impl JournalEntry {

@@ -5,7 +5,7 @@
 use diesel_async::AsyncPgConnection;
 use rust_decimal::Decimal;
 
-use super::posting::{self, NewRow};
+use super::posting::{self, Annotation, NewRow};
 use super::{
     CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet,
     input, money,
@@ -35,6 +35,18 @@ pub struct MovementRequest {
     /// The client's idempotency key (`txHash`).
     pub key: String,
     pub description: Option<String>,
+    /// The client's business reference and metadata.
+    pub reference: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl MovementRequest {
+    pub(crate) fn annotation(&self) -> Annotation<'_> {
+        Annotation {
+            reference: self.reference.as_deref(),
+            metadata: self.metadata.as_ref(),
+        }
+    }
 }
 
 /// The journal row a request produced, and whether it was produced by an earlier call
@@ -64,7 +76,8 @@ pub(crate) fn validate_shape(request: &MovementRequest) -> Result<(), LedgerErro
         &request.key,
         request.description.as_deref(),
         request.amount,
-    )
+    )?;
+    input::check_annotation(request.reference.as_deref(), request.metadata.as_ref())
 }
 
 async fn apply(
@@ -109,25 +122,33 @@ pub(crate) fn journal_row<'r>(
             ))
         })?;
     let amount = money::validate_amount(request.amount, currency)?;
+    let mut fee = Decimal::ZERO;
     match request.direction {
         Direction::Deposit => money::check_credit(wallet, amount, currency)?,
         Direction::Withdraw => {
+            // A configured withdrawal fee is paid on top, to fee revenue.
+            fee = currencies
+                .withdrawal_fee(&currency.code)
+                .unwrap_or_default();
             let available = wallet.available_balance();
-            if amount > available {
+            if amount + fee > available {
                 return Err(LedgerError::InsufficientFunds {
                     available,
-                    requested: amount,
+                    requested: amount + fee,
                 });
             }
         }
     }
-    Ok(NewRow::fiat(
+    let mut row = NewRow::fiat(
         request.direction.transaction_type(),
         amount,
         &request.key,
         request.description.as_deref(),
         currency.scale(),
-    ))
+    );
+    row.fee = fee;
+    row.annotation = request.annotation();
+    Ok(row)
 }
 
 /// Same key: the same request gets the original result; anything else is a conflict.
@@ -148,6 +169,7 @@ pub(crate) fn same_request(existing: &JournalEntry, request: &MovementRequest) -
         && existing.kind == request.direction.transaction_type()
         && existing.amount == request.amount
         && existing.description == request.description
+        && request.annotation().matches(existing)
 }
 
 pub(crate) fn key_conflict(request: &MovementRequest) -> LedgerError {

@@ -150,6 +150,26 @@ pub struct NewRow<'a> {
     pub chain: Option<&'a ChainFields>,
     /// The currency's scale: balances are written with exactly this many decimals.
     pub scale: u32,
+    /// Crypto withdrawals: what our addresses pay the network, when it is not `fee`.
+    pub network_fee: Option<Decimal>,
+    /// The client's reference and metadata.
+    pub annotation: Annotation<'a>,
+    /// A reversal: the row it reverses and that row's balance change.
+    pub reverses: Option<(i64, Decimal)>,
+}
+
+/// What a client may attach to a movement for its own bookkeeping.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Annotation<'a> {
+    pub reference: Option<&'a str>,
+    pub metadata: Option<&'a serde_json::Value>,
+}
+
+impl<'a> Annotation<'a> {
+    /// Whether a stored row carries exactly this annotation (a replay's check).
+    pub fn matches(&self, entry: &JournalEntry) -> bool {
+        self.reference == entry.reference.as_deref() && self.metadata == entry.metadata.as_ref()
+    }
 }
 
 impl<'a> NewRow<'a> {
@@ -172,16 +192,20 @@ impl<'a> NewRow<'a> {
             settles: None,
             chain: None,
             scale,
+            network_fee: None,
+            annotation: Annotation::default(),
+            reverses: None,
         }
     }
 
     /// The balance change the row records: none for a hold, otherwise the signed
     /// amount plus fee (a withdrawal's debit includes the fee paid on chain).
     pub fn balance_change(&self) -> Decimal {
-        if self.hold {
-            Decimal::ZERO
-        } else {
-            self.kind.sign() * (self.amount + self.fee)
+        match (self.hold, self.kind.sign(), self.reverses) {
+            (true, _, _) => Decimal::ZERO,
+            (false, Some(sign), _) => sign * (self.amount + self.fee),
+            (false, None, Some((_, reversed_change))) => -reversed_change,
+            (false, None, None) => Decimal::ZERO, // refused by the database
         }
     }
 
@@ -227,6 +251,10 @@ impl<'a> NewRow<'a> {
             gas_used: chain.and_then(|c| c.gas_used),
             raw: chain.and_then(|c| c.raw.as_deref()),
             counterpart_id: None,
+            reverses_id: self.reverses.map(|(id, _)| id),
+            network_fee: self.network_fee.map(Scaled),
+            reference: self.annotation.reference,
+            metadata: self.annotation.metadata,
             created_at: at,
             updated_at: at,
         }
@@ -260,6 +288,10 @@ pub struct NewEntry<'a> {
     gas_used: Option<i64>,
     raw: Option<&'a str>,
     counterpart_id: Option<i64>,
+    reverses_id: Option<i64>,
+    network_fee: Option<Scaled>,
+    reference: Option<&'a str>,
+    metadata: Option<&'a serde_json::Value>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -316,7 +348,7 @@ pub async fn append_with(
 pub fn keyed_by_client() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
     diesel::dsl::sql(
         "transactions.hold_id IS NULL AND NOT (transactions.hold AND transactions.type = 'DEPOSIT') \
-         AND transactions.type <> 'TRANSFER_IN'",
+         AND transactions.counterpart_id IS NULL",
     )
 }
 

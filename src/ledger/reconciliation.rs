@@ -497,7 +497,8 @@ async fn compare_with_chain(
     // Every journal row carrying a chain transfer of this wallet since the last clean
     // checkpoint: credits, debits, refunds and deposit holds.
     let journaled: Vec<JournaledTransfer> = diesel::sql_query(
-        "SELECT chain_tx_hash AS hash, type AS kind, hold, status, amount + fee AS moved, created_at
+        "SELECT chain_tx_hash AS hash, type AS kind, hold, status,
+                amount + COALESCE(network_fee, fee) AS moved, created_at
            FROM transactions
           WHERE wallet_id = $1 AND chain_tx_hash IS NOT NULL
             AND ($2::timestamptz IS NULL OR created_at > $2)
@@ -583,7 +584,8 @@ async fn compare_with_chain(
             let chain_balance = money::at_scale(side.balance, currency);
             let difference = chain_balance - period.system_balance;
             let transit: Decimal = in_transit.iter().map(InTransit::explains).sum();
-            let unexplained = difference - transit;
+            let retained = retained_fees(conn, wallet.id, end).await?;
+            let unexplained = difference - retained - transit;
             let within_tolerance = unexplained.abs() <= currency.reconciliation_tolerance;
             let mut reasons = Vec::new();
             if let Some(broken) = &period.inconsistency {
@@ -638,6 +640,11 @@ async fn compare_with_chain(
                 period.movements,
                 currency.reconciliation_tolerance
             );
+            if !retained.is_zero() {
+                notes.push_str(&format!(
+                    "; withdrawal fees charged beyond the network's, left at the address: {retained}"
+                ));
+            }
             if !in_transit.is_empty() {
                 notes.push_str(&format!(
                     "; in transit at the window's end: {}",
@@ -670,6 +677,34 @@ async fn compare_with_chain(
             .await
         })
         .await
+}
+
+#[derive(QueryableByName)]
+struct Retained {
+    #[diesel(sql_type = Numeric)]
+    retained: Decimal,
+}
+
+/// How much more the wallet's address holds than the wallet by `end` because its
+/// withdrawals charged a configured fee other than the network's: the address paid the
+/// network fee, the wallet the charged fee (refunded withdrawals cancel out).
+async fn retained_fees(
+    conn: &mut AsyncPgConnection,
+    wallet_id: i64,
+    end: DateTime<Utc>,
+) -> Result<Decimal, LedgerError> {
+    let row: Retained = diesel::sql_query(
+        "SELECT COALESCE(sum(CASE type WHEN 'WITHDRAW' THEN 1 ELSE -1 END * (fee - network_fee)), 0)
+                AS retained
+           FROM transactions
+          WHERE wallet_id = $1 AND NOT hold AND network_fee IS NOT NULL
+            AND type IN ('WITHDRAW', 'REFUND') AND created_at <= $2",
+    )
+    .bind::<BigInt, _>(wallet_id)
+    .bind::<Timestamptz, _>(end)
+    .get_result(conn)
+    .await?;
+    Ok(row.retained)
 }
 
 /// Whether the wallet's withdrawal with this chain hash is still on its way (signed,

@@ -10,7 +10,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::posting::{self, NewRow};
+use super::posting::{self, Annotation, NewRow};
 use super::{
     CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet,
     input, money,
@@ -25,6 +25,18 @@ pub struct TransferRequest {
     pub amount: Decimal,
     pub key: String,
     pub description: Option<String>,
+    /// The client's business reference and metadata, on both sides.
+    pub reference: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl TransferRequest {
+    fn annotation(&self) -> Annotation<'_> {
+        Annotation {
+            reference: self.reference.as_deref(),
+            metadata: self.metadata.as_ref(),
+        }
+    }
 }
 
 /// Both sides of a transfer, and whether an earlier call with the same key made it.
@@ -49,6 +61,7 @@ pub async fn execute(
         request.description.as_deref(),
         request.amount,
     )?;
+    input::check_annotation(request.reference.as_deref(), request.metadata.as_ref())?;
     if request.from_wallet_id == request.to_wallet_id {
         return Err(LedgerError::BadInput(
             "a transfer needs two different wallets".into(),
@@ -69,7 +82,8 @@ async fn apply(
     if let Some(out) = posting::find_by_key(conn, from.id, &request.key).await? {
         let same = out.kind == TransactionType::TransferOut
             && out.amount == request.amount
-            && out.description == request.description;
+            && out.description == request.description
+            && request.annotation().matches(&out);
         let into = match same {
             true => receiving_side(conn, out.id).await?,
             false => None,
@@ -113,13 +127,15 @@ async fn apply(
         });
     }
     let side = |kind| {
-        NewRow::fiat(
+        let mut row = NewRow::fiat(
             kind,
             amount,
             &request.key,
             request.description.as_deref(),
             currency.scale(),
-        )
+        );
+        row.annotation = request.annotation();
+        row
     };
     let out = posting::append(
         conn,

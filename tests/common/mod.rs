@@ -183,6 +183,8 @@ pub struct Options {
     pub graphiql: bool,
     pub metrics: wallet::app::MetricsAccess,
     pub request_timeout: Duration,
+    /// Flat withdrawal fees by currency code.
+    pub withdrawal_fees: std::collections::BTreeMap<String, rust_decimal::Decimal>,
 }
 
 impl Default for Options {
@@ -193,6 +195,7 @@ impl Default for Options {
             chain_poll: None,
             session_limits: Default::default(),
             request_timeout: Duration::from_secs(30),
+            withdrawal_fees: Default::default(),
             // Tests drive many mutations as one user; the rate-limit tests set one.
             rates: RateLimits {
                 user_per_sec: 0,
@@ -229,6 +232,7 @@ impl Options {
             chain_poll: self.chain_poll,
             graphiql: self.graphiql,
             metrics: self.metrics.clone(),
+            withdrawal_fees: self.withdrawal_fees.clone(),
         }
     }
 }
@@ -781,25 +785,24 @@ impl TestApp {
         let pg = self.db.client().await;
         let unbalanced = pg
             .query(
-                // A row's entry is the row and its postings — or, for a transfer, the
-                // sending row, the receiving row that names it, and no postings.
+                // A row's entry is the row, the rows that name it as their counterpart
+                // (a transfer's receiving side, a transfer reversal's other side) and
+                // its postings; the rows that name another have no postings of their own.
                 "SELECT t.id, t.type FROM transactions t
-              WHERE NOT t.hold AND t.type <> 'TRANSFER_IN'
-                AND CASE WHEN t.type IN ('WITHDRAW', 'TRANSFER_OUT') THEN -1 ELSE 1 END
-                      * (t.amount + t.fee)
-                    + COALESCE((SELECT sum(i.amount + i.fee) FROM transactions i
-                                 WHERE i.counterpart_id = t.id), 0)
-                    + COALESCE((SELECT sum(p.amount) FROM ledger_postings p
-                                 WHERE p.transaction_id = t.id), 0) <> 0
-             UNION ALL
-             SELECT i.id, i.type FROM transactions i
-               LEFT JOIN transactions o ON o.id = i.counterpart_id
-               LEFT JOIN wallets wi ON wi.id = i.wallet_id
-               LEFT JOIN wallets wo ON wo.id = o.wallet_id
-              WHERE i.type = 'TRANSFER_IN'
-                AND (o.type IS DISTINCT FROM 'TRANSFER_OUT' OR wi.currency <> wo.currency
-                     OR EXISTS (SELECT 1 FROM ledger_postings p
-                                 WHERE p.transaction_id IN (i.id, o.id)))",
+                  WHERE NOT t.hold AND t.counterpart_id IS NULL
+                    AND (t.balance_after - t.balance_before)
+                        + COALESCE((SELECT sum(i.balance_after - i.balance_before)
+                                      FROM transactions i WHERE i.counterpart_id = t.id), 0)
+                        + COALESCE((SELECT sum(p.amount) FROM ledger_postings p
+                                     WHERE p.transaction_id = t.id), 0) <> 0
+                 UNION ALL
+                 SELECT i.id, i.type FROM transactions i
+                   JOIN transactions o ON o.id = i.counterpart_id
+                   JOIN wallets wi ON wi.id = i.wallet_id
+                   JOIN wallets wo ON wo.id = o.wallet_id
+                  WHERE wi.currency <> wo.currency
+                     OR (i.type = 'TRANSFER_IN') <> (o.type = 'TRANSFER_OUT')
+                     OR EXISTS (SELECT 1 FROM ledger_postings p WHERE p.transaction_id = i.id)",
                 &[],
             )
             .await

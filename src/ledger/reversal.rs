@@ -1,0 +1,214 @@
+//! Reversals: an operator's correction of a completed fiat movement. History is never
+//! edited; a `REVERSAL` row on the same wallet moves the same amount and fee the other
+//! way, and the database posts its original's system side negated. A transfer is reversed
+//! as a pair, like it was made: both wallets get their reversal row in one transaction.
+//!
+//! A movement is reversed at most once (`ALREADY_REVERSED`; a unique index on
+//! `reverses_id` backs the check), a reversal that would overdraw a wallet is refused
+//! (`INSUFFICIENT_FUNDS`), and a reversal, refund or chain movement cannot be reversed:
+//! money that moved on a chain is corrected on the chain.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::Decimal;
+
+use super::posting::{self, NewRow};
+use super::{
+    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet, input, money,
+    transfer,
+};
+use crate::schema::transactions;
+
+/// `reverseTransaction`.
+#[derive(Clone, Debug)]
+pub struct ReversalRequest {
+    /// The journal row to reverse (either side, for a transfer).
+    pub transaction_id: i64,
+    /// The operator's idempotency key, on the wallet of the reversed row.
+    pub key: String,
+    /// Why: kept as the reversal's description.
+    pub reason: String,
+}
+
+/// The reversal row on the reversed row's wallet, and whether an earlier call with the
+/// same key made it.
+#[derive(Clone, Debug)]
+pub struct Reversal {
+    pub entry: JournalEntry,
+    pub replayed: bool,
+}
+
+/// Reverses a completed movement exactly once. Operators only: the caller checks.
+pub async fn execute(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    request: &ReversalRequest,
+) -> Result<Reversal, LedgerError> {
+    input::check_key("idempotencyKey", &request.key)?;
+    input::check_text("reason", &request.reason, input::MAX_DESCRIPTION_LEN)?;
+    if request.reason.trim().is_empty() {
+        return Err(LedgerError::BadInput("a reversal needs a reason".into()));
+    }
+    posting::retried!(conn, |tx| { apply(tx, currencies, request).await })
+}
+
+async fn apply(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    request: &ReversalRequest,
+) -> Result<Reversal, LedgerError> {
+    let original = row(conn, request.transaction_id)
+        .await?
+        .ok_or(LedgerError::NotFound("transaction"))?;
+    check_reversible(&original)?;
+    // The other side of a transfer, reversed with it.
+    let partner = match original.kind {
+        TransactionType::TransferOut => transfer::receiving_side(conn, original.id).await?,
+        TransactionType::TransferIn => match original.counterpart_id {
+            Some(id) => row(conn, id).await?,
+            None => None,
+        },
+        _ => None,
+    };
+    let (wallet, partner_wallet) = lock(conn, &original, partner.as_ref()).await?;
+
+    // Read after the locks, like every keyed movement.
+    if let Some(existing) = posting::find_by_key(conn, wallet.id, &request.key).await? {
+        let same = existing.kind == TransactionType::Reversal
+            && existing.reverses_id == Some(original.id)
+            && existing.description.as_deref() == Some(request.reason.as_str());
+        return if same {
+            Ok(Reversal {
+                entry: existing,
+                replayed: true,
+            })
+        } else {
+            Err(LedgerError::IdempotencyConflict(format!(
+                "idempotencyKey {:?} was already used for a different request",
+                request.key
+            )))
+        };
+    }
+    if let Some(earlier) = reversals_of(conn, &[original.id]).await?.into_iter().next() {
+        return Err(LedgerError::AlreadyReversed(format!(
+            "the transaction was already reversed (by {})",
+            earlier.tx_hash
+        )));
+    }
+
+    let first = reversal_row(currencies, &wallet, &original, request)?;
+    let second = match (&partner, &partner_wallet) {
+        (Some(p), Some(w)) => Some((w, reversal_row(currencies, w, p, request)?)),
+        _ => None,
+    };
+    let entry = posting::append(conn, &wallet, &first, Decimal::ZERO).await?;
+    if let Some((w, row)) = second {
+        posting::append_with(conn, w, &row, Decimal::ZERO, Some(entry.id)).await?;
+    }
+    Ok(Reversal {
+        entry,
+        replayed: false,
+    })
+}
+
+/// Only completed fiat movements and transfers are reversed.
+fn check_reversible(original: &JournalEntry) -> Result<(), LedgerError> {
+    let refuse = |why: &str| {
+        Err(LedgerError::BadInput(format!(
+            "{why}: it cannot be reversed"
+        )))
+    };
+    match original.kind {
+        TransactionType::Reversal => return refuse("the transaction is a reversal"),
+        TransactionType::Refund => return refuse("the transaction is a refund"),
+        _ => {}
+    }
+    if original.network.is_some() {
+        return refuse("the transaction moved money on a chain");
+    }
+    if original.hold || original.hold_id.is_some() {
+        return refuse("the transaction is part of a movement in progress");
+    }
+    Ok(())
+}
+
+/// The row that undoes `original` on its (locked) `wallet`, if the wallet can take it.
+fn reversal_row<'r>(
+    currencies: &CurrencyRegistry,
+    wallet: &Wallet,
+    original: &JournalEntry,
+    request: &'r ReversalRequest,
+) -> Result<NewRow<'r>, LedgerError> {
+    let currency = currencies
+        .get(&wallet.currency)
+        .ok_or_else(|| LedgerError::CurrencyNotSupported(wallet.currency.clone()))?;
+    let change = -original.balance_change();
+    if change < Decimal::ZERO && -change > wallet.available_balance() {
+        return Err(LedgerError::InsufficientFunds {
+            available: wallet.available_balance(),
+            requested: -change,
+        });
+    }
+    if change > Decimal::ZERO {
+        money::check_credit(wallet, change, currency)?;
+    }
+    let mut row = NewRow::fiat(
+        TransactionType::Reversal,
+        original.amount,
+        &request.key,
+        Some(request.reason.as_str()),
+        currency.scale(),
+    );
+    row.fee = original.fee;
+    row.reverses = Some((original.id, original.balance_change()));
+    Ok(row)
+}
+
+/// Locks the original's wallet and its partner's, lower id first.
+async fn lock(
+    conn: &mut AsyncPgConnection,
+    original: &JournalEntry,
+    partner: Option<&JournalEntry>,
+) -> Result<(Wallet, Option<Wallet>), LedgerError> {
+    let Some(partner) = partner else {
+        return Ok((
+            posting::lock_wallet(conn, &Scope::All, original.wallet_id).await?,
+            None,
+        ));
+    };
+    let mut ids = [original.wallet_id, partner.wallet_id];
+    ids.sort_unstable();
+    let mut locked = Vec::with_capacity(2);
+    for id in ids {
+        locked.push(posting::lock_wallet(conn, &Scope::All, id).await?);
+    }
+    let mine = |w: &Wallet| w.id == original.wallet_id;
+    let (wallet, other): (Vec<Wallet>, Vec<Wallet>) = locked.into_iter().partition(mine);
+    match (wallet.into_iter().next(), other.into_iter().next()) {
+        (Some(w), Some(p)) => Ok((w, Some(p))),
+        _ => Err(LedgerError::Internal(
+            "a transfer's two sides are on one wallet".into(),
+        )),
+    }
+}
+
+async fn row(conn: &mut AsyncPgConnection, id: i64) -> Result<Option<JournalEntry>, LedgerError> {
+    Ok(transactions::table
+        .find(id)
+        .select(JournalEntry::as_select())
+        .first(conn)
+        .await
+        .optional()?)
+}
+
+/// The reversals of journal rows `ids` (each has at most one).
+pub async fn reversals_of(
+    conn: &mut AsyncPgConnection,
+    ids: &[i64],
+) -> Result<Vec<JournalEntry>, LedgerError> {
+    Ok(transactions::table
+        .filter(transactions::reverses_id.eq_any(ids))
+        .select(JournalEntry::as_select())
+        .load(conn)
+        .await?)
+}
