@@ -22,7 +22,7 @@ async fn every_movement_is_one_balanced_entry() {
     t.withdraw(&t.user("alice"), &usd, "30.25", "w-1").await;
     let after = t.assert_balanced().await;
     assert_eq!(account(&after, "USD", "bank"), "-69.75");
-    assert_eq!(account(&after, "USD", "fee_revenue"), "0");
+    assert_eq!(account(&after, "USD", "fee_revenue"), "0.00");
 
     // Crypto: a deposit credited, a withdrawal with its network fee, and one the chain
     // fails, refunded.

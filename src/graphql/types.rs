@@ -238,8 +238,8 @@ impl WalletObject {
             .ok_or_else(|| internal(&format!("unknown currency {}", self.0.currency)))
     }
     /// Total balance, including funds locked by withdrawals in flight.
-    async fn balance(&self) -> DecimalScalar {
-        self.0.balance.into()
+    async fn balance(&self, ctx: &Context<'_>) -> DecimalScalar {
+        at_currency_scale(ctx, &self.0.currency, self.0.balance)
     }
     /// `balance - lockedBalance`: what can be withdrawn now.
     async fn available_balance(&self) -> DecimalScalar {
@@ -645,6 +645,18 @@ impl ViewerObject {
     }
 }
 
+/// A sum shown with the currency's decimals (an empty sum reads back as a bare 0).
+fn at_currency_scale(
+    ctx: &Context<'_>,
+    currency: &str,
+    amount: rust_decimal::Decimal,
+) -> DecimalScalar {
+    match state(ctx).currencies.get(currency) {
+        Some(c) => ledger::money::at_scale(amount, c).into(),
+        None => amount.into(),
+    }
+}
+
 /// One currency's trial balance.
 pub struct TrialBalanceObject(pub ledger::accounts::TrialBalance);
 
@@ -654,8 +666,8 @@ impl TrialBalanceObject {
         &self.0.currency
     }
     /// The sum of every customer wallet's balance.
-    async fn customer_balance(&self) -> DecimalScalar {
-        self.0.customer_balance.into()
+    async fn customer_balance(&self, ctx: &Context<'_>) -> DecimalScalar {
+        at_currency_scale(ctx, &self.0.currency, self.0.customer_balance)
     }
     /// The currency's system accounts.
     async fn accounts(&self) -> Vec<LedgerAccountObject> {
@@ -686,8 +698,8 @@ impl LedgerAccountObject {
     async fn currency(&self) -> &str {
         &self.0.currency
     }
-    async fn balance(&self) -> DecimalScalar {
-        self.0.balance.into()
+    async fn balance(&self, ctx: &Context<'_>) -> DecimalScalar {
+        at_currency_scale(ctx, &self.0.currency, self.0.balance)
     }
     /// The account's postings, oldest first: each is this account's part of a journal
     /// row's entry.

@@ -396,6 +396,8 @@ impl TestApp {
                 let signed = match (n["isHold"].as_bool().unwrap(), n["type"].as_str().unwrap()) {
                     (true, _) => rust_decimal::Decimal::ZERO,
                     (false, "WITHDRAW" | "TRANSFER_OUT") => -moved,
+                    // Its original's opposite (checked by the database against it).
+                    (false, "REVERSAL") if dec("balanceAfter") < previous => -moved,
                     (false, _) => moved,
                 };
                 assert_eq!(
