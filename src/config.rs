@@ -511,6 +511,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn withdrawal_fees_parse_as_code_amount_pairs() {
+        let fees = parse_fees("USD=0.50, BTC=0.0001").unwrap().0;
+        assert_eq!(fees["USD"].to_string(), "0.50");
+        assert_eq!(fees["BTC"].to_string(), "0.0001");
+        assert!(parse_fees("").unwrap().0.is_empty());
+        for bad in ["USD", "USD=abc", "USD=1,USD=2", "USD=1e3"] {
+            assert!(parse_fees(bad).is_err(), "{bad}");
+        }
+        let usd = crate::ledger::Currency {
+            code: "USD".into(),
+            name: "US Dollar".into(),
+            kind: crate::ledger::CurrencyKind::Fiat,
+            scale: 2,
+            network: None,
+            enabled: true,
+            reconciliation_tolerance: Default::default(),
+            required_confirmations: None,
+        };
+        let registry = || crate::ledger::CurrencyRegistry::from_rows(vec![usd.clone()]);
+        for bad in ["EUR=1", "USD=-1", "USD=0.001"] {
+            assert!(
+                registry()
+                    .with_withdrawal_fees(&parse_fees(bad).unwrap().0)
+                    .is_err(),
+                "{bad}"
+            );
+        }
+        let ok = registry()
+            .with_withdrawal_fees(&parse_fees("USD=2").unwrap().0)
+            .unwrap();
+        assert_eq!(ok.withdrawal_fee("USD").unwrap().to_string(), "2.00");
+    }
+
+    #[test]
     fn weak_secrets_are_refused() {
         assert!(check_secret_strength(DEV_JWT_SECRET).is_err());
         assert!(check_secret_strength("short-secret").is_err());

@@ -248,3 +248,247 @@ async fn an_accounts_postings_add_up_to_its_balance() {
         assert_eq!(common::error_code(&body), "FORBIDDEN", "{body}");
     }
 }
+
+const RECONCILE_CHAIN: &str = "mutation($w: ID!) { reconcileWallet(input: {walletId: $w,
+    startTime: \"2020-01-01T00:00:00Z\", endTime: \"2099-01-01T00:00:00Z\"}) {
+    status systemBalance externalBalance mismatchReason notes } }";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_withdrawal_fees_land_in_fee_revenue() {
+    let mut options = common::Options::default();
+    for (code, fee) in [("USD", "0.50"), ("BTC", "0.0001")] {
+        options
+            .withdrawal_fees
+            .insert(code.into(), fee.parse().unwrap());
+    }
+    let t = TestApp::with(options).await;
+    let fees = t
+        .ok(
+            &t.operator(),
+            "{ currencies { code withdrawalFee } }",
+            json!({}),
+        )
+        .await;
+    let fee_of = |code: &str| {
+        fees["currencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["code"] == code)
+            .unwrap()["withdrawalFee"]
+            .clone()
+    };
+    assert_eq!(fee_of("USD"), "0.50");
+    assert_eq!(fee_of("BTC"), "0.00010000");
+    assert!(fee_of("EUR").is_null());
+
+    // Fiat: the fee is paid on top of the amount, and counts against the funds.
+    let usd = t.create_wallet("alice", "USD").await;
+    t.deposit(&usd, "10.00", "fund").await;
+    let body = t.withdraw(&t.user("alice"), &usd, "10.00", "all").await;
+    assert_eq!(common::error_code(&body), "INSUFFICIENT_FUNDS", "{body}");
+    let body = t.withdraw(&t.user("alice"), &usd, "9.50", "most").await;
+    assert_eq!(body["data"]["withdraw"]["balanceAfter"], "0.00", "{body}");
+    let trial = t.assert_balanced().await;
+    assert_eq!(account(&trial, "USD", "bank"), "-0.50");
+    assert_eq!(account(&trial, "USD", "fee_revenue"), "0.50");
+
+    // Crypto: the user pays amount + the flat fee; our address pays amount + the network's
+    // fee, which is the service's expense.
+    let (btc, _) = t.funded_btc("alice", "1.00000000").await;
+    let worker = t.app.chain_worker().unwrap();
+    let hold = t.crypto_withdraw("alice", &btc, "0.25", "cw-1").await;
+    assert_eq!(hold["cryptoWithdraw"]["fee"], "0.00010000", "{hold}");
+    worker.pass().await.unwrap();
+    let sent = t.assert_balanced().await;
+    assert_eq!(sent["BTC"].0, "0.74990000");
+    assert_eq!(account(&sent, "BTC", "custody"), "-0.74999000");
+    assert_eq!(account(&sent, "BTC", "network_fees"), "-0.00001000");
+    assert_eq!(account(&sent, "BTC", "fee_revenue"), "0.00010000");
+    let row = t
+        .ok(
+            &t.operator(),
+            "query($w: ID!) { wallet(id: $w) { transactions(last: 1) {
+               edges { node { type fee networkFee isHold } } } } }",
+            json!({"w": btc}),
+        )
+        .await["wallet"]["transactions"]["edges"][0]["node"]
+        .clone();
+    assert_eq!(
+        row,
+        json!({"type": "WITHDRAW", "fee": "0.00010000", "networkFee": "0.00001000", "isHold": false})
+    );
+    t.ok(&t.operator(), common::MINE, json!({"n": "bitcoin", "c": 6}))
+        .await;
+    worker.pass().await.unwrap();
+    // The address keeps the fee charged beyond the network's: reconciliation knows why.
+    let rec = t
+        .ok(&t.operator(), RECONCILE_CHAIN, json!({"w": btc}))
+        .await["reconcileWallet"]
+        .clone();
+    assert_eq!(rec["status"], "MATCHED", "{rec}");
+    assert_eq!(rec["externalBalance"], "0.74999000", "{rec}");
+    assert_eq!(rec["systemBalance"], "0.74990000", "{rec}");
+
+    // A withdrawal the chain fails: the refund reverses exactly what was posted.
+    t.fail_transfers_to(common::OUTSIDE_BTC).await;
+    t.crypto_withdraw("alice", &btc, "0.5", "cw-doomed").await;
+    worker.pass().await.unwrap();
+    let debited = t.assert_balanced().await;
+    assert_eq!(debited["BTC"].0, "0.24980000");
+    assert_eq!(account(&debited, "BTC", "fee_revenue"), "0.00020000");
+    t.ok(&t.operator(), common::MINE, json!({"n": "bitcoin", "c": 1}))
+        .await;
+    assert_eq!(worker.pass().await.unwrap().withdrawals.failed, 1);
+    let refunded = t.assert_balanced().await;
+    assert_eq!(refunded["BTC"], sent["BTC"]);
+    t.assert_chain(&btc).await;
+    let rec = t
+        .ok(&t.operator(), RECONCILE_CHAIN, json!({"w": btc}))
+        .await["reconcileWallet"]
+        .clone();
+    assert_eq!(rec["status"], "MATCHED", "{rec}");
+}
+
+const ANNOTATED_DEPOSIT: &str = "mutation($w: ID!, $k: String!, $r: String, $m: Metadata) {
+  deposit(input: {walletId: $w, amount: \"5.00\", txHash: $k, reference: $r, metadata: $m}) {
+    id reference metadata } }";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn references_and_metadata_are_kept_and_searchable() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "USD").await;
+    let other = t.create_wallet("bob", "USD").await;
+    let op = t.operator();
+    let meta = json!({"invoice": "INV-1042", "channel": "sepa"});
+    let first = t
+        .ok(
+            &op,
+            ANNOTATED_DEPOSIT,
+            json!({"w": w, "k": "d-1", "r": "STMT-7", "m": meta}),
+        )
+        .await["deposit"]
+        .clone();
+    assert_eq!(first["reference"], "STMT-7");
+    assert_eq!(first["metadata"], meta);
+    // Not unique: another deposit from the same statement.
+    t.ok(
+        &op,
+        ANNOTATED_DEPOSIT,
+        json!({"w": w, "k": "d-2", "r": "STMT-7"}),
+    )
+    .await;
+    t.ok(
+        &op,
+        ANNOTATED_DEPOSIT,
+        json!({"w": other, "k": "d-1", "r": "STMT-7"}),
+    )
+    .await;
+    t.ok(
+        &op,
+        ANNOTATED_DEPOSIT,
+        json!({"w": w, "k": "d-3", "r": "STMT-8"}),
+    )
+    .await;
+    let found = t
+        .ok(
+            &op,
+            "query($w: ID!) { wallet(id: $w) { transactions(first: 10, filter: {reference: \"STMT-7\"}) {
+               edges { node { txHash reference } } } } }",
+            json!({"w": w}),
+        )
+        .await;
+    let keys: Vec<&str> = found["wallet"]["transactions"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["node"]["txHash"].as_str().unwrap())
+        .collect();
+    assert_eq!(keys, ["d-1", "d-2"]);
+    // Across every wallet an operator sees.
+    let all = t
+        .ok(
+            &op,
+            "{ transactions(first: 10, filter: {reference: \"STMT-7\"}) { edges { node { txHash } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(all["transactions"]["edges"].as_array().unwrap().len(), 3);
+
+    // The same key with other metadata is another request.
+    let body = t
+        .gql(
+            Some(&op),
+            ANNOTATED_DEPOSIT,
+            json!({"w": w, "k": "d-1", "r": "STMT-7", "m": {"invoice": "INV-9"}}),
+        )
+        .await;
+    assert_eq!(common::error_code(&body), "IDEMPOTENCY_CONFLICT", "{body}");
+    let replay = t
+        .ok(
+            &op,
+            ANNOTATED_DEPOSIT,
+            json!({"w": w, "k": "d-1", "r": "STMT-7", "m": meta}),
+        )
+        .await;
+    assert_eq!(replay["deposit"]["id"], first["id"]);
+
+    // Metadata that is not a small object of strings: refused, nothing changes.
+    for bad in [
+        json!(["a"]),
+        json!({"n": 1}),
+        json!({"deep": {"a": "b"}}),
+        json!({"k": "a\u{0}b"}),
+        serde_json::Value::Object((0..40).map(|i| (format!("k{i}"), json!("v"))).collect()),
+        json!({"k": "v".repeat(5000)}),
+    ] {
+        let body = t
+            .gql(
+                Some(&op),
+                ANNOTATED_DEPOSIT,
+                json!({"w": w, "k": "bad", "m": bad}),
+            )
+            .await;
+        assert_eq!(common::error_code(&body), "BAD_USER_INPUT", "{bad}: {body}");
+    }
+    let body = t
+        .gql(
+            Some(&op),
+            ANNOTATED_DEPOSIT,
+            json!({"w": w, "k": "bad", "r": "r".repeat(200)}),
+        )
+        .await;
+    assert_eq!(common::error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert!(t.by_key(&w, "bad").await.is_null());
+    assert_eq!(t.balance(&w).await, "15.00");
+
+    // A transfer carries them on both sides.
+    let sent = t
+        .ok(
+            &t.user("alice"),
+            "mutation($f: ID!, $t: ID!) { transfer(input: {fromWalletId: $f, toWalletId: $t,
+               amount: \"1.00\", idempotencyKey: \"p\", reference: \"ORDER-5\",
+               metadata: {order: \"5\"}}) { reference metadata from { reference metadata } } }",
+            json!({"f": w, "t": other}),
+        )
+        .await["transfer"]
+        .clone();
+    assert_eq!(
+        sent,
+        json!({"reference": "ORDER-5", "metadata": {"order": "5"},
+               "from": {"reference": "ORDER-5", "metadata": {"order": "5"}}})
+    );
+    let received = t
+        .ok(
+            &t.user("bob"),
+            "query($w: ID!) { wallet(id: $w) { transactions(first: 5, filter: {reference: \"ORDER-5\"}) {
+               edges { node { type metadata } } } } }",
+            json!({"w": other}),
+        )
+        .await;
+    assert_eq!(
+        received["wallet"]["transactions"]["edges"][0]["node"],
+        json!({"type": "TRANSFER_IN", "metadata": {"order": "5"}})
+    );
+    t.assert_balanced().await;
+}
