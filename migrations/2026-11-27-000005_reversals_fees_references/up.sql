@@ -84,7 +84,8 @@ LANGUAGE sql IMMUTABLE AS $$
      WHERE NOT r.hold AND r.type IN ('DEPOSIT', 'WITHDRAW', 'REFUND') AND leg.amount <> 0
 $$;
 
--- A reversal's system side is its original's, negated.
+-- A reversal's system side is its original's, negated. (Looked for only when the
+-- statement wrote a reversal: a deposit batch never joins the postings.)
 CREATE OR REPLACE FUNCTION transactions_post_counter_legs() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -93,11 +94,13 @@ BEGIN
       FROM new_rows r
       JOIN wallets w ON w.id = r.wallet_id
      CROSS JOIN LATERAL ledger_counter_legs(r) AS leg
-      JOIN ledger_accounts a ON a.currency = w.currency AND a.code = leg.code
-    UNION ALL
-    SELECT r.id, p.account_id, -p.amount, r.created_at
-      FROM new_rows r
-      JOIN ledger_postings p ON p.transaction_id = r.reverses_id
-     WHERE r.type = 'REVERSAL';
+      JOIN ledger_accounts a ON a.currency = w.currency AND a.code = leg.code;
+    IF EXISTS (SELECT 1 FROM new_rows WHERE type = 'REVERSAL') THEN
+        INSERT INTO ledger_postings (transaction_id, account_id, amount, created_at)
+        SELECT r.id, p.account_id, -p.amount, r.created_at
+          FROM new_rows r
+          JOIN ledger_postings p ON p.transaction_id = r.reverses_id
+         WHERE r.type = 'REVERSAL';
+    END IF;
     RETURN NULL;
 END $$;
