@@ -25,7 +25,7 @@ use rust_decimal::Decimal;
 
 use super::chain_deposit::update_hold;
 use super::models::Scaled;
-use super::movement::Movement;
+use super::movement::{self, Movement};
 use super::posting::{self, ChainFields, NewRow};
 use super::{
     CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, input,
@@ -89,17 +89,7 @@ pub async fn request(
                 && existing.kind == TransactionType::Withdraw
                 && existing.amount == amount
                 && existing.to_address.as_deref() == Some(chain_fields.to_address.as_str());
-            return if same {
-                Ok(Movement {
-                    entry: existing,
-                    replayed: true,
-                })
-            } else {
-                Err(LedgerError::IdempotencyConflict(format!(
-                    "idempotencyKey {:?} was already used for a different request",
-                    request.key
-                )))
-            };
+            return movement::replay_or_conflict(existing, same, "idempotencyKey", &request.key);
         }
         let needed = amount + user_fee;
         let available = wallet.available_balance();

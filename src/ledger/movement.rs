@@ -153,13 +153,27 @@ pub(crate) fn journal_row<'r>(
 
 /// Same key: the same request gets the original result; anything else is a conflict.
 fn replay(existing: JournalEntry, request: &MovementRequest) -> Result<Movement, LedgerError> {
-    if same_request(&existing, request) {
+    let same = same_request(&existing, request);
+    replay_or_conflict(existing, same, "txHash", &request.key)
+}
+
+/// The answer to a request whose key (`key_field` in the API) already names `existing`:
+/// the original when `same` (the request is what wrote it), a conflict otherwise.
+pub(crate) fn replay_or_conflict(
+    existing: JournalEntry,
+    same: bool,
+    key_field: &str,
+    key: &str,
+) -> Result<Movement, LedgerError> {
+    if same {
         Ok(Movement {
             entry: existing,
             replayed: true,
         })
     } else {
-        Err(key_conflict(request))
+        Err(LedgerError::IdempotencyConflict(format!(
+            "{key_field} {key:?} was already used for a different request"
+        )))
     }
 }
 

@@ -12,6 +12,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
+use super::movement::{self, Movement};
 use super::posting::{self, NewRow};
 use super::{
     CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet, input, money,
@@ -30,20 +31,13 @@ pub struct ReversalRequest {
     pub reason: String,
 }
 
-/// The reversal row on the reversed row's wallet, and whether an earlier call with the
-/// same key made it.
-#[derive(Clone, Debug)]
-pub struct Reversal {
-    pub entry: JournalEntry,
-    pub replayed: bool,
-}
-
-/// Reverses a completed movement exactly once. Operators only: the caller checks.
+/// Reverses a completed movement exactly once: the reversal row on the reversed row's
+/// wallet (a replay: the original one). Operators only: the caller checks.
 pub async fn execute(
     conn: &mut AsyncPgConnection,
     currencies: &CurrencyRegistry,
     request: &ReversalRequest,
-) -> Result<Reversal, LedgerError> {
+) -> Result<Movement, LedgerError> {
     input::check_key("idempotencyKey", &request.key)?;
     input::check_text("reason", &request.reason, input::MAX_DESCRIPTION_LEN)?;
     if request.reason.trim().is_empty() {
@@ -56,7 +50,7 @@ async fn apply(
     conn: &mut AsyncPgConnection,
     currencies: &CurrencyRegistry,
     request: &ReversalRequest,
-) -> Result<Reversal, LedgerError> {
+) -> Result<Movement, LedgerError> {
     let original = row(conn, request.transaction_id)
         .await?
         .ok_or(LedgerError::NotFound("transaction"))?;
@@ -77,17 +71,7 @@ async fn apply(
         let same = existing.kind == TransactionType::Reversal
             && existing.reverses_id == Some(original.id)
             && existing.description.as_deref() == Some(request.reason.as_str());
-        return if same {
-            Ok(Reversal {
-                entry: existing,
-                replayed: true,
-            })
-        } else {
-            Err(LedgerError::IdempotencyConflict(format!(
-                "idempotencyKey {:?} was already used for a different request",
-                request.key
-            )))
-        };
+        return movement::replay_or_conflict(existing, same, "idempotencyKey", &request.key);
     }
     if let Some(earlier) = reversals_of(conn, &[original.id]).await?.into_iter().next() {
         return Err(LedgerError::AlreadyReversed(format!(
@@ -105,7 +89,7 @@ async fn apply(
     if let Some((w, row)) = second {
         posting::append_with(conn, w, &row, Decimal::ZERO, Some(entry.id)).await?;
     }
-    Ok(Reversal {
+    Ok(Movement {
         entry,
         replayed: false,
     })
