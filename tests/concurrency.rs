@@ -49,6 +49,8 @@ in_every_topology!(hundred_concurrent_withdrawals_never_overdraw);
 in_every_topology!(fifty_identical_deposits_credit_once);
 in_every_topology!(same_key_racing_on_two_wallets_makes_two_movements);
 in_every_topology!(mixed_concurrent_movements_keep_every_chain);
+in_every_topology!(thirty_identical_racing_transfers_make_one);
+in_every_topology!(transfers_in_both_directions_keep_the_books);
 
 async fn hundred_concurrent_withdrawals_never_overdraw(f: Arc<Fleet>, topology: Topology) {
     let t = &f.t;
@@ -308,4 +310,127 @@ async fn deadlocks(pg: &tokio_postgres::Client, database: &str) -> i64 {
     .await
     .unwrap()
     .get(0)
+}
+
+const TRANSFER: &str = "mutation($from: ID!, $to: ID!, $a: Decimal!, $k: String!) {
+  transfer(input: {fromWalletId: $from, toWalletId: $to, amount: $a, idempotencyKey: $k}) {
+    id from { id balanceAfter } } }";
+
+async fn send(
+    f: &Fleet,
+    node: usize,
+    token: &str,
+    from: &str,
+    to: &str,
+    amount: &str,
+    key: &str,
+) -> serde_json::Value {
+    common::gql_to(
+        f.router(node),
+        Some(token),
+        TRANSFER,
+        json!({"from": from, "to": to, "a": amount, "k": key}),
+    )
+    .await
+}
+
+/// The same transfer raced 30 times, within batches and across processes: one transfer.
+async fn thirty_identical_racing_transfers_make_one(f: Arc<Fleet>, topology: Topology) {
+    let t = &f.t;
+    let alice = t.create_wallet("alice", "USD").await;
+    let bob = t.create_wallet("bob", "USD").await;
+    t.deposit(&alice, "10.00", "fund").await;
+    let token = t.user("alice");
+    let before = f.stats();
+    let answers = join_all((0..30).map(|i| {
+        let (f, token, alice, bob) = (f.clone(), token.clone(), alice.clone(), bob.clone());
+        tokio::spawn(async move { send(&f, i, &token, &alice, &bob, "2.50", "once").await })
+    }))
+    .await;
+    f.assert_path(topology, before, 30);
+    let ids: std::collections::HashSet<serde_json::Value> = answers
+        .into_iter()
+        .map(|b| {
+            let b = b.unwrap();
+            assert!(b["errors"].is_null(), "{b}");
+            b["data"]["transfer"]["id"].clone()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    assert_eq!(t.balance(&alice).await, "7.50");
+    assert_eq!(t.balance(&bob).await, "2.50");
+    // The same key for another amount: a conflict, nothing moves.
+    let body = send(&f, 0, &token, &alice, &bob, "3.00", "once").await;
+    assert_eq!(error_code(&body), "IDEMPOTENCY_CONFLICT", "{body}");
+    t.assert_balanced().await;
+}
+
+/// 16 clients move money at random among 20 wallets — both directions between the same
+/// pairs included — beside deposits and withdrawals: no deadlock reaches anyone, money is
+/// only created by deposits and destroyed by withdrawals, every chain verifies.
+async fn transfers_in_both_directions_keep_the_books(f: Arc<Fleet>, topology: Topology) {
+    let t = &f.t;
+    let mut wallets = Vec::new();
+    for i in 0..20 {
+        let w = t.create_wallet(&format!("u{i}"), "USD").await;
+        t.deposit(&w, "20.00", &format!("seed-{i}")).await;
+        wallets.push(w);
+    }
+    let operator = t.operator();
+    let before = f.stats();
+    let answers = join_all((0..16usize).map(|client| {
+        let (f, wallets, operator) = (f.clone(), wallets.clone(), operator.clone());
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for n in 0..12usize {
+                let a = (client * 5 + n * 7) % 20;
+                // Pairs sent both ways: client c sends a→b, client c+1 sends b→a.
+                let b = if client % 2 == 0 {
+                    (a + 1) % 20
+                } else {
+                    (a + 19) % 20
+                };
+                let key = format!("c{client}-n{n}");
+                let node = client + n;
+                let body = match n % 4 {
+                    0 => ("deposit", f.deposit(node, &wallets[a], "3.00", &key).await),
+                    1 => {
+                        let token = f.t.user(&format!("u{a}"));
+                        (
+                            "withdraw",
+                            f.withdraw(node, &token, &wallets[a], "2.00", &key).await,
+                        )
+                    }
+                    _ => (
+                        "transfer",
+                        send(&f, node, &operator, &wallets[a], &wallets[b], "4.00", &key).await,
+                    ),
+                };
+                out.push(body);
+            }
+            out
+        })
+    }))
+    .await;
+    f.assert_path(topology, before, 16 * 12);
+    let (mut deposited, mut withdrawn) = (Decimal::ZERO, Decimal::ZERO);
+    let mut transfers = 0;
+    for (kind, body) in answers.into_iter().flat_map(Result::unwrap) {
+        match body.get("errors") {
+            None => match kind {
+                "deposit" => deposited += Decimal::new(300, 2),
+                "withdraw" => withdrawn += Decimal::new(200, 2),
+                _ => transfers += 1,
+            },
+            Some(_) => assert_eq!(error_code(&body), "INSUFFICIENT_FUNDS", "{kind}: {body}"),
+        }
+    }
+    assert!(transfers > 0);
+    let mut total = Decimal::ZERO;
+    for w in &wallets {
+        total += t.balance(w).await.parse::<Decimal>().unwrap();
+        t.assert_chain(w).await;
+    }
+    assert_eq!(total, Decimal::new(40000, 2) + deposited - withdrawn);
+    t.assert_balanced().await;
 }

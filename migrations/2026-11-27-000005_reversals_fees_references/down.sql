@@ -1,3 +1,4 @@
+ALTER TABLE transactions ALTER COLUMN id SET GENERATED ALWAYS;
 CREATE OR REPLACE FUNCTION transactions_post_counter_legs() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN

@@ -16,7 +16,7 @@ use crate::ledger::chain_withdrawal::{self, WithdrawalRequest};
 use crate::ledger::movement::{Direction, MovementRequest};
 use crate::ledger::reconciliation::{self, ChainReconciliation, ExternalReconciliation};
 use crate::ledger::reversal::{self, ReversalRequest};
-use crate::ledger::transfer::{self, TransferRequest};
+use crate::ledger::transfer::TransferRequest;
 use crate::ledger::{Currency, LedgerError, chain_deposit, input, money, outcome, wallet};
 
 #[derive(InputObject)]
@@ -261,7 +261,8 @@ impl Mutation {
     }
 
     /// Moves money between two wallets of the same currency (fiat): a `TRANSFER_OUT` row
-    /// on the source and a `TRANSFER_IN` row on the target, in one database transaction.
+    /// on the source and a `TRANSFER_IN` row on the target, in one database transaction
+    /// (group-committed with other movements).
     /// The source's owner or an operator may send, to any wallet.
     async fn transfer(&self, ctx: &Context<'_>, input: TransferInput) -> Result<TransferObject> {
         let scope = scope(ctx)?;
@@ -274,11 +275,10 @@ impl Mutation {
             reference: input.reference,
             metadata: input.metadata.map(|m| m.0),
         };
-        let currencies = state(ctx).currencies.clone();
-        let done = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
-            transfer::execute(&mut c, &currencies, &scope, &request).await
-        })
-        .await?;
+        let done = state(ctx)
+            .committer
+            .transfer(scope, request, deadline(ctx))
+            .await?;
         Ok(TransferObject(done))
     }
 

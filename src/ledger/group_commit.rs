@@ -1,4 +1,4 @@
-//! Group commit of fiat movements.
+//! Group commit of fiat movements and transfers.
 //!
 //! One database transaction per deposit spends most of its time waiting: for the wallet
 //! lock behind the previous deposit, and for its own commit to reach the disk. Here every
@@ -23,6 +23,11 @@
 //! replays it by its key if so, and a request that cannot be run again is answered
 //! `OutcomeUnknown`.
 //!
+//! A transfer takes part like any movement, with both its wallets: both are locked with
+//! the batch's others, it is judged against both running balances, and its two rows are
+//! inserted with the batch's. Its receiving row names the sending row's id, so a batch with
+//! transfers takes its row ids from the sequence first, in arrival order.
+//!
 //! A hot wallet so pays one lock wait and one disk flush per batch instead of per deposit.
 //! Rows of one batch and wallet share a timestamp and are ordered by id, which follows
 //! arrival order, so the journal chain holds as before.
@@ -43,7 +48,8 @@ use tokio::time::Instant;
 use super::models::Scaled;
 use super::movement::{self, Movement, MovementRequest};
 use super::posting::{self, NewEntry, NewRow};
-use super::{CurrencyRegistry, JournalEntry, LedgerError, Scope, Wallet, outcome};
+use super::transfer::{self, Transfer, TransferRequest};
+use super::{CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet, outcome};
 use crate::db::PgPool;
 use crate::schema::{transactions, wallets};
 use crate::task::AbortOnDrop;
@@ -58,10 +64,67 @@ const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const WITHDRAWN: u8 = 2;
 
+/// What a batch applies: a movement of one wallet, or a transfer between two.
+#[derive(Clone, Debug)]
+enum Request {
+    Movement(MovementRequest),
+    Transfer(TransferRequest),
+}
+
+/// What a batch answers. (One per request, moved once: the size difference between the
+/// variants costs nothing worth a box.)
+#[allow(clippy::large_enum_variant)]
+enum Done {
+    Movement(Movement),
+    Transfer(Transfer),
+}
+
+impl Request {
+    /// The wallet whose key names the request (a transfer's source).
+    fn keyed_wallet(&self) -> i64 {
+        match self {
+            Request::Movement(m) => m.wallet_id,
+            Request::Transfer(t) => t.from_wallet_id,
+        }
+    }
+
+    fn key(&self) -> &str {
+        match self {
+            Request::Movement(m) => &m.key,
+            Request::Transfer(t) => &t.key,
+        }
+    }
+
+    /// Every wallet the request changes.
+    fn wallets(&self) -> Vec<i64> {
+        match self {
+            Request::Movement(m) => vec![m.wallet_id],
+            Request::Transfer(t) => vec![t.from_wallet_id, t.to_wallet_id],
+        }
+    }
+
+    /// Applies the request in a transaction of its own.
+    async fn alone(
+        &self,
+        conn: &mut AsyncPgConnection,
+        currencies: &CurrencyRegistry,
+        scope: &Scope,
+    ) -> Result<Done, LedgerError> {
+        match self {
+            Request::Movement(m) => movement::execute(conn, currencies, scope, m)
+                .await
+                .map(Done::Movement),
+            Request::Transfer(t) => transfer::execute(conn, currencies, scope, t)
+                .await
+                .map(Done::Transfer),
+        }
+    }
+}
+
 struct Job {
     scope: Scope,
-    request: MovementRequest,
-    reply: oneshot::Sender<Result<Movement, LedgerError>>,
+    request: Request,
+    reply: oneshot::Sender<Result<Done, LedgerError>>,
     state: Arc<AtomicU8>,
 }
 
@@ -146,6 +209,43 @@ impl Committer {
         deadline: Instant,
     ) -> Result<Movement, LedgerError> {
         movement::validate_shape(&request)?;
+        match self
+            .submit(scope, Request::Movement(request), deadline)
+            .await?
+        {
+            Done::Movement(m) => Ok(m),
+            Done::Transfer(_) => Err(LedgerError::Internal(
+                "a movement answered as a transfer".into(),
+            )),
+        }
+    }
+
+    /// Applies a transfer exactly once per key of its source wallet, as
+    /// [`transfer::execute`] does, answering by `deadline` like [`Committer::execute`].
+    pub async fn transfer(
+        &self,
+        scope: Scope,
+        request: TransferRequest,
+        deadline: Instant,
+    ) -> Result<Transfer, LedgerError> {
+        transfer::validate_shape(&request)?;
+        match self
+            .submit(scope, Request::Transfer(request), deadline)
+            .await?
+        {
+            Done::Transfer(t) => Ok(t),
+            Done::Movement(_) => Err(LedgerError::Internal(
+                "a transfer answered as a movement".into(),
+            )),
+        }
+    }
+
+    async fn submit(
+        &self,
+        scope: Scope,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<Done, LedgerError> {
         let state = Arc::new(AtomicU8::new(QUEUED));
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -187,17 +287,17 @@ impl Committer {
         }
     }
 
-    /// Applies one movement in a transaction of its own (in a task of its own).
+    /// Applies one request in a transaction of its own (in a task of its own).
     async fn alone(
         &self,
         scope: Scope,
-        request: MovementRequest,
+        request: Request,
         deadline: Instant,
         maybe_committed: bool,
-    ) -> Result<Movement, LedgerError> {
+    ) -> Result<Done, LedgerError> {
         let currencies = self.currencies.clone();
         let result = outcome::detached(&self.pool, deadline, move |mut conn| async move {
-            movement::execute(&mut conn, &currencies, &scope, &request).await
+            request.alone(&mut conn, &currencies, &scope).await
         })
         .await;
         if maybe_committed {
@@ -264,7 +364,7 @@ async fn run(mut queue: mpsc::Receiver<Job>, shared: Arc<Shared>, lanes: usize) 
             if batch.is_empty() {
                 break;
             }
-            let mut wallets: Vec<i64> = batch.iter().map(|j| j.request.wallet_id).collect();
+            let mut wallets: Vec<i64> = batch.iter().flat_map(|j| j.request.wallets()).collect();
             wallets.sort_unstable();
             wallets.dedup();
             busy.extend(&wallets);
@@ -281,14 +381,20 @@ fn stalled(batches: &HashMap<tokio::task::Id, (Vec<i64>, Instant)>) -> bool {
     youngest.is_some_and(|at| at.elapsed() >= STALLED)
 }
 
-/// The next batch: waiting requests in arrival order whose wallet is not in a batch
-/// already (the others keep their place), at most [`MAX_BATCH`]. Requests their callers
-/// withdrew are dropped.
+/// The next batch: waiting requests in arrival order none of whose wallets is in a batch
+/// already (the others keep their place, and so do the requests behind them for the same
+/// wallets), at most [`MAX_BATCH`]. Requests their callers withdrew are dropped.
 fn take_batch(pending: &mut VecDeque<Job>, busy: &HashSet<i64>) -> Vec<Job> {
     let mut batch = Vec::new();
     let mut left = VecDeque::with_capacity(pending.len());
+    let mut waiting: HashSet<i64> = HashSet::new();
     while let Some(job) = pending.pop_front() {
-        if batch.len() == MAX_BATCH || busy.contains(&job.request.wallet_id) {
+        let wallets = job.request.wallets();
+        let held = wallets
+            .iter()
+            .any(|w| busy.contains(w) || waiting.contains(w));
+        if batch.len() == MAX_BATCH || held {
+            waiting.extend(wallets);
             left.push_back(job);
         } else if advance(&job.state, TAKEN) {
             batch.push(job);
@@ -345,7 +451,8 @@ async fn run_batch(shared: &Shared, batch: Vec<Job>) {
             futures_util::future::join_all(batch.into_iter().map(|job| async move {
                 let result = match shared.pool.get().await {
                     Ok(mut conn) => {
-                        movement::execute(&mut conn, &shared.currencies, &job.scope, &job.request)
+                        job.request
+                            .alone(&mut conn, &shared.currencies, &job.scope)
                             .await
                     }
                     Err(e) => Err(LedgerError::from(e)),
@@ -376,8 +483,18 @@ async fn lock_visible_wallets(
     conn: &mut AsyncPgConnection,
     batch: &[Job],
 ) -> Result<HashMap<i64, Wallet>, LedgerError> {
-    let ids: Vec<i64> = batch.iter().map(|j| j.request.wallet_id).collect();
-    let owners: Vec<Option<&str>> = batch.iter().map(|j| j.scope.owner()).collect();
+    // A movement's wallet and a transfer's source as the caller may see them; a
+    // transfer's target is anyone's.
+    let mut ids: Vec<i64> = Vec::with_capacity(batch.len());
+    let mut owners: Vec<Option<&str>> = Vec::with_capacity(batch.len());
+    for job in batch {
+        ids.push(job.request.keyed_wallet());
+        owners.push(job.scope.owner());
+        if let Request::Transfer(t) = &job.request {
+            ids.push(t.to_wallet_id);
+            owners.push(None);
+        }
+    }
     let visible = diesel::dsl::sql::<Bool>("EXISTS (SELECT 1 FROM unnest(")
         .bind::<Array<BigInt>, _>(&ids)
         .sql("::bigint[], ")
@@ -401,39 +518,73 @@ async fn apply_batch(
     conn: &mut AsyncPgConnection,
     currencies: &CurrencyRegistry,
     batch: &[Job],
-) -> Result<Vec<Result<Movement, LedgerError>>, LedgerError> {
+) -> Result<Vec<Result<Done, LedgerError>>, LedgerError> {
     // The wallets of the batch, locked in id order (the order every movement locks in).
     let mut balances = lock_visible_wallets(conn, batch).await?;
 
-    // Keys used before, read after the locks (as a single movement does).
+    // Keys used before, read after the locks (as a single movement does), and the
+    // receiving sides of the transfers among them.
     let keys: Vec<(i64, &str)> = batch
         .iter()
-        .map(|j| (j.request.wallet_id, j.request.key.as_str()))
+        .map(|j| (j.request.keyed_wallet(), j.request.key()))
         .collect();
-    let mut existing: HashMap<(i64, String), JournalEntry> = posting::find_by_keys(conn, &keys)
+    let existing: HashMap<(i64, String), JournalEntry> = posting::find_by_keys(conn, &keys)
         .await?
         .into_iter()
         .map(|e| ((e.wallet_id, e.tx_hash.clone()), e))
         .collect();
+    let sent: Vec<i64> = existing
+        .values()
+        .filter(|e| e.kind == TransactionType::TransferOut)
+        .map(|e| e.id)
+        .collect();
+    let received: HashMap<i64, JournalEntry> = match sent.is_empty() {
+        true => HashMap::new(),
+        false => transfer::receiving_sides(conn, &sent)
+            .await?
+            .into_iter()
+            .filter_map(|e| e.counterpart_id.map(|out| (out, e)))
+            .collect(),
+    };
 
     // Judge each request in arrival order against the running balances.
     let mut verdicts = Vec::with_capacity(batch.len());
-    let mut rows: Vec<(i64, NewRow<'_>, (Decimal, Decimal))> = Vec::new();
+    let mut rows: Vec<BatchRow<'_>> = Vec::new();
     let mut earlier: HashMap<(i64, &str), usize> = HashMap::new();
     for job in batch {
-        let judged = judge(currencies, job, &balances, &existing, &earlier, &rows);
+        let judged = judge(
+            currencies,
+            job,
+            &balances,
+            (&existing, &received),
+            &earlier,
+            &rows,
+        );
         let verdict = match judged {
-            Ok(Judged::New(row)) => match balances.get_mut(&job.request.wallet_id) {
-                Some(wallet) => {
+            Ok(Judged::New(new_rows)) => {
+                let first = rows.len();
+                for (wallet_id, row) in new_rows {
+                    let Some(wallet) = balances.get_mut(&wallet_id) else {
+                        return Err(LedgerError::Internal(
+                            "a judged wallet is not locked".into(),
+                        ));
+                    };
                     let around = row.balances(wallet.balance);
                     wallet.balance = around.1;
-                    earlier.insert((wallet.id, job.request.key.as_str()), rows.len());
-                    rows.push((wallet.id, row, around));
-                    Verdict::Insert(rows.len() - 1)
+                    // A transfer's receiving row names the sending row just before it.
+                    let counterpart =
+                        (row.kind == TransactionType::TransferIn).then(|| rows.len() - 1);
+                    rows.push(BatchRow {
+                        wallet_id,
+                        row,
+                        around,
+                        counterpart,
+                    });
                 }
-                None => Verdict::Refused(LedgerError::NotFound("wallet")),
-            },
-            Ok(Judged::Replay(entry)) => Verdict::Replay(entry),
+                earlier.insert((job.request.keyed_wallet(), job.request.key()), first);
+                Verdict::Insert(first)
+            }
+            Ok(Judged::Replay(done)) => Verdict::Replay(done),
             Ok(Judged::ReplayOfInsert(i)) => Verdict::ReplayOfInsert(i),
             Err(e) => Verdict::Refused(e),
         };
@@ -444,11 +595,11 @@ async fn apply_batch(
     if !rows.is_empty() {
         // The new balances, one statement; each wallet's time never runs backwards.
         let mut touched: Vec<(i64, Scaled)> = Vec::new();
-        for (wallet_id, _, _) in &rows {
-            if !touched.iter().any(|(id, _)| id == wallet_id)
-                && let Some(w) = balances.get(wallet_id)
+        for r in &rows {
+            if !touched.iter().any(|(id, _)| *id == r.wallet_id)
+                && let Some(w) = balances.get(&r.wallet_id)
             {
-                touched.push((*wallet_id, Scaled(w.balance)));
+                touched.push((r.wallet_id, Scaled(w.balance)));
             }
         }
         let stamps: Vec<Stamp> = diesel::sql_query(
@@ -464,13 +615,27 @@ async fn apply_batch(
         .await?;
         let at: HashMap<i64, chrono::DateTime<chrono::Utc>> =
             stamps.into_iter().map(|s| (s.id, s.updated_at)).collect();
-        let entries: Vec<NewEntry<'_>> = rows
-            .iter()
-            .filter_map(|(wallet_id, row, around)| {
-                at.get(wallet_id)
-                    .map(|&time| row.entry(*wallet_id, *around, time))
-            })
-            .collect();
+        // A receiving row names its sending row by id: with transfers in the batch, the
+        // ids are taken first, in batch order, so the journal's order is still arrival
+        // order.
+        let ids: Option<Vec<i64>> = match rows.iter().any(|r| r.counterpart.is_some()) {
+            true => Some(posting::allocate_ids(conn, rows.len()).await?),
+            false => None,
+        };
+        let mut entries: Vec<NewEntry<'_>> = Vec::with_capacity(rows.len());
+        for (i, r) in rows.iter().enumerate() {
+            let Some(&time) = at.get(&r.wallet_id) else {
+                return Err(LedgerError::Internal(
+                    "a batch wallet was not updated".into(),
+                ));
+            };
+            let mut entry = r.row.entry(r.wallet_id, r.around, time);
+            if let Some(ids) = &ids {
+                entry.id = Some(ids[i]);
+                entry.counterpart_id = r.counterpart.map(|c| ids[c]);
+            }
+            entries.push(entry);
+        }
         inserted = diesel::insert_into(transactions::table)
             .values(entries)
             .returning(JournalEntry::as_returning())
@@ -483,82 +648,127 @@ async fn apply_batch(
         }
         // Rows come back in the order given (one VALUES list, ids in that order).
         inserted.sort_by_key(|e| e.id);
-        for e in &inserted {
-            existing.insert((e.wallet_id, e.tx_hash.clone()), e.clone());
-        }
     }
 
+    // A new transfer's rows are at `i` and `i + 1`.
+    let done = |i: usize, replayed: bool| match rows[i].row.kind {
+        TransactionType::TransferOut => Done::Transfer(Transfer {
+            out: inserted[i].clone(),
+            into: inserted[i + 1].clone(),
+            replayed,
+        }),
+        _ => Done::Movement(Movement {
+            entry: inserted[i].clone(),
+            replayed,
+        }),
+    };
     Ok(verdicts
         .into_iter()
         .map(|v| match v {
-            Verdict::Insert(i) => Ok(Movement {
-                entry: inserted[i].clone(),
-                replayed: false,
-            }),
-            Verdict::ReplayOfInsert(i) => Ok(Movement {
-                entry: inserted[i].clone(),
-                replayed: true,
-            }),
-            Verdict::Replay(entry) => Ok(Movement {
-                entry: *entry,
-                replayed: true,
-            }),
+            Verdict::Insert(i) => Ok(done(i, false)),
+            Verdict::ReplayOfInsert(i) => Ok(done(i, true)),
+            Verdict::Replay(done) => Ok(*done),
             Verdict::Refused(e) => Err(e),
         })
         .collect())
 }
 
+/// A journal row the batch inserts.
+struct BatchRow<'a> {
+    wallet_id: i64,
+    row: NewRow<'a>,
+    /// The balances before and after it.
+    around: (Decimal, Decimal),
+    /// A transfer's receiving row: the index of its sending row.
+    counterpart: Option<usize>,
+}
+
 /// What the batch decided for one request before anything is written.
 enum Verdict {
-    /// A new journal row: the index into the batch's inserts.
+    /// New journal rows: the index of the first of them among the batch's inserts.
     Insert(usize),
     /// The key's movement exists already.
-    Replay(Box<JournalEntry>),
-    /// The same key and request earlier in this batch: its insert.
+    Replay(Box<Done>),
+    /// The same key and request earlier in this batch: its inserts.
     ReplayOfInsert(usize),
     Refused(LedgerError),
 }
 
 enum Judged<'a> {
-    New(NewRow<'a>),
-    Replay(Box<JournalEntry>),
+    /// The rows to append, each with its wallet.
+    New(Vec<(i64, NewRow<'a>)>),
+    Replay(Box<Done>),
     ReplayOfInsert(usize),
 }
 
+/// Rows already journaled under the batch's keys, and the receiving sides of the
+/// transfers among them (by sending row id).
+type Journaled<'e> = (
+    &'e HashMap<(i64, String), JournalEntry>,
+    &'e HashMap<i64, JournalEntry>,
+);
+
 /// One request against the batch so far, in the order and with the checks of
-/// `movement::apply`: visible wallet, key, currency, amount, funds.
+/// `movement::apply` or `transfer::apply`: visible wallet, key, currency, amount, funds.
 fn judge<'a>(
     currencies: &CurrencyRegistry,
     job: &'a Job,
     balances: &HashMap<i64, Wallet>,
-    existing: &HashMap<(i64, String), JournalEntry>,
+    (existing, received): Journaled<'_>,
     earlier: &HashMap<(i64, &str), usize>,
-    rows: &[(i64, NewRow<'_>, (Decimal, Decimal))],
+    rows: &[BatchRow<'_>],
 ) -> Result<Judged<'a>, LedgerError> {
-    let request = &job.request;
+    let keyed = job.request.keyed_wallet();
     let wallet = balances
-        .get(&request.wallet_id)
+        .get(&keyed)
         .filter(|w| job.scope.owner().is_none_or(|owner| w.user_id == owner))
         .ok_or(LedgerError::NotFound("wallet"))?;
-    // Keys are scoped to the wallet.
-    if let Some(e) = existing.get(&(request.wallet_id, request.key.clone())) {
-        return if movement::same_request(e, request) {
-            Ok(Judged::Replay(Box::new(e.clone())))
-        } else {
-            Err(movement::key_conflict(request))
-        };
+    let key = (keyed, job.request.key());
+    match &job.request {
+        Request::Movement(request) => {
+            // Keys are scoped to the wallet.
+            if let Some(e) = existing.get(&(key.0, key.1.to_owned())) {
+                let same = movement::same_request(e, request);
+                return movement::replay_or_conflict(e.clone(), same, "txHash", &request.key)
+                    .map(|m| Judged::Replay(Box::new(Done::Movement(m))));
+            }
+            if let Some(&i) = earlier.get(&key) {
+                let row = &rows[i].row;
+                let same = row.kind == request.direction.transaction_type()
+                    && row.amount == request.amount
+                    && row.description == request.description.as_deref()
+                    && row.annotation == request.annotation();
+                return match same {
+                    true => Ok(Judged::ReplayOfInsert(i)),
+                    false => Err(movement::key_conflict(request)),
+                };
+            }
+            movement::journal_row(currencies, wallet, request)
+                .map(|row| Judged::New(vec![(wallet.id, row)]))
+        }
+        Request::Transfer(request) => {
+            if let Some(out) = existing.get(&(key.0, key.1.to_owned())) {
+                let into = received.get(&out.id).cloned();
+                return transfer::replay(out.clone(), into, request)
+                    .map(|t| Judged::Replay(Box::new(Done::Transfer(t))));
+            }
+            if let Some(&i) = earlier.get(&key) {
+                let (out, into) = (&rows[i], rows.get(i + 1));
+                let same = out.row.kind == TransactionType::TransferOut
+                    && out.row.amount == request.amount
+                    && out.row.description == request.description.as_deref()
+                    && out.row.annotation == request.annotation()
+                    && into.is_some_and(|r| r.wallet_id == request.to_wallet_id);
+                return match same {
+                    true => Ok(Judged::ReplayOfInsert(i)),
+                    false => Err(transfer::key_conflict(request)),
+                };
+            }
+            let to = balances
+                .get(&request.to_wallet_id)
+                .ok_or(LedgerError::NotFound("wallet"))?;
+            let (out, into) = transfer::journal_rows(currencies, wallet, to, request)?;
+            Ok(Judged::New(vec![(wallet.id, out), (to.id, into)]))
+        }
     }
-    if let Some(&i) = earlier.get(&(request.wallet_id, request.key.as_str())) {
-        let (_, row, _) = &rows[i];
-        let same = row.kind == request.direction.transaction_type()
-            && row.amount == request.amount
-            && row.description == request.description.as_deref()
-            && row.annotation == request.annotation();
-        return if same {
-            Ok(Judged::ReplayOfInsert(i))
-        } else {
-            Err(movement::key_conflict(request))
-        };
-    }
-    movement::journal_row(currencies, wallet, request).map(Judged::New)
 }

@@ -229,6 +229,7 @@ impl<'a> NewRow<'a> {
     ) -> NewEntry<'a> {
         let chain = self.chain;
         NewEntry {
+            id: None,
             wallet_id,
             kind: self.kind,
             amount: Scaled(self.amount),
@@ -265,6 +266,9 @@ impl<'a> NewRow<'a> {
 #[derive(Insertable)]
 #[diesel(table_name = transactions, check_for_backend(diesel::pg::Pg))]
 pub struct NewEntry<'a> {
+    /// Taken beforehand ([`allocate_ids`]) when another row of the same insert names this
+    /// one; otherwise the column's default.
+    pub(crate) id: Option<i64>,
     wallet_id: i64,
     #[diesel(column_name = type_)]
     kind: TransactionType,
@@ -287,7 +291,7 @@ pub struct NewEntry<'a> {
     gas_price: Option<Scaled>,
     gas_used: Option<i64>,
     raw: Option<&'a str>,
-    counterpart_id: Option<i64>,
+    pub(crate) counterpart_id: Option<i64>,
     reverses_id: Option<i64>,
     network_fee: Option<Scaled>,
     reference: Option<&'a str>,
@@ -337,6 +341,29 @@ pub async fn append_with(
         .returning(JournalEntry::as_returning())
         .get_result(conn)
         .await?)
+}
+
+#[derive(QueryableByName)]
+struct AllocatedId {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
+/// `n` journal row ids, ascending, for rows that must name each other in one insert.
+pub async fn allocate_ids(conn: &mut AsyncPgConnection, n: usize) -> Result<Vec<i64>, LedgerError> {
+    let count = i64::try_from(n).map_err(|_| LedgerError::Internal("too many rows".into()))?;
+    let mut ids: Vec<i64> = diesel::sql_query(
+        "SELECT nextval(pg_get_serial_sequence('transactions', 'id')) AS id
+           FROM generate_series(1, $1)",
+    )
+    .bind::<diesel::sql_types::BigInt, _>(count)
+    .load::<AllocatedId>(conn)
+    .await?
+    .into_iter()
+    .map(|r| r.id)
+    .collect();
+    ids.sort_unstable();
+    Ok(ids)
 }
 
 // Predicates spelled exactly as in the partial indexes that serve them, with literals

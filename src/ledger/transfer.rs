@@ -31,7 +31,7 @@ pub struct TransferRequest {
 }
 
 impl TransferRequest {
-    fn annotation(&self) -> Annotation<'_> {
+    pub(crate) fn annotation(&self) -> Annotation<'_> {
         Annotation {
             reference: self.reference.as_deref(),
             metadata: self.metadata.as_ref(),
@@ -55,6 +55,12 @@ pub async fn execute(
     scope: &Scope,
     request: &TransferRequest,
 ) -> Result<Transfer, LedgerError> {
+    validate_shape(request)?;
+    posting::retried!(conn, |tx| { apply(tx, currencies, scope, request).await })
+}
+
+/// Checks that need no database: a request that passes them cannot fail a batch.
+pub(crate) fn validate_shape(request: &TransferRequest) -> Result<(), LedgerError> {
     input::check_movement(
         "idempotencyKey",
         &request.key,
@@ -67,7 +73,7 @@ pub async fn execute(
             "a transfer needs two different wallets".into(),
         ));
     }
-    posting::retried!(conn, |tx| { apply(tx, currencies, scope, request).await })
+    Ok(())
 }
 
 async fn apply(
@@ -80,27 +86,68 @@ async fn apply(
 
     // Read after the locks: an identical request that committed meanwhile is seen.
     if let Some(out) = posting::find_by_key(conn, from.id, &request.key).await? {
-        let same = out.kind == TransactionType::TransferOut
-            && out.amount == request.amount
-            && out.description == request.description
-            && request.annotation().matches(&out);
-        let into = match same {
+        let into = match same_sending_side(&out, request) {
             true => receiving_side(conn, out.id).await?,
             false => None,
         };
-        return match into {
-            Some(into) if into.wallet_id == to.id => Ok(Transfer {
+        return replay(out, into, request);
+    }
+
+    let (out_row, in_row) = journal_rows(currencies, &from, &to, request)?;
+    let out = posting::append(conn, &from, &out_row, Decimal::ZERO).await?;
+    let into = posting::append_with(conn, &to, &in_row, Decimal::ZERO, Some(out.id)).await?;
+    Ok(Transfer {
+        out,
+        into,
+        replayed: false,
+    })
+}
+
+/// Whether `out` is the sending side `request` would have written (its receiving side's
+/// wallet is checked by [`replay`]).
+pub(crate) fn same_sending_side(out: &JournalEntry, request: &TransferRequest) -> bool {
+    out.kind == TransactionType::TransferOut
+        && out.amount == request.amount
+        && out.description == request.description
+        && request.annotation().matches(out)
+}
+
+/// The answer to a request whose key names `out` on the source wallet: the original
+/// transfer if it is the same request to the same wallet, a conflict otherwise.
+pub(crate) fn replay(
+    out: JournalEntry,
+    into: Option<JournalEntry>,
+    request: &TransferRequest,
+) -> Result<Transfer, LedgerError> {
+    match into {
+        Some(into)
+            if same_sending_side(&out, request) && into.wallet_id == request.to_wallet_id =>
+        {
+            Ok(Transfer {
                 out,
                 into,
                 replayed: true,
-            }),
-            _ => Err(LedgerError::IdempotencyConflict(format!(
-                "idempotencyKey {:?} was already used for a different request",
-                request.key
-            ))),
-        };
+            })
+        }
+        _ => Err(key_conflict(request)),
     }
+}
 
+pub(crate) fn key_conflict(request: &TransferRequest) -> LedgerError {
+    LedgerError::IdempotencyConflict(format!(
+        "idempotencyKey {:?} was already used for a different request",
+        request.key
+    ))
+}
+
+/// The two rows `request` appends to the locked `from` and `to` (holding their current
+/// balances), or why it is refused: currencies, amount, funds.
+pub(crate) fn journal_rows<'r>(
+    currencies: &CurrencyRegistry,
+    from: &Wallet,
+    to: &Wallet,
+    request: &'r TransferRequest,
+) -> Result<(NewRow<'r>, NewRow<'r>), LedgerError> {
     if from.currency != to.currency {
         return Err(LedgerError::CurrencyMismatch(format!(
             "the source wallet holds {} and the target {}",
@@ -111,8 +158,8 @@ async fn apply(
         .get(&from.currency)
         .ok_or_else(|| LedgerError::CurrencyNotSupported(from.currency.clone()))?;
     if currency.kind == CurrencyKind::Crypto {
-        // A book transfer between addresses would leave each address's chain balance
-        // unreconcilable against its wallet; not offered until reconciliation knows it.
+        // Withdrawals are signed from each wallet's own address: a book transfer would
+        // leave the receiver with a balance its address cannot pay out.
         return Err(LedgerError::CurrencyNotSupported(format!(
             "transfers of {} between wallets are not supported",
             currency.code
@@ -126,6 +173,7 @@ async fn apply(
             requested: amount,
         });
     }
+    money::check_credit(to, amount, currency)?;
     let side = |kind| {
         let mut row = NewRow::fiat(
             kind,
@@ -137,26 +185,10 @@ async fn apply(
         row.annotation = request.annotation();
         row
     };
-    let out = posting::append(
-        conn,
-        &from,
-        &side(TransactionType::TransferOut),
-        Decimal::ZERO,
-    )
-    .await?;
-    let into = posting::append_with(
-        conn,
-        &to,
-        &side(TransactionType::TransferIn),
-        Decimal::ZERO,
-        Some(out.id),
-    )
-    .await?;
-    Ok(Transfer {
-        out,
-        into,
-        replayed: false,
-    })
+    Ok((
+        side(TransactionType::TransferOut),
+        side(TransactionType::TransferIn),
+    ))
 }
 
 /// Locks the source (visible to the caller) and the target (anyone's), lower id first.
@@ -188,4 +220,17 @@ pub async fn receiving_side(
         .first(conn)
         .await
         .optional()?)
+}
+
+/// The receiving sides of the transfers whose sending sides are `out_ids`.
+pub async fn receiving_sides(
+    conn: &mut AsyncPgConnection,
+    out_ids: &[i64],
+) -> Result<Vec<JournalEntry>, LedgerError> {
+    Ok(transactions::table
+        .filter(transactions::counterpart_id.eq_any(out_ids))
+        .filter(transactions::type_.eq(TransactionType::TransferIn))
+        .select(JournalEntry::as_select())
+        .load(conn)
+        .await?)
 }
