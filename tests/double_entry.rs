@@ -5,7 +5,7 @@
 mod common;
 
 use common::{OUTSIDE_BTC, TRIAL, TestApp, Trial};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn account<'a>(trial: &'a Trial, currency: &str, code: &str) -> &'a str {
     trial[currency].2[code].as_str()
@@ -500,4 +500,36 @@ async fn references_and_metadata_are_kept_and_searchable() {
         json!({"type": "TRANSFER_IN", "metadata": {"order": "5"}})
     );
     t.assert_balanced().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crypto_withdrawal_carries_its_reference_to_its_debit() {
+    let t = TestApp::new().await;
+    let (btc, _) = t.funded_btc("alice", "1.00000000").await;
+    let request = |meta: Value| json!({"w": btc, "to": OUTSIDE_BTC, "k": "payout-7", "r": "PAYOUT-7", "m": meta});
+    const WITHDRAW: &str =
+        "mutation($w: ID!, $to: String!, $k: String!, $r: String, $m: Metadata) {
+      cryptoWithdraw(input: {walletId: $w, toAddress: $to, amount: \"0.1\", idempotencyKey: $k,
+                             reference: $r, metadata: $m}) { id reference metadata } }";
+    let alice = t.user("alice");
+    let hold =
+        t.ok(&alice, WITHDRAW, request(json!({"batch": "7"}))).await["cryptoWithdraw"].clone();
+    assert_eq!(hold["reference"], "PAYOUT-7");
+    let body = t
+        .gql(Some(&alice), WITHDRAW, request(json!({"batch": "8"})))
+        .await;
+    assert_eq!(common::error_code(&body), "IDEMPOTENCY_CONFLICT", "{body}");
+    t.app.chain_worker().unwrap().pass().await.unwrap();
+    let debit = t
+        .ok(
+            &t.operator(),
+            "query($id: ID!) { transaction(id: $id) { settlements { type reference metadata } } }",
+            json!({"id": hold["id"]}),
+        )
+        .await["transaction"]["settlements"][0]
+        .clone();
+    assert_eq!(
+        debit,
+        json!({"type": "WITHDRAW", "reference": "PAYOUT-7", "metadata": {"batch": "7"}})
+    );
 }

@@ -96,6 +96,11 @@ pub struct CryptoWithdrawInput {
     /// The same key with the same request returns the original withdrawal.
     #[graphql(validator(custom = "Text(input::MAX_KEY_LEN)"))]
     pub idempotency_key: String,
+    /// A business reference (e.g. the bank's statement id): not unique, searchable with
+    /// `TransactionFilter.reference`.
+    #[graphql(validator(custom = "Text(input::MAX_REFERENCE_LEN)"))]
+    pub reference: Option<String>,
+    pub metadata: Option<MetadataScalar>,
 }
 
 #[derive(InputObject)]
@@ -248,6 +253,8 @@ impl Mutation {
             to_address: input.to_address,
             amount: input.amount.0,
             key: input.idempotency_key,
+            reference: input.reference,
+            metadata: input.metadata.map(|m| m.0),
         };
         let chain = chain(ctx)?;
         let currencies = state(ctx).currencies.clone();

@@ -26,7 +26,7 @@ use rust_decimal::Decimal;
 use super::chain_deposit::update_hold;
 use super::models::Scaled;
 use super::movement::{self, Movement};
-use super::posting::{self, ChainFields, NewRow};
+use super::posting::{self, Annotation, ChainFields, NewRow};
 use super::{
     CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, input,
     money, wallet,
@@ -43,6 +43,18 @@ pub struct WithdrawalRequest {
     pub amount: Decimal,
     /// The client's idempotency key.
     pub key: String,
+    /// The client's business reference and metadata.
+    pub reference: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+impl WithdrawalRequest {
+    fn annotation(&self) -> Annotation<'_> {
+        Annotation {
+            reference: self.reference.as_deref(),
+            metadata: self.metadata.as_ref(),
+        }
+    }
 }
 
 /// Step 1: validates the request, locks amount + the network's fee and journals the
@@ -55,6 +67,7 @@ pub async fn request(
     request: &WithdrawalRequest,
 ) -> Result<Movement, LedgerError> {
     input::check_key("idempotencyKey", &request.key)?;
+    input::check_annotation(request.reference.as_deref(), request.metadata.as_ref())?;
     let (wallet, currency, network, from_address) =
         wallet::find_crypto_wallet(conn, currencies, scope, request.wallet_id, "withdrawals")
             .await?;
@@ -88,7 +101,8 @@ pub async fn request(
             let same = existing.wallet_id == wallet.id
                 && existing.kind == TransactionType::Withdraw
                 && existing.amount == amount
-                && existing.to_address.as_deref() == Some(chain_fields.to_address.as_str());
+                && existing.to_address.as_deref() == Some(chain_fields.to_address.as_str())
+                && request.annotation().matches(&existing);
             return movement::replay_or_conflict(existing, same, "idempotencyKey", &request.key);
         }
         let needed = amount + user_fee;
@@ -111,7 +125,7 @@ pub async fn request(
             chain: Some(&chain_fields),
             scale: currency.scale(),
             network_fee: Some(network_fee),
-            annotation: Default::default(),
+            annotation: request.annotation(),
             reverses: None,
         };
         let entry = posting::append(tx, &wallet, &row, needed).await?;
@@ -120,6 +134,14 @@ pub async fn request(
             replayed: false,
         })
     })
+}
+
+/// A withdrawal's reference and metadata, carried by its debit and refund.
+fn annotation_of(hold: &JournalEntry) -> Annotation<'_> {
+    Annotation {
+        reference: hold.reference.as_deref(),
+        metadata: hold.metadata.as_ref(),
+    }
 }
 
 /// The network fee a withdrawal signs with (the user's fee, unless recorded apart).
@@ -281,7 +303,7 @@ async fn sign_one(
             chain: Some(&chain_fields),
             scale: hold.amount.scale(),
             network_fee: hold.network_fee,
-            annotation: Default::default(),
+            annotation: annotation_of(&hold),
             reverses: None,
         };
         // The reservation becomes the debit.
@@ -409,7 +431,7 @@ async fn advance_one(
                     chain: Some(&fields),
                     scale: hold.amount.scale(),
                     network_fee: hold.network_fee,
-                    annotation: Default::default(),
+                    annotation: annotation_of(&hold),
                     reverses: None,
                 };
                 posting::append(tx, &wallet, &refund, Decimal::ZERO).await?;
