@@ -9,7 +9,7 @@
 //! wallets. Prints throughput, latency percentiles, `ratio = service / pgbench` and the
 //! server's memory.
 //!
-//! cargo bench --bench load -- [--scenario all|spread|hot|mixed|history|reconcile]
+//! cargo bench --bench load -- [--scenario all|spread|hot|mixed|transfer|history|reconcile]
 //!     [--seconds 10] [--clients 16] [--wallets 10000] [--history-rows 1000000]
 //!     [--deep-page 10000]
 //!
@@ -26,7 +26,7 @@ use wallet::auth::{Role, TokenKeys};
 use wallet::graphql::ids::{NodeType, encode_id};
 
 mod support;
-use support::{Server, gql, percentile, wait_ready};
+use support::{CpuMeter, CpuUse, Server, gql, percentile, wait_ready};
 
 const SECRET: &str = "load-benchmark-secret-0123456789abcdef";
 const PORT: u16 = 18093;
@@ -68,7 +68,7 @@ fn args() -> Args {
         i += 1;
     }
     if out.scenarios.is_empty() || out.scenarios.iter().any(|s| s == "all") {
-        out.scenarios = ["spread", "hot", "mixed", "history", "reconcile"]
+        out.scenarios = ["spread", "hot", "mixed", "transfer", "history", "reconcile"]
             .map(String::from)
             .to_vec();
     }
@@ -76,6 +76,15 @@ fn args() -> Args {
 }
 
 fn main() {
+    // The baselines' SQL, for reading: `cargo bench --bench load -- --print-scripts`.
+    if std::env::args().any(|a| a == "--print-scripts") {
+        for work in [Work::Deposits, Work::Mixed(50), Work::Transfers] {
+            for tables in [Tables::Lean, Tables::Service] {
+                println!("-- {work:?} on the {tables:?} tables\n{}", pgbench_script(work, tables));
+            }
+        }
+        return;
+    }
     support::block_on(run(args()));
 }
 
@@ -141,18 +150,30 @@ async fn run(args: Args) {
         match scenario.as_str() {
             "spread" => {
                 let ids = bench.wallets("spread", args.wallets, "1000000.00").await;
-                bench.throughput("spread", &ids, args.clients, 0).await;
+                bench
+                    .throughput("spread", &ids, args.clients, Work::Deposits)
+                    .await;
             }
             "hot" => {
                 let ids = bench.wallets("hot", 1, "1000000.00").await;
-                bench.throughput("hot", &ids, args.clients, 0).await;
-                bench.throughput("hot", &ids, 64, 0).await;
+                bench
+                    .throughput("hot", &ids, args.clients, Work::Deposits)
+                    .await;
+                bench.throughput("hot", &ids, 64, Work::Deposits).await;
             }
             "mixed" => {
                 // Empty wallets: early withdrawals fail for insufficient funds, later ones
                 // mostly find the deposits before them.
                 let ids = bench.wallets("mixed", 1_000, "0.00").await;
-                bench.throughput("mixed", &ids, args.clients, 50).await;
+                bench
+                    .throughput("mixed", &ids, args.clients, Work::Mixed(50))
+                    .await;
+            }
+            "transfer" => {
+                let ids = bench.wallets("transfer", 1_000, "1000000.00").await;
+                bench
+                    .throughput("transfer", &ids, args.clients, Work::Transfers)
+                    .await;
             }
             "history" => bench.history().await,
             "reconcile" => {
@@ -169,6 +190,18 @@ async fn run(args: Args) {
         .ok();
 }
 
+/// What a throughput scenario's clients send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Work {
+    Deposits,
+    /// Deposits, and this percentage of withdrawals.
+    Mixed(u32),
+    /// Transfers between two distinct random wallets.
+    Transfers,
+}
+
+const TRANSFER: &str = "mutation($from: ID!, $to: ID!, $a: Decimal!, $k: String!) {
+  transfer(input: {fromWalletId: $from, toWalletId: $to, amount: $a, idempotencyKey: $k}) { id } }";
 const DEPOSIT: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
   deposit(input: {walletId: $w, amount: $a, txHash: $k}) { id balanceAfter } }";
 const WITHDRAW: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
@@ -203,8 +236,9 @@ impl Bench {
         format!("RSS {} MiB (peak {} MiB)", rss / 1024, peak / 1024)
     }
 
-    /// C clients for T seconds; `withdraw_percent` of the requests are withdrawals.
-    async fn throughput(&self, name: &str, ids: &[i64], clients: usize, withdraw_percent: u32) {
+    /// C clients for T seconds sending `work`; then pgbench doing the same work, on the
+    /// lean schema and on the service's own tables.
+    async fn throughput(&self, name: &str, ids: &[i64], clients: usize, work: Work) {
         let deadline = Instant::now() + Duration::from_secs(self.args.seconds);
         // Created in one statement: a contiguous range for pgbench.
         let range = (
@@ -217,6 +251,7 @@ impl Bench {
                 .collect(),
         );
         let seq = Arc::new(AtomicU64::new(0));
+        let cpu = CpuMeter::start(self.server.pid());
         let started = Instant::now();
         let tasks: Vec<_> = (0..clients)
             .map(|client| {
@@ -230,25 +265,27 @@ impl Bench {
                 tokio::spawn(async move {
                     let mut out = Outcomes::default();
                     while Instant::now() < deadline {
-                        let (wallet, withdraw) = {
-                            let mut rng = rand::rng();
-                            (
-                                ids[rng.random_range(0..ids.len())].clone(),
-                                rng.random_range(0..100) < withdraw_percent,
-                            )
-                        };
                         let n = seq.fetch_add(1, Ordering::Relaxed);
                         let key = format!("{name}-{client}-{n}");
-                        let query = if withdraw { WITHDRAW } else { DEPOSIT };
+                        let (query, variables) = {
+                            let mut rng = rand::rng();
+                            let a = rng.random_range(0..ids.len());
+                            match work {
+                                Work::Transfers => {
+                                    let b = (a + rng.random_range(1..ids.len())) % ids.len();
+                                    (
+                                        TRANSFER,
+                                        json!({"from": ids[a], "to": ids[b], "a": "1.00", "k": key}),
+                                    )
+                                }
+                                Work::Mixed(p) if rng.random_range(0..100) < p => {
+                                    (WITHDRAW, json!({"w": ids[a], "a": "1.00", "k": key}))
+                                }
+                                _ => (DEPOSIT, json!({"w": ids[a], "a": "1.00", "k": key})),
+                            }
+                        };
                         let sent = Instant::now();
-                        let body = gql(
-                            &http,
-                            PORT,
-                            &token,
-                            query,
-                            json!({"w": wallet, "a": "1.00", "k": key}),
-                        )
-                        .await;
+                        let body = gql(&http, PORT, &token, query, variables).await;
                         out.latencies.push(sent.elapsed());
                         match body["errors"][0]["extensions"]["code"].as_str() {
                             None => out.ok += 1,
@@ -274,14 +311,18 @@ impl Bench {
             all.errors += out.errors;
         }
         let elapsed = started.elapsed().as_secs_f64();
+        let used = cpu.stop();
         all.latencies.sort();
         let requests = all.latencies.len() as f64;
         let tps = requests / elapsed;
-        let baseline = self.pgbench(range, clients).await;
+        self.lean_copy(range).await;
+        let (lean, lean_cpu) = self.pgbench(range, clients, work, Tables::Lean).await;
+        let (own, own_cpu) = self.pgbench(range, clients, work, Tables::Service).await;
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
             "{name:<9} C={clients:<3} service {tps:>7.0}/s  p50 {:>6.2} ms  p95 {:>6.2}  p99 {:>6.2}  max {:>7.2}  \
-             ({} ok, {} insufficient funds, {} errors)  |  pgbench {baseline:>7.0}/s  ratio = {:.2}  |  {}",
+             ({} ok, {} refused, {} errors)  |  lean pgbench {lean:>6.0}/s  ratio = {:.2}  |  \
+             pgbench on the service's tables {own:>6.0}/s  ratio = {:.2}  |  {}",
             ms(percentile(&all.latencies, 50.0)),
             ms(percentile(&all.latencies, 95.0)),
             ms(percentile(&all.latencies, 99.0)),
@@ -289,37 +330,102 @@ impl Bench {
             all.ok,
             all.refused,
             all.errors,
-            tps / baseline,
+            tps / lean,
+            tps / own,
             self.rss(),
+        );
+        let per = |share: f64, rate: f64| share * 1000.0 / rate;
+        println!(
+            "{name:<9} C={clients:<3} CPU (cores): service run: client {:.2} ({:.3} ms/request), \
+             server {:.2} ({:.3} ms/request), Postgres {:.2} ({:.3} ms/request)  |  lean pgbench: \
+             client {:.2}, Postgres {:.2} ({:.3} ms/tx)  |  pgbench on the service's tables: \
+             client {:.2}, Postgres {:.2} ({:.3} ms/tx)",
+            used.client,
+            per(used.client, tps),
+            used.server,
+            per(used.server, tps),
+            used.postgres,
+            per(used.postgres, tps),
+            lean_cpu.children,
+            lean_cpu.postgres,
+            per(lean_cpu.postgres, lean),
+            own_cpu.children,
+            own_cpu.postgres,
+            per(own_cpu.postgres, own),
         );
     }
 
-    /// Transactions per second of `pgbench` doing one deposit per SQL transaction on the
-    /// wallets `lo..=hi`, with `clients` connections for the scenario's duration.
-    async fn pgbench(&self, (lo, hi): (i64, i64), clients: usize) -> f64 {
-        let script =
-            std::env::temp_dir().join(format!("wallet-bench-deposit-{}.sql", std::process::id()));
-        std::fs::write(
-            &script,
-            "\\set wid random(:lo, :hi)
-BEGIN;
-UPDATE wallets SET balance = balance + 1.00, updated_at = GREATEST(clock_timestamp(), updated_at) WHERE id = :wid RETURNING balance AS after \\gset
-INSERT INTO transactions (wallet_id, type, amount, balance_before, balance_after, status, tx_hash, created_at, updated_at) VALUES (:wid, 'DEPOSIT', 1.00, :after - 1.00, :after, 'COMPLETED', 'pgbench-' || gen_random_uuid(), now(), now());
-COMMIT;
-",
-        )
-        .expect("pgbench script");
+    /// The lean schema a team writing the SQL themselves would use — a wallets table and
+    /// a journal with a unique key per wallet and the history index, no triggers — holding
+    /// the scenario's wallets (same ids and balances).
+    async fn lean_copy(&self, (lo, hi): (i64, i64)) {
+        self.pg
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS lean_wallets (
+                     id         BIGINT PRIMARY KEY,
+                     balance    NUMERIC NOT NULL CHECK (balance >= 0),
+                     updated_at TIMESTAMPTZ NOT NULL);
+                 CREATE TABLE IF NOT EXISTS lean_journal (
+                     id             BIGSERIAL PRIMARY KEY,
+                     wallet_id      BIGINT NOT NULL REFERENCES lean_wallets (id),
+                     kind           TEXT NOT NULL,
+                     amount         NUMERIC NOT NULL,
+                     balance_before NUMERIC NOT NULL,
+                     balance_after  NUMERIC NOT NULL,
+                     key            TEXT NOT NULL,
+                     created_at     TIMESTAMPTZ NOT NULL,
+                     UNIQUE (wallet_id, key));
+                 CREATE INDEX IF NOT EXISTS lean_journal_history
+                     ON lean_journal (wallet_id, created_at, id);",
+            )
+            .await
+            .expect("lean schema");
+        self.pg
+            .execute(
+                "INSERT INTO lean_wallets (id, balance, updated_at)
+                 SELECT id, balance, updated_at FROM wallets WHERE id BETWEEN $1 AND $2
+                 ON CONFLICT (id) DO NOTHING",
+                &[&lo, &hi],
+            )
+            .await
+            .expect("lean wallets");
+    }
+
+    /// Transactions per second of `pgbench` doing the scenario's work, one movement per
+    /// SQL transaction, on the wallets `lo..=hi` of `tables`, with `clients` connections
+    /// for the scenario's duration; and the CPU it took.
+    async fn pgbench(
+        &self,
+        (lo, hi): (i64, i64),
+        clients: usize,
+        work: Work,
+        tables: Tables,
+    ) -> (f64, CpuUse) {
+        let script = std::env::temp_dir().join(format!("wallet-bench-{}.sql", std::process::id()));
+        std::fs::write(&script, pgbench_script(work, tables)).expect("pgbench script");
+        let cpu = CpuMeter::start(self.server.pid());
         let url = self.url.clone();
         let seconds = self.args.seconds.to_string();
         let output = tokio::process::Command::new("pgbench")
             .args(["-n", "-j", "2", "-T", &seconds, "-c", &clients.to_string()])
             .args(["-D", &format!("lo={lo}"), "-D", &format!("hi={hi}")])
+            .args([
+                "-D",
+                &format!(
+                    "pct={}",
+                    match work {
+                        Work::Mixed(p) => p,
+                        _ => 0,
+                    }
+                ),
+            ])
             .arg("-f")
             .arg(&script)
             .arg(&url)
             .output()
             .await
             .expect("pgbench runs (it ships with Postgres)");
+        let used = cpu.stop();
         let _ = std::fs::remove_file(&script);
         let text = String::from_utf8_lossy(&output.stdout);
         let tps = text
@@ -328,13 +434,13 @@ COMMIT;
             .and_then(|l| l.split_whitespace().nth(2))
             .and_then(|v| v.parse::<f64>().ok());
         match tps {
-            Some(tps) => tps,
+            Some(tps) => (tps, used),
             None => {
                 eprintln!(
                     "pgbench failed: {text}{}",
                     String::from_utf8_lossy(&output.stderr)
                 );
-                f64::NAN
+                (f64::NAN, used)
             }
         }
     }
@@ -510,3 +616,101 @@ COMMIT;
         }
     }
 }
+
+/// Which tables a pgbench baseline writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tables {
+    /// `lean_wallets` and `lean_journal`: what a team would write instead of the service.
+    Lean,
+    /// The service's own `wallets` and `transactions`, with their triggers.
+    Service,
+}
+
+/// One movement per SQL transaction, as a team would write it: `UPDATE … RETURNING` of the
+/// balance and the journal insert (a withdrawal only if the funds are there; a transfer
+/// locks both wallets in id order first).
+fn pgbench_script(work: Work, tables: Tables) -> String {
+    let (wallets, stamp, journal) = match tables {
+        Tables::Lean => ("lean_wallets", "updated_at = now()", "lean_journal"),
+        Tables::Service => (
+            "wallets",
+            "updated_at = GREATEST(clock_timestamp(), updated_at)",
+            "transactions",
+        ),
+    };
+    let row = |wallet: &str, kind: &str, before: &str, after: &str, extra: (&str, &str)| {
+        match tables {
+            Tables::Lean => format!(
+                "INSERT INTO {journal} (wallet_id, kind, amount, balance_before, balance_after, key, created_at) \
+             VALUES ({wallet}, '{kind}', 1.00, {before}, {after}, 'pgbench-' || gen_random_uuid(), now())"
+            ),
+            Tables::Service => format!(
+                "INSERT INTO {journal} (wallet_id, type, amount, balance_before, balance_after, status, tx_hash, \
+             created_at, updated_at{}) VALUES ({wallet}, '{kind}', 1.00, {before}, {after}, 'COMPLETED', \
+             'pgbench-' || gen_random_uuid(), now(), now(){})",
+                extra.0, extra.1
+            ),
+        }
+    };
+    let deposit = format!(
+        "BEGIN;
+UPDATE {wallets} SET balance = balance + 1.00, {stamp} WHERE id = :wid RETURNING balance AS after \\gset
+{};
+COMMIT;
+",
+        row(":wid", "DEPOSIT", ":after - 1.00", ":after", ("", ""))
+    );
+    match work {
+        Work::Deposits => format!("\\set wid random(:lo, :hi)\n{deposit}"),
+        Work::Mixed(_) => {
+            let available = match tables {
+                Tables::Lean => "balance",
+                Tables::Service => "balance - locked_balance",
+            };
+            let withdrawn = "w.id";
+            // The same row, selected from the update (none when the funds are not there).
+            let values = row(withdrawn, "WITHDRAW", "w.balance + 1.00", "w.balance", ("", ""));
+            let insert = values
+                .strip_suffix(')')
+                .unwrap_or(&values)
+                .replace(" VALUES (", " SELECT ");
+            format!(
+                "\\set wid random(:lo, :hi)
+\\set r random(0, 99)
+\\if :r < :pct
+BEGIN;
+WITH w AS (UPDATE {wallets} SET balance = balance - 1.00, {stamp}
+            WHERE id = :wid AND {available} >= 1.00 RETURNING id, balance)
+{insert} FROM w;
+COMMIT;
+\\else
+{deposit}\\endif
+"
+            )
+        }
+        Work::Transfers => format!(
+            "\\set a random(:lo, :hi)
+\\set b :lo + (:a - :lo + random(1, :hi - :lo)) % (:hi - :lo + 1)
+BEGIN;
+SELECT id FROM {wallets} WHERE id IN (:a, :b) ORDER BY id FOR NO KEY UPDATE;
+UPDATE {wallets} SET balance = balance - 1.00, {stamp} WHERE id = :a RETURNING balance AS a_after \\gset
+UPDATE {wallets} SET balance = balance + 1.00, {stamp} WHERE id = :b RETURNING balance AS b_after \\gset
+{} RETURNING id AS out_id \\gset
+{};
+COMMIT;
+",
+            row(":a", "TRANSFER_OUT", ":a_after + 1.00", ":a_after", ("", "")),
+            match tables {
+                Tables::Lean => row(":b", "TRANSFER_IN", ":b_after - 1.00", ":b_after", ("", "")),
+                Tables::Service => row(
+                    ":b",
+                    "TRANSFER_IN",
+                    ":b_after - 1.00",
+                    ":b_after",
+                    (", counterpart_id", ", :out_id")
+                ),
+            }
+        ),
+    }
+}
+

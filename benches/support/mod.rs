@@ -105,3 +105,89 @@ pub fn block_on(body: impl Future<Output = ()>) {
         .expect("runtime")
         .block_on(body);
 }
+
+/// CPU time, in seconds, from `/proc/<pid>/stat`: the process's own (user + system) and
+/// that of its children it has waited for.
+pub fn cpu_seconds(pid: &str) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<f64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    let at = |n: usize| fields.get(n - 3).copied().unwrap_or(0.0);
+    // Clock ticks: 100 per second on Linux.
+    let tick = 100.0;
+    ((at(14) + at(15)) / tick, (at(16) + at(17)) / tick)
+}
+
+/// CPU seconds used by every Postgres process so far, including backends that have
+/// exited (the postmaster's waited-for children).
+pub fn postgres_cpu_seconds() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|pid| pid.chars().all(|c| c.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| {
+            let (own, children) = cpu_seconds(&pid);
+            own + children
+        })
+        .sum()
+}
+
+/// CPU use over an interval, as shares of one core.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuMeter {
+    at: Instant,
+    client: f64,
+    children: f64,
+    server: f64,
+    postgres: f64,
+    server_pid: u32,
+}
+
+/// Shares of one core used between [`CpuMeter::start`] and [`CpuMeter::stop`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuUse {
+    pub seconds: f64,
+    /// This process (the load generator).
+    pub client: f64,
+    /// Child processes waited for meanwhile (pgbench).
+    pub children: f64,
+    pub server: f64,
+    pub postgres: f64,
+}
+
+impl CpuMeter {
+    pub fn start(server_pid: u32) -> CpuMeter {
+        let (client, children) = cpu_seconds("self");
+        CpuMeter {
+            at: Instant::now(),
+            client,
+            children,
+            server: cpu_seconds(&server_pid.to_string()).0,
+            postgres: postgres_cpu_seconds(),
+            server_pid,
+        }
+    }
+
+    pub fn stop(&self) -> CpuUse {
+        let seconds = self.at.elapsed().as_secs_f64();
+        let (client, children) = cpu_seconds("self");
+        let share = |now: f64, then: f64| (now - then) / seconds;
+        CpuUse {
+            seconds,
+            client: share(client, self.client),
+            children: share(children, self.children),
+            server: share(cpu_seconds(&self.server_pid.to_string()).0, self.server),
+            postgres: share(postgres_cpu_seconds(), self.postgres),
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! Reconciliation of a wallet's journal against an outside balance (seed §2.3.3).
+//! Reconciliation of a wallet's journal against an outside balance or the chain.
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
