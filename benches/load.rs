@@ -451,7 +451,7 @@ impl Bench {
         let rows = self.args.history_rows;
         let started = Instant::now();
         self.pg
-            .batch_execute("ALTER TABLE transactions DISABLE TRIGGER transactions_event")
+            .batch_execute("ALTER TABLE transactions DISABLE TRIGGER transactions_insert_events")
             .await
             .expect("bulk load without per-row events");
         self.pg
@@ -468,7 +468,7 @@ impl Bench {
             .expect("history rows");
         self.pg
             .batch_execute(
-                "ALTER TABLE transactions ENABLE TRIGGER transactions_event; ANALYZE transactions",
+                "ALTER TABLE transactions ENABLE TRIGGER transactions_insert_events; ANALYZE transactions",
             )
             .await
             .expect("triggers back");
