@@ -80,7 +80,10 @@ fn main() {
     if std::env::args().any(|a| a == "--print-scripts") {
         for work in [Work::Deposits, Work::Mixed(50), Work::Transfers] {
             for tables in [Tables::Lean, Tables::Service] {
-                println!("-- {work:?} on the {tables:?} tables\n{}", pgbench_script(work, tables));
+                println!(
+                    "-- {work:?} on the {tables:?} tables\n{}",
+                    pgbench_script(work, tables)
+                );
             }
         }
         return;
@@ -713,4 +716,3 @@ COMMIT;
         ),
     }
 }
-
