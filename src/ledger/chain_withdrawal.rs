@@ -106,13 +106,7 @@ pub async fn request(
             return movement::replay_or_conflict(existing, same, "idempotencyKey", &request.key);
         }
         let needed = amount + user_fee;
-        let available = wallet.available_balance();
-        if needed > available {
-            return Err(LedgerError::InsufficientFunds {
-                available,
-                requested: needed,
-            });
-        }
+        money::check_funds(&wallet, needed)?;
         let row = NewRow {
             kind: TransactionType::Withdraw,
             amount,

@@ -58,6 +58,19 @@ pub fn validate_amount(amount: Decimal, currency: &Currency) -> Result<Decimal, 
 }
 
 /// Refuses a credit that would take the balance above the currency's maximum.
+/// Refuses a debit of `needed` beyond what the wallet has available (funds locked by
+/// withdrawals in flight do not count).
+pub fn check_funds(wallet: &Wallet, needed: Decimal) -> Result<(), LedgerError> {
+    let available = wallet.available_balance();
+    if needed > available {
+        return Err(LedgerError::InsufficientFunds {
+            available,
+            requested: needed,
+        });
+    }
+    Ok(())
+}
+
 pub fn check_credit(
     wallet: &Wallet,
     amount: Decimal,

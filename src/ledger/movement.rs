@@ -130,13 +130,7 @@ pub(crate) fn journal_row<'r>(
             fee = currencies
                 .withdrawal_fee(&currency.code)
                 .unwrap_or_default();
-            let available = wallet.available_balance();
-            if amount + fee > available {
-                return Err(LedgerError::InsufficientFunds {
-                    available,
-                    requested: amount + fee,
-                });
-            }
+            money::check_funds(wallet, amount + fee)?;
         }
     }
     let mut row = NewRow::fiat(

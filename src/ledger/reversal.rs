@@ -127,11 +127,8 @@ fn reversal_row<'r>(
         .get(&wallet.currency)
         .ok_or_else(|| LedgerError::CurrencyNotSupported(wallet.currency.clone()))?;
     let change = -original.balance_change();
-    if change < Decimal::ZERO && -change > wallet.available_balance() {
-        return Err(LedgerError::InsufficientFunds {
-            available: wallet.available_balance(),
-            requested: -change,
-        });
+    if change < Decimal::ZERO {
+        money::check_funds(wallet, -change)?;
     }
     if change > Decimal::ZERO {
         money::check_credit(wallet, change, currency)?;

@@ -166,13 +166,7 @@ pub(crate) fn journal_rows<'r>(
         )));
     }
     let amount = money::validate_amount(request.amount, currency)?;
-    let available = from.available_balance();
-    if amount > available {
-        return Err(LedgerError::InsufficientFunds {
-            available,
-            requested: amount,
-        });
-    }
+    money::check_funds(from, amount)?;
     money::check_credit(to, amount, currency)?;
     let side = |kind| {
         let mut row = NewRow::fiat(
