@@ -537,6 +537,56 @@ impl Bench {
             "history   walked {deep} pages in {:.1} s",
             walk.elapsed().as_secs_f64()
         );
+        self.own_listing().await;
+    }
+
+    /// A user with one transaction lists their own (no `walletId`) beside the million rows
+    /// of another user: the cost must be the page's, not the journal's.
+    async fn own_listing(&self) {
+        let w = self.wallets("lonely", 1, "0.00").await[0];
+        let wallet = encode_id(NodeType::Wallet, w).to_string();
+        gql(
+            &self.http,
+            PORT,
+            &self.token,
+            DEPOSIT,
+            json!({"w": wallet, "a": "1.00", "k": "lonely-1"}),
+        )
+        .await;
+        let user = TokenKeys::new(SECRET.as_bytes())
+            .mint("lonely-1", Role::User, Duration::from_secs(3600))
+            .expect("token");
+        for (name, query) in [
+            (
+                "first: 10",
+                "{ transactions(first: 10) { edges { node { id } } } }",
+            ),
+            (
+                "last: 10",
+                "{ transactions(last: 10) { edges { node { id } } } }",
+            ),
+        ] {
+            let mut samples = Vec::new();
+            for _ in 0..25 {
+                let sent = Instant::now();
+                let body = gql(&self.http, PORT, &user, query, json!({})).await;
+                samples.push(sent.elapsed());
+                assert_eq!(
+                    body["data"]["transactions"]["edges"]
+                        .as_array()
+                        .map(Vec::len),
+                    Some(1),
+                    "{body}"
+                );
+            }
+            samples.sort();
+            println!(
+                "history   a user's own transactions({name}) beside {} rows of another user: p50 {:.2} ms  p99 {:.2} ms",
+                self.args.history_rows,
+                percentile(&samples, 50.0).as_secs_f64() * 1000.0,
+                percentile(&samples, 99.0).as_secs_f64() * 1000.0,
+            );
+        }
     }
 
     async fn reconcile(&self) {

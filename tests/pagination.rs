@@ -329,3 +329,80 @@ async fn rows_with_equal_timestamps_are_walked_by_cursor() {
     );
     assert_eq!(t.assert_chain(&w).await, 21);
 }
+
+/// A user's own listing (no `walletId`) merges the user's wallets in the journal's order,
+/// page by page in both directions, and never shows anyone else's rows.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_users_listing_merges_their_wallets_in_order() {
+    let t = TestApp::new().await;
+    let mine: Vec<String> = {
+        let mut v = Vec::new();
+        for c in ["USD", "EUR", "GBP"] {
+            v.push(t.create_wallet("alice", c).await);
+        }
+        v
+    };
+    let theirs = t.create_wallet("bob", "USD").await;
+    for n in 0..13 {
+        t.deposit(&mine[n % 3], "1.00", &format!("a-{n}")).await;
+        t.deposit(&theirs, "1.00", &format!("b-{n}")).await;
+    }
+    let pg = t.db.client().await;
+    let expected: Vec<String> = pg
+        .query(
+            "SELECT t.tx_hash FROM transactions t JOIN wallets w ON w.id = t.wallet_id
+              WHERE w.user_id = 'alice' ORDER BY t.created_at, t.id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(expected.len(), 13);
+    const MINE: &str = "query($first: Int, $after: String, $last: Int, $before: String) {
+      transactions(first: $first, after: $after, last: $last, before: $before) {
+        pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
+        edges { node { txHash } } } }";
+    let alice = t.user("alice");
+    for backward in [false, true] {
+        for size in [1, 2, 5, 13, 20] {
+            let mut cursor: Option<String> = None;
+            let mut seen: Vec<Vec<String>> = Vec::new();
+            loop {
+                let vars = match backward {
+                    true => json!({"last": size, "before": cursor}),
+                    false => json!({"first": size, "after": cursor}),
+                };
+                let conn = t.ok(&alice, MINE, vars).await["transactions"].clone();
+                let keys: Vec<String> = conn["edges"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|e| e["node"]["txHash"].as_str().unwrap().to_owned())
+                    .collect();
+                seen.push(keys);
+                let info = &conn["pageInfo"];
+                let more = if backward {
+                    info["hasPreviousPage"].as_bool().unwrap()
+                } else {
+                    info["hasNextPage"].as_bool().unwrap()
+                };
+                if !more {
+                    break;
+                }
+                cursor = Some(
+                    info[if backward { "startCursor" } else { "endCursor" }]
+                        .as_str()
+                        .unwrap()
+                        .to_owned(),
+                );
+            }
+            if backward {
+                seen.reverse();
+            }
+            let walked: Vec<String> = seen.into_iter().flatten().collect();
+            assert_eq!(walked, expected, "size {size}, backward {backward}");
+        }
+    }
+}

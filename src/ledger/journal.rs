@@ -22,13 +22,58 @@ pub struct TransactionFilter {
     pub reference: Option<String>,
 }
 
+/// Wallets up to which a user's listing is one index walk per wallet (beyond: one query).
+const MERGED_WALLETS: usize = 16;
+
 /// A page of journal rows, in the order balances changed (oldest first).
+///
+/// A user's listing walks each of the user's wallets' `(wallet_id, created_at, id)` index
+/// from the cursor for one page, and merges the walks: its cost is the page's, not the
+/// whole journal's (a single query ordered by time would walk everyone's rows to find
+/// the user's). The walks share one snapshot.
 pub async fn list_transactions(
     conn: &mut AsyncPgConnection,
     scope: &ListScope,
     filter: &TransactionFilter,
     page: &PageArgs,
 ) -> Result<Page<JournalEntry>, LedgerError> {
+    let ListScope::Owner(user) = scope else {
+        return Ok(page.finish(fetch(conn, scope, filter, page).await?));
+    };
+    conn.build_transaction()
+        .repeatable_read()
+        .read_only()
+        .run(async |conn| {
+            let ids: Vec<i64> = wallets::table
+                .filter(wallets::user_id.eq(user))
+                .select(wallets::id)
+                .load(conn)
+                .await?;
+            if ids.len() > MERGED_WALLETS {
+                return Ok(page.finish(fetch(conn, scope, filter, page).await?));
+            }
+            let mut rows = Vec::new();
+            for id in ids {
+                rows.extend(fetch(conn, &ListScope::Wallet(id), filter, page).await?);
+            }
+            // Back into fetch order: by (created_at, id), descending for a backward page.
+            rows.sort_by_key(|e| (e.created_at, e.id));
+            if page.is_backward() {
+                rows.reverse();
+            }
+            rows.truncate(usize::try_from(page.fetch_limit()).unwrap_or(usize::MAX));
+            Ok(page.finish(rows))
+        })
+        .await
+}
+
+/// One page's rows of `scope`, in fetch order (see [`PageArgs::finish`]).
+async fn fetch(
+    conn: &mut AsyncPgConnection,
+    scope: &ListScope,
+    filter: &TransactionFilter,
+    page: &PageArgs,
+) -> Result<Vec<JournalEntry>, LedgerError> {
     let mut q = transactions::table
         .select(JournalEntry::as_select())
         .into_boxed();
@@ -60,8 +105,7 @@ pub async fn list_transactions(
     if let Some(reference) = &filter.reference {
         q = q.filter(transactions::reference.eq(reference.clone()));
     }
-    let rows = paginate!(q, page, transactions).load(conn).await?;
-    Ok(page.finish(rows))
+    Ok(paginate!(q, page, transactions).load(conn).await?)
 }
 
 /// A journal row the caller may see.
