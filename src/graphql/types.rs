@@ -306,6 +306,22 @@ impl WalletObject {
     }
 }
 
+/// The journal row `id` names, through the request's loader: a row of the same wallet as
+/// the one naming it (a posting's hold, a reversal's original), so visible to whoever sees
+/// that one.
+async fn same_wallet_row(ctx: &Context<'_>, id: Option<i64>) -> Result<Option<TransactionObject>> {
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    let row = ctx
+        .data_unchecked::<loaders::Entries>()
+        .load_one(id)
+        .await
+        .map_err(|e| ledger_error(&e))?
+        .ok_or(ledger::LedgerError::NotFound("transaction"))?;
+    Ok(Some(TransactionObject(row)))
+}
+
 /// One journal row: a money movement and the balances around it.
 pub struct TransactionObject(pub ledger::JournalEntry);
 
@@ -416,16 +432,7 @@ impl TransactionObject {
     }
     /// On a reversal: the movement it undoes (same wallet).
     async fn reverses(&self, ctx: &Context<'_>) -> Result<Option<TransactionObject>> {
-        let Some(id) = self.0.reverses_id else {
-            return Ok(None);
-        };
-        let row = ctx
-            .data_unchecked::<loaders::Entries>()
-            .load_one(id)
-            .await
-            .map_err(|e| ledger_error(&e))?
-            .ok_or(ledger::LedgerError::NotFound("transaction"))?;
-        Ok(Some(TransactionObject(row)))
+        same_wallet_row(ctx, self.0.reverses_id).await
     }
     /// The reversal that undid this movement, if any (same wallet).
     async fn reversed_by(&self, ctx: &Context<'_>) -> Result<Option<TransactionObject>> {
@@ -438,17 +445,7 @@ impl TransactionObject {
     }
     /// On a posting: the crypto movement (hold) it settles.
     async fn settles(&self, ctx: &Context<'_>) -> Result<Option<TransactionObject>> {
-        let Some(id) = self.0.hold_id else {
-            return Ok(None);
-        };
-        // Same wallet as this row, so visible to whoever sees this one.
-        let hold = ctx
-            .data_unchecked::<loaders::Entries>()
-            .load_one(id)
-            .await
-            .map_err(|e| ledger_error(&e))?
-            .ok_or(ledger::LedgerError::NotFound("transaction"))?;
-        Ok(Some(TransactionObject(hold)))
+        same_wallet_row(ctx, self.0.hold_id).await
     }
     /// On a hold: the postings that settle it, oldest first (a deposit's credit; a
     /// withdrawal's debit and, if the chain failed it, its refund).

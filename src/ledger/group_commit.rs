@@ -733,14 +733,15 @@ fn judge<'a>(
                     .map(|m| Judged::Replay(Box::new(Done::Movement(m))));
             }
             if let Some(&i) = earlier.get(&key) {
-                let row = &rows[i].row;
-                let same = row.kind == request.direction.transaction_type()
-                    && row.amount == request.amount
-                    && row.description == request.description.as_deref()
-                    && row.annotation == request.annotation();
+                let same = rows[i].row.records(
+                    request.direction.transaction_type(),
+                    request.amount,
+                    request.description.as_deref(),
+                    request.annotation(),
+                );
                 return match same {
                     true => Ok(Judged::ReplayOfInsert(i)),
-                    false => Err(movement::key_conflict(request)),
+                    false => Err(movement::key_conflict("txHash", &request.key)),
                 };
             }
             movement::journal_row(currencies, wallet, request)
@@ -754,14 +755,15 @@ fn judge<'a>(
             }
             if let Some(&i) = earlier.get(&key) {
                 let (out, into) = (&rows[i], rows.get(i + 1));
-                let same = out.row.kind == TransactionType::TransferOut
-                    && out.row.amount == request.amount
-                    && out.row.description == request.description.as_deref()
-                    && out.row.annotation == request.annotation()
-                    && into.is_some_and(|r| r.wallet_id == request.to_wallet_id);
+                let same = out.row.records(
+                    TransactionType::TransferOut,
+                    request.amount,
+                    request.description.as_deref(),
+                    request.annotation(),
+                ) && into.is_some_and(|r| r.wallet_id == request.to_wallet_id);
                 return match same {
                     true => Ok(Judged::ReplayOfInsert(i)),
-                    false => Err(transfer::key_conflict(request)),
+                    false => Err(movement::key_conflict("idempotencyKey", &request.key)),
                 };
             }
             let to = balances

@@ -165,9 +165,7 @@ pub(crate) fn replay_or_conflict(
             replayed: true,
         })
     } else {
-        Err(LedgerError::IdempotencyConflict(format!(
-            "{key_field} {key:?} was already used for a different request"
-        )))
+        Err(key_conflict(key_field, key))
     }
 }
 
@@ -180,9 +178,9 @@ pub(crate) fn same_request(existing: &JournalEntry, request: &MovementRequest) -
         && request.annotation().matches(existing)
 }
 
-pub(crate) fn key_conflict(request: &MovementRequest) -> LedgerError {
+/// A key (`key_field` in the API) already used on the wallet for another request.
+pub(crate) fn key_conflict(key_field: &str, key: &str) -> LedgerError {
     LedgerError::IdempotencyConflict(format!(
-        "txHash {:?} was already used for a different request",
-        request.key
+        "{key_field} {key:?} was already used for a different request"
     ))
 }

@@ -119,6 +119,25 @@ pub async fn lock_wallet(
     locked.optional()?.ok_or(LedgerError::NotFound("wallet"))
 }
 
+/// Locks two wallets, lower id first (the order every movement locks in, so two callers
+/// locking the same pair never deadlock), each as its scope may see it. Returns them in
+/// argument order.
+pub async fn lock_two(
+    conn: &mut AsyncPgConnection,
+    (first_id, first_scope): (i64, &Scope),
+    (second_id, second_scope): (i64, &Scope),
+) -> Result<(Wallet, Wallet), LedgerError> {
+    if first_id < second_id {
+        let first = lock_wallet(conn, first_scope, first_id).await?;
+        let second = lock_wallet(conn, second_scope, second_id).await?;
+        Ok((first, second))
+    } else {
+        let second = lock_wallet(conn, second_scope, second_id).await?;
+        let first = lock_wallet(conn, first_scope, first_id).await?;
+        Ok((first, second))
+    }
+}
+
 /// The chain transfer behind a crypto row.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChainFields {
@@ -196,6 +215,21 @@ impl<'a> NewRow<'a> {
             annotation: Annotation::default(),
             reverses: None,
         }
+    }
+
+    /// Whether this row is what a request for `kind`, `amount`, `description` and
+    /// `annotation` writes (a replay's check against a row not yet stored).
+    pub fn records(
+        &self,
+        kind: TransactionType,
+        amount: Decimal,
+        description: Option<&str>,
+        annotation: Annotation<'_>,
+    ) -> bool {
+        self.kind == kind
+            && self.amount == amount
+            && self.description == description
+            && self.annotation == annotation
     }
 
     /// The balance change the row records: none for a hold, otherwise the signed

@@ -145,31 +145,27 @@ fn reversal_row<'r>(
     Ok(row)
 }
 
-/// Locks the original's wallet and its partner's, lower id first.
+/// Locks the original's wallet and its partner's (a transfer's other side), lower id
+/// first.
 async fn lock(
     conn: &mut AsyncPgConnection,
     original: &JournalEntry,
     partner: Option<&JournalEntry>,
 ) -> Result<(Wallet, Option<Wallet>), LedgerError> {
-    let Some(partner) = partner else {
-        return Ok((
+    match partner {
+        None => Ok((
             posting::lock_wallet(conn, &Scope::All, original.wallet_id).await?,
             None,
-        ));
-    };
-    let mut ids = [original.wallet_id, partner.wallet_id];
-    ids.sort_unstable();
-    let mut locked = Vec::with_capacity(2);
-    for id in ids {
-        locked.push(posting::lock_wallet(conn, &Scope::All, id).await?);
-    }
-    let mine = |w: &Wallet| w.id == original.wallet_id;
-    let (wallet, other): (Vec<Wallet>, Vec<Wallet>) = locked.into_iter().partition(mine);
-    match (wallet.into_iter().next(), other.into_iter().next()) {
-        (Some(w), Some(p)) => Ok((w, Some(p))),
-        _ => Err(LedgerError::Internal(
-            "a transfer's two sides are on one wallet".into(),
         )),
+        Some(partner) => {
+            let (wallet, other) = posting::lock_two(
+                conn,
+                (original.wallet_id, &Scope::All),
+                (partner.wallet_id, &Scope::All),
+            )
+            .await?;
+            Ok((wallet, Some(other)))
+        }
     }
 }
 

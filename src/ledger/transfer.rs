@@ -10,6 +10,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
+use super::movement;
 use super::posting::{self, Annotation, NewRow};
 use super::{
     CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet,
@@ -82,7 +83,13 @@ async fn apply(
     scope: &Scope,
     request: &TransferRequest,
 ) -> Result<Transfer, LedgerError> {
-    let (from, to) = lock_pair(conn, scope, request).await?;
+    // The source as the caller may see it; the target anyone's.
+    let (from, to) = posting::lock_two(
+        conn,
+        (request.from_wallet_id, scope),
+        (request.to_wallet_id, &Scope::All),
+    )
+    .await?;
 
     // Read after the locks: an identical request that committed meanwhile is seen.
     if let Some(out) = posting::find_by_key(conn, from.id, &request.key).await? {
@@ -129,15 +136,8 @@ pub(crate) fn replay(
                 replayed: true,
             })
         }
-        _ => Err(key_conflict(request)),
+        _ => Err(movement::key_conflict("idempotencyKey", &request.key)),
     }
-}
-
-pub(crate) fn key_conflict(request: &TransferRequest) -> LedgerError {
-    LedgerError::IdempotencyConflict(format!(
-        "idempotencyKey {:?} was already used for a different request",
-        request.key
-    ))
 }
 
 /// The two rows `request` appends to the locked `from` and `to` (holding their current
@@ -183,24 +183,6 @@ pub(crate) fn journal_rows<'r>(
         side(TransactionType::TransferOut),
         side(TransactionType::TransferIn),
     ))
-}
-
-/// Locks the source (visible to the caller) and the target (anyone's), lower id first.
-async fn lock_pair(
-    conn: &mut AsyncPgConnection,
-    scope: &Scope,
-    request: &TransferRequest,
-) -> Result<(Wallet, Wallet), LedgerError> {
-    let (from_id, to_id) = (request.from_wallet_id, request.to_wallet_id);
-    if from_id < to_id {
-        let from = posting::lock_wallet(conn, scope, from_id).await?;
-        let to = posting::lock_wallet(conn, &Scope::All, to_id).await?;
-        Ok((from, to))
-    } else {
-        let to = posting::lock_wallet(conn, &Scope::All, to_id).await?;
-        let from = posting::lock_wallet(conn, scope, from_id).await?;
-        Ok((from, to))
-    }
 }
 
 /// The receiving side of the transfer whose sending side is `out_id`.
