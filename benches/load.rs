@@ -31,6 +31,8 @@ use support::{CpuMeter, CpuUse, Server, gql, percentile, wait_ready};
 const SECRET: &str = "load-benchmark-secret-0123456789abcdef";
 const PORT: u16 = 18093;
 const DB: &str = "wallet_bench_load";
+/// Load before each measured run, not counted.
+const WARM_UP: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 struct Args {
@@ -137,6 +139,12 @@ async fn run(args: Args) {
         )
         .expect("token");
     let pg = connect(&url).await;
+    // For experiments: SQL run on the benchmark's database before the scenarios.
+    if let Ok(setup) = std::env::var("WALLET_BENCH_SETUP_SQL") {
+        pg.batch_execute(&setup)
+            .await
+            .expect("WALLET_BENCH_SETUP_SQL");
+    }
     let bench = Bench {
         args: args.clone(),
         url,
@@ -242,7 +250,6 @@ impl Bench {
     /// C clients for T seconds sending `work`; then pgbench doing the same work, on the
     /// lean schema and on the service's own tables.
     async fn throughput(&self, name: &str, ids: &[i64], clients: usize, work: Work) {
-        let deadline = Instant::now() + Duration::from_secs(self.args.seconds);
         // Created in one statement: a contiguous range for pgbench.
         let range = (
             ids.iter().copied().min().unwrap_or(1),
@@ -253,9 +260,72 @@ impl Bench {
                 .map(|&id| encode_id(NodeType::Wallet, id).to_string())
                 .collect(),
         );
-        let seq = Arc::new(AtomicU64::new(0));
+        // Warm up (connections, prepared statements), then let the planner see the
+        // tables as they now are — as autovacuum would on a running system, and as
+        // pgbench's own initialisation does.
+        self.drive(&format!("{name}-warm"), &ids, clients, work, WARM_UP)
+            .await;
+        self.pg.batch_execute("ANALYZE").await.expect("ANALYZE");
         let cpu = CpuMeter::start(self.server.pid());
         let started = Instant::now();
+        let seconds = Duration::from_secs(self.args.seconds);
+        let mut all = self.drive(name, &ids, clients, work, seconds).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let used = cpu.stop();
+        all.latencies.sort();
+        let requests = all.latencies.len() as f64;
+        let tps = requests / elapsed;
+        self.lean_copy(range).await;
+        let (lean, lean_cpu) = self.pgbench(range, clients, work, Tables::Lean).await;
+        let (own, own_cpu) = self.pgbench(range, clients, work, Tables::Service).await;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "{name:<9} C={clients:<3} service {tps:>7.0}/s  p50 {:>6.2} ms  p95 {:>6.2}  p99 {:>6.2}  max {:>7.2}  \
+             ({} ok, {} refused, {} errors)  |  lean pgbench {lean:>6.0}/s  ratio = {:.2}  |  \
+             pgbench on the service's tables {own:>6.0}/s  ratio = {:.2}  |  {}",
+            ms(percentile(&all.latencies, 50.0)),
+            ms(percentile(&all.latencies, 95.0)),
+            ms(percentile(&all.latencies, 99.0)),
+            ms(all.latencies.last().copied().unwrap_or_default()),
+            all.ok,
+            all.refused,
+            all.errors,
+            tps / lean,
+            tps / own,
+            self.rss(),
+        );
+        let per = |share: f64, rate: f64| share * 1000.0 / rate;
+        println!(
+            "{name:<9} C={clients:<3} CPU (cores): service run: client {:.2} ({:.3} ms/request), \
+             server {:.2} ({:.3} ms/request), Postgres {:.2} ({:.3} ms/request)  |  lean pgbench: \
+             client {:.2}, Postgres {:.2} ({:.3} ms/tx)  |  pgbench on the service's tables: \
+             client {:.2}, Postgres {:.2} ({:.3} ms/tx)",
+            used.client,
+            per(used.client, tps),
+            used.server,
+            per(used.server, tps),
+            used.postgres,
+            per(used.postgres, tps),
+            lean_cpu.children,
+            lean_cpu.postgres,
+            per(lean_cpu.postgres, lean),
+            own_cpu.children,
+            own_cpu.postgres,
+            per(own_cpu.postgres, own),
+        );
+    }
+
+    /// `clients` clients sending `work` for `duration`; every answer's latency and kind.
+    async fn drive(
+        &self,
+        name: &str,
+        ids: &Arc<Vec<String>>,
+        clients: usize,
+        work: Work,
+        duration: Duration,
+    ) -> Outcomes {
+        let deadline = Instant::now() + duration;
+        let seq = Arc::new(AtomicU64::new(0));
         let tasks: Vec<_> = (0..clients)
             .map(|client| {
                 let (http, token, ids, seq, name) = (
@@ -313,49 +383,7 @@ impl Bench {
             all.refused += out.refused;
             all.errors += out.errors;
         }
-        let elapsed = started.elapsed().as_secs_f64();
-        let used = cpu.stop();
-        all.latencies.sort();
-        let requests = all.latencies.len() as f64;
-        let tps = requests / elapsed;
-        self.lean_copy(range).await;
-        let (lean, lean_cpu) = self.pgbench(range, clients, work, Tables::Lean).await;
-        let (own, own_cpu) = self.pgbench(range, clients, work, Tables::Service).await;
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        println!(
-            "{name:<9} C={clients:<3} service {tps:>7.0}/s  p50 {:>6.2} ms  p95 {:>6.2}  p99 {:>6.2}  max {:>7.2}  \
-             ({} ok, {} refused, {} errors)  |  lean pgbench {lean:>6.0}/s  ratio = {:.2}  |  \
-             pgbench on the service's tables {own:>6.0}/s  ratio = {:.2}  |  {}",
-            ms(percentile(&all.latencies, 50.0)),
-            ms(percentile(&all.latencies, 95.0)),
-            ms(percentile(&all.latencies, 99.0)),
-            ms(all.latencies.last().copied().unwrap_or_default()),
-            all.ok,
-            all.refused,
-            all.errors,
-            tps / lean,
-            tps / own,
-            self.rss(),
-        );
-        let per = |share: f64, rate: f64| share * 1000.0 / rate;
-        println!(
-            "{name:<9} C={clients:<3} CPU (cores): service run: client {:.2} ({:.3} ms/request), \
-             server {:.2} ({:.3} ms/request), Postgres {:.2} ({:.3} ms/request)  |  lean pgbench: \
-             client {:.2}, Postgres {:.2} ({:.3} ms/tx)  |  pgbench on the service's tables: \
-             client {:.2}, Postgres {:.2} ({:.3} ms/tx)",
-            used.client,
-            per(used.client, tps),
-            used.server,
-            per(used.server, tps),
-            used.postgres,
-            per(used.postgres, tps),
-            lean_cpu.children,
-            lean_cpu.postgres,
-            per(lean_cpu.postgres, lean),
-            own_cpu.children,
-            own_cpu.postgres,
-            per(own_cpu.postgres, own),
-        );
+        all
     }
 
     /// The lean schema a team writing the SQL themselves would use — a wallets table and
@@ -392,6 +420,10 @@ impl Bench {
             )
             .await
             .expect("lean wallets");
+        self.pg
+            .batch_execute("ANALYZE lean_wallets, lean_journal")
+            .await
+            .expect("ANALYZE");
     }
 
     /// Transactions per second of `pgbench` doing the scenario's work, one movement per

@@ -29,7 +29,10 @@ pub struct PgPool(Pool<AsyncPgConnection>);
 impl PgPool {
     /// A connection, waiting for one to be free (up to the pool's wait timeout).
     pub async fn get(&self) -> Result<PooledConn, PoolError> {
-        Ok(PooledConn(Some(self.0.get().await?)))
+        Ok(PooledConn {
+            conn: Some(self.0.get().await?),
+            in_transaction: false,
+        })
     }
 
     pub fn status(&self) -> deadpool::Status {
@@ -43,26 +46,40 @@ pub type PoolError = diesel_async::pooled_connection::deadpool::PoolError;
 /// closed instead of returned: parked in the pool, its transaction would keep its locks
 /// (and its snapshot) until the pool happened to hand it out again. Closing it makes
 /// Postgres roll the transaction back at once.
-pub struct PooledConn(Option<Object<AsyncPgConnection>>);
+pub struct PooledConn {
+    conn: Option<Object<AsyncPgConnection>>,
+    /// A transaction begun with a plain `BEGIN` statement (which diesel's transaction
+    /// manager does not see) and not known to be ended.
+    in_transaction: bool,
+}
+
+impl PooledConn {
+    /// Says whether a transaction begun and ended by hand (`BEGIN` … `COMMIT` sent as
+    /// statements, to pipeline them with others) is open: one dropped while open is
+    /// closed, like one dropped inside a diesel transaction.
+    pub fn set_in_transaction(&mut self, open: bool) {
+        self.in_transaction = open;
+    }
+}
 
 impl std::ops::Deref for PooledConn {
     type Target = AsyncPgConnection;
     fn deref(&self) -> &AsyncPgConnection {
-        self.0.as_ref().expect("a connection until dropped")
+        self.conn.as_ref().expect("a connection until dropped")
     }
 }
 
 impl std::ops::DerefMut for PooledConn {
     fn deref_mut(&mut self) -> &mut AsyncPgConnection {
-        self.0.as_mut().expect("a connection until dropped")
+        self.conn.as_mut().expect("a connection until dropped")
     }
 }
 
 impl Drop for PooledConn {
     fn drop(&mut self) {
         use diesel_async::pooled_connection::PoolableConnection;
-        if let Some(mut conn) = self.0.take()
-            && conn.is_broken()
+        if let Some(mut conn) = self.conn.take()
+            && (self.in_transaction || conn.is_broken())
         {
             tracing::debug!("closing a connection dropped inside a transaction");
             drop(Object::take(conn));
@@ -196,6 +213,11 @@ pub fn build_pool(
     counter: QueryCounter,
 ) -> anyhow::Result<PgPool> {
     let mut config = ManagerConfig::<AsyncPgConnection>::default();
+    // No test query at every checkout (a round trip per request and per batch): a
+    // connection whose socket closed, or that was left inside a transaction, is still
+    // refused, and one that died silently fails its next statement, which every caller
+    // treats as the database being unavailable (and the retry takes a fresh connection).
+    config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
     config.custom_setup = Box::new(move |url: &str| -> BoxFuture<_> {
         let counter = counter.clone();
         let url = url.to_owned();

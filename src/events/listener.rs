@@ -28,6 +28,11 @@ pub const APPLICATION_NAME: &str = "wallet-events-listener";
 const MAX_HELD_BACK_RETRY: Duration = Duration::from_millis(50);
 /// Events read per query.
 const BATCH: i64 = 500;
+/// Shortest time between two reads of the outbox. Under load every group-commit batch
+/// notifies; reading once per notification made the listener's queries (each working out
+/// the oldest running transaction) cost more than the writes. Waiting this long at most
+/// collects a few batches' events per read.
+const MIN_PASS: Duration = Duration::from_millis(5);
 
 #[derive(Clone, Debug)]
 pub struct ListenerConfig {
@@ -166,6 +171,7 @@ async fn listen(
     let mut retry = Duration::from_millis(5);
     loop {
         let position = cursor.get_or_insert_with(Cursor::default);
+        let passed = Instant::now();
         let held_back = deliver(&mut db, bus, position).await?;
         // Committed events waiting for an older transaction: look again soon.
         let wait = if held_back {
@@ -176,7 +182,9 @@ async fn listen(
             config.idle_poll
         };
         tokio::select! {
-            _ = wake.notified() => {}
+            _ = wake.notified() => {
+                tokio::time::sleep(MIN_PASS.saturating_sub(passed.elapsed())).await;
+            }
             _ = tokio::time::sleep(wait) => {
                 // Quiet: make sure the listening connection is still there.
                 tokio::time::timeout(Duration::from_secs(5), db.batch_execute("SELECT 1"))

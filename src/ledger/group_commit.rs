@@ -34,11 +34,11 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Nullable, Numeric, Text};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Numeric, Text, Timestamptz};
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -50,7 +50,7 @@ use super::movement::{self, Movement, MovementRequest};
 use super::posting::{self, NewEntry, NewRow};
 use super::transfer::{self, Transfer, TransferRequest};
 use super::{CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet, outcome};
-use crate::db::PgPool;
+use crate::db::{PgPool, PooledConn};
 use crate::schema::{transactions, wallets};
 use crate::task::AbortOnDrop;
 
@@ -416,14 +416,7 @@ async fn run_batch(shared: &Shared, batch: Vec<Job>) {
             return;
         }
     };
-    let body_done = AtomicBool::new(false);
-    let outcome = conn
-        .transaction(async |tx| {
-            let results = apply_batch(tx, &shared.currencies, &batch).await;
-            body_done.store(results.is_ok(), Ordering::Relaxed);
-            results
-        })
-        .await;
+    let outcome = commit_batch(&mut conn, &shared.currencies, &batch).await;
     drop(conn);
     match outcome {
         Ok(results) => {
@@ -436,13 +429,13 @@ async fn run_batch(shared: &Shared, batch: Vec<Job>) {
                 let _ = job.reply.send(result);
             }
         }
-        Err(e) => {
+        Err(failed) => {
             // Rolled back — unless the commit itself failed, in which case it may have
             // committed. Either way each request runs again on its own, with the usual
             // retries: its key makes it a replay of whatever did commit. The wallets stay
             // in this batch until all of them are answered, which keeps their order.
-            let maybe_committed = AtomicBool::load(&body_done, Ordering::Relaxed);
-            tracing::debug!(error = ?e, size = batch.len(), maybe_committed, "batch failed; running its requests one by one");
+            let maybe_committed = failed.maybe_committed;
+            tracing::debug!(error = ?failed.error, size = batch.len(), maybe_committed, "batch failed; running its requests one by one");
             shared.stats.fallbacks.fetch_add(1, Ordering::Relaxed);
             shared
                 .stats
@@ -469,18 +462,129 @@ async fn run_batch(shared: &Shared, batch: Vec<Job>) {
     }
 }
 
-#[derive(QueryableByName)]
-struct Stamp {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-    #[diesel(sql_type = diesel::sql_types::Timestamptz)]
-    updated_at: chrono::DateTime<chrono::Utc>,
+/// Why a batch's transaction did not commit as a whole, and whether it may have.
+struct BatchFailed {
+    error: LedgerError,
+    maybe_committed: bool,
+}
+
+impl BatchFailed {
+    fn rolled_back(error: impl Into<LedgerError>) -> BatchFailed {
+        BatchFailed {
+            error: error.into(),
+            maybe_committed: false,
+        }
+    }
+}
+
+/// Runs the batch's transaction in two round trips: `BEGIN`, the locks, the keys and the
+/// clock sent together; then, after the batch is judged here, the balances, the journal
+/// rows and `COMMIT` sent together.
+///
+/// Postgres runs pipelined statements one after the other, in the order sent, and the
+/// connection sends them in the order their futures are first polled (`join!` polls in
+/// argument order; a statement being prepared holds the connection's statement cache,
+/// so the next one cannot overtake it). So the keys are read after the wallets are locked,
+/// as in a transaction of its own — and a key another process committed meanwhile would
+/// still be caught by the journal's unique key, failing this batch into the one-by-one
+/// path, which replays it.
+async fn commit_batch(
+    conn: &mut PooledConn,
+    currencies: &CurrencyRegistry,
+    batch: &[Job],
+) -> Result<Vec<Result<Done, LedgerError>>, BatchFailed> {
+    conn.set_in_transaction(true);
+    let read = begin_and_read(conn, batch).await;
+    let read = match read {
+        Ok(read) => read,
+        Err(e) => {
+            rollback(conn).await;
+            return Err(BatchFailed::rolled_back(e));
+        }
+    };
+    let mut judged = match judge_batch(conn, currencies, batch, read).await {
+        Ok(judged) => judged,
+        Err(e) => {
+            rollback(conn).await;
+            return Err(BatchFailed::rolled_back(e));
+        }
+    };
+    let inserted = write_and_commit(conn, &judged).await?;
+    conn.set_in_transaction(false);
+    judged.inserted = inserted;
+    Ok(judged.answers())
+}
+
+/// Ends a transaction that failed; a connection whose state is then unknown is closed
+/// when dropped (which rolls back whatever is open).
+async fn rollback(conn: &mut PooledConn) {
+    use diesel_async::SimpleAsyncConnection;
+    if conn.batch_execute("ROLLBACK").await.is_ok() {
+        conn.set_in_transaction(false);
+    }
+}
+
+/// What the batch reads before judging.
+struct Read {
+    /// The batch's wallets the callers may touch, locked.
+    balances: HashMap<i64, Wallet>,
+    /// Rows already journaled under the batch's keys.
+    existing: HashMap<(i64, String), JournalEntry>,
+    /// The database's clock after the locks were taken: the batch's time.
+    clock: chrono::DateTime<chrono::Utc>,
+    /// Journal row ids taken beforehand, when a receiving row must name its sending row
+    /// (enough for every row the batch could write; unused ones are gaps, as any
+    /// rolled-back insert leaves).
+    ids: Vec<i64>,
+}
+
+async fn begin_and_read(conn: &AsyncPgConnection, batch: &[Job]) -> Result<Read, LedgerError> {
+    let keys: Vec<(i64, &str)> = batch
+        .iter()
+        .map(|j| (j.request.keyed_wallet(), j.request.key()))
+        .collect();
+    let rows_at_most: usize = batch
+        .iter()
+        .map(|j| match j.request {
+            Request::Movement(_) => 1,
+            Request::Transfer(_) => 2,
+        })
+        .sum();
+    let transfers = batch
+        .iter()
+        .any(|j| matches!(j.request, Request::Transfer(_)));
+    let mut pipe = conn;
+    let begin = diesel::sql_query("BEGIN").execute(&mut pipe);
+    let locked = lock_visible_wallets(conn, batch);
+    let existing = posting::find_by_keys(conn, &keys);
+    let clock = diesel::select(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+        "clock_timestamp()",
+    ))
+    .get_result::<chrono::DateTime<chrono::Utc>>(&mut pipe);
+    let ids = async {
+        match transfers {
+            true => posting::allocate_ids(conn, rows_at_most).await,
+            false => Ok(Vec::new()),
+        }
+    };
+    let (begun, locked, existing, clock, ids) =
+        futures_util::join!(begin, locked, existing, clock, ids);
+    begun?;
+    Ok(Read {
+        balances: locked?,
+        existing: existing?
+            .into_iter()
+            .map(|e| ((e.wallet_id, e.tx_hash.clone()), e))
+            .collect(),
+        clock: clock?,
+        ids: ids?,
+    })
 }
 
 /// Locks, in id order, the wallets of the batch that the request naming them may touch.
 /// A wallet named only by callers who may not see it is never locked.
 async fn lock_visible_wallets(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     batch: &[Job],
 ) -> Result<HashMap<i64, Wallet>, LedgerError> {
     // A movement's wallet and a transfer's source as the caller may see them; a
@@ -509,30 +613,36 @@ async fn lock_visible_wallets(
         .order(wallets::id)
         .select(Wallet::as_select())
         .for_no_key_update()
-        .load(conn)
+        .load(&mut conn)
         .await?;
     Ok(locked.into_iter().map(|w| (w.id, w)).collect())
 }
 
-async fn apply_batch(
+/// The batch as judged: each request's verdict and the rows to write.
+struct Judged<'a> {
+    verdicts: Vec<Verdict>,
+    rows: Vec<BatchRow<'a>>,
+    /// Each touched wallet's new balance and time, in first-touched order.
+    touched: Vec<(i64, Scaled, chrono::DateTime<chrono::Utc>)>,
+    ids: Vec<i64>,
+    /// The rows as inserted, in the order of `rows`.
+    inserted: Vec<JournalEntry>,
+}
+
+/// Judges each request in arrival order against the running balances.
+async fn judge_batch<'a>(
     conn: &mut AsyncPgConnection,
     currencies: &CurrencyRegistry,
-    batch: &[Job],
-) -> Result<Vec<Result<Done, LedgerError>>, LedgerError> {
-    // The wallets of the batch, locked in id order (the order every movement locks in).
-    let mut balances = lock_visible_wallets(conn, batch).await?;
-
-    // Keys used before, read after the locks (as a single movement does), and the
-    // receiving sides of the transfers among them.
-    let keys: Vec<(i64, &str)> = batch
-        .iter()
-        .map(|j| (j.request.keyed_wallet(), j.request.key()))
-        .collect();
-    let existing: HashMap<(i64, String), JournalEntry> = posting::find_by_keys(conn, &keys)
-        .await?
-        .into_iter()
-        .map(|e| ((e.wallet_id, e.tx_hash.clone()), e))
-        .collect();
+    batch: &'a [Job],
+    read: Read,
+) -> Result<Judged<'a>, LedgerError> {
+    let Read {
+        mut balances,
+        existing,
+        clock,
+        ids,
+    } = read;
+    // The receiving sides of transfers sent before under the batch's keys (a replay).
     let sent: Vec<i64> = existing
         .values()
         .filter(|e| e.kind == TransactionType::TransferOut)
@@ -547,9 +657,8 @@ async fn apply_batch(
             .collect(),
     };
 
-    // Judge each request in arrival order against the running balances.
     let mut verdicts = Vec::with_capacity(batch.len());
-    let mut rows: Vec<BatchRow<'_>> = Vec::new();
+    let mut rows: Vec<BatchRow<'a>> = Vec::new();
     let mut earlier: HashMap<(i64, &str), usize> = HashMap::new();
     for job in batch {
         let judged = judge(
@@ -561,7 +670,7 @@ async fn apply_batch(
             &rows,
         );
         let verdict = match judged {
-            Ok(Judged::New(new_rows)) => {
+            Ok(Judgement::New(new_rows)) => {
                 let first = rows.len();
                 for (wallet_id, row) in new_rows {
                     let Some(wallet) = balances.get_mut(&wallet_id) else {
@@ -584,93 +693,147 @@ async fn apply_batch(
                 earlier.insert((job.request.keyed_wallet(), job.request.key()), first);
                 Verdict::Insert(first)
             }
-            Ok(Judged::Replay(done)) => Verdict::Replay(done),
-            Ok(Judged::ReplayOfInsert(i)) => Verdict::ReplayOfInsert(i),
+            Ok(Judgement::Replay(done)) => Verdict::Replay(done),
+            Ok(Judgement::ReplayOfInsert(i)) => Verdict::ReplayOfInsert(i),
             Err(e) => Verdict::Refused(e),
         };
         verdicts.push(verdict);
     }
 
-    let mut inserted: Vec<JournalEntry> = Vec::new();
-    if !rows.is_empty() {
-        // The new balances, one statement; each wallet's time never runs backwards.
-        let mut touched: Vec<(i64, Scaled)> = Vec::new();
-        for r in &rows {
-            if !touched.iter().any(|(id, _)| *id == r.wallet_id)
-                && let Some(w) = balances.get(&r.wallet_id)
-            {
-                touched.push((r.wallet_id, Scaled(w.balance)));
-            }
+    // Each touched wallet's new balance, and its time: the batch's clock, or the wallet's
+    // own if that is later (a wallet's time never runs backwards).
+    let mut touched = Vec::new();
+    for r in &rows {
+        if !touched.iter().any(|(id, _, _)| *id == r.wallet_id)
+            && let Some(w) = balances.get(&r.wallet_id)
+        {
+            touched.push((r.wallet_id, Scaled(w.balance), clock.max(w.updated_at)));
         }
-        let stamps: Vec<Stamp> = diesel::sql_query(
-            "UPDATE wallets w
-                SET balance = v.balance, updated_at = GREATEST(clock_timestamp(), w.updated_at)
-               FROM unnest($1::bigint[], $2::numeric[]) AS v (id, balance)
-              WHERE w.id = v.id
-          RETURNING w.id, w.updated_at",
-        )
-        .bind::<Array<BigInt>, _>(touched.iter().map(|(id, _)| *id).collect::<Vec<_>>())
-        .bind::<Array<Numeric>, _>(touched.iter().map(|(_, b)| *b).collect::<Vec<_>>())
-        .load(conn)
-        .await?;
-        let at: HashMap<i64, chrono::DateTime<chrono::Utc>> =
-            stamps.into_iter().map(|s| (s.id, s.updated_at)).collect();
-        // A receiving row names its sending row by id: with transfers in the batch, the
-        // ids are taken first, in batch order, so the journal's order is still arrival
-        // order.
-        let ids: Option<Vec<i64>> = match rows.iter().any(|r| r.counterpart.is_some()) {
-            true => Some(posting::allocate_ids(conn, rows.len()).await?),
-            false => None,
-        };
-        let mut entries: Vec<NewEntry<'_>> = Vec::with_capacity(rows.len());
-        for (i, r) in rows.iter().enumerate() {
-            let Some(&time) = at.get(&r.wallet_id) else {
-                return Err(LedgerError::Internal(
-                    "a batch wallet was not updated".into(),
-                ));
-            };
-            let mut entry = r.row.entry(r.wallet_id, r.around, time);
-            if let Some(ids) = &ids {
-                entry.id = Some(ids[i]);
-                entry.counterpart_id = r.counterpart.map(|c| ids[c]);
-            }
-            entries.push(entry);
-        }
-        inserted = diesel::insert_into(transactions::table)
-            .values(entries)
-            .returning(JournalEntry::as_returning())
-            .get_results(conn)
-            .await?;
-        if inserted.len() != rows.len() {
-            return Err(LedgerError::Internal(
-                "the batch insert returned fewer rows than it was given".into(),
-            ));
-        }
-        // Rows come back in the order given (one VALUES list, ids in that order).
-        inserted.sort_by_key(|e| e.id);
     }
+    Ok(Judged {
+        verdicts,
+        rows,
+        touched,
+        ids,
+        inserted: Vec::new(),
+    })
+}
 
-    // A new transfer's rows are at `i` and `i + 1`.
-    let done = |i: usize, replayed: bool| match rows[i].row.kind {
-        TransactionType::TransferOut => Done::Transfer(Transfer {
-            out: inserted[i].clone(),
-            into: inserted[i + 1].clone(),
-            replayed,
-        }),
-        _ => Done::Movement(Movement {
-            entry: inserted[i].clone(),
-            replayed,
-        }),
+/// Writes the judged batch and commits, in one round trip; returns the inserted rows.
+async fn write_and_commit(
+    conn: &mut PooledConn,
+    judged: &Judged<'_>,
+) -> Result<Vec<JournalEntry>, BatchFailed> {
+    let mut pipe: &AsyncPgConnection = conn;
+    if judged.rows.is_empty() {
+        // Only replays and refusals: nothing to write.
+        diesel::sql_query("COMMIT")
+            .execute(&mut pipe)
+            .await
+            .map_err(BatchFailed::rolled_back)?;
+        return Ok(Vec::new());
+    }
+    let mut entries: Vec<NewEntry<'_>> = Vec::with_capacity(judged.rows.len());
+    for (i, r) in judged.rows.iter().enumerate() {
+        let Some(&(_, _, time)) = judged.touched.iter().find(|t| t.0 == r.wallet_id) else {
+            return Err(BatchFailed::rolled_back(LedgerError::Internal(
+                "a batch row's wallet has no new balance".into(),
+            )));
+        };
+        let mut entry = r.row.entry(r.wallet_id, r.around, time);
+        // A receiving row names its sending row by id: with transfers in the batch, the
+        // ids were taken first, so the journal's order is still arrival order.
+        if r.counterpart.is_some() || !judged.ids.is_empty() {
+            let id = |i: usize| {
+                judged.ids.get(i).copied().ok_or_else(|| {
+                    BatchFailed::rolled_back(LedgerError::Internal(
+                        "fewer row ids taken than rows".into(),
+                    ))
+                })
+            };
+            entry.id = Some(id(i)?);
+            entry.counterpart_id = r.counterpart.map(id).transpose()?;
+        }
+        entries.push(entry);
+    }
+    let update = diesel::sql_query(
+        "UPDATE wallets w
+            SET balance = v.balance, updated_at = v.at
+           FROM unnest($1::bigint[], $2::numeric[], $3::timestamptz[]) AS v (id, balance, at)
+          WHERE w.id = v.id",
+    )
+    .bind::<Array<BigInt>, _>(judged.touched.iter().map(|t| t.0).collect::<Vec<_>>())
+    .bind::<Array<Numeric>, _>(judged.touched.iter().map(|t| t.1).collect::<Vec<_>>())
+    .bind::<Array<Timestamptz>, _>(judged.touched.iter().map(|t| t.2).collect::<Vec<_>>())
+    .execute(&mut pipe);
+    let insert = diesel::insert_into(transactions::table)
+        .values(entries)
+        .returning(JournalEntry::as_returning())
+        .get_results::<JournalEntry>(&mut pipe);
+    let commit = diesel::sql_query("COMMIT").execute(&mut pipe);
+    let (updated, inserted, committed) = futures_util::join!(update, insert, commit);
+    // `COMMIT` after a failed statement rolls back (and says so without an error).
+    let (updated, mut inserted) = match (updated, inserted) {
+        (Ok(updated), Ok(inserted)) => (updated, inserted),
+        (Err(e), _) | (_, Err(e)) => {
+            if committed.is_err() {
+                return Err(BatchFailed::rolled_back(e));
+            }
+            conn.set_in_transaction(false);
+            return Err(BatchFailed::rolled_back(e));
+        }
     };
-    Ok(verdicts
-        .into_iter()
-        .map(|v| match v {
-            Verdict::Insert(i) => Ok(done(i, false)),
-            Verdict::ReplayOfInsert(i) => Ok(done(i, true)),
-            Verdict::Replay(done) => Ok(*done),
-            Verdict::Refused(e) => Err(e),
-        })
-        .collect())
+    if let Err(e) = committed {
+        return Err(BatchFailed {
+            error: e.into(),
+            maybe_committed: true,
+        });
+    }
+    conn.set_in_transaction(false);
+    if updated != judged.touched.len() || inserted.len() != judged.rows.len() {
+        // Cannot happen with the wallets locked; if it did, the batch committed something
+        // other than judged: its requests run again on their own and replay what is there.
+        return Err(BatchFailed {
+            error: LedgerError::Internal("a batch wrote other rows than it judged".into()),
+            maybe_committed: true,
+        });
+    }
+    // Rows come back in the order given (one VALUES list, ids in that order).
+    inserted.sort_by_key(|e| e.id);
+    Ok(inserted)
+}
+
+impl Judged<'_> {
+    /// Each request's answer, in batch order.
+    fn answers(self) -> Vec<Result<Done, LedgerError>> {
+        let Judged {
+            verdicts,
+            rows,
+            inserted,
+            ..
+        } = self;
+        // A new transfer's rows are at `i` and `i + 1`.
+        let done = |i: usize, replayed: bool| match rows[i].row.kind {
+            TransactionType::TransferOut => Done::Transfer(Transfer {
+                out: inserted[i].clone(),
+                into: inserted[i + 1].clone(),
+                replayed,
+            }),
+            _ => Done::Movement(Movement {
+                entry: inserted[i].clone(),
+                replayed,
+            }),
+        };
+        verdicts
+            .into_iter()
+            .map(|v| match v {
+                Verdict::Insert(i) => Ok(done(i, false)),
+                Verdict::ReplayOfInsert(i) => Ok(done(i, true)),
+                Verdict::Replay(done) => Ok(*done),
+                Verdict::Refused(e) => Err(e),
+            })
+            .collect()
+    }
 }
 
 /// A journal row the batch inserts.
@@ -694,7 +857,7 @@ enum Verdict {
     Refused(LedgerError),
 }
 
-enum Judged<'a> {
+enum Judgement<'a> {
     /// The rows to append, each with its wallet.
     New(Vec<(i64, NewRow<'a>)>),
     Replay(Box<Done>),
@@ -717,7 +880,7 @@ fn judge<'a>(
     (existing, received): Journaled<'_>,
     earlier: &HashMap<(i64, &str), usize>,
     rows: &[BatchRow<'_>],
-) -> Result<Judged<'a>, LedgerError> {
+) -> Result<Judgement<'a>, LedgerError> {
     let keyed = job.request.keyed_wallet();
     let wallet = balances
         .get(&keyed)
@@ -730,7 +893,7 @@ fn judge<'a>(
             if let Some(e) = existing.get(&(key.0, key.1.to_owned())) {
                 let same = movement::same_request(e, request);
                 return movement::replay_or_conflict(e.clone(), same, "txHash", &request.key)
-                    .map(|m| Judged::Replay(Box::new(Done::Movement(m))));
+                    .map(|m| Judgement::Replay(Box::new(Done::Movement(m))));
             }
             if let Some(&i) = earlier.get(&key) {
                 let same = rows[i].row.records(
@@ -740,18 +903,18 @@ fn judge<'a>(
                     request.annotation(),
                 );
                 return match same {
-                    true => Ok(Judged::ReplayOfInsert(i)),
+                    true => Ok(Judgement::ReplayOfInsert(i)),
                     false => Err(movement::key_conflict("txHash", &request.key)),
                 };
             }
             movement::journal_row(currencies, wallet, request)
-                .map(|row| Judged::New(vec![(wallet.id, row)]))
+                .map(|row| Judgement::New(vec![(wallet.id, row)]))
         }
         Request::Transfer(request) => {
             if let Some(out) = existing.get(&(key.0, key.1.to_owned())) {
                 let into = received.get(&out.id).cloned();
                 return transfer::replay(out.clone(), into, request)
-                    .map(|t| Judged::Replay(Box::new(Done::Transfer(t))));
+                    .map(|t| Judgement::Replay(Box::new(Done::Transfer(t))));
             }
             if let Some(&i) = earlier.get(&key) {
                 let (out, into) = (&rows[i], rows.get(i + 1));
@@ -762,7 +925,7 @@ fn judge<'a>(
                     request.annotation(),
                 ) && into.is_some_and(|r| r.wallet_id == request.to_wallet_id);
                 return match same {
-                    true => Ok(Judged::ReplayOfInsert(i)),
+                    true => Ok(Judgement::ReplayOfInsert(i)),
                     false => Err(movement::key_conflict("idempotencyKey", &request.key)),
                 };
             }
@@ -770,7 +933,7 @@ fn judge<'a>(
                 .get(&request.to_wallet_id)
                 .ok_or(LedgerError::NotFound("wallet"))?;
             let (out, into) = transfer::journal_rows(currencies, wallet, to, request)?;
-            Ok(Judged::New(vec![(wallet.id, out), (to.id, into)]))
+            Ok(Judgement::New(vec![(wallet.id, out), (to.id, into)]))
         }
     }
 }

@@ -384,14 +384,14 @@ struct AllocatedId {
 }
 
 /// `n` journal row ids, ascending, for rows that must name each other in one insert.
-pub async fn allocate_ids(conn: &mut AsyncPgConnection, n: usize) -> Result<Vec<i64>, LedgerError> {
+pub async fn allocate_ids(mut conn: &AsyncPgConnection, n: usize) -> Result<Vec<i64>, LedgerError> {
     let count = i64::try_from(n).map_err(|_| LedgerError::Internal("too many rows".into()))?;
     let mut ids: Vec<i64> = diesel::sql_query(
         "SELECT nextval(pg_get_serial_sequence('transactions', 'id')) AS id
            FROM generate_series(1, $1)",
     )
     .bind::<diesel::sql_types::BigInt, _>(count)
-    .load::<AllocatedId>(conn)
+    .load::<AllocatedId>(&mut conn)
     .await?
     .into_iter()
     .map(|r| r.id)
@@ -407,11 +407,12 @@ pub async fn allocate_ids(conn: &mut AsyncPgConnection, n: usize) -> Result<Vec<
 
 /// Rows keyed by a client's idempotency key, unique per wallet (`transactions_tx_hash_key`).
 pub fn keyed_by_client() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
-    diesel::dsl::sql(
-        "transactions.hold_id IS NULL AND NOT (transactions.hold AND transactions.type = 'DEPOSIT') \
-         AND transactions.counterpart_id IS NULL",
-    )
+    diesel::dsl::sql(KEYED_BY_CLIENT)
 }
+
+const KEYED_BY_CLIENT: &str = "transactions.hold_id IS NULL \
+    AND NOT (transactions.hold AND transactions.type = 'DEPOSIT') \
+    AND transactions.counterpart_id IS NULL";
 
 /// Holds still in flight (`transactions_open_holds_idx`).
 pub fn open_hold() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
@@ -440,22 +441,34 @@ pub async fn find_by_key(
 /// The movements recorded under any of `keys`, each a wallet and a key (see
 /// [`find_by_key`]).
 pub async fn find_by_keys(
-    conn: &mut AsyncPgConnection,
+    mut conn: &AsyncPgConnection,
     keys: &[(i64, &str)],
 ) -> Result<Vec<JournalEntry>, LedgerError> {
     let (wallets, texts): (Vec<i64>, Vec<&str>) = keys.iter().copied().unzip();
-    let rows: Vec<JournalEntry> = transactions::table
-        .filter(transactions::wallet_id.eq_any(&wallets))
-        .filter(transactions::tx_hash.eq_any(&texts))
-        .filter(keyed_by_client())
+    // One probe of the unique key per pair. (As `wallet_id = ANY(…) AND tx_hash = ANY(…)`
+    // Postgres 15 matched only the wallets in the index and filtered the keys: every
+    // lookup read all of a busy wallet's rows.)
+    let pairs = diesel::dsl::sql::<diesel::sql_types::Bool>(
+        "transactions.id = ANY (ARRAY(
+            SELECT transactions.id
+              FROM unnest(",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(wallets)
+    .sql("::bigint[], ")
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(texts)
+    .sql(
+        "::text[]) AS k (wallet_id, tx_hash)
+              JOIN transactions
+                ON transactions.wallet_id = k.wallet_id AND transactions.tx_hash = k.tx_hash
+             WHERE ",
+    )
+    .sql(KEYED_BY_CLIENT)
+    .sql("))");
+    Ok(transactions::table
+        .filter(pairs)
         .select(JournalEntry::as_select())
-        .load(conn)
-        .await?;
-    // The two lists match crosswise too (wallet A with B's key): keep only the pairs asked.
-    Ok(rows
-        .into_iter()
-        .filter(|e| keys.contains(&(e.wallet_id, e.tx_hash.as_str())))
-        .collect())
+        .load(&mut conn)
+        .await?)
 }
 
 /// The journaled deposit (a hold, or a credit from before holds) of a chain transfer.
