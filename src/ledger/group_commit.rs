@@ -7,8 +7,10 @@
 //! order with one statement, each request is judged in arrival order against the running
 //! balances exactly as [`movement::execute`] would (a refused request changes nothing and
 //! does not fail the others), the balances are written with one statement, the journal
-//! rows inserted with one multi-row insert, and one commit makes them all durable. A
-//! request is answered only after that commit, so an acknowledged movement is committed.
+//! rows inserted with one multi-row insert, and one commit makes them all durable — in
+//! two round trips, the statements before and after the judging each sent together (see
+//! [`commit_batch`]). A request is answered only after that commit, so an acknowledged
+//! movement is committed.
 //!
 //! Normally one batch runs at a time and the next one takes everything that arrived
 //! meanwhile. When a batch stalls (a wallet locked elsewhere, say), further batches start
@@ -37,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Bool, Nullable, Numeric, Text, Timestamptz};
+use diesel::sql_types::{Bool, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 use std::time::Duration;
@@ -45,13 +47,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::fixed_sql::{self, Bind, Fixed};
 use super::models::Scaled;
 use super::movement::{self, Movement, MovementRequest};
 use super::posting::{self, NewEntry, NewRow};
 use super::transfer::{self, Transfer, TransferRequest};
 use super::{CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet, outcome};
 use crate::db::{PgPool, PooledConn};
-use crate::schema::{transactions, wallets};
+use crate::schema::wallets;
 use crate::task::AbortOnDrop;
 
 /// Requests one transaction takes at most.
@@ -550,23 +553,13 @@ async fn begin_and_read(conn: &AsyncPgConnection, batch: &[Job]) -> Result<Read,
             Request::Transfer(_) => 2,
         })
         .sum();
-    let transfers = batch
-        .iter()
-        .any(|j| matches!(j.request, Request::Transfer(_)));
     let mut pipe = conn;
-    let begin = diesel::sql_query("BEGIN").execute(&mut pipe);
+    let begin = fixed_sql::statement(&["BEGIN"], vec![]).execute(&mut pipe);
     let locked = lock_visible_wallets(conn, batch);
     let existing = posting::find_by_keys(conn, &keys);
-    let clock = diesel::select(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
-        "clock_timestamp()",
-    ))
-    .get_result::<chrono::DateTime<chrono::Utc>>(&mut pipe);
-    let ids = async {
-        match transfers {
-            true => posting::allocate_ids(conn, rows_at_most).await,
-            false => Ok(Vec::new()),
-        }
-    };
+    let clock = diesel::select(Fixed::<Timestamptz>::new(&["clock_timestamp()"], vec![]))
+        .get_result::<chrono::DateTime<chrono::Utc>>(&mut pipe);
+    let ids = posting::allocate_ids(conn, rows_at_most);
     let (begun, locked, existing, clock, ids) =
         futures_util::join!(begin, locked, existing, clock, ids);
     begun?;
@@ -599,16 +592,22 @@ async fn lock_visible_wallets(
             owners.push(None);
         }
     }
-    let visible = diesel::dsl::sql::<Bool>("EXISTS (SELECT 1 FROM unnest(")
-        .bind::<Array<BigInt>, _>(&ids)
-        .sql("::bigint[], ")
-        .bind::<Array<Nullable<Text>>, _>(owners)
-        .sql(
+    let owners: Vec<Option<String>> = owners.into_iter().map(|o| o.map(str::to_owned)).collect();
+    let visible = Fixed::<Bool>::new(
+        &[
+            "wallets.id = ANY (",
+            ") AND EXISTS (SELECT 1 FROM unnest(",
+            "::bigint[], ",
             "::text[]) AS r (id, owner)
-          WHERE r.id = wallets.id AND (r.owner IS NULL OR r.owner = wallets.user_id))",
-        );
+              WHERE r.id = wallets.id AND (r.owner IS NULL OR r.owner = wallets.user_id))",
+        ],
+        vec![
+            Bind::BigInts(ids.clone()),
+            Bind::BigInts(ids),
+            Bind::OptionalTexts(owners),
+        ],
+    );
     let locked: Vec<Wallet> = wallets::table
-        .filter(wallets::id.eq_any(&ids))
         .filter(visible)
         .order(wallets::id)
         .select(Wallet::as_select())
@@ -727,7 +726,7 @@ async fn write_and_commit(
     let mut pipe: &AsyncPgConnection = conn;
     if judged.rows.is_empty() {
         // Only replays and refusals: nothing to write.
-        diesel::sql_query("COMMIT")
+        fixed_sql::statement(&["COMMIT"], vec![])
             .execute(&mut pipe)
             .await
             .map_err(BatchFailed::rolled_back)?;
@@ -756,24 +755,28 @@ async fn write_and_commit(
         }
         entries.push(entry);
     }
-    let update = diesel::sql_query(
-        "UPDATE wallets w
-            SET balance = v.balance, updated_at = v.at
-           FROM unnest($1::bigint[], $2::numeric[], $3::timestamptz[]) AS v (id, balance, at)
-          WHERE w.id = v.id",
+    let update = fixed_sql::statement(
+        &[
+            "UPDATE wallets w
+                SET balance = v.balance, updated_at = v.at
+               FROM unnest(",
+            "::bigint[], ",
+            "::numeric[], ",
+            "::timestamptz[]) AS v (id, balance, at)
+              WHERE w.id = v.id",
+        ],
+        vec![
+            Bind::BigInts(judged.touched.iter().map(|t| t.0).collect()),
+            Bind::Numerics(judged.touched.iter().map(|t| t.1).collect()),
+            Bind::Times(judged.touched.iter().map(|t| t.2).collect()),
+        ],
     )
-    .bind::<Array<BigInt>, _>(judged.touched.iter().map(|t| t.0).collect::<Vec<_>>())
-    .bind::<Array<Numeric>, _>(judged.touched.iter().map(|t| t.1).collect::<Vec<_>>())
-    .bind::<Array<Timestamptz>, _>(judged.touched.iter().map(|t| t.2).collect::<Vec<_>>())
     .execute(&mut pipe);
-    let insert = diesel::insert_into(transactions::table)
-        .values(entries)
-        .returning(JournalEntry::as_returning())
-        .get_results::<JournalEntry>(&mut pipe);
-    let commit = diesel::sql_query("COMMIT").execute(&mut pipe);
+    let insert = posting::insert_batch(conn, &entries);
+    let commit = fixed_sql::statement(&["COMMIT"], vec![]).execute(&mut pipe);
     let (updated, inserted, committed) = futures_util::join!(update, insert, commit);
     // `COMMIT` after a failed statement rolls back (and says so without an error).
-    let (updated, mut inserted) = match (updated, inserted) {
+    let (updated, mut inserted) = match (updated.map_err(LedgerError::from), inserted) {
         (Ok(updated), Ok(inserted)) => (updated, inserted),
         (Err(e), _) | (_, Err(e)) => {
             if committed.is_err() {

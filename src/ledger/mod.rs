@@ -9,6 +9,7 @@ pub mod chain_deposit;
 pub mod chain_withdrawal;
 pub mod currency;
 mod error;
+pub mod fixed_sql;
 pub mod group_commit;
 pub mod input;
 pub mod journal;

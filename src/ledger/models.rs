@@ -147,7 +147,7 @@ impl Wallet {
 }
 
 /// One row of the journal (`transactions`).
-#[derive(Clone, Debug, Queryable, Selectable, Identifiable)]
+#[derive(Clone, Debug, Queryable, QueryableByName, Selectable, Identifiable)]
 #[diesel(table_name = transactions, check_for_backend(diesel::pg::Pg))]
 pub struct JournalEntry {
     pub id: i64,

@@ -334,6 +334,109 @@ pub struct NewEntry<'a> {
     updated_at: DateTime<Utc>,
 }
 
+/// Inserts `entries` — every one with its id taken beforehand ([`allocate_ids`]) — with
+/// one statement of fixed text (kept prepared), returning the rows as stored.
+pub async fn insert_batch(
+    mut conn: &AsyncPgConnection,
+    entries: &[NewEntry<'_>],
+) -> Result<Vec<JournalEntry>, LedgerError> {
+    use super::fixed_sql::{self, Bind};
+    let mut ids = Vec::with_capacity(entries.len());
+    for e in entries {
+        ids.push(e.id.ok_or_else(|| {
+            LedgerError::Internal("a batch row without an id taken beforehand".into())
+        })?);
+    }
+    fn texts<'e>(entries: &'e [NewEntry<'e>], f: fn(&NewEntry<'e>) -> Option<&'e str>) -> Bind {
+        Bind::OptionalTexts(entries.iter().map(|e| f(e).map(str::to_owned)).collect())
+    }
+    let binds = vec![
+        Bind::BigInts(ids),
+        Bind::BigInts(entries.iter().map(|e| e.wallet_id).collect()),
+        Bind::Texts(entries.iter().map(|e| e.kind.as_str().to_owned()).collect()),
+        Bind::Numerics(entries.iter().map(|e| e.amount).collect()),
+        Bind::Numerics(entries.iter().map(|e| e.fee).collect()),
+        Bind::Numerics(entries.iter().map(|e| e.balance_before).collect()),
+        Bind::Numerics(entries.iter().map(|e| e.balance_after).collect()),
+        Bind::Texts(
+            entries
+                .iter()
+                .map(|e| e.status.as_str().to_owned())
+                .collect(),
+        ),
+        Bind::Texts(entries.iter().map(|e| e.tx_hash.to_owned()).collect()),
+        texts(entries, |e| e.description),
+        Bind::Bools(entries.iter().map(|e| e.hold).collect()),
+        Bind::OptionalBigInts(entries.iter().map(|e| e.hold_id).collect()),
+        texts(entries, |e| e.network),
+        texts(entries, |e| e.from_address),
+        texts(entries, |e| e.to_address),
+        texts(entries, |e| e.chain_tx_hash),
+        Bind::OptionalInts(entries.iter().map(|e| e.confirmations).collect()),
+        Bind::OptionalInts(entries.iter().map(|e| e.required_confirmations).collect()),
+        Bind::OptionalBigInts(entries.iter().map(|e| e.block_number).collect()),
+        Bind::OptionalNumerics(entries.iter().map(|e| e.gas_price).collect()),
+        Bind::OptionalBigInts(entries.iter().map(|e| e.gas_used).collect()),
+        texts(entries, |e| e.raw),
+        Bind::OptionalBigInts(entries.iter().map(|e| e.counterpart_id).collect()),
+        Bind::OptionalBigInts(entries.iter().map(|e| e.reverses_id).collect()),
+        Bind::OptionalNumerics(entries.iter().map(|e| e.network_fee).collect()),
+        texts(entries, |e| e.reference),
+        Bind::OptionalJson(entries.iter().map(|e| e.metadata.cloned()).collect()),
+        Bind::Times(entries.iter().map(|e| e.created_at).collect()),
+        Bind::Times(entries.iter().map(|e| e.updated_at).collect()),
+    ];
+    let mut rows: Vec<JournalEntry> = fixed_sql::statement(
+        &[
+            "INSERT INTO transactions (id, wallet_id, type, amount, fee, balance_before,
+                 balance_after, status, tx_hash, description, hold, hold_id, network,
+                 from_address, to_address, chain_tx_hash, confirmations, required_confirmations,
+                 block_number, gas_price, gas_used, raw, counterpart_id, reverses_id,
+                 network_fee, reference, metadata, created_at, updated_at)
+             SELECT * FROM unnest(",
+            "::bigint[], ",
+            "::bigint[], ",
+            "::text[], ",
+            "::numeric[], ",
+            "::numeric[], ",
+            "::numeric[], ",
+            "::numeric[], ",
+            "::text[], ",
+            "::text[], ",
+            "::text[], ",
+            "::boolean[], ",
+            "::bigint[], ",
+            "::text[], ",
+            "::text[], ",
+            "::text[], ",
+            "::text[], ",
+            "::integer[], ",
+            "::integer[], ",
+            "::bigint[], ",
+            "::numeric[], ",
+            "::bigint[], ",
+            "::text[], ",
+            "::bigint[], ",
+            "::bigint[], ",
+            "::numeric[], ",
+            "::text[], ",
+            "::jsonb[], ",
+            "::timestamptz[], ",
+            "::timestamptz[])
+             RETURNING id, wallet_id, type AS type_, amount, fee, balance_before, balance_after,
+                 status, tx_hash, description, created_at, updated_at, network, from_address,
+                 to_address, confirmations, required_confirmations, block_number, gas_price,
+                 gas_used, raw, hold, hold_id, chain_tx_hash, status_reason, counterpart_id,
+                 reverses_id, network_fee, reference, metadata",
+        ],
+        binds,
+    )
+    .load(&mut conn)
+    .await?;
+    rows.sort_by_key(|e| e.id);
+    Ok(rows)
+}
+
 /// Appends `row` to the journal of the locked `wallet`, changing its balance by the row's
 /// effect and its locked balance by `locked_change`. Returns the row as stored.
 ///
@@ -377,25 +480,21 @@ pub async fn append_with(
         .await?)
 }
 
-#[derive(QueryableByName)]
-struct AllocatedId {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    id: i64,
-}
-
 /// `n` journal row ids, ascending, for rows that must name each other in one insert.
 pub async fn allocate_ids(mut conn: &AsyncPgConnection, n: usize) -> Result<Vec<i64>, LedgerError> {
+    use super::fixed_sql::{Bind, Fixed};
+    use diesel::sql_types::{Array, BigInt};
     let count = i64::try_from(n).map_err(|_| LedgerError::Internal("too many rows".into()))?;
-    let mut ids: Vec<i64> = diesel::sql_query(
-        "SELECT nextval(pg_get_serial_sequence('transactions', 'id')) AS id
-           FROM generate_series(1, $1)",
-    )
-    .bind::<diesel::sql_types::BigInt, _>(count)
-    .load::<AllocatedId>(&mut conn)
-    .await?
-    .into_iter()
-    .map(|r| r.id)
-    .collect();
+    let mut ids: Vec<i64> = diesel::select(Fixed::<Array<BigInt>>::new(
+        &[
+            "ARRAY(SELECT nextval(pg_get_serial_sequence('transactions', 'id'))
+                     FROM generate_series(1, ",
+            "))",
+        ],
+        vec![Bind::BigInt(count)],
+    ))
+    .get_result(&mut conn)
+    .await?;
     ids.sort_unstable();
     Ok(ids)
 }
@@ -444,26 +543,28 @@ pub async fn find_by_keys(
     mut conn: &AsyncPgConnection,
     keys: &[(i64, &str)],
 ) -> Result<Vec<JournalEntry>, LedgerError> {
-    let (wallets, texts): (Vec<i64>, Vec<&str>) = keys.iter().copied().unzip();
-    // One probe of the unique key per pair. (As `wallet_id = ANY(…) AND tx_hash = ANY(…)`
-    // Postgres 15 matched only the wallets in the index and filtered the keys: every
-    // lookup read all of a busy wallet's rows.)
-    let pairs = diesel::dsl::sql::<diesel::sql_types::Bool>(
-        "transactions.id = ANY (ARRAY(
-            SELECT transactions.id
-              FROM unnest(",
-    )
-    .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(wallets)
-    .sql("::bigint[], ")
-    .bind::<diesel::sql_types::Array<diesel::sql_types::Text>, _>(texts)
-    .sql(
-        "::text[]) AS k (wallet_id, tx_hash)
-              JOIN transactions
-                ON transactions.wallet_id = k.wallet_id AND transactions.tx_hash = k.tx_hash
-             WHERE ",
-    )
-    .sql(KEYED_BY_CLIENT)
-    .sql("))");
+    use super::fixed_sql::{Bind, Fixed};
+    let (wallets, texts): (Vec<i64>, Vec<String>) =
+        keys.iter().map(|&(w, k)| (w, k.to_owned())).unzip();
+    // One probe of the unique key per pair. (`wallet_id = ANY(…) AND tx_hash = ANY(…)` is
+    // a cross product of the lists, and with a young table's stale statistics Postgres 15
+    // matched only the wallets in the index and filtered the keys: every lookup read all
+    // of a busy wallet's rows.) The predicate spells `KEYED_BY_CLIENT` out.
+    let pairs = Fixed::<diesel::sql_types::Bool>::new(
+        &[
+            "transactions.id = ANY (ARRAY(
+                SELECT transactions.id
+                  FROM unnest(",
+            "::bigint[], ",
+            "::text[]) AS k (wallet_id, tx_hash)
+                  JOIN transactions
+                    ON transactions.wallet_id = k.wallet_id AND transactions.tx_hash = k.tx_hash
+                 WHERE transactions.hold_id IS NULL
+                   AND NOT (transactions.hold AND transactions.type = 'DEPOSIT')
+                   AND transactions.counterpart_id IS NULL))",
+        ],
+        vec![Bind::BigInts(wallets), Bind::Texts(texts)],
+    );
     Ok(transactions::table
         .filter(pairs)
         .select(JournalEntry::as_select())

@@ -1,0 +1,129 @@
+//! SQL text that stays prepared.
+//!
+//! diesel treats every statement containing SQL it did not build (`sql_query`, `sql`
+//! literals) as possibly assembled at run time, and never keeps it prepared: each run
+//! costs a Parse/Describe round trip and a fresh plan before it executes — and a statement
+//! being prepared holds the connection's statement cache, so statements sent together
+//! wait for each other's preparation instead of travelling in one round trip. A
+//! [`Fixed`] fragment is a `'static` text with its bind values between the pieces, so a
+//! statement built from it (alone, or as a `filter` or `select` of a diesel query) always
+//! has the same text, and diesel-async keeps it prepared per connection under that text.
+//! Used on the group committer's path, which runs many times a second.
+
+use std::marker::PhantomData;
+
+use chrono::{DateTime, Utc};
+use diesel::expression::{AppearsOnTable, Expression, SelectableExpression, ValidGrouping};
+use diesel::pg::Pg;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::result::QueryResult;
+use diesel::sql_types::{
+    Array, BigInt, Bool, Integer, Jsonb, Nullable, Numeric, Text, Timestamptz, Untyped,
+};
+
+use super::models::Scaled;
+
+/// A value bound between two pieces of a [`Fixed`] text.
+pub enum Bind {
+    BigInt(i64),
+    BigInts(Vec<i64>),
+    Texts(Vec<String>),
+    OptionalTexts(Vec<Option<String>>),
+    Numerics(Vec<Scaled>),
+    OptionalNumerics(Vec<Option<Scaled>>),
+    Times(Vec<DateTime<Utc>>),
+    Bools(Vec<bool>),
+    OptionalBigInts(Vec<Option<i64>>),
+    OptionalInts(Vec<Option<i32>>),
+    OptionalJson(Vec<Option<serde_json::Value>>),
+}
+
+/// `'static` SQL pieces with one bind between each two, of SQL type `ST`.
+pub struct Fixed<ST> {
+    pieces: &'static [&'static str],
+    binds: Vec<Bind>,
+    _type: PhantomData<ST>,
+}
+
+impl<ST> Fixed<ST> {
+    /// `pieces.len()` must be `binds.len() + 1`: the text is `pieces[0] $1 pieces[1] …`.
+    pub fn new(pieces: &'static [&'static str], binds: Vec<Bind>) -> Fixed<ST> {
+        debug_assert_eq!(pieces.len(), binds.len() + 1, "one bind between two pieces");
+        Fixed {
+            pieces,
+            binds,
+            _type: PhantomData,
+        }
+    }
+}
+
+/// A whole statement (`BEGIN`, `UPDATE …`); one that returns rows loads them by column
+/// name (`QueryableByName`).
+pub fn statement(pieces: &'static [&'static str], binds: Vec<Bind>) -> Fixed<Untyped> {
+    Fixed::new(pieces, binds)
+}
+
+impl diesel::query_builder::Query for Fixed<Untyped> {
+    type SqlType = Untyped;
+}
+
+impl<ST> QueryFragment<Pg> for Fixed<ST> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
+        let mut binds = self.binds.iter();
+        for (i, piece) in self.pieces.iter().enumerate() {
+            if i > 0 {
+                match binds.next() {
+                    Some(Bind::BigInt(v)) => out.push_bind_param::<BigInt, _>(v)?,
+                    Some(Bind::BigInts(v)) => out.push_bind_param::<Array<BigInt>, _>(v)?,
+                    Some(Bind::Texts(v)) => out.push_bind_param::<Array<Text>, _>(v)?,
+                    Some(Bind::OptionalTexts(v)) => {
+                        out.push_bind_param::<Array<Nullable<Text>>, _>(v)?
+                    }
+                    Some(Bind::Numerics(v)) => out.push_bind_param::<Array<Numeric>, _>(v)?,
+                    Some(Bind::Times(v)) => out.push_bind_param::<Array<Timestamptz>, _>(v)?,
+                    Some(Bind::OptionalNumerics(v)) => {
+                        out.push_bind_param::<Array<Nullable<Numeric>>, _>(v)?
+                    }
+                    Some(Bind::Bools(v)) => out.push_bind_param::<Array<Bool>, _>(v)?,
+                    Some(Bind::OptionalBigInts(v)) => {
+                        out.push_bind_param::<Array<Nullable<BigInt>>, _>(v)?
+                    }
+                    Some(Bind::OptionalInts(v)) => {
+                        out.push_bind_param::<Array<Nullable<Integer>>, _>(v)?
+                    }
+                    Some(Bind::OptionalJson(v)) => {
+                        out.push_bind_param::<Array<Nullable<Jsonb>>, _>(v)?
+                    }
+                    None => {
+                        return Err(diesel::result::Error::QueryBuilderError(
+                            "a fixed SQL text with fewer binds than gaps".into(),
+                        ));
+                    }
+                }
+            }
+            out.push_sql(piece);
+        }
+        Ok(())
+    }
+}
+
+// Not a static id: diesel-async then keys its statement cache by the SQL text, which is
+// fixed.
+impl<ST> QueryId for Fixed<ST> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl<ST: diesel::sql_types::SqlType + diesel::expression::TypedExpressionType> Expression
+    for Fixed<ST>
+{
+    type SqlType = ST;
+}
+
+impl<ST, QS> AppearsOnTable<QS> for Fixed<ST> where Fixed<ST>: Expression {}
+
+impl<ST, QS> SelectableExpression<QS> for Fixed<ST> where Fixed<ST>: Expression {}
+
+impl<ST, GB> ValidGrouping<GB> for Fixed<ST> {
+    type IsAggregate = diesel::expression::is_aggregate::Never;
+}
