@@ -127,3 +127,36 @@ impl<ST, QS> SelectableExpression<QS> for Fixed<ST> where Fixed<ST>: Expression 
 impl<ST, GB> ValidGrouping<GB> for Fixed<ST> {
     type IsAggregate = diesel::expression::is_aggregate::Never;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diesel::sql_types::Bool;
+
+    #[test]
+    fn binds_go_between_the_pieces_in_order() {
+        let fixed = Fixed::<Bool>::new(
+            &["id = ANY(", ") AND key = ANY(", "::text[])"],
+            vec![Bind::BigInts(vec![1, 2]), Bind::Texts(vec!["k".into()])],
+        );
+        let sql = diesel::debug_query::<Pg, _>(&fixed).to_string();
+        assert!(
+            sql.starts_with("id = ANY($1) AND key = ANY($2::text[])"),
+            "{sql}"
+        );
+        assert!(sql.contains("[1, 2]") && sql.contains("[\"k\"]"), "{sql}");
+    }
+
+    #[test]
+    fn a_gap_without_a_bind_is_an_error_not_a_statement() {
+        let fixed = Fixed::<Untyped> {
+            pieces: &["a = ", " AND b = ", ""],
+            binds: vec![Bind::BigInt(1)],
+            _type: PhantomData,
+        };
+        let mut out = String::new();
+        use std::fmt::Write;
+        let rendered = write!(out, "{}", diesel::debug_query::<Pg, _>(&fixed));
+        assert!(rendered.is_err(), "rendered {out:?}");
+    }
+}
