@@ -535,9 +535,9 @@ struct Read {
     existing: HashMap<(i64, String), JournalEntry>,
     /// The database's clock after the locks were taken: the batch's time.
     clock: chrono::DateTime<chrono::Utc>,
-    /// Journal row ids taken beforehand, when a receiving row must name its sending row
-    /// (enough for every row the batch could write; unused ones are gaps, as any
-    /// rolled-back insert leaves).
+    /// Journal row ids taken beforehand, ascending — a transfer's receiving row names
+    /// its sending row by id in the same insert — enough for every row the batch could
+    /// write (unused ones are gaps, as a rolled-back insert leaves).
     ids: Vec<i64>,
 }
 
@@ -740,19 +740,16 @@ async fn write_and_commit(
             )));
         };
         let mut entry = r.row.entry(r.wallet_id, r.around, time);
-        // A receiving row names its sending row by id: with transfers in the batch, the
-        // ids were taken first, so the journal's order is still arrival order.
-        if r.counterpart.is_some() || !judged.ids.is_empty() {
-            let id = |i: usize| {
-                judged.ids.get(i).copied().ok_or_else(|| {
-                    BatchFailed::rolled_back(LedgerError::Internal(
-                        "fewer row ids taken than rows".into(),
-                    ))
-                })
-            };
-            entry.id = Some(id(i)?);
-            entry.counterpart_id = r.counterpart.map(id).transpose()?;
-        }
+        // Ids in batch order, so the journal's order is arrival order.
+        let id = |i: usize| {
+            judged.ids.get(i).copied().ok_or_else(|| {
+                BatchFailed::rolled_back(LedgerError::Internal(
+                    "fewer row ids taken than rows".into(),
+                ))
+            })
+        };
+        entry.id = Some(id(i)?);
+        entry.counterpart_id = r.counterpart.map(id).transpose()?;
         entries.push(entry);
     }
     let update = fixed_sql::statement(
@@ -775,23 +772,26 @@ async fn write_and_commit(
     let insert = posting::insert_batch(conn, &entries);
     let commit = fixed_sql::statement(&["COMMIT"], vec![]).execute(&mut pipe);
     let (updated, inserted, committed) = futures_util::join!(update, insert, commit);
-    // `COMMIT` after a failed statement rolls back (and says so without an error).
-    let (updated, mut inserted) = match (updated.map_err(LedgerError::from), inserted) {
-        (Ok(updated), Ok(inserted)) => (updated, inserted),
-        (Err(e), _) | (_, Err(e)) => {
-            if committed.is_err() {
-                return Err(BatchFailed::rolled_back(e));
-            }
+    let (updated, mut inserted) = match (updated.map_err(LedgerError::from), inserted, committed) {
+        (Ok(updated), Ok(inserted), Ok(_)) => (updated, inserted),
+        // `COMMIT` after a failed statement rolls back (and says so without an error).
+        (Err(e), _, Ok(_)) | (_, Err(e), Ok(_)) => {
             conn.set_in_transaction(false);
             return Err(BatchFailed::rolled_back(e));
         }
+        // No answer to `COMMIT`. Unless Postgres itself refused a statement before it
+        // (then the transaction was aborted), the batch may have committed.
+        (updated, inserted, Err(e)) => {
+            let refused = [updated.err(), inserted.err()]
+                .into_iter()
+                .flatten()
+                .any(|e| matches!(e, LedgerError::Database(_)) && !e.is_unavailable());
+            return Err(BatchFailed {
+                error: e.into(),
+                maybe_committed: !refused,
+            });
+        }
     };
-    if let Err(e) = committed {
-        return Err(BatchFailed {
-            error: e.into(),
-            maybe_committed: true,
-        });
-    }
     conn.set_in_transaction(false);
     if updated != judged.touched.len() || inserted.len() != judged.rows.len() {
         // Cannot happen with the wallets locked; if it did, the batch committed something
@@ -801,7 +801,7 @@ async fn write_and_commit(
             maybe_committed: true,
         });
     }
-    // Rows come back in the order given (one VALUES list, ids in that order).
+    // In id order, which is the order of `rows`.
     inserted.sort_by_key(|e| e.id);
     Ok(inserted)
 }
