@@ -497,15 +497,12 @@ async fn commit_batch(
     batch: &[Job],
 ) -> Result<Vec<Result<Done, LedgerError>>, BatchFailed> {
     conn.set_in_transaction(true);
-    let read = begin_and_read(conn, batch).await;
-    let read = match read {
-        Ok(read) => read,
-        Err(e) => {
-            rollback(conn).await;
-            return Err(BatchFailed::rolled_back(e));
-        }
-    };
-    let mut judged = match judge_batch(conn, currencies, batch, read).await {
+    let judged = async {
+        let read = begin_and_read(conn, batch).await?;
+        judge_batch(conn, currencies, batch, read).await
+    }
+    .await;
+    let judged = match judged {
         Ok(judged) => judged,
         Err(e) => {
             rollback(conn).await;
@@ -513,9 +510,7 @@ async fn commit_batch(
         }
     };
     let inserted = write_and_commit(conn, &judged).await?;
-    conn.set_in_transaction(false);
-    judged.inserted = inserted;
-    Ok(judged.answers())
+    Ok(judged.answers(inserted))
 }
 
 /// Ends a transaction that failed; a connection whose state is then unknown is closed
@@ -624,8 +619,6 @@ struct Judged<'a> {
     /// Each touched wallet's new balance and time, in first-touched order.
     touched: Vec<(i64, Scaled, chrono::DateTime<chrono::Utc>)>,
     ids: Vec<i64>,
-    /// The rows as inserted, in the order of `rows`.
-    inserted: Vec<JournalEntry>,
 }
 
 /// Judges each request in arrival order against the running balances.
@@ -714,11 +707,12 @@ async fn judge_batch<'a>(
         rows,
         touched,
         ids,
-        inserted: Vec::new(),
     })
 }
 
-/// Writes the judged batch and commits, in one round trip; returns the inserted rows.
+/// Writes the judged batch and commits, in one round trip; returns the inserted rows, in
+/// the order of `judged.rows`. Ends the transaction, or leaves the connection marked as
+/// inside one (to be closed) when its state is unknown.
 async fn write_and_commit(
     conn: &mut PooledConn,
     judged: &Judged<'_>,
@@ -730,6 +724,7 @@ async fn write_and_commit(
             .execute(&mut pipe)
             .await
             .map_err(BatchFailed::rolled_back)?;
+        conn.set_in_transaction(false);
         return Ok(Vec::new());
     }
     let mut entries: Vec<NewEntry<'_>> = Vec::with_capacity(judged.rows.len());
@@ -772,7 +767,7 @@ async fn write_and_commit(
     let insert = posting::insert_batch(conn, &entries);
     let commit = fixed_sql::statement(&["COMMIT"], vec![]).execute(&mut pipe);
     let (updated, inserted, committed) = futures_util::join!(update, insert, commit);
-    let (updated, mut inserted) = match (updated.map_err(LedgerError::from), inserted, committed) {
+    let (updated, inserted) = match (updated.map_err(LedgerError::from), inserted, committed) {
         (Ok(updated), Ok(inserted), Ok(_)) => (updated, inserted),
         // `COMMIT` after a failed statement rolls back (and says so without an error).
         (Err(e), _, Ok(_)) | (_, Err(e), Ok(_)) => {
@@ -801,20 +796,13 @@ async fn write_and_commit(
             maybe_committed: true,
         });
     }
-    // In id order, which is the order of `rows`.
-    inserted.sort_by_key(|e| e.id);
     Ok(inserted)
 }
 
 impl Judged<'_> {
-    /// Each request's answer, in batch order.
-    fn answers(self) -> Vec<Result<Done, LedgerError>> {
-        let Judged {
-            verdicts,
-            rows,
-            inserted,
-            ..
-        } = self;
+    /// Each request's answer, in batch order, given the rows as inserted.
+    fn answers(self, inserted: Vec<JournalEntry>) -> Vec<Result<Done, LedgerError>> {
+        let Judged { verdicts, rows, .. } = self;
         // A new transfer's rows are at `i` and `i + 1`.
         let done = |i: usize, replayed: bool| match rows[i].row.kind {
             TransactionType::TransferOut => Done::Transfer(Transfer {

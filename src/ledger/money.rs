@@ -57,7 +57,6 @@ pub fn validate_amount(amount: Decimal, currency: &Currency) -> Result<Decimal, 
     Ok(at_scale(amount, currency))
 }
 
-/// Refuses a credit that would take the balance above the currency's maximum.
 /// Refuses a debit of `needed` beyond what the wallet has available (funds locked by
 /// withdrawals in flight do not count).
 pub fn check_funds(wallet: &Wallet, needed: Decimal) -> Result<(), LedgerError> {
@@ -71,6 +70,7 @@ pub fn check_funds(wallet: &Wallet, needed: Decimal) -> Result<(), LedgerError> 
     Ok(())
 }
 
+/// Refuses a credit that would take the balance above the currency's maximum.
 pub fn check_credit(
     wallet: &Wallet,
     amount: Decimal,

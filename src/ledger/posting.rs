@@ -335,7 +335,7 @@ pub struct NewEntry<'a> {
 }
 
 /// Inserts `entries` — every one with its id taken beforehand ([`allocate_ids`]) — with
-/// one statement of fixed text (kept prepared), returning the rows as stored.
+/// one statement of fixed text (kept prepared), returning the rows as stored, in id order.
 pub async fn insert_batch(
     mut conn: &AsyncPgConnection,
     entries: &[NewEntry<'_>],
@@ -506,12 +506,18 @@ pub async fn allocate_ids(mut conn: &AsyncPgConnection, n: usize) -> Result<Vec<
 
 /// Rows keyed by a client's idempotency key, unique per wallet (`transactions_tx_hash_key`).
 pub fn keyed_by_client() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
-    diesel::dsl::sql(KEYED_BY_CLIENT)
+    diesel::dsl::sql(keyed_by_client_sql!())
 }
 
-const KEYED_BY_CLIENT: &str = "transactions.hold_id IS NULL \
-    AND NOT (transactions.hold AND transactions.type = 'DEPOSIT') \
-    AND transactions.counterpart_id IS NULL";
+/// The predicate of [`keyed_by_client`] as a literal, for `concat!` into fixed SQL text.
+macro_rules! keyed_by_client_sql {
+    () => {
+        "transactions.hold_id IS NULL \
+         AND NOT (transactions.hold AND transactions.type = 'DEPOSIT') \
+         AND transactions.counterpart_id IS NULL"
+    };
+}
+use keyed_by_client_sql;
 
 /// Holds still in flight (`transactions_open_holds_idx`).
 pub fn open_hold() -> diesel::expression::SqlLiteral<diesel::sql_types::Bool> {
@@ -549,19 +555,21 @@ pub async fn find_by_keys(
     // One probe of the unique key per pair. (`wallet_id = ANY(…) AND tx_hash = ANY(…)` is
     // a cross product of the lists, and with a young table's stale statistics Postgres 15
     // matched only the wallets in the index and filtered the keys: every lookup read all
-    // of a busy wallet's rows.) The predicate spells `KEYED_BY_CLIENT` out.
+    // of a busy wallet's rows.)
     let pairs = Fixed::<diesel::sql_types::Bool>::new(
         &[
             "transactions.id = ANY (ARRAY(
                 SELECT transactions.id
                   FROM unnest(",
             "::bigint[], ",
-            "::text[]) AS k (wallet_id, tx_hash)
+            concat!(
+                "::text[]) AS k (wallet_id, tx_hash)
                   JOIN transactions
                     ON transactions.wallet_id = k.wallet_id AND transactions.tx_hash = k.tx_hash
-                 WHERE transactions.hold_id IS NULL
-                   AND NOT (transactions.hold AND transactions.type = 'DEPOSIT')
-                   AND transactions.counterpart_id IS NULL))",
+                 WHERE ",
+                keyed_by_client_sql!(),
+                "))"
+            ),
         ],
         vec![Bind::BigInts(wallets), Bind::Texts(texts)],
     );
