@@ -9,9 +9,14 @@
 //! wallets. Prints throughput, latency percentiles, `ratio = service / pgbench` and the
 //! server's memory.
 //!
-//! cargo bench --bench load -- [--scenario all|spread|hot|mixed|transfer|history|reconcile]
+//! cargo bench --bench load -- [--scenario all|spread|hot|mixed|transfer|credit|history|reconcile]
 //!     [--seconds 10] [--clients 16] [--wallets 10000] [--history-rows 1000000]
-//!     [--deep-page 10000]
+//!     [--deep-page 10000] [--deposits 2000]
+//!
+//! `credit` is the crypto deposit watcher's rate: a second server with the simulated
+//! chain, `--deposits` transfers to as many wallets' addresses mined in one block, then
+//! the blocks that confirm them; it reports how fast the holds are recorded and then
+//! credited.
 //!
 //! `WALLET_BENCH_DATABASE_URL` names the Postgres server (default
 //! postgres://postgres@127.0.0.1:5432); the benchmark creates and drops its own database.
@@ -29,7 +34,12 @@ mod support;
 use support::{CpuMeter, CpuUse, Server, gql, percentile, wait_ready};
 
 const SECRET: &str = "load-benchmark-secret-0123456789abcdef";
+/// The custody seed of both servers (BIP39's test mnemonic).
+const SEED: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon \
+                    abandon abandon about";
 const PORT: u16 = 18093;
+/// The `credit` scenario's server, with the simulated chain.
+const CHAIN_PORT: u16 = 18094;
 const DB: &str = "wallet_bench_load";
 /// Load before each measured run, not counted.
 const WARM_UP: Duration = Duration::from_secs(2);
@@ -42,6 +52,7 @@ struct Args {
     wallets: i64,
     history_rows: i64,
     deep_page: usize,
+    deposits: i64,
 }
 
 fn args() -> Args {
@@ -52,6 +63,7 @@ fn args() -> Args {
         wallets: 10_000,
         history_rows: 1_000_000,
         deep_page: 10_000,
+        deposits: 2_000,
     };
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -65,14 +77,24 @@ fn args() -> Args {
             "--wallets" => out.wallets = number() as i64,
             "--history-rows" => out.history_rows = number() as i64,
             "--deep-page" => out.deep_page = number() as usize,
+            "--deposits" => out.deposits = number() as i64,
             _ => {} // cargo bench passes --bench
         }
         i += 1;
     }
     if out.scenarios.is_empty() || out.scenarios.iter().any(|s| s == "all") {
-        out.scenarios = ["spread", "hot", "mixed", "transfer", "history", "reconcile"]
-            .map(String::from)
-            .to_vec();
+        out.scenarios = [
+            "ceiling",
+            "spread",
+            "hot",
+            "mixed",
+            "transfer",
+            "credit",
+            "history",
+            "reconcile",
+        ]
+        .map(String::from)
+        .to_vec();
     }
     out
 }
@@ -125,7 +147,12 @@ async fn run(args: Args) {
     }
     let url = format!("{base}/{DB}");
     // No simulated chain: its timers would share the two cores with the measurement.
-    let server = Server::start(&url, PORT, SECRET, &[("WALLET_SIMULATED_CHAIN", "false")]);
+    let server = Server::start(
+        &url,
+        PORT,
+        SECRET,
+        &[("WALLET_SIMULATED_CHAIN", "false"), ("WALLET_SEED", SEED)],
+    );
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()
@@ -186,6 +213,8 @@ async fn run(args: Args) {
                     .throughput("transfer", &ids, args.clients, Work::Transfers)
                     .await;
             }
+            "credit" => bench.credit(args.deposits).await,
+            "ceiling" => bench.ceiling(args.clients).await,
             "history" => bench.history().await,
             "reconcile" => {
                 bench.reconcile().await;
@@ -209,6 +238,9 @@ enum Work {
     Mixed(u32),
     /// Transfers between two distinct random wallets.
     Transfers,
+    /// `{ __typename }`: HTTP, authentication and GraphQL with no database work — the
+    /// ceiling any request of the service runs under on this machine.
+    Typename,
 }
 
 const TRANSFER: &str = "mutation($from: ID!, $to: ID!, $a: Decimal!, $k: String!) {
@@ -315,6 +347,33 @@ impl Bench {
         );
     }
 
+    /// The transport's ceiling: requests that do no database work, and the CPU each takes.
+    async fn ceiling(&self, clients: usize) {
+        let none = Arc::new(vec![String::new()]);
+        self.drive("ceiling-warm", &none, clients, Work::Typename, WARM_UP)
+            .await;
+        let cpu = CpuMeter::start(self.server.pid());
+        let started = Instant::now();
+        let seconds = Duration::from_secs(self.args.seconds);
+        let mut all = self
+            .drive("ceiling", &none, clients, Work::Typename, seconds)
+            .await;
+        let rate = all.latencies.len() as f64 / started.elapsed().as_secs_f64();
+        let used = cpu.stop();
+        all.latencies.sort();
+        println!(
+            "ceiling   C={clients:<3} {{ __typename }} {rate:>7.0}/s  p50 {:.2} ms  p99 {:.2} ms  ({} errors)  |  \
+             CPU (cores): client {:.2} ({:.3} ms/request), server {:.2} ({:.3} ms/request)",
+            percentile(&all.latencies, 50.0).as_secs_f64() * 1000.0,
+            percentile(&all.latencies, 99.0).as_secs_f64() * 1000.0,
+            all.errors,
+            used.client,
+            used.client * 1000.0 / rate,
+            used.server,
+            used.server * 1000.0 / rate,
+        );
+    }
+
     /// `clients` clients sending `work` for `duration`; every answer's latency and kind.
     async fn drive(
         &self,
@@ -354,6 +413,7 @@ impl Bench {
                                 Work::Mixed(p) if rng.random_range(0..100) < p => {
                                     (WITHDRAW, json!({"w": ids[a], "a": "1.00", "k": key}))
                                 }
+                                Work::Typename => ("{ __typename }", json!({})),
                                 _ => (DEPOSIT, json!({"w": ids[a], "a": "1.00", "k": key})),
                             }
                         };
@@ -661,6 +721,139 @@ impl Bench {
         }
     }
 
+    /// The deposit watcher's rate: `count` wallets each receive one transfer, all mined in
+    /// one block; then the blocks that confirm them. Times from each `mineBlocks` until
+    /// every hold is recorded, and until every deposit is credited, in a server of its own
+    /// running the simulated chain with blocks mined only on demand.
+    async fn credit(&self, count: i64) {
+        const CREATE: &str = "mutation { createWallet(input: {currency: \"ETH\"}) { address } }";
+        const MINE: &str =
+            "mutation($c: Int!) { mineBlocks(input: {network: \"ethereum\", count: $c}) }";
+        let chain_server = Server::start(
+            &self.url,
+            CHAIN_PORT,
+            SECRET,
+            &[
+                ("WALLET_SIMULATED_CHAIN", "true"),
+                ("WALLET_BLOCK_SECS", "0"),
+                ("WALLET_SEED", SEED),
+                // Users here create one wallet each; the limit is not what is measured.
+                ("WALLET_RATE_LIMIT_BURST", "1000000"),
+            ],
+        );
+        wait_ready(&self.http, CHAIN_PORT).await;
+        let keys = TokenKeys::new(SECRET.as_bytes());
+        let started = Instant::now();
+        let next = Arc::new(AtomicU64::new(0));
+        let creators: Vec<_> = (0..self.args.clients)
+            .map(|_| {
+                let (http, keys, next) = (self.http.clone(), keys.clone(), next.clone());
+                tokio::spawn(async move {
+                    let mut addresses = Vec::new();
+                    loop {
+                        let n = next.fetch_add(1, Ordering::Relaxed);
+                        if n >= count as u64 {
+                            return addresses;
+                        }
+                        let token = keys
+                            .mint(
+                                &format!("credit-{n}"),
+                                Role::User,
+                                Duration::from_secs(3600),
+                            )
+                            .expect("token");
+                        let body = gql(&http, CHAIN_PORT, &token, CREATE, json!({})).await;
+                        let address = body["data"]["createWallet"]["address"].as_str();
+                        addresses.push(address.expect("an address").to_owned());
+                    }
+                })
+            })
+            .collect();
+        let mut addresses = Vec::new();
+        for c in creators {
+            addresses.extend(c.await.expect("creator task"));
+        }
+        println!(
+            "credit    {count} ETH wallets created in {:.1} s ({:.0}/s, 16 clients)",
+            started.elapsed().as_secs_f64(),
+            count as f64 / started.elapsed().as_secs_f64()
+        );
+        // The transfers arrive from outside: written into the simulated chain directly.
+        self.pg
+            .execute(
+                "INSERT INTO sim_transfers (hash, network, from_address, to_address, amount)
+                 SELECT '0x' || md5(a) || md5(a || '-'), 'ethereum', '0x' || repeat('ab', 20),
+                        a, 0.5
+                   FROM unnest($1::text[]) a",
+                &[&addresses],
+            )
+            .await
+            .expect("incoming transfers");
+        let required: i32 = self
+            .pg
+            .query_one(
+                "SELECT required_confirmations FROM currencies WHERE code = 'ETH'",
+                &[],
+            )
+            .await
+            .expect("confirmations")
+            .get(0);
+        // Deposits still open (held, not yet credited): a walk of a small partial index,
+        // so that watching costs Postgres next to nothing.
+        let open = || async {
+            self.pg
+                .query_one(
+                    "SELECT count(*) FROM transactions
+                      WHERE hold AND type = 'DEPOSIT' AND status IN ('PENDING', 'PROCESSING')",
+                    &[],
+                )
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+        };
+        let cpu = CpuMeter::start(chain_server.pid());
+        for (stage, blocks, held_when_done) in [
+            ("recorded as holds", 1, count),
+            ("credited", required - 1, 0),
+        ] {
+            let started = Instant::now();
+            let body = gql(
+                &self.http,
+                CHAIN_PORT,
+                &self.token,
+                MINE,
+                json!({"c": blocks}),
+            )
+            .await;
+            assert!(body["errors"].is_null(), "{body}");
+            let deadline = started + Duration::from_secs(600);
+            let mut held = open().await;
+            while held != held_when_done && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                held = open().await;
+            }
+            let done = if held_when_done == 0 {
+                count - held
+            } else {
+                held
+            };
+            let seconds = started.elapsed().as_secs_f64();
+            println!(
+                "credit    {done} of {count} deposits {stage} in {seconds:.2} s after mining {blocks} \
+                 block(s): {:.0}/s",
+                done as f64 / seconds
+            );
+        }
+        let used = cpu.stop();
+        let (rss, _) = chain_server.memory();
+        println!(
+            "credit    CPU (cores) while watching: server {:.2}, Postgres {:.2}  |  RSS {} MiB",
+            used.server,
+            used.postgres,
+            rss / 1024
+        );
+    }
+
     async fn reconcile(&self) {
         const RECONCILE: &str = "mutation($w: ID!, $b: Decimal!) { reconcileWallet(input: {
           walletId: $w, startTime: \"2000-01-01T00:00:00Z\", endTime: \"2100-01-01T00:00:00Z\",
@@ -786,7 +979,8 @@ COMMIT;
         row(":wid", "DEPOSIT", ":after - 1.00", ":after", ("", ""))
     );
     match work {
-        Work::Deposits => format!("\\set wid random(:lo, :hi)\n{deposit}"),
+        // (The ceiling has no SQL; it is never compared with pgbench.)
+        Work::Deposits | Work::Typename => format!("\\set wid random(:lo, :hi)\n{deposit}"),
         Work::Mixed(_) => {
             let available = match tables {
                 Tables::Lean => "balance",

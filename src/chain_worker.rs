@@ -92,8 +92,10 @@ impl ChainWorker {
                 failure.get_or_insert(e);
             }
         }
+        // The scans take connections of their own.
+        drop(conn);
         for network in self.networks() {
-            match chain_deposit::scan(&mut conn, &self.currencies, self.chain.as_ref(), &network)
+            match chain_deposit::scan(&self.pool, &self.currencies, self.chain.as_ref(), &network)
                 .await
             {
                 Ok(scan) => {

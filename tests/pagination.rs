@@ -159,6 +159,42 @@ async fn walks_every_row_once_in_order_with_filters() {
     assert_eq!(walk(&t, &w, 64, false, &f).await, rows);
     let f = json!({"statuses": ["PENDING", "FAILED"]});
     assert!(walk(&t, &w, 10, false, &f).await.is_empty());
+    // Several types or statuses are one index walk each, merged into one ordered list.
+    for f in [
+        json!({"types": ["WITHDRAW", "DEPOSIT"]}),
+        json!({"statuses": ["FAILED", "COMPLETED", "PENDING"]}),
+        json!({"types": ["REFUND", "DEPOSIT", "WITHDRAW"], "statuses": ["COMPLETED"]}),
+    ] {
+        for size in [17, 100] {
+            assert_eq!(walk(&t, &w, size, false, &f).await, rows, "{f}");
+            assert_eq!(walk(&t, &w, size, true, &f).await, rows, "{f}");
+        }
+    }
+    // The back office's listing of every wallet, filtered the same way.
+    const ALL: &str = "query($after: String, $filter: TransactionFilter) {
+      transactions(first: 30, after: $after, filter: $filter) {
+        pageInfo { hasNextPage endCursor } edges { node { txHash } } } }";
+    let mut everyone: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let filter = json!({"types": ["REFUND", "WITHDRAW"]});
+        let data = t
+            .ok(
+                &t.operator(),
+                ALL,
+                json!({"after": after, "filter": filter}),
+            )
+            .await;
+        let c = &data["transactions"];
+        for e in c["edges"].as_array().unwrap() {
+            everyone.push(e["node"]["txHash"].as_str().unwrap().to_owned());
+        }
+        if !c["pageInfo"]["hasNextPage"].as_bool().unwrap() {
+            break;
+        }
+        after = c["pageInfo"]["endCursor"].as_str().map(str::to_owned);
+    }
+    assert_eq!(everyone, withdrawals);
     // Time range (inclusive) combined with a type filter.
     let (from, to) = (&listed[100].created_at, &listed[199].created_at);
     let expected: Vec<String> = listed
@@ -360,19 +396,25 @@ async fn a_users_listing_merges_their_wallets_in_order() {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(expected.len(), 13);
-    const MINE: &str = "query($first: Int, $after: String, $last: Int, $before: String) {
-      transactions(first: $first, after: $after, last: $last, before: $before) {
+    const MINE: &str = "query($first: Int, $after: String, $last: Int, $before: String,
+                             $filter: TransactionFilter) {
+      transactions(first: $first, after: $after, last: $last, before: $before, filter: $filter) {
         pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
         edges { node { txHash } } } }";
     let alice = t.user("alice");
-    for backward in [false, true] {
+    // Unfiltered, and filtered by several types (one walk per wallet and type).
+    let filters = [json!(null), json!({"types": ["WITHDRAW", "DEPOSIT"]})];
+    for (backward, filter) in [false, true]
+        .into_iter()
+        .flat_map(|b| filters.iter().map(move |f| (b, f)))
+    {
         for size in [1, 2, 5, 13, 20] {
             let mut cursor: Option<String> = None;
             let mut seen: Vec<Vec<String>> = Vec::new();
             loop {
                 let vars = match backward {
-                    true => json!({"last": size, "before": cursor}),
-                    false => json!({"first": size, "after": cursor}),
+                    true => json!({"last": size, "before": cursor, "filter": filter}),
+                    false => json!({"first": size, "after": cursor, "filter": filter}),
                 };
                 let conn = t.ok(&alice, MINE, vars).await["transactions"].clone();
                 let keys: Vec<String> = conn["edges"]
@@ -402,7 +444,10 @@ async fn a_users_listing_merges_their_wallets_in_order() {
                 seen.reverse();
             }
             let walked: Vec<String> = seen.into_iter().flatten().collect();
-            assert_eq!(walked, expected, "size {size}, backward {backward}");
+            assert_eq!(
+                walked, expected,
+                "size {size}, backward {backward}, {filter}"
+            );
         }
     }
 }

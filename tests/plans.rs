@@ -25,6 +25,20 @@ async fn seq_scans(pg: &tokio_postgres::Client, table: &str) -> i64 {
     .get(0)
 }
 
+/// Index entries read from the outbox's `(tx_id, id)` index so far.
+async fn outbox_index_reads(pg: &tokio_postgres::Client) -> i64 {
+    pg.batch_execute("SELECT pg_stat_clear_snapshot()")
+        .await
+        .unwrap();
+    pg.query_one(
+        "SELECT idx_tup_read FROM pg_stat_user_indexes WHERE indexrelname = 'events_tx_id_id_idx'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn movements_and_the_listener_use_indexes_under_generic_plans() {
     let t = TestApp::new().await;
@@ -53,9 +67,10 @@ async fn movements_and_the_listener_use_indexes_under_generic_plans() {
     .unwrap();
     // A fresh instance: its pool and listener connect after the setting.
     let t = t.restart().await;
-    let (transactions_before, events_before) = (
+    let (transactions_before, events_before, outbox_reads_before) = (
         seq_scans(&pg, "transactions").await,
         seq_scans(&pg, "events").await,
+        outbox_index_reads(&pg).await,
     );
 
     // More than the five executions after which Postgres may go generic anyway.
@@ -104,5 +119,12 @@ async fn movements_and_the_listener_use_indexes_under_generic_plans() {
         seq_scans(&pg, "events").await,
         events_before,
         "the event listener scanned the outbox"
+    );
+    // Nor walked its index from the start: each read starts at the listener's cursor
+    // (reading the 20,000 older events even once would show here).
+    let outbox_reads = outbox_index_reads(&pg).await - outbox_reads_before;
+    assert!(
+        outbox_reads < 2_000,
+        "the event listener read {outbox_reads} outbox index entries for 26 movements"
     );
 }

@@ -8,13 +8,13 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use diesel::dsl::sql;
 use diesel::prelude::*;
 use diesel::sql_types::Bool;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
 use super::{Notice, Payload};
+use crate::ledger::fixed_sql::{self, Bind, Fixed};
 use crate::ledger::{JournalEntry, LedgerError, Reconciliation, Wallet, wallet};
 use crate::schema::{events, reconciliations, transactions};
 
@@ -81,7 +81,7 @@ const HELD_BACK: &str = concat!(
 /// Events of transactions still running are after it, so they are delivered too.
 pub async fn head(conn: &mut AsyncPgConnection) -> Result<Cursor, LedgerError> {
     let row: Option<(i64, i64)> = events::table
-        .filter(sql::<Bool>(SETTLED))
+        .filter(Fixed::<Bool>::new(&[SETTLED], vec![]))
         .order((events::tx_id.desc(), events::id.desc()))
         .select((events::tx_id, events::id))
         .first(conn)
@@ -96,13 +96,15 @@ pub async fn read_after(
     cursor: Cursor,
     limit: i64,
 ) -> Result<Vec<EventRow>, LedgerError> {
+    // A row comparison is a start key on the `(tx_id, id)` index; the same condition
+    // spelled with OR is not, and Postgres walked the outbox from its start on every read.
+    let after = Fixed::<Bool>::new(
+        &["(events.tx_id, events.id) > (", ", ", ")"],
+        vec![Bind::BigInt(cursor.tx_id), Bind::BigInt(cursor.id)],
+    );
     Ok(events::table
-        .filter(
-            events::tx_id
-                .gt(cursor.tx_id)
-                .or(events::tx_id.eq(cursor.tx_id).and(events::id.gt(cursor.id))),
-        )
-        .filter(sql::<Bool>(SETTLED))
+        .filter(after)
+        .filter(Fixed::<Bool>::new(&[SETTLED], vec![]))
         .order((events::tx_id, events::id))
         .limit(limit)
         .select(EventRow::as_select())
@@ -118,7 +120,9 @@ pub async fn has_held_back(conn: &mut AsyncPgConnection) -> Result<bool, LedgerE
         #[diesel(sql_type = Bool)]
         held: bool,
     }
-    let row: Held = diesel::sql_query(HELD_BACK).get_result(conn).await?;
+    let row: Held = fixed_sql::statement(&[HELD_BACK], vec![])
+        .get_result(conn)
+        .await?;
     Ok(row.held)
 }
 

@@ -5,10 +5,11 @@
 //! The chain hash is the hold's idempotency key, and both paths go through [`observe`]
 //! under the wallet's row lock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use futures_util::StreamExt;
 use rust_decimal::Decimal;
 
 use super::movement::Movement;
@@ -18,6 +19,7 @@ use super::{
     TransactionType, input, money, wallet,
 };
 use crate::chain::{Chain, ChainError, ChainTransfer, TransferStatus};
+use crate::db::PgPool;
 use crate::schema::{chain_scan_cursors, transactions, wallets};
 
 impl From<ChainError> for LedgerError {
@@ -343,14 +345,23 @@ pub struct ScanReport {
     pub errors: usize,
     /// The block the next scan starts after.
     pub cursor: i64,
+    /// The earliest block holding a deposit that could not be recorded for a passing
+    /// reason (the cursor stays before it).
+    pub retry_from: Option<i64>,
 }
+
+/// Wallets whose deposits one scan records at the same time, each on a connection of its
+/// own (deposits to one wallet stay in chain order, one after the other). Each deposit is
+/// a short transaction of its own, so one at a time the watcher waits on round trips and
+/// commit flushes, not on Postgres.
+const PARALLEL_WALLETS: usize = 4;
 
 /// The deposit watcher, one pass over a network: finds transfers to our addresses in the
 /// blocks since the last scan (and those still pending), records each as a held deposit,
 /// follows every deposit still confirming, and credits those that reached the threshold.
 /// Safe to run in several processes at once: [`observe`] serialises on the wallet lock.
 pub async fn scan(
-    conn: &mut AsyncPgConnection,
+    pool: &PgPool,
     currencies: &CurrencyRegistry,
     chain: &dyn Chain,
     network: &str,
@@ -363,10 +374,11 @@ pub async fn scan(
             "no currency on network {network:?}"
         )));
     };
+    let mut conn = pool.get().await.map_err(unavailable)?;
     let cursor: i64 = chain_scan_cursors::table
         .find(network)
         .select(chain_scan_cursors::block)
-        .first(conn)
+        .first(&mut conn)
         .await
         .optional()?
         .unwrap_or(0);
@@ -380,7 +392,7 @@ pub async fn scan(
         .filter(wallets::network.eq(network))
         .filter(wallets::address.eq_any(addresses))
         .select((wallets::address.assume_not_null(), wallets::id))
-        .load::<(String, i64)>(conn)
+        .load::<(String, i64)>(&mut conn)
         .await?
         .into_iter()
         .collect();
@@ -395,38 +407,120 @@ pub async fn scan(
         .filter(transactions::network.eq(network))
         .order(transactions::id)
         .select((transactions::wallet_id, transactions::tx_hash))
-        .load(conn)
+        .load(&mut conn)
         .await?;
-    let mut report = ScanReport::default();
-    let mut work: Vec<(i64, ChainTransfer)> = transfers
-        .into_iter()
+    // Each wallet's work in chain order: new transfers, then those still confirming.
+    let mut work: BTreeMap<i64, Vec<Deposit>> = BTreeMap::new();
+    for t in transfers {
         // Nothing to credit (a contract call, say): not a deposit.
-        .filter(|t| t.amount > Decimal::ZERO)
-        .filter_map(|t| ours.get(&t.to_address).map(|&w| (w, t)))
-        .collect();
-    for (wallet_id, hash) in confirming {
-        if seen.contains(&hash) {
-            continue;
+        if t.amount > Decimal::ZERO
+            && let Some(&wallet_id) = ours.get(&t.to_address)
+        {
+            work.entry(wallet_id).or_default().push(Deposit::Seen(Box::new(t)));
         }
-        // One the chain cannot tell about now is asked again next pass (it stays open).
-        match chain.transfer(network, &hash).await {
-            Ok(Some(t)) => work.push((wallet_id, t)),
-            Ok(None) => {}
-            Err(e) => {
-                report.errors += 1;
-                tracing::warn!(hash, error = %e, "could not follow a deposit");
-            }
+    }
+    for (wallet_id, hash) in confirming {
+        if !seen.contains(&hash) {
+            work.entry(wallet_id)
+                .or_default()
+                .push(Deposit::Confirming(hash));
         }
     }
 
+    // No connection is held while waiting for others (that could starve the pool).
+    drop(conn);
+    let reports: Vec<ScanReport> = futures_util::stream::iter(work)
+        .map(|(wallet_id, deposits)| {
+            observe_wallet(pool, currency, chain, network, wallet_id, deposits)
+        })
+        .buffer_unordered(PARALLEL_WALLETS)
+        .collect()
+        .await;
     // The next scan starts after the tip — or before the first block holding a deposit
-    // that could not be recorded for a passing reason (the database or chain away), so
-    // that it is found again. A deposit refused for what it is does not hold the cursor:
-    // it is parked, or (if it cannot even be journaled) logged and left to
-    // reconciliation, which lists it as on chain only.
+    // that could not be recorded for a passing reason (see `observe_wallet`).
+    let mut report = ScanReport::default();
     let mut next = tip.max(cursor);
-    for (wallet_id, transfer) in &work {
-        match observe(conn, currency, *wallet_id, transfer, Parked::Keep).await {
+    for r in reports {
+        report.observed += r.observed;
+        report.credited += r.credited;
+        report.parked += r.parked;
+        report.errors += r.errors;
+        if let Some(block) = r.retry_from {
+            next = next.min(block - 1).max(cursor);
+        }
+    }
+    report.cursor = next;
+    if next == cursor {
+        return Ok(report);
+    }
+    let mut conn = pool.get().await.map_err(unavailable)?;
+    diesel::update(chain_scan_cursors::table.find(network))
+        .set(
+            chain_scan_cursors::block.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "GREATEST(block, ",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(next)
+            .sql(")")),
+        )
+        .execute(&mut conn)
+        .await?;
+    Ok(report)
+}
+
+/// A deposit a scan looks at: one found in the new blocks, or one recorded before and
+/// still confirming (known by its hash).
+enum Deposit {
+    Seen(Box<ChainTransfer>),
+    Confirming(String),
+}
+
+/// Records and follows one wallet's deposits, in order, on a connection of its own. A
+/// deposit that cannot be recorded for a passing reason (the database or the chain away)
+/// sets `retry_from` to its block, so that the cursor stops before it and the next scan
+/// finds it again. One refused for what it is does not: it is parked, or (if it cannot
+/// even be journaled) logged and left to reconciliation, which lists it as on chain only.
+async fn observe_wallet(
+    pool: &PgPool,
+    currency: &Currency,
+    chain: &dyn Chain,
+    network: &str,
+    wallet_id: i64,
+    deposits: Vec<Deposit>,
+) -> ScanReport {
+    fn hold_back(report: &mut ScanReport, transfer: &ChainTransfer) {
+        if let Some(block) = transfer.block_number {
+            report.retry_from = Some(report.retry_from.map_or(block, |b| b.min(block)));
+        }
+    }
+    let mut report = ScanReport::default();
+    let mut conn = match pool.get().await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::warn!(wallet_id, error = %e, "no connection to record deposits");
+            for d in &deposits {
+                report.errors += 1;
+                if let Deposit::Seen(t) = d {
+                    hold_back(&mut report, t);
+                }
+            }
+            return report;
+        }
+    };
+    for deposit in deposits {
+        let transfer = match deposit {
+            Deposit::Seen(t) => *t,
+            // One the chain cannot tell about now is asked again next pass (it stays open).
+            Deposit::Confirming(hash) => match chain.transfer(network, &hash).await {
+                Ok(Some(t)) => t,
+                Ok(None) => continue,
+                Err(e) => {
+                    report.errors += 1;
+                    tracing::warn!(hash, error = %e, "could not follow a deposit");
+                    continue;
+                }
+            },
+        };
+        match observe(&mut conn, currency, wallet_id, &transfer, Parked::Keep).await {
             Ok(observed) => {
                 report.observed += 1;
                 report.credited += usize::from(observed.credited_now);
@@ -441,25 +535,15 @@ pub async fn scan(
                         LedgerError::ChainUnavailable(_) | LedgerError::OutcomeUnknown(_)
                     );
                 tracing::error!(hash = transfer.hash, passing, error = ?e, "could not record a deposit");
-                if passing && let Some(block) = transfer.block_number {
-                    next = next.min(block - 1).max(cursor);
+                if passing {
+                    hold_back(&mut report, &transfer);
                 }
             }
         }
     }
-    report.cursor = next;
-    if next == cursor {
-        return Ok(report);
-    }
-    diesel::update(chain_scan_cursors::table.find(network))
-        .set(
-            chain_scan_cursors::block.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                "GREATEST(block, ",
-            )
-            .bind::<diesel::sql_types::BigInt, _>(next)
-            .sql(")")),
-        )
-        .execute(conn)
-        .await?;
-    Ok(report)
+    report
+}
+
+fn unavailable(e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Unavailable(e.to_string())
 }

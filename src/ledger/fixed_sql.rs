@@ -8,7 +8,8 @@
 //! [`Fixed`] fragment is a `'static` text with its bind values between the pieces, so a
 //! statement built from it (alone, or as a `filter` or `select` of a diesel query) always
 //! has the same text, and diesel-async keeps it prepared per connection under that text.
-//! Used on the group committer's path, which runs many times a second.
+//! Used on the paths that run many times a second: the group committer and the event
+//! listener.
 
 use std::marker::PhantomData;
 

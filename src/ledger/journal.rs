@@ -25,37 +25,90 @@ pub struct TransactionFilter {
 /// Wallets up to which a user's listing is one index walk per wallet (beyond: one query).
 const MERGED_WALLETS: usize = 16;
 
+impl TransactionFilter {
+    /// The filter split into one filter per ordered index walk. Postgres walks an index
+    /// in `(created_at, id)` order only below equalities, so a page filtered by several
+    /// types is the merge of one walk per type on `(wallet_id, type, created_at, id)`;
+    /// without types, one walk per status on `(wallet_id, status, created_at, id)` (which
+    /// holds every row not `COMPLETED`: that status is dense, its walk is the wallet's
+    /// own). Each walk stops after a page, so a type or status that is rare in a long
+    /// history costs a page, not the history.
+    fn walks(&self) -> Vec<TransactionFilter> {
+        fn distinct<T: PartialEq + Copy>(values: &[T]) -> Vec<T> {
+            let mut out = Vec::new();
+            for v in values {
+                if !out.contains(v) {
+                    out.push(*v);
+                }
+            }
+            out
+        }
+        match (&self.types, &self.statuses) {
+            (Some(types), _) if !types.is_empty() => distinct(types)
+                .into_iter()
+                .map(|t| TransactionFilter {
+                    types: Some(vec![t]),
+                    ..self.clone()
+                })
+                .collect(),
+            (_, Some(statuses)) if !statuses.is_empty() => distinct(statuses)
+                .into_iter()
+                .map(|s| TransactionFilter {
+                    statuses: Some(vec![s]),
+                    ..self.clone()
+                })
+                .collect(),
+            _ => vec![self.clone()],
+        }
+    }
+}
+
 /// A page of journal rows, in the order balances changed (oldest first).
 ///
-/// A user's listing walks each of the user's wallets' `(wallet_id, created_at, id)` index
-/// from the cursor for one page, and merges the walks: its cost is the page's, not the
-/// whole journal's (a single query ordered by time would walk everyone's rows to find
-/// the user's). The walks share one snapshot.
+/// Every listing costs a page, not the journal: a user's listing walks each of the
+/// user's wallets' `(wallet_id, created_at, id)` index from the cursor for one page, and
+/// a filter by types or statuses walks one index per value (see
+/// [`TransactionFilter::walks`]); the walks are sent together, share one snapshot, and
+/// are merged here. (A single query ordered by time would walk everyone's rows to find
+/// the user's, or every row of a long history to find a rare type.)
 pub async fn list_transactions(
     conn: &mut AsyncPgConnection,
     scope: &ListScope,
     filter: &TransactionFilter,
     page: &PageArgs,
 ) -> Result<Page<JournalEntry>, LedgerError> {
-    let ListScope::Owner(user) = scope else {
+    let walks = filter.walks();
+    if walks.len() == 1 && !matches!(scope, ListScope::Owner(_)) {
         return Ok(page.finish(fetch(conn, scope, filter, page).await?));
-    };
+    }
     conn.build_transaction()
         .repeatable_read()
         .read_only()
         .run(async |conn| {
-            let ids: Vec<i64> = wallets::table
-                .filter(wallets::user_id.eq(user))
-                .select(wallets::id)
-                .load(conn)
-                .await?;
-            if ids.len() > MERGED_WALLETS {
-                return Ok(page.finish(fetch(conn, scope, filter, page).await?));
-            }
-            let mut rows = Vec::new();
-            for id in ids {
-                rows.extend(fetch(conn, &ListScope::Wallet(id), filter, page).await?);
-            }
+            let scopes = match scope {
+                ListScope::Owner(user) => {
+                    let ids: Vec<i64> = wallets::table
+                        .filter(wallets::user_id.eq(user))
+                        .select(wallets::id)
+                        .load(conn)
+                        .await?;
+                    if ids.len() > MERGED_WALLETS {
+                        vec![scope.clone()]
+                    } else {
+                        ids.into_iter().map(ListScope::Wallet).collect()
+                    }
+                }
+                other => vec![other.clone()],
+            };
+            let pipe: &AsyncPgConnection = conn;
+            let fetches = scopes
+                .iter()
+                .flat_map(|s| walks.iter().map(move |w| fetch(pipe, s, w, page)));
+            let mut rows: Vec<JournalEntry> = futures_util::future::try_join_all(fetches)
+                .await?
+                .into_iter()
+                .flatten()
+                .collect();
             // Back into fetch order: by (created_at, id), descending for a backward page.
             rows.sort_by_key(|e| (e.created_at, e.id));
             if page.is_backward() {
@@ -67,9 +120,10 @@ pub async fn list_transactions(
         .await
 }
 
-/// One page's rows of `scope`, in fetch order (see [`PageArgs::finish`]).
+/// One page's rows of `scope`, in fetch order (see [`PageArgs::finish`]). A single type
+/// or status is an equality, so that Postgres can walk its index in order.
 async fn fetch(
-    conn: &mut AsyncPgConnection,
+    conn: &AsyncPgConnection,
     scope: &ListScope,
     filter: &TransactionFilter,
     page: &PageArgs,
@@ -90,11 +144,15 @@ async fn fetch(
         }
         ListScope::All => {}
     }
-    if let Some(types) = &filter.types {
-        q = q.filter(transactions::type_.eq_any(types.clone()));
+    match filter.types.as_deref() {
+        Some([only]) => q = q.filter(transactions::type_.eq(*only)),
+        Some(types) => q = q.filter(transactions::type_.eq_any(types.to_vec())),
+        None => {}
     }
-    if let Some(statuses) = &filter.statuses {
-        q = q.filter(transactions::status.eq_any(statuses.clone()));
+    match filter.statuses.as_deref() {
+        Some([only]) => q = q.filter(transactions::status.eq(*only)),
+        Some(statuses) => q = q.filter(transactions::status.eq_any(statuses.to_vec())),
+        None => {}
     }
     if let Some(from) = filter.created_from {
         q = q.filter(transactions::created_at.ge(from));
@@ -105,7 +163,8 @@ async fn fetch(
     if let Some(reference) = &filter.reference {
         q = q.filter(transactions::reference.eq(reference.clone()));
     }
-    Ok(paginate!(q, page, transactions).load(conn).await?)
+    let mut pipe = conn;
+    Ok(paginate!(q, page, transactions).load(&mut pipe).await?)
 }
 
 /// A journal row the caller may see.
