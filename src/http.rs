@@ -1,4 +1,4 @@
-//! HTTP transport: GraphQL over HTTP on `/graphql`, GraphiQL, health and readiness
+//! HTTP transport: GraphQL over HTTP on `/graphql`, GraphiQL (see [`crate::graphiql`]), health and readiness
 //! (websocket subscriptions on `/graphql/ws` are in [`crate::ws`]).
 //!
 //! Follows the GraphQL-over-HTTP specification: `application/graphql-response+json` and
@@ -8,13 +8,12 @@
 
 use std::time::Duration;
 
-use async_graphql::http::GraphiQLSource;
 use async_graphql::parser::types::OperationType;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -44,7 +43,7 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if app.graphiql {
-        routes = routes.route("/", get(graphiql));
+        routes = routes.merge(crate::graphiql::routes());
     }
     routes = match &app.metrics {
         MetricsAccess::Open => routes.route("/metrics", get(crate::metrics::render)),
@@ -87,16 +86,6 @@ pub fn router(app: App) -> Router {
                 // `/graphql` reads its body itself, up to MAX_BODY_BYTES.
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
-}
-
-async fn graphiql() -> Html<String> {
-    Html(
-        GraphiQLSource::build()
-            .endpoint("/graphql")
-            .subscription_endpoint("/graphql/ws")
-            .title("Wallet API")
-            .finish(),
-    )
 }
 
 async fn healthz() -> &'static str {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod custody;
 pub mod db;
 pub mod events;
+pub mod graphiql;
 pub mod graphql;
 pub mod http;
 pub mod ledger;

@@ -629,8 +629,10 @@ async fn graphiql_introspection_and_metrics_can_be_closed() {
         }
         req.body(Body::empty()).unwrap()
     };
-    let (status, _, _) = send_to(&t.router, get("/", None)).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
+    for closed in ["/", "/assets/graphiql-4.1.2/graphiql.min.js"] {
+        let (status, _, _) = send_to(&t.router, get(closed, None)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{closed}");
+    }
     // Introspection answers nothing.
     let body = t
         .ok(

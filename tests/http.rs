@@ -212,12 +212,75 @@ async fn health_readiness_and_graphiql() {
         .await
         .unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    assert!(
-        resp.headers()["content-type"]
-            .to_str()
+    let header = |resp: &axum::response::Response, name: &str| {
+        resp.headers()[name].to_str().unwrap().to_owned()
+    };
+    assert!(header(&resp, "content-type").starts_with("text/html"));
+    // The browser is told to fetch nothing from any other host…
+    let policy = header(&resp, "content-security-policy");
+    assert!(policy.starts_with("default-src 'self';"), "{policy}");
+    assert!(!policy.contains("http"), "{policy}");
+    let page = String::from_utf8(
+        axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
             .unwrap()
-            .starts_with("text/html")
+            .to_vec(),
+    )
+    .unwrap();
+    // …and the page names only files the service serves itself, each of them the
+    // pinned file of the repository, cacheable for good.
+    let mut named: Vec<String> = Vec::new();
+    for attribute in ["src=\"", "href=\""] {
+        for (at, _) in page.match_indices(attribute) {
+            let rest = &page[at + attribute.len()..];
+            named.push(rest[..rest.find('"').unwrap()].to_owned());
+        }
+    }
+    named.sort();
+    assert_eq!(
+        named,
+        [
+            "/assets/graphiql-4.1.2/graphiql.min.css",
+            "/assets/graphiql-4.1.2/graphiql.min.js",
+            "/assets/react-18.3.1/react.production.min.js",
+            "/assets/react-dom-18.3.1/react-dom.production.min.js",
+        ]
     );
+    assert!(!page.contains("://"), "no absolute address in the page");
+    for path in &named {
+        let resp = tower::ServiceExt::oneshot(t.router.clone(), get(path))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        let kind = if path.ends_with(".css") {
+            "text/css"
+        } else {
+            "text/javascript"
+        };
+        assert!(header(&resp, "content-type").starts_with(kind), "{path}");
+        assert_eq!(
+            header(&resp, "cache-control"),
+            "public, max-age=31536000, immutable"
+        );
+        let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let file = path.rsplit('/').next().unwrap();
+        let pinned = std::fs::read(format!("assets/graphiql/{file}")).unwrap();
+        assert!(body.as_ref() == pinned.as_slice(), "{path}");
+        // React's production build, not the development one.
+        assert!(!body.windows(11).any(|w| w == b"development"), "{path}");
+    }
+    for missing in [
+        "/assets/graphiql-4.1.1/graphiql.min.js",
+        "/assets/graphiql-4.1.2/other.js",
+        "/assets/graphiql-4.1.2/../../Cargo.toml",
+    ] {
+        let resp = tower::ServiceExt::oneshot(t.router.clone(), get(missing))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND, "{missing}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

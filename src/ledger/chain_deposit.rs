@@ -416,7 +416,9 @@ pub async fn scan(
         if t.amount > Decimal::ZERO
             && let Some(&wallet_id) = ours.get(&t.to_address)
         {
-            work.entry(wallet_id).or_default().push(Deposit::Seen(Box::new(t)));
+            work.entry(wallet_id)
+                .or_default()
+                .push(Deposit::Seen(Box::new(t)));
         }
     }
     for (wallet_id, hash) in confirming {
