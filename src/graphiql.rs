@@ -100,10 +100,12 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'un
      style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; \
      connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
-const DEFAULT_QUERY: &str = "# The Wallet API. Put a token in the Headers tab below, e.g.
+const DEFAULT_QUERY: &str = "# The Wallet API.
+# Put a token in the Headers tab below:
 #   {\"Authorization\": \"Bearer <token>\"}
-# (`wallet token --sub alice --role user` prints one). It is sent with every request
-# and with the websocket that carries subscriptions.
+# (`wallet token --sub alice --role user`
+# prints one). It is sent with every request
+# and opens the subscriptions' websocket.
 
 {
   currencies { code name kind network enabled }
