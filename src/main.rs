@@ -10,6 +10,10 @@ use wallet::auth::{Role, TokenKeys, parse_ttl};
 use wallet::config::{AuthConfig, DatabaseConfig, ServeConfig};
 use wallet::{db, graphql, http, server, telemetry};
 
+/// How long the demo tokens of `serve` and the tokens of `wallet token` last by default:
+/// the same, so that a walkthrough paused for an hour does not fail on one of them.
+const TOKEN_TTL: &str = "24h";
+
 #[derive(Parser)]
 #[command(
     name = "wallet",
@@ -34,8 +38,8 @@ enum Command {
         sub: String,
         #[arg(long, value_parser = ["user", "operator"], default_value = "user")]
         role: String,
-        /// Lifetime, e.g. 30m, 1h, 7d.
-        #[arg(long, default_value = "1h", value_parser = parse_ttl)]
+        /// Lifetime, e.g. 30m, 1h, 7d (default: as long as the demo tokens `serve` prints).
+        #[arg(long, default_value = TOKEN_TTL, value_parser = parse_ttl)]
         ttl: Duration,
         #[command(flatten)]
         auth: AuthConfig,
@@ -164,8 +168,8 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     // Only the built-in secret is public anyway: a token signed with a real secret is a
     // credential and never goes to stdout.
     if startup.built_in_secret {
-        let day = Duration::from_secs(86_400);
-        println!("Demo tokens (built-in development secret, valid 24h):");
+        let day = parse_ttl(TOKEN_TTL).map_err(anyhow::Error::msg)?;
+        println!("Demo tokens (built-in development secret, valid {TOKEN_TTL}):");
         println!(
             "  user alice: Bearer {}",
             app.tokens.mint("alice", Role::User, day)?

@@ -302,7 +302,12 @@ async fn development_defaults_stay_on_loopback() {
     // On loopback: the one-command development service, with demo tokens.
     let run = run_binary(&dir, &[("DATABASE_URL", url)]).await;
     run.started();
-    assert!(run.stdout.contains("Demo tokens"), "{}", run.stdout);
+    assert!(
+        run.stdout
+            .contains("Demo tokens (built-in development secret, valid 24h)"),
+        "{}",
+        run.stdout
+    );
     assert!(run.stdout.contains("Bearer ey"), "{}", run.stdout);
     assert!(run.stdout.contains("GraphiQL"), "{}", run.stdout);
     // With a real secret configured, tokens are credentials: never printed.
@@ -403,4 +408,34 @@ fn configuration_never_shows_secrets() {
     let access =
         wallet::app::MetricsAccess::Token("metrics-token-of-at-least-16".to_owned().into());
     assert!(!format!("{access:?}").contains("metrics-token"));
+}
+
+/// `wallet token` lasts as long as the demo tokens by default: a walkthrough paused for an
+/// hour must not fail on one of them.
+#[test]
+fn cli_tokens_last_as_long_as_the_demo_tokens() {
+    use base64::Engine;
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wallet"))
+        .args(["token", "--sub", "alice"])
+        .env(
+            "WALLET_JWT_SECRET",
+            "a-test-secret-that-is-long-enough-0123456789",
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let payload = token.trim().split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert_eq!(lifetime, 24 * 3600, "{claims}");
 }
