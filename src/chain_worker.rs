@@ -50,11 +50,7 @@ impl ChainWorker {
     /// scans each network for deposits.
     pub async fn pass(&self) -> Result<PassReport, LedgerError> {
         let mut report = PassReport::default();
-        let mut conn = self
-            .pool
-            .get()
-            .await
-            .map_err(|e| LedgerError::Unavailable(e.to_string()))?;
+        let mut conn = self.pool.get().await?;
         // Each stage runs even if one before it failed (the first error is returned).
         let mut failure = None;
         // Every waiting withdrawal is tried once per pass, in id order; one that fails

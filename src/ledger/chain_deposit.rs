@@ -374,7 +374,7 @@ pub async fn scan(
             "no currency on network {network:?}"
         )));
     };
-    let mut conn = pool.get().await.map_err(unavailable)?;
+    let mut conn = pool.get().await?;
     let cursor: i64 = chain_scan_cursors::table
         .find(network)
         .select(chain_scan_cursors::block)
@@ -455,7 +455,7 @@ pub async fn scan(
     if next == cursor {
         return Ok(report);
     }
-    let mut conn = pool.get().await.map_err(unavailable)?;
+    let mut conn = pool.get().await?;
     diesel::update(chain_scan_cursors::table.find(network))
         .set(
             chain_scan_cursors::block.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
@@ -544,8 +544,4 @@ async fn observe_wallet(
         }
     }
     report
-}
-
-fn unavailable(e: impl std::fmt::Display) -> LedgerError {
-    LedgerError::Unavailable(e.to_string())
 }
