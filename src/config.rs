@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -98,8 +99,8 @@ pub struct ServeConfig {
     /// withdrawals, follows them and incoming deposits on chain (0: never).
     #[arg(long, env = "WALLET_CHAIN_POLL_MS", default_value_t = 1000)]
     pub chain_poll_ms: u64,
-    /// Serve GraphiQL on `/` and answer introspection queries (default: on in
-    /// development, off in production).
+    /// Serve GraphiQL on `/` and the example web client on `/examples/web-client/`, and
+    /// answer introspection queries (default: on in development, off in production).
     #[arg(long, env = "WALLET_GRAPHIQL")]
     pub graphiql: Option<bool>,
     /// A separate address serving only `/metrics` (e.g. a private interface for
@@ -241,7 +242,7 @@ pub struct Startup {
     /// The development secret compiled into the binary is in use.
     pub built_in_secret: bool,
     pub seed: SeedSource,
-    /// A development seed generated into [`DEV_SEED_FILE`] is in use.
+    /// A development seed generated into [`dev_seed_file`] is in use.
     pub generated_seed: bool,
     pub simulated_chain: bool,
     pub graphiql: bool,
@@ -309,6 +310,12 @@ impl ServeConfig {
         if !refusals.is_empty() {
             anyhow::bail!(refusals.join("\n"));
         }
+        if built_in_secret {
+            tracing::warn!(
+                "WALLET_JWT_SECRET is not set: using the built-in DEVELOPMENT secret. \
+                 Anyone can mint tokens for this server. Never use this in production."
+            );
+        }
         Ok(Startup {
             jwt_secret,
             built_in_secret,
@@ -330,13 +337,23 @@ pub struct CustodyConfig {
     pub seed_file: Option<PathBuf>,
 }
 
-/// Where a development seed is kept between runs when none is configured.
-pub const DEV_SEED_FILE: &str = ".wallet-dev-seed";
+/// Where a development seed is kept between runs when none is configured: one file per
+/// user (`~/.local/share/wallet-service/dev-seed` on Linux), whatever directory the
+/// server is started from, so that every development server on the machine derives the
+/// same addresses for the same database.
+pub fn dev_seed_file() -> anyhow::Result<PathBuf> {
+    let Some(data) = dirs::data_local_dir() else {
+        anyhow::bail!(
+            "no home directory to keep a development custody seed in: set WALLET_SEED_FILE"
+        );
+    };
+    Ok(data.join("wallet-service").join("dev-seed"))
+}
 
 impl CustodyConfig {
     /// The configured seed, and whether it is a generated development seed. In
     /// development, with none configured, a seed is generated once into
-    /// [`DEV_SEED_FILE`] (mode 0600) and reused, with a warning; in production a missing
+    /// [`dev_seed_file`] (mode 0600) and reused, with a warning; in production a missing
     /// seed is refused.
     pub fn resolve(&self, environment: Environment) -> anyhow::Result<(SeedSource, bool)> {
         let phrase = secret_from_env("WALLET_SEED");
@@ -353,10 +370,19 @@ impl CustodyConfig {
                 "no custody seed: WALLET_SEED_FILE is required when WALLET_ENV=production"
             );
         }
-        let path = PathBuf::from(DEV_SEED_FILE);
+        let path = dev_seed_file()?;
         if !path.exists() {
+            if let Some(dir) = path.parent() {
+                create_private_dir(dir)?;
+            }
             let (_, phrase) = Custody::generate()?;
-            write_private(&path, &format!("{phrase}\n"))?;
+            // Two servers starting at once: the first write wins, the other reads it.
+            match write_private(&path, &format!("{phrase}\n")) {
+                Err(e) if !path.exists() => {
+                    return Err(e.context(format!("writing {}", path.display())));
+                }
+                _ => {}
+            }
         }
         tracing::warn!(
             file = %path.display(),
@@ -373,6 +399,16 @@ fn secret_from_env(name: &str) -> Option<SecretString> {
         .ok()
         .filter(|v| !v.trim().is_empty())
         .map(SecretString::from)
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
 }
 
 fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
@@ -443,13 +479,7 @@ impl AuthConfig {
                 "no JWT secret: WALLET_JWT_SECRET or WALLET_JWT_SECRET_FILE is required when \
                  WALLET_ENV=production"
             ),
-            None => {
-                tracing::warn!(
-                    "WALLET_JWT_SECRET is not set: using the built-in DEVELOPMENT secret. \
-                     Anyone can mint tokens for this server. Never use this in production."
-                );
-                Ok((SecretString::from(DEV_JWT_SECRET), true))
-            }
+            None => Ok((SecretString::from(DEV_JWT_SECRET), true)),
         }
     }
 }

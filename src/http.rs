@@ -5,6 +5,13 @@
 //! `application/json` responses by content negotiation, 400 for requests that are not
 //! well-formed or fail to parse or validate (under the new media type), mutations refused
 //! over GET (405), 406/415 for unsupported media types.
+//!
+//! Request extraction is written here rather than taken from async-graphql-axum's
+//! `GraphQLRequest`, because that extractor misses requirements of GraphQL over HTTP:
+//! it reads any non-multipart body as JSON whatever its `Content-Type` (no 415), ignores
+//! `Accept` (no 406, and always answers one media type), answers a malformed request with
+//! a bare 400 whose body is the parse error's debug text rather than a GraphQL response
+//! with `errors`, and lets a mutation through on GET. Execution itself is async-graphql's.
 
 use std::time::Duration;
 
@@ -43,7 +50,9 @@ pub fn router(app: App) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
     if app.graphiql {
-        routes = routes.merge(crate::graphiql::routes());
+        routes = routes
+            .merge(crate::graphiql::routes())
+            .merge(crate::examples::routes());
     }
     routes = match &app.metrics {
         MetricsAccess::Open => routes.route("/metrics", get(crate::metrics::render)),

@@ -1,4 +1,4 @@
-//! `wallet`: the service binary. `serve` (default), `migrate`, `token`, `schema`.
+//! `wallet`: the service binary. `serve` (default), `migrate`, `token`, `watch`, `schema`.
 
 use std::time::Duration;
 
@@ -43,6 +43,25 @@ enum Command {
         ttl: Duration,
         #[command(flatten)]
         auth: AuthConfig,
+    },
+    /// Run a subscription (or any operation) over the websocket and print each result as a
+    /// line of JSON, until the server completes it or Ctrl-C.
+    Watch {
+        /// The GraphQL document, e.g. 'subscription { transactionUpdated { id status } }'.
+        query: String,
+        /// Its variables, as a JSON object.
+        #[arg(long)]
+        variables: Option<String>,
+        /// A bearer token (`wallet token` prints one); with or without `Bearer `.
+        #[arg(long, env = "WALLET_TOKEN", hide_env_values = true)]
+        token: String,
+        /// The service's websocket endpoint.
+        #[arg(
+            long,
+            env = "WALLET_WS_URL",
+            default_value = "ws://127.0.0.1:8080/graphql/ws"
+        )]
+        url: String,
     },
     /// Print the GraphQL schema (SDL), as committed in schema.graphql.
     Schema,
@@ -93,10 +112,31 @@ async fn run() -> anyhow::Result<()> {
             auth,
         } => {
             let role: Role = role.parse().map_err(anyhow::Error::msg)?;
-            let (secret, _) = auth.resolve_secret()?;
+            let (secret, built_in) = auth.resolve_secret()?;
+            if built_in {
+                eprintln!("note: signed with the built-in development secret");
+            }
             let keys = TokenKeys::new(secret.expose_secret().as_bytes());
             println!("{}", keys.mint(&sub, role, ttl)?);
             Ok(())
+        }
+        Command::Watch {
+            query,
+            variables,
+            token,
+            url,
+        } => {
+            let variables = variables
+                .map(|v| serde_json::from_str::<serde_json::Value>(&v))
+                .transpose()
+                .context("--variables is not JSON")?;
+            let watch = wallet::watch::Watch {
+                url,
+                token,
+                query,
+                variables,
+            };
+            wallet::watch::run(watch, &mut std::io::stdout()).await
         }
         Command::Schema => {
             print!("{}", graphql::sdl());
@@ -162,6 +202,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     if startup.graphiql {
         println!("GraphiQL:  http://{addr}/");
+        println!("Example client: http://{addr}{}", wallet::examples::PATH);
     }
     println!("GraphQL:   http://{addr}/graphql");
     println!("Subscriptions (graphql-transport-ws): ws://{addr}/graphql/ws");

@@ -1,4 +1,7 @@
-//! Logging setup: human-readable by default, JSON with `WALLET_LOG_FORMAT=json`.
+//! Logging setup: human-readable by default (coloured only on a terminal), JSON with
+//! `WALLET_LOG_FORMAT=json`.
+
+use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
@@ -9,7 +12,8 @@ pub fn init() {
     let json = std::env::var("WALLET_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     let _ = if json {
         builder.json().try_init()
     } else {

@@ -363,3 +363,57 @@ async fn metrics_are_exposed_for_prometheus() {
         assert!(text.contains(gauge), "{gauge} missing in:\n{text}");
     }
 }
+
+/// Response fields come in the query's order, whichever resolves first: database-backed
+/// fields (a wallet, its transactions) interleaved with fields answered at once (the
+/// viewer, a balance already loaded), at the root, nested, under aliases and through a
+/// fragment.
+#[tokio::test(flavor = "multi_thread")]
+async fn response_fields_follow_the_query_order() {
+    let t = TestApp::new().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    t.deposit(&wallet, "3.00", "order-1").await;
+    let base = t
+        .serve()
+        .await
+        .replace("ws://", "http://")
+        .replace("/graphql/ws", "/graphql");
+    let mut root = String::new();
+    for i in 0..8 {
+        root.push_str(&format!(
+            "s{i}: viewer {{ userId }} d{i}: wallet(id: $w) {{ ...W }} "
+        ));
+    }
+    let query = format!(
+        "query($w: ID!) {{ {root} }}
+         fragment W on Wallet {{ t: transactions(first: 1) {{ nodes {{ amount }} }} b: balance id }}"
+    );
+    let text = reqwest::Client::new()
+        .post(&base)
+        .bearer_auth(t.user("alice"))
+        .json(&json!({"query": query, "variables": {"w": wallet}}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("\"errors\""), "{text}");
+    let expected: Vec<String> = (0..8)
+        .flat_map(|i| [format!("\"s{i}\""), format!("\"d{i}\"")])
+        .collect();
+    let mut positions: Vec<usize> = expected
+        .iter()
+        .map(|key| {
+            text.find(key.as_str())
+                .unwrap_or_else(|| panic!("{key} in {text}"))
+        })
+        .collect();
+    assert!(positions.is_sorted(), "root fields out of order: {text}");
+    // Inside each wallet: t, then b, then id.
+    positions = ["\"d0\":{\"t\"", "\"b\"", "\"id\""]
+        .iter()
+        .map(|key| text.find(key).unwrap_or_else(|| panic!("{key} in {text}")))
+        .collect();
+    assert!(positions.is_sorted(), "nested fields out of order: {text}");
+}

@@ -89,8 +89,8 @@ impl Run {
     }
 }
 
-/// Runs `wallet serve` in `dir` with only `env` (and PATH) set, until it exits or answers
-/// `/healthz`.
+/// Runs `wallet serve` in `dir` with only `env` (and PATH, and `dir` as HOME) set, until
+/// it exits or answers `/healthz`.
 async fn run_binary(dir: &std::path::Path, env: &[(&str, &str)]) -> Run {
     let port = common::process::free_port();
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wallet"));
@@ -99,6 +99,7 @@ async fn run_binary(dir: &std::path::Path, env: &[(&str, &str)]) -> Run {
         .current_dir(dir)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", dir)
         .env("WALLET_LOG", "error")
         .env("WALLET_BLOCK_SECS", "0")
         .env("WALLET_CHAIN_POLL_MS", "0")
@@ -300,7 +301,7 @@ async fn development_defaults_stay_on_loopback() {
     .await;
     run.refused("a generated custody seed");
     // On loopback: the one-command development service, with demo tokens.
-    let run = run_binary(&dir, &[("DATABASE_URL", url)]).await;
+    let run = run_binary(&dir, &[("DATABASE_URL", url), ("WALLET_LOG", "warn")]).await;
     run.started();
     assert!(
         run.stdout
@@ -310,6 +311,23 @@ async fn development_defaults_stay_on_loopback() {
     );
     assert!(run.stdout.contains("Bearer ey"), "{}", run.stdout);
     assert!(run.stdout.contains("GraphiQL"), "{}", run.stdout);
+    // The generated seed is kept per user, not per working directory, private to its owner.
+    let seed_file = dir.join(".local/share/wallet-service/dev-seed");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&seed_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The warnings are said, and logs on a pipe carry no terminal colour codes.
+    assert!(run.stderr.contains("DEVELOPMENT secret"), "{}", run.stderr);
+    assert!(run.stderr.contains("DEVELOPMENT seed"), "{}", run.stderr);
+    assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
+    // Started from another directory by the same user: the same seed, so it starts (the
+    // database's fingerprint refuses any other).
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let home = dir.to_str().unwrap();
+    run_binary(&elsewhere, &[("DATABASE_URL", url), ("HOME", home)])
+        .await
+        .started();
     // With a real secret configured, tokens are credentials: never printed.
     let run = run_binary(
         &dir,
@@ -438,4 +456,26 @@ fn cli_tokens_last_as_long_as_the_demo_tokens() {
     .unwrap();
     let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
     assert_eq!(lifetime, 24 * 3600, "{claims}");
+}
+
+#[test]
+fn cli_tokens_say_once_and_briefly_when_signed_with_the_built_in_secret() {
+    let token = |secret: Option<&str>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wallet"));
+        command
+            .args(["token", "--sub", "alice"])
+            .env_remove("WALLET_JWT_SECRET")
+            .env_remove("WALLET_LOG");
+        if let Some(secret) = secret {
+            command.env("WALLET_JWT_SECRET", secret);
+        }
+        let out = command.output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stderr).unwrap()
+    };
+    assert_eq!(
+        token(None),
+        "note: signed with the built-in development secret\n"
+    );
+    assert_eq!(token(Some(STRONG_SECRET)), "");
 }

@@ -4,6 +4,7 @@
 //! function, wrap the result.
 
 pub mod error;
+pub mod field_order;
 pub mod guard;
 pub mod ids;
 pub mod loaders;
@@ -85,7 +86,8 @@ pub fn build_schema(
             max_fields: limits.max_fields,
             limiter,
         })
-        .extension(ExecutionMarker);
+        .extension(ExecutionMarker)
+        .extension(field_order::FieldOrder);
     match introspection {
         true => builder.finish(),
         false => builder.disable_introspection().finish(),
