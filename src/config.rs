@@ -367,7 +367,8 @@ impl CustodyConfig {
         }
         if environment == Environment::Production {
             anyhow::bail!(
-                "no custody seed: WALLET_SEED_FILE is required when WALLET_ENV=production"
+                "no custody seed: WALLET_SEED_FILE (or WALLET_SEED) is required when \
+                 WALLET_ENV=production"
             );
         }
         let path = dev_seed_file()?;

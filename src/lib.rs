@@ -4,6 +4,10 @@
 //! [`graphql`] (schema, translation of domain types and errors) → [`ledger`] (money rules,
 //! free of GraphQL/HTTP types; functions take a connection and return typed errors) →
 //! [`db`] (pool, migrations, transactions with retry).
+//!
+//! The design is described in `docs/architecture.md`, the API contract in `docs/api.md`,
+//! the money rules the ledger guarantees in `docs/money.md`, and configuration, metrics
+//! and runbooks in `docs/operations.md`.
 
 pub mod app;
 pub mod auth;

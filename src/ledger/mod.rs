@@ -1,4 +1,5 @@
-//! The ledger: money rules, free of transport types.
+//! The ledger: money rules (stated as guarantees in `docs/money.md`), free of transport
+//! types.
 //!
 //! Every function takes a connection (or pool) and returns [`LedgerError`]; callers decide
 //! how to present it. Visibility is passed in as a [`Scope`] so that access control is
