@@ -435,7 +435,17 @@ async fn execute(
     } else {
         StatusCode::OK
     };
-    let body = match serde_json::to_vec(&response) {
+    // A request that failed before execution (did not parse or validate, or was refused)
+    // has no `data` entry at all; one that ran has `data`, null where it failed.
+    let body = if !started.get() && response.is_err() {
+        serde_json::to_vec(&RequestError {
+            errors: &response.errors,
+            extensions: &response.extensions,
+        })
+    } else {
+        serde_json::to_vec(&response)
+    };
+    let body = match body {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(error = %e, "could not serialise a response");
@@ -457,6 +467,14 @@ async fn execute(
             .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     resp
+}
+
+/// The response to a request that was not executed: errors only.
+#[derive(serde::Serialize)]
+struct RequestError<'a> {
+    errors: &'a [async_graphql::ServerError],
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    extensions: &'a std::collections::BTreeMap<String, async_graphql::Value>,
 }
 
 /// Seconds to wait, when the request was refused by the rate limit (HTTP 429 with

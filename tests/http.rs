@@ -78,18 +78,21 @@ async fn content_negotiation_and_status_codes() {
         let (status, _, b) = t.send(post(&body, "application/json", Some(GQL))).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{doc}");
         assert_eq!(error_code(&b), "BAD_USER_INPUT");
-        assert!(b["data"].is_null());
+        // Not executed: no `data` entry at all.
+        assert!(b.get("data").is_none(), "{b}");
         let (status, _, b) = t
             .send(post(&body, "application/json", Some("application/json")))
             .await;
         assert_eq!(status, StatusCode::OK, "{doc}");
         assert_eq!(error_code(&b), "BAD_USER_INPUT");
+        assert!(b.get("data").is_none(), "{b}");
     }
-    // Field errors during execution are 200 either way.
+    // Field errors during execution are 200 either way, with `data` (null where it failed).
     let body = json!({"query": "{ viewer { userId } }"}).to_string();
     let (status, _, b) = t.send(post(&body, "application/json", Some(GQL))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(error_code(&b), "UNAUTHENTICATED");
+    assert!(b.get("data").is_some_and(|d| d.is_null()), "{b}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

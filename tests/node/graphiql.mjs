@@ -1,7 +1,7 @@
 // GraphiQL as a user meets it, in headless Chromium: the page loads with nothing but
 // 127.0.0.1 reachable, a token typed into the Headers tab authenticates a query, a wallet
 // with its transactions, and a subscription whose event (a deposit made here, through
-// the API) appears in the result pane. Run by tests/node.rs, which starts the service
+// the API) appears in the result pane. Run by tests/browser.rs, which starts the service
 // and passes WALLET_URL, WALLET_TOKEN (the wallet's owner), WALLET_OPERATOR and
 // WALLET_ID. Exits non-zero on failure, with a screenshot in WALLET_SCREENSHOT.
 import { chromium } from "playwright-core";
