@@ -113,7 +113,7 @@ async function signIn() {
   list.replaceChildren();
   for (const wallet of data.viewer.wallets.nodes) {
     const button = document.createElement("button");
-    button.textContent = `${wallet.currency} · ${wallet.balance}`;
+    button.textContent = walletLabel(wallet);
     button.dataset.wallet = wallet.id;
     button.onclick = () => openWallet(wallet, button);
     const item = document.createElement("li");
@@ -122,6 +122,8 @@ async function signIn() {
   }
   if (data.viewer.wallets.nodes.length === 0) list.textContent = "No wallets yet.";
 }
+
+const walletLabel = (wallet) => `${wallet.currency} · ${wallet.balance}`;
 
 const TRANSACTION_FIELDS = "id type amount status balanceAfter createdAt";
 
@@ -149,7 +151,10 @@ async function openWallet(wallet, button) {
     {
       onNext(which, payload) {
         if (current !== opened || !payload.data) return;
-        if (which === 0) showBalance(payload.data.walletUpdated);
+        if (which === 0) {
+          showBalance(payload.data.walletUpdated);
+          button.textContent = walletLabel({ ...wallet, ...payload.data.walletUpdated });
+        }
         else showTransaction(payload.data.transactionUpdated, "top", true);
       },
       onState(on) {

@@ -5,7 +5,7 @@
 // Run by tests/browser.rs with WALLET_URL, WALLET_TOKEN (the wallet's owner),
 // WALLET_OPERATOR, WALLET_ID (a wallet with seven deposits of 1.00 … 7.00) and
 // WALLET_SCREENSHOT (written on failure).
-import { chromium } from "playwright-core";
+import { offlinePage } from "./offline-browser.mjs";
 
 const base = process.env.WALLET_URL;
 const token = process.env.WALLET_TOKEN;
@@ -13,20 +13,9 @@ const operator = process.env.WALLET_OPERATOR;
 const walletId = process.env.WALLET_ID;
 const screenshot = process.env.WALLET_SCREENSHOT || "example-client-failure.png";
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
-});
-const page = await browser.newPage();
-const offsite = [];
+const { browser, page, offsite } = await offlinePage({ width: 1000, height: 800 });
 const pageErrors = [];
 page.on("pageerror", (e) => pageErrors.push(String(e)));
-await page.route("**/*", (route) => {
-  const url = new URL(route.request().url());
-  if (url.hostname === "127.0.0.1") return route.continue();
-  offsite.push(url.href);
-  return route.abort();
-});
 
 /** The amounts of the transaction rows, top to bottom. */
 const amounts = () =>
@@ -51,6 +40,7 @@ try {
   await page.fill("#token", `Bearer ${token}`);
   await page.click("#sign-in button[type=submit]");
   await page.click(`#wallets button[data-wallet="${walletId}"]`, { timeout: 15000 });
+  if (await page.isVisible("#sign-in")) throw new Error("the sign-in form is still shown");
 
   // Newest first, one page of five; then the two older ones.
   await expectAmounts(["7.00", "6.00", "5.00", "4.00", "3.00"], "newest page");
@@ -77,12 +67,20 @@ try {
     ["8.00", "7.00", "6.00", "5.00", "4.00", "3.00", "2.00", "1.00"],
     "after a live deposit",
   );
-  await page.waitForFunction(() => document.querySelector("#balance").textContent === "36.00", null, {
-    timeout: 15000,
-  });
+  await page.waitForFunction(
+    (id) =>
+      document.querySelector("#balance").textContent === "36.00" &&
+      document.querySelector(`#wallets button[data-wallet="${id}"]`).textContent === "USD · 36.00",
+    walletId,
+    { timeout: 15000 },
+  );
 
   if (offsite.length > 0) throw new Error(`requests left the machine: ${offsite.join(", ")}`);
   if (pageErrors.length > 0) throw new Error(`errors in the page: ${pageErrors.join("; ")}`);
+  // To look at the page: WALLET_SCREENSHOT_OK=/tmp/example.png cargo test --test browser
+  if (process.env.WALLET_SCREENSHOT_OK) {
+    await page.screenshot({ path: process.env.WALLET_SCREENSHOT_OK, fullPage: true });
+  }
   console.log("example client: sign-in, wallets, pages and live updates all work offline");
 } catch (e) {
   await page.screenshot({ path: screenshot, fullPage: true }).catch(() => {});

@@ -4,7 +4,7 @@
 // the API) appears in the result pane. Run by tests/browser.rs, which starts the service
 // and passes WALLET_URL, WALLET_TOKEN (the wallet's owner), WALLET_OPERATOR and
 // WALLET_ID. Exits non-zero on failure, with a screenshot in WALLET_SCREENSHOT.
-import { chromium } from "playwright-core";
+import { offlinePage } from "./offline-browser.mjs";
 
 const base = process.env.WALLET_URL;
 const token = process.env.WALLET_TOKEN;
@@ -12,26 +12,7 @@ const operator = process.env.WALLET_OPERATOR;
 const walletId = process.env.WALLET_ID;
 const screenshot = process.env.WALLET_SCREENSHOT || "graphiql-failure.png";
 
-const browser = await chromium.launch({
-  executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-  args: ["--no-sandbox", "--disable-gpu"],
-});
-const page = await browser.newPage({ viewport: { width: 1400, height: 900 } });
-const offsite = [];
-await page.route("**/*", (route) => {
-  const url = new URL(route.request().url());
-  if (url.hostname === "127.0.0.1") return route.continue();
-  offsite.push(url.href);
-  return route.abort();
-});
-page.on("websocket", (ws) => {
-  if (new URL(ws.url()).hostname !== "127.0.0.1") offsite.push(ws.url());
-  if (process.env.WALLET_DEBUG) {
-    ws.on("framesent", (f) => console.log("ws >", f.payload));
-    ws.on("framereceived", (f) => console.log("ws <", f.payload));
-    ws.on("close", () => console.log("ws closed"));
-  }
-});
+const { browser, page, offsite } = await offlinePage();
 
 /** Puts text into the visible one of GraphiQL's editors under `selector` (CodeMirror
  * keeps its API on its element; typing would fight its bracket auto-closing). */
