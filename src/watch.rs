@@ -86,9 +86,11 @@ pub async fn run(watch: Watch, out: &mut impl std::io::Write) -> anyhow::Result<
             Some(Ok(Message::Close(None))) => bail!("the server closed the connection"),
             Some(Ok(_)) => continue,
         };
-        let message: Value = serde_json::from_str(&text)
-            .with_context(|| format!("the server sent a message that is not JSON: {text}"))?;
-        match message["type"].as_str().unwrap_or_default() {
+        let message: ServerMessage = serde_json::from_str(&text).with_context(|| {
+            format!("the server sent a message that is not graphql-transport-ws: {text}")
+        })?;
+        let payload_text = message.payload.as_ref().map_or("null", |p| p.get());
+        match message.kind.as_str() {
             "connection_ack" if !subscribed => {
                 send(
                     &mut socket,
@@ -99,10 +101,11 @@ pub async fn run(watch: Watch, out: &mut impl std::io::Write) -> anyhow::Result<
             }
             "ping" => send(&mut socket, json!({"type": "pong"})).await?,
             "next" => {
-                writeln!(out, "{}", message["payload"])?;
+                // As the server wrote it: its fields stay in the query's order.
+                writeln!(out, "{payload_text}")?;
                 out.flush()?;
             }
-            "error" => bail!("the operation failed: {}", message["payload"]),
+            "error" => bail!("the operation failed: {payload_text}"),
             "complete" => {
                 let _ = socket.close(None).await;
                 return Ok(());
@@ -110,6 +113,15 @@ pub async fn run(watch: Watch, out: &mut impl std::io::Write) -> anyhow::Result<
             _ => {}
         }
     }
+}
+
+/// A message from the server; the payload is kept as the server's text.
+#[derive(serde::Deserialize)]
+struct ServerMessage {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    payload: Option<Box<serde_json::value::RawValue>>,
 }
 
 async fn send<S>(socket: &mut S, message: Value) -> anyhow::Result<()>

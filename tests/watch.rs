@@ -47,7 +47,14 @@ async fn watch_prints_each_event_as_a_json_line() {
             break;
         }
     }
-    let first: Value = serde_json::from_str(&first.expect("an event line")).unwrap();
+    let first = first.expect("an event line");
+    // Printed as the server sent it: fields in the query's order.
+    let at = |key: &str| first.find(&format!("\"{key}\"")).unwrap();
+    assert!(
+        at("type") < at("amount") && at("amount") < at("balanceAfter"),
+        "{first}"
+    );
+    let first: Value = serde_json::from_str(&first).unwrap();
     assert_eq!(first["data"]["transactionUpdated"]["type"], "DEPOSIT");
     assert_eq!(first["data"]["transactionUpdated"]["amount"], "1.50");
     let before: rust_decimal::Decimal = first["data"]["transactionUpdated"]["balanceAfter"]
