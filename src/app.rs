@@ -7,7 +7,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 
 use crate::auth::TokenKeys;
-use crate::chain::SimulatedChain;
+use crate::chain::ethereum::{self, EthereumNode, NodeConfig};
+use crate::chain::{Networks, SimulatedChain};
 use crate::chain_worker::ChainWorker;
 use crate::custody::{Custody, SeedSource};
 use crate::db::{self, PgPool, QueryCounter, SessionLimits};
@@ -35,6 +36,9 @@ pub struct AppState {
     pub custody: Arc<Custody>,
     /// The simulated chain, when enabled (development): its dev-only mutations work.
     pub simulator: Option<SimulatedChain>,
+    /// The chain backend of each network with one (the simulator, a node client): crypto
+    /// movements go through it.
+    pub chains: Networks,
     /// Applies fiat movements in batches, one database transaction per batch.
     pub committer: Committer,
     /// Wakes this process's chain worker (a withdrawal to sign, blocks to follow).
@@ -61,8 +65,10 @@ pub struct AppConfig {
     pub ws: WsLimits,
     pub rates: RateLimits,
     pub seed: SeedSource,
-    /// Run the simulated bitcoin and ethereum networks.
+    /// Run the simulated bitcoin and ethereum networks (ethereum only without a node).
     pub simulated_chain: bool,
+    /// Serve the ethereum network from this JSON-RPC node instead of the simulator.
+    pub ethereum: Option<NodeConfig>,
     /// Mine a block this often (`None`: only on demand, with `mineBlocks`).
     pub block_interval: Option<Duration>,
     /// Reconcile every crypto wallet against the chain this often (`None`: never).
@@ -152,19 +158,42 @@ impl App {
             limits,
             queries.clone(),
         )?;
-        // Networks with a chain backend; crypto currencies of other networks are not
-        // offered.
-        let networks: &[&str] = match config.simulated_chain {
-            true => &["bitcoin", "ethereum"],
-            false => &[],
+        // The chain backend of each network: the simulator (its own connections, as a node
+        // client would have: a request holding a pooled connection never waits on the pool
+        // for the chain), and a node client where one is configured.
+        let simulator = match config.simulated_chain {
+            true => Some(SimulatedChain::new(db::build_pool(
+                &config.database_url,
+                4,
+                limits,
+                QueryCounter::default(),
+            )?)),
+            false => None,
         };
+        let mut chains = Networks::default();
+        if let Some(simulator) = &simulator {
+            for network in ["bitcoin", ethereum::NETWORK] {
+                chains = chains.with(network, Arc::new(simulator.clone()));
+            }
+        }
+        if let Some(node) = &config.ethereum {
+            let pool = db::build_pool(&config.database_url, 2, limits, QueryCounter::default())?;
+            let node = EthereumNode::connect(node, pool).await?;
+            tracing::info!(
+                chain_id = node.chain_id(),
+                "ethereum served by a JSON-RPC node"
+            );
+            chains = chains.with(ethereum::NETWORK, Arc::new(node));
+        }
+        // Crypto currencies of networks without a backend are not offered.
+        let networks: Vec<&str> = chains.names().collect();
         let currencies = {
             let mut conn = pool.get().await?;
             crate::custody::fingerprint::check(&mut conn, &custody).await?;
             Arc::new(
                 CurrencyRegistry::load(&mut conn)
                     .await?
-                    .with_networks(networks)
+                    .with_networks(&networks)
                     .with_withdrawal_fees(&config.withdrawal_fees)
                     .map_err(|e| anyhow::anyhow!(e))?,
             )
@@ -190,28 +219,23 @@ impl App {
             queries,
             events,
             custody,
-            // Its own connections, as a node client would have: a request holding a pooled
-            // connection never waits on the pool for the chain.
-            simulator: match config.simulated_chain {
-                true => Some(SimulatedChain::new(db::build_pool(
-                    &config.database_url,
-                    4,
-                    limits,
-                    QueryCounter::default(),
-                )?)),
-                false => None,
-            },
+            simulator,
+            chains,
         };
         let miner = match (&state.simulator, config.block_interval) {
-            (Some(chain), Some(interval)) => Some(Arc::new(spawn_miner(chain.clone(), interval))),
+            (Some(simulator), Some(interval)) => {
+                // Only the networks the simulator serves.
+                let mined: Vec<String> = ["bitcoin", ethereum::NETWORK]
+                    .into_iter()
+                    .filter(|n| config.ethereum.is_none() || *n != ethereum::NETWORK)
+                    .map(str::to_owned)
+                    .collect();
+                Some(Arc::new(spawn_miner(simulator.clone(), mined, interval)))
+            }
             _ => None,
         };
-        let reconciler = match (&state.simulator, config.reconcile_interval) {
-            (Some(chain), Some(interval)) => Some(Arc::new(spawn_reconciler(
-                state.clone(),
-                chain.clone(),
-                interval,
-            ))),
+        let reconciler = match (state.chains.is_empty(), config.reconcile_interval) {
+            (false, Some(interval)) => Some(Arc::new(spawn_reconciler(state.clone(), interval))),
             _ => None,
         };
         let chain_worker = match (App::worker_of(&state), config.chain_poll) {
@@ -243,11 +267,13 @@ impl App {
 
     /// A chain worker over this app's chain (none without one).
     pub fn worker_of(state: &AppState) -> Option<ChainWorker> {
-        let chain = state.simulator.clone()?;
+        if state.chains.is_empty() {
+            return None;
+        }
         Some(ChainWorker {
             pool: state.pool.clone(),
             currencies: state.currencies.clone(),
-            chain: Arc::new(chain),
+            chain: Arc::new(state.chains.clone()),
             custody: state.custody.clone(),
         })
     }
@@ -260,13 +286,17 @@ impl App {
 
 /// The simulated chain's block timer. Every process runs it; the conditional update in
 /// [`SimulatedChain::mine_if_due`] mines one block per interval between them.
-fn spawn_miner(chain: SimulatedChain, interval: Duration) -> AbortOnDrop<()> {
+fn spawn_miner(
+    chain: SimulatedChain,
+    networks: Vec<String>,
+    interval: Duration,
+) -> AbortOnDrop<()> {
     AbortOnDrop::spawn(async move {
         let mut tick = tokio::time::interval(interval / 4);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
             tick.tick().await;
-            for network in ["bitcoin", "ethereum"] {
+            for network in &networks {
                 match chain.mine_if_due(network, interval).await {
                     Ok(Some(height)) => tracing::debug!(network, height, "mined a block"),
                     Ok(None) => {}
@@ -281,7 +311,7 @@ fn spawn_miner(chain: SimulatedChain, interval: Duration) -> AbortOnDrop<()> {
 /// one of them do each interval's run.
 ///
 /// [`claim_job`]: crate::ledger::reconciliation::claim_job
-fn spawn_reconciler(state: AppState, chain: SimulatedChain, interval: Duration) -> AbortOnDrop<()> {
+fn spawn_reconciler(state: AppState, interval: Duration) -> AbortOnDrop<()> {
     use crate::ledger::reconciliation::{claim_job, reconcile_all_crypto};
     AbortOnDrop::spawn(async move {
         let mut tick = tokio::time::interval((interval / 4).max(Duration::from_secs(1)));
@@ -300,7 +330,7 @@ fn spawn_reconciler(state: AppState, chain: SimulatedChain, interval: Duration) 
                 }
             }
             drop(conn);
-            match reconcile_all_crypto(&state.pool, &state.currencies, &chain).await {
+            match reconcile_all_crypto(&state.pool, &state.currencies, &state.chains).await {
                 Ok(run) => tracing::info!(
                     reconciled = run.reconciled,
                     mismatched = run.mismatched,

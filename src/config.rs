@@ -88,6 +88,13 @@ pub struct ServeConfig {
     /// in production).
     #[arg(long, env = "WALLET_SIMULATED_CHAIN")]
     pub simulated_chain: Option<bool>,
+    /// JSON-RPC endpoint of an Ethereum node (e.g. anvil's `http://127.0.0.1:8545`): the
+    /// `ethereum` network is then served by that node instead of the simulator.
+    #[arg(long, env = "WALLET_ETHEREUM_RPC_URL")]
+    pub ethereum_rpc_url: Option<String>,
+    /// The chain id the Ethereum node must report (refused at start otherwise).
+    #[arg(long, env = "WALLET_ETHEREUM_CHAIN_ID")]
+    pub ethereum_chain_id: Option<u64>,
     /// Seconds between blocks of the simulated networks (0: only on demand).
     #[arg(long, env = "WALLET_BLOCK_SECS", default_value_t = 10)]
     pub block_secs: u64,
@@ -251,6 +258,15 @@ pub struct Startup {
 }
 
 impl ServeConfig {
+    /// The Ethereum node to use, when one is configured.
+    pub fn ethereum(&self) -> Option<crate::chain::ethereum::NodeConfig> {
+        let rpc_url = self.ethereum_rpc_url.as_deref()?.trim();
+        (!rpc_url.is_empty()).then(|| crate::chain::ethereum::NodeConfig {
+            rpc_url: rpc_url.to_owned(),
+            chain_id: self.ethereum_chain_id,
+        })
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }

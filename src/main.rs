@@ -185,6 +185,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         rates: config.abuse.rates(),
         seed: startup.seed.clone(),
         simulated_chain: startup.simulated_chain,
+        ethereum: config.ethereum(),
         block_interval: (config.block_secs > 0).then(|| Duration::from_secs(config.block_secs)),
         reconcile_interval: (config.reconcile_secs > 0)
             .then(|| Duration::from_secs(config.reconcile_secs)),

@@ -1,6 +1,15 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    chain_blocks (network, number) {
+        network -> Text,
+        number -> Int8,
+        hash -> Text,
+        parent_hash -> Text,
+    }
+}
+
+diesel::table! {
     chain_scan_cursors (network) {
         network -> Text,
         block -> Int8,
@@ -193,6 +202,7 @@ diesel::joinable!(transactions -> wallets (wallet_id));
 diesel::joinable!(wallets -> currencies (currency));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    chain_blocks,
     chain_scan_cursors,
     currencies,
     custody_fingerprint,

@@ -1,11 +1,15 @@
 //! What the ledger needs from a blockchain, behind one trait, so that the simulated chain
 //! and real node clients are interchangeable.
 
+pub mod ethereum;
+pub mod networks;
 pub mod simulated;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
+pub use ethereum::EthereumNode;
+pub use networks::Networks;
 pub use simulated::SimulatedChain;
 
 /// A transfer as the chain reports it.
@@ -166,4 +170,8 @@ pub trait Chain: Send + Sync {
     async fn estimate_fee(&self, network: &str) -> Result<Fee, ChainError>;
     /// Submits a signed transfer; returns its hash (also when it was already submitted).
     async fn broadcast(&self, transfer: &SignedTransfer) -> Result<String, ChainError>;
+    /// Whether this backend can send withdrawals on `network`.
+    fn sends_withdrawals(&self, _network: &str) -> bool {
+        true
+    }
 }

@@ -10,7 +10,7 @@ use super::types::ChainTransferObject;
 use super::types::{ReconciliationObject, TransactionObject, TransferObject, WalletObject};
 use super::validators::Text;
 use super::{deadline, require_operator, scope, state, viewer};
-use crate::chain::SimulatedChain;
+use crate::chain::{Networks, SimulatedChain};
 use crate::custody::{Chain, validate_address};
 use crate::ledger::chain_withdrawal::{self, WithdrawalRequest};
 use crate::ledger::movement::{Direction, MovementRequest};
@@ -367,11 +367,12 @@ impl Mutation {
         let currencies = state(ctx).currencies.clone();
         let Some(external) = input.external_balance else {
             // No outside balance: a crypto wallet is compared with the chain.
-            let Some(chain) = state(ctx).simulator.clone() else {
+            let chain = state(ctx).chains.clone();
+            if chain.is_empty() {
                 return Err(bad_input(
-                    "externalBalance is required to reconcile a fiat wallet",
+                    "externalBalance is required: this server has no chain to compare with",
                 ));
-            };
+            }
             let request = ChainReconciliation {
                 wallet_id,
                 start: input.start_time,
@@ -398,11 +399,12 @@ impl Mutation {
 }
 
 /// The chain behind crypto movements.
-fn chain(ctx: &Context<'_>) -> Result<SimulatedChain> {
-    state(ctx)
-        .simulator
-        .clone()
-        .ok_or_else(|| LedgerError::ChainUnavailable("no chain is configured".into()).into())
+fn chain(ctx: &Context<'_>) -> Result<Networks> {
+    let chains = state(ctx).chains.clone();
+    if chains.is_empty() {
+        return Err(LedgerError::ChainUnavailable("no chain is configured".into()).into());
+    }
+    Ok(chains)
 }
 
 fn simulator_enabled(ctx: &Context<'_>) -> bool {

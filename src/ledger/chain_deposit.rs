@@ -322,6 +322,45 @@ pub(crate) async fn update_hold(
         .await?)
 }
 
+/// A held deposit whose transfer the chain no longer has: back to no confirmations and no
+/// block (it stays PENDING and is credited if the transfer is mined again).
+async fn unconfirm(
+    conn: &mut AsyncPgConnection,
+    network: &str,
+    hash: &str,
+) -> Result<(), LedgerError> {
+    posting::retried!(conn, |tx| { unconfirm_in(tx, network, hash).await })
+}
+
+async fn unconfirm_in(
+    conn: &mut AsyncPgConnection,
+    network: &str,
+    hash: &str,
+) -> Result<(), LedgerError> {
+    let Some(seen) = posting::find_chain_deposit(conn, network, hash).await? else {
+        return Ok(());
+    };
+    // Under the wallet lock, like every writer of a deposit (a watcher may be recording it
+    // in its new block right now).
+    posting::lock_wallet(conn, &Scope::All, seen.wallet_id).await?;
+    let Some(hold) = posting::find_chain_deposit(conn, network, hash).await? else {
+        return Ok(());
+    };
+    if hold.status != TransactionStatus::Pending
+        || (hold.confirmations.unwrap_or(0) == 0 && hold.block_number.is_none())
+    {
+        return Ok(());
+    }
+    let chain = ChainFields {
+        confirmations: 0,
+        block_number: None,
+        ..ChainFields::default()
+    };
+    tracing::warn!(hash, network, "a held deposit is no longer on the chain");
+    update_hold(conn, &hold, TransactionStatus::Pending, &chain, None).await?;
+    Ok(())
+}
+
 async fn credit_of(
     conn: &mut AsyncPgConnection,
     hold_id: i64,
@@ -514,7 +553,15 @@ async fn observe_wallet(
             // One the chain cannot tell about now is asked again next pass (it stays open).
             Deposit::Confirming(hash) => match chain.transfer(network, &hash).await {
                 Ok(Some(t)) => t,
-                Ok(None) => continue,
+                // Gone from the chain (a reorganisation dropped it): unconfirmed until it
+                // is mined again; asked again next pass.
+                Ok(None) => {
+                    if let Err(e) = unconfirm(&mut conn, network, &hash).await {
+                        report.errors += 1;
+                        tracing::warn!(hash, error = ?e, "could not unconfirm a deposit");
+                    }
+                    continue;
+                }
                 Err(e) => {
                     report.errors += 1;
                     tracing::warn!(hash, error = %e, "could not follow a deposit");

@@ -71,6 +71,11 @@ pub async fn request(
     let (wallet, currency, network, from_address) =
         wallet::find_crypto_wallet(conn, currencies, scope, request.wallet_id, "withdrawals")
             .await?;
+    if !chain.sends_withdrawals(&network) {
+        return Err(LedgerError::ChainUnavailable(format!(
+            "withdrawals on {network} cannot be sent by this server's node client"
+        )));
+    }
     let custody_chain = custody::Chain::from_network(&network).ok_or_else(|| {
         LedgerError::CurrencyNotSupported(format!("no custody for network {network:?}"))
     })?;

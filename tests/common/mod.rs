@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod anvil;
 pub mod process;
 pub mod ws;
 
@@ -180,6 +181,10 @@ pub struct Options {
     pub ws: WsLimits,
     /// Run the simulated networks (without: no chain backend, crypto not offered).
     pub simulated_chain: bool,
+    /// Serve ethereum from this node instead of the simulator.
+    pub ethereum: Option<wallet::chain::ethereum::NodeConfig>,
+    /// The custody seed.
+    pub mnemonic: &'static str,
     pub graphiql: bool,
     pub metrics: wallet::app::MetricsAccess,
     pub request_timeout: Duration,
@@ -206,6 +211,8 @@ impl Default for Options {
                 ..WsLimits::default()
             },
             simulated_chain: true,
+            ethereum: None,
+            mnemonic: TEST_MNEMONIC,
             graphiql: true,
             metrics: wallet::app::MetricsAccess::Open,
         }
@@ -225,8 +232,9 @@ impl Options {
             http: Default::default(),
             ws: self.ws,
             rates: self.rates,
-            seed: wallet::custody::SeedSource::Mnemonic(TEST_MNEMONIC.into()),
+            seed: wallet::custody::SeedSource::Mnemonic(self.mnemonic.into()),
             simulated_chain: self.simulated_chain,
+            ethereum: self.ethereum.clone(),
             block_interval: None,
             reconcile_interval: None,
             chain_poll: self.chain_poll,

@@ -1,0 +1,544 @@
+//! Ethereum through a JSON-RPC node (anvil in development and tests, any execution client
+//! in production), with alloy.
+//!
+//! What the ledger needs, read from the node's canonical chain:
+//! - a transfer's confirmations are counted only while the block that includes it is the
+//!   canonical block at that height (a receipt of a block a reorg replaced is ignored);
+//! - the deposit watcher's [`Chain::transfers_since`] remembers the hash of every block it
+//!   returned (`chain_blocks`). When the block it resumes from is no longer canonical, it
+//!   walks back to the newest block both chains share and scans forward from there, so a
+//!   transfer moved to another block by a reorg is seen again there (and recorded once:
+//!   the ledger keys deposits by hash).
+//!
+//! Amounts are ether (wei / 10^18) as exact decimals. Every call has a deadline: a node
+//! that does not answer is [`ChainError::Unavailable`], never a hung worker.
+
+use std::future::IntoFuture;
+use std::time::Duration;
+
+use alloy::consensus::Transaction as _;
+use alloy::eips::{BlockId, BlockNumberOrTag};
+use alloy::network::TransactionResponse as _;
+use alloy::primitives::{Address, B256, U256};
+use alloy::providers::{DynProvider, Provider, ProviderBuilder};
+use alloy::rpc::types::{Block, TransactionReceipt};
+use chrono::{DateTime, TimeZone as _, Utc};
+use diesel::prelude::*;
+use diesel_async::RunQueryDsl;
+use rust_decimal::Decimal;
+
+use super::{Chain, ChainError, ChainTransfer, Fee, SignedTransfer, TransferStatus};
+use crate::db::PgPool;
+use crate::schema::chain_blocks;
+
+/// The network name this client serves.
+pub const NETWORK: &str = "ethereum";
+/// Wei per ether, as a decimal scale.
+const ETHER_SCALE: u32 = 18;
+/// Gas of a plain ether transfer.
+const TRANSFER_GAS: u64 = 21_000;
+/// How long one JSON-RPC call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Blocks whose hashes are kept for reorg detection: deeper reorgs are not followed.
+const REMEMBERED_BLOCKS: i64 = 1024;
+/// Where a watcher with no history starts: this many blocks below the tip (a node's whole
+/// history is not scanned; wallets are younger than that).
+const FIRST_SCAN_DEPTH: u64 = 256;
+
+/// How to reach the node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// `http://…` JSON-RPC endpoint.
+    pub rpc_url: String,
+    /// The chain id the node must report (refused otherwise).
+    pub chain_id: Option<u64>,
+}
+
+#[derive(Clone)]
+pub struct EthereumNode {
+    provider: DynProvider,
+    /// For the memory of processed blocks.
+    pool: PgPool,
+    chain_id: u64,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ChainError {
+    ChainError::Unavailable(e.to_string())
+}
+
+/// One node call under [`CALL_TIMEOUT`]; any failure is the node being unavailable.
+async fn call<T, E: std::fmt::Display>(
+    what: &str,
+    f: impl IntoFuture<Output = Result<T, E>>,
+) -> Result<T, ChainError> {
+    match tokio::time::timeout(CALL_TIMEOUT, f.into_future()).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(ChainError::Unavailable(format!(
+            "ethereum node, {what}: {e}"
+        ))),
+        Err(_) => Err(ChainError::Unavailable(format!(
+            "ethereum node, {what}: no answer within {CALL_TIMEOUT:?}"
+        ))),
+    }
+}
+
+/// Wei as ether.
+pub fn ether(wei: U256) -> Result<Decimal, ChainError> {
+    let wei = i128::try_from(wei).map_err(|_| unavailable("an amount beyond 2^127 wei"))?;
+    Decimal::try_from_i128_with_scale(wei, ETHER_SCALE).map_err(unavailable)
+}
+
+fn spell(hash: B256) -> String {
+    format!("{hash:#x}")
+}
+
+fn address(a: Address) -> String {
+    a.to_checksum(None)
+}
+
+fn parse_hash(hash: &str) -> Option<B256> {
+    hash.parse().ok()
+}
+
+fn block_number(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+impl EthereumNode {
+    /// Connects and checks the chain id (when one is configured).
+    pub async fn connect(config: &NodeConfig, pool: PgPool) -> anyhow::Result<Self> {
+        let url = config
+            .rpc_url
+            .parse()
+            .map_err(|e| anyhow::anyhow!("WALLET_ETHEREUM_RPC_URL {:?}: {e}", config.rpc_url))?;
+        let provider = ProviderBuilder::new()
+            .disable_recommended_fillers()
+            .connect_http(url)
+            .erased();
+        let chain_id = call("eth_chainId", provider.get_chain_id())
+            .await
+            .map_err(|e| anyhow::anyhow!("{e} (WALLET_ETHEREUM_RPC_URL={})", config.rpc_url))?;
+        if let Some(expected) = config.chain_id
+            && expected != chain_id
+        {
+            anyhow::bail!(
+                "the ethereum node at {} serves chain id {chain_id}, not \
+                 WALLET_ETHEREUM_CHAIN_ID={expected}",
+                config.rpc_url
+            );
+        }
+        Ok(EthereumNode {
+            provider,
+            pool,
+            chain_id,
+        })
+    }
+
+    pub fn chain_id(&self) -> u64 {
+        self.chain_id
+    }
+
+    async fn tip_number(&self) -> Result<u64, ChainError> {
+        call("eth_blockNumber", self.provider.get_block_number()).await
+    }
+
+    async fn block(&self, number: u64, full: bool) -> Result<Option<Block>, ChainError> {
+        let request = self
+            .provider
+            .get_block_by_number(BlockNumberOrTag::Number(number));
+        let request = if full { request.full() } else { request };
+        call("eth_getBlockByNumber", request).await
+    }
+
+    async fn canonical_hash(&self, number: u64) -> Result<Option<B256>, ChainError> {
+        Ok(self.block(number, false).await?.map(|b| b.header.hash))
+    }
+
+    async fn receipts(&self, number: u64) -> Result<Vec<TransactionReceipt>, ChainError> {
+        Ok(call(
+            "eth_getBlockReceipts",
+            self.provider
+                .get_block_receipts(BlockId::Number(BlockNumberOrTag::Number(number))),
+        )
+        .await?
+        .unwrap_or_default())
+    }
+
+    /// The ether transfers of a block (transactions with a value), with their outcome.
+    async fn block_transfers(
+        &self,
+        block: &Block,
+        tip: u64,
+    ) -> Result<Vec<ChainTransfer>, ChainError> {
+        let Some(transactions) = block.transactions.as_transactions() else {
+            return Ok(Vec::new());
+        };
+        let valued: Vec<_> = transactions
+            .iter()
+            .filter(|t| {
+                !alloy::consensus::Transaction::value(*t).is_zero()
+                    && alloy::consensus::Transaction::to(*t).is_some()
+            })
+            .collect();
+        if valued.is_empty() {
+            return Ok(Vec::new());
+        }
+        let receipts = self.receipts(block.header.number).await?;
+        let mut transfers = Vec::with_capacity(valued.len());
+        for t in valued {
+            let hash = t.tx_hash();
+            let Some(receipt) = receipts.iter().find(|r| r.transaction_hash == hash) else {
+                return Err(unavailable(format!(
+                    "block {} has no receipt for {hash:#x}",
+                    block.header.number
+                )));
+            };
+            transfers.push(self.transfer_of(
+                t.from(),
+                t.to(),
+                t.value(),
+                Some(receipt),
+                Some(block.header.number),
+                block.header.timestamp,
+                tip,
+                hash,
+            )?);
+        }
+        Ok(transfers)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn transfer_of(
+        &self,
+        from: Address,
+        to: Option<Address>,
+        value: U256,
+        receipt: Option<&TransactionReceipt>,
+        block: Option<u64>,
+        timestamp: u64,
+        tip: u64,
+        hash: B256,
+    ) -> Result<ChainTransfer, ChainError> {
+        let (status, fee, gas_price, gas_used) = match receipt {
+            None => (TransferStatus::Pending, Decimal::ZERO, None, None),
+            Some(r) => {
+                let price = U256::from(r.effective_gas_price);
+                let used = U256::from(r.gas_used);
+                let status = if r.status() {
+                    TransferStatus::Success
+                } else {
+                    TransferStatus::Failed
+                };
+                (
+                    status,
+                    ether(price * used)?,
+                    Some(ether(price)?),
+                    i64::try_from(r.gas_used).ok(),
+                )
+            }
+        };
+        let confirmations =
+            block.map_or(0, |b| block_number(tip.saturating_sub(b).saturating_add(1)));
+        Ok(ChainTransfer {
+            hash: spell(hash),
+            network: NETWORK.to_owned(),
+            from_address: address(from),
+            to_address: to.map(address).unwrap_or_default(),
+            amount: ether(value)?,
+            fee,
+            gas_price,
+            gas_used,
+            status,
+            block_number: block.map(block_number),
+            confirmations,
+            raw: None,
+            created_at: Utc
+                .timestamp_opt(i64::try_from(timestamp).unwrap_or(0), 0)
+                .single()
+                .unwrap_or_else(Utc::now),
+        })
+    }
+
+    /// The block the watcher resumes after: `after` itself while it is still the block the
+    /// watcher saw there, else the newest remembered block that is still canonical (the
+    /// common ancestor of the old and the new chain). Forgets what lies above it.
+    async fn resume_point(&self, after: u64) -> Result<u64, ChainError> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let remembered: Vec<(i64, String)> = chain_blocks::table
+            .filter(chain_blocks::network.eq(NETWORK))
+            .filter(chain_blocks::number.le(block_number(after)))
+            .order(chain_blocks::number.desc())
+            .select((chain_blocks::number, chain_blocks::hash))
+            .load(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        drop(conn);
+        let mut resume = after;
+        let mut reorged = false;
+        for (number, hash) in remembered {
+            let number = u64::try_from(number).unwrap_or(0);
+            match self.canonical_hash(number).await? {
+                Some(canonical) if spell(canonical) == hash => {
+                    resume = number;
+                    break;
+                }
+                _ => {
+                    reorged = true;
+                    resume = number.saturating_sub(1);
+                }
+            }
+        }
+        if reorged {
+            tracing::warn!(
+                after,
+                resume,
+                "ethereum reorganised: scanning again from the common ancestor"
+            );
+            metrics::counter!("wallet_chain_reorgs_total", "network" => NETWORK).increment(1);
+        }
+        Ok(resume)
+    }
+
+    async fn remember(&self, blocks: &[(i64, String, String)]) -> Result<(), ChainError> {
+        let Some(&(newest, ..)) = blocks.last() else {
+            return Ok(());
+        };
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let rows: Vec<_> = blocks
+            .iter()
+            .map(|(number, hash, parent)| {
+                (
+                    chain_blocks::network.eq(NETWORK),
+                    chain_blocks::number.eq(*number),
+                    chain_blocks::hash.eq(hash),
+                    chain_blocks::parent_hash.eq(parent),
+                )
+            })
+            .collect();
+        // Several watchers may scan the same blocks: the newest answer wins.
+        diesel::insert_into(chain_blocks::table)
+            .values(rows)
+            .on_conflict((chain_blocks::network, chain_blocks::number))
+            .do_update()
+            .set((
+                chain_blocks::hash.eq(diesel::upsert::excluded(chain_blocks::hash)),
+                chain_blocks::parent_hash.eq(diesel::upsert::excluded(chain_blocks::parent_hash)),
+            ))
+            .execute(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        diesel::delete(
+            chain_blocks::table
+                .filter(chain_blocks::network.eq(NETWORK))
+                .filter(chain_blocks::number.le(newest - REMEMBERED_BLOCKS)),
+        )
+        .execute(&mut conn)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    async fn forget_above(&self, number: u64) -> Result<(), ChainError> {
+        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        diesel::delete(
+            chain_blocks::table
+                .filter(chain_blocks::network.eq(NETWORK))
+                .filter(chain_blocks::number.gt(block_number(number))),
+        )
+        .execute(&mut conn)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Chain for EthereumNode {
+    async fn tip(&self, _network: &str) -> Result<i64, ChainError> {
+        Ok(block_number(self.tip_number().await?))
+    }
+
+    async fn transfer(
+        &self,
+        _network: &str,
+        hash: &str,
+    ) -> Result<Option<ChainTransfer>, ChainError> {
+        let Some(hash) = parse_hash(hash) else {
+            return Ok(None);
+        };
+        let Some(tx) = call(
+            "eth_getTransactionByHash",
+            self.provider.get_transaction_by_hash(hash),
+        )
+        .await?
+        else {
+            return Ok(None);
+        };
+        let tip = self.tip_number().await?;
+        let receipt = call(
+            "eth_getTransactionReceipt",
+            self.provider.get_transaction_receipt(hash),
+        )
+        .await?;
+        // Counted only while its block is the canonical one at that height.
+        let mut included = None;
+        if let Some(r) = &receipt
+            && let (Some(number), Some(block_hash)) = (r.block_number, r.block_hash)
+            && let Some(block) = self.block(number, false).await?
+            && block.header.hash == block_hash
+        {
+            included = Some((number, block.header.timestamp));
+        }
+        let receipt = receipt.filter(|_| included.is_some());
+        let (block, timestamp) = match included {
+            Some((number, timestamp)) => (Some(number), timestamp),
+            None => (None, u64::try_from(Utc::now().timestamp()).unwrap_or(0)),
+        };
+        self.transfer_of(
+            tx.from(),
+            tx.to(),
+            tx.value(),
+            receipt.as_ref(),
+            block,
+            timestamp,
+            tip,
+            hash,
+        )
+        .map(Some)
+    }
+
+    async fn balance(&self, _network: &str, address: &str) -> Result<Decimal, ChainError> {
+        let address: Address = address
+            .parse()
+            .map_err(|e| unavailable(format!("address {address:?}: {e}")))?;
+        ether(call("eth_getBalance", self.provider.get_balance(address)).await?)
+    }
+
+    async fn height_at(&self, _network: &str, at: DateTime<Utc>) -> Result<i64, ChainError> {
+        // The newest block mined at or before `at`: a binary search on block times.
+        let at = u64::try_from(at.timestamp()).unwrap_or(0);
+        let (mut low, mut high) = (0u64, self.tip_number().await?);
+        while low < high {
+            let middle = low + (high - low).div_ceil(2);
+            let time = self
+                .block(middle, false)
+                .await?
+                .map_or(u64::MAX, |b| b.header.timestamp);
+            if time <= at {
+                low = middle;
+            } else {
+                high = middle - 1;
+            }
+        }
+        Ok(block_number(low))
+    }
+
+    async fn settled_between(
+        &self,
+        _network: &str,
+        address: &str,
+        after: i64,
+        up_to: i64,
+    ) -> Result<Vec<ChainTransfer>, ChainError> {
+        let tip = self.tip_number().await?;
+        let (after, up_to) = (
+            u64::try_from(after).unwrap_or(0),
+            u64::try_from(up_to).unwrap_or(0).min(tip),
+        );
+        let mut settled = Vec::new();
+        for number in after + 1..=up_to {
+            let Some(block) = self.block(number, true).await? else {
+                break;
+            };
+            settled.extend(
+                self.block_transfers(&block, tip)
+                    .await?
+                    .into_iter()
+                    .filter(|t| t.status == TransferStatus::Success)
+                    .filter(|t| t.from_address == address || t.to_address == address),
+            );
+        }
+        Ok(settled)
+    }
+
+    async fn transfers_since(
+        &self,
+        _network: &str,
+        after_block: i64,
+    ) -> Result<Vec<ChainTransfer>, ChainError> {
+        let tip = self.tip_number().await?;
+        let after = match u64::try_from(after_block).unwrap_or(0) {
+            0 => tip.saturating_sub(FIRST_SCAN_DEPTH),
+            after => self.resume_point(after.min(tip)).await?,
+        };
+        self.forget_above(after).await?;
+        let mut transfers = Vec::new();
+        let mut seen: Vec<(i64, String, String)> = Vec::new();
+        for number in after + 1..=tip {
+            let Some(block) = self.block(number, true).await? else {
+                break;
+            };
+            // A reorg while scanning: stop here; the next scan walks back.
+            if let Some((_, previous, _)) = seen.last()
+                && *previous != spell(block.header.parent_hash)
+            {
+                break;
+            }
+            transfers.extend(self.block_transfers(&block, tip).await?);
+            seen.push((
+                block_number(number),
+                spell(block.header.hash),
+                spell(block.header.parent_hash),
+            ));
+        }
+        self.remember(&seen).await?;
+        Ok(transfers)
+    }
+
+    async fn estimate_fee(&self, _network: &str) -> Result<Fee, ChainError> {
+        // EIP-1559: what a transfer may cost at most if the base fee doubles before it is
+        // mined (the locked amount); the chain charges the effective price.
+        let latest = call(
+            "eth_getBlockByNumber",
+            self.provider.get_block_by_number(BlockNumberOrTag::Latest),
+        )
+        .await?
+        .ok_or_else(|| unavailable("the node has no latest block"))?;
+        let base = u128::from(latest.header.base_fee_per_gas.unwrap_or(0));
+        let tip = call(
+            "eth_maxPriorityFeePerGas",
+            self.provider.get_max_priority_fee_per_gas(),
+        )
+        .await?;
+        let max_fee = U256::from(base.saturating_mul(2).saturating_add(tip));
+        Ok(Fee {
+            total: ether(max_fee * U256::from(TRANSFER_GAS))?,
+            gas_price: Some(ether(max_fee)?),
+            gas_used: i64::try_from(TRANSFER_GAS).ok(),
+        })
+    }
+
+    async fn broadcast(&self, transfer: &SignedTransfer) -> Result<String, ChainError> {
+        let raw = alloy::primitives::hex::decode(&transfer.raw)
+            .map_err(|e| unavailable(format!("stored transaction is not hex: {e}")))?;
+        match call(
+            "eth_sendRawTransaction",
+            self.provider.send_raw_transaction(&raw),
+        )
+        .await
+        {
+            Ok(pending) => Ok(spell(*pending.tx_hash())),
+            // The same bytes again: the node has them (pending or mined).
+            Err(ChainError::Unavailable(e)) if e.contains("already known") => {
+                Ok(transfer.hash.clone())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn sends_withdrawals(&self, _network: &str) -> bool {
+        // Signing EIP-1559 transactions (nonces, fee bumping) is not built yet: refused
+        // at request time rather than signed in a format the node would reject.
+        false
+    }
+}

@@ -1,0 +1,167 @@
+//! A real Ethereum node for tests: anvil (Foundry's local node, pinned in
+//! `tests/node/package.json` and installed by `npm ci --prefix tests/node`) on a free port,
+//! mining only when asked; killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use super::process::free_port;
+
+/// anvil's chain id.
+pub const CHAIN_ID: u64 = 31337;
+/// anvil's first funded development account (10,000 ether).
+pub const DEV_ACCOUNT: &str = "0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266";
+/// A second funded account.
+pub const DEV_ACCOUNT_2: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
+/// Wei per ether.
+pub const ETHER: u128 = 1_000_000_000_000_000_000;
+
+pub struct Anvil {
+    child: Child,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+/// The anvil binary: `$ANVIL`, or the platform package npm installed in `tests/node`.
+fn binary() -> PathBuf {
+    if let Ok(path) = std::env::var("ANVIL") {
+        return PathBuf::from(path);
+    }
+    let packages =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/node/node_modules/@foundry-rs");
+    std::fs::read_dir(&packages)
+        .ok()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin/anvil"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "anvil is not installed in {}: run .ci/run, or `npm ci --prefix tests/node`",
+                packages.display()
+            )
+        })
+}
+
+impl Anvil {
+    /// Starts anvil with mining on demand only, and waits until it answers.
+    pub async fn start() -> Anvil {
+        let port = free_port();
+        let child = Command::new(binary())
+            .args([
+                "--port",
+                &port.to_string(),
+                "--chain-id",
+                &CHAIN_ID.to_string(),
+            ])
+            .args(["--no-mining", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("anvil starts");
+        let anvil = Anvil {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while anvil.try_rpc("eth_chainId", json!([])).await.is_err() {
+            assert!(Instant::now() < deadline, "anvil did not answer");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        anvil
+    }
+
+    async fn try_rpc(&self, method: &str, params: Value) -> Result<Value, String> {
+        let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let response: Value = self
+            .http
+            .post(&self.url)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .json()
+            .await
+            .map_err(|e| e.to_string())?;
+        match response.get("error") {
+            Some(error) => Err(error.to_string()),
+            None => Ok(response["result"].clone()),
+        }
+    }
+
+    /// A JSON-RPC call that must succeed.
+    pub async fn rpc(&self, method: &str, params: Value) -> Value {
+        self.try_rpc(method, params.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{method} {params}: {e}"))
+    }
+
+    /// Mines `count` blocks.
+    pub async fn mine(&self, count: u64) {
+        self.rpc("anvil_mine", json!([format!("{count:#x}")])).await;
+    }
+
+    pub async fn height(&self) -> u64 {
+        let hex = self.rpc("eth_blockNumber", json!([])).await;
+        u64::from_str_radix(hex.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    }
+
+    /// A transfer of `wei` from a development account, signed by anvil but not sent: the
+    /// raw bytes (EIP-1559, fixed nonce and fees, so the same bytes can be sent again
+    /// after a reorg).
+    pub async fn sign_transfer(&self, from: &str, to: &str, wei: u128, nonce: u64) -> String {
+        let tx = json!({
+            "from": from, "to": to, "value": format!("{wei:#x}"),
+            "nonce": format!("{nonce:#x}"), "gas": "0x5208",
+            "maxFeePerGas": "0x174876e800", "maxPriorityFeePerGas": "0x3b9aca00",
+            "chainId": format!("{CHAIN_ID:#x}"),
+        });
+        self.rpc("eth_signTransaction", json!([tx]))
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Sends raw bytes; returns the transaction hash.
+    pub async fn send_raw(&self, raw: &str) -> String {
+        self.rpc("eth_sendRawTransaction", json!([raw]))
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// Replaces the newest `depth` blocks by as many new ones, holding `transactions`
+    /// (raw bytes, each with the offset of its block among the new ones).
+    pub async fn reorg(&self, depth: u64, transactions: &[(&str, u64)]) {
+        let txs: Vec<Value> = transactions
+            .iter()
+            .map(|(raw, offset)| json!([raw, offset]))
+            .collect();
+        self.rpc("anvil_reorg", json!([depth, txs])).await;
+    }
+
+    /// The balance of `address`, in wei.
+    pub async fn balance(&self, address: &str) -> u128 {
+        let hex = self.rpc("eth_getBalance", json!([address, "latest"])).await;
+        u128::from_str_radix(hex.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    }
+
+    /// Stops the node (as a crash would: SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Anvil {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,218 @@
+//! Ethereum through a real node: anvil started by each test on a free port (mining only
+//! when the test asks), the service's `ethereum` network served by its JSON-RPC client.
+//! Deposits are found block by block, held, confirmed and credited once — also with two
+//! processes watching, and across reorganisations of the chain.
+
+mod common;
+
+use common::anvil::{Anvil, CHAIN_ID, DEV_ACCOUNT, DEV_ACCOUNT_2, ETHER};
+use common::{CREATE_CRYPTO, Options, TestApp, error_code};
+use serde_json::json;
+use wallet::app::App;
+use wallet::chain::ethereum::NodeConfig;
+
+/// Served by `anvil`, with a seed of its own (the tests' usual mnemonic is anvil's: its
+/// first addresses are anvil's funded development accounts).
+fn on(anvil: &Anvil) -> Options {
+    Options {
+        ethereum: Some(NodeConfig {
+            rpc_url: anvil.url.clone(),
+            chain_id: Some(CHAIN_ID),
+        }),
+        mnemonic: "abandon abandon abandon abandon abandon abandon abandon abandon abandon \
+                   abandon abandon about",
+        ..Options::default()
+    }
+}
+
+async fn eth_wallet(t: &TestApp, user: &str) -> (String, String) {
+    let w = t
+        .ok(&t.user(user), CREATE_CRYPTO, json!({"c": "ETH"}))
+        .await["createWallet"]
+        .clone();
+    (
+        w["id"].as_str().unwrap().to_owned(),
+        w["address"].as_str().unwrap().to_owned(),
+    )
+}
+
+async fn pass(app: &App) {
+    app.chain_worker()
+        .expect("a chain worker")
+        .pass()
+        .await
+        .expect("a worker pass");
+}
+
+/// The deposit hold of `hash`: (status, confirmations, block), and how many credits it has.
+async fn deposit(t: &TestApp, hash: &str) -> Option<(String, i32, Option<i64>, i64)> {
+    let c = t.db.client().await;
+    let hold = c
+        .query_opt(
+            "SELECT status::text, confirmations, block_number, id FROM transactions
+              WHERE chain_tx_hash = $1 AND hold AND type = 'DEPOSIT'",
+            &[&hash],
+        )
+        .await
+        .unwrap()?;
+    let id: i64 = hold.get(3);
+    let credits: i64 = c
+        .query_one(
+            "SELECT count(*) FROM transactions WHERE hold_id = $1 AND type = 'DEPOSIT'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    Some((hold.get(0), hold.get(1), hold.get(2), credits))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ether_deposit_is_held_confirmed_and_credited_once_by_two_watchers() {
+    let anvil = Anvil::start().await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (other, _) = t.sibling_with(on(&anvil)).await;
+    let (wallet, address) = eth_wallet(&t, "alice").await;
+
+    let raw = anvil
+        .sign_transfer(DEV_ACCOUNT, &address, 3 * ETHER / 2, 0)
+        .await;
+    let hash = anvil.send_raw(&raw).await;
+    // Pending in the node's pool: not a deposit yet.
+    pass(&t.app).await;
+    assert_eq!(deposit(&t, &hash).await, None);
+
+    // Mined: held with one confirmation, then one more per block, credited at six — once,
+    // whichever watcher gets there first.
+    anvil.mine(1).await;
+    let block = i64::try_from(anvil.height().await).unwrap();
+    for confirmations in 1..=6 {
+        if confirmations > 1 {
+            anvil.mine(1).await;
+        }
+        tokio::join!(pass(&t.app), pass(&other));
+        let (status, seen, at, credits) = deposit(&t, &hash).await.expect("a hold");
+        assert_eq!(seen, confirmations);
+        assert_eq!(at, Some(block));
+        match confirmations {
+            6 => assert_eq!((status.as_str(), credits), ("COMPLETED", 1)),
+            _ => assert_eq!((status.as_str(), credits), ("PENDING", 0)),
+        }
+    }
+    assert_eq!(t.balance(&wallet).await, "1.500000000000000000");
+    // More blocks and passes change nothing.
+    anvil.mine(3).await;
+    tokio::join!(pass(&t.app), pass(&other));
+    assert_eq!(deposit(&t, &hash).await.unwrap().3, 1);
+    assert_eq!(t.balance(&wallet).await, "1.500000000000000000");
+    assert_eq!(anvil.balance(&address).await, 3 * ETHER / 2);
+    t.assert_balanced().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reorg_unconfirms_a_deposit_and_it_is_credited_once_when_mined_again() {
+    let anvil = Anvil::start().await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (wallet, address) = eth_wallet(&t, "alice").await;
+
+    // Deposit A is mined and seen at two confirmations.
+    let raw_a = anvil.sign_transfer(DEV_ACCOUNT, &address, ETHER, 0).await;
+    let hash_a = anvil.send_raw(&raw_a).await;
+    anvil.mine(2).await;
+    pass(&t.app).await;
+    assert_eq!(deposit(&t, &hash_a).await.unwrap().1, 2);
+
+    // A reorg replaces both blocks: the first now holds deposit B (another sender) instead
+    // of A, which is on no chain any more.
+    let raw_b = anvil
+        .sign_transfer(DEV_ACCOUNT_2, &address, ETHER / 4, 0)
+        .await;
+    anvil.reorg(2, &[(&raw_b, 0)]).await;
+    pass(&t.app).await;
+    let (status, confirmations, block, credits) = deposit(&t, &hash_a).await.unwrap();
+    assert_eq!(
+        (status.as_str(), confirmations, block, credits),
+        ("PENDING", 0, None, 0),
+        "A is no longer on the canonical chain"
+    );
+    let hash_b = format!(
+        "{:#x}",
+        alloy_primitives::keccak256(alloy_primitives::hex::decode(&raw_b).unwrap())
+    );
+    assert_eq!(deposit(&t, &hash_b).await.unwrap().1, 2);
+
+    // A is sent again (the same bytes) and mined in a later block: it is followed there.
+    assert_eq!(anvil.send_raw(&raw_a).await, hash_a);
+    anvil.mine(1).await;
+    let block_a = i64::try_from(anvil.height().await).unwrap();
+    pass(&t.app).await;
+    let (_, confirmations, block, _) = deposit(&t, &hash_a).await.unwrap();
+    assert_eq!((confirmations, block), (1, Some(block_a)));
+
+    // Six confirmations for both: each credited once.
+    anvil.mine(5).await;
+    pass(&t.app).await;
+    pass(&t.app).await;
+    for hash in [&hash_a, &hash_b] {
+        let (status, confirmations, _, credits) = deposit(&t, hash).await.unwrap();
+        assert_eq!(status, "COMPLETED");
+        assert!(confirmations >= 6);
+        assert_eq!(credits, 1, "{hash}");
+    }
+    assert_eq!(t.balance(&wallet).await, "1.250000000000000000");
+    assert_eq!(anvil.balance(&address).await, ETHER + ETHER / 4);
+    t.assert_balanced().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_is_checked_at_start_and_its_absence_is_chain_unavailable() {
+    let mut anvil = Anvil::start().await;
+    // Another chain id than the node's: refused at start.
+    let db = common::TestDb::new().await;
+    let mut wrong = on(&anvil);
+    if let Some(node) = &mut wrong.ethereum {
+        node.chain_id = Some(1);
+    }
+    let refused = App::start(&wrong.config(&db.url))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{refused:#}").contains("chain id 31337"),
+        "{refused:#}"
+    );
+    drop(db);
+
+    let t = TestApp::with(on(&anvil)).await;
+    let (wallet, address) = eth_wallet(&t, "alice").await;
+    let hash = anvil
+        .send_raw(&anvil.sign_transfer(DEV_ACCOUNT, &address, ETHER, 0).await)
+        .await;
+    anvil.mine(6).await;
+    // Withdrawals through a node are not offered yet: refused, nothing locked.
+    let body = t
+        .gql(
+            Some(&t.user("alice")),
+            common::CRYPTO_WITHDRAW,
+            json!({"w": wallet, "to": DEV_ACCOUNT_2, "a": "0.1", "k": "w-1"}),
+        )
+        .await;
+    assert_eq!(error_code(&body), "CHAIN_UNAVAILABLE", "{body}");
+
+    // The node goes away: the watcher's pass fails and records nothing; naming the
+    // deposit is CHAIN_UNAVAILABLE.
+    anvil.kill();
+    let worker = t.app.chain_worker().unwrap();
+    assert!(worker.pass().await.is_err());
+    assert_eq!(deposit(&t, &hash).await, None);
+    let body = t
+        .gql(
+            Some(&t.user("alice")),
+            "mutation($w: ID!, $h: String!) {
+               processCryptoDeposit(input: {walletId: $w, txHash: $h}) { id } }",
+            json!({"w": wallet, "h": hash}),
+        )
+        .await;
+    assert_eq!(error_code(&body), "CHAIN_UNAVAILABLE", "{body}");
+    assert_eq!(t.balance(&wallet).await, "0.000000000000000000");
+}
