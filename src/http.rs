@@ -106,7 +106,7 @@ async fn healthz() -> &'static str {
 async fn readyz(State(app): State<App>) -> Response {
     match tokio::time::timeout(Duration::from_secs(1), crate::db::ping(&app.state.pool)).await {
         Ok(true) if app.listener.state() == ListenerState::Listening => {
-            (StatusCode::OK, "ready").into_response()
+            (StatusCode::OK, ready_with_chains(&app).await).into_response()
         }
         Ok(true) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -115,6 +115,27 @@ async fn readyz(State(app): State<App>) -> Response {
             .into_response(),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response(),
     }
+}
+
+/// `ready`, then one line per chain network: `ok` with its height, or `unavailable` and
+/// why. A network down leaves the service ready (the fiat ledger and every query work;
+/// calls that need that chain answer `CHAIN_UNAVAILABLE`), but says so.
+async fn ready_with_chains(app: &App) -> String {
+    use crate::chain::Chain as _;
+    let chains = &app.state.chains;
+    let checks = chains.names().map(|network| async move {
+        match tokio::time::timeout(Duration::from_secs(1), chains.tip(network)).await {
+            Ok(Ok(height)) => format!("{network}: ok (height {height})"),
+            Ok(Err(e)) => format!("{network}: unavailable ({e})"),
+            Err(_) => format!("{network}: unavailable (no answer within 1s)"),
+        }
+    });
+    let mut body = String::from("ready\n");
+    for line in futures_util::future::join_all(checks).await {
+        body.push_str(&line);
+        body.push('\n');
+    }
+    body
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -107,6 +107,42 @@ async fn an_ether_deposit_is_held_confirmed_and_credited_once_by_two_watchers() 
     assert_eq!(t.balance(&wallet).await, "1.500000000000000000");
     assert_eq!(anvil.balance(&address).await, 3 * ETHER / 2);
     t.assert_balanced().await;
+
+    // Reconciled against the node: the address holds what the ledger says.
+    let reconciled = reconcile(&t, &wallet).await;
+    assert_eq!(reconciled["status"], "MATCHED", "{reconciled}");
+    assert_eq!(reconciled["externalBalance"], "1.500000000000000000");
+    // A transfer the ledger has not seen (no watcher pass since): a mismatch naming it.
+    let unseen = anvil
+        .send_raw(
+            &anvil
+                .sign_transfer(DEV_ACCOUNT_2, &address, ETHER / 10, 0)
+                .await,
+        )
+        .await;
+    anvil.mine(1).await;
+    let reconciled = reconcile(&t, &wallet).await;
+    assert_eq!(reconciled["status"], "MISMATCH", "{reconciled}");
+    assert_eq!(
+        reconciled["unmatchedTransactions"],
+        json!([unseen]),
+        "{reconciled}"
+    );
+}
+
+/// Reconciles `wallet` against the chain, from the epoch to now.
+async fn reconcile(t: &TestApp, wallet: &str) -> serde_json::Value {
+    // Block times have whole seconds: let the newest block's second pass.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    t.ok(
+        &t.operator(),
+        "mutation($w: ID!, $end: DateTime!) { reconcileWallet(input: {walletId: $w,
+           startTime: \"2020-01-01T00:00:00Z\", endTime: $end}) {
+           status systemBalance externalBalance unmatchedTransactions mismatchReason notes } }",
+        json!({"w": wallet, "end": chrono::Utc::now().to_rfc3339()}),
+    )
+    .await["reconcileWallet"]
+        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -215,4 +251,67 @@ async fn the_node_is_checked_at_start_and_its_absence_is_chain_unavailable() {
         .await;
     assert_eq!(error_code(&body), "CHAIN_UNAVAILABLE", "{body}");
     assert_eq!(t.balance(&wallet).await, "0.000000000000000000");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_node_stopped_and_started_again_loses_and_doubles_nothing() {
+    let state = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("anvil-{}.json", uuid::Uuid::new_v4()));
+    let mut anvil = Anvil::start_keeping(Some(state.clone())).await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (wallet, address) = eth_wallet(&t, "alice").await;
+    let hash = anvil
+        .send_raw(&anvil.sign_transfer(DEV_ACCOUNT, &address, ETHER, 0).await)
+        .await;
+    anvil.mine(2).await;
+    pass(&t.app).await;
+    assert_eq!(deposit(&t, &hash).await.unwrap().1, 2);
+    let ready = readyz(&t).await;
+    assert!(ready.contains("ethereum: ok (height 2)"), "{ready}");
+
+    // Stopped: passes fail and change nothing; readiness says which network is down.
+    anvil.stop();
+    let worker = t.app.chain_worker().unwrap();
+    assert!(worker.pass().await.is_err());
+    assert!(worker.pass().await.is_err());
+    assert_eq!(
+        deposit(&t, &hash).await.unwrap(),
+        ("PENDING".to_owned(), 2, Some(1), 0)
+    );
+    let ready = readyz(&t).await;
+    assert!(ready.starts_with("ready\n"), "{ready}");
+    assert!(ready.contains("ethereum: unavailable"), "{ready}");
+    assert!(ready.contains("bitcoin: ok"), "{ready}");
+
+    // Back (with its chain): the deposit is followed on and credited once.
+    anvil.start_again().await;
+    anvil.mine(4).await;
+    pass(&t.app).await;
+    pass(&t.app).await;
+    let (status, confirmations, _, credits) = deposit(&t, &hash).await.unwrap();
+    assert_eq!(
+        (status.as_str(), confirmations, credits),
+        ("COMPLETED", 6, 1)
+    );
+    assert_eq!(t.balance(&wallet).await, "1.000000000000000000");
+    t.assert_balanced().await;
+    let _ = std::fs::remove_file(state);
+}
+
+/// `/readyz`: answered 200 (the service serves with a chain down), and its text.
+async fn readyz(t: &TestApp) -> String {
+    let response = tower::ServiceExt::oneshot(
+        t.router.clone(),
+        axum::http::Request::get("/readyz")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), axum::http::StatusCode::OK);
+    let bytes = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
 }

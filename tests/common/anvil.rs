@@ -20,7 +20,10 @@ pub const DEV_ACCOUNT_2: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
 pub const ETHER: u128 = 1_000_000_000_000_000_000;
 
 pub struct Anvil {
-    child: Child,
+    child: Option<Child>,
+    port: u16,
+    /// Where the chain is kept across a stop and a start, when it is.
+    state: Option<PathBuf>,
     pub url: String,
     http: reqwest::Client,
 }
@@ -50,30 +53,58 @@ fn binary() -> PathBuf {
 impl Anvil {
     /// Starts anvil with mining on demand only, and waits until it answers.
     pub async fn start() -> Anvil {
+        Self::start_keeping(None).await
+    }
+
+    /// Like [`start`](Self::start), keeping the chain in `state` when it stops (and
+    /// loading it from there when it starts again).
+    pub async fn start_keeping(state: Option<PathBuf>) -> Anvil {
         let port = free_port();
-        let child = Command::new(binary())
-            .args([
-                "--port",
-                &port.to_string(),
-                "--chain-id",
-                &CHAIN_ID.to_string(),
-            ])
-            .args(["--no-mining", "--silent"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("anvil starts");
-        let anvil = Anvil {
-            child,
+        let mut anvil = Anvil {
+            child: None,
+            port,
+            state,
             url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
         };
+        anvil.run().await;
+        anvil
+    }
+
+    async fn run(&mut self) {
+        let mut command = Command::new(binary());
+        command
+            .args(["--port", &self.port.to_string()])
+            .args(["--chain-id", &CHAIN_ID.to_string()])
+            .args(["--no-mining", "--silent"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Some(state) = &self.state {
+            command.arg("--state").arg(state);
+        }
+        self.child = Some(command.spawn().expect("anvil starts"));
         let deadline = Instant::now() + Duration::from_secs(30);
-        while anvil.try_rpc("eth_chainId", json!([])).await.is_err() {
+        while self.try_rpc("eth_chainId", json!([])).await.is_err() {
             assert!(Instant::now() < deadline, "anvil did not answer");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        anvil
+    }
+
+    /// Stops the node cleanly (SIGTERM: it keeps its state, if it has a state file).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id())
+                && let Some(pid) = rustix::process::Pid::from_raw(pid)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the node again on the same port (with its state, if it kept one).
+    pub async fn start_again(&mut self) {
+        self.run().await;
     }
 
     async fn try_rpc(&self, method: &str, params: Value) -> Result<Value, String> {
@@ -155,8 +186,10 @@ impl Anvil {
 
     /// Stops the node (as a crash would: SIGKILL).
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
