@@ -15,6 +15,7 @@ use crate::db::{self, PgPool, QueryCounter, SessionLimits};
 use crate::events::{EventBus, Listener, ListenerConfig};
 use crate::graphql::{self, AppSchema, Limits};
 use crate::ledger::CurrencyRegistry;
+use crate::ledger::currency::{TokenCurrency, register_tokens};
 use crate::ledger::group_commit::Committer;
 use crate::limits::{HttpLimits, MutationLimiter, RateLimits, WsLimits, WsSlots};
 use crate::task::AbortOnDrop;
@@ -190,6 +191,20 @@ impl App {
         let currencies = {
             let mut conn = pool.get().await?;
             crate::custody::fingerprint::check(&mut conn, &custody).await?;
+            if let Some(node) = &config.ethereum {
+                let tokens: Vec<TokenCurrency> = node
+                    .tokens
+                    .iter()
+                    .map(|t| TokenCurrency {
+                        code: &t.code,
+                        contract: &t.contract,
+                        decimals: t.decimals,
+                    })
+                    .collect();
+                register_tokens(&mut conn, ethereum::NETWORK, &tokens)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("WALLET_ETHEREUM_TOKENS: {e:?}"))?;
+            }
             Arc::new(
                 CurrencyRegistry::load(&mut conn)
                     .await?

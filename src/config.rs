@@ -95,6 +95,10 @@ pub struct ServeConfig {
     /// The chain id the Ethereum node must report (refused at start otherwise).
     #[arg(long, env = "WALLET_ETHEREUM_CHAIN_ID")]
     pub ethereum_chain_id: Option<u64>,
+    /// ERC-20 tokens offered as currencies, with the node: `CODE:0xCONTRACT:DECIMALS`,
+    /// comma-separated (e.g. `USDC:0xA0b8…eB48:6`).
+    #[arg(long, env = "WALLET_ETHEREUM_TOKENS", value_parser = parse_tokens)]
+    pub ethereum_tokens: Option<EthereumTokens>,
     /// Seconds between blocks of the simulated networks (0: only on demand).
     #[arg(long, env = "WALLET_BLOCK_SECS", default_value_t = 10)]
     pub block_secs: u64,
@@ -126,6 +130,14 @@ pub struct ServeConfig {
 /// Flat withdrawal fees by currency code.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WithdrawalFees(pub std::collections::BTreeMap<String, rust_decimal::Decimal>);
+
+/// `WALLET_ETHEREUM_TOKENS`, parsed.
+#[derive(Clone, Debug, Default)]
+pub struct EthereumTokens(pub Vec<crate::chain::ethereum::Token>);
+
+fn parse_tokens(text: &str) -> Result<EthereumTokens, String> {
+    crate::chain::ethereum::parse_tokens(text).map(EthereumTokens)
+}
 
 /// `CODE=AMOUNT` pairs separated by commas (empty: none).
 fn parse_fees(text: &str) -> Result<WithdrawalFees, String> {
@@ -264,6 +276,11 @@ impl ServeConfig {
         (!rpc_url.is_empty()).then(|| crate::chain::ethereum::NodeConfig {
             rpc_url: rpc_url.to_owned(),
             chain_id: self.ethereum_chain_id,
+            tokens: self
+                .ethereum_tokens
+                .clone()
+                .map(|t| t.0)
+                .unwrap_or_default(),
         })
     }
 
@@ -575,6 +592,7 @@ mod tests {
             enabled: true,
             reconciliation_tolerance: Default::default(),
             required_confirmations: None,
+            contract_address: None,
         };
         let registry = || crate::ledger::CurrencyRegistry::from_rows(vec![usd.clone()]);
         for bad in ["EUR=1", "USD=-1", "USD=0.001"] {

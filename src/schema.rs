@@ -26,6 +26,7 @@ diesel::table! {
         enabled -> Bool,
         reconciliation_tolerance -> Numeric,
         required_confirmations -> Nullable<Int4>,
+        contract_address -> Nullable<Text>,
     }
 }
 

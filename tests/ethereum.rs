@@ -9,7 +9,12 @@ use common::anvil::{Anvil, CHAIN_ID, DEV_ACCOUNT, DEV_ACCOUNT_2, ETHER};
 use common::{CREATE_CRYPTO, Options, TestApp, error_code};
 use serde_json::json;
 use wallet::app::App;
-use wallet::chain::ethereum::NodeConfig;
+use wallet::chain::ethereum::{NodeConfig, Token};
+
+alloy::sol! {
+    function mint(address to, uint256 value);
+    function transfer(address to, uint256 value) returns (bool);
+}
 
 /// Served by `anvil`, with a seed of its own (the tests' usual mnemonic is anvil's: its
 /// first addresses are anvil's funded development accounts).
@@ -18,6 +23,7 @@ fn on(anvil: &Anvil) -> Options {
         ethereum: Some(NodeConfig {
             rpc_url: anvil.url.clone(),
             chain_id: Some(CHAIN_ID),
+            tokens: Vec::new(),
         }),
         mnemonic: "abandon abandon abandon abandon abandon abandon abandon abandon abandon \
                    abandon abandon about",
@@ -26,8 +32,12 @@ fn on(anvil: &Anvil) -> Options {
 }
 
 async fn eth_wallet(t: &TestApp, user: &str) -> (String, String) {
+    crypto_wallet(t, user, "ETH").await
+}
+
+async fn crypto_wallet(t: &TestApp, user: &str, currency: &str) -> (String, String) {
     let w = t
-        .ok(&t.user(user), CREATE_CRYPTO, json!({"c": "ETH"}))
+        .ok(&t.user(user), CREATE_CRYPTO, json!({"c": currency}))
         .await["createWallet"]
         .clone();
     (
@@ -314,4 +324,100 @@ async fn readyz(t: &TestApp) -> String {
         .unwrap()
         .to_bytes();
     String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_deposit_is_credited_to_the_token_wallet_once() {
+    use alloy::sol_types::SolCall;
+    let anvil = Anvil::start().await;
+    let contract = anvil.deploy_test_token("Test USD", "TUSD").await;
+    let mut options = on(&anvil);
+    if let Some(node) = &mut options.ethereum {
+        node.tokens = vec![Token {
+            code: "TUSD".into(),
+            contract: contract.clone(),
+            decimals: 6,
+        }];
+    }
+    let t = TestApp::with(options).await;
+    let (tusd, tusd_address) = crypto_wallet(&t, "alice", "TUSD").await;
+    let (eth, eth_address) = eth_wallet(&t, "alice").await;
+    let dev: alloy::primitives::Address = DEV_ACCOUNT.parse().unwrap();
+    let mint = mintCall {
+        to: dev,
+        value: alloy::primitives::U256::from(1_000_000_000u64),
+    };
+    anvil
+        .send_from(DEV_ACCOUNT, Some(&contract), &mint.abi_encode(), 0)
+        .await;
+    anvil.mine(1).await;
+
+    // In one block: 12.5 TUSD to the token wallet, 1 TUSD to the ether wallet's address
+    // (not its currency: not a deposit of it), and 0.5 ether to the ether wallet.
+    let pay = |to: &str, value: u64| transferCall {
+        to: to.parse().unwrap(),
+        value: alloy::primitives::U256::from(value),
+    };
+    let token_tx = anvil
+        .send_from(
+            DEV_ACCOUNT,
+            Some(&contract),
+            &pay(&tusd_address, 12_500_000).abi_encode(),
+            0,
+        )
+        .await;
+    anvil
+        .send_from(
+            DEV_ACCOUNT,
+            Some(&contract),
+            &pay(&eth_address, 1_000_000).abi_encode(),
+            0,
+        )
+        .await;
+    let ether_tx = anvil
+        .send_from(DEV_ACCOUNT, Some(&eth_address), &[], ETHER / 2)
+        .await;
+    anvil.mine(1).await;
+    let receipt = anvil.receipt(&token_tx).await;
+    let index = u64::from_str_radix(
+        receipt["logs"][0]["logIndex"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("0x"),
+        16,
+    )
+    .unwrap();
+    let token_deposit = format!("{token_tx}:{index}");
+
+    pass(&t.app).await;
+    let (status, confirmations, _, _) = deposit(&t, &token_deposit).await.expect("a token hold");
+    assert_eq!((status.as_str(), confirmations), ("PENDING", 1));
+    anvil.mine(5).await;
+    pass(&t.app).await;
+    pass(&t.app).await;
+    for hash in [&token_deposit, &ether_tx] {
+        let (status, _, _, credits) = deposit(&t, hash).await.unwrap();
+        assert_eq!((status.as_str(), credits), ("COMPLETED", 1), "{hash}");
+    }
+    assert_eq!(t.balance(&tusd).await, "12.500000");
+    assert_eq!(t.balance(&eth).await, "0.500000000000000000");
+
+    // Naming the token transfer for the ether wallet: refused, it does not move ether.
+    let body = t
+        .gql(
+            Some(&t.user("alice")),
+            "mutation($w: ID!, $h: String!) {
+               processCryptoDeposit(input: {walletId: $w, txHash: $h}) { id } }",
+            json!({"w": eth, "h": token_deposit}),
+        )
+        .await;
+    assert_eq!(error_code(&body), "ADDRESS_MISMATCH", "{body}");
+
+    // Each wallet reconciles with its own asset at its address.
+    let reconciled = reconcile(&t, &tusd).await;
+    assert_eq!(reconciled["status"], "MATCHED", "{reconciled}");
+    assert_eq!(reconciled["externalBalance"], "12.500000");
+    let reconciled = reconcile(&t, &eth).await;
+    assert_eq!(reconciled["status"], "MATCHED", "{reconciled}");
+    t.assert_balanced().await;
 }

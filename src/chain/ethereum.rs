@@ -21,7 +21,8 @@ use alloy::eips::{BlockId, BlockNumberOrTag};
 use alloy::network::TransactionResponse as _;
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::rpc::types::{Block, TransactionReceipt};
+use alloy::rpc::types::{Block, Filter, Log, TransactionReceipt};
+use alloy::sol_types::SolEvent as _;
 use chrono::{DateTime, TimeZone as _, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
@@ -52,6 +53,56 @@ pub struct NodeConfig {
     pub rpc_url: String,
     /// The chain id the node must report (refused otherwise).
     pub chain_id: Option<u64>,
+    /// ERC-20 tokens offered as currencies of their own.
+    pub tokens: Vec<Token>,
+}
+
+/// An ERC-20 token offered as a currency: its code, contract and decimals.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub code: String,
+    /// EIP-55 spelling.
+    pub contract: String,
+    pub decimals: u8,
+}
+
+/// Parses `CODE:0xCONTRACT:DECIMALS[,…]` (`WALLET_ETHEREUM_TOKENS`).
+pub fn parse_tokens(list: &str) -> Result<Vec<Token>, String> {
+    let mut tokens = Vec::new();
+    for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let parts: Vec<&str> = item.split(':').map(str::trim).collect();
+        let [code, contract, decimals] = parts[..] else {
+            return Err(format!("{item:?} is not CODE:CONTRACT:DECIMALS"));
+        };
+        if code.is_empty()
+            || !code
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        {
+            return Err(format!(
+                "token code {code:?} must be upper-case letters and digits"
+            ));
+        }
+        let contract: Address = contract
+            .parse()
+            .map_err(|e| format!("token {code}: contract {contract:?}: {e}"))?;
+        let decimals: u8 = decimals
+            .parse()
+            .ok()
+            .filter(|d| *d <= 18)
+            .ok_or_else(|| format!("token {code}: decimals {decimals:?} must be 0 to 18"))?;
+        tokens.push(Token {
+            code: code.to_owned(),
+            contract: address(contract),
+            decimals,
+        });
+    }
+    Ok(tokens)
+}
+
+alloy::sol! {
+    /// ERC-20's transfer event.
+    event Transfer(address indexed from, address indexed to, uint256 value);
 }
 
 #[derive(Clone)]
@@ -60,6 +111,8 @@ pub struct EthereumNode {
     /// For the memory of processed blocks.
     pool: PgPool,
     chain_id: u64,
+    /// Token contracts followed, with their decimals.
+    tokens: Vec<(Address, u32)>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ChainError {
@@ -84,8 +137,13 @@ async fn call<T, E: std::fmt::Display>(
 
 /// Wei as ether.
 pub fn ether(wei: U256) -> Result<Decimal, ChainError> {
-    let wei = i128::try_from(wei).map_err(|_| unavailable("an amount beyond 2^127 wei"))?;
-    Decimal::try_from_i128_with_scale(wei, ETHER_SCALE).map_err(unavailable)
+    units(wei, ETHER_SCALE)
+}
+
+/// An integer amount of a coin's or token's smallest unit, in whole units.
+fn units(value: U256, decimals: u32) -> Result<Decimal, ChainError> {
+    let value = i128::try_from(value).map_err(|_| unavailable("an amount beyond 2^127 units"))?;
+    Decimal::try_from_i128_with_scale(value, decimals).map_err(unavailable)
 }
 
 fn spell(hash: B256) -> String {
@@ -98,6 +156,13 @@ fn address(a: Address) -> String {
 
 fn parse_hash(hash: &str) -> Option<B256> {
     hash.parse().ok()
+}
+
+/// A block time as a timestamp.
+fn time(timestamp: u64) -> DateTime<Utc> {
+    Utc.timestamp_opt(i64::try_from(timestamp).unwrap_or(0), 0)
+        .single()
+        .unwrap_or_else(Utc::now)
 }
 
 fn block_number(n: u64) -> i64 {
@@ -127,10 +192,21 @@ impl EthereumNode {
                 config.rpc_url
             );
         }
+        let tokens = config
+            .tokens
+            .iter()
+            .map(|t| {
+                t.contract
+                    .parse::<Address>()
+                    .map(|a| (a, u32::from(t.decimals)))
+                    .map_err(|e| anyhow::anyhow!("token {}: {e}", t.code))
+            })
+            .collect::<anyhow::Result<_>>()?;
         Ok(EthereumNode {
             provider,
             pool,
             chain_id,
+            tokens,
         })
     }
 
@@ -170,8 +246,9 @@ impl EthereumNode {
         block: &Block,
         tip: u64,
     ) -> Result<Vec<ChainTransfer>, ChainError> {
+        let mut transfers = self.token_transfers(block, tip).await?;
         let Some(transactions) = block.transactions.as_transactions() else {
-            return Ok(Vec::new());
+            return Ok(transfers);
         };
         let valued: Vec<_> = transactions
             .iter()
@@ -181,10 +258,9 @@ impl EthereumNode {
             })
             .collect();
         if valued.is_empty() {
-            return Ok(Vec::new());
+            return Ok(transfers);
         }
         let receipts = self.receipts(block.header.number).await?;
-        let mut transfers = Vec::with_capacity(valued.len());
         for t in valued {
             let hash = t.tx_hash();
             let Some(receipt) = receipts.iter().find(|r| r.transaction_hash == hash) else {
@@ -205,6 +281,67 @@ impl EthereumNode {
             )?);
         }
         Ok(transfers)
+    }
+
+    /// The transfers of followed tokens in a block, from their `Transfer` logs (a log
+    /// exists only for a transaction that succeeded).
+    async fn token_transfers(
+        &self,
+        block: &Block,
+        tip: u64,
+    ) -> Result<Vec<ChainTransfer>, ChainError> {
+        if self.tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let filter = Filter::new()
+            .at_block_hash(block.header.hash)
+            .address(self.tokens.iter().map(|(a, _)| *a).collect::<Vec<_>>())
+            .event_signature(Transfer::SIGNATURE_HASH);
+        let logs = call("eth_getLogs", self.provider.get_logs(&filter)).await?;
+        logs.iter()
+            .filter_map(|log| {
+                self.token_transfer(log, block.header.number, block.header.timestamp, tip)
+                    .transpose()
+            })
+            .collect()
+    }
+
+    /// A followed token's `Transfer` log as a transfer (`None` for any other log).
+    fn token_transfer(
+        &self,
+        log: &Log,
+        block: u64,
+        timestamp: u64,
+        tip: u64,
+    ) -> Result<Option<ChainTransfer>, ChainError> {
+        let Some(&(contract, decimals)) = self.tokens.iter().find(|(a, _)| *a == log.address())
+        else {
+            return Ok(None);
+        };
+        let Ok(event) = log.log_decode::<Transfer>() else {
+            return Ok(None);
+        };
+        let (Some(hash), Some(index)) = (log.transaction_hash, log.log_index) else {
+            return Ok(None);
+        };
+        let transfer = &event.inner.data;
+        Ok(Some(ChainTransfer {
+            hash: format!("{}:{index}", spell(hash)),
+            network: NETWORK.to_owned(),
+            asset: Some(address(contract)),
+            from_address: address(transfer.from),
+            to_address: address(transfer.to),
+            amount: units(transfer.value, decimals)?,
+            // Paid in ether by the sender; nothing to do with the token's amount.
+            fee: Decimal::ZERO,
+            gas_price: None,
+            gas_used: None,
+            status: TransferStatus::Success,
+            block_number: Some(block_number(block)),
+            confirmations: block_number(tip.saturating_sub(block).saturating_add(1)),
+            raw: None,
+            created_at: time(timestamp),
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -242,6 +379,7 @@ impl EthereumNode {
         Ok(ChainTransfer {
             hash: spell(hash),
             network: NETWORK.to_owned(),
+            asset: None,
             from_address: address(from),
             to_address: to.map(address).unwrap_or_default(),
             amount: ether(value)?,
@@ -252,10 +390,7 @@ impl EthereumNode {
             block_number: block.map(block_number),
             confirmations,
             raw: None,
-            created_at: Utc
-                .timestamp_opt(i64::try_from(timestamp).unwrap_or(0), 0)
-                .single()
-                .unwrap_or_else(Utc::now),
+            created_at: time(timestamp),
         })
     }
 
@@ -363,6 +498,13 @@ impl Chain for EthereumNode {
         _network: &str,
         hash: &str,
     ) -> Result<Option<ChainTransfer>, ChainError> {
+        let (hash, log_index) = match hash.split_once(':') {
+            Some((hash, index)) => match index.parse::<u64>() {
+                Ok(index) => (hash, Some(index)),
+                Err(_) => return Ok(None),
+            },
+            None => (hash, None),
+        };
         let Some(hash) = parse_hash(hash) else {
             return Ok(None);
         };
@@ -390,6 +532,17 @@ impl Chain for EthereumNode {
             included = Some((number, block.header.timestamp));
         }
         let receipt = receipt.filter(|_| included.is_some());
+        if let Some(index) = log_index {
+            // A token transfer: its log, once its transaction is on the canonical chain.
+            let (Some(receipt), Some((block, timestamp))) = (&receipt, included) else {
+                return Ok(None);
+            };
+            let log = receipt.logs().iter().find(|l| l.log_index == Some(index));
+            return match log {
+                Some(log) => self.token_transfer(log, block, timestamp, tip),
+                None => Ok(None),
+            };
+        }
         let (block, timestamp) = match included {
             Some((number, timestamp)) => (Some(number), timestamp),
             None => (None, u64::try_from(Utc::now().timestamp()).unwrap_or(0)),

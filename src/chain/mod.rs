@@ -15,8 +15,13 @@ pub use simulated::SimulatedChain;
 /// A transfer as the chain reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainTransfer {
+    /// The transfer's name on its network: the transaction hash, or for a token transfer
+    /// the transaction hash and the log's index (`0x…:3`), since one transaction may move
+    /// tokens several times.
     pub hash: String,
     pub network: String,
+    /// The token contract a token transfer moves (`None`: the network's own coin).
+    pub asset: Option<String>,
     pub from_address: String,
     pub to_address: String,
     pub amount: Decimal,

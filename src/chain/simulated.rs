@@ -86,6 +86,7 @@ impl Row {
             status: TransferStatus::parse(&self.status).unwrap_or(TransferStatus::Pending),
             hash: self.hash,
             network: self.network,
+            asset: None,
             from_address: self.from_address,
             to_address: self.to_address,
             amount: self.amount,

@@ -539,6 +539,11 @@ impl CurrencyObject {
     async fn network(&self) -> Option<&str> {
         self.0.network.as_deref()
     }
+    /// A token's contract on its network (an ERC-20 on ethereum); null for a network's own
+    /// coin and for fiat. Deposits of a token go to the address of a wallet in that token.
+    async fn contract_address(&self) -> Option<&str> {
+        self.0.contract_address.as_deref()
+    }
     /// Whether wallets can be created in this currency on this server: false for a crypto
     /// currency whose network has no chain backend here (its deposits could never be
     /// seen).

@@ -47,6 +47,12 @@ pub async fn process_deposit(
         .transfer(&network, hash)
         .await?
         .ok_or(LedgerError::NotFound("chain transaction"))?;
+    if !currency.is_asset(transfer.asset.as_deref()) {
+        return Err(LedgerError::AddressMismatch(format!(
+            "transaction {hash} does not move {}",
+            currency.code
+        )));
+    }
     if transfer.to_address != address {
         return Err(LedgerError::AddressMismatch(format!(
             "transaction {hash} pays {}, not this wallet's address {address}",
@@ -405,14 +411,14 @@ pub async fn scan(
     chain: &dyn Chain,
     network: &str,
 ) -> Result<ScanReport, LedgerError> {
-    let Some(currency) = currencies
+    if !currencies
         .all()
-        .find(|c| c.kind == CurrencyKind::Crypto && c.network.as_deref() == Some(network))
-    else {
+        .any(|c| c.kind == CurrencyKind::Crypto && c.network.as_deref() == Some(network))
+    {
         return Err(LedgerError::CurrencyNotSupported(format!(
             "no currency on network {network:?}"
         )));
-    };
+    }
     let mut conn = pool.get().await?;
     let cursor: i64 = chain_scan_cursors::table
         .find(network)
@@ -427,52 +433,78 @@ pub async fn scan(
     let mut transfers = chain.transfers_since(network, cursor).await?;
 
     let addresses: BTreeSet<&str> = transfers.iter().map(|t| t.to_address.as_str()).collect();
-    let ours: HashMap<String, i64> = wallets::table
+    // Our addresses, each with its wallet and currency: a transfer is a deposit when it
+    // moves that currency (the network's coin, or that token).
+    let ours: HashMap<String, (i64, String)> = wallets::table
         .filter(wallets::network.eq(network))
         .filter(wallets::address.eq_any(addresses))
-        .select((wallets::address.assume_not_null(), wallets::id))
-        .load::<(String, i64)>(&mut conn)
+        .select((
+            wallets::address.assume_not_null(),
+            wallets::id,
+            wallets::currency,
+        ))
+        .load::<(String, i64, String)>(&mut conn)
         .await?
         .into_iter()
+        .map(|(address, id, currency)| (address, (id, currency)))
         .collect();
-    transfers.retain(|t| ours.contains_key(&t.to_address));
+    transfers.retain(|t| {
+        ours.get(&t.to_address).is_some_and(|(_, code)| {
+            currencies
+                .get(code)
+                .is_some_and(|c| c.is_asset(t.asset.as_deref()))
+        })
+    });
 
     // Deposits seen before and still confirming, whose blocks are behind the cursor.
     let seen: BTreeSet<String> = transfers.iter().map(|t| t.hash.clone()).collect();
-    let confirming: Vec<(i64, String)> = transactions::table
+    let confirming: Vec<(i64, String, String)> = transactions::table
+        .inner_join(wallets::table)
         .filter(posting::open_hold())
         .filter(transactions::type_.eq(TransactionType::Deposit))
         .filter(transactions::status.eq(TransactionStatus::Pending))
         .filter(transactions::network.eq(network))
         .order(transactions::id)
-        .select((transactions::wallet_id, transactions::tx_hash))
+        .select((
+            transactions::wallet_id,
+            wallets::currency,
+            transactions::tx_hash,
+        ))
         .load(&mut conn)
         .await?;
     // Each wallet's work in chain order: new transfers, then those still confirming.
-    let mut work: BTreeMap<i64, Vec<Deposit>> = BTreeMap::new();
+    let mut work: BTreeMap<i64, (String, Vec<Deposit>)> = BTreeMap::new();
     for t in transfers {
         // Nothing to credit (a contract call, say): not a deposit.
         if t.amount > Decimal::ZERO
-            && let Some(&wallet_id) = ours.get(&t.to_address)
+            && let Some((wallet_id, code)) = ours.get(&t.to_address)
         {
-            work.entry(wallet_id)
-                .or_default()
+            work.entry(*wallet_id)
+                .or_insert_with(|| (code.clone(), Vec::new()))
+                .1
                 .push(Deposit::Seen(Box::new(t)));
         }
     }
-    for (wallet_id, hash) in confirming {
+    for (wallet_id, code, hash) in confirming {
         if !seen.contains(&hash) {
             work.entry(wallet_id)
-                .or_default()
+                .or_insert_with(|| (code, Vec::new()))
+                .1
                 .push(Deposit::Confirming(hash));
         }
     }
 
     // No connection is held while waiting for others (that could starve the pool).
     drop(conn);
+    let work: Vec<(i64, Currency, Vec<Deposit>)> = work
+        .into_iter()
+        .filter_map(|(wallet_id, (code, deposits))| {
+            Some((wallet_id, currencies.get(&code)?.clone(), deposits))
+        })
+        .collect();
     let reports: Vec<ScanReport> = futures_util::stream::iter(work)
-        .map(|(wallet_id, deposits)| {
-            observe_wallet(pool, currency, chain, network, wallet_id, deposits)
+        .map(|(wallet_id, currency, deposits)| async move {
+            observe_wallet(pool, &currency, chain, network, wallet_id, deposits).await
         })
         .buffer_unordered(PARALLEL_WALLETS)
         .collect()

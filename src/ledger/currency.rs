@@ -1,4 +1,5 @@
-//! Currencies are reference data (seeded by migrations): loaded once at start.
+//! Currencies are reference data (seeded by migrations, plus the tokens configured for a
+//! node-backed network): loaded once at start.
 
 use std::collections::BTreeMap;
 
@@ -6,6 +7,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
+use super::LedgerError;
 use super::models::text_enum;
 use crate::schema::currencies;
 
@@ -30,11 +32,23 @@ pub struct Currency {
     pub reconciliation_tolerance: Decimal,
     /// Crypto only: confirmations before a deposit is credited.
     pub required_confirmations: Option<i32>,
+    /// A token's contract on its network (`None`: the network's own coin).
+    pub contract_address: Option<String>,
 }
 
 impl Currency {
     pub fn scale(&self) -> u32 {
         u32::try_from(self.scale).unwrap_or(0)
+    }
+
+    /// Whether a chain transfer of `asset` (a token contract, or `None` for the network's
+    /// own coin) moves this currency.
+    pub fn is_asset(&self, asset: Option<&str>) -> bool {
+        match (&self.contract_address, asset) {
+            (None, None) => true,
+            (Some(ours), Some(theirs)) => ours.eq_ignore_ascii_case(theirs),
+            _ => false,
+        }
     }
 }
 
@@ -117,4 +131,63 @@ impl CurrencyRegistry {
     pub fn all(&self) -> impl Iterator<Item = &Currency> {
         self.by_code.values()
     }
+}
+
+/// A token to offer as a currency of its network: code, contract (canonical spelling)
+/// and decimals.
+pub struct TokenCurrency<'a> {
+    pub code: &'a str,
+    pub contract: &'a str,
+    pub decimals: u8,
+}
+
+/// Makes each token a currency of `network`, added the first time it is configured (with
+/// the confirmations of the network's own coin, and its system accounts). A code that
+/// already names something else — another contract, other decimals, a fiat currency — is
+/// refused: a currency's meaning never changes under its wallets.
+pub async fn register_tokens(
+    conn: &mut AsyncPgConnection,
+    network: &str,
+    tokens: &[TokenCurrency<'_>],
+) -> Result<(), LedgerError> {
+    for token in tokens {
+        diesel::sql_query(
+            "INSERT INTO currencies
+                 (code, name, kind, scale, network, enabled, required_confirmations,
+                  contract_address)
+             SELECT $1, $1 || ' (token)', 'CRYPTO', $2, network, TRUE,
+                    required_confirmations, $3
+               FROM currencies
+              WHERE network = $4 AND contract_address IS NULL AND kind = 'CRYPTO'
+             ON CONFLICT (code) DO NOTHING",
+        )
+        .bind::<diesel::sql_types::Text, _>(token.code)
+        .bind::<diesel::sql_types::SmallInt, _>(i16::from(token.decimals))
+        .bind::<diesel::sql_types::Text, _>(token.contract)
+        .bind::<diesel::sql_types::Text, _>(network)
+        .execute(conn)
+        .await?;
+        let found: Option<Currency> = currencies::table
+            .find(token.code)
+            .select(Currency::as_select())
+            .first(conn)
+            .await
+            .optional()?;
+        let same = found.as_ref().is_some_and(|c| {
+            c.kind == CurrencyKind::Crypto
+                && c.network.as_deref() == Some(network)
+                && c.scale == i16::from(token.decimals)
+                && c.contract_address
+                    .as_deref()
+                    .is_some_and(|a| a.eq_ignore_ascii_case(token.contract))
+        });
+        if !same {
+            return Err(LedgerError::BadInput(format!(
+                "token {}: the currency {} already exists and is not contract {} with {} \
+                 decimals on {network}",
+                token.code, token.code, token.contract, token.decimals
+            )));
+        }
+    }
+    Ok(())
 }

@@ -122,6 +122,7 @@ mod tests {
             enabled: true,
             reconciliation_tolerance: Decimal::ZERO,
             required_confirmations: None,
+            contract_address: None,
         }
     }
 

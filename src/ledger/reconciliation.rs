@@ -365,7 +365,8 @@ pub async fn reconcile_chain(
         crypto_wallet(conn, currencies, scope, request.wallet_id).await?;
     let before_start = chain.height_at(&network, request.start).await?;
     let height = chain.height_at(&network, request.end).await?;
-    let settled = chain.settled_between(&network, &address, 0, height).await?;
+    let mut settled = chain.settled_between(&network, &address, 0, height).await?;
+    settled.retain(|t| currency.is_asset(t.asset.as_deref()));
     let side = ChainAsOf {
         height,
         balance: net_of(&address, settled.iter()),
@@ -432,9 +433,10 @@ pub async fn reconcile_since_checkpoint(
     // run's.
     let end = Utc::now().max(start);
     let height = chain.height_at(&network, end).await?.max(after);
-    let settled = chain
+    let mut settled = chain
         .settled_between(&network, &address, after, height)
         .await?;
+    settled.retain(|t| currency.is_asset(t.asset.as_deref()));
     let side = ChainAsOf {
         height,
         balance: opening + net_of(&address, settled.iter()),

@@ -178,6 +178,47 @@ impl Anvil {
         self.rpc("anvil_reorg", json!([depth, txs])).await;
     }
 
+    /// Sends a transaction from a development account (signed by anvil) and returns its
+    /// hash; it is mined with the next block.
+    pub async fn send_from(&self, from: &str, to: Option<&str>, data: &[u8], wei: u128) -> String {
+        let mut tx = json!({
+            "from": from, "value": format!("{wei:#x}"),
+            "data": format!("0x{}", alloy_primitives::hex::encode(data)),
+        });
+        if let Some(to) = to {
+            tx["to"] = json!(to);
+        }
+        self.rpc("eth_sendTransaction", json!([tx]))
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    /// The receipt of a mined transaction.
+    pub async fn receipt(&self, hash: &str) -> Value {
+        self.rpc("eth_getTransactionReceipt", json!([hash])).await
+    }
+
+    /// Deploys the test token (`tests/fixtures/erc20`) from the first development account
+    /// and mines it; returns its address.
+    pub async fn deploy_test_token(&self, name: &str, symbol: &str) -> String {
+        use alloy::sol_types::SolValue;
+        let bin = include_str!("../fixtures/erc20/TestToken.bin").trim();
+        let mut code = alloy_primitives::hex::decode(bin).unwrap();
+        code.extend((name.to_owned(), symbol.to_owned()).abi_encode_params());
+        let hash = self.send_from(DEV_ACCOUNT, None, &code, 0).await;
+        self.mine(1).await;
+        let receipt = self.receipt(&hash).await;
+        assert_eq!(receipt["status"], "0x1", "{receipt}");
+        let address: alloy_primitives::Address = receipt["contractAddress"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        address.to_checksum(None)
+    }
+
     /// The balance of `address`, in wei.
     pub async fn balance(&self, address: &str) -> u128 {
         let hex = self.rpc("eth_getBalance", json!([address, "latest"])).await;
