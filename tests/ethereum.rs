@@ -54,6 +54,17 @@ async fn pass(app: &App) {
         .expect("a worker pass");
 }
 
+/// `processCryptoDeposit` of `hash` for alice's `wallet`: the whole response.
+async fn process(t: &TestApp, wallet: &str, hash: &str) -> serde_json::Value {
+    t.gql(
+        Some(&t.user("alice")),
+        "mutation($w: ID!, $h: String!) {
+           processCryptoDeposit(input: {walletId: $w, txHash: $h}) { id } }",
+        json!({"w": wallet, "h": hash}),
+    )
+    .await
+}
+
 /// The deposit hold of `hash`: (status, confirmations, block), and how many credits it has.
 async fn deposit(t: &TestApp, hash: &str) -> Option<(String, i32, Option<i64>, i64)> {
     let c = t.db.client().await;
@@ -245,20 +256,28 @@ async fn the_node_is_checked_at_start_and_its_absence_is_chain_unavailable() {
         .await;
     assert_eq!(error_code(&body), "CHAIN_UNAVAILABLE", "{body}");
 
+    // The simulator's mutations are for the networks it serves: bitcoin here, not ethereum.
+    let operator = t.operator();
+    for (query, variables) in [
+        (common::MINE, json!({"n": "ethereum", "c": 1})),
+        (
+            common::INCOMING,
+            json!({"n": "ethereum", "to": address, "a": "1"}),
+        ),
+    ] {
+        let body = t.gql(Some(&operator), query, variables).await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    }
+    t.ok(&operator, common::MINE, json!({"n": "bitcoin", "c": 1}))
+        .await;
+
     // The node goes away: the watcher's pass fails and records nothing; naming the
     // deposit is CHAIN_UNAVAILABLE.
     anvil.kill();
     let worker = t.app.chain_worker().unwrap();
     assert!(worker.pass().await.is_err());
     assert_eq!(deposit(&t, &hash).await, None);
-    let body = t
-        .gql(
-            Some(&t.user("alice")),
-            "mutation($w: ID!, $h: String!) {
-               processCryptoDeposit(input: {walletId: $w, txHash: $h}) { id } }",
-            json!({"w": wallet, "h": hash}),
-        )
-        .await;
+    let body = process(&t, &wallet, &hash).await;
     assert_eq!(error_code(&body), "CHAIN_UNAVAILABLE", "{body}");
     assert_eq!(t.balance(&wallet).await, "0.000000000000000000");
 }
@@ -403,14 +422,7 @@ async fn a_token_deposit_is_credited_to_the_token_wallet_once() {
     assert_eq!(t.balance(&eth).await, "0.500000000000000000");
 
     // Naming the token transfer for the ether wallet: refused, it does not move ether.
-    let body = t
-        .gql(
-            Some(&t.user("alice")),
-            "mutation($w: ID!, $h: String!) {
-               processCryptoDeposit(input: {walletId: $w, txHash: $h}) { id } }",
-            json!({"w": eth, "h": token_deposit}),
-        )
-        .await;
+    let body = process(&t, &eth, &token_deposit).await;
     assert_eq!(error_code(&body), "ADDRESS_MISMATCH", "{body}");
 
     // Each wallet reconciles with its own asset at its address.

@@ -179,4 +179,8 @@ pub trait Chain: Send + Sync {
     fn sends_withdrawals(&self, _network: &str) -> bool {
         true
     }
+    /// Whether `network` is the simulator's here (its development mutations apply).
+    fn is_simulated(&self, _network: &str) -> bool {
+        false
+    }
 }

@@ -91,6 +91,10 @@ impl Chain for Networks {
         self.backend(&transfer.network)?.broadcast(transfer).await
     }
 
+    fn is_simulated(&self, network: &str) -> bool {
+        self.backend(network).is_ok_and(|b| b.is_simulated(network))
+    }
+
     fn sends_withdrawals(&self, network: &str) -> bool {
         self.backend(network)
             .is_ok_and(|b| b.sends_withdrawals(network))

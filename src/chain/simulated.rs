@@ -290,6 +290,10 @@ async fn include_pending(
 
 #[async_trait::async_trait]
 impl Chain for SimulatedChain {
+    fn is_simulated(&self, _network: &str) -> bool {
+        true
+    }
+
     async fn tip(&self, network: &str) -> Result<i64, ChainError> {
         let mut conn = self.conn().await?;
         Self::tip_on(&mut conn, network).await

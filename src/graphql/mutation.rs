@@ -419,13 +419,23 @@ fn simulator<'a>(ctx: &Context<'a>) -> Result<&'a SimulatedChain> {
         .ok_or_else(|| forbidden("no simulated network is enabled on this server"))
 }
 
-/// The enabled crypto currency of a network, or `BAD_USER_INPUT`.
+/// The enabled coin of a simulated network (not one of its tokens), or `BAD_USER_INPUT`.
 fn network_currency<'a>(ctx: &Context<'a>, network: &str) -> Result<&'a Currency> {
-    state(ctx)
+    use crate::chain::Chain as _;
+    let currency = state(ctx)
         .currencies
         .all()
-        .find(|c| c.enabled && c.network.as_deref() == Some(network))
-        .ok_or_else(|| bad_input(format!("unknown network {network:?} (bitcoin or ethereum)")))
+        .find(|c| {
+            c.enabled && c.network.as_deref() == Some(network) && c.contract_address.is_none()
+        })
+        .ok_or_else(|| bad_input(format!("unknown network {network:?} (bitcoin or ethereum)")))?;
+    if !state(ctx).chains.is_simulated(network) {
+        return Err(bad_input(format!(
+            "{network} is served by a node on this server, not by the simulator: send a real \
+             transfer and mine with the node"
+        )));
+    }
+    Ok(currency)
 }
 
 async fn move_money(
