@@ -358,7 +358,9 @@ async fn a_token_deposit_is_credited_to_the_token_wallet_once() {
             decimals: 6,
         }];
     }
-    let t = TestApp::with(options).await;
+    let t = TestApp::with(options.clone()).await;
+    // A second process watching the same chain and database.
+    let (other, _) = t.sibling_with(options).await;
     let (tusd, tusd_address) = crypto_wallet(&t, "alice", "TUSD").await;
     let (eth, eth_address) = eth_wallet(&t, "alice").await;
     let dev: alloy::primitives::Address = DEV_ACCOUNT.parse().unwrap();
@@ -408,12 +410,12 @@ async fn a_token_deposit_is_credited_to_the_token_wallet_once() {
     .unwrap();
     let token_deposit = format!("{token_tx}:{index}");
 
-    pass(&t.app).await;
+    tokio::join!(pass(&t.app), pass(&other));
     let (status, confirmations, _, _) = deposit(&t, &token_deposit).await.expect("a token hold");
     assert_eq!((status.as_str(), confirmations), ("PENDING", 1));
     anvil.mine(5).await;
-    pass(&t.app).await;
-    pass(&t.app).await;
+    tokio::join!(pass(&t.app), pass(&other));
+    tokio::join!(pass(&t.app), pass(&other));
     for hash in [&token_deposit, &ether_tx] {
         let (status, _, _, credits) = deposit(&t, hash).await.unwrap();
         assert_eq!((status.as_str(), credits), ("COMPLETED", 1), "{hash}");
