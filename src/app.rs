@@ -8,7 +8,7 @@ use tokio::sync::Notify;
 
 use crate::auth::TokenKeys;
 use crate::chain::ethereum::{self, EthereumNode, NodeConfig};
-use crate::chain::{Networks, SimulatedChain};
+use crate::chain::{Chain as _, Networks, SimulatedChain};
 use crate::chain_worker::ChainWorker;
 use crate::custody::{Custody, SeedSource};
 use crate::db::{self, PgPool, QueryCounter, SessionLimits};
@@ -240,9 +240,10 @@ impl App {
         let miner = match (&state.simulator, config.block_interval) {
             (Some(simulator), Some(interval)) => {
                 // Only the networks the simulator serves.
-                let mined: Vec<String> = ["bitcoin", ethereum::NETWORK]
-                    .into_iter()
-                    .filter(|n| config.ethereum.is_none() || *n != ethereum::NETWORK)
+                let mined: Vec<String> = state
+                    .chains
+                    .names()
+                    .filter(|n| state.chains.is_simulated(n))
                     .map(str::to_owned)
                     .collect();
                 Some(Arc::new(spawn_miner(simulator.clone(), mined, interval)))

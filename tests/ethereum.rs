@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::anvil::{Anvil, CHAIN_ID, DEV_ACCOUNT, DEV_ACCOUNT_2, ETHER};
+use common::anvil::{Anvil, CHAIN_ID, DEV_ACCOUNT, DEV_ACCOUNT_2, ETHER, quantity};
 use common::{CREATE_CRYPTO, Options, TestApp, error_code};
 use serde_json::json;
 use wallet::app::App;
@@ -400,14 +400,7 @@ async fn a_token_deposit_is_credited_to_the_token_wallet_once() {
         .await;
     anvil.mine(1).await;
     let receipt = anvil.receipt(&token_tx).await;
-    let index = u64::from_str_radix(
-        receipt["logs"][0]["logIndex"]
-            .as_str()
-            .unwrap()
-            .trim_start_matches("0x"),
-        16,
-    )
-    .unwrap();
+    let index = quantity(&receipt["logs"][0]["logIndex"]);
     let token_deposit = format!("{token_tx}:{index}");
 
     tokio::join!(pass(&t.app), pass(&other));

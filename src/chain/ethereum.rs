@@ -169,6 +169,11 @@ fn block_number(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// Blocks on top of (and including) `block` when the chain is at `tip`.
+fn confirmations(block: u64, tip: u64) -> i64 {
+    block_number(tip.saturating_sub(block).saturating_add(1))
+}
+
 impl EthereumNode {
     /// Connects and checks the chain id (when one is configured).
     pub async fn connect(config: &NodeConfig, pool: PgPool) -> anyhow::Result<Self> {
@@ -212,6 +217,10 @@ impl EthereumNode {
 
     pub fn chain_id(&self) -> u64 {
         self.chain_id
+    }
+
+    async fn conn(&self) -> Result<crate::db::PooledConn, ChainError> {
+        self.pool.get().await.map_err(unavailable)
     }
 
     async fn tip_number(&self) -> Result<u64, ChainError> {
@@ -338,7 +347,7 @@ impl EthereumNode {
             gas_used: None,
             status: TransferStatus::Success,
             block_number: Some(block_number(block)),
-            confirmations: block_number(tip.saturating_sub(block).saturating_add(1)),
+            confirmations: confirmations(block, tip),
             raw: None,
             created_at: time(timestamp),
         }))
@@ -374,8 +383,6 @@ impl EthereumNode {
                 )
             }
         };
-        let confirmations =
-            block.map_or(0, |b| block_number(tip.saturating_sub(b).saturating_add(1)));
         Ok(ChainTransfer {
             hash: spell(hash),
             network: NETWORK.to_owned(),
@@ -388,7 +395,7 @@ impl EthereumNode {
             gas_used,
             status,
             block_number: block.map(block_number),
-            confirmations,
+            confirmations: block.map_or(0, |b| confirmations(b, tip)),
             raw: None,
             created_at: time(timestamp),
         })
@@ -396,9 +403,9 @@ impl EthereumNode {
 
     /// The block the watcher resumes after: `after` itself while it is still the block the
     /// watcher saw there, else the newest remembered block that is still canonical (the
-    /// common ancestor of the old and the new chain). Forgets what lies above it.
+    /// common ancestor of the old and the new chain).
     async fn resume_point(&self, after: u64) -> Result<u64, ChainError> {
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let mut conn = self.conn().await?;
         let remembered: Vec<(i64, String)> = chain_blocks::table
             .filter(chain_blocks::network.eq(NETWORK))
             .filter(chain_blocks::number.le(block_number(after)))
@@ -438,7 +445,7 @@ impl EthereumNode {
         let Some(&(newest, ..)) = blocks.last() else {
             return Ok(());
         };
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let mut conn = self.conn().await?;
         let rows: Vec<_> = blocks
             .iter()
             .map(|(number, hash, parent)| {
@@ -474,7 +481,7 @@ impl EthereumNode {
     }
 
     async fn forget_above(&self, number: u64) -> Result<(), ChainError> {
-        let mut conn = self.pool.get().await.map_err(unavailable)?;
+        let mut conn = self.conn().await?;
         diesel::delete(
             chain_blocks::table
                 .filter(chain_blocks::network.eq(NETWORK))

@@ -19,6 +19,14 @@ pub const DEV_ACCOUNT_2: &str = "0x70997970C51812dc3A010C7d01b50e0d17dc79C8";
 /// Wei per ether.
 pub const ETHER: u128 = 1_000_000_000_000_000_000;
 
+/// A JSON-RPC quantity (`"0x1a"`) as a number.
+pub fn quantity(value: &Value) -> u128 {
+    let hex = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a quantity: {value}"));
+    u128::from_str_radix(hex.trim_start_matches("0x"), 16).unwrap()
+}
+
 pub struct Anvil {
     child: Option<Child>,
     port: u16,
@@ -139,7 +147,7 @@ impl Anvil {
 
     pub async fn height(&self) -> u64 {
         let hex = self.rpc("eth_blockNumber", json!([])).await;
-        u64::from_str_radix(hex.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+        u64::try_from(quantity(&hex)).unwrap()
     }
 
     /// A transfer of `wei` from a development account, signed by anvil but not sent: the
@@ -222,7 +230,7 @@ impl Anvil {
     /// The balance of `address`, in wei.
     pub async fn balance(&self, address: &str) -> u128 {
         let hex = self.rpc("eth_getBalance", json!([address, "latest"])).await;
-        u128::from_str_radix(hex.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+        quantity(&hex)
     }
 
     /// Stops the node (as a crash would: SIGKILL).
