@@ -14,6 +14,7 @@ use crate::custody::Custody;
 use crate::db::PgPool;
 use crate::ledger::chain_deposit::{self, ScanReport};
 use crate::ledger::chain_withdrawal::{self, AdvanceReport};
+use crate::ledger::node_withdrawal;
 use crate::ledger::{CurrencyKind, CurrencyRegistry, LedgerError};
 use crate::task::AbortOnDrop;
 
@@ -53,39 +54,42 @@ impl ChainWorker {
         let mut conn = self.pool.get().await?;
         // Each stage runs even if one before it failed (the first error is returned).
         let mut failure = None;
-        // Every waiting withdrawal is tried once per pass, in id order; one that fails
-        // does not stop the others.
-        let mut after = 0;
-        loop {
-            let before = after;
-            match chain_withdrawal::sign_next(&mut conn, &self.custody, &mut after).await {
-                Ok(Some(signed)) => {
-                    report.signed += 1;
-                    // Stored before this: if the broadcast fails, `advance` sends the same
-                    // bytes.
-                    match self.chain.broadcast(&signed).await {
-                        Ok(_) => report.broadcast += 1,
-                        Err(e) => {
-                            tracing::warn!(hash = signed.hash, error = %e, "broadcast failed")
-                        }
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::warn!(error = ?e, withdrawal = after, "could not sign a withdrawal");
-                    report.sign_errors += 1;
-                    failure.get_or_insert(e);
-                    if after == before {
-                        // Failed before claiming one: nothing to skip past.
-                        break;
-                    }
-                }
-            }
-        }
-        match chain_withdrawal::advance(&mut conn, self.chain.as_ref()).await {
+        // Withdrawals on networks served by a node of an account-based chain follow
+        // `node_withdrawal` (nonces, fees known once mined); the others `chain_withdrawal`.
+        let by_node: Vec<String> = self
+            .networks()
+            .into_iter()
+            .filter(|n| self.chain.accounts(n).is_some())
+            .collect();
+        self.sign_and_broadcast(&mut conn, &by_node, &mut report, &mut failure)
+            .await;
+        match chain_withdrawal::advance(&mut conn, self.chain.as_ref(), &by_node).await {
             Ok(advanced) => report.withdrawals = advanced,
             Err(e) => {
                 failure.get_or_insert(e);
+            }
+        }
+        if !by_node.is_empty() {
+            match node_withdrawal::advance(
+                &mut conn,
+                &self.currencies,
+                &self.custody,
+                self.chain.as_ref(),
+                &by_node,
+            )
+            .await
+            {
+                Ok(advanced) => {
+                    let total = &mut report.withdrawals;
+                    total.rebroadcast += advanced.rebroadcast;
+                    total.replaced += advanced.replaced;
+                    total.completed += advanced.completed;
+                    total.failed += advanced.failed;
+                    total.errors += advanced.errors;
+                }
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
             }
         }
         // The scans take connections of their own.
@@ -114,6 +118,63 @@ impl ChainWorker {
             return Err(e);
         }
         Ok(report)
+    }
+
+    /// Signs every waiting withdrawal once, in id order, and broadcasts it; one that fails
+    /// does not stop the others (`by_node`: the networks whose withdrawals go through a
+    /// node's nonces).
+    async fn sign_and_broadcast(
+        &self,
+        conn: &mut crate::db::PooledConn,
+        by_node: &[String],
+        report: &mut PassReport,
+        failure: &mut Option<LedgerError>,
+    ) {
+        for node_flow in [false, true] {
+            if node_flow && by_node.is_empty() {
+                continue;
+            }
+            let mut after = 0;
+            loop {
+                let before = after;
+                let signing = if node_flow {
+                    node_withdrawal::sign_next(
+                        conn,
+                        &self.currencies,
+                        &self.custody,
+                        self.chain.as_ref(),
+                        by_node,
+                        &mut after,
+                    )
+                    .await
+                } else {
+                    chain_withdrawal::sign_next(conn, &self.custody, by_node, &mut after).await
+                };
+                match signing {
+                    Ok(Some(signed)) => {
+                        report.signed += 1;
+                        // Stored before this: if the broadcast fails, the next pass sends
+                        // the same bytes.
+                        match self.chain.broadcast(&signed).await {
+                            Ok(_) => report.broadcast += 1,
+                            Err(e) => {
+                                tracing::warn!(hash = signed.hash, error = %e, "broadcast failed")
+                            }
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = ?e, withdrawal = after, "could not sign a withdrawal");
+                        report.sign_errors += 1;
+                        failure.get_or_insert(e);
+                        if after == before {
+                            // Failed before claiming one: nothing to skip past.
+                            break;
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// Runs [`ChainWorker::pass`] every `interval`, and at once when `wake` is notified

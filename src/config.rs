@@ -99,6 +99,11 @@ pub struct ServeConfig {
     /// comma-separated (e.g. `USDC:0xA0b8…eB48:6`).
     #[arg(long, env = "WALLET_ETHEREUM_TOKENS", value_parser = parse_tokens)]
     pub ethereum_tokens: Option<EthereumTokens>,
+    /// Blocks a withdrawal sent through the Ethereum node may wait unmined before it is
+    /// replaced with the same nonce and a higher fee.
+    #[arg(long, env = "WALLET_ETHEREUM_REPLACE_AFTER_BLOCKS", default_value_t = 5,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ethereum_replace_after_blocks: u64,
     /// Seconds between blocks of the simulated networks (0: only on demand).
     #[arg(long, env = "WALLET_BLOCK_SECS", default_value_t = 10)]
     pub block_secs: u64,
@@ -281,6 +286,7 @@ impl ServeConfig {
                 .clone()
                 .map(|t| t.0)
                 .unwrap_or_default(),
+            replace_after_blocks: self.ethereum_replace_after_blocks,
         })
     }
 

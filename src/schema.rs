@@ -10,6 +10,14 @@ diesel::table! {
 }
 
 diesel::table! {
+    chain_nonces (network, address) {
+        network -> Text,
+        address -> Text,
+        next_nonce -> Int8,
+    }
+}
+
+diesel::table! {
     chain_scan_cursors (network) {
         network -> Text,
         block -> Int8,
@@ -194,6 +202,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    withdrawal_attempts (id) {
+        id -> Int8,
+        transaction_id -> Int8,
+        network -> Text,
+        from_address -> Text,
+        nonce -> Int8,
+        replaces -> Nullable<Int8>,
+        hash -> Text,
+        raw -> Text,
+        max_fee_per_gas -> Numeric,
+        max_priority_fee_per_gas -> Numeric,
+        gas_limit -> Int8,
+        locked_fee -> Numeric,
+        signed_at_height -> Int8,
+        created_at -> Timestamptz,
+    }
+}
+
 diesel::joinable!(ledger_accounts -> currencies (currency));
 diesel::joinable!(reconciliations -> wallets (wallet_id));
 diesel::joinable!(sim_blocks -> sim_chains (network));
@@ -201,9 +228,11 @@ diesel::joinable!(sim_failing_addresses -> sim_chains (network));
 diesel::joinable!(sim_transfers -> sim_chains (network));
 diesel::joinable!(transactions -> wallets (wallet_id));
 diesel::joinable!(wallets -> currencies (currency));
+diesel::joinable!(withdrawal_attempts -> transactions (transaction_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     chain_blocks,
+    chain_nonces,
     chain_scan_cursors,
     currencies,
     custody_fingerprint,
@@ -219,4 +248,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     sim_transfers,
     transactions,
     wallets,
+    withdrawal_attempts,
 );

@@ -389,7 +389,7 @@ async fn a_crash_between_storing_and_broadcasting_sends_once() {
 
     // Step 2 only, then the process is gone.
     let mut conn = t.app.state.pool.get().await.unwrap();
-    let signed = chain_withdrawal::sign_next(&mut conn, &t.app.state.custody, &mut 0)
+    let signed = chain_withdrawal::sign_next(&mut conn, &t.app.state.custody, &[], &mut 0)
         .await
         .unwrap()
         .unwrap();
@@ -439,7 +439,7 @@ async fn a_crash_between_broadcasting_and_updating_sends_once() {
 
     let chain = t.app.state.simulator.clone().unwrap();
     let mut conn = t.app.state.pool.get().await.unwrap();
-    let signed = chain_withdrawal::sign_next(&mut conn, &t.app.state.custody, &mut 0)
+    let signed = chain_withdrawal::sign_next(&mut conn, &t.app.state.custody, &[], &mut 0)
         .await
         .unwrap()
         .unwrap();
@@ -869,7 +869,7 @@ async fn past_windows_reconcile_against_the_chain_as_it_was_then() {
 
     withdraw(&t, "alice", &wallet, "0.1", "payout").await;
     let mut conn = t.app.state.pool.get().await.unwrap();
-    let signed = chain_withdrawal::sign_next(&mut conn, &t.app.state.custody, &mut 0)
+    let signed = chain_withdrawal::sign_next(&mut conn, &t.app.state.custody, &[], &mut 0)
         .await
         .unwrap()
         .unwrap();

@@ -5,53 +5,16 @@
 
 mod common;
 
-use common::anvil::{Anvil, CHAIN_ID, DEV_ACCOUNT, DEV_ACCOUNT_2, ETHER, quantity};
-use common::{CREATE_CRYPTO, Options, TestApp, error_code};
+use common::anvil::{Anvil, DEV_ACCOUNT, DEV_ACCOUNT_2, ETHER, quantity};
+use common::ethereum::{crypto_wallet, eth_wallet, on, pass, reconcile};
+use common::{TestApp, error_code};
 use serde_json::json;
 use wallet::app::App;
-use wallet::chain::ethereum::{NodeConfig, Token};
+use wallet::chain::ethereum::Token;
 
 alloy::sol! {
     function mint(address to, uint256 value);
     function transfer(address to, uint256 value) returns (bool);
-}
-
-/// Served by `anvil`, with a seed of its own (the tests' usual mnemonic is anvil's: its
-/// first addresses are anvil's funded development accounts).
-fn on(anvil: &Anvil) -> Options {
-    Options {
-        ethereum: Some(NodeConfig {
-            rpc_url: anvil.url.clone(),
-            chain_id: Some(CHAIN_ID),
-            tokens: Vec::new(),
-        }),
-        mnemonic: "abandon abandon abandon abandon abandon abandon abandon abandon abandon \
-                   abandon abandon about",
-        ..Options::default()
-    }
-}
-
-async fn eth_wallet(t: &TestApp, user: &str) -> (String, String) {
-    crypto_wallet(t, user, "ETH").await
-}
-
-async fn crypto_wallet(t: &TestApp, user: &str, currency: &str) -> (String, String) {
-    let w = t
-        .ok(&t.user(user), CREATE_CRYPTO, json!({"c": currency}))
-        .await["createWallet"]
-        .clone();
-    (
-        w["id"].as_str().unwrap().to_owned(),
-        w["address"].as_str().unwrap().to_owned(),
-    )
-}
-
-async fn pass(app: &App) {
-    app.chain_worker()
-        .expect("a chain worker")
-        .pass()
-        .await
-        .expect("a worker pass");
 }
 
 /// `processCryptoDeposit` of `hash` for alice's `wallet`: the whole response.
@@ -151,23 +114,8 @@ async fn an_ether_deposit_is_held_confirmed_and_credited_once_by_two_watchers() 
     );
 }
 
-/// Reconciles `wallet` against the chain, from the epoch to now.
-async fn reconcile(t: &TestApp, wallet: &str) -> serde_json::Value {
-    // Block times have whole seconds: let the newest block's second pass.
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    t.ok(
-        &t.operator(),
-        "mutation($w: ID!, $end: DateTime!) { reconcileWallet(input: {walletId: $w,
-           startTime: \"2020-01-01T00:00:00Z\", endTime: $end}) {
-           status systemBalance externalBalance unmatchedTransactions mismatchReason notes } }",
-        json!({"w": wallet, "end": chrono::Utc::now().to_rfc3339()}),
-    )
-    .await["reconcileWallet"]
-        .clone()
-}
-
 #[tokio::test(flavor = "multi_thread")]
-async fn a_reorg_unconfirms_a_deposit_and_it_is_credited_once_when_mined_again() {
+async fn a_reorg_drops_a_deposit_and_it_is_credited_once_when_mined_again() {
     let anvil = Anvil::start().await;
     let t = TestApp::with(on(&anvil)).await;
     let (wallet, address) = eth_wallet(&t, "alice").await;
@@ -189,9 +137,10 @@ async fn a_reorg_unconfirms_a_deposit_and_it_is_credited_once_when_mined_again()
     let (status, confirmations, block, credits) = deposit(&t, &hash_a).await.unwrap();
     assert_eq!(
         (status.as_str(), confirmations, block, credits),
-        ("PENDING", 0, None, 0),
-        "A is no longer on the canonical chain"
+        ("DROPPED", 0, None, 0),
+        "A is on no chain and the node no longer has it"
     );
+    assert!(reason(&t, &hash_a).await.contains("reorganisation"));
     let hash_b = format!(
         "{:#x}",
         alloy_primitives::keccak256(alloy_primitives::hex::decode(&raw_b).unwrap())
@@ -203,8 +152,12 @@ async fn a_reorg_unconfirms_a_deposit_and_it_is_credited_once_when_mined_again()
     anvil.mine(1).await;
     let block_a = i64::try_from(anvil.height().await).unwrap();
     pass(&t.app).await;
-    let (_, confirmations, block, _) = deposit(&t, &hash_a).await.unwrap();
-    assert_eq!((confirmations, block), (1, Some(block_a)));
+    let (status, confirmations, block, _) = deposit(&t, &hash_a).await.unwrap();
+    assert_eq!(
+        (status.as_str(), confirmations, block),
+        ("PENDING", 1, Some(block_a))
+    );
+    assert!(reason(&t, &hash_a).await.starts_with("held again"));
 
     // Six confirmations for both: each credited once.
     anvil.mine(5).await;
@@ -218,6 +171,73 @@ async fn a_reorg_unconfirms_a_deposit_and_it_is_credited_once_when_mined_again()
     }
     assert_eq!(t.balance(&wallet).await, "1.250000000000000000");
     assert_eq!(anvil.balance(&address).await, ETHER + ETHER / 4);
+    t.assert_balanced().await;
+}
+
+/// The status reason of the deposit hold of `hash`.
+async fn reason(t: &TestApp, hash: &str) -> String {
+    t.db.client()
+        .await
+        .query_one(
+            "SELECT status_reason FROM transactions WHERE chain_tx_hash = $1 AND hold",
+            &[&hash],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_credited_deposit_removed_by_a_deep_reorg_is_flagged_not_kept_silently() {
+    let anvil = Anvil::start().await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (wallet, address) = eth_wallet(&t, "alice").await;
+    let raw = anvil.sign_transfer(DEV_ACCOUNT, &address, ETHER, 0).await;
+    let hash = anvil.send_raw(&raw).await;
+    anvil.mine(7).await;
+    pass(&t.app).await;
+    assert_eq!(deposit(&t, &hash).await.unwrap().0, "COMPLETED");
+    assert_eq!(t.balance(&wallet).await, "1.000000000000000000");
+
+    // Seven blocks replaced, past the six confirmations it was credited at.
+    anvil.reorg(7, &[]).await;
+    pass(&t.app).await;
+    let (status, _, _, credits) = deposit(&t, &hash).await.unwrap();
+    assert_eq!((status.as_str(), credits), ("REORGED", 1));
+    assert!(
+        reason(&t, &hash)
+            .await
+            .contains("deeper than 6 confirmations")
+    );
+    // The credit stands (an operator decides), and every view says so.
+    assert_eq!(t.balance(&wallet).await, "1.000000000000000000");
+    let metrics = t.metrics().await;
+    assert!(
+        metrics.contains("wallet_deposits_reorged_total{network=\"ethereum\"} 1"),
+        "{metrics}"
+    );
+    let reconciled = reconcile(&t, &wallet).await;
+    assert_eq!(reconciled["status"], "MISMATCH", "{reconciled}");
+    assert_eq!(reconciled["unmatchedTransactions"], json!([hash]));
+    assert!(
+        reconciled["mismatchReason"]
+            .as_str()
+            .unwrap()
+            .contains("removed by a reorganisation"),
+        "{reconciled}"
+    );
+    // More passes change nothing.
+    pass(&t.app).await;
+    assert_eq!(deposit(&t, &hash).await.unwrap().3, 1);
+
+    // Mined again: the flag is lifted, still credited once.
+    anvil.send_raw(&raw).await;
+    anvil.mine(1).await;
+    pass(&t.app).await;
+    let (status, _, _, credits) = deposit(&t, &hash).await.unwrap();
+    assert_eq!((status.as_str(), credits), ("COMPLETED", 1));
+    assert!(reason(&t, &hash).await.starts_with("mined again"));
+    assert_eq!(t.balance(&wallet).await, "1.000000000000000000");
     t.assert_balanced().await;
 }
 
@@ -246,16 +266,6 @@ async fn the_node_is_checked_at_start_and_its_absence_is_chain_unavailable() {
         .send_raw(&anvil.sign_transfer(DEV_ACCOUNT, &address, ETHER, 0).await)
         .await;
     anvil.mine(6).await;
-    // Withdrawals through a node are not offered yet: refused, nothing locked.
-    let body = t
-        .gql(
-            Some(&t.user("alice")),
-            common::CRYPTO_WITHDRAW,
-            json!({"w": wallet, "to": DEV_ACCOUNT_2, "a": "0.1", "k": "w-1"}),
-        )
-        .await;
-    assert_eq!(error_code(&body), "CHAIN_UNAVAILABLE", "{body}");
-
     // The simulator's mutations are for the networks it serves: bitcoin here, not ethereum.
     let operator = t.operator();
     for (query, variables) in [
@@ -280,6 +290,25 @@ async fn the_node_is_checked_at_start_and_its_absence_is_chain_unavailable() {
     let body = process(&t, &wallet, &hash).await;
     assert_eq!(error_code(&body), "CHAIN_UNAVAILABLE", "{body}");
     assert_eq!(t.balance(&wallet).await, "0.000000000000000000");
+    // A withdrawal needs the node's fees: refused, nothing journaled or locked.
+    let body = t
+        .gql(
+            Some(&t.user("alice")),
+            common::CRYPTO_WITHDRAW,
+            json!({"w": wallet, "to": DEV_ACCOUNT_2, "a": "0.1", "k": "w-1"}),
+        )
+        .await;
+    assert_eq!(error_code(&body), "CHAIN_UNAVAILABLE", "{body}");
+    let c = t.db.client().await;
+    let rows: i64 = c
+        .query_one(
+            "SELECT count(*) FROM transactions WHERE type = 'WITHDRAW'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -323,6 +352,48 @@ async fn the_node_stopped_and_started_again_loses_and_doubles_nothing() {
         ("COMPLETED", 6, 1)
     );
     assert_eq!(t.balance(&wallet).await, "1.000000000000000000");
+    t.assert_balanced().await;
+
+    // A withdrawal sent, and the node stops before mining it (its pool may not survive):
+    // after the restart it is sent again from the stored bytes if need be, mined once,
+    // debited once.
+    t.ok(
+        &t.user("alice"),
+        common::CRYPTO_WITHDRAW,
+        json!({"w": wallet, "to": DEV_ACCOUNT_2, "a": "0.3", "k": "w-1"}),
+    )
+    .await;
+    assert_eq!(pass(&t.app).await.broadcast, 1);
+    anvil.stop();
+    assert!(worker.pass().await.is_err());
+    anvil.start_again().await;
+    for _ in 0..8 {
+        pass(&t.app).await;
+        anvil.mine(1).await;
+    }
+    pass(&t.app).await;
+    let c = t.db.client().await;
+    let row = c
+        .query_one(
+            "SELECT h.status, count(d.id), (SELECT balance::text FROM wallets WHERE id = h.wallet_id)
+               FROM transactions h LEFT JOIN transactions d ON d.hold_id = h.id
+              WHERE h.hold AND h.type = 'WITHDRAW' GROUP BY h.id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i64>(1)),
+        ("COMPLETED".into(), 1)
+    );
+    let balance: rust_decimal::Decimal = row.get::<_, String>(2).parse().unwrap();
+    let mut wei = balance;
+    wei.rescale(18);
+    assert_eq!(
+        anvil.balance(&address).await,
+        u128::try_from(wei.mantissa()).unwrap()
+    );
+    assert_eq!(anvil.sent(&address).await, 1);
     t.assert_balanced().await;
     let _ = std::fs::remove_file(state);
 }

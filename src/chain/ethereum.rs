@@ -17,18 +17,23 @@ use std::future::IntoFuture;
 use std::time::Duration;
 
 use alloy::consensus::Transaction as _;
+use alloy::consensus::{TxEip1559, TxEnvelope};
 use alloy::eips::{BlockId, BlockNumberOrTag};
 use alloy::network::TransactionResponse as _;
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::{Address, B256, Bytes, TxKind, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::{Block, Filter, Log, TransactionReceipt};
+use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolEvent as _;
 use chrono::{DateTime, TimeZone as _, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use rust_decimal::Decimal;
 
-use super::{Chain, ChainError, ChainTransfer, Fee, SignedTransfer, TransferStatus};
+use super::{
+    AccountChain, Chain, ChainError, ChainTransfer, Fee, GasFees, NonceTransfer, Scanned,
+    SignedTransfer, TransferStatus,
+};
 use crate::db::PgPool;
 use crate::schema::chain_blocks;
 
@@ -38,6 +43,9 @@ pub const NETWORK: &str = "ethereum";
 const ETHER_SCALE: u32 = 18;
 /// Gas of a plain ether transfer.
 const TRANSFER_GAS: u64 = 21_000;
+/// Gas a token withdrawal may use: an ERC-20 `transfer` costs 30,000–60,000; unused gas
+/// is not charged.
+const TOKEN_TRANSFER_GAS: u64 = 100_000;
 /// How long one JSON-RPC call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocks whose hashes are kept for reorg detection: deeper reorgs are not followed.
@@ -55,6 +63,8 @@ pub struct NodeConfig {
     pub chain_id: Option<u64>,
     /// ERC-20 tokens offered as currencies of their own.
     pub tokens: Vec<Token>,
+    /// Blocks a withdrawal may wait unmined before it is replaced with a higher fee.
+    pub replace_after_blocks: u64,
 }
 
 /// An ERC-20 token offered as a currency: its code, contract and decimals.
@@ -103,6 +113,8 @@ pub fn parse_tokens(list: &str) -> Result<Vec<Token>, String> {
 alloy::sol! {
     /// ERC-20's transfer event.
     event Transfer(address indexed from, address indexed to, uint256 value);
+    /// ERC-20's transfer call.
+    function transfer(address to, uint256 value) returns (bool);
 }
 
 #[derive(Clone)]
@@ -113,6 +125,7 @@ pub struct EthereumNode {
     chain_id: u64,
     /// Token contracts followed, with their decimals.
     tokens: Vec<(Address, u32)>,
+    replace_after_blocks: u64,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ChainError {
@@ -144,6 +157,27 @@ pub fn ether(wei: U256) -> Result<Decimal, ChainError> {
 fn units(value: U256, decimals: u32) -> Result<Decimal, ChainError> {
     let value = i128::try_from(value).map_err(|_| unavailable("an amount beyond 2^127 units"))?;
     Decimal::try_from_i128_with_scale(value, decimals).map_err(unavailable)
+}
+
+/// A whole amount in the smallest unit of a coin or token with `decimals` (an amount finer
+/// than that is refused, never rounded).
+fn to_units(amount: Decimal, decimals: u32) -> Result<U256, ChainError> {
+    let refused = || {
+        unavailable(format!(
+            "{amount} is not a whole number of units at {decimals} decimals"
+        ))
+    };
+    if amount.is_sign_negative() || amount.scale() > decimals {
+        return Err(refused());
+    }
+    let mantissa = u128::try_from(amount.mantissa()).map_err(|_| refused())?;
+    let factor = U256::from(10u8).pow(U256::from(decimals - amount.scale()));
+    U256::from(mantissa).checked_mul(factor).ok_or_else(refused)
+}
+
+fn parse_address(text: &str) -> Result<Address, ChainError> {
+    text.parse()
+        .map_err(|e| unavailable(format!("address {text:?}: {e}")))
 }
 
 fn spell(hash: B256) -> String {
@@ -212,6 +246,7 @@ impl EthereumNode {
             pool,
             chain_id,
             tokens,
+            replace_after_blocks: config.replace_after_blocks.max(1),
         })
     }
 
@@ -568,9 +603,7 @@ impl Chain for EthereumNode {
     }
 
     async fn balance(&self, _network: &str, address: &str) -> Result<Decimal, ChainError> {
-        let address: Address = address
-            .parse()
-            .map_err(|e| unavailable(format!("address {address:?}: {e}")))?;
+        let address = parse_address(address)?;
         ether(call("eth_getBalance", self.provider.get_balance(address)).await?)
     }
 
@@ -625,11 +658,14 @@ impl Chain for EthereumNode {
         &self,
         _network: &str,
         after_block: i64,
-    ) -> Result<Vec<ChainTransfer>, ChainError> {
+    ) -> Result<Scanned, ChainError> {
         let tip = self.tip_number().await?;
-        let after = match u64::try_from(after_block).unwrap_or(0) {
-            0 => tip.saturating_sub(FIRST_SCAN_DEPTH),
-            after => self.resume_point(after.min(tip)).await?,
+        let (after, common_ancestor) = match u64::try_from(after_block).unwrap_or(0) {
+            0 => (tip.saturating_sub(FIRST_SCAN_DEPTH), None),
+            scanned => {
+                let resume = self.resume_point(scanned.min(tip)).await?;
+                (resume, (resume < scanned).then_some(block_number(resume)))
+            }
         };
         self.forget_above(after).await?;
         let mut transfers = Vec::new();
@@ -652,25 +688,16 @@ impl Chain for EthereumNode {
             ));
         }
         self.remember(&seen).await?;
-        Ok(transfers)
+        Ok(Scanned {
+            transfers,
+            common_ancestor,
+        })
     }
 
     async fn estimate_fee(&self, _network: &str) -> Result<Fee, ChainError> {
-        // EIP-1559: what a transfer may cost at most if the base fee doubles before it is
-        // mined (the locked amount); the chain charges the effective price.
-        let latest = call(
-            "eth_getBlockByNumber",
-            self.provider.get_block_by_number(BlockNumberOrTag::Latest),
-        )
-        .await?
-        .ok_or_else(|| unavailable("the node has no latest block"))?;
-        let base = u128::from(latest.header.base_fee_per_gas.unwrap_or(0));
-        let tip = call(
-            "eth_maxPriorityFeePerGas",
-            self.provider.get_max_priority_fee_per_gas(),
-        )
-        .await?;
-        let max_fee = U256::from(base.saturating_mul(2).saturating_add(tip));
+        // What a plain transfer may cost at most (the amount locked); the chain charges the
+        // effective price, and the difference is released.
+        let max_fee = U256::from(self.gas_fees().await?.max_fee_per_gas);
         Ok(Fee {
             total: ether(max_fee * U256::from(TRANSFER_GAS))?,
             gas_price: Some(ether(max_fee)?),
@@ -696,9 +723,109 @@ impl Chain for EthereumNode {
         }
     }
 
-    fn sends_withdrawals(&self, _network: &str) -> bool {
-        // Signing EIP-1559 transactions (nonces, fee bumping) is not built yet: refused
-        // at request time rather than signed in a format the node would reject.
-        false
+    fn accounts(&self, _network: &str) -> Option<&dyn AccountChain> {
+        Some(self)
+    }
+}
+
+#[async_trait::async_trait]
+impl AccountChain for EthereumNode {
+    async fn pending_nonce(&self, address: &str) -> Result<u64, ChainError> {
+        let address = parse_address(address)?;
+        call(
+            "eth_getTransactionCount",
+            self.provider.get_transaction_count(address).pending(),
+        )
+        .await
+    }
+
+    async fn gas_fees(&self) -> Result<GasFees, ChainError> {
+        // What a transaction may pay at most if the base fee doubles before it is mined
+        // (the chain charges the base fee of its block plus the tip).
+        let latest = call(
+            "eth_getBlockByNumber",
+            self.provider.get_block_by_number(BlockNumberOrTag::Latest),
+        )
+        .await?
+        .ok_or_else(|| unavailable("the node has no latest block"))?;
+        let base = u128::from(latest.header.base_fee_per_gas.unwrap_or(0));
+        let tip = call(
+            "eth_maxPriorityFeePerGas",
+            self.provider.get_max_priority_fee_per_gas(),
+        )
+        .await?;
+        Ok(GasFees {
+            max_fee_per_gas: base.saturating_mul(2).saturating_add(tip).max(1),
+            max_priority_fee_per_gas: tip,
+        })
+    }
+
+    fn gas_limit(&self, asset: Option<&str>) -> u64 {
+        match asset {
+            None => TRANSFER_GAS,
+            Some(_) => TOKEN_TRANSFER_GAS,
+        }
+    }
+
+    fn replace_after_blocks(&self) -> u64 {
+        self.replace_after_blocks
+    }
+
+    fn coin_amount(&self, wei: u128) -> Result<Decimal, ChainError> {
+        ether(U256::from(wei))
+    }
+
+    fn wei(&self, amount: Decimal) -> Result<u128, ChainError> {
+        u128::try_from(to_units(amount.trunc_with_scale(ETHER_SCALE), ETHER_SCALE)?)
+            .map_err(unavailable)
+    }
+
+    fn sign(
+        &self,
+        transfer: &NonceTransfer,
+        key: &PrivateKeySigner,
+    ) -> Result<(String, String), ChainError> {
+        use alloy::consensus::SignableTransaction as _;
+        use alloy::eips::Encodable2718 as _;
+        use alloy::signers::SignerSync as _;
+        use alloy::sol_types::SolCall as _;
+
+        let to = parse_address(&transfer.to_address)?;
+        let (destination, value, input) = match &transfer.asset {
+            None => (to, to_units(transfer.amount, ETHER_SCALE)?, Bytes::new()),
+            Some(contract) => {
+                let contract = parse_address(contract)?;
+                let decimals = self
+                    .tokens
+                    .iter()
+                    .find(|(a, _)| *a == contract)
+                    .map(|(_, d)| *d)
+                    .ok_or_else(|| unavailable(format!("token {contract} is not configured")))?;
+                let call = transferCall {
+                    to,
+                    value: to_units(transfer.amount, decimals)?,
+                };
+                (contract, U256::ZERO, Bytes::from(call.abi_encode()))
+            }
+        };
+        let tx = TxEip1559 {
+            chain_id: self.chain_id,
+            nonce: transfer.nonce,
+            gas_limit: transfer.gas_limit,
+            max_fee_per_gas: transfer.fees.max_fee_per_gas,
+            max_priority_fee_per_gas: transfer.fees.max_priority_fee_per_gas,
+            to: TxKind::Call(destination),
+            value,
+            access_list: Default::default(),
+            input,
+        };
+        let signature = key
+            .sign_hash_sync(&tx.signature_hash())
+            .map_err(|e| unavailable(format!("signing: {e}")))?;
+        let envelope = TxEnvelope::from(tx.into_signed(signature));
+        Ok((
+            spell(*envelope.tx_hash()),
+            alloy::primitives::hex::encode(envelope.encoded_2718()),
+        ))
     }
 }

@@ -10,7 +10,17 @@ use rust_decimal::Decimal;
 
 pub use ethereum::EthereumNode;
 pub use networks::Networks;
+
 pub use simulated::SimulatedChain;
+
+/// What a deposit watcher's scan of the chain found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Scanned {
+    pub transfers: Vec<ChainTransfer>,
+    /// Set when blocks scanned before had been replaced by a reorganisation: the newest
+    /// block the old and the new chain share. What was recorded above it may be gone.
+    pub common_ancestor: Option<i64>,
+}
 
 /// A transfer as the chain reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,6 +141,77 @@ pub fn hash_spelling(network: &str, hash: [u8; 32]) -> String {
     }
 }
 
+/// What an EIP-1559 transaction offers to pay per gas, in wei.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GasFees {
+    pub max_fee_per_gas: u128,
+    pub max_priority_fee_per_gas: u128,
+}
+
+impl GasFees {
+    /// A replacement's fees: a quarter above these in both parts (nodes refuse a
+    /// replacement that does not raise both by at least a tenth), or what the chain asks
+    /// now if that is more.
+    pub fn bumped(self, now: GasFees) -> GasFees {
+        let raise = |fee: u128| {
+            fee.saturating_add(fee.div_ceil(4))
+                .max(fee.saturating_add(1))
+        };
+        let max_fee_per_gas = raise(self.max_fee_per_gas).max(now.max_fee_per_gas);
+        GasFees {
+            max_fee_per_gas,
+            max_priority_fee_per_gas: raise(self.max_priority_fee_per_gas)
+                .max(now.max_priority_fee_per_gas)
+                .min(max_fee_per_gas),
+        }
+    }
+
+    /// Whether these fees are enough to replace a transaction offering `old`.
+    pub fn replaces(self, old: GasFees) -> bool {
+        let tenth_above = |fee: u128| fee.saturating_add(fee.div_ceil(10));
+        self.max_fee_per_gas >= tenth_above(old.max_fee_per_gas)
+            && self.max_priority_fee_per_gas >= tenth_above(old.max_priority_fee_per_gas)
+    }
+}
+
+/// A withdrawal on an account-based network, before signing: the sender's nonce orders it
+/// among the sender's transactions, and a replacement reuses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NonceTransfer {
+    pub from_address: String,
+    pub to_address: String,
+    pub amount: Decimal,
+    /// The token contract moved (`None`: the network's coin).
+    pub asset: Option<String>,
+    pub nonce: u64,
+    pub fees: GasFees,
+    pub gas_limit: u64,
+}
+
+/// What withdrawals through a node of an account-based network need beyond [`Chain`]:
+/// nonces, current fees and signing in the network's transaction format.
+#[async_trait::async_trait]
+pub trait AccountChain: Send + Sync {
+    /// The nonce the address's next transaction takes (counting those the node holds).
+    async fn pending_nonce(&self, address: &str) -> Result<u64, ChainError>;
+    /// Fees a transaction should offer now to be mined soon.
+    async fn gas_fees(&self) -> Result<GasFees, ChainError>;
+    /// Gas a withdrawal of `asset` may use (what is unused is not charged).
+    fn gas_limit(&self, asset: Option<&str>) -> u64;
+    /// Blocks a withdrawal may wait unmined before it is replaced with a higher fee.
+    fn replace_after_blocks(&self) -> u64;
+    /// `wei` in the coin's whole units.
+    fn coin_amount(&self, wei: u128) -> Result<Decimal, ChainError>;
+    /// A coin amount in wei (rounded down).
+    fn wei(&self, amount: Decimal) -> Result<u128, ChainError>;
+    /// Signs `transfer` with `key`; returns its hash and raw bytes (hex), ready to send.
+    fn sign(
+        &self,
+        transfer: &NonceTransfer,
+        key: &alloy::signers::local::PrivateKeySigner,
+    ) -> Result<(String, String), ChainError>;
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
     /// The node could not be reached or failed; worth retrying.
@@ -166,21 +247,19 @@ pub trait Chain: Send + Sync {
     ) -> Result<Vec<ChainTransfer>, ChainError>;
     /// Transfers included in blocks after `after_block`, and those still pending: what a
     /// deposit watcher scans (oldest first).
-    async fn transfers_since(
-        &self,
-        network: &str,
-        after_block: i64,
-    ) -> Result<Vec<ChainTransfer>, ChainError>;
+    async fn transfers_since(&self, network: &str, after_block: i64)
+    -> Result<Scanned, ChainError>;
     /// What a plain transfer costs its sender now.
     async fn estimate_fee(&self, network: &str) -> Result<Fee, ChainError>;
     /// Submits a signed transfer; returns its hash (also when it was already submitted).
     async fn broadcast(&self, transfer: &SignedTransfer) -> Result<String, ChainError>;
-    /// Whether this backend can send withdrawals on `network`.
-    fn sends_withdrawals(&self, _network: &str) -> bool {
-        true
-    }
     /// Whether `network` is the simulator's here (its development mutations apply).
     fn is_simulated(&self, _network: &str) -> bool {
         false
+    }
+    /// `network`'s nonce-ordered withdrawals, when a node of an account-based network
+    /// serves it (its withdrawals then follow `ledger::node_withdrawal`).
+    fn accounts(&self, _network: &str) -> Option<&dyn AccountChain> {
+        None
     }
 }

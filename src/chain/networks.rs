@@ -8,7 +8,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-use super::{Chain, ChainError, ChainTransfer, Fee, SignedTransfer};
+use super::{AccountChain, Chain, ChainError, ChainTransfer, Fee, Scanned, SignedTransfer};
 
 #[derive(Clone, Default)]
 pub struct Networks {
@@ -77,7 +77,7 @@ impl Chain for Networks {
         &self,
         network: &str,
         after_block: i64,
-    ) -> Result<Vec<ChainTransfer>, ChainError> {
+    ) -> Result<Scanned, ChainError> {
         self.backend(network)?
             .transfers_since(network, after_block)
             .await
@@ -95,8 +95,7 @@ impl Chain for Networks {
         self.backend(network).is_ok_and(|b| b.is_simulated(network))
     }
 
-    fn sends_withdrawals(&self, network: &str) -> bool {
-        self.backend(network)
-            .is_ok_and(|b| b.sends_withdrawals(network))
+    fn accounts(&self, network: &str) -> Option<&dyn AccountChain> {
+        self.backend(network).ok()?.accounts(network)
     }
 }

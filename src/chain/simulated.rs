@@ -13,7 +13,7 @@ use diesel::sql_types::{BigInt, Text};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::{Chain, ChainError, ChainTransfer, Fee, SignedTransfer, TransferStatus};
+use super::{Chain, ChainError, ChainTransfer, Fee, Scanned, SignedTransfer, TransferStatus};
 use crate::db::{PgPool, PooledConn};
 use crate::ledger::models::Scaled;
 use crate::schema::{sim_blocks, sim_chains, sim_transfers};
@@ -371,7 +371,7 @@ impl Chain for SimulatedChain {
         &self,
         network: &str,
         after_block: i64,
-    ) -> Result<Vec<ChainTransfer>, ChainError> {
+    ) -> Result<Scanned, ChainError> {
         let query = sim_transfers::table
             .filter(sim_transfers::network.eq(network))
             .filter(
@@ -381,7 +381,11 @@ impl Chain for SimulatedChain {
             )
             .order((sim_transfers::created_at, sim_transfers::hash))
             .into_boxed();
-        self.load_transfers(network, query).await
+        // The simulated chains never reorganise.
+        Ok(Scanned {
+            transfers: self.load_transfers(network, query).await?,
+            common_ancestor: None,
+        })
     }
 
     async fn estimate_fee(&self, network: &str) -> Result<Fee, ChainError> {

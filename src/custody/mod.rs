@@ -206,6 +206,19 @@ impl Custody {
         Ok(signature.serialize_compact())
     }
 
+    /// The key at `path` as an Ethereum signer (for transactions in the network's own
+    /// format, whose signatures carry the recovery bit a bare signature lacks).
+    pub fn ethereum_signer(
+        &self,
+        path: &str,
+    ) -> Result<alloy::signers::local::PrivateKeySigner, CustodyError> {
+        let key = self.private_key(path)?;
+        alloy::signers::local::PrivateKeySigner::from_bytes(&alloy::primitives::B256::from(
+            key.secret_bytes(),
+        ))
+        .map_err(|e| CustodyError::Derivation(e.to_string()))
+    }
+
     /// Checks a signature made by [`Custody::sign`] against the key at `path`.
     pub fn verify(&self, path: &str, digest: [u8; 32], signature: &[u8; 64]) -> bool {
         let (Ok(key), Ok(signature)) = (

@@ -45,6 +45,13 @@ pub enum TransactionStatus {
     /// A chain deposit that cannot be credited as it is (`statusReason` says why); it
     /// waits for an operator.
     Parked,
+    /// A chain deposit whose transaction a reorganisation took off the chain (and the
+    /// node no longer has): nothing credited; held again if it is mined again.
+    Dropped,
+    /// A credited chain deposit that a reorganisation deeper than the confirmation
+    /// threshold removed from the chain: the credit stands, flagged for an operator
+    /// (`statusReason` says when); lifted if the transaction is mined again.
+    Reorged,
 }
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]

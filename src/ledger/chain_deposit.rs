@@ -215,8 +215,33 @@ async fn observe_in(
         }
     };
 
+    let on_chain = transfer.block_number.is_some();
+    if hold.status == TransactionStatus::Reorged
+        && on_chain
+        && transfer.status == TransferStatus::Success
+    {
+        // Mined again after a reorganisation had removed it: its credit is right again.
+        let hold = update_hold(
+            conn,
+            &hold,
+            TransactionStatus::Completed,
+            &chain,
+            Some("mined again after a reorganisation had removed it"),
+        )
+        .await?;
+        let credit = credit_of(conn, hold.id).await?;
+        return Ok(Observed {
+            hold,
+            credit,
+            credited_now: false,
+            parked_now: false,
+        });
+    }
+    // A dropped deposit seen again is held again (and credited once at the threshold).
+    let back = (hold.status == TransactionStatus::Dropped)
+        .then_some("held again: its transaction is back after a reorganisation had dropped it");
     let retry = hold.status == TransactionStatus::Parked && parked == Parked::Retry;
-    if hold.status != TransactionStatus::Pending && !retry {
+    if hold.status != TransactionStatus::Pending && back.is_none() && !retry {
         let credit = credit_of(conn, hold.id).await?;
         return Ok(Observed {
             hold,
@@ -284,7 +309,7 @@ async fn observe_in(
             reverses: None,
         };
         let credit = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
-        let hold = update_hold(conn, &hold, TransactionStatus::Completed, &chain, None).await?;
+        let hold = update_hold(conn, &hold, TransactionStatus::Completed, &chain, back).await?;
         return Ok(Observed {
             hold,
             credit: Some(credit),
@@ -292,12 +317,14 @@ async fn observe_in(
             parked_now: false,
         });
     }
-    let hold =
-        if hold.confirmations != Some(confirmations) || hold.block_number != chain.block_number {
-            update_hold(conn, &hold, TransactionStatus::Pending, &chain, None).await?
-        } else {
-            hold
-        };
+    let hold = if back.is_some()
+        || hold.confirmations != Some(confirmations)
+        || hold.block_number != chain.block_number
+    {
+        update_hold(conn, &hold, TransactionStatus::Pending, &chain, back).await?
+    } else {
+        hold
+    };
     Ok(Observed {
         hold,
         credit: None,
@@ -328,17 +355,18 @@ pub(crate) async fn update_hold(
         .await?)
 }
 
-/// A held deposit whose transfer the chain no longer has: back to no confirmations and no
-/// block (it stays PENDING and is credited if the transfer is mined again).
-async fn unconfirm(
+/// A held deposit whose transfer neither the chain nor the node has any more (a
+/// reorganisation took it off the chain): DROPPED, with the reason. Held again, and
+/// credited once, if it is mined again.
+async fn drop_deposit(
     conn: &mut AsyncPgConnection,
     network: &str,
     hash: &str,
 ) -> Result<(), LedgerError> {
-    posting::retried!(conn, |tx| { unconfirm_in(tx, network, hash).await })
+    posting::retried!(conn, |tx| { drop_deposit_in(tx, network, hash).await })
 }
 
-async fn unconfirm_in(
+async fn drop_deposit_in(
     conn: &mut AsyncPgConnection,
     network: &str,
     hash: &str,
@@ -352,9 +380,7 @@ async fn unconfirm_in(
     let Some(hold) = posting::find_chain_deposit(conn, network, hash).await? else {
         return Ok(());
     };
-    if hold.status != TransactionStatus::Pending
-        || (hold.confirmations.unwrap_or(0) == 0 && hold.block_number.is_none())
-    {
+    if hold.status != TransactionStatus::Pending {
         return Ok(());
     }
     let chain = ChainFields {
@@ -362,8 +388,91 @@ async fn unconfirm_in(
         block_number: None,
         ..ChainFields::default()
     };
-    tracing::warn!(hash, network, "a held deposit is no longer on the chain");
-    update_hold(conn, &hold, TransactionStatus::Pending, &chain, None).await?;
+    let reason = match hold.block_number {
+        Some(block) => format!(
+            "dropped: a reorganisation took its transaction out of block {block} and the \
+             node no longer has it; held again if it is mined again"
+        ),
+        None => {
+            "dropped: the node no longer has its transaction; held again if it is mined".to_owned()
+        }
+    };
+    tracing::warn!(hash, network, "a held deposit left the chain: dropped");
+    metrics::counter!("wallet_deposits_dropped_total", "network" => network.to_owned())
+        .increment(1);
+    update_hold(
+        conn,
+        &hold,
+        TransactionStatus::Dropped,
+        &chain,
+        Some(&reason),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Credited deposits recorded above `ancestor`, the newest block a reorganisation left in
+/// place: each one the chain no longer has is flagged REORGED (with the reason, a metric
+/// and an error log). The credit stands until an operator decides.
+async fn flag_reorged(
+    conn: &mut AsyncPgConnection,
+    chain: &dyn Chain,
+    network: &str,
+    ancestor: i64,
+) -> Result<(), LedgerError> {
+    let credited: Vec<(String, i64)> = transactions::table
+        // Spelled as the partial index that serves it.
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "transactions.hold AND transactions.type = 'DEPOSIT' \
+             AND transactions.status = 'COMPLETED'",
+        ))
+        .filter(transactions::network.eq(network))
+        .filter(transactions::block_number.gt(ancestor))
+        .select((transactions::tx_hash, transactions::wallet_id))
+        .load(conn)
+        .await?;
+    for (hash, wallet_id) in credited {
+        if chain
+            .transfer(network, &hash)
+            .await?
+            .is_some_and(|t| t.block_number.is_some())
+        {
+            continue;
+        }
+        posting::retried!(conn, |tx| {
+            posting::lock_wallet(tx, &Scope::All, wallet_id).await?;
+            let Some(hold) = posting::find_chain_deposit(tx, network, &hash).await? else {
+                return Ok(());
+            };
+            if hold.status != TransactionStatus::Completed {
+                return Ok(());
+            }
+            let reason = format!(
+                "reorged: a reorganisation deeper than {} confirmations took its transaction \
+                 out of block {} after it was credited; the credit stands until an operator \
+                 reverses it, or the transaction is mined again",
+                hold.required_confirmations.unwrap_or(0),
+                hold.block_number.unwrap_or(0)
+            );
+            tracing::error!(hash, network, "a credited deposit left the chain: flagged");
+            metrics::counter!("wallet_deposits_reorged_total", "network" => network.to_owned())
+                .increment(1);
+            let fields = ChainFields {
+                confirmations: 0,
+                block_number: None,
+                ..ChainFields::default()
+            };
+            update_hold(
+                tx,
+                &hold,
+                TransactionStatus::Reorged,
+                &fields,
+                Some(&reason),
+            )
+            .await?;
+            Ok(())
+        })?;
+    }
     Ok(())
 }
 
@@ -430,7 +539,13 @@ pub async fn scan(
     // Read the tip first: a block mined during the scan is scanned again next time
     // (observing is idempotent), never skipped.
     let tip = chain.tip(network).await?;
-    let mut transfers = chain.transfers_since(network, cursor).await?;
+    let scanned = chain.transfers_since(network, cursor).await?;
+    if let Some(ancestor) = scanned.common_ancestor {
+        // Blocks already scanned were replaced: credited deposits above the shared block
+        // may have left the chain with them.
+        flag_reorged(&mut conn, chain, network, ancestor).await?;
+    }
+    let mut transfers = scanned.transfers;
 
     let addresses: BTreeSet<&str> = transfers.iter().map(|t| t.to_address.as_str()).collect();
     // Our addresses, each with its wallet and currency: a transfer is a deposit when it
@@ -460,9 +575,15 @@ pub async fn scan(
     let seen: BTreeSet<String> = transfers.iter().map(|t| t.hash.clone()).collect();
     let confirming: Vec<(i64, String, String)> = transactions::table
         .inner_join(wallets::table)
-        .filter(posting::open_hold())
+        // Spelled as the partial indexes that serve it (open holds, dropped deposits).
+        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+            "((transactions.hold AND transactions.status IN ('PENDING', 'PROCESSING'))
+              OR (transactions.hold AND transactions.status = 'DROPPED'))",
+        ))
         .filter(transactions::type_.eq(TransactionType::Deposit))
-        .filter(transactions::status.eq(TransactionStatus::Pending))
+        .filter(
+            transactions::status.eq_any([TransactionStatus::Pending, TransactionStatus::Dropped]),
+        )
         .filter(transactions::network.eq(network))
         .order(transactions::id)
         .select((
@@ -585,12 +706,12 @@ async fn observe_wallet(
             // One the chain cannot tell about now is asked again next pass (it stays open).
             Deposit::Confirming(hash) => match chain.transfer(network, &hash).await {
                 Ok(Some(t)) => t,
-                // Gone from the chain (a reorganisation dropped it): unconfirmed until it
-                // is mined again; asked again next pass.
+                // Gone from the chain and from the node (a reorganisation dropped it):
+                // DROPPED until it is mined again; asked again every pass.
                 Ok(None) => {
-                    if let Err(e) = unconfirm(&mut conn, network, &hash).await {
+                    if let Err(e) = drop_deposit(&mut conn, network, &hash).await {
                         report.errors += 1;
-                        tracing::warn!(hash, error = ?e, "could not unconfirm a deposit");
+                        tracing::warn!(hash, error = ?e, "could not mark a deposit dropped");
                     }
                     continue;
                 }

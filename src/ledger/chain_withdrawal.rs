@@ -28,8 +28,8 @@ use super::models::Scaled;
 use super::movement::{self, Movement};
 use super::posting::{self, Annotation, ChainFields, NewRow};
 use super::{
-    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, input,
-    money, wallet,
+    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet,
+    input, money, wallet,
 };
 use crate::chain::{self, Chain, Fee, SignedTransfer, TransferStatus};
 use crate::custody::{self, Custody};
@@ -71,18 +71,18 @@ pub async fn request(
     let (wallet, currency, network, from_address) =
         wallet::find_crypto_wallet(conn, currencies, scope, request.wallet_id, "withdrawals")
             .await?;
-    if !chain.sends_withdrawals(&network) {
-        return Err(LedgerError::ChainUnavailable(format!(
-            "withdrawals on {network} cannot be sent by this server's node client"
-        )));
-    }
     let custody_chain = custody::Chain::from_network(&network).ok_or_else(|| {
         LedgerError::CurrencyNotSupported(format!("no custody for network {network:?}"))
     })?;
     let to_address = custody::validate_address(custody_chain, &request.to_address)
         .map_err(LedgerError::InvalidAddress)?;
     let amount = money::validate_amount(request.amount, currency)?;
-    let fee = chain.estimate_fee(&network).await?;
+    // A token's network fee is paid in the network's coin, not in the token: the
+    // withdrawal's own currency carries none of it.
+    let fee = match currency.contract_address {
+        None => chain.estimate_fee(&network).await?,
+        Some(_) => Fee::default(),
+    };
     let network_fee = money::at_scale(fee.total, currency);
     // The user pays the network's fee, or the currency's configured withdrawal fee
     // instead (then the network's fee is the service's expense).
@@ -178,11 +178,12 @@ fn stored_transfer(hold: &JournalEntry) -> Option<SignedTransfer> {
 pub async fn sign_next(
     conn: &mut AsyncPgConnection,
     custody: &Custody,
+    except: &[String],
     after: &mut i64,
 ) -> Result<Option<SignedTransfer>, LedgerError> {
     loop {
         let tried = std::sync::atomic::AtomicI64::new(*after);
-        let signing = sign_one(conn, custody, *after, &tried).await;
+        let signing = sign_one(conn, custody, except, *after, &tried).await;
         *after = tried.into_inner();
         match signing? {
             Signing::Idle => return Ok(None),
@@ -201,6 +202,7 @@ enum Signing {
 async fn sign_one(
     conn: &mut AsyncPgConnection,
     custody: &Custody,
+    except: &[String],
     after: i64,
     tried: &std::sync::atomic::AtomicI64,
 ) -> Result<Signing, LedgerError> {
@@ -209,6 +211,7 @@ async fn sign_one(
             .filter(posting::open_hold())
             .filter(transactions::type_.eq(TransactionType::Withdraw))
             .filter(transactions::status.eq(TransactionStatus::Pending))
+            .filter(transactions::network.ne_all(except))
             .filter(transactions::id.gt(after))
             .order(transactions::id)
             .select(JournalEntry::as_select())
@@ -222,52 +225,10 @@ async fn sign_one(
         };
         tried.store(hold.id, std::sync::atomic::Ordering::Relaxed);
         let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
-        let signer = |network: &str, from: &str, path: &str| {
-            let chain = custody::Chain::from_network(network).ok_or("unknown network")?;
-            match custody.address_at(chain, path) {
-                Ok(address) if address == from => Ok(()),
-                Ok(_) => Err("the custody seed does not hold the key of its source address"),
-                Err(_) => Err("its derivation path is not valid"),
-            }
-        };
-        let checked = match (
-            hold.network.as_deref(),
-            hold.from_address.as_deref(),
-            hold.to_address.as_deref(),
-            wallet.derivation_path.as_deref(),
-        ) {
-            (Some(network), Some(from), Some(to), Some(path)) => {
-                signer(network, from, path).map(|()| (network, from, to, path))
-            }
-            _ => Err("its chain details are incomplete"),
-        };
-        let (network, from, to, path) = match checked {
+        let (network, from, to, path) = match signing_details(custody, &hold, &wallet) {
             Ok(details) => details,
             Err(reason) => {
-                tracing::error!(
-                    id = hold.id,
-                    reason,
-                    "withdrawal cannot be signed; failing it"
-                );
-                diesel::update(wallets::table.find(wallet.id))
-                    .set((
-                        wallets::locked_balance
-                            .eq(wallets::locked_balance - Scaled(hold.amount + hold.fee)),
-                        wallets::updated_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
-                            "GREATEST(clock_timestamp(), updated_at)",
-                        )),
-                    ))
-                    .execute(tx)
-                    .await?;
-                diesel::update(transactions::table.find(hold.id))
-                    .set((
-                        transactions::status.eq(TransactionStatus::Failed),
-                        transactions::status_reason
-                            .eq(format!("not sent: custody cannot sign it ({reason})")),
-                        transactions::updated_at.eq(diesel::dsl::now),
-                    ))
-                    .execute(tx)
-                    .await?;
+                fail_unsigned(tx, &hold, &wallet, reason).await?;
                 return Ok(Signing::Refused);
             }
         };
@@ -328,25 +289,94 @@ async fn sign_one(
     })
 }
 
+/// A withdrawal's network, source, destination and key path, once custody is known to hold
+/// the key of its source address; otherwise why it cannot be signed at all.
+pub(super) fn signing_details<'h>(
+    custody: &Custody,
+    hold: &'h JournalEntry,
+    wallet: &'h Wallet,
+) -> Result<(&'h str, &'h str, &'h str, &'h str), &'static str> {
+    let (Some(network), Some(from), Some(to), Some(path)) = (
+        hold.network.as_deref(),
+        hold.from_address.as_deref(),
+        hold.to_address.as_deref(),
+        wallet.derivation_path.as_deref(),
+    ) else {
+        return Err("its chain details are incomplete");
+    };
+    let chain = custody::Chain::from_network(network).ok_or("unknown network")?;
+    match custody.address_at(chain, path) {
+        Ok(address) if address == from => Ok((network, from, to, path)),
+        Ok(_) => Err("the custody seed does not hold the key of its source address"),
+        Err(_) => Err("its derivation path is not valid"),
+    }
+}
+
+/// Marks a withdrawal custody cannot sign FAILED and releases what it locked.
+pub(super) async fn fail_unsigned(
+    tx: &mut AsyncPgConnection,
+    hold: &JournalEntry,
+    wallet: &Wallet,
+    reason: &str,
+) -> Result<(), LedgerError> {
+    tracing::error!(
+        id = hold.id,
+        reason,
+        "withdrawal cannot be signed; failing it"
+    );
+    release_lock(tx, wallet, hold.amount + hold.fee).await?;
+    diesel::update(transactions::table.find(hold.id))
+        .set((
+            transactions::status.eq(TransactionStatus::Failed),
+            transactions::status_reason.eq(format!("not sent: custody cannot sign it ({reason})")),
+            transactions::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+/// Takes `amount` off a wallet's locked balance (negative: locks more).
+pub(super) async fn release_lock(
+    tx: &mut AsyncPgConnection,
+    wallet: &Wallet,
+    amount: Decimal,
+) -> Result<(), LedgerError> {
+    diesel::update(wallets::table.find(wallet.id))
+        .set((
+            wallets::locked_balance.eq(wallets::locked_balance - Scaled(amount)),
+            wallets::updated_at.eq(diesel::dsl::sql::<diesel::sql_types::Timestamptz>(
+                "GREATEST(clock_timestamp(), updated_at)",
+            )),
+        ))
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
 /// What one [`advance`] pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AdvanceReport {
     pub rebroadcast: usize,
+    /// Replaced with a higher fee (node-served networks).
+    pub replaced: usize,
     pub completed: usize,
     pub failed: usize,
     /// Withdrawals that could not be followed this time (retried next pass).
     pub errors: usize,
 }
 
-/// Step 4: follows every PROCESSING withdrawal on chain.
+/// Step 4: follows every PROCESSING withdrawal on chain (but those on `except`).
 pub async fn advance(
     conn: &mut AsyncPgConnection,
     chain: &dyn Chain,
+    except: &[String],
 ) -> Result<AdvanceReport, LedgerError> {
     let processing: Vec<JournalEntry> = transactions::table
         .filter(posting::open_hold())
         .filter(transactions::type_.eq(TransactionType::Withdraw))
         .filter(transactions::status.eq(TransactionStatus::Processing))
+        .filter(transactions::network.ne_all(except))
         .order(transactions::id)
         .select(JournalEntry::as_select())
         .load(conn)

@@ -17,6 +17,7 @@ pub mod journal;
 pub mod models;
 pub mod money;
 pub mod movement;
+pub mod node_withdrawal;
 pub mod outcome;
 pub mod page;
 pub mod posting;

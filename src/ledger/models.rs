@@ -105,6 +105,12 @@ text_enum! {
         /// A chain deposit that cannot be credited as it is (see `status_reason`); it
         /// waits for an operator instead of holding up the deposits behind it.
         Parked => "PARKED",
+        /// A held chain deposit whose transaction a reorganisation took off the chain and
+        /// the node no longer has: nothing credited; held again if it is mined again.
+        Dropped => "DROPPED",
+        /// A credited chain deposit that a reorganisation deeper than the confirmation
+        /// threshold removed from the chain: the credit stands, flagged for an operator.
+        Reorged => "REORGED",
     }
 }
 

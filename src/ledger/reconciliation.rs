@@ -539,8 +539,13 @@ async fn compare_with_chain(
         }
     }
     // Outflows on chain the ledger never debited.
+    let debited = |name: &str| {
+        journaled
+            .iter()
+            .any(|j| !j.hold && j.kind == "WITHDRAW" && names_transaction(name, &j.hash))
+    };
     for t in side.settled.iter().filter(|t| t.from_address == address) {
-        if posted(&t.hash, "WITHDRAW").is_none() && side.window.contains(&t.hash) {
+        if !debited(&t.hash) && side.window.contains(&t.hash) {
             chain_only.push(t.hash.clone());
         }
     }
@@ -554,7 +559,11 @@ async fn compare_with_chain(
         let refunded = journaled
             .iter()
             .any(|j| j.hash == debit.hash && j.kind == "REFUND" && j.created_at <= end);
-        if refunded || on_chain.contains_key(debit.hash.as_str()) {
+        let mined = side
+            .settled
+            .iter()
+            .any(|t| names_transaction(&t.hash, &debit.hash));
+        if refunded || mined {
             continue;
         }
         let known = chain.transfer(&network, &debit.hash).await?.is_some();
@@ -577,6 +586,13 @@ async fn compare_with_chain(
             ledger_only.push(credit.hash.clone());
         }
     }
+
+    // Credits the chain took back in a reorganisation deeper than the threshold.
+    let reorged: Vec<&str> = journaled
+        .iter()
+        .filter(|j| j.hold && j.kind == "DEPOSIT" && j.status == "REORGED")
+        .map(|j| j.hash.as_str())
+        .collect();
 
     conn.build_transaction()
         .repeatable_read()
@@ -603,6 +619,14 @@ async fn compare_with_chain(
                 reasons.push(format!(
                     "{} ledger row(s) have no transfer on chain",
                     ledger_only.len()
+                ));
+            }
+            if !reorged.is_empty() {
+                reasons.push(format!(
+                    "{} credited deposit(s) removed by a reorganisation after they were \
+                     credited (flagged REORGED): {}",
+                    reorged.len(),
+                    reorged.join(", ")
                 ));
             }
             if !within_tolerance {
@@ -707,6 +731,12 @@ async fn retained_fees(
     .get_result(conn)
     .await?;
     Ok(row.retained)
+}
+
+/// Whether a transfer's name on chain is the transaction `hash` or one of its token
+/// transfers (`hash:logIndex`): a withdrawal's debit names the transaction that sent it.
+fn names_transaction(name: &str, hash: &str) -> bool {
+    name == hash || name.split_once(':').is_some_and(|(tx, _)| tx == hash)
 }
 
 /// Whether the wallet's withdrawal with this chain hash is still on its way (signed,

@@ -233,6 +233,53 @@ impl Anvil {
         quantity(&hex)
     }
 
+    /// `address`'s balance of the token at `contract`, in its smallest unit.
+    pub async fn token_balance(&self, contract: &str, address: &str) -> u128 {
+        use alloy::sol_types::SolCall;
+        alloy::sol! { function balanceOf(address owner) returns (uint256); }
+        let call = balanceOfCall {
+            owner: address.parse().unwrap(),
+        };
+        let data = format!("0x{}", alloy_primitives::hex::encode(call.abi_encode()));
+        let hex = self
+            .rpc(
+                "eth_call",
+                json!([{"to": contract, "data": data}, "latest"]),
+            )
+            .await;
+        u128::from_str_radix(hex.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+    }
+
+    /// How many transactions `address` has sent that were mined (its nonce).
+    pub async fn sent(&self, address: &str) -> u64 {
+        let hex = self
+            .rpc("eth_getTransactionCount", json!([address, "latest"]))
+            .await;
+        u64::try_from(quantity(&hex)).unwrap()
+    }
+
+    /// Whether the node knows the transaction (pending or mined).
+    pub async fn knows(&self, hash: &str) -> bool {
+        !self
+            .rpc("eth_getTransactionByHash", json!([hash]))
+            .await
+            .is_null()
+    }
+
+    /// Forgets a pending transaction, as a node restarting or evicting it would.
+    pub async fn drop_transaction(&self, hash: &str) {
+        self.rpc("anvil_dropTransaction", json!([hash])).await;
+    }
+
+    /// Sets the base fee of the next block (in wei).
+    pub async fn set_next_base_fee(&self, wei: u128) {
+        self.rpc(
+            "anvil_setNextBlockBaseFeePerGas",
+            json!([format!("{wei:#x}")]),
+        )
+        .await;
+    }
+
     /// Stops the node (as a crash would: SIGKILL).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

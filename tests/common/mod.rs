@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod anvil;
+pub mod ethereum;
 pub mod process;
 pub mod ws;
 

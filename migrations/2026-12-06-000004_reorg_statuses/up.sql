@@ -1,0 +1,75 @@
+-- Chain deposits through reorganisations of a real chain.
+--
+-- DROPPED: a held deposit whose transaction left the chain in a reorganisation and is no
+-- longer known to the node either; nothing was credited. It is held again (and credited
+-- once) if the transaction is mined again.
+-- REORGED: a credited deposit whose transaction a reorganisation deeper than the
+-- confirmation threshold removed. The credit stands — it is neither kept silently nor
+-- reversed silently: the flag, its reason, a metric and reconciliation show it to an
+-- operator, who may reverse it. Mined again, the flag is lifted.
+-- What the deposit watcher looks at every pass (dropped deposits, in case they are mined
+-- again) and after a reorganisation (credited deposits above the block both chains share).
+CREATE INDEX transactions_dropped_deposits_idx ON transactions (network, id)
+    WHERE hold AND status = 'DROPPED';
+CREATE INDEX transactions_credited_deposit_blocks_idx ON transactions (network, block_number)
+    WHERE hold AND type = 'DEPOSIT' AND status = 'COMPLETED';
+
+ALTER TABLE transactions DROP CONSTRAINT transactions_status_check;
+ALTER TABLE transactions ADD CONSTRAINT transactions_status_check
+    CHECK (status IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED', 'PARKED', 'DROPPED',
+                      'REORGED'));
+
+CREATE OR REPLACE FUNCTION transactions_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    -- What a hold's progress may change. Everything else is fixed at insert.
+    progress CONSTANT text[] := ARRAY['status', 'status_reason', 'confirmations',
+                                      'block_number', 'updated_at', 'chain_tx_hash', 'raw'];
+BEGIN
+    IF TG_OP = 'DELETE' OR TG_OP = 'TRUNCATE' THEN
+        RAISE EXCEPTION 'the journal is append-only: % on transactions is not allowed', TG_OP
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    IF NOT OLD.hold THEN
+        RAISE EXCEPTION 'the journal is append-only: journal row % is final', OLD.id
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    -- jsonb keeps a numeric's scale in its text form: the comparison is exact.
+    IF (to_jsonb(NEW) - progress)::text IS DISTINCT FROM (to_jsonb(OLD) - progress)::text THEN
+        RAISE EXCEPTION 'the journal is append-only: journal row % cannot be rewritten', OLD.id
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    -- A withdrawal sent through a node may be replaced (same nonce, higher fee): its
+    -- hold then names the newest attempt, which must be one recorded for it.
+    IF ((OLD.chain_tx_hash IS NOT NULL AND NEW.chain_tx_hash IS DISTINCT FROM OLD.chain_tx_hash)
+        OR (OLD.raw IS NOT NULL AND NEW.raw IS DISTINCT FROM OLD.raw))
+    AND NOT EXISTS (SELECT 1 FROM withdrawal_attempts a
+                     WHERE a.transaction_id = OLD.id
+                       AND a.hash = NEW.chain_tx_hash
+                       AND a.raw = NEW.raw) THEN
+        RAISE EXCEPTION 'the journal is append-only: the chain transaction of journal row % is already recorded', OLD.id
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    IF NEW.status IS DISTINCT FROM OLD.status AND (OLD.status, NEW.status) NOT IN (
+        ('PENDING', 'PROCESSING'), ('PENDING', 'COMPLETED'), ('PENDING', 'FAILED'),
+        ('PENDING', 'PARKED'), ('PROCESSING', 'COMPLETED'), ('PROCESSING', 'FAILED'),
+        ('PARKED', 'COMPLETED'), ('PARKED', 'FAILED'))
+    -- A chain deposit follows the chain through reorganisations: dropped while its
+    -- transaction is gone, held again when it is mined again; a credited one flagged when
+    -- a reorganisation removes it, and unflagged if it is mined again.
+    AND NOT (OLD.type = 'DEPOSIT' AND (OLD.status, NEW.status) IN (
+        ('PENDING', 'DROPPED'), ('DROPPED', 'PENDING'), ('DROPPED', 'COMPLETED'),
+        ('DROPPED', 'FAILED'), ('DROPPED', 'PARKED'),
+        ('COMPLETED', 'REORGED'), ('REORGED', 'COMPLETED'))) THEN
+        RAISE EXCEPTION 'the journal is append-only: journal row % cannot move from % to %',
+            OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    -- A reason explains a status: it changes only with one.
+    IF NEW.status_reason IS DISTINCT FROM OLD.status_reason AND NEW.status = OLD.status THEN
+        RAISE EXCEPTION 'the journal is append-only: the reason of journal row % changes only with its status', OLD.id
+            USING ERRCODE = 'restrict_violation';
+    END IF;
+    RETURN NEW;
+END;
+$$;

@@ -1,0 +1,767 @@
+//! Crypto withdrawals through a node of an account-based network (ethereum): the same
+//! journal states as [`super::chain_withdrawal`], with what a real chain adds — nonces,
+//! fees known only once mined, replacement of a transaction that is not mined in time.
+//!
+//! 1. `cryptoWithdraw` journals the hold and locks amount + the most the network's fee
+//!    may be (gas limit × max fee per gas), as for every network.
+//! 2. [`sign_next`] claims a PENDING withdrawal, allocates the next nonce of its source
+//!    address (`chain_nonces`, never below the node's count), signs an EIP-1559
+//!    transaction with the wallet's derived key and, in one database transaction, stores
+//!    it as the withdrawal's first attempt (`withdrawal_attempts`) and moves the hold to
+//!    PROCESSING. Nothing is debited yet: the fee is not known. Then the stored bytes are
+//!    broadcast.
+//! 3. [`advance`] follows every PROCESSING withdrawal: whichever of its attempts the chain
+//!    includes is the withdrawal's (they share a nonce, so at most one can be). At the
+//!    network's confirmation threshold the debit is posted once with what the chain
+//!    charged (`gasUsed × effectiveGasPrice`) and the lock is released, difference and
+//!    all; a reverted transaction still paid its gas, so it is debited and the amount
+//!    alone refunded. An attempt the node does not know (never sent, or forgotten) is
+//!    sent again from its stored bytes; one the node holds but has not mined for
+//!    `replace_after_blocks` is replaced by a new attempt with the same nonce and higher
+//!    fees, locking more if the user pays the network's fee and has it.
+//!
+//! A process dying between any two steps leaves a state the next pass picks up: the
+//! stored bytes are sent again (the chain knows a transaction by its hash), a nonce is
+//! never given to two withdrawals, and the debit is posted once, by the pass that moves
+//! the hold out of PROCESSING under its row lock.
+
+use diesel::prelude::*;
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use rust_decimal::{Decimal, RoundingStrategy};
+
+use super::chain_deposit::update_hold;
+use super::chain_withdrawal::{AdvanceReport, fail_unsigned, release_lock, signing_details};
+use super::models::Scaled;
+use super::posting::{self, Annotation, ChainFields, NewRow};
+use super::{
+    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet,
+};
+use crate::chain::{
+    AccountChain, Chain, ChainError, ChainTransfer, Fee, GasFees, NonceTransfer, SignedTransfer,
+    TransferStatus,
+};
+use crate::custody::Custody;
+use crate::schema::{chain_nonces, transactions, withdrawal_attempts};
+
+/// One signed transaction of a withdrawal.
+#[derive(Clone, Debug, Queryable, Selectable)]
+#[diesel(table_name = withdrawal_attempts)]
+struct Attempt {
+    id: i64,
+    nonce: i64,
+    hash: String,
+    raw: String,
+    max_fee_per_gas: Decimal,
+    max_priority_fee_per_gas: Decimal,
+    gas_limit: i64,
+    locked_fee: Decimal,
+    signed_at_height: i64,
+}
+
+impl Attempt {
+    fn fees(&self) -> GasFees {
+        let wei = |d: Decimal| u128::try_from(d).unwrap_or(u128::MAX);
+        GasFees {
+            max_fee_per_gas: wei(self.max_fee_per_gas),
+            max_priority_fee_per_gas: wei(self.max_priority_fee_per_gas),
+        }
+    }
+}
+
+#[derive(Insertable)]
+#[diesel(table_name = withdrawal_attempts)]
+struct NewAttempt<'a> {
+    transaction_id: i64,
+    network: &'a str,
+    from_address: &'a str,
+    nonce: i64,
+    replaces: Option<i64>,
+    hash: &'a str,
+    raw: &'a str,
+    max_fee_per_gas: Decimal,
+    max_priority_fee_per_gas: Decimal,
+    gas_limit: i64,
+    locked_fee: Scaled,
+    signed_at_height: i64,
+}
+
+fn accounts<'c>(chain: &'c dyn Chain, network: &str) -> Result<&'c dyn AccountChain, LedgerError> {
+    chain.accounts(network).ok_or_else(|| {
+        LedgerError::ChainUnavailable(format!("{network} is not served by a node here"))
+    })
+}
+
+fn as_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A network fee in the wallet's currency, rounded up to its scale (never less than the
+/// chain charged).
+fn at_scale_up(amount: Decimal, scale: u32) -> Decimal {
+    let mut up = amount.round_dp_with_strategy(scale, RoundingStrategy::AwayFromZero);
+    up.rescale(scale);
+    up
+}
+
+/// The fees an attempt signs with and what the wallet then has locked for its fee.
+///
+/// When the user pays the network's fee (`pays`), the lock must cover the attempt's
+/// worst case (gas limit × max fee): what is missing is locked if the wallet has it
+/// available, otherwise the fees are capped at what is locked. Otherwise the service pays
+/// the gas and nothing more is locked.
+struct Priced {
+    fees: GasFees,
+    locked_fee: Decimal,
+    extra_lock: Decimal,
+}
+
+fn price(
+    accounts: &dyn AccountChain,
+    wanted: GasFees,
+    gas_limit: u64,
+    pays: bool,
+    locked: Decimal,
+    wallet: &Wallet,
+    scale: u32,
+) -> Result<Priced, LedgerError> {
+    if !pays {
+        return Ok(Priced {
+            fees: wanted,
+            locked_fee: Decimal::ZERO,
+            extra_lock: Decimal::ZERO,
+        });
+    }
+    let worst =
+        accounts.coin_amount(wanted.max_fee_per_gas.saturating_mul(u128::from(gas_limit)))?;
+    let worst = at_scale_up(worst, scale);
+    if worst <= locked {
+        return Ok(Priced {
+            fees: wanted,
+            locked_fee: locked,
+            extra_lock: Decimal::ZERO,
+        });
+    }
+    let extra = worst - locked;
+    if extra <= wallet.available_balance() {
+        return Ok(Priced {
+            fees: wanted,
+            locked_fee: worst,
+            extra_lock: extra,
+        });
+    }
+    // Capped: the most per gas the lock pays for.
+    let max_fee_per_gas = accounts.wei(locked)? / u128::from(gas_limit.max(1));
+    Ok(Priced {
+        fees: GasFees {
+            max_fee_per_gas,
+            max_priority_fee_per_gas: wanted.max_priority_fee_per_gas.min(max_fee_per_gas),
+        },
+        locked_fee: locked,
+        extra_lock: Decimal::ZERO,
+    })
+}
+
+/// Whether the user pays the network's fee for withdrawals of the wallet's currency (the
+/// network's coin with no configured withdrawal fee): then the lock follows the fee.
+fn user_pays_network_fee(currencies: &CurrencyRegistry, wallet: &Wallet) -> bool {
+    currencies
+        .get(&wallet.currency)
+        .is_some_and(|c| c.contract_address.is_none())
+        && currencies.withdrawal_fee(&wallet.currency).is_none()
+}
+
+fn asset_of(currencies: &CurrencyRegistry, wallet: &Wallet) -> Option<String> {
+    currencies
+        .get(&wallet.currency)
+        .and_then(|c| c.contract_address.clone())
+}
+
+/// What a withdrawal has locked for its fee: the most any of its attempts locked.
+fn fee_lock(hold: &JournalEntry, attempts: &[Attempt]) -> Decimal {
+    attempts
+        .iter()
+        .map(|a| a.locked_fee)
+        .fold(hold.fee, Decimal::max)
+}
+
+/// Step 2: claims the oldest PENDING withdrawal after `after` on one of `networks` that
+/// no other worker holds, allocates its nonce, signs it and stores it as its first
+/// attempt. Returns the transfer to broadcast, or `None` when none waits. `after` moves
+/// like [`super::chain_withdrawal::sign_next`]'s.
+pub async fn sign_next(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    custody: &Custody,
+    chain: &dyn Chain,
+    networks: &[String],
+    after: &mut i64,
+) -> Result<Option<SignedTransfer>, LedgerError> {
+    loop {
+        let tried = std::sync::atomic::AtomicI64::new(*after);
+        let signing = sign_one(conn, currencies, custody, chain, networks, *after, &tried).await;
+        *after = tried.into_inner();
+        match signing? {
+            Signing::Idle => return Ok(None),
+            Signing::Signed(signed) => return Ok(Some(signed)),
+            Signing::Skipped => continue,
+        }
+    }
+}
+
+enum Signing {
+    /// No withdrawal waits.
+    Idle,
+    Signed(SignedTransfer),
+    /// This one is not for this worker now (taken by another, or failed for good): the
+    /// next is tried.
+    Skipped,
+}
+
+async fn sign_one(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    custody: &Custody,
+    chain: &dyn Chain,
+    networks: &[String],
+    after: i64,
+    tried: &std::sync::atomic::AtomicI64,
+) -> Result<Signing, LedgerError> {
+    // The next candidate, read without a lock: the node is asked before any transaction
+    // opens (a slow node must not hold rows or the wallet's other movements).
+    let Some(candidate) = transactions::table
+        .filter(posting::open_hold())
+        .filter(transactions::type_.eq(TransactionType::Withdraw))
+        .filter(transactions::status.eq(TransactionStatus::Pending))
+        .filter(transactions::network.eq_any(networks))
+        .filter(transactions::id.gt(after))
+        .order(transactions::id)
+        .select(JournalEntry::as_select())
+        .first(conn)
+        .await
+        .optional()?
+    else {
+        return Ok(Signing::Idle);
+    };
+    tried.store(candidate.id, std::sync::atomic::Ordering::Relaxed);
+    let (Some(network), Some(from)) = (
+        candidate.network.as_deref(),
+        candidate.from_address.as_deref(),
+    ) else {
+        return Err(LedgerError::Internal(format!(
+            "withdrawal {} has no network or source address",
+            candidate.id
+        )));
+    };
+    let accounts = accounts(chain, network)?;
+    let wanted = accounts.gas_fees().await?;
+    let height = chain.tip(network).await?;
+    let on_chain_nonce = accounts.pending_nonce(from).await?;
+    posting::retried!(conn, |tx| {
+        // Still waiting, and no other worker on it (else the next one is tried).
+        let Some(hold) = transactions::table
+            .find(candidate.id)
+            .filter(transactions::status.eq(TransactionStatus::Pending))
+            .select(JournalEntry::as_select())
+            .for_update()
+            .skip_locked()
+            .first(tx)
+            .await
+            .optional()?
+        else {
+            return Ok(Signing::Skipped);
+        };
+        let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+        let (network, from, to, path) = match signing_details(custody, &hold, &wallet) {
+            Ok(details) => details,
+            Err(reason) => {
+                fail_unsigned(tx, &hold, &wallet, reason).await?;
+                return Ok(Signing::Skipped);
+            }
+        };
+        let asset = asset_of(currencies, &wallet);
+        let gas_limit = accounts.gas_limit(asset.as_deref());
+        let priced = price(
+            accounts,
+            wanted,
+            gas_limit,
+            user_pays_network_fee(currencies, &wallet),
+            hold.fee,
+            &wallet,
+            hold.amount.scale(),
+        )?;
+        let nonce = allocate_nonce(tx, network, from, on_chain_nonce).await?;
+        let transfer = NonceTransfer {
+            from_address: from.to_owned(),
+            to_address: to.to_owned(),
+            amount: hold.amount,
+            asset,
+            nonce,
+            fees: priced.fees,
+            gas_limit,
+        };
+        let signed = sign(custody, accounts, network, path, &transfer)?;
+        if priced.extra_lock > Decimal::ZERO {
+            release_lock(tx, &wallet, -priced.extra_lock).await?;
+        }
+        record_attempt(
+            tx,
+            &hold,
+            network,
+            &transfer,
+            &signed,
+            None,
+            priced.locked_fee,
+            height,
+        )
+        .await?;
+        diesel::update(transactions::table.find(hold.id))
+            .set((
+                transactions::status.eq(TransactionStatus::Processing),
+                transactions::updated_at.eq(diesel::dsl::now),
+            ))
+            .execute(tx)
+            .await?;
+        Ok(Signing::Signed(signed))
+    })
+}
+
+/// The next nonce of `address`: one past the last this service gave it, and never below
+/// the node's count of the address's transactions (`on_chain`).
+async fn allocate_nonce(
+    tx: &mut AsyncPgConnection,
+    network: &str,
+    address: &str,
+    on_chain: u64,
+) -> Result<u64, LedgerError> {
+    let on_chain = as_i64(on_chain);
+    let next: i64 = diesel::insert_into(chain_nonces::table)
+        .values((
+            chain_nonces::network.eq(network),
+            chain_nonces::address.eq(address),
+            chain_nonces::next_nonce.eq(on_chain + 1),
+        ))
+        .on_conflict((chain_nonces::network, chain_nonces::address))
+        .do_update()
+        .set(
+            chain_nonces::next_nonce.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                "GREATEST(chain_nonces.next_nonce, excluded.next_nonce - 1) + 1",
+            )),
+        )
+        .returning(chain_nonces::next_nonce)
+        .get_result(tx)
+        .await?;
+    u64::try_from(next - 1).map_err(|_| LedgerError::Internal("negative nonce".into()))
+}
+
+fn sign(
+    custody: &Custody,
+    accounts: &dyn AccountChain,
+    network: &str,
+    path: &str,
+    transfer: &NonceTransfer,
+) -> Result<SignedTransfer, LedgerError> {
+    let key = custody
+        .ethereum_signer(path)
+        .map_err(|e| LedgerError::Internal(format!("custody: {e}")))?;
+    let (hash, raw) = accounts.sign(transfer, &key)?;
+    Ok(SignedTransfer {
+        network: network.to_owned(),
+        hash,
+        from_address: transfer.from_address.clone(),
+        to_address: transfer.to_address.clone(),
+        amount: transfer.amount,
+        fee: Fee::default(),
+        raw,
+    })
+}
+
+/// Stores a signed attempt and makes it the one the hold names.
+#[allow(clippy::too_many_arguments)]
+async fn record_attempt(
+    tx: &mut AsyncPgConnection,
+    hold: &JournalEntry,
+    network: &str,
+    transfer: &NonceTransfer,
+    signed: &SignedTransfer,
+    replaces: Option<i64>,
+    locked_fee: Decimal,
+    height: i64,
+) -> Result<(), LedgerError> {
+    diesel::insert_into(withdrawal_attempts::table)
+        .values(NewAttempt {
+            transaction_id: hold.id,
+            network,
+            from_address: &transfer.from_address,
+            nonce: as_i64(transfer.nonce),
+            replaces,
+            hash: &signed.hash,
+            raw: &signed.raw,
+            max_fee_per_gas: Decimal::from(transfer.fees.max_fee_per_gas),
+            max_priority_fee_per_gas: Decimal::from(transfer.fees.max_priority_fee_per_gas),
+            gas_limit: as_i64(transfer.gas_limit),
+            locked_fee: Scaled(locked_fee),
+            signed_at_height: height,
+        })
+        .execute(tx)
+        .await?;
+    name_attempt(tx, hold.id, &signed.hash, &signed.raw).await
+}
+
+/// Points the hold at one of its attempts (the newest, or the one the chain included).
+async fn name_attempt(
+    tx: &mut AsyncPgConnection,
+    hold_id: i64,
+    hash: &str,
+    raw: &str,
+) -> Result<(), LedgerError> {
+    diesel::update(transactions::table.find(hold_id))
+        .filter(transactions::chain_tx_hash.is_distinct_from(hash))
+        .set((
+            transactions::chain_tx_hash.eq(hash),
+            transactions::raw.eq(raw),
+        ))
+        .execute(tx)
+        .await?;
+    Ok(())
+}
+
+async fn attempts_of(
+    conn: &mut AsyncPgConnection,
+    hold_id: i64,
+) -> Result<Vec<Attempt>, LedgerError> {
+    Ok(withdrawal_attempts::table
+        .filter(withdrawal_attempts::transaction_id.eq(hold_id))
+        .order(withdrawal_attempts::id)
+        .select(Attempt::as_select())
+        .load(conn)
+        .await?)
+}
+
+/// Step 3: follows every PROCESSING withdrawal on `networks`.
+pub async fn advance(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    custody: &Custody,
+    chain: &dyn Chain,
+    networks: &[String],
+) -> Result<AdvanceReport, LedgerError> {
+    let processing: Vec<JournalEntry> = transactions::table
+        .filter(posting::open_hold())
+        .filter(transactions::type_.eq(TransactionType::Withdraw))
+        .filter(transactions::status.eq(TransactionStatus::Processing))
+        .filter(transactions::network.eq_any(networks))
+        .order(transactions::id)
+        .select(JournalEntry::as_select())
+        .load(conn)
+        .await?;
+    let mut report = AdvanceReport::default();
+    for hold in processing {
+        // One withdrawal the node will not take or tell about must not stop the others.
+        match advance_one(conn, currencies, custody, chain, &hold).await {
+            Ok(Advanced::Rebroadcast) => report.rebroadcast += 1,
+            Ok(Advanced::Replaced) => report.replaced += 1,
+            Ok(Advanced::To(TransactionStatus::Completed)) => report.completed += 1,
+            Ok(Advanced::To(TransactionStatus::Failed)) => report.failed += 1,
+            Ok(_) => {}
+            Err(e) => {
+                report.errors += 1;
+                tracing::warn!(id = hold.id, error = ?e, "could not follow a withdrawal");
+            }
+        }
+    }
+    Ok(report)
+}
+
+enum Advanced {
+    Rebroadcast,
+    Replaced,
+    To(TransactionStatus),
+    Unchanged,
+}
+
+async fn advance_one(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    custody: &Custody,
+    chain: &dyn Chain,
+    hold: &JournalEntry,
+) -> Result<Advanced, LedgerError> {
+    let network = hold
+        .network
+        .clone()
+        .ok_or_else(|| LedgerError::Internal(format!("withdrawal {} has no network", hold.id)))?;
+    let attempts = attempts_of(conn, hold.id).await?;
+    let Some(newest) = attempts.last() else {
+        return Err(LedgerError::Internal(format!(
+            "processing withdrawal {} has no signed attempt",
+            hold.id
+        )));
+    };
+    // The attempt the chain included, if any (they share a nonce: at most one is).
+    let mut newest_known = false;
+    for attempt in attempts.iter().rev() {
+        let Some(found) = chain.transfer(&network, &attempt.hash).await? else {
+            continue;
+        };
+        newest_known |= attempt.id == newest.id;
+        if found.block_number.is_some() {
+            return settle(conn, currencies, hold, &attempts, attempt, &found).await;
+        }
+    }
+    if hold.block_number.is_some() {
+        // Its block left the chain: back to no confirmations until it is mined again.
+        unmined(conn, hold).await?;
+    }
+    let accounts = accounts(chain, &network)?;
+    let height = chain.tip(&network).await?;
+    let overdue =
+        height.saturating_sub(newest.signed_at_height) >= as_i64(accounts.replace_after_blocks());
+    if !newest_known {
+        // Never sent, or forgotten by the node: the same bytes again. A node may refuse
+        // them for good (it evicted them as underpriced): then, once due, a replacement.
+        match chain.broadcast(&stored(&network, hold, newest)).await {
+            Ok(_) => {
+                metrics::counter!("wallet_withdrawal_rebroadcasts_total", "network" => network.clone())
+                    .increment(1);
+                return Ok(Advanced::Rebroadcast);
+            }
+            Err(e) if overdue && refused_for_its_fee(&e) => {
+                tracing::info!(id = hold.id, error = %e, "stored withdrawal refused; replacing it")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    } else if !overdue {
+        return Ok(Advanced::Unchanged);
+    }
+    let Some(replacement) =
+        replace(conn, currencies, custody, accounts, hold, newest, height).await?
+    else {
+        return Ok(Advanced::Unchanged);
+    };
+    tracing::info!(
+        id = hold.id,
+        replaces = newest.hash,
+        hash = replacement.hash,
+        "withdrawal not mined in time: replaced with a higher fee"
+    );
+    metrics::counter!("wallet_withdrawal_replacements_total", "network" => network.clone())
+        .increment(1);
+    chain.broadcast(&replacement).await?;
+    Ok(Advanced::Replaced)
+}
+
+/// Whether a node refused a transaction for offering too little (a replacement with a
+/// higher fee may pass); any other refusal (no funds for gas, a used nonce) would refuse
+/// the replacement too.
+fn refused_for_its_fee(e: &ChainError) -> bool {
+    let ChainError::Unavailable(message) = e else {
+        return false;
+    };
+    let message = message.to_ascii_lowercase();
+    ["base fee", "underpriced", "fee cap", "too low to"]
+        .iter()
+        .any(|sign| message.contains(sign))
+}
+
+fn stored(network: &str, hold: &JournalEntry, attempt: &Attempt) -> SignedTransfer {
+    SignedTransfer {
+        network: network.to_owned(),
+        hash: attempt.hash.clone(),
+        from_address: hold.from_address.clone().unwrap_or_default(),
+        to_address: hold.to_address.clone().unwrap_or_default(),
+        amount: hold.amount,
+        fee: Fee::default(),
+        raw: attempt.raw.clone(),
+    }
+}
+
+/// The hold, locked, if it is still PROCESSING (another worker may have moved it on).
+async fn relock(
+    tx: &mut AsyncPgConnection,
+    hold_id: i64,
+) -> Result<Option<JournalEntry>, LedgerError> {
+    let hold: JournalEntry = transactions::table
+        .find(hold_id)
+        .select(JournalEntry::as_select())
+        .for_update()
+        .first(tx)
+        .await?;
+    Ok((hold.status == TransactionStatus::Processing).then_some(hold))
+}
+
+fn chain_fields(hold: &JournalEntry, attempt: &Attempt, found: &ChainTransfer) -> ChainFields {
+    ChainFields {
+        network: hold.network.clone().unwrap_or_default(),
+        from_address: hold.from_address.clone().unwrap_or_default(),
+        to_address: hold.to_address.clone().unwrap_or_default(),
+        chain_tx_hash: Some(attempt.hash.clone()),
+        confirmations: i32::try_from(found.confirmations).unwrap_or(i32::MAX),
+        required_confirmations: hold.required_confirmations.unwrap_or(1),
+        block_number: found.block_number,
+        gas_price: found.gas_price,
+        gas_used: found.gas_used,
+        raw: Some(attempt.raw.clone()),
+    }
+}
+
+async fn unmined(conn: &mut AsyncPgConnection, hold: &JournalEntry) -> Result<(), LedgerError> {
+    posting::retried!(conn, |tx| {
+        let Some(hold) = relock(tx, hold.id).await? else {
+            return Ok(());
+        };
+        let fields = ChainFields {
+            confirmations: 0,
+            block_number: None,
+            ..ChainFields::default()
+        };
+        update_hold(tx, &hold, TransactionStatus::Processing, &fields, None).await?;
+        Ok(())
+    })
+}
+
+/// An attempt the chain included: confirmations recorded, and at the threshold the debit
+/// with what the chain charged (plus, if it reverted, the amount refunded).
+async fn settle(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    hold: &JournalEntry,
+    attempts: &[Attempt],
+    attempt: &Attempt,
+    found: &ChainTransfer,
+) -> Result<Advanced, LedgerError> {
+    posting::retried!(conn, |tx| {
+        let Some(hold) = relock(tx, hold.id).await? else {
+            return Ok(Advanced::Unchanged);
+        };
+        name_attempt(tx, hold.id, &attempt.hash, &attempt.raw).await?;
+        let fields = chain_fields(&hold, attempt, found);
+        if fields.confirmations < fields.required_confirmations {
+            if hold.confirmations != Some(fields.confirmations)
+                || hold.block_number != fields.block_number
+            {
+                update_hold(tx, &hold, TransactionStatus::Processing, &fields, None).await?;
+            }
+            return Ok(Advanced::Unchanged);
+        }
+        let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+        let scale = hold.amount.scale();
+        let pays = attempts.iter().any(|a| a.locked_fee > Decimal::ZERO);
+        // A token's gas is paid in the network's coin: none of it in the token.
+        let network_fee = match asset_of(currencies, &wallet) {
+            Some(_) => Decimal::ZERO,
+            None => at_scale_up(found.fee, scale),
+        };
+        let user_fee = if pays { network_fee } else { hold.fee };
+        let annotation = Annotation {
+            reference: hold.reference.as_deref(),
+            metadata: hold.metadata.as_ref(),
+        };
+        let debit = NewRow {
+            kind: TransactionType::Withdraw,
+            amount: hold.amount,
+            fee: user_fee,
+            status: TransactionStatus::Completed,
+            key: &hold.tx_hash,
+            description: None,
+            hold: false,
+            settles: Some(hold.id),
+            chain: Some(&fields),
+            scale,
+            network_fee: Some(network_fee),
+            annotation,
+            reverses: None,
+        };
+        // The whole lock is released into the debit: what the fee did not use is free again.
+        let locked = hold.amount + fee_lock(&hold, attempts);
+        let wallet = Wallet {
+            balance: posting::append(tx, &wallet, &debit, -locked)
+                .await?
+                .balance_after,
+            ..wallet
+        };
+        if found.status != TransferStatus::Failed {
+            update_hold(tx, &hold, TransactionStatus::Completed, &fields, None).await?;
+            return Ok(Advanced::To(TransactionStatus::Completed));
+        }
+        // Reverted: the gas was paid, the amount never left the address.
+        let reason = "reverted on chain: the network fee was paid, the amount was refunded";
+        let refund = NewRow {
+            kind: TransactionType::Refund,
+            fee: Decimal::ZERO,
+            network_fee: Some(Decimal::ZERO),
+            description: Some(reason),
+            ..debit
+        };
+        posting::append(tx, &wallet, &refund, Decimal::ZERO).await?;
+        update_hold(tx, &hold, TransactionStatus::Failed, &fields, Some(reason)).await?;
+        Ok(Advanced::To(TransactionStatus::Failed))
+    })
+}
+
+/// Signs a replacement of `newest` (same nonce, higher fees) and stores it, unless another
+/// worker did first or the fees cannot be raised enough.
+async fn replace(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    custody: &Custody,
+    accounts: &dyn AccountChain,
+    hold: &JournalEntry,
+    newest: &Attempt,
+    height: i64,
+) -> Result<Option<SignedTransfer>, LedgerError> {
+    let now = accounts.gas_fees().await?;
+    posting::retried!(conn, |tx| {
+        let Some(hold) = relock(tx, hold.id).await? else {
+            return Ok(None);
+        };
+        let attempts = attempts_of(tx, hold.id).await?;
+        if attempts.last().map(|a| a.id) != Some(newest.id) {
+            return Ok(None);
+        }
+        let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+        let (network, from, to, path) = signing_details(custody, &hold, &wallet)
+            .map_err(|reason| LedgerError::Internal(format!("cannot re-sign: {reason}")))?;
+        let gas_limit = u64::try_from(newest.gas_limit).unwrap_or(0);
+        let priced = price(
+            accounts,
+            newest.fees().bumped(now),
+            gas_limit,
+            newest.locked_fee > Decimal::ZERO,
+            fee_lock(&hold, &attempts),
+            &wallet,
+            hold.amount.scale(),
+        )?;
+        if !priced.fees.replaces(newest.fees()) {
+            tracing::warn!(
+                id = hold.id,
+                "withdrawal not mined in time, and its wallet cannot pay a higher fee"
+            );
+            return Ok(None);
+        }
+        let transfer = NonceTransfer {
+            from_address: from.to_owned(),
+            to_address: to.to_owned(),
+            amount: hold.amount,
+            asset: asset_of(currencies, &wallet),
+            nonce: u64::try_from(newest.nonce).unwrap_or(0),
+            fees: priced.fees,
+            gas_limit,
+        };
+        let signed = sign(custody, accounts, network, path, &transfer)?;
+        if priced.extra_lock > Decimal::ZERO {
+            release_lock(tx, &wallet, -priced.extra_lock).await?;
+        }
+        record_attempt(
+            tx,
+            &hold,
+            network,
+            &transfer,
+            &signed,
+            Some(newest.id),
+            priced.locked_fee,
+            height,
+        )
+        .await?;
+        Ok(Some(signed))
+    })
+}

@@ -1,0 +1,461 @@
+//! Withdrawals through a real Ethereum node (anvil): EIP-1559 transactions signed with the
+//! wallet's derived key, nonces from the database, the fee the chain charged debited once,
+//! the rest of the lock released — also when the process dies before broadcasting, the
+//! node forgets the transaction, the fee was too low to be mined, or the transaction
+//! reverts.
+
+mod common;
+
+use alloy::sol_types::SolCall;
+use common::anvil::{Anvil, DEV_ACCOUNT, DEV_ACCOUNT_2, ETHER, quantity};
+use common::ethereum::{crypto_wallet, eth_wallet, on, pass, reconcile};
+use common::{CRYPTO_WITHDRAW, TestApp, db_id};
+use rust_decimal::Decimal;
+use serde_json::json;
+use wallet::chain::ethereum::Token;
+use wallet::ledger::node_withdrawal;
+
+alloy::sol! {
+    function mint(address to, uint256 value);
+}
+
+const GWEI: u128 = 1_000_000_000;
+
+/// A funded ether wallet of alice's: `wei` deposited and credited.
+async fn funded(t: &TestApp, anvil: &Anvil, wei: u128) -> (String, String) {
+    let (wallet, address) = eth_wallet(t, "alice").await;
+    anvil.send_from(DEV_ACCOUNT, Some(&address), &[], wei).await;
+    anvil.mine(6).await;
+    pass(&t.app).await;
+    assert_eq!(
+        t.balance(&wallet).await.parse::<Decimal>().unwrap(),
+        Decimal::from_i128_with_scale(i128::try_from(wei).unwrap(), 18)
+    );
+    (wallet, address)
+}
+
+/// Alice withdraws `amount` from `wallet` to `to`: the hold's database id.
+async fn withdraw(t: &TestApp, wallet: &str, to: &str, amount: &str, key: &str) -> i64 {
+    let body = t
+        .ok(
+            &t.user("alice"),
+            CRYPTO_WITHDRAW,
+            json!({"w": wallet, "to": to, "a": amount, "k": key}),
+        )
+        .await;
+    assert_eq!(body["cryptoWithdraw"]["status"], "PENDING", "{body}");
+    db_id(body["cryptoWithdraw"]["id"].as_str().unwrap())
+}
+
+/// A withdrawal's debit: what it charged and for which transaction.
+#[derive(Clone, Debug)]
+struct Debit {
+    fee: Decimal,
+    network_fee: Option<Decimal>,
+    hash: String,
+    gas_used: Option<i64>,
+}
+
+/// A withdrawal as the journal has it.
+#[derive(Debug)]
+struct Withdrawal {
+    status: String,
+    reason: Option<String>,
+    hash: Option<String>,
+    confirmations: Option<i32>,
+    debits: Vec<Debit>,
+    refunds: Vec<(Decimal, Decimal)>,
+    /// Hashes of its signed attempts, oldest first.
+    attempts: Vec<String>,
+}
+
+async fn withdrawal(t: &TestApp, id: i64) -> Withdrawal {
+    let c = t.db.client().await;
+    let hold = c
+        .query_one(
+            "SELECT status, status_reason, chain_tx_hash, confirmations FROM transactions
+              WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let debits = c
+        .query(
+            "SELECT fee::text, network_fee::text, chain_tx_hash, gas_used
+               FROM transactions WHERE hold_id = $1 AND type = 'WITHDRAW'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| Debit {
+            fee: dec(r.get(0)),
+            network_fee: r.get::<_, Option<&str>>(1).map(dec),
+            hash: r.get(2),
+            gas_used: r.get(3),
+        })
+        .collect();
+    let refunds = c
+        .query(
+            "SELECT amount::text, fee::text FROM transactions
+              WHERE hold_id = $1 AND type = 'REFUND'",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (dec(r.get(0)), dec(r.get(1))))
+        .collect();
+    let attempts = c
+        .query(
+            "SELECT hash FROM withdrawal_attempts WHERE transaction_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Withdrawal {
+        status: hold.get(0),
+        reason: hold.get(1),
+        hash: hold.get(2),
+        confirmations: hold.get(3),
+        debits,
+        refunds,
+        attempts,
+    }
+}
+
+/// (balance, locked) of a wallet, exactly as stored.
+async fn balances(t: &TestApp, wallet: &str) -> (Decimal, Decimal) {
+    let row =
+        t.db.client()
+            .await
+            .query_one(
+                "SELECT balance::text, locked_balance::text FROM wallets WHERE id = $1",
+                &[&db_id(wallet)],
+            )
+            .await
+            .unwrap();
+    (dec(row.get(0)), dec(row.get(1)))
+}
+
+fn dec(text: &str) -> Decimal {
+    text.parse().unwrap()
+}
+
+fn wei(amount: Decimal) -> u128 {
+    let mut a = amount;
+    a.rescale(18);
+    u128::try_from(a.mantissa()).unwrap()
+}
+
+/// What the chain charged for a mined transaction: gasUsed × effectiveGasPrice, in ether.
+async fn charged(anvil: &Anvil, hash: &str) -> (Decimal, i64, bool) {
+    let receipt = anvil.receipt(hash).await;
+    let used = quantity(&receipt["gasUsed"]);
+    let price = quantity(&receipt["effectiveGasPrice"]);
+    (
+        Decimal::from_i128_with_scale(i128::try_from(used * price).unwrap(), 18),
+        i64::try_from(used).unwrap(),
+        receipt["status"] == "0x1",
+    )
+}
+
+/// Mines a block at a time, with a pass after each, until the withdrawal has left
+/// PROCESSING (at most `limit` blocks).
+async fn confirm(t: &TestApp, anvil: &Anvil, id: i64, limit: u64) -> Withdrawal {
+    for _ in 0..limit {
+        anvil.mine(1).await;
+        pass(&t.app).await;
+        let w = withdrawal(t, id).await;
+        if w.status != "PROCESSING" {
+            return w;
+        }
+    }
+    panic!(
+        "withdrawal {id} still processing: {:?}",
+        withdrawal(t, id).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ether_withdrawal_is_debited_once_with_the_fee_the_chain_charged() {
+    let anvil = Anvil::start().await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (wallet, address) = funded(&t, &anvil, 2 * ETHER).await;
+    let destination_before = anvil.balance(DEV_ACCOUNT_2).await;
+
+    let id = withdraw(&t, &wallet, DEV_ACCOUNT_2, "0.25", "w-1").await;
+    let (balance, locked) = balances(&t, &wallet).await;
+    assert_eq!(balance, Decimal::from(2));
+    // The amount and the most its fee may be: 21,000 gas at twice the base fee plus the tip.
+    let locked_fee = locked - Decimal::new(25, 2);
+    assert!(locked_fee > Decimal::ZERO, "{locked}");
+
+    // Signed, stored and sent: nothing debited before it is mined.
+    let report = pass(&t.app).await;
+    assert_eq!((report.signed, report.broadcast), (1, 1), "{report:?}");
+    let w = withdrawal(&t, id).await;
+    assert_eq!(w.status, "PROCESSING");
+    let hash = w.hash.clone().expect("the hold names its transaction");
+    assert_eq!(w.attempts, vec![hash.clone()]);
+    assert!(anvil.knows(&hash).await);
+    assert_eq!(balances(&t, &wallet).await, (balance, locked));
+
+    // Confirmations one block at a time; the debit at six, once.
+    for confirmations in 1..=5 {
+        anvil.mine(1).await;
+        pass(&t.app).await;
+        let w = withdrawal(&t, id).await;
+        assert_eq!(
+            (w.status.as_str(), w.confirmations, w.debits.len()),
+            ("PROCESSING", Some(confirmations), 0)
+        );
+    }
+    anvil.mine(1).await;
+    pass(&t.app).await;
+    pass(&t.app).await;
+    let w = withdrawal(&t, id).await;
+    assert_eq!(w.status, "COMPLETED");
+    let (fee, gas_used, succeeded) = charged(&anvil, &hash).await;
+    assert!(succeeded);
+    assert_eq!(w.debits.len(), 1);
+    let debit = w.debits[0].clone();
+    assert_eq!((debit.fee, debit.network_fee), (fee, Some(fee)));
+    assert_eq!((debit.hash, debit.gas_used), (hash.clone(), Some(gas_used)));
+    assert!(
+        fee < locked_fee,
+        "the chain charged {fee}, {locked_fee} was locked"
+    );
+
+    // The amount arrived; the wallet paid amount + the charged fee and nothing is locked.
+    assert_eq!(
+        anvil.balance(DEV_ACCOUNT_2).await,
+        destination_before + ETHER / 4
+    );
+    let (balance, locked) = balances(&t, &wallet).await;
+    assert_eq!(balance, Decimal::from(2) - Decimal::new(25, 2) - fee);
+    assert_eq!(locked, Decimal::ZERO);
+    assert_eq!(anvil.balance(&address).await, wei(balance));
+    assert_eq!(anvil.sent(&address).await, 1);
+    let reconciled = reconcile(&t, &wallet).await;
+    assert_eq!(reconciled["status"], "MATCHED", "{reconciled}");
+    t.assert_balanced().await;
+
+    // A second withdrawal takes the next nonce.
+    let second = withdraw(&t, &wallet, DEV_ACCOUNT_2, "0.5", "w-2").await;
+    pass(&t.app).await;
+    assert_eq!(confirm(&t, &anvil, second, 8).await.status, "COMPLETED");
+    assert_eq!(anvil.sent(&address).await, 2);
+    let (balance, _) = balances(&t, &wallet).await;
+    assert_eq!(anvil.balance(&address).await, wei(balance));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_between_storing_and_broadcasting_sends_once() {
+    let anvil = Anvil::start().await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (other, _) = t.sibling_with(on(&anvil)).await;
+    let (wallet, address) = funded(&t, &anvil, ETHER).await;
+    let id = withdraw(&t, &wallet, DEV_ACCOUNT_2, "0.1", "w-1").await;
+
+    // Signed and stored, and the process dies before broadcasting.
+    let state = &t.app.state;
+    let mut conn = state.pool.get().await.unwrap();
+    let signed = node_withdrawal::sign_next(
+        &mut conn,
+        &state.currencies,
+        &state.custody,
+        &state.chains,
+        &["ethereum".to_owned()],
+        &mut 0,
+    )
+    .await
+    .unwrap()
+    .expect("a withdrawal to sign");
+    drop(conn);
+    assert!(!anvil.knows(&signed.hash).await);
+
+    // Two processes pick it up: the stored bytes are sent (twice is harmless), mined once.
+    tokio::join!(pass(&t.app), pass(&other));
+    assert!(anvil.knows(&signed.hash).await);
+    for _ in 0..7 {
+        anvil.mine(1).await;
+        tokio::join!(pass(&t.app), pass(&other));
+    }
+    let w = withdrawal(&t, id).await;
+    assert_eq!(w.status, "COMPLETED");
+    assert_eq!(w.attempts, vec![signed.hash.clone()]);
+    assert_eq!(w.debits.len(), 1);
+    assert_eq!(anvil.sent(&address).await, 1);
+    let (balance, locked) = balances(&t, &wallet).await;
+    assert_eq!(locked, Decimal::ZERO);
+    assert_eq!(anvil.balance(&address).await, wei(balance));
+    t.assert_balanced().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_withdrawal_the_node_forgot_is_sent_again_from_its_stored_bytes() {
+    let anvil = Anvil::start().await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (wallet, address) = funded(&t, &anvil, ETHER).await;
+    let id = withdraw(&t, &wallet, DEV_ACCOUNT_2, "0.1", "w-1").await;
+    pass(&t.app).await;
+    let hash = withdrawal(&t, id).await.hash.unwrap();
+
+    anvil.drop_transaction(&hash).await;
+    assert!(!anvil.knows(&hash).await);
+    let report = pass(&t.app).await;
+    assert_eq!(report.withdrawals.rebroadcast, 1, "{report:?}");
+    assert!(anvil.knows(&hash).await, "the same bytes, the same hash");
+
+    let w = confirm(&t, &anvil, id, 8).await;
+    assert_eq!(w.status, "COMPLETED");
+    assert_eq!(w.attempts, vec![hash]);
+    assert_eq!(w.debits.len(), 1);
+    assert_eq!(anvil.sent(&address).await, 1);
+    assert_eq!(
+        anvil.balance(&address).await,
+        wei(balances(&t, &wallet).await.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_withdrawal_is_replaced_with_a_higher_fee_and_debited_once() {
+    let anvil = Anvil::start().await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (wallet, address) = funded(&t, &anvil, ETHER).await;
+    let id = withdraw(&t, &wallet, DEV_ACCOUNT_2, "0.1", "w-1").await;
+    let locked_at_request = balances(&t, &wallet).await.1;
+    pass(&t.app).await;
+    let first = withdrawal(&t, id).await.hash.unwrap();
+
+    // The base fee jumps far above what the transaction offers: it is not mined.
+    anvil.set_next_base_fee(1_000 * GWEI).await;
+    anvil.mine(2).await;
+    let report = pass(&t.app).await;
+    assert_eq!(report.withdrawals.replaced, 0, "not yet: {report:?}");
+    assert_eq!(withdrawal(&t, id).await.status, "PROCESSING");
+    assert!(anvil.receipt(&first).await.is_null());
+
+    // Three blocks unmined (anvil evicted it, and refuses its bytes while the base fee is
+    // above its max fee): replaced with the same nonce and a fee the chain takes.
+    anvil.mine(1).await;
+    let report = pass(&t.app).await;
+    assert_eq!(report.withdrawals.replaced, 1, "{report:?}");
+    let w = withdrawal(&t, id).await;
+    assert_eq!(w.attempts.len(), 2);
+    assert_eq!(w.attempts[0], first);
+    let second = w.attempts[1].clone();
+    assert_eq!(w.hash.as_deref(), Some(second.as_str()));
+    // The wallet locked what the higher fee may cost.
+    assert!(balances(&t, &wallet).await.1 > locked_at_request);
+
+    let w = confirm(&t, &anvil, id, 10).await;
+    assert_eq!(w.status, "COMPLETED", "{w:?}");
+    assert_eq!(w.debits.len(), 1);
+    assert_eq!(w.debits[0].hash, second, "the replacement is the one mined");
+    assert!(anvil.receipt(&first).await.is_null());
+    let (fee, _, _) = charged(&anvil, &second).await;
+    assert_eq!(w.debits[0].fee, fee);
+    assert_eq!(anvil.sent(&address).await, 1, "one transaction on chain");
+    let (balance, locked) = balances(&t, &wallet).await;
+    assert_eq!(locked, Decimal::ZERO);
+    assert_eq!(balance, Decimal::ONE - Decimal::new(1, 1) - fee);
+    assert_eq!(anvil.balance(&address).await, wei(balance));
+    t.assert_balanced().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reverted_withdrawal_pays_its_gas_and_gets_the_amount_back() {
+    let anvil = Anvil::start().await;
+    // A contract that takes no ether: a plain transfer to it reverts.
+    let contract = anvil.deploy_test_token("Test USD", "TUSD").await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (wallet, address) = funded(&t, &anvil, ETHER).await;
+    let id = withdraw(&t, &wallet, &contract, "0.1", "w-1").await;
+    pass(&t.app).await;
+    let w = confirm(&t, &anvil, id, 8).await;
+    assert_eq!(w.status, "FAILED");
+    assert!(w.reason.unwrap().contains("reverted"));
+    let hash = w.hash.unwrap();
+    let (fee, _, succeeded) = charged(&anvil, &hash).await;
+    assert!(!succeeded);
+    assert_eq!(w.debits.len(), 1);
+    assert_eq!(w.debits[0].fee, fee);
+    assert_eq!(w.refunds, vec![(Decimal::new(1, 1), Decimal::ZERO)]);
+    let (balance, locked) = balances(&t, &wallet).await;
+    assert_eq!((balance, locked), (Decimal::ONE - fee, Decimal::ZERO));
+    assert_eq!(anvil.balance(&address).await, wei(balance));
+    assert_eq!(anvil.balance(&contract).await, 0);
+    t.assert_balanced().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_withdrawal_pays_its_gas_in_ether_from_its_address() {
+    let anvil = Anvil::start().await;
+    let contract = anvil.deploy_test_token("Test USD", "TUSD").await;
+    let mut options = on(&anvil);
+    if let Some(node) = &mut options.ethereum {
+        node.tokens = vec![Token {
+            code: "TUSD".into(),
+            contract: contract.clone(),
+            decimals: 6,
+        }];
+    }
+    let t = TestApp::with(options).await;
+    let (tusd, address) = crypto_wallet(&t, "alice", "TUSD").await;
+    // 100 TUSD minted to the wallet's address, and ether there to pay gas with.
+    let mint = mintCall {
+        to: address.parse().unwrap(),
+        value: alloy::primitives::U256::from(100_000_000u64),
+    };
+    anvil
+        .send_from(DEV_ACCOUNT, Some(&contract), &mint.abi_encode(), 0)
+        .await;
+    anvil
+        .send_from(DEV_ACCOUNT, Some(&address), &[], ETHER / 10)
+        .await;
+    anvil.mine(6).await;
+    pass(&t.app).await;
+    pass(&t.app).await;
+    assert_eq!(t.balance(&tusd).await, "100.000000");
+
+    let id = withdraw(&t, &tusd, DEV_ACCOUNT_2, "40.5", "t-1").await;
+    // No fee in the token: the gas is ether.
+    assert_eq!(
+        balances(&t, &tusd).await,
+        (Decimal::new(100_000_000, 6), Decimal::new(40_500_000, 6))
+    );
+    pass(&t.app).await;
+    let w = confirm(&t, &anvil, id, 8).await;
+    assert_eq!(w.status, "COMPLETED", "{w:?}");
+    let hash = w.hash.unwrap();
+    let (gas_fee, gas_used, succeeded) = charged(&anvil, &hash).await;
+    assert!(succeeded);
+    let debit = w.debits[0].clone();
+    assert_eq!(
+        (debit.fee, debit.network_fee),
+        (Decimal::ZERO, Some(Decimal::ZERO))
+    );
+    assert_eq!(debit.gas_used, Some(gas_used));
+    assert_eq!(
+        anvil.token_balance(&contract, DEV_ACCOUNT_2).await,
+        40_500_000
+    );
+    assert_eq!(anvil.token_balance(&contract, &address).await, 59_500_000);
+    assert_eq!(
+        anvil.balance(&address).await,
+        ETHER / 10 - wei(gas_fee),
+        "the gas came from the address's ether"
+    );
+    assert_eq!(
+        balances(&t, &tusd).await,
+        (Decimal::new(59_500_000, 6), Decimal::ZERO)
+    );
+    let reconciled = reconcile(&t, &tusd).await;
+    assert_eq!(reconciled["status"], "MATCHED", "{reconciled}");
+    t.assert_balanced().await;
+}
