@@ -499,3 +499,38 @@ async fn a_token_deposit_is_credited_to_the_token_wallet_once() {
     assert_eq!(reconciled["status"], "MATCHED", "{reconciled}");
     t.assert_balanced().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_long_gap_is_caught_up_over_several_short_scans() {
+    let anvil = Anvil::start().await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (wallet, address) = eth_wallet(&t, "alice").await;
+    anvil.mine(1).await;
+    pass(&t.app).await;
+    // The watcher was away for 700 blocks; the deposit is in the newest ones.
+    anvil.mine(700).await;
+    let hash = anvil
+        .send_raw(&anvil.sign_transfer(DEV_ACCOUNT, &address, ETHER, 0).await)
+        .await;
+    anvil.mine(6).await;
+    // One pass reads at most 500 blocks: not there yet, and no reorganisation is taken
+    // for the blocks it has not read.
+    pass(&t.app).await;
+    assert_eq!(deposit(&t, &hash).await, None);
+    let remembered: i64 =
+        t.db.client()
+            .await
+            .query_one("SELECT max(number) FROM chain_blocks", &[])
+            .await
+            .unwrap()
+            .get(0);
+    assert!(remembered < 706, "{remembered}");
+    // The next pass goes on from there and finds it, with its six confirmations.
+    pass(&t.app).await;
+    let (status, confirmations, _, credits) = deposit(&t, &hash).await.unwrap();
+    assert_eq!(
+        (status.as_str(), confirmations, credits),
+        ("COMPLETED", 6, 1)
+    );
+    assert_eq!(t.balance(&wallet).await, "1.000000000000000000");
+}

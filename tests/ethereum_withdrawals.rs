@@ -365,6 +365,8 @@ async fn a_stuck_withdrawal_is_replaced_with_a_higher_fee_and_debited_once() {
     assert_eq!(locked, Decimal::ZERO);
     assert_eq!(balance, Decimal::ONE - Decimal::new(1, 1) - fee);
     assert_eq!(anvil.balance(&address).await, wei(balance));
+    let reconciled = reconcile(&t, &wallet).await;
+    assert_eq!(reconciled["status"], "MATCHED", "{reconciled}");
     t.assert_balanced().await;
 }
 
@@ -390,6 +392,9 @@ async fn a_reverted_withdrawal_pays_its_gas_and_gets_the_amount_back() {
     assert_eq!((balance, locked), (Decimal::ONE - fee, Decimal::ZERO));
     assert_eq!(anvil.balance(&address).await, wei(balance));
     assert_eq!(anvil.balance(&contract).await, 0);
+    // The chain's balance of the address (what the gas took) is the ledger's.
+    let reconciled = reconcile(&t, &wallet).await;
+    assert_eq!(reconciled["status"], "MATCHED", "{reconciled}");
     t.assert_balanced().await;
 }
 

@@ -50,6 +50,8 @@ const TOKEN_TRANSFER_GAS: u64 = 100_000;
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Blocks whose hashes are kept for reorg detection: deeper reorgs are not followed.
 const REMEMBERED_BLOCKS: i64 = 1024;
+/// Blocks one deposit scan reads at most.
+const MAX_BLOCKS_PER_SCAN: u64 = 500;
 /// Where a watcher with no history starts: this many blocks below the tip (a node's whole
 /// history is not scanned; wallets are younger than that).
 const FIRST_SCAN_DEPTH: u64 = 256;
@@ -115,6 +117,8 @@ alloy::sol! {
     event Transfer(address indexed from, address indexed to, uint256 value);
     /// ERC-20's transfer call.
     function transfer(address to, uint256 value) returns (bool);
+    /// ERC-20's balance.
+    function balanceOf(address owner) returns (uint256);
 }
 
 #[derive(Clone)]
@@ -252,6 +256,15 @@ impl EthereumNode {
 
     pub fn chain_id(&self) -> u64 {
         self.chain_id
+    }
+
+    /// The decimals of a followed token.
+    fn decimals(&self, contract: Address) -> Result<u32, ChainError> {
+        self.tokens
+            .iter()
+            .find(|(a, _)| *a == contract)
+            .map(|(_, d)| *d)
+            .ok_or_else(|| unavailable(format!("token {contract} is not configured")))
     }
 
     async fn conn(&self) -> Result<crate::db::PooledConn, ChainError> {
@@ -439,7 +452,7 @@ impl EthereumNode {
     /// The block the watcher resumes after: `after` itself while it is still the block the
     /// watcher saw there, else the newest remembered block that is still canonical (the
     /// common ancestor of the old and the new chain).
-    async fn resume_point(&self, after: u64) -> Result<u64, ChainError> {
+    async fn resume_point(&self, after: u64) -> Result<(u64, bool), ChainError> {
         let mut conn = self.conn().await?;
         let remembered: Vec<(i64, String)> = chain_blocks::table
             .filter(chain_blocks::network.eq(NETWORK))
@@ -473,7 +486,7 @@ impl EthereumNode {
             );
             metrics::counter!("wallet_chain_reorgs_total", "network" => NETWORK).increment(1);
         }
-        Ok(resume)
+        Ok((resume, reorged))
     }
 
     async fn remember(&self, blocks: &[(i64, String, String)]) -> Result<(), ChainError> {
@@ -607,6 +620,35 @@ impl Chain for EthereumNode {
         ether(call("eth_getBalance", self.provider.get_balance(address)).await?)
     }
 
+    async fn balance_at(
+        &self,
+        _network: &str,
+        address: &str,
+        asset: Option<&str>,
+        height: i64,
+    ) -> Result<Option<Decimal>, ChainError> {
+        use alloy::sol_types::SolCall as _;
+        let owner = parse_address(address)?;
+        let block = BlockId::number(u64::try_from(height).unwrap_or(0));
+        let Some(contract) = asset else {
+            let wei = call(
+                "eth_getBalance",
+                self.provider.get_balance(owner).block_id(block),
+            )
+            .await?;
+            return ether(wei).map(Some);
+        };
+        let contract = parse_address(contract)?;
+        let decimals = self.decimals(contract)?;
+        let request = alloy::rpc::types::TransactionRequest::default()
+            .to(contract)
+            .input(Bytes::from(balanceOfCall { owner }.abi_encode()).into());
+        let answer = call("eth_call", self.provider.call(request).block(block)).await?;
+        let value = balanceOfCall::abi_decode_returns(&answer)
+            .map_err(|e| unavailable(format!("balanceOf of {contract}: {e}")))?;
+        units(value, decimals).map(Some)
+    }
+
     async fn height_at(&self, _network: &str, at: DateTime<Utc>) -> Result<i64, ChainError> {
         // The newest block mined at or before `at`: a binary search on block times.
         let at = u64::try_from(at.timestamp()).unwrap_or(0);
@@ -663,14 +705,17 @@ impl Chain for EthereumNode {
         let (after, common_ancestor) = match u64::try_from(after_block).unwrap_or(0) {
             0 => (tip.saturating_sub(FIRST_SCAN_DEPTH), None),
             scanned => {
-                let resume = self.resume_point(scanned.min(tip)).await?;
-                (resume, (resume < scanned).then_some(block_number(resume)))
+                let (resume, reorged) = self.resume_point(scanned.min(tip)).await?;
+                (resume, reorged.then_some(block_number(resume)))
             }
         };
+        // A long outage is caught up over several passes (each resumes after the newest
+        // block it remembers), so that one pass stays short.
+        let last = tip.min(after.saturating_add(MAX_BLOCKS_PER_SCAN));
         self.forget_above(after).await?;
         let mut transfers = Vec::new();
         let mut seen: Vec<(i64, String, String)> = Vec::new();
-        for number in after + 1..=tip {
+        for number in after + 1..=last {
             let Some(block) = self.block(number, true).await? else {
                 break;
             };
@@ -795,12 +840,7 @@ impl AccountChain for EthereumNode {
             None => (to, to_units(transfer.amount, ETHER_SCALE)?, Bytes::new()),
             Some(contract) => {
                 let contract = parse_address(contract)?;
-                let decimals = self
-                    .tokens
-                    .iter()
-                    .find(|(a, _)| *a == contract)
-                    .map(|(_, d)| *d)
-                    .ok_or_else(|| unavailable(format!("token {contract} is not configured")))?;
+                let decimals = self.decimals(contract)?;
                 let call = transferCall {
                     to,
                     value: to_units(transfer.amount, decimals)?,

@@ -233,6 +233,18 @@ pub trait Chain: Send + Sync {
     ) -> Result<Option<ChainTransfer>, ChainError>;
     /// Balance of an address: successful transfers in, minus transfers and fees out.
     async fn balance(&self, network: &str, address: &str) -> Result<Decimal, ChainError>;
+    /// An address's balance of `asset` (a token contract; `None`: the coin) as of block
+    /// `height`, when the backend can read it from its state; `None` otherwise (then
+    /// reconciliation sums the settled transfers instead).
+    async fn balance_at(
+        &self,
+        _network: &str,
+        _address: &str,
+        _asset: Option<&str>,
+        _height: i64,
+    ) -> Result<Option<Decimal>, ChainError> {
+        Ok(None)
+    }
     /// The height the chain had at `at`: its newest block mined at or before then (0
     /// before the first). What a reconciliation of a past window compares against.
     async fn height_at(&self, network: &str, at: DateTime<Utc>) -> Result<i64, ChainError>;

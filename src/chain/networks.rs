@@ -57,6 +57,18 @@ impl Chain for Networks {
         self.backend(network)?.balance(network, address).await
     }
 
+    async fn balance_at(
+        &self,
+        network: &str,
+        address: &str,
+        asset: Option<&str>,
+        height: i64,
+    ) -> Result<Option<Decimal>, ChainError> {
+        self.backend(network)?
+            .balance_at(network, address, asset, height)
+            .await
+    }
+
     async fn height_at(&self, network: &str, at: DateTime<Utc>) -> Result<i64, ChainError> {
         self.backend(network)?.height_at(network, at).await
     }

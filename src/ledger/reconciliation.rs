@@ -367,9 +367,21 @@ pub async fn reconcile_chain(
     let height = chain.height_at(&network, request.end).await?;
     let mut settled = chain.settled_between(&network, &address, 0, height).await?;
     settled.retain(|t| currency.is_asset(t.asset.as_deref()));
+    let balance = match chain
+        .balance_at(
+            &network,
+            &address,
+            currency.contract_address.as_deref(),
+            height,
+        )
+        .await?
+    {
+        Some(balance) => balance,
+        None => net_of(&address, settled.iter()),
+    };
     let side = ChainAsOf {
         height,
-        balance: net_of(&address, settled.iter()),
+        balance,
         window: settled
             .iter()
             .filter(|t| t.block_number.is_some_and(|b| b > before_start))
@@ -437,9 +449,23 @@ pub async fn reconcile_since_checkpoint(
         .settled_between(&network, &address, after, height)
         .await?;
     settled.retain(|t| currency.is_asset(t.asset.as_deref()));
+    // The node's state at that height when it has it; else the checkpoint's balance plus
+    // what settled since.
+    let balance = match chain
+        .balance_at(
+            &network,
+            &address,
+            currency.contract_address.as_deref(),
+            height,
+        )
+        .await?
+    {
+        Some(balance) => balance,
+        None => opening + net_of(&address, settled.iter()),
+    };
     let side = ChainAsOf {
         height,
-        balance: opening + net_of(&address, settled.iter()),
+        balance,
         window: settled.iter().map(|t| t.hash.clone()).collect(),
         settled,
         reconciled_until: checkpoint.map(|c| c.end_time),
