@@ -275,3 +275,57 @@ pub trait Chain: Send + Sync {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::GasFees;
+
+    const GWEI: u128 = 1_000_000_000;
+
+    fn fees(max: u128, tip: u128) -> GasFees {
+        GasFees {
+            max_fee_per_gas: max * GWEI,
+            max_priority_fee_per_gas: tip * GWEI,
+        }
+    }
+
+    #[test]
+    fn a_replacement_raises_both_fees_enough_for_a_node_to_take_it() {
+        let old = fees(4, 1);
+        // The chain asks for less than before: a quarter more than the old fees.
+        let bumped = old.bumped(fees(2, 1));
+        assert_eq!(
+            bumped,
+            GasFees {
+                max_fee_per_gas: 5 * GWEI,
+                max_priority_fee_per_gas: GWEI + GWEI / 4
+            }
+        );
+        assert!(bumped.replaces(old));
+        // The chain asks for more: what it asks.
+        assert_eq!(old.bumped(fees(100, 3)), fees(100, 3));
+        // Never a tip above the max fee; a zero tip still rises.
+        let tipless = GasFees {
+            max_fee_per_gas: 10,
+            max_priority_fee_per_gas: 0,
+        };
+        let bumped = tipless.bumped(tipless);
+        assert!(bumped.max_priority_fee_per_gas > 0);
+        assert!(bumped.max_priority_fee_per_gas <= bumped.max_fee_per_gas);
+    }
+
+    #[test]
+    fn fees_less_than_a_tenth_higher_do_not_replace() {
+        let old = fees(10, 2);
+        assert!(!fees(10, 2).replaces(old));
+        assert!(
+            !GasFees {
+                max_fee_per_gas: 10 * GWEI + 1,
+                max_priority_fee_per_gas: 3 * GWEI
+            }
+            .replaces(old)
+        );
+        assert!(fees(11, 3).replaces(old));
+        assert!(!fees(20, 2).replaces(old), "the tip must rise too");
+    }
+}

@@ -322,6 +322,24 @@ mod tests {
     }
 
     #[test]
+    fn the_ethereum_signer_is_the_key_of_the_derived_address() {
+        use alloy::signers::SignerSync as _;
+        let custody = Custody::from_mnemonic(HARDHAT).unwrap();
+        for index in 0..3 {
+            let derived = custody.derive(Chain::Ethereum, index).unwrap();
+            let signer = custody.ethereum_signer(&derived.path).unwrap();
+            assert_eq!(signer.address().to_checksum(None), derived.address);
+            let digest = alloy::primitives::B256::repeat_byte(7);
+            let signature = signer.sign_hash_sync(&digest).unwrap();
+            assert_eq!(
+                signature.recover_address_from_prehash(&digest).unwrap(),
+                signer.address()
+            );
+        }
+        assert!(custody.ethereum_signer("not a path").is_err());
+    }
+
+    #[test]
     fn bad_mnemonics_are_refused() {
         assert!(Custody::from_mnemonic("abandon abandon abandon").is_err());
         // Valid words, wrong checksum.
