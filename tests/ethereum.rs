@@ -6,11 +6,10 @@
 mod common;
 
 use common::anvil::{Anvil, DEV_ACCOUNT, DEV_ACCOUNT_2, ETHER, quantity};
-use common::ethereum::{crypto_wallet, eth_wallet, on, pass, reconcile};
+use common::ethereum::{crypto_wallet, eth_wallet, on, pass, reconcile, with_test_token};
 use common::{TestApp, error_code};
 use serde_json::json;
 use wallet::app::App;
-use wallet::chain::ethereum::Token;
 
 alloy::sol! {
     function mint(address to, uint256 value);
@@ -420,15 +419,7 @@ async fn readyz(t: &TestApp) -> String {
 async fn a_token_deposit_is_credited_to_the_token_wallet_once() {
     use alloy::sol_types::SolCall;
     let anvil = Anvil::start().await;
-    let contract = anvil.deploy_test_token("Test USD", "TUSD").await;
-    let mut options = on(&anvil);
-    if let Some(node) = &mut options.ethereum {
-        node.tokens = vec![Token {
-            code: "TUSD".into(),
-            contract: contract.clone(),
-            decimals: 6,
-        }];
-    }
+    let (contract, options) = with_test_token(&anvil).await;
     let t = TestApp::with(options.clone()).await;
     // A second process watching the same chain and database.
     let (other, _) = t.sibling_with(options).await;

@@ -8,11 +8,10 @@ mod common;
 
 use alloy::sol_types::SolCall;
 use common::anvil::{Anvil, DEV_ACCOUNT, DEV_ACCOUNT_2, ETHER, quantity};
-use common::ethereum::{crypto_wallet, eth_wallet, on, pass, reconcile};
+use common::ethereum::{crypto_wallet, eth_wallet, on, pass, reconcile, with_test_token};
 use common::{CRYPTO_WITHDRAW, TestApp, db_id};
 use rust_decimal::Decimal;
 use serde_json::json;
-use wallet::chain::ethereum::Token;
 use wallet::ledger::node_withdrawal;
 
 alloy::sol! {
@@ -412,15 +411,7 @@ async fn a_reverted_withdrawal_pays_its_gas_and_gets_the_amount_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_withdrawal_pays_its_gas_in_ether_from_its_address() {
     let anvil = Anvil::start().await;
-    let contract = anvil.deploy_test_token("Test USD", "TUSD").await;
-    let mut options = on(&anvil);
-    if let Some(node) = &mut options.ethereum {
-        node.tokens = vec![Token {
-            code: "TUSD".into(),
-            contract: contract.clone(),
-            decimals: 6,
-        }];
-    }
+    let (contract, options) = with_test_token(&anvil).await;
     let t = TestApp::with(options).await;
     let (tusd, address) = crypto_wallet(&t, "alice", "TUSD").await;
     // 100 TUSD minted to the wallet's address, and ether there to pay gas with.

@@ -384,24 +384,35 @@ pub async fn advance(
     let mut report = AdvanceReport::default();
     for hold in processing {
         // One withdrawal the chain will not take or tell about must not stop the others.
-        match advance_one(conn, chain, &hold).await {
-            Ok(Advanced::Rebroadcast) => report.rebroadcast += 1,
-            Ok(Advanced::To(TransactionStatus::Completed)) => report.completed += 1,
-            Ok(Advanced::To(TransactionStatus::Failed)) => report.failed += 1,
-            Ok(_) => {}
-            Err(e) => {
-                report.errors += 1;
-                tracing::warn!(id = hold.id, error = ?e, "could not follow a withdrawal");
-            }
-        }
+        report.count(hold.id, advance_one(conn, chain, &hold).await);
     }
     Ok(report)
 }
 
-enum Advanced {
+/// What following one withdrawal did.
+pub(super) enum Advanced {
     Rebroadcast,
+    /// Replaced with a higher fee (node-served networks).
+    Replaced,
     To(TransactionStatus),
     Unchanged,
+}
+
+impl AdvanceReport {
+    /// Counts one withdrawal's outcome; a failure is logged (it is tried again next pass).
+    pub(super) fn count(&mut self, id: i64, outcome: Result<Advanced, LedgerError>) {
+        match outcome {
+            Ok(Advanced::Rebroadcast) => self.rebroadcast += 1,
+            Ok(Advanced::Replaced) => self.replaced += 1,
+            Ok(Advanced::To(TransactionStatus::Completed)) => self.completed += 1,
+            Ok(Advanced::To(TransactionStatus::Failed)) => self.failed += 1,
+            Ok(_) => {}
+            Err(e) => {
+                self.errors += 1;
+                tracing::warn!(id, error = ?e, "could not follow a withdrawal");
+            }
+        }
+    }
 }
 
 async fn advance_one(

@@ -30,7 +30,9 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::{Decimal, RoundingStrategy};
 
 use super::chain_deposit::update_hold;
-use super::chain_withdrawal::{AdvanceReport, fail_unsigned, release_lock, signing_details};
+use super::chain_withdrawal::{
+    AdvanceReport, Advanced, fail_unsigned, release_lock, signing_details,
+};
 use super::models::Scaled;
 use super::posting::{self, Annotation, ChainFields, NewRow};
 use super::{
@@ -290,28 +292,24 @@ async fn sign_one(
             hold.amount.scale(),
         )?;
         let nonce = allocate_nonce(tx, network, from, on_chain_nonce).await?;
-        let transfer = NonceTransfer {
-            from_address: from.to_owned(),
-            to_address: to.to_owned(),
-            amount: hold.amount,
-            asset,
-            nonce,
-            fees: priced.fees,
-            gas_limit,
-        };
-        let signed = sign(custody, accounts, network, path, &transfer)?;
-        if priced.extra_lock > Decimal::ZERO {
-            release_lock(tx, &wallet, -priced.extra_lock).await?;
-        }
-        record_attempt(
+        let signed = sign_attempt(
             tx,
-            &hold,
-            network,
-            &transfer,
-            &signed,
-            None,
-            priced.locked_fee,
-            height,
+            custody,
+            accounts,
+            Attempting {
+                hold: &hold,
+                wallet: &wallet,
+                network,
+                from,
+                to,
+                path,
+                asset,
+                nonce,
+                gas_limit,
+                priced,
+                replaces: None,
+                height,
+            },
         )
         .await?;
         diesel::update(transactions::table.find(hold.id))
@@ -353,58 +351,76 @@ async fn allocate_nonce(
     u64::try_from(next - 1).map_err(|_| LedgerError::Internal("negative nonce".into()))
 }
 
-fn sign(
+/// An attempt about to be signed.
+struct Attempting<'a> {
+    hold: &'a JournalEntry,
+    wallet: &'a Wallet,
+    network: &'a str,
+    from: &'a str,
+    to: &'a str,
+    /// The wallet's key path.
+    path: &'a str,
+    asset: Option<String>,
+    nonce: u64,
+    gas_limit: u64,
+    priced: Priced,
+    /// The attempt it replaces (`None` for the first).
+    replaces: Option<i64>,
+    /// The chain's height now.
+    height: i64,
+}
+
+/// Signs an attempt with the wallet's key, locks what its fee needs beyond the lock,
+/// stores it and makes it the one the hold names. Returns it, ready to broadcast.
+async fn sign_attempt(
+    tx: &mut AsyncPgConnection,
     custody: &Custody,
     accounts: &dyn AccountChain,
-    network: &str,
-    path: &str,
-    transfer: &NonceTransfer,
+    a: Attempting<'_>,
 ) -> Result<SignedTransfer, LedgerError> {
+    let transfer = NonceTransfer {
+        from_address: a.from.to_owned(),
+        to_address: a.to.to_owned(),
+        amount: a.hold.amount,
+        asset: a.asset,
+        nonce: a.nonce,
+        fees: a.priced.fees,
+        gas_limit: a.gas_limit,
+    };
     let key = custody
-        .ethereum_signer(path)
+        .ethereum_signer(a.path)
         .map_err(|e| LedgerError::Internal(format!("custody: {e}")))?;
-    let (hash, raw) = accounts.sign(transfer, &key)?;
+    let (hash, raw) = accounts.sign(&transfer, &key)?;
+    if a.priced.extra_lock > Decimal::ZERO {
+        release_lock(tx, a.wallet, -a.priced.extra_lock).await?;
+    }
+    diesel::insert_into(withdrawal_attempts::table)
+        .values(NewAttempt {
+            transaction_id: a.hold.id,
+            network: a.network,
+            from_address: a.from,
+            nonce: as_i64(a.nonce),
+            replaces: a.replaces,
+            hash: &hash,
+            raw: &raw,
+            max_fee_per_gas: Decimal::from(transfer.fees.max_fee_per_gas),
+            max_priority_fee_per_gas: Decimal::from(transfer.fees.max_priority_fee_per_gas),
+            gas_limit: as_i64(a.gas_limit),
+            locked_fee: Scaled(a.priced.locked_fee),
+            signed_at_height: a.height,
+        })
+        .execute(tx)
+        .await?;
+    name_attempt(tx, a.hold.id, &hash, &raw).await?;
     Ok(SignedTransfer {
-        network: network.to_owned(),
+        network: a.network.to_owned(),
         hash,
-        from_address: transfer.from_address.clone(),
-        to_address: transfer.to_address.clone(),
+        from_address: transfer.from_address,
+        to_address: transfer.to_address,
         amount: transfer.amount,
         fee: Fee::default(),
         raw,
     })
-}
-
-/// Stores a signed attempt and makes it the one the hold names.
-#[allow(clippy::too_many_arguments)]
-async fn record_attempt(
-    tx: &mut AsyncPgConnection,
-    hold: &JournalEntry,
-    network: &str,
-    transfer: &NonceTransfer,
-    signed: &SignedTransfer,
-    replaces: Option<i64>,
-    locked_fee: Decimal,
-    height: i64,
-) -> Result<(), LedgerError> {
-    diesel::insert_into(withdrawal_attempts::table)
-        .values(NewAttempt {
-            transaction_id: hold.id,
-            network,
-            from_address: &transfer.from_address,
-            nonce: as_i64(transfer.nonce),
-            replaces,
-            hash: &signed.hash,
-            raw: &signed.raw,
-            max_fee_per_gas: Decimal::from(transfer.fees.max_fee_per_gas),
-            max_priority_fee_per_gas: Decimal::from(transfer.fees.max_priority_fee_per_gas),
-            gas_limit: as_i64(transfer.gas_limit),
-            locked_fee: Scaled(locked_fee),
-            signed_at_height: height,
-        })
-        .execute(tx)
-        .await?;
-    name_attempt(tx, hold.id, &signed.hash, &signed.raw).await
 }
 
 /// Points the hold at one of its attempts (the newest, or the one the chain included).
@@ -457,26 +473,10 @@ pub async fn advance(
     let mut report = AdvanceReport::default();
     for hold in processing {
         // One withdrawal the node will not take or tell about must not stop the others.
-        match advance_one(conn, currencies, custody, chain, &hold).await {
-            Ok(Advanced::Rebroadcast) => report.rebroadcast += 1,
-            Ok(Advanced::Replaced) => report.replaced += 1,
-            Ok(Advanced::To(TransactionStatus::Completed)) => report.completed += 1,
-            Ok(Advanced::To(TransactionStatus::Failed)) => report.failed += 1,
-            Ok(_) => {}
-            Err(e) => {
-                report.errors += 1;
-                tracing::warn!(id = hold.id, error = ?e, "could not follow a withdrawal");
-            }
-        }
+        let outcome = advance_one(conn, currencies, custody, chain, &hold).await;
+        report.count(hold.id, outcome);
     }
     Ok(report)
-}
-
-enum Advanced {
-    Rebroadcast,
-    Replaced,
-    To(TransactionStatus),
-    Unchanged,
 }
 
 async fn advance_one(
@@ -738,28 +738,24 @@ async fn replace(
             );
             return Ok(None);
         }
-        let transfer = NonceTransfer {
-            from_address: from.to_owned(),
-            to_address: to.to_owned(),
-            amount: hold.amount,
-            asset: asset_of(currencies, &wallet),
-            nonce: u64::try_from(newest.nonce).unwrap_or(0),
-            fees: priced.fees,
-            gas_limit,
-        };
-        let signed = sign(custody, accounts, network, path, &transfer)?;
-        if priced.extra_lock > Decimal::ZERO {
-            release_lock(tx, &wallet, -priced.extra_lock).await?;
-        }
-        record_attempt(
+        let signed = sign_attempt(
             tx,
-            &hold,
-            network,
-            &transfer,
-            &signed,
-            Some(newest.id),
-            priced.locked_fee,
-            height,
+            custody,
+            accounts,
+            Attempting {
+                hold: &hold,
+                wallet: &wallet,
+                network,
+                from,
+                to,
+                path,
+                asset: asset_of(currencies, &wallet),
+                nonce: u64::try_from(newest.nonce).unwrap_or(0),
+                gas_limit,
+                priced,
+                replaces: Some(newest.id),
+                height,
+            },
         )
         .await?;
         Ok(Some(signed))

@@ -367,18 +367,8 @@ pub async fn reconcile_chain(
     let height = chain.height_at(&network, request.end).await?;
     let mut settled = chain.settled_between(&network, &address, 0, height).await?;
     settled.retain(|t| currency.is_asset(t.asset.as_deref()));
-    let balance = match chain
-        .balance_at(
-            &network,
-            &address,
-            currency.contract_address.as_deref(),
-            height,
-        )
-        .await?
-    {
-        Some(balance) => balance,
-        None => net_of(&address, settled.iter()),
-    };
+    let summed = net_of(&address, settled.iter());
+    let balance = chain_balance(chain, &network, &address, currency, height, summed).await?;
     let side = ChainAsOf {
         height,
         balance,
@@ -400,6 +390,23 @@ pub async fn reconcile_chain(
         false,
     )
     .await
+}
+
+/// The address's balance of the wallet's currency at `height`: the node's own state when
+/// the backend can read it, else `summed` (what the settled transfers add up to).
+async fn chain_balance(
+    chain: &dyn Chain,
+    network: &str,
+    address: &str,
+    currency: &Currency,
+    height: i64,
+    summed: Decimal,
+) -> Result<Decimal, LedgerError> {
+    let asset = currency.contract_address.as_deref();
+    Ok(chain
+        .balance_at(network, address, asset, height)
+        .await?
+        .unwrap_or(summed))
 }
 
 /// What a set of settled transfers did to an address: in minus out and fees.
@@ -449,20 +456,8 @@ pub async fn reconcile_since_checkpoint(
         .settled_between(&network, &address, after, height)
         .await?;
     settled.retain(|t| currency.is_asset(t.asset.as_deref()));
-    // The node's state at that height when it has it; else the checkpoint's balance plus
-    // what settled since.
-    let balance = match chain
-        .balance_at(
-            &network,
-            &address,
-            currency.contract_address.as_deref(),
-            height,
-        )
-        .await?
-    {
-        Some(balance) => balance,
-        None => opening + net_of(&address, settled.iter()),
-    };
+    let summed = opening + net_of(&address, settled.iter());
+    let balance = chain_balance(chain, &network, &address, currency, height, summed).await?;
     let side = ChainAsOf {
         height,
         balance,

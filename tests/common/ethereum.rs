@@ -3,7 +3,7 @@
 
 use serde_json::json;
 use wallet::app::App;
-use wallet::chain::ethereum::NodeConfig;
+use wallet::chain::ethereum::{NodeConfig, Token};
 use wallet::chain_worker::PassReport;
 
 use super::anvil::{Anvil, CHAIN_ID};
@@ -23,6 +23,21 @@ pub fn on(anvil: &Anvil) -> Options {
                    abandon abandon about",
         ..Options::default()
     }
+}
+
+/// The test token deployed on `anvil` and offered as the currency `TUSD` (6 decimals):
+/// its contract address, and the options serving it.
+pub async fn with_test_token(anvil: &Anvil) -> (String, Options) {
+    let contract = anvil.deploy_test_token("Test USD", "TUSD").await;
+    let mut options = on(anvil);
+    if let Some(node) = &mut options.ethereum {
+        node.tokens = vec![Token {
+            code: "TUSD".into(),
+            contract: contract.clone(),
+            decimals: 6,
+        }];
+    }
+    (contract, options)
 }
 
 pub async fn eth_wallet(t: &TestApp, user: &str) -> (String, String) {

@@ -51,6 +51,30 @@ CREATE TRIGGER withdrawal_attempts_no_rewrite BEFORE UPDATE OR DELETE ON withdra
 CREATE TRIGGER withdrawal_attempts_no_truncate BEFORE TRUNCATE ON withdrawal_attempts
     FOR EACH STATEMENT EXECUTE FUNCTION withdrawal_attempts_append_only();
 
+-- Chain deposits through reorganisations of a real chain.
+--
+-- DROPPED: a held deposit whose transaction left the chain in a reorganisation and is no
+-- longer known to the node either; nothing was credited. It is held again (and credited
+-- once) if the transaction is mined again.
+-- REORGED: a credited deposit whose transaction a reorganisation deeper than the
+-- confirmation threshold removed. The credit stands — it is neither kept silently nor
+-- reversed silently: the flag, its reason, a metric and reconciliation show it to an
+-- operator, who may reverse it. Mined again, the flag is lifted.
+
+-- What the deposit watcher looks at every pass (dropped deposits, in case they are mined
+-- again) and after a reorganisation (credited deposits above the block both chains share).
+CREATE INDEX transactions_dropped_deposits_idx ON transactions (network, id)
+    WHERE hold AND status = 'DROPPED';
+CREATE INDEX transactions_credited_deposit_blocks_idx ON transactions (network, block_number)
+    WHERE hold AND type = 'DEPOSIT' AND status = 'COMPLETED';
+
+ALTER TABLE transactions DROP CONSTRAINT transactions_status_check;
+ALTER TABLE transactions ADD CONSTRAINT transactions_status_check
+    CHECK (status IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED', 'PARKED', 'DROPPED',
+                      'REORGED'));
+
+-- The journal guard: a replaced withdrawal names a recorded attempt; a chain deposit
+-- follows reorganisations.
 CREATE OR REPLACE FUNCTION transactions_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -85,7 +109,14 @@ BEGIN
     IF NEW.status IS DISTINCT FROM OLD.status AND (OLD.status, NEW.status) NOT IN (
         ('PENDING', 'PROCESSING'), ('PENDING', 'COMPLETED'), ('PENDING', 'FAILED'),
         ('PENDING', 'PARKED'), ('PROCESSING', 'COMPLETED'), ('PROCESSING', 'FAILED'),
-        ('PARKED', 'COMPLETED'), ('PARKED', 'FAILED')) THEN
+        ('PARKED', 'COMPLETED'), ('PARKED', 'FAILED'))
+    -- A chain deposit follows the chain through reorganisations: dropped while its
+    -- transaction is gone, held again when it is mined again; a credited one flagged when
+    -- a reorganisation removes it, and unflagged if it is mined again.
+    AND NOT (OLD.type = 'DEPOSIT' AND (OLD.status, NEW.status) IN (
+        ('PENDING', 'DROPPED'), ('DROPPED', 'PENDING'), ('DROPPED', 'COMPLETED'),
+        ('DROPPED', 'FAILED'), ('DROPPED', 'PARKED'),
+        ('COMPLETED', 'REORGED'), ('REORGED', 'COMPLETED'))) THEN
         RAISE EXCEPTION 'the journal is append-only: journal row % cannot move from % to %',
             OLD.id, OLD.status, NEW.status
             USING ERRCODE = 'restrict_violation';

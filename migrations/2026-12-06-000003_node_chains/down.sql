@@ -1,3 +1,7 @@
+DROP INDEX transactions_dropped_deposits_idx;
+DROP INDEX transactions_credited_deposit_blocks_idx;
+UPDATE transactions SET status = 'PENDING' WHERE status = 'DROPPED';
+UPDATE transactions SET status = 'COMPLETED' WHERE status = 'REORGED';
 CREATE OR REPLACE FUNCTION transactions_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -40,6 +44,9 @@ BEGIN
 END;
 $$;
 
+ALTER TABLE transactions DROP CONSTRAINT transactions_status_check;
+ALTER TABLE transactions ADD CONSTRAINT transactions_status_check
+    CHECK (status IN ('PENDING', 'PROCESSING', 'COMPLETED', 'FAILED', 'PARKED'));
 DROP TABLE withdrawal_attempts;
 DROP FUNCTION withdrawal_attempts_append_only();
 DROP TABLE chain_nonces;
