@@ -8,7 +8,11 @@
 //!   returned (`chain_blocks`). When the block it resumes from is no longer canonical, it
 //!   walks back to the newest block both chains share and scans forward from there, so a
 //!   transfer moved to another block by a reorg is seen again there (and recorded once:
-//!   the ledger keys deposits by hash).
+//!   the ledger keys deposits by hash). It reports the shared block, so that the ledger
+//!   can check the deposits it credited above it;
+//! - withdrawals ([`AccountChain`]): the address's pending nonce, current fees, and
+//!   EIP-1559 transactions signed with the wallet's key (ether, or an ERC-20 `transfer`);
+//! - balances at a block (`eth_getBalance`, a token's `balanceOf`) for reconciliation.
 //!
 //! Amounts are ether (wei / 10^18) as exact decimals. Every call has a deadline: a node
 //! that does not answer is [`ChainError::Unavailable`], never a hung worker.
