@@ -357,6 +357,22 @@ async fn a_stuck_withdrawal_is_replaced_with_a_higher_fee_and_debited_once() {
     assert_eq!(w.hash.as_deref(), Some(second.as_str()));
     // The wallet locked what the higher fee may cost.
     assert!(balances(&t, &wallet).await.1 > locked_at_request);
+    // Both hashes are the withdrawal's, in the API too.
+    let global = {
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("Transaction:{id}"))
+    };
+    let seen = t
+        .ok(
+            &t.user("alice"),
+            "query($id: ID!) { node(id: $id) { ... on Transaction { chainTxHash chainAttempts } } }",
+            json!({"id": global}),
+        )
+        .await;
+    assert_eq!(
+        seen["node"],
+        json!({"chainTxHash": second, "chainAttempts": [first, second]})
+    );
 
     for _ in 0..10 {
         anvil.mine(1).await;

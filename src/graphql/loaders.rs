@@ -10,7 +10,9 @@ use tokio::sync::Semaphore;
 
 use super::RequestDb;
 use crate::db::PgPool;
-use crate::ledger::{JournalEntry, LedgerError, Wallet, posting, reversal, wallet};
+use crate::ledger::{
+    JournalEntry, LedgerError, Wallet, node_withdrawal, posting, reversal, wallet,
+};
 
 /// The request's wallet loader (request-scoped, so its cache never outlives a request).
 pub type Wallets = DataLoader<WalletLoader, HashMapCache>;
@@ -20,6 +22,9 @@ pub type Entries = DataLoader<EntryLoader, HashMapCache>;
 pub type Settlements = DataLoader<SettlementLoader, HashMapCache>;
 /// The reversal of a journal row, by the row's id (`Transaction.reversedBy`).
 pub type Reversals = DataLoader<ReversalLoader, HashMapCache>;
+/// The transactions signed for withdrawals through a node, by hold id
+/// (`Transaction.chainAttempts`).
+pub type Attempts = DataLoader<AttemptLoader, HashMapCache>;
 
 /// The loaders of one request (or one websocket connection). Their batches share one
 /// connection at a time, apart from the resolvers' budget.
@@ -28,6 +33,7 @@ pub struct Loaders {
     pub entries: Entries,
     pub settlements: Settlements,
     pub reversals: Reversals,
+    pub attempts: Attempts,
 }
 
 impl Loaders {
@@ -42,13 +48,15 @@ impl Loaders {
             wallets: loader(WalletLoader(batches.clone())),
             entries: loader(EntryLoader(batches.clone())),
             settlements: loader(SettlementLoader(batches.clone())),
-            reversals: loader(ReversalLoader(batches)),
+            reversals: loader(ReversalLoader(batches.clone())),
+            attempts: loader(AttemptLoader(batches)),
         };
         if !cache {
             loaders.wallets.enable_all_cache(false);
             loaders.entries.enable_all_cache(false);
             loaders.settlements.enable_all_cache(false);
             loaders.reversals.enable_all_cache(false);
+            loaders.attempts.enable_all_cache(false);
         }
         loaders
     }
@@ -59,6 +67,7 @@ impl Loaders {
             .data(self.entries)
             .data(self.settlements)
             .data(self.reversals)
+            .data(self.attempts)
     }
 
     pub fn into_data(self, data: &mut async_graphql::Data) {
@@ -66,6 +75,7 @@ impl Loaders {
         data.insert(self.entries);
         data.insert(self.settlements);
         data.insert(self.reversals);
+        data.insert(self.attempts);
     }
 }
 
@@ -168,6 +178,26 @@ impl Loader<i64> for SettlementLoader {
             if let Some(hold) = row.hold_id {
                 by_hold.entry(hold).or_default().push(row);
             }
+        }
+        Ok(by_hold)
+    }
+}
+
+/// Loads the hashes of the transactions signed for each withdrawal, oldest first.
+pub struct AttemptLoader(Batches);
+
+impl Loader<i64> for AttemptLoader {
+    type Value = Vec<String>;
+    type Error = Arc<LedgerError>;
+
+    async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Vec<String>>, Self::Error> {
+        let rows = self
+            .0
+            .run(async |c| node_withdrawal::attempts_of_holds(c, keys).await)
+            .await?;
+        let mut by_hold: HashMap<i64, Vec<String>> = HashMap::new();
+        for (hold, hash) in rows {
+            by_hold.entry(hold).or_default().push(hash);
         }
         Ok(by_hold)
     }

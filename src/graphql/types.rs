@@ -413,6 +413,21 @@ impl TransactionObject {
     async fn chain_tx_hash(&self) -> Option<&str> {
         self.0.chain_tx_hash.as_deref()
     }
+    /// A withdrawal sent through a node: the hash of every transaction signed for it,
+    /// oldest first — the first, and each replacement with the same nonce and a higher
+    /// fee. At most one of them is ever mined; `chainTxHash` names the newest until then,
+    /// and the mined one after. Empty for anything else.
+    async fn chain_attempts(&self, ctx: &Context<'_>) -> Result<Vec<String>> {
+        if !(self.0.hold && self.0.kind == ledger::TransactionType::Withdraw) {
+            return Ok(Vec::new());
+        }
+        Ok(ctx
+            .data_unchecked::<loaders::Attempts>()
+            .load_one(self.0.id)
+            .await
+            .map_err(|e| ledger_error(&e))?
+            .unwrap_or_default())
+    }
     /// A hold: a crypto movement journaled while it is on its way, with no balance effect
     /// of its own (balanceBefore = balanceAfter). Its `settlements` carry the effect.
     async fn is_hold(&self) -> bool {

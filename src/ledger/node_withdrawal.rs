@@ -441,6 +441,23 @@ async fn name_attempt(
     Ok(())
 }
 
+/// The hashes of the transactions signed for each of `hold_ids`, oldest first: (hold id,
+/// hash) pairs.
+pub async fn attempts_of_holds(
+    conn: &mut AsyncPgConnection,
+    hold_ids: &[i64],
+) -> Result<Vec<(i64, String)>, LedgerError> {
+    Ok(withdrawal_attempts::table
+        .filter(withdrawal_attempts::transaction_id.eq_any(hold_ids))
+        .order(withdrawal_attempts::id)
+        .select((
+            withdrawal_attempts::transaction_id,
+            withdrawal_attempts::hash,
+        ))
+        .load(conn)
+        .await?)
+}
+
 async fn attempts_of(
     conn: &mut AsyncPgConnection,
     hold_id: i64,
