@@ -79,14 +79,7 @@ impl ChainWorker {
             )
             .await
             {
-                Ok(advanced) => {
-                    let total = &mut report.withdrawals;
-                    total.rebroadcast += advanced.rebroadcast;
-                    total.replaced += advanced.replaced;
-                    total.completed += advanced.completed;
-                    total.failed += advanced.failed;
-                    total.errors += advanced.errors;
-                }
+                Ok(advanced) => report.withdrawals.add(advanced),
                 Err(e) => {
                     failure.get_or_insert(e);
                 }

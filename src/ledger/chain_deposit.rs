@@ -371,23 +371,12 @@ async fn drop_deposit_in(
     network: &str,
     hash: &str,
 ) -> Result<(), LedgerError> {
-    let Some(seen) = posting::find_chain_deposit(conn, network, hash).await? else {
-        return Ok(());
-    };
-    // Under the wallet lock, like every writer of a deposit (a watcher may be recording it
-    // in its new block right now).
-    posting::lock_wallet(conn, &Scope::All, seen.wallet_id).await?;
-    let Some(hold) = posting::find_chain_deposit(conn, network, hash).await? else {
+    let Some(hold) = locked_deposit(conn, network, hash).await? else {
         return Ok(());
     };
     if hold.status != TransactionStatus::Pending {
         return Ok(());
     }
-    let chain = ChainFields {
-        confirmations: 0,
-        block_number: None,
-        ..ChainFields::default()
-    };
     let reason = match hold.block_number {
         Some(block) => format!(
             "dropped: a reorganisation took its transaction out of block {block} and the \
@@ -404,11 +393,34 @@ async fn drop_deposit_in(
         conn,
         &hold,
         TransactionStatus::Dropped,
-        &chain,
+        &off_chain(),
         Some(&reason),
     )
     .await?;
     Ok(())
+}
+
+/// The deposit hold of `hash`, read again under its wallet's lock, like every writer of a
+/// deposit takes it (a watcher may be recording it in its new block right now).
+async fn locked_deposit(
+    conn: &mut AsyncPgConnection,
+    network: &str,
+    hash: &str,
+) -> Result<Option<JournalEntry>, LedgerError> {
+    let Some(seen) = posting::find_chain_deposit(conn, network, hash).await? else {
+        return Ok(None);
+    };
+    posting::lock_wallet(conn, &Scope::All, seen.wallet_id).await?;
+    posting::find_chain_deposit(conn, network, hash).await
+}
+
+/// Chain progress of a movement whose transaction is on no block: no confirmations.
+pub(crate) fn off_chain() -> ChainFields {
+    ChainFields {
+        confirmations: 0,
+        block_number: None,
+        ..ChainFields::default()
+    }
 }
 
 /// Credited deposits recorded above `ancestor`, the newest block a reorganisation left in
@@ -420,7 +432,7 @@ async fn flag_reorged(
     network: &str,
     ancestor: i64,
 ) -> Result<(), LedgerError> {
-    let credited: Vec<(String, i64)> = transactions::table
+    let credited: Vec<String> = transactions::table
         // Spelled as the partial index that serves it.
         .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
             "transactions.hold AND transactions.type = 'DEPOSIT' \
@@ -428,10 +440,10 @@ async fn flag_reorged(
         ))
         .filter(transactions::network.eq(network))
         .filter(transactions::block_number.gt(ancestor))
-        .select((transactions::tx_hash, transactions::wallet_id))
+        .select(transactions::tx_hash)
         .load(conn)
         .await?;
-    for (hash, wallet_id) in credited {
+    for hash in credited {
         if chain
             .transfer(network, &hash)
             .await?
@@ -440,8 +452,7 @@ async fn flag_reorged(
             continue;
         }
         posting::retried!(conn, |tx| {
-            posting::lock_wallet(tx, &Scope::All, wallet_id).await?;
-            let Some(hold) = posting::find_chain_deposit(tx, network, &hash).await? else {
+            let Some(hold) = locked_deposit(tx, network, &hash).await? else {
                 return Ok(());
             };
             if hold.status != TransactionStatus::Completed {
@@ -457,16 +468,11 @@ async fn flag_reorged(
             tracing::error!(hash, network, "a credited deposit left the chain: flagged");
             metrics::counter!("wallet_deposits_reorged_total", "network" => network.to_owned())
                 .increment(1);
-            let fields = ChainFields {
-                confirmations: 0,
-                block_number: None,
-                ..ChainFields::default()
-            };
             update_hold(
                 tx,
                 &hold,
                 TransactionStatus::Reorged,
-                &fields,
+                &off_chain(),
                 Some(&reason),
             )
             .await?;

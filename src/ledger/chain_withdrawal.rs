@@ -399,6 +399,15 @@ pub(super) enum Advanced {
 }
 
 impl AdvanceReport {
+    /// Adds what another pass over other withdrawals did.
+    pub fn add(&mut self, other: AdvanceReport) {
+        self.rebroadcast += other.rebroadcast;
+        self.replaced += other.replaced;
+        self.completed += other.completed;
+        self.failed += other.failed;
+        self.errors += other.errors;
+    }
+
     /// Counts one withdrawal's outcome; a failure is logged (it is tried again next pass).
     pub(super) fn count(&mut self, id: i64, outcome: Result<Advanced, LedgerError>) {
         match outcome {

@@ -29,7 +29,7 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use super::chain_deposit::update_hold;
+use super::chain_deposit::{off_chain, update_hold};
 use super::chain_withdrawal::{
     AdvanceReport, Advanced, fail_unsigned, release_lock, signing_details,
 };
@@ -626,12 +626,7 @@ async fn unmined(conn: &mut AsyncPgConnection, hold: &JournalEntry) -> Result<()
         let Some(hold) = relock(tx, hold.id).await? else {
             return Ok(());
         };
-        let fields = ChainFields {
-            confirmations: 0,
-            block_number: None,
-            ..ChainFields::default()
-        };
-        update_hold(tx, &hold, TransactionStatus::Processing, &fields, None).await?;
+        update_hold(tx, &hold, TransactionStatus::Processing, &off_chain(), None).await?;
         Ok(())
     })
 }
