@@ -17,7 +17,7 @@ use crate::graphql::{self, AppSchema, Limits};
 use crate::ledger::CurrencyRegistry;
 use crate::ledger::currency::{TokenCurrency, register_tokens};
 use crate::ledger::group_commit::Committer;
-use crate::limits::{HttpLimits, MutationLimiter, RateLimits, WsLimits, WsSlots};
+use crate::limits::{HttpLimits, RateLimits, WsLimits, WsSlots};
 use crate::task::AbortOnDrop;
 
 /// What resolvers need: shared by every request.
@@ -260,9 +260,12 @@ impl App {
             }
             _ => None,
         };
-        let limiter = Arc::new(MutationLimiter::new(config.rates));
-        let schema =
-            graphql::build_schema(state.clone(), config.limits, Some(limiter), config.graphiql);
+        let schema = graphql::build_schema(
+            state.clone(),
+            config.limits,
+            Some(config.rates),
+            config.graphiql,
+        );
         Ok(App {
             state,
             schema,

@@ -12,6 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::custody::{Custody, SeedSource};
 use crate::db::SessionLimits;
 use crate::graphql::Limits;
+use crate::graphql::document::DocumentLimits;
 use crate::limits::{HttpLimits, RateLimits, WsLimits};
 
 /// Development fallback for `WALLET_JWT_SECRET`; refused in production.
@@ -183,6 +184,25 @@ pub struct GraphqlConfig {
     /// Database connections one request may hold at once, whatever its shape.
     #[arg(long, env = "WALLET_REQUEST_DB_CONNECTIONS", default_value_t = 2)]
     pub request_connections: usize,
+    /// Bytes of one GraphQL document (the query text; variables are bounded by the body).
+    #[arg(long, env = "WALLET_MAX_DOCUMENT_BYTES", default_value_t = 64 * 1024)]
+    pub max_document_bytes: usize,
+    /// Nesting of `{`, `[` and `(` together in a document, checked before it is parsed
+    /// (at most 128, what the parser is proven to survive).
+    #[arg(long, env = "WALLET_MAX_DOCUMENT_NESTING", default_value_t = 64)]
+    pub max_document_nesting: usize,
+    /// Tokens of one document.
+    #[arg(long, env = "WALLET_MAX_DOCUMENT_TOKENS", default_value_t = 4_000)]
+    pub max_document_tokens: usize,
+    /// Fragment definitions of one document.
+    #[arg(long, env = "WALLET_MAX_FRAGMENTS", default_value_t = 256)]
+    pub max_fragments: usize,
+    /// Fragment spreads and inline fragments of one document, as written.
+    #[arg(long, env = "WALLET_MAX_FRAGMENT_SPREADS", default_value_t = 1024)]
+    pub max_fragment_spreads: usize,
+    /// Selections of one document once every fragment spread is expanded.
+    #[arg(long, env = "WALLET_MAX_EXPANDED_SELECTIONS", default_value_t = 5000)]
+    pub max_expanded_selections: usize,
 }
 
 impl GraphqlConfig {
@@ -194,6 +214,14 @@ impl GraphqlConfig {
             max_fields: self.max_fields,
             max_directives: self.max_directives,
             request_connections: self.request_connections.max(1),
+            document: DocumentLimits {
+                max_bytes: self.max_document_bytes,
+                max_nesting: self.max_document_nesting,
+                max_tokens: self.max_document_tokens,
+                max_fragments: self.max_fragments,
+                max_spreads: self.max_fragment_spreads,
+                max_expanded: self.max_expanded_selections,
+            },
         }
     }
 }
@@ -231,6 +259,20 @@ pub struct AbuseConfig {
     /// trusted and batches deposits).
     #[arg(long, env = "WALLET_OPERATOR_RATE_LIMIT_PER_SEC", default_value_t = 0)]
     pub operator_rate_per_sec: u32,
+    /// Cost of queries and subscriptions a user may spend per second (an operation's cost
+    /// is its complexity; 0: no limit). Anonymous callers share one budget of this size.
+    #[arg(long, env = "WALLET_QUERY_COST_PER_SEC", default_value_t = 10_000)]
+    pub query_cost_per_sec: u32,
+    /// Query cost a user may spend at once above the sustained rate.
+    #[arg(long, env = "WALLET_QUERY_COST_BURST", default_value_t = 50_000)]
+    pub query_cost_burst: u32,
+    /// Query cost per second of an operator (0: no limit; the burst is ten seconds' worth).
+    #[arg(
+        long,
+        env = "WALLET_OPERATOR_QUERY_COST_PER_SEC",
+        default_value_t = 100_000
+    )]
+    pub operator_query_cost_per_sec: u32,
 }
 
 impl AbuseConfig {
@@ -255,6 +297,9 @@ impl AbuseConfig {
             user_per_sec: self.rate_per_sec,
             user_burst: self.rate_burst,
             operator_per_sec: self.operator_rate_per_sec,
+            user_query_cost_per_sec: self.query_cost_per_sec,
+            user_query_cost_burst: self.query_cost_burst,
+            operator_query_cost_per_sec: self.operator_query_cost_per_sec,
         }
     }
 }

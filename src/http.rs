@@ -32,13 +32,12 @@ use tracing::Level;
 use crate::app::{App, MetricsAccess};
 use crate::auth::{TokenError, Viewer};
 use crate::events::listener::ListenerState;
+use crate::graphql::document::{self, Measured};
 use crate::graphql::error::{
     BAD_USER_INPUT, INTERNAL, RATE_LIMITED, UNAUTHENTICATED, tag_request_errors,
 };
 use crate::graphql::loaders::Loaders;
-use crate::graphql::{
-    DEADLINE_GRACE, Deadline, ExecutionStarted, RequestDb, operation_type, ran_out_of_time,
-};
+use crate::graphql::{DEADLINE_GRACE, Deadline, ExecutionStarted, RequestDb, ran_out_of_time};
 
 pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -352,9 +351,13 @@ async fn graphql_post(State(app): State<App>, headers: HeaderMap, body: Body) ->
             );
         }
     };
-    match graphql_request(&params) {
-        Ok(request) => execute(&app, &headers, request, media, deadline).await,
-        Err(why) => error_response(StatusCode::BAD_REQUEST, media, BAD_USER_INPUT, &why),
+    let mut request = match graphql_request(&params) {
+        Ok(request) => request,
+        Err(why) => return error_response(StatusCode::BAD_REQUEST, media, BAD_USER_INPUT, &why),
+    };
+    match document::prepare(&mut request, &app.limits.document) {
+        Ok(measured) => execute(&app, &headers, request, measured, media, deadline).await,
+        Err(refused) => not_executed(refused, media),
     }
 }
 
@@ -388,11 +391,15 @@ async fn graphql_get(
         };
         params.insert(key, value);
     }
-    let request = match graphql_request(&params) {
+    let mut request = match graphql_request(&params) {
         Ok(r) => r,
         Err(why) => return error_response(StatusCode::BAD_REQUEST, media, BAD_USER_INPUT, &why),
     };
-    if selects_mutation(&request) {
+    let measured = match document::prepare(&mut request, &app.limits.document) {
+        Ok(measured) => measured,
+        Err(refused) => return not_executed(refused, media),
+    };
+    if changes_state(&measured) {
         return Rejection::new(
             StatusCode::METHOD_NOT_ALLOWED,
             BAD_USER_INPUT,
@@ -401,18 +408,31 @@ async fn graphql_get(
         .with_header(header::ALLOW, "POST")
         .render(media);
     }
-    execute(&app, &headers, request, media, deadline).await
+    execute(&app, &headers, request, measured, media, deadline).await
 }
 
-/// Whether the operation a GET request would run is a mutation (or subscription).
-fn selects_mutation(request: &async_graphql::Request) -> bool {
-    operation_type(request).is_some_and(|ty| ty != OperationType::Query)
+/// Whether the operation is a mutation (or subscription): not for GET, and of unknown
+/// outcome should it run out of time.
+fn changes_state(measured: &Measured) -> bool {
+    measured
+        .operation
+        .is_some_and(|ty| ty != OperationType::Query)
+}
+
+/// A request refused before execution (by the document limits).
+fn not_executed(refused: async_graphql::ServerError, media: MediaType) -> Response {
+    respond(
+        async_graphql::Response::from_errors(vec![refused]),
+        false,
+        media,
+    )
 }
 
 async fn execute(
     app: &App,
     headers: &HeaderMap,
     request: async_graphql::Request,
+    measured: Measured,
     media: MediaType,
     deadline: Deadline,
 ) -> Response {
@@ -420,9 +440,6 @@ async fn execute(
         Ok(v) => v,
         Err(rejection) => return rejection.render(media),
     };
-    // Kept to tell, should the request run out of time, whether it was a mutation.
-    let mut operation = async_graphql::Request::new(request.query.clone());
-    operation.operation_name = request.operation_name.clone();
     let started = ExecutionStarted::default();
     let db = RequestDb::new(app.state.reads.clone(), app.limits.request_connections);
     let request = Loaders::new(&db, true).into_request(request);
@@ -431,10 +448,9 @@ async fn execute(
         request = request.data(v);
     }
     let execution = app.schema.execute(request);
-    let Ok(mut response) = tokio::time::timeout_at(deadline.0 + DEADLINE_GRACE, execution).await
-    else {
+    let Ok(response) = tokio::time::timeout_at(deadline.0 + DEADLINE_GRACE, execution).await else {
         // Never a bare timeout: an error the client can act on.
-        let mutation = selects_mutation(&operation);
+        let mutation = changes_state(&measured);
         let (code, message) = ran_out_of_time(mutation);
         let status = match mutation {
             true => StatusCode::GATEWAY_TIMEOUT,
@@ -447,18 +463,24 @@ async fn execute(
         };
         return error_response(status, media, code, message);
     };
+    respond(response, started.get(), media)
+}
+
+/// The HTTP response for a GraphQL response; `started`: the operation got past parsing
+/// and validation.
+fn respond(mut response: async_graphql::Response, started: bool, media: MediaType) -> Response {
     tag_request_errors(&mut response);
     let retry_after = rate_limited(&response);
     let status = if retry_after.is_some() {
         StatusCode::TOO_MANY_REQUESTS
-    } else if media == MediaType::GraphqlResponseJson && !started.get() && response.is_err() {
+    } else if media == MediaType::GraphqlResponseJson && !started && response.is_err() {
         StatusCode::BAD_REQUEST
     } else {
         StatusCode::OK
     };
     // A request that failed before execution (did not parse or validate, or was refused)
     // has no `data` entry at all; one that ran has `data`, null where it failed.
-    let body = if !started.get() && response.is_err() {
+    let body = if !started && response.is_err() {
         serde_json::to_vec(&RequestError {
             errors: &response.errors,
             extensions: &response.extensions,

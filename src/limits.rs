@@ -58,7 +58,7 @@ impl Default for WsLimits {
     }
 }
 
-/// Mutation rates per token subject.
+/// Mutation rates and read budgets per token subject.
 #[derive(Clone, Copy, Debug)]
 pub struct RateLimits {
     /// Sustained mutations per second of a user (0: no limit).
@@ -67,6 +67,15 @@ pub struct RateLimits {
     pub user_burst: u32,
     /// Sustained mutations per second of an operator (0: no limit).
     pub operator_per_sec: u32,
+    /// The cost of queries and subscriptions (their complexity, as limited per operation)
+    /// a user may spend per second, sustained (0: no limit). Anonymous callers share one
+    /// budget of this size.
+    pub user_query_cost_per_sec: u32,
+    /// Cost a user may spend at once above the sustained rate (at least the most one
+    /// operation may cost).
+    pub user_query_cost_burst: u32,
+    /// The same for an operator (0: no limit; the burst is ten seconds' worth).
+    pub operator_query_cost_per_sec: u32,
 }
 
 impl Default for RateLimits {
@@ -75,6 +84,9 @@ impl Default for RateLimits {
             user_per_sec: 10,
             user_burst: 50,
             operator_per_sec: 0,
+            user_query_cost_per_sec: 10_000,
+            user_query_cost_burst: 50_000,
+            operator_query_cost_per_sec: 100_000,
         }
     }
 }
@@ -82,45 +94,98 @@ impl Default for RateLimits {
 /// How many keys a limiter keeps before forgetting the ones that are back to full quota.
 const RETAIN_KEYS: usize = 10_000;
 
-/// Counts mutations (root mutation fields) per caller.
-pub struct MutationLimiter {
+/// A budget per caller and role, refilled at a steady rate.
+struct CallerBudget {
     users: Option<DefaultKeyedRateLimiter<String>>,
     operators: Option<DefaultKeyedRateLimiter<String>>,
 }
 
-impl MutationLimiter {
-    pub fn new(limits: RateLimits) -> Self {
-        let keyed = |per_sec: u32, burst: u32| {
+impl CallerBudget {
+    /// `(per second, burst)` for users and for operators; a rate of 0 is no limit.
+    fn new(users: (u32, u32), operators: (u32, u32)) -> Self {
+        let keyed = |(per_sec, burst): (u32, u32)| {
             let per_sec = NonZeroU32::new(per_sec)?;
             let burst = NonZeroU32::new(burst).unwrap_or(per_sec).max(per_sec);
             Some(RateLimiter::keyed(
                 Quota::per_second(per_sec).allow_burst(burst),
             ))
         };
-        MutationLimiter {
-            users: keyed(limits.user_per_sec, limits.user_burst),
-            operators: keyed(limits.operator_per_sec, limits.operator_per_sec),
+        CallerBudget {
+            users: keyed(users),
+            operators: keyed(operators),
         }
     }
 
-    /// Takes `count` mutations from the caller's quota, or says how long to wait.
-    pub fn check(&self, viewer: &Viewer, count: u32) -> Result<(), Duration> {
-        let limiter = match viewer.is_operator() {
+    /// Takes `amount` from the caller's budget (anonymous callers share one), or says how
+    /// long to wait.
+    fn take(&self, caller: Option<&Viewer>, amount: u32) -> Result<(), Duration> {
+        let limiter = match caller.is_some_and(Viewer::is_operator) {
             true => &self.operators,
             false => &self.users,
         };
-        let (Some(limiter), Some(count)) = (limiter, NonZeroU32::new(count)) else {
+        let (Some(limiter), Some(amount)) = (limiter, NonZeroU32::new(amount)) else {
             return Ok(());
         };
         if limiter.len() > RETAIN_KEYS {
             limiter.retain_recent();
         }
-        match limiter.check_key_n(&viewer.user_id, count) {
+        // A subject is never empty (tokens are refused without one): "" is anonymous.
+        let key = caller.map(|v| v.user_id.clone()).unwrap_or_default();
+        match limiter.check_key_n(&key, amount) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(not_until)) => Err(not_until.wait_time_from(DefaultClock::default().now())),
             // More at once than the burst allows: never possible, say so with a second.
             Err(_) => Err(Duration::from_secs(1)),
         }
+    }
+}
+
+/// Counts mutations (root mutation fields) per caller.
+pub struct MutationLimiter(CallerBudget);
+
+impl MutationLimiter {
+    pub fn new(limits: RateLimits) -> Self {
+        MutationLimiter(CallerBudget::new(
+            (limits.user_per_sec, limits.user_burst),
+            (limits.operator_per_sec, limits.operator_per_sec),
+        ))
+    }
+
+    /// Takes `count` mutations from the caller's quota, or says how long to wait.
+    pub fn check(&self, viewer: &Viewer, count: u32) -> Result<(), Duration> {
+        self.0.take(Some(viewer), count)
+    }
+}
+
+/// Spends the cost of reads (queries and subscriptions) per caller: no caller can keep
+/// the read pool busy for everyone else with operations each within the per-operation
+/// limit.
+pub struct QueryCostLimiter(CallerBudget);
+
+impl QueryCostLimiter {
+    /// `max_operation_cost` is the most one operation may cost: every burst allows at
+    /// least that much, so any permitted operation can run once the budget is full.
+    pub fn new(limits: RateLimits, max_operation_cost: usize) -> Self {
+        let floor = u32::try_from(max_operation_cost).unwrap_or(u32::MAX);
+        QueryCostLimiter(CallerBudget::new(
+            (
+                limits.user_query_cost_per_sec,
+                limits.user_query_cost_burst.max(floor),
+            ),
+            (
+                limits.operator_query_cost_per_sec,
+                limits
+                    .operator_query_cost_per_sec
+                    .saturating_mul(10)
+                    .max(floor),
+            ),
+        ))
+    }
+
+    /// Spends `cost` from the caller's budget, or says how long to wait.
+    pub fn spend(&self, caller: Option<&Viewer>, cost: usize) -> Result<(), Duration> {
+        self.0
+            .take(caller, u32::try_from(cost.max(1)).unwrap_or(u32::MAX))
     }
 }
 
@@ -204,6 +269,7 @@ mod tests {
             user_per_sec: 1,
             user_burst: 3,
             operator_per_sec: 0,
+            ..RateLimits::default()
         });
         let alice = viewer("alice", Role::User);
         assert!(limiter.check(&alice, 3).is_ok());
@@ -214,6 +280,41 @@ mod tests {
         for _ in 0..1000 {
             assert!(limiter.check(&operator, 1).is_ok());
         }
+    }
+
+    #[test]
+    fn read_cost_is_budgeted_per_caller_and_anonymous_callers_share_one() {
+        let limits = RateLimits {
+            user_query_cost_per_sec: 100,
+            user_query_cost_burst: 1_000,
+            operator_query_cost_per_sec: 0,
+            ..RateLimits::default()
+        };
+        let budget = QueryCostLimiter::new(limits, 500);
+        let alice = viewer("alice", Role::User);
+        assert!(budget.spend(Some(&alice), 500).is_ok());
+        assert!(budget.spend(Some(&alice), 500).is_ok());
+        let wait = budget.spend(Some(&alice), 100).unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
+        assert!(budget.spend(Some(&viewer("bob", Role::User)), 500).is_ok());
+        assert!(budget.spend(None, 1_000).is_ok());
+        assert!(budget.spend(None, 1).is_err());
+        let operator = viewer("back-office", Role::Operator);
+        for _ in 0..100 {
+            assert!(budget.spend(Some(&operator), 5_000).is_ok());
+        }
+        // The burst is never below what one permitted operation costs.
+        let tight = QueryCostLimiter::new(
+            RateLimits {
+                user_query_cost_burst: 1,
+                ..limits
+            },
+            500,
+        );
+        assert!(tight.spend(Some(&alice), 500).is_ok());
     }
 
     #[test]

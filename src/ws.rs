@@ -30,9 +30,10 @@ use tokio_stream::StreamMap;
 
 use crate::app::App;
 use crate::auth::{TokenError, Viewer};
+use crate::graphql::document;
 use crate::graphql::error::{BAD_USER_INPUT, server_error, tag_request_errors};
 use crate::graphql::loaders::Loaders;
-use crate::graphql::{DEADLINE_GRACE, Deadline, RequestDb, operation_type, ran_out_of_time};
+use crate::graphql::{DEADLINE_GRACE, Deadline, RequestDb, ran_out_of_time};
 use crate::limits::{UserSlot, WsSlot};
 
 /// How long a client has to send `connection_init`.
@@ -365,9 +366,17 @@ impl Session {
             }]);
             return Ok(send(tx, json!({"type": "error", "id": id, "payload": errors})).await);
         }
+        let kind = match document::prepare(&mut request, &self.app.limits.document) {
+            Ok(measured) => measured.operation,
+            Err(refused) => {
+                let mut refused = Response::from_errors(vec![refused]);
+                tag_request_errors(&mut refused);
+                let error = frame("error", &id, Some(&refused.errors));
+                return Ok(tx.send(Message::Text(error.into())).await);
+            }
+        };
         // Queries and mutations get the request timeout, as over HTTP; a subscription runs
         // until the client stops it.
-        let kind = operation_type(&request);
         let deadline = (kind != Some(OperationType::Subscription))
             .then(|| tokio::time::Instant::now() + self.app.request_timeout);
         if let Some(deadline) = deadline {

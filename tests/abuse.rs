@@ -173,15 +173,24 @@ async fn operation_shape_is_limited() {
     let op = t.operator();
     let node = format!("node(id: \"{w}\") {{ id }}");
 
-    // 2,500 aliased lookups: refused before any runs.
+    // 100 aliased lookups: refused before any runs.
     let before = t.app.state.queries.get();
-    let body = t.gql(Some(&op), &aliases(2500, &node), json!({})).await;
+    let body = t.gql(Some(&op), &aliases(100, &node), json!({})).await;
     assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
     assert!(
         body["errors"][0]["message"]
             .as_str()
             .unwrap()
             .contains("root fields")
+    );
+    // 2,500 of them are more text than a document may have.
+    let body = t.gql(Some(&op), &aliases(2500, &node), json!({})).await;
+    assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bytes")
     );
     assert_eq!(t.app.state.queries.get(), before, "nothing ran");
     // At the limit: served.
@@ -533,6 +542,7 @@ async fn mutations_are_rate_limited_per_user() {
             user_per_sec: 1,
             user_burst: 3,
             operator_per_sec: 0,
+            ..RateLimits::default()
         },
         ..Options::default()
     })
@@ -610,6 +620,59 @@ async fn mutations_are_rate_limited_per_user() {
     tokio::time::sleep(Duration::from_secs(retry)).await;
     let body = t.withdraw(&token, &alice, "1.00", "w-later").await;
     assert!(body["errors"].is_null(), "{body}");
+}
+
+/// Reads spend their cost (complexity) from a budget per caller: a user who pages hard
+/// is told to wait, others are not, and the budget refills.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cost_of_queries_is_budgeted_per_user() {
+    let t = TestApp::with(Options {
+        rates: RateLimits {
+            user_per_sec: 0,
+            user_query_cost_per_sec: 500,
+            user_query_cost_burst: 5_000,
+            ..RateLimits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    t.create_wallet("alice", "USD").await;
+    t.create_wallet("bob", "USD").await;
+    let alice = t.user("alice");
+    // A page of 100 wallets with a few fields costs hundreds; the burst is 5,000.
+    let costly = "{ wallets(first: 100) { edges { node { id balance availableBalance \
+                  currency userId createdAt } } } }";
+    let query = |token: &str| {
+        Request::post("/graphql")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(json!({ "query": costly }).to_string()))
+            .unwrap()
+    };
+    let mut served = 0;
+    let retry = loop {
+        let (status, headers, body) = send_to(&t.router, query(&alice)).await;
+        if status == StatusCode::OK {
+            assert!(body["errors"].is_null(), "{body}");
+            served += 1;
+            assert!(served < 100, "never limited");
+            continue;
+        }
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert_eq!(error_code(&body), "RATE_LIMITED");
+        assert!(body["data"].is_null(), "nothing ran: {body}");
+        let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!((1..=10).contains(&retry), "{retry}");
+        break retry;
+    };
+    assert!(served >= 2, "the burst serves several pages ({served})");
+    // Bob's budget is his own.
+    let (status, _, body) = send_to(&t.router, query(&t.user("bob"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The budget refills.
+    tokio::time::sleep(Duration::from_secs(retry)).await;
+    let (status, _, body) = send_to(&t.router, query(&alice)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -3,6 +3,7 @@
 //! Resolvers stay thin: decode ids and arguments, check the caller, call one ledger
 //! function, wrap the result.
 
+pub mod document;
 pub mod error;
 pub mod field_order;
 pub mod guard;
@@ -27,7 +28,7 @@ use crate::app::AppState;
 use crate::auth::Viewer;
 use crate::db::{PgPool, PooledConn};
 use crate::ledger::{LedgerError, Scope};
-use crate::limits::MutationLimiter;
+use crate::limits::{MutationLimiter, QueryCostLimiter, RateLimits};
 
 pub use mutation::Mutation;
 pub use query::Query;
@@ -48,6 +49,8 @@ pub struct Limits {
     pub max_directives: usize,
     /// Database connections one request's resolvers may hold at once.
     pub request_connections: usize,
+    /// Bounds on a document's text and shape, checked before async-graphql works on it.
+    pub document: document::DocumentLimits,
 }
 
 impl Default for Limits {
@@ -59,6 +62,7 @@ impl Default for Limits {
             max_fields: 500,
             max_directives: 4,
             request_connections: 2,
+            document: document::DocumentLimits::default(),
         }
     }
 }
@@ -68,12 +72,13 @@ pub fn schema_builder() -> SchemaBuilder<Query, Mutation, Subscription> {
     Schema::build(Query, Mutation, Subscription)
 }
 
-/// The running schema. `limiter` counts root mutation fields per caller; without
-/// `introspection`, `__schema` and `__type` are refused (production default).
+/// The running schema. `rates` limits root mutation fields and the cost of reads per
+/// caller (`None`: no rate limits); without `introspection`, `__schema` and `__type` are
+/// refused (production default).
 pub fn build_schema(
     state: AppState,
     limits: Limits,
-    limiter: Option<Arc<MutationLimiter>>,
+    rates: Option<RateLimits>,
     introspection: bool,
 ) -> AppSchema {
     let builder = schema_builder()
@@ -84,7 +89,9 @@ pub fn build_schema(
         .extension(guard::Guard {
             max_root_fields: limits.max_root_fields,
             max_fields: limits.max_fields,
-            limiter,
+            document: limits.document,
+            mutations: rates.map(|r| Arc::new(MutationLimiter::new(r))),
+            read_cost: rates.map(|r| Arc::new(QueryCostLimiter::new(r, limits.max_complexity))),
         })
         .extension(ExecutionMarker)
         .extension(field_order::FieldOrder);
@@ -132,24 +139,6 @@ pub(crate) fn require_operator<'a>(
         return Err(error::forbidden(format!("only operators may {action}")));
     }
     Ok(v)
-}
-
-/// The kind of operation a request would run (`None`: it does not parse, or names no
-/// operation of its document; execution reports that).
-pub fn operation_type(
-    request: &async_graphql::Request,
-) -> Option<async_graphql::parser::types::OperationType> {
-    use async_graphql::parser::types::DocumentOperations;
-    let doc = async_graphql::parser::parse_query(&request.query).ok()?;
-    let op = match &doc.operations {
-        DocumentOperations::Single(op) => Some(op),
-        DocumentOperations::Multiple(ops) => match &request.operation_name {
-            Some(name) => ops.get(name.as_str()),
-            None if ops.len() == 1 => ops.values().next(),
-            None => None,
-        },
-    };
-    op.map(|op| op.node.ty)
 }
 
 /// How long after its deadline an operation is cut off if its resolvers have not answered

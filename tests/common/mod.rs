@@ -202,9 +202,11 @@ impl Default for Options {
             session_limits: Default::default(),
             request_timeout: Duration::from_secs(30),
             withdrawal_fees: Default::default(),
-            // Tests drive many mutations as one user; the rate-limit tests set one.
+            // Tests drive many mutations and queries as one user; the rate-limit tests
+            // set limits.
             rates: RateLimits {
                 user_per_sec: 0,
+                user_query_cost_per_sec: 0,
                 ..RateLimits::default()
             },
             ws: WsLimits {
