@@ -145,7 +145,11 @@ async fn transfers_reconcile_and_reach_both_owners() {
     .await;
     let body = transfer(&t, &t.user("alice"), &alice, &bob, "12.00", "gift").await;
     assert!(body["errors"].is_null(), "{body}");
-    let seen = alices.data("a").await["transactionUpdated"].clone();
+    // The funding deposit's event may reach the listener after alice subscribed.
+    let mut seen = alices.data("a").await["transactionUpdated"].clone();
+    if seen["type"] == "DEPOSIT" {
+        seen = alices.data("a").await["transactionUpdated"].clone();
+    }
     assert_eq!(
         seen,
         json!({"type": "TRANSFER_OUT", "amount": "12.00", "balanceAfter": "38.00"})
@@ -166,4 +170,69 @@ async fn transfers_reconcile_and_reach_both_owners() {
             .clone();
         assert_eq!(rec["status"], "MATCHED", "{rec}");
     }
+}
+
+/// The sender's key is the sender's: the recipient reads the receiving row (listing,
+/// lookup by id, live event) and never sees it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_recipient_never_sees_the_senders_key() {
+    let t = TestApp::new().await;
+    let alice = t.create_wallet("alice", "USD").await;
+    let bob = t.create_wallet("bob", "USD").await;
+    t.deposit(&alice, "10.00", "fund").await;
+    let url = t.serve().await;
+    let bob_token = t.user("bob");
+    let mut ws = common::ws::WsClient::authenticated(&url, &bob_token).await;
+    ws.subscribe(
+        "tx",
+        "subscription($w: ID!) { transactionUpdated(walletId: $w) { id type txHash } }",
+        json!({"w": bob}),
+    )
+    .await;
+    common::wait_until(
+        "the subscription is registered",
+        std::time::Duration::from_secs(5),
+        || async { t.app.state.events.subscriber_count() >= 1 },
+    )
+    .await;
+    let secret_key = "alice-private-invoice-7731";
+    let sent = transfer(&t, &t.user("alice"), &alice, &bob, "2.50", secret_key).await;
+    assert_eq!(
+        sent["data"]["transfer"]["from"]["txHash"], secret_key,
+        "{sent}"
+    );
+
+    let event = ws.data("tx").await["transactionUpdated"].clone();
+    assert_eq!(event["type"], "TRANSFER_IN");
+    let listed = t
+        .ok(
+            &bob_token,
+            "query($w: ID!) { wallet(id: $w) { transactions(first: 5) { edges { node {
+               id type txHash } } } } }",
+            json!({"w": bob}),
+        )
+        .await["wallet"]["transactions"]["edges"][0]["node"]
+        .clone();
+    let by_id = t
+        .ok(
+            &bob_token,
+            "query($id: ID!) { node(id: $id) { ... on Transaction { id txHash } } }",
+            json!({"id": listed["id"]}),
+        )
+        .await["node"]
+        .clone();
+    for row in [&event, &listed, &by_id] {
+        assert!(!row.to_string().contains(secret_key), "{row}");
+        // In its place, the row's own id.
+        assert_eq!(row["txHash"], row["id"], "{row}");
+    }
+    // Nor does the key find the receiving row on bob's wallet.
+    let found = t
+        .ok(
+            &t.operator(),
+            common::BY_KEY,
+            json!({"w": bob, "k": secret_key}),
+        )
+        .await;
+    assert!(found["transactionByKey"].is_null(), "{found}");
 }

@@ -366,9 +366,16 @@ impl TransactionObject {
     async fn status_reason(&self) -> Option<&str> {
         self.0.status_reason.as_deref()
     }
-    /// The client's idempotency key (or the chain hash for crypto deposits).
-    async fn tx_hash(&self) -> &str {
-        &self.0.tx_hash
+    /// The client's idempotency key (or the chain hash for crypto deposits). A key is
+    /// private to the wallet it was sent for: the receiving side of a transfer shows its own
+    /// id instead of the sender's key.
+    async fn tx_hash(&self) -> String {
+        match self.0.kind {
+            crate::ledger::TransactionType::TransferIn => {
+                encode_id(NodeType::Transaction, self.0.id).to_string()
+            }
+            _ => self.0.tx_hash.clone(),
+        }
     }
     async fn description(&self) -> Option<&str> {
         self.0.description.as_deref()
