@@ -52,9 +52,10 @@ enum Command {
         /// Its variables, as a JSON object.
         #[arg(long)]
         variables: Option<String>,
-        /// A bearer token (`wallet token` prints one); with or without `Bearer `.
-        #[arg(long, env = "WALLET_TOKEN", hide_env_values = true)]
-        token: String,
+        /// A file holding the bearer token (`wallet token … > file`). Without it the token
+        /// is read from WALLET_TOKEN — never from the command line, which `ps` shows.
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
         /// The service's websocket endpoint.
         #[arg(
             long,
@@ -123,9 +124,19 @@ async fn run() -> anyhow::Result<()> {
         Command::Watch {
             query,
             variables,
-            token,
+            token_file,
             url,
         } => {
+            let token = match token_file {
+                Some(path) => std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading the token from {}", path.display()))?
+                    .trim()
+                    .to_owned(),
+                None => std::env::var("WALLET_TOKEN")
+                    .ok()
+                    .filter(|t| !t.trim().is_empty())
+                    .context("no token: set WALLET_TOKEN or pass --token-file")?,
+            };
             let variables = variables
                 .map(|v| serde_json::from_str::<serde_json::Value>(&v))
                 .transpose()

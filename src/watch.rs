@@ -6,6 +6,11 @@
 //! Exit status: 0 when the server completes the operation (or the user presses Ctrl-C,
 //! which stops the subscription first); 1 when the connection is refused or closed, or
 //! the operation fails (its errors are printed to stderr).
+//!
+//! The token comes from `WALLET_TOKEN` or a file, never from the command line (which any
+//! local user can read in `ps`). What the server sends is printed with control and
+//! bidirectional-override characters escaped (`\u001b`): a payload or a close reason
+//! cannot move the cursor, recolour or rewrite the terminal.
 
 use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _};
@@ -81,15 +86,18 @@ pub async fn run(watch: Watch, out: &mut impl std::io::Write) -> anyhow::Result<
             Some(Ok(Message::Close(Some(frame)))) => bail!(
                 "the server closed the connection: {} {}",
                 u16::from(frame.code),
-                frame.reason
+                printable(&frame.reason)
             ),
             Some(Ok(Message::Close(None))) => bail!("the server closed the connection"),
             Some(Ok(_)) => continue,
         };
         let message: ServerMessage = serde_json::from_str(&text).with_context(|| {
-            format!("the server sent a message that is not graphql-transport-ws: {text}")
+            format!(
+                "the server sent a message that is not graphql-transport-ws: {}",
+                printable(&text)
+            )
         })?;
-        let payload_text = message.payload.as_ref().map_or("null", |p| p.get());
+        let payload_text = printable(message.payload.as_ref().map_or("null", |p| p.get()));
         match message.kind.as_str() {
             "connection_ack" if !subscribed => {
                 send(
@@ -115,6 +123,26 @@ pub async fn run(watch: Watch, out: &mut impl std::io::Write) -> anyhow::Result<
     }
 }
 
+/// `text` with every character that could drive a terminal escaped as JSON does it
+/// (`\u001b`): control characters (C0, DEL, C1) and the bidirectional overrides and
+/// isolates. JSON text stays valid JSON with the same meaning.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char =
+        |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+    if !text.chars().any(unsafe_char) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if unsafe_char(c) {
+            out.push_str(&format!("\\u{:04x}", u32::from(c)));
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// A message from the server; the payload is kept as the server's text.
 #[derive(serde::Deserialize)]
 struct ServerMessage {
@@ -132,4 +160,21 @@ where
         .send(Message::text(message.to_string()))
         .await
         .context("writing to the websocket")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::printable;
+
+    #[test]
+    fn terminal_controls_are_escaped_and_json_stays_json() {
+        assert_eq!(printable("plain \"text\" é"), "plain \"text\" é");
+        let hostile = "a\u{1b}[2Jb\u{9b}31mc\u{7f}d\u{202e}e\nf";
+        let shown = printable(hostile);
+        assert_eq!(shown, "a\\u001b[2Jb\\u009b31mc\\u007fd\\u202ee\\u000af");
+        assert!(!shown.chars().any(|c| c.is_control()));
+        let json = serde_json::json!({"description": hostile}).to_string();
+        let back: serde_json::Value = serde_json::from_str(&printable(&json)).unwrap();
+        assert_eq!(back["description"], hostile);
+    }
 }

@@ -144,3 +144,73 @@ async fn watch_says_why_it_stopped() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
 }
+
+/// The token never goes on the command line: a file or `WALLET_TOKEN`; and what the
+/// server sends cannot drive the terminal (a description with a bidirectional override is
+/// printed escaped, still valid JSON).
+#[tokio::test(flavor = "multi_thread")]
+async fn watch_keeps_its_token_off_the_command_line_and_escapes_what_it_prints() {
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+
+    // `--token` is no longer a flag.
+    let out = Command::new(env!("CARGO_BIN_EXE_wallet"))
+        .args([
+            "watch",
+            "--url",
+            &url,
+            "--token",
+            "x",
+            "{ viewer { userId } }",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // Neither variable nor file: it says what to set.
+    let out = Command::new(env!("CARGO_BIN_EXE_wallet"))
+        .args(["watch", "--url", &url, "{ viewer { userId } }"])
+        .env_remove("WALLET_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WALLET_TOKEN"));
+
+    let dir = std::env::temp_dir().join(format!("wallet-watch-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{}\n", t.user("alice"))).unwrap();
+    let description = "invoice \u{202e}fdp.exe";
+    let deposit = t
+        .gql(
+            Some(&t.operator()),
+            "mutation($w: ID!) { deposit(input: {walletId: $w, amount: \"1.00\",
+               txHash: \"bidi-1\", description: \"invoice \u{202e}fdp.exe\"}) { id } }",
+            serde_json::json!({"w": wallet}),
+        )
+        .await;
+    assert!(deposit["errors"].is_null(), "{deposit}");
+    let query = format!(
+        r#"{{ wallet(id: "{wallet}") {{ transactions(first: 1) {{ nodes {{ description }} }} }} }}"#
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_wallet"))
+        .args(["watch", "--url", &url, "--token-file"])
+        .arg(&token_file)
+        .arg(&query)
+        .env_remove("WALLET_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(!stdout.contains('\u{202e}'), "{stdout}");
+    assert!(stdout.contains("\\u202e"), "{stdout}");
+    let line: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(
+        line["data"]["wallet"]["transactions"]["nodes"][0]["description"],
+        description
+    );
+}
