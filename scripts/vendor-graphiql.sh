@@ -31,4 +31,8 @@ cp "$work/react-$REACT_VERSION/package/LICENSE" "$out/LICENSE.react"
 # Source-map comments would make browsers ask for maps that are not served.
 sed -i '/^\/\/# sourceMappingURL=/d' "$out"/*.js
 sed -i 's|/\*# sourceMappingURL=[^*]*\*/||' "$out"/*.css
+# The sums of the files as committed: a test compares the embedded files with them, so a
+# changed byte shows up in review as a changed sum, never silently.
+(cd "$out" && sha256sum graphiql.min.css graphiql.min.js react.production.min.js \
+  react-dom.production.min.js LICENSE.graphiql LICENSE.react > SHA256SUMS)
 echo "wrote $out: graphiql $GRAPHIQL_VERSION, react and react-dom $REACT_VERSION"

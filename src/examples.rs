@@ -13,7 +13,7 @@ use axum::routing::get;
 pub const PATH: &str = "/examples/web-client/";
 
 /// The page may talk to this origin only, and runs no inline script.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self' ws: wss:; \
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; connect-src 'self'; \
      frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
 
 fn file(content_type: &'static str, body: &'static str) -> Response {

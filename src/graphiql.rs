@@ -5,6 +5,9 @@
 //! and embedded in the binary, so the page works on a machine without internet access and
 //! makes no request to any other host (its Content-Security-Policy says so to the
 //! browser). Asset paths carry their package's version, so they can be cached for a year.
+//! The page runs no inline script (its setup is `/assets/wallet/graphiql.js`), so its
+//! Content-Security-Policy allows scripts from this origin only and connections to this
+//! origin only (`'self'` covers its websocket).
 //!
 //! Queries and mutations go to `/graphql`, subscriptions to `/graphql/ws`
 //! (graphql-transport-ws). The headers typed in GraphiQL's Headers tab travel with every
@@ -26,6 +29,9 @@ struct Asset {
     package: &'static str,
     version: &'static str,
     file: &'static str,
+    /// Its name in `assets/graphiql/` (and in `SHA256SUMS` there, which a test checks).
+    #[cfg_attr(not(test), allow(dead_code))]
+    source: &'static str,
     content_type: &'static str,
     body: &'static [u8],
 }
@@ -39,6 +45,7 @@ const ASSETS: &[Asset] = &[
         package: "react",
         version: REACT_VERSION,
         file: "react.production.min.js",
+        source: "react.production.min.js",
         content_type: JS,
         body: include_bytes!("../assets/graphiql/react.production.min.js"),
     },
@@ -46,6 +53,7 @@ const ASSETS: &[Asset] = &[
         package: "react-dom",
         version: REACT_VERSION,
         file: "react-dom.production.min.js",
+        source: "react-dom.production.min.js",
         content_type: JS,
         body: include_bytes!("../assets/graphiql/react-dom.production.min.js"),
     },
@@ -53,6 +61,7 @@ const ASSETS: &[Asset] = &[
         package: "graphiql",
         version: GRAPHIQL_VERSION,
         file: "graphiql.min.js",
+        source: "graphiql.min.js",
         content_type: JS,
         body: include_bytes!("../assets/graphiql/graphiql.min.js"),
     },
@@ -60,6 +69,7 @@ const ASSETS: &[Asset] = &[
         package: "graphiql",
         version: GRAPHIQL_VERSION,
         file: "graphiql.min.css",
+        source: "graphiql.min.css",
         content_type: CSS,
         body: include_bytes!("../assets/graphiql/graphiql.min.css"),
     },
@@ -67,6 +77,7 @@ const ASSETS: &[Asset] = &[
         package: "graphiql",
         version: GRAPHIQL_VERSION,
         file: "LICENSE",
+        source: "LICENSE.graphiql",
         content_type: TEXT,
         body: include_bytes!("../assets/graphiql/LICENSE.graphiql"),
     },
@@ -74,6 +85,7 @@ const ASSETS: &[Asset] = &[
         package: "react",
         version: REACT_VERSION,
         file: "LICENSE",
+        source: "LICENSE.react",
         content_type: TEXT,
         body: include_bytes!("../assets/graphiql/LICENSE.react"),
     },
@@ -94,11 +106,16 @@ fn asset(package: &str, file: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Nothing but this origin (and its websocket) for scripts, styles, fonts, images and
-/// connections. The page's one inline script and GraphiQL's inline styles are allowed.
-const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self' 'unsafe-inline'; \
+/// Nothing but this origin (and its websocket: `'self'` matches `ws:`/`wss:` to the same
+/// host) for scripts, styles, fonts, images and connections; no inline script. GraphiQL
+/// sets inline styles on its elements, which style-src allows.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; \
-     connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+     connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'";
+
+/// Where the page's own script is served (not a vendored asset: it changes with the
+/// service, so it is not cached for long).
+const SETUP_PATH: &str = "/assets/wallet/graphiql.js";
 
 const DEFAULT_QUERY: &str = "# The Wallet API.
 # Put a token in the Headers tab below:
@@ -113,7 +130,6 @@ const DEFAULT_QUERY: &str = "# The Wallet API.
 ";
 
 fn page() -> String {
-    let default_query = serde_json::to_string(DEFAULT_QUERY).unwrap_or_default();
     format!(
         r#"<!doctype html>
 <html lang="en">
@@ -129,31 +145,7 @@ fn page() -> String {
   <script src="{react}"></script>
   <script src="{react_dom}"></script>
   <script src="{graphiql}"></script>
-  <script>
-    const url = new URL("/graphql", location.href).href;
-    const subscriptionUrl = url.replace(/^http/, "ws") + "/ws";
-    // One fetcher per set of headers: the websocket's connection_init carries them, and
-    // a websocket is authenticated once, when it opens.
-    const fetchers = new Map();
-    function fetcher(params, options) {{
-      const headers = (options && options.headers) || {{}};
-      const key = JSON.stringify(headers);
-      let f = fetchers.get(key);
-      if (!f) {{
-        f = GraphiQL.createFetcher({{ url, subscriptionUrl, headers, wsConnectionParams: headers }});
-        fetchers.set(key, f);
-      }}
-      return f(params, options);
-    }}
-    ReactDOM.createRoot(document.getElementById("graphiql")).render(
-      React.createElement(GraphiQL, {{
-        fetcher,
-        defaultQuery: {default_query},
-        defaultEditorToolsVisibility: "headers",
-        isHeadersEditorEnabled: true,
-      }})
-    );
-  </script>
+  <script src="{SETUP_PATH}"></script>
 </body>
 </html>
 "#,
@@ -164,10 +156,43 @@ fn page() -> String {
     )
 }
 
+/// The page's setup: GraphiQL on `/graphql` and `/graphql/ws`, with the Headers tab's
+/// headers on every request and in the websocket's `connection_init`.
+fn setup_script() -> String {
+    let default_query = serde_json::to_string(DEFAULT_QUERY).unwrap_or_default();
+    format!(
+        r#"const url = new URL("/graphql", location.href).href;
+const subscriptionUrl = url.replace(/^http/, "ws") + "/ws";
+// One fetcher per set of headers: the websocket's connection_init carries them, and
+// a websocket is authenticated once, when it opens.
+const fetchers = new Map();
+function fetcher(params, options) {{
+  const headers = (options && options.headers) || {{}};
+  const key = JSON.stringify(headers);
+  let f = fetchers.get(key);
+  if (!f) {{
+    f = GraphiQL.createFetcher({{ url, subscriptionUrl, headers, wsConnectionParams: headers }});
+    fetchers.set(key, f);
+  }}
+  return f(params, options);
+}}
+ReactDOM.createRoot(document.getElementById("graphiql")).render(
+  React.createElement(GraphiQL, {{
+    fetcher,
+    defaultQuery: {default_query},
+    defaultEditorToolsVisibility: "headers",
+    isHeadersEditorEnabled: true,
+  }})
+);
+"#
+    )
+}
+
 /// `/` (the page) and `/assets/…` (its files).
 pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/", get(serve_page))
+        .route(SETUP_PATH, get(serve_setup))
         .route("/assets/{dir}/{file}", get(serve_asset))
 }
 
@@ -180,6 +205,18 @@ async fn serve_page() -> Response {
             (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         ],
         page(),
+    )
+        .into_response()
+}
+
+async fn serve_setup() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, JS),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        setup_script(),
     )
         .into_response()
 }
@@ -221,6 +258,43 @@ mod tests {
         let script = include_str!("../scripts/vendor-graphiql.sh");
         assert!(script.contains(&format!("GRAPHIQL_VERSION={GRAPHIQL_VERSION}\n")));
         assert!(script.contains(&format!("REACT_VERSION={REACT_VERSION}\n")));
+    }
+
+    /// The embedded files are byte for byte those whose sums are committed (the
+    /// vendoring script records them).
+    #[test]
+    fn the_embedded_files_match_their_recorded_sums() {
+        use sha2::Digest as _;
+        let sums = include_str!("../assets/graphiql/SHA256SUMS");
+        assert_eq!(sums.lines().count(), ASSETS.len());
+        for asset in ASSETS {
+            let line = sums
+                .lines()
+                .find(|l| l.ends_with(&format!("  {}", asset.source)))
+                .unwrap_or_else(|| panic!("{} has no recorded sum", asset.source));
+            let digest = sha2::Sha256::digest(asset.body);
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(
+                &line[..64],
+                hex,
+                "{} differs from its recorded sum",
+                asset.source
+            );
+        }
+    }
+
+    #[test]
+    fn the_page_runs_no_inline_script() {
+        let page = page();
+        assert_eq!(
+            page.matches("<script").count(),
+            page.matches("<script src=").count()
+        );
+        let scripts = CONTENT_SECURITY_POLICY
+            .split(';')
+            .find(|d| d.trim().starts_with("script-src"))
+            .unwrap();
+        assert_eq!(scripts.trim(), "script-src 'self'");
     }
 
     #[test]
