@@ -319,7 +319,7 @@ async fn connect_at_start(node: &EthereumNode) -> anyhow::Result<()> {
         Ok(Err(ConnectError::Refused(why))) => {
             anyhow::bail!("the ethereum node is not what the configuration says: {why}")
         }
-        Ok(Err(ConnectError::Unreachable(e))) => e.to_string(),
+        Ok(Err(ConnectError::Unreachable(why))) => why,
         Err(_) => format!("no answer within {NODE_WAIT_AT_START:?}"),
     };
     tracing::warn!(

@@ -219,8 +219,8 @@ pub struct EthereumNode {
 /// Why [`EthereumNode::connect`] did not connect.
 #[derive(Debug)]
 pub enum ConnectError {
-    /// The node did not answer (or not in time): tried again later.
-    Unreachable(ChainError),
+    /// The node did not answer (or not in time): tried again later. Why (redacted).
+    Unreachable(String),
     /// The node answered, but is not what the configuration says: what to fix.
     Refused(String),
 }
@@ -228,7 +228,7 @@ pub enum ConnectError {
 impl std::fmt::Display for ConnectError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            ConnectError::Unreachable(e) => write!(f, "{e}"),
+            ConnectError::Unreachable(why) => write!(f, "unreachable: {why}"),
             ConnectError::Refused(why) => write!(f, "{}", super::redact::redact(why)),
         }
     }
@@ -379,7 +379,7 @@ impl EthereumNode {
         let verified = self.verify_node().await;
         match &verified {
             Ok(chain_id) => self.link.connected(*chain_id),
-            Err(ConnectError::Unreachable(e)) => self.link.unreachable(&e.to_string()),
+            Err(ConnectError::Unreachable(why)) => self.link.unreachable(why),
             Err(ConnectError::Refused(why)) => self.link.refused(why),
         }
         verified
@@ -399,7 +399,7 @@ impl EthereumNode {
         rpc("eth_chainId", self.provider.get_chain_id())
             .await
             .map_err(|failure| match failure {
-                CallFailure::Unreachable(e) => ConnectError::Unreachable(unavailable(e)),
+                CallFailure::Unreachable(e) => ConnectError::Unreachable(e),
                 CallFailure::Answered(e) => {
                     ConnectError::Refused(format!("{e}: is this an Ethereum JSON-RPC node?"))
                 }
@@ -431,7 +431,7 @@ impl EthereumNode {
         let answer = match rpc("eth_call decimals()", self.provider.call(request)).await {
             Ok(answer) => answer,
             Err(CallFailure::Unreachable(e)) => {
-                return Err(ConnectError::Unreachable(unavailable(e)));
+                return Err(ConnectError::Unreachable(e));
             }
             Err(CallFailure::Answered(e)) => {
                 return Err(ConnectError::Refused(format!(
@@ -498,6 +498,11 @@ impl EthereumNode {
         let node = self.clone();
         AbortOnDrop::spawn(async move {
             let mut delay = link::RETRY_FIRST;
+            if !node.link.is_ready() {
+                // Not connected at start: that attempt was the first.
+                tokio::time::sleep(delay).await;
+                delay = link::next_delay(delay);
+            }
             loop {
                 if node.link.is_ready() {
                     tokio::select! {

@@ -118,12 +118,15 @@ impl Link {
         }
     }
 
-    /// The node is not what the configuration says.
+    /// The node is not what the configuration says (the supervisor is woken, to verify
+    /// it again with backoff until it is).
     pub fn refused(&self, why: &str) {
         self.set(State::Refused(why.to_owned()));
+        self.lost.notify_one();
     }
 
-    /// Resolves when a connection is lost (or was since the last call).
+    /// Resolves when a connection is lost or a node refused (or was since the last
+    /// call).
     pub async fn lost_signal(&self) {
         self.lost.notified().await
     }

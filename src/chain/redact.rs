@@ -37,16 +37,19 @@ pub fn redact(text: &str) -> String {
             }
         };
         out.push_str(host);
+        // Punctuation closing the text around the URL (`(see http://h/p).`) is not its.
         let tail = &url[authority_end..];
-        if !tail.is_empty() && tail != "/" {
-            match tail.as_bytes()[0] {
+        let kept = tail.trim_end_matches([')', ']', '}', '.', ',', ';', ':', '!']);
+        if !kept.is_empty() && kept != "/" {
+            match kept.as_bytes()[0] {
                 b'/' => out.push_str("/***"),
                 b'?' => out.push_str("?***"),
                 _ => out.push_str("#***"),
             }
         } else {
-            out.push_str(tail);
+            out.push_str(kept);
         }
+        out.push_str(&tail[kept.len()..]);
         rest = &after[end..];
     }
     out.push_str(rest);
@@ -62,7 +65,7 @@ mod tests {
         let cases = [
             (
                 "error sending request for url (http://user:PASSWORD@127.0.0.1:1/)",
-                "error sending request for url (http://***@127.0.0.1:1/***",
+                "error sending request for url (http://***@127.0.0.1:1/)",
             ),
             (
                 "https://mainnet.example.com/v3/SECRETKEY?apikey=SECRET#frag",
@@ -77,8 +80,10 @@ mod tests {
             // A password with characters URLs leave unencoded, and an `@` encoded.
             (
                 "(http://u:pa)s,s@h:1/x) and more",
-                "(http://***@h:1/*** and more",
+                "(http://***@h:1/***) and more",
             ),
+            ("see https://h/v3/KEY.", "see https://h/***."),
+            ("at http://h:1/).", "at http://h:1/)."),
             (
                 "http://u:p%40ss@host/ and http://a:b@c",
                 "http://***@host/ and http://***@c",
