@@ -70,8 +70,8 @@ const TOKEN_TRANSFER_GAS: u64 = 100_000;
 const RECHECK_EVERY: Duration = Duration::from_secs(60);
 /// Wei per gwei.
 pub const GWEI: u128 = 1_000_000_000;
-/// The default of `WALLET_ETHEREUM_MAX_FEE_PER_GAS_GWEI`: far above what mainnet asks
-/// but in a calm spike, far below what a node gone wrong could ask.
+/// The default of `WALLET_ETHEREUM_MAX_FEE_PER_GAS_GWEI`: above what mainnet asks but in
+/// its rarest spikes, far below what a node gone wrong could make the service pay.
 pub const DEFAULT_MAX_FEE_PER_GAS_GWEI: u64 = 500;
 /// Blocks whose hashes are kept for reorg detection: deeper reorgs are not followed.
 const REMEMBERED_BLOCKS: i64 = 1024;
@@ -126,10 +126,7 @@ impl NodeConfig {
 /// `WALLET_ETHEREUM_MAX_FEE_PER_GAS_GWEI` (a decimal number of gwei, at most 9 decimals)
 /// in wei.
 pub fn parse_gwei(text: &str) -> Result<u128, String> {
-    let gwei: Decimal = text
-        .trim()
-        .parse()
-        .map_err(|_| format!("{text:?} is not a number of gwei"))?;
+    let gwei = crate::ledger::money::parse_decimal(text.trim())?;
     let wei = gwei
         .checked_mul(Decimal::from(GWEI))
         .filter(|w| w.is_sign_positive() && !w.is_zero() && w.fract().is_zero())
@@ -1204,5 +1201,20 @@ impl AccountChain for EthereumNode {
             spell(*envelope.tx_hash()),
             alloy::primitives::hex::encode(envelope.encoded_2718()),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fee_cap_is_whole_wei_above_zero() {
+        assert_eq!(parse_gwei("500"), Ok(500 * GWEI));
+        assert_eq!(parse_gwei(" 0.5 "), Ok(GWEI / 2));
+        assert_eq!(parse_gwei("0.000000001"), Ok(1));
+        for bad in ["0", "-1", "0.0000000001", "abc", "", "1e3"] {
+            assert!(parse_gwei(bad).is_err(), "{bad}");
+        }
     }
 }
