@@ -7,7 +7,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 
 use crate::auth::TokenKeys;
-use crate::chain::ethereum::{self, EthereumNode, NodeConfig};
+use crate::chain::ethereum::{self, ConnectError, EthereumNode, NodeConfig};
 use crate::chain::{Chain as _, Networks, SimulatedChain};
 use crate::chain_worker::ChainWorker;
 use crate::custody::{Custody, SeedSource};
@@ -132,6 +132,9 @@ pub struct App {
     pub reconciler: Option<Arc<AbortOnDrop<()>>>,
     /// The chain worker, when it runs.
     pub chain_worker: Option<Arc<AbortOnDrop<()>>>,
+    /// Keeps the Ethereum node connected (reconnects, re-checks its chain id), when one
+    /// is configured.
+    pub node_supervisor: Option<Arc<AbortOnDrop<()>>>,
 }
 
 impl App {
@@ -177,13 +180,12 @@ impl App {
                 chains = chains.with(network, Arc::new(simulator.clone()));
             }
         }
+        let mut node_supervisor = None;
         if let Some(node) = &config.ethereum {
             let pool = db::build_pool(&config.database_url, 2, limits, QueryCounter::default())?;
-            let node = EthereumNode::connect(node, pool).await?;
-            tracing::info!(
-                chain_id = node.chain_id(),
-                "ethereum served by a JSON-RPC node"
-            );
+            let node = EthereumNode::new(node, pool)?;
+            connect_at_start(&node).await?;
+            node_supervisor = Some(Arc::new(node.supervise()));
             chains = chains.with(ethereum::NETWORK, Arc::new(node));
         }
         // Crypto currencies of networks without a backend are not offered.
@@ -281,6 +283,7 @@ impl App {
             miner,
             reconciler,
             chain_worker,
+            node_supervisor,
         })
     }
 
@@ -301,6 +304,33 @@ impl App {
     pub fn chain_worker(&self) -> Option<ChainWorker> {
         App::worker_of(&self.state)
     }
+}
+
+/// How long the start waits for the node to answer before starting without it.
+const NODE_WAIT_AT_START: Duration = Duration::from_secs(10);
+
+/// Connects to the node once before serving. A node that answers but is not what the
+/// configuration says refuses the start (nothing is registered from a wrong
+/// configuration); one that does not answer leaves its network unavailable while the
+/// rest of the service starts, and the supervisor keeps trying.
+async fn connect_at_start(node: &EthereumNode) -> anyhow::Result<()> {
+    let unreachable = match tokio::time::timeout(NODE_WAIT_AT_START, node.connect()).await {
+        Ok(Ok(chain_id)) => {
+            tracing::info!(chain_id, "ethereum served by a JSON-RPC node, verified");
+            return Ok(());
+        }
+        Ok(Err(ConnectError::Refused(why))) => {
+            anyhow::bail!("the ethereum node is not what the configuration says: {why}")
+        }
+        Ok(Err(ConnectError::Unreachable(why))) => why,
+        Err(_) => format!("no answer within {NODE_WAIT_AT_START:?}"),
+    };
+    tracing::warn!(
+        error = %unreachable,
+        "the ethereum node is unreachable at start: serving without it (ethereum is \
+         unavailable) and connecting in the background"
+    );
+    Ok(())
 }
 
 /// The simulated chain's block timer. Every process runs it; the conditional update in

@@ -2,6 +2,12 @@
 //! on chain, and watches for deposits. All of its steps are safe to run in several
 //! processes at once and to repeat after a crash (see `ledger::chain_withdrawal` and
 //! `ledger::chain_deposit`).
+//!
+//! Before any work on a network, its backend is asked to verify itself ([`Chain::verify`]:
+//! a node proves it still serves the chain it was verified on). A network that does not
+//! — its node down, not verified yet, or serving another chain — is left alone for the
+//! pass: no deposit is read from it, no withdrawal signed or sent for it, and nothing is
+//! recorded against it; the other networks are served as usual.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -35,6 +41,26 @@ pub struct PassReport {
     pub broadcast: usize,
     pub withdrawals: AdvanceReport,
     pub deposits: Vec<(String, ScanReport)>,
+    /// Withdrawals not signed because the network's base fee is above the fee cap (they
+    /// wait, PENDING, with their lock).
+    pub fee_capped: Vec<i64>,
+    /// Networks left alone this pass: their backend could not be verified.
+    pub unavailable: Vec<String>,
+}
+
+impl PassReport {
+    /// Every withdrawal held back by the fee cap this pass (not signed, or not replaced).
+    pub fn held_at_fee_cap(&self) -> Vec<i64> {
+        let mut ids: Vec<i64> = self
+            .fee_capped
+            .iter()
+            .chain(&self.withdrawals.fee_capped)
+            .copied()
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
 }
 
 impl ChainWorker {
@@ -51,19 +77,35 @@ impl ChainWorker {
     /// scans each network for deposits.
     pub async fn pass(&self) -> Result<PassReport, LedgerError> {
         let mut report = PassReport::default();
-        let mut conn = self.pool.get().await?;
         // Each stage runs even if one before it failed (the first error is returned).
         let mut failure = None;
+        let mut usable = Vec::new();
+        for network in self.networks() {
+            match self.chain.verify(&network).await {
+                Ok(()) => usable.push(network),
+                Err(e) => {
+                    failure.get_or_insert(e.into());
+                    report.unavailable.push(network);
+                }
+            }
+        }
+        let mut conn = self.pool.get().await?;
         // Withdrawals on networks served by a node of an account-based chain follow
         // `node_withdrawal` (nonces, fees known once mined); the others `chain_withdrawal`.
-        let by_node: Vec<String> = self
+        // Neither flow touches a network left alone this pass.
+        let by_node: Vec<String> = usable
+            .iter()
+            .filter(|n| self.chain.accounts(n).is_some())
+            .cloned()
+            .collect();
+        let not_simple: Vec<String> = self
             .networks()
             .into_iter()
-            .filter(|n| self.chain.accounts(n).is_some())
+            .filter(|n| self.chain.accounts(n).is_some() || report.unavailable.contains(n))
             .collect();
-        self.sign_and_broadcast(&mut conn, &by_node, &mut report, &mut failure)
+        self.sign_and_broadcast(&mut conn, &by_node, &not_simple, &mut report, &mut failure)
             .await;
-        match chain_withdrawal::advance(&mut conn, self.chain.as_ref(), &by_node).await {
+        match chain_withdrawal::advance(&mut conn, self.chain.as_ref(), &not_simple).await {
             Ok(advanced) => report.withdrawals = advanced,
             Err(e) => {
                 failure.get_or_insert(e);
@@ -84,10 +126,12 @@ impl ChainWorker {
                     failure.get_or_insert(e);
                 }
             }
+            metrics::gauge!("wallet_withdrawals_fee_capped")
+                .set(report.held_at_fee_cap().len() as f64);
         }
         // The scans take connections of their own.
         drop(conn);
-        for network in self.networks() {
+        for network in usable {
             match chain_deposit::scan(&self.pool, &self.currencies, self.chain.as_ref(), &network)
                 .await
             {
@@ -115,11 +159,12 @@ impl ChainWorker {
 
     /// Signs every waiting withdrawal once, in id order, and broadcasts it; one that fails
     /// does not stop the others (`by_node`: the networks whose withdrawals go through a
-    /// node's nonces).
+    /// node's nonces; `not_simple`: those whose withdrawals the simple flow leaves alone).
     async fn sign_and_broadcast(
         &self,
         conn: &mut crate::db::PooledConn,
         by_node: &[String],
+        not_simple: &[String],
         report: &mut PassReport,
         failure: &mut Option<LedgerError>,
     ) {
@@ -138,10 +183,11 @@ impl ChainWorker {
                         self.chain.as_ref(),
                         by_node,
                         &mut after,
+                        &mut report.fee_capped,
                     )
                     .await
                 } else {
-                    chain_withdrawal::sign_next(conn, &self.custody, by_node, &mut after).await
+                    chain_withdrawal::sign_next(conn, &self.custody, not_simple, &mut after).await
                 };
                 match signing {
                     Ok(Some(signed)) => {
@@ -176,17 +222,46 @@ impl ChainWorker {
         AbortOnDrop::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // What the last pass reported, so that a state lasting many passes (a node
+            // down, withdrawals held at the fee cap) is logged when it changes, not every
+            // pass.
+            let mut last_failure = String::new();
+            let mut last_capped = Vec::new();
             loop {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = wake.notified() => {}
                 }
-                match self.pass().await {
-                    Ok(report) if report.signed + report.withdrawals.completed > 0 => {
-                        tracing::info!(?report, "chain worker pass")
+                let report = match self.pass().await {
+                    Ok(report) => {
+                        last_failure.clear();
+                        report
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = ?e, "chain worker pass failed"),
+                    Err(e) => {
+                        let text = format!("{e:?}");
+                        if text != last_failure {
+                            tracing::warn!(error = %text, "chain worker pass failed");
+                            last_failure = text;
+                        }
+                        continue;
+                    }
+                };
+                if report.signed + report.withdrawals.completed > 0 {
+                    tracing::info!(?report, "chain worker pass");
+                }
+                let capped = report.held_at_fee_cap();
+                if capped != last_capped {
+                    if capped.is_empty() {
+                        tracing::info!("no withdrawal waits for fees under the cap any more");
+                    } else {
+                        tracing::warn!(
+                            withdrawals = ?capped,
+                            "withdrawals wait: the network asks more per gas than \
+                             WALLET_ETHEREUM_MAX_FEE_PER_GAS_GWEI allows; they go on when \
+                             fees fall or the cap is raised"
+                        );
+                    }
+                    last_capped = capped;
                 }
             }
         })

@@ -89,11 +89,20 @@ pub struct ServeConfig {
     /// in production).
     #[arg(long, env = "WALLET_SIMULATED_CHAIN")]
     pub simulated_chain: Option<bool>,
-    /// JSON-RPC endpoint of an Ethereum node (e.g. anvil's `http://127.0.0.1:8545`): the
-    /// `ethereum` network is then served by that node instead of the simulator.
-    #[arg(long, env = "WALLET_ETHEREUM_RPC_URL")]
-    pub ethereum_rpc_url: Option<String>,
-    /// The chain id the Ethereum node must report (refused at start otherwise).
+    /// JSON-RPC endpoint of an Ethereum node: the `ethereum` network is then served by
+    /// that node instead of the simulator. `https://` (plain `http://` only to a node on
+    /// this machine, e.g. anvil's `http://127.0.0.1:8545`). It may hold credentials: it
+    /// is never printed unredacted.
+    #[arg(long, env = "WALLET_ETHEREUM_RPC_URL", hide_env_values = true,
+          value_parser = parse_node_url)]
+    pub ethereum_rpc_url: Option<crate::chain::rpc::NodeUrl>,
+    /// A PEM file of the certificate authorities the node's TLS certificate must chain to
+    /// (only those are then trusted): for a node with a private or self-signed
+    /// certificate.
+    #[arg(long, env = "WALLET_ETHEREUM_CA_FILE")]
+    pub ethereum_ca_file: Option<PathBuf>,
+    /// The chain id the Ethereum node must report (required in production); checked at
+    /// every connection, every minute, and before each pass of the chain worker.
     #[arg(long, env = "WALLET_ETHEREUM_CHAIN_ID")]
     pub ethereum_chain_id: Option<u64>,
     /// ERC-20 tokens offered as currencies, with the node: `CODE:0xCONTRACT:DECIMALS`,
@@ -105,6 +114,12 @@ pub struct ServeConfig {
     #[arg(long, env = "WALLET_ETHEREUM_REPLACE_AFTER_BLOCKS", default_value_t = 5,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub ethereum_replace_after_blocks: u64,
+    /// The most the service offers per gas for any Ethereum transaction, in gwei (a
+    /// withdrawal waits while the network's base fee is above it; a replacement never
+    /// goes beyond it).
+    #[arg(long = "ethereum-max-fee-per-gas-gwei", env = "WALLET_ETHEREUM_MAX_FEE_PER_GAS_GWEI",
+          default_value = "500", value_parser = crate::chain::ethereum::parse_gwei)]
+    pub ethereum_max_fee_per_gas_wei: u128,
     /// Seconds between blocks of the simulated networks (0: only on demand).
     #[arg(long, env = "WALLET_BLOCK_SECS", default_value_t = 10)]
     pub block_secs: u64,
@@ -140,6 +155,12 @@ pub struct WithdrawalFees(pub std::collections::BTreeMap<String, rust_decimal::D
 /// `WALLET_ETHEREUM_TOKENS`, parsed.
 #[derive(Clone, Debug, Default)]
 pub struct EthereumTokens(pub Vec<crate::chain::ethereum::Token>);
+
+/// Never fails: a URL is checked by [`ServeConfig::check`], whose messages show it
+/// redacted (clap's would show it whole).
+fn parse_node_url(text: &str) -> Result<crate::chain::rpc::NodeUrl, String> {
+    Ok(crate::chain::rpc::NodeUrl::new(text))
+}
 
 fn parse_tokens(text: &str) -> Result<EthereumTokens, String> {
     crate::chain::ethereum::parse_tokens(text).map(EthereumTokens)
@@ -322,10 +343,12 @@ pub struct Startup {
 impl ServeConfig {
     /// The Ethereum node to use, when one is configured.
     pub fn ethereum(&self) -> Option<crate::chain::ethereum::NodeConfig> {
-        let rpc_url = self.ethereum_rpc_url.as_deref()?.trim();
+        let rpc_url = self.ethereum_rpc_url.as_ref()?;
         (!rpc_url.is_empty()).then(|| crate::chain::ethereum::NodeConfig {
-            rpc_url: rpc_url.to_owned(),
+            rpc_url: rpc_url.clone(),
+            ca_file: self.ethereum_ca_file.clone(),
             chain_id: self.ethereum_chain_id,
+            max_fee_per_gas: self.ethereum_max_fee_per_gas_wei,
             tokens: self
                 .ethereum_tokens
                 .clone()
@@ -358,6 +381,22 @@ impl ServeConfig {
                  (anyone who can mine can mint deposits)"
                     .into(),
             );
+        }
+        if let Some(node) = self.ethereum() {
+            if production && node.chain_id.is_none() {
+                refusals.push(
+                    "WALLET_ETHEREUM_CHAIN_ID is required when WALLET_ENV=production with \
+                     WALLET_ETHEREUM_RPC_URL: the node is verified, not trusted (1 for \
+                     Ethereum mainnet, 11155111 for Sepolia)"
+                        .into(),
+                );
+            }
+            match node.endpoint() {
+                Ok(endpoint) => refusals.extend(endpoint.client().err()),
+                Err(refusal) => refusals.push(refusal),
+            }
+        } else if self.ethereum_ca_file.is_some() {
+            refusals.push("WALLET_ETHEREUM_CA_FILE is set without WALLET_ETHEREUM_RPC_URL".into());
         }
         let metrics_token = match std::env::var("WALLET_METRICS_TOKEN") {
             Ok(token) if token.len() >= 16 => Some(SecretString::from(token)),

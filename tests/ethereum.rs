@@ -6,7 +6,9 @@
 mod common;
 
 use common::anvil::{Anvil, DEV_ACCOUNT, DEV_ACCOUNT_2, ETHER, quantity};
-use common::ethereum::{crypto_wallet, eth_wallet, on, pass, reconcile, with_test_token};
+use common::ethereum::{
+    connected, crypto_wallet, eth_wallet, on, pass, reconcile, with_test_token,
+};
 use common::{TestApp, error_code};
 use serde_json::json;
 use wallet::app::App;
@@ -340,8 +342,10 @@ async fn the_node_stopped_and_started_again_loses_and_doubles_nothing() {
     assert!(ready.contains("ethereum: unavailable"), "{ready}");
     assert!(ready.contains("bitcoin: ok"), "{ready}");
 
-    // Back (with its chain): the deposit is followed on and credited once.
+    // Back (with its chain): once verified again, the deposit is followed on and
+    // credited once.
     anvil.start_again().await;
+    connected(&t.app).await;
     anvil.mine(4).await;
     pass(&t.app).await;
     pass(&t.app).await;
@@ -366,6 +370,7 @@ async fn the_node_stopped_and_started_again_loses_and_doubles_nothing() {
     anvil.stop();
     assert!(worker.pass().await.is_err());
     anvil.start_again().await;
+    connected(&t.app).await;
     for _ in 0..8 {
         pass(&t.app).await;
         anvil.mine(1).await;

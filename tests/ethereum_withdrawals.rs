@@ -270,6 +270,7 @@ async fn a_crash_between_storing_and_broadcasting_sends_once() {
         &state.chains,
         &["ethereum".to_owned()],
         &mut 0,
+        &mut Vec::new(),
     )
     .await
     .unwrap()
@@ -333,8 +334,9 @@ async fn a_stuck_withdrawal_is_replaced_with_a_higher_fee_and_debited_once() {
     pass(&t.app).await;
     let first = withdrawal(&t, id).await.hash.unwrap();
 
-    // The base fee jumps far above what the transaction offers: it is not mined.
-    anvil.set_next_base_fee(1_000 * GWEI).await;
+    // The base fee jumps far above what the transaction offers (but not above the fee
+    // cap, 500 gwei by default: see the cap's own test): it is not mined.
+    anvil.set_next_base_fee(200 * GWEI).await;
     anvil.mine(2).await;
     let report = pass(&t.app).await;
     assert_eq!(report.withdrawals.replaced, 0, "not yet: {report:?}");
@@ -481,4 +483,133 @@ async fn a_token_withdrawal_pays_its_gas_in_ether_from_its_address() {
     let reconciled = reconcile(&t, &tusd).await;
     assert_eq!(reconciled["status"], "MATCHED", "{reconciled}");
     t.assert_balanced().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_transaction_offers_more_than_the_fee_cap_and_a_withdrawal_waits_under_it() {
+    let anvil = Anvil::start().await;
+    let capped = |gwei: u128| {
+        let mut options = on(&anvil);
+        if let Some(node) = &mut options.ethereum {
+            node.max_fee_per_gas = gwei * GWEI;
+        }
+        options
+    };
+    let t = TestApp::with(capped(10)).await;
+    let (wallet, address) = funded(&t, &anvil, ETHER).await;
+    // The base fee rises to 50 gwei, above the 10 gwei cap.
+    anvil.set_next_base_fee(50 * GWEI).await;
+    anvil.mine(1).await;
+    let id = withdraw(&t, &wallet, DEV_ACCOUNT_2, "0.1", "w-1").await;
+    // Locked: the amount and 21,000 gas at the cap, not at what the node asks.
+    let gas_at = |gwei: u128| Decimal::from_i128_with_scale((21_000 * gwei * GWEI) as i128, 18);
+    assert_eq!(
+        balances(&t, &wallet).await,
+        (Decimal::ONE, Decimal::new(1, 1) + gas_at(10))
+    );
+
+    // Not signed (no nonce taken, nothing sent), still PENDING with its lock, and
+    // reported as held at the cap, pass after pass.
+    for _ in 0..3 {
+        let report = pass(&t.app).await;
+        assert_eq!((report.signed, report.broadcast), (0, 0), "{report:?}");
+        assert_eq!(report.held_at_fee_cap(), vec![id], "{report:?}");
+    }
+    let w = withdrawal(&t, id).await;
+    assert_eq!((w.status.as_str(), w.attempts.len()), ("PENDING", 0));
+    let pending_nonce = anvil
+        .rpc("eth_getTransactionCount", json!([address, "pending"]))
+        .await;
+    assert_eq!(quantity(&pending_nonce), 0);
+
+    // Restarted with the cap at 60 gwei: above the base fee, below what the node asks
+    // (twice the base fee plus the tip). Signed at the cap exactly; the lock follows.
+    let (raised, _) = t.sibling_with(capped(60)).await;
+    let report = pass(&raised).await;
+    assert_eq!((report.signed, report.broadcast), (1, 1), "{report:?}");
+    assert!(report.held_at_fee_cap().is_empty(), "{report:?}");
+    let offered = max_fees(&t, id).await;
+    assert_eq!(offered, vec![Decimal::from(60 * GWEI)]);
+    let locked_fee = gas_at(60);
+    assert_eq!(
+        balances(&t, &wallet).await,
+        (Decimal::ONE, Decimal::new(1, 1) + locked_fee)
+    );
+
+    // The base fee jumps above what it offers: it is not mined, and a replacement would
+    // have to offer more than the cap, so none is made; it is reported.
+    anvil.set_next_base_fee(200 * GWEI).await;
+    for _ in 0..4 {
+        anvil.mine(1).await;
+        pass(&raised).await;
+    }
+    let report = pass(&raised).await;
+    assert_eq!(report.withdrawals.replaced, 0, "{report:?}");
+    assert_eq!(report.held_at_fee_cap(), vec![id], "{report:?}");
+    assert_eq!(max_fees(&t, id).await, offered, "no attempt above the cap");
+    assert_eq!(withdrawal(&t, id).await.status, "PROCESSING");
+
+    // Fees fall: the attempt sent is mined (sent again if the node dropped it), and the
+    // user is charged what the chain charged — never more than was locked.
+    anvil.set_next_base_fee(10 * GWEI).await;
+    let mut w = withdrawal(&t, id).await;
+    for _ in 0..10 {
+        anvil.mine(1).await;
+        pass(&raised).await;
+        w = withdrawal(&t, id).await;
+        if w.status != "PROCESSING" {
+            break;
+        }
+    }
+    assert_eq!(w.status, "COMPLETED", "{w:?}");
+    assert_eq!(w.attempts.len(), 1);
+    let (fee, _, _) = charged(&anvil, &w.attempts[0]).await;
+    assert_eq!(w.debits[0].fee, fee);
+    assert!(fee <= locked_fee, "charged {fee}, locked {locked_fee}");
+    let (balance, locked) = balances(&t, &wallet).await;
+    assert_eq!(locked, Decimal::ZERO);
+    assert_eq!(balance, Decimal::ONE - Decimal::new(1, 1) - fee);
+    assert_eq!(anvil.balance(&address).await, wei(balance));
+    t.assert_balanced().await;
+}
+
+/// The max fee per gas of each of a withdrawal's attempts, oldest first (wei).
+async fn max_fees(t: &TestApp, id: i64) -> Vec<Decimal> {
+    t.db.client()
+        .await
+        .query(
+            "SELECT max_fee_per_gas::text FROM withdrawal_attempts
+              WHERE transaction_id = $1 ORDER BY id",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| dec(r.get(0)))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_fee_cap_holds_when_the_service_pays_the_gas() {
+    let anvil = Anvil::start().await;
+    let mut options = on(&anvil);
+    // A flat ETH withdrawal fee: the user pays it, the service pays the gas.
+    options.withdrawal_fees = [("ETH".to_owned(), Decimal::new(1, 3))].into();
+    if let Some(node) = &mut options.ethereum {
+        node.max_fee_per_gas = 60 * GWEI;
+    }
+    let t = TestApp::with(options).await;
+    let (wallet, _) = funded(&t, &anvil, ETHER).await;
+    anvil.set_next_base_fee(50 * GWEI).await;
+    anvil.mine(1).await;
+    let id = withdraw(&t, &wallet, DEV_ACCOUNT_2, "0.1", "w-1").await;
+    let report = pass(&t.app).await;
+    assert_eq!(report.signed, 1, "{report:?}");
+    // The node asks twice the base fee plus the tip (over 100 gwei): the cap is offered.
+    assert_eq!(max_fees(&t, id).await, vec![Decimal::from(60 * GWEI)]);
+    assert_eq!(
+        balances(&t, &wallet).await,
+        (Decimal::ONE, Decimal::new(101, 3)),
+        "the user's lock is the amount and the flat fee"
+    );
 }

@@ -16,8 +16,19 @@
 //!
 //! Amounts are ether (wei / 10^18) as exact decimals. Every call has a deadline: a node
 //! that does not answer is [`ChainError::Unavailable`], never a hung worker.
+//!
+//! The node is verified, not trusted: it is used only once it reports the configured
+//! chain id (or, without one, the id it first reported) and each configured token's
+//! contract reports the configured `decimals()`. Until then, and from the moment a call
+//! finds it unreachable until it is verified again, the network is unavailable (see
+//! [`super::link`]) while the rest of the service serves; [`EthereumNode::supervise`]
+//! connects again in the background with exponential backoff, and checks the chain id
+//! every minute. The chain worker checks it before each pass's work too
+//! ([`Chain::verify`]): a node that starts serving another chain is taken out of use
+//! before any deposit is read from it or any withdrawal sent to it.
 
 use std::future::IntoFuture;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use alloy::consensus::Transaction as _;
@@ -29,17 +40,21 @@ use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::{Block, Filter, Log, TransactionReceipt};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::SolEvent as _;
+use alloy::transports::{RpcError, TransportErrorKind};
 use chrono::{DateTime, TimeZone as _, Utc};
 use diesel::prelude::*;
 use diesel_async::RunQueryDsl;
 use rust_decimal::Decimal;
 
+use super::link::{self, Link};
+use super::rpc::{self, CALL_TIMEOUT, Endpoint, NodeUrl};
 use super::{
-    AccountChain, Chain, ChainError, ChainTransfer, Fee, GasFees, NonceTransfer, Scanned,
+    AccountChain, Chain, ChainError, ChainTransfer, Fee, GasFees, GasQuote, NonceTransfer, Scanned,
     SignedTransfer, TransferStatus,
 };
 use crate::db::PgPool;
 use crate::schema::chain_blocks;
+use crate::task::AbortOnDrop;
 
 /// The network name this client serves.
 pub const NETWORK: &str = "ethereum";
@@ -50,8 +65,14 @@ const TRANSFER_GAS: u64 = 21_000;
 /// Gas a token withdrawal may use: an ERC-20 `transfer` costs 30,000–60,000; unused gas
 /// is not charged.
 const TOKEN_TRANSFER_GAS: u64 = 100_000;
-/// How long one JSON-RPC call may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often a connected node's chain id is checked again (besides the chain worker's
+/// check before each pass).
+const RECHECK_EVERY: Duration = Duration::from_secs(60);
+/// Wei per gwei.
+pub const GWEI: u128 = 1_000_000_000;
+/// The default of `WALLET_ETHEREUM_MAX_FEE_PER_GAS_GWEI`: above what mainnet asks but in
+/// its rarest spikes, far below what a node gone wrong could make the service pay.
+pub const DEFAULT_MAX_FEE_PER_GAS_GWEI: u64 = 500;
 /// Blocks whose hashes are kept for reorg detection: deeper reorgs are not followed.
 const REMEMBERED_BLOCKS: i64 = 1024;
 /// Blocks one deposit scan reads at most.
@@ -60,17 +81,57 @@ const MAX_BLOCKS_PER_SCAN: u64 = 500;
 /// history is not scanned; wallets are younger than that).
 const FIRST_SCAN_DEPTH: u64 = 256;
 
-/// How to reach the node.
+/// How to reach the node, and what it must be. `Debug` shows the URL redacted.
 #[derive(Clone, Debug)]
 pub struct NodeConfig {
-    /// `http://…` JSON-RPC endpoint.
-    pub rpc_url: String,
-    /// The chain id the node must report (refused otherwise).
+    /// JSON-RPC endpoint: `https://…`, or `http://…` to a node on this machine.
+    pub rpc_url: NodeUrl,
+    /// A PEM file of the CAs the node's certificate must chain to (instead of the public
+    /// web's): for a node with a certificate from a private CA.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The chain id the node must report (without one: the first id it reports, for as
+    /// long as the process runs). Required in production.
     pub chain_id: Option<u64>,
     /// ERC-20 tokens offered as currencies of their own.
     pub tokens: Vec<Token>,
     /// Blocks a withdrawal may wait unmined before it is replaced with a higher fee.
     pub replace_after_blocks: u64,
+    /// The most the service offers per gas for any transaction, in wei.
+    pub max_fee_per_gas: u128,
+}
+
+impl NodeConfig {
+    /// A node at `rpc_url`, with the defaults of everything else.
+    pub fn new(rpc_url: impl Into<NodeUrl>) -> Self {
+        NodeConfig {
+            rpc_url: rpc_url.into(),
+            ca_file: None,
+            chain_id: None,
+            tokens: Vec::new(),
+            replace_after_blocks: 5,
+            max_fee_per_gas: u128::from(DEFAULT_MAX_FEE_PER_GAS_GWEI) * GWEI,
+        }
+    }
+
+    /// The endpoint, checked (`https://`, or `http://` on this machine only).
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
+        Endpoint::parse(
+            "WALLET_ETHEREUM_RPC_URL",
+            &self.rpc_url,
+            self.ca_file.as_deref(),
+        )
+    }
+}
+
+/// `WALLET_ETHEREUM_MAX_FEE_PER_GAS_GWEI` (a decimal number of gwei, at most 9 decimals)
+/// in wei.
+pub fn parse_gwei(text: &str) -> Result<u128, String> {
+    let gwei = crate::ledger::money::parse_decimal(text.trim())?;
+    let wei = gwei
+        .checked_mul(Decimal::from(GWEI))
+        .filter(|w| w.is_sign_positive() && !w.is_zero() && w.fract().is_zero())
+        .ok_or_else(|| format!("{text:?} must be more than 0 gwei, in whole wei"))?;
+    u128::try_from(wei).map_err(|_| format!("{text:?} is too large"))
 }
 
 /// An ERC-20 token offered as a currency: its code, contract and decimals.
@@ -123,34 +184,80 @@ alloy::sol! {
     function transfer(address to, uint256 value) returns (bool);
     /// ERC-20's balance.
     function balanceOf(address owner) returns (uint256);
+    /// ERC-20's decimals.
+    function decimals() returns (uint8);
+}
+
+/// A followed token contract.
+#[derive(Clone, Debug)]
+struct Followed {
+    code: String,
+    contract: Address,
+    decimals: u32,
 }
 
 #[derive(Clone)]
 pub struct EthereumNode {
     provider: DynProvider,
+    /// For logs: shown redacted.
+    url: NodeUrl,
     /// For the memory of processed blocks.
     pool: PgPool,
-    chain_id: u64,
+    /// The chain id the node must serve: the configured one, or the first it reported.
+    expected_chain_id: Arc<OnceLock<u64>>,
     /// Token contracts followed, with their decimals.
-    tokens: Vec<(Address, u32)>,
+    tokens: Arc<[Followed]>,
     replace_after_blocks: u64,
+    max_fee_per_gas: u128,
+    /// Whether the node may be used now.
+    link: Arc<Link>,
+}
+
+/// Why [`EthereumNode::connect`] did not connect.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// The node did not answer (or not in time): tried again later. Why (redacted).
+    Unreachable(String),
+    /// The node answered, but is not what the configuration says: what to fix.
+    Refused(String),
+}
+
+impl std::fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectError::Unreachable(why) => write!(f, "unreachable: {why}"),
+            ConnectError::Refused(why) => write!(f, "{}", super::redact::redact(why)),
+        }
+    }
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ChainError {
-    ChainError::Unavailable(e.to_string())
+    ChainError::Unavailable(rpc::bounded(&super::redact::redact(&e.to_string())))
 }
 
-/// One node call under [`CALL_TIMEOUT`]; any failure is the node being unavailable.
-async fn call<T, E: std::fmt::Display>(
+/// How a node call failed.
+enum CallFailure {
+    /// No answer: the connection failed, or the deadline passed.
+    Unreachable(String),
+    /// The node answered with an error, or with something that is not the answer.
+    Answered(String),
+}
+
+/// One node call under [`CALL_TIMEOUT`], whether the node may be used or not.
+async fn rpc<T>(
     what: &str,
-    f: impl IntoFuture<Output = Result<T, E>>,
-) -> Result<T, ChainError> {
+    f: impl IntoFuture<Output = Result<T, RpcError<TransportErrorKind>>>,
+) -> Result<T, CallFailure> {
     match tokio::time::timeout(CALL_TIMEOUT, f.into_future()).await {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(ChainError::Unavailable(format!(
-            "ethereum node, {what}: {e}"
-        ))),
-        Err(_) => Err(ChainError::Unavailable(format!(
+        Ok(Err(e)) => {
+            let text = format!("ethereum node, {what}: {}", rpc::describe(&e));
+            Err(match e {
+                RpcError::Transport(_) => CallFailure::Unreachable(text),
+                _ => CallFailure::Answered(text),
+            })
+        }
+        Err(_) => Err(CallFailure::Unreachable(format!(
             "ethereum node, {what}: no answer within {CALL_TIMEOUT:?}"
         ))),
     }
@@ -217,57 +324,248 @@ fn confirmations(block: u64, tip: u64) -> i64 {
 }
 
 impl EthereumNode {
-    /// Connects and checks the chain id (when one is configured).
-    pub async fn connect(config: &NodeConfig, pool: PgPool) -> anyhow::Result<Self> {
-        let url = config
-            .rpc_url
-            .parse()
-            .map_err(|e| anyhow::anyhow!("WALLET_ETHEREUM_RPC_URL {:?}: {e}", config.rpc_url))?;
+    /// A client of the configured node, not connected yet: nothing is asked of the node
+    /// until [`EthereumNode::connect`], and until that succeeds the network is
+    /// unavailable. Refuses a URL that is not `https://` (or `http://` on this machine).
+    pub fn new(config: &NodeConfig, pool: PgPool) -> anyhow::Result<Self> {
+        let endpoint = config.endpoint().map_err(anyhow::Error::msg)?;
+        let client = endpoint.client().map_err(anyhow::Error::msg)?;
         let provider = ProviderBuilder::new()
             .disable_recommended_fillers()
-            .connect_http(url)
+            .connect_reqwest(client, endpoint.url())
             .erased();
-        let chain_id = call("eth_chainId", provider.get_chain_id())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e} (WALLET_ETHEREUM_RPC_URL={})", config.rpc_url))?;
-        if let Some(expected) = config.chain_id
-            && expected != chain_id
-        {
-            anyhow::bail!(
-                "the ethereum node at {} serves chain id {chain_id}, not \
-                 WALLET_ETHEREUM_CHAIN_ID={expected}",
-                config.rpc_url
-            );
-        }
         let tokens = config
             .tokens
             .iter()
             .map(|t| {
-                t.contract
-                    .parse::<Address>()
-                    .map(|a| (a, u32::from(t.decimals)))
-                    .map_err(|e| anyhow::anyhow!("token {}: {e}", t.code))
+                Ok(Followed {
+                    code: t.code.clone(),
+                    contract: t
+                        .contract
+                        .parse()
+                        .map_err(|e| anyhow::anyhow!("token {}: {e}", t.code))?,
+                    decimals: u32::from(t.decimals),
+                })
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let expected_chain_id = OnceLock::new();
+        if let Some(id) = config.chain_id {
+            let _ = expected_chain_id.set(id);
+        }
         Ok(EthereumNode {
             provider,
+            url: config.rpc_url.clone(),
             pool,
-            chain_id,
-            tokens,
+            expected_chain_id: Arc::new(expected_chain_id),
+            tokens: tokens.into(),
             replace_after_blocks: config.replace_after_blocks.max(1),
+            max_fee_per_gas: config.max_fee_per_gas.max(1),
+            link: Arc::new(Link::new(NETWORK)),
         })
     }
 
-    pub fn chain_id(&self) -> u64 {
-        self.chain_id
+    /// The verified chain id, or why the node is not used now.
+    pub fn chain_id(&self) -> Result<u64, ChainError> {
+        self.link.ready()
+    }
+
+    /// Verifies the node — its chain id, and each token's `decimals()` — and on success
+    /// puts it to use. A node that does not answer leaves the network unavailable; one
+    /// that answers wrongly is refused (unavailable too, with what to fix).
+    pub async fn connect(&self) -> Result<u64, ConnectError> {
+        let verified = self.verify_node().await;
+        match &verified {
+            Ok(chain_id) => self.link.connected(*chain_id),
+            Err(ConnectError::Unreachable(why)) => self.link.unreachable(why),
+            Err(ConnectError::Refused(why)) => self.link.refused(why),
+        }
+        verified
+    }
+
+    async fn verify_node(&self) -> Result<u64, ConnectError> {
+        let chain_id = self.reported_chain_id().await?;
+        self.check_chain_id(chain_id)
+            .map_err(ConnectError::Refused)?;
+        for token in self.tokens.iter() {
+            self.check_token(token).await?;
+        }
+        Ok(chain_id)
+    }
+
+    async fn reported_chain_id(&self) -> Result<u64, ConnectError> {
+        rpc("eth_chainId", self.provider.get_chain_id())
+            .await
+            .map_err(|failure| match failure {
+                CallFailure::Unreachable(e) => ConnectError::Unreachable(e),
+                CallFailure::Answered(e) => {
+                    ConnectError::Refused(format!("{e}: is this an Ethereum JSON-RPC node?"))
+                }
+            })
+    }
+
+    /// `reported` is the chain the node must serve (the configured one; without one, the
+    /// first it ever reported here).
+    fn check_chain_id(&self, reported: u64) -> Result<(), String> {
+        let expected = *self.expected_chain_id.get_or_init(|| reported);
+        if expected == reported {
+            return Ok(());
+        }
+        Err(format!(
+            "the ethereum node at {} serves chain id {reported}, not {expected} \
+             (WALLET_ETHEREUM_CHAIN_ID, or the chain it served when this process first \
+             connected): point WALLET_ETHEREUM_RPC_URL at a node of chain {expected}",
+            self.url
+        ))
+    }
+
+    /// The token's contract must report the configured decimals: amounts are read and
+    /// sent in its smallest unit, and a wrong scale would credit or pay a wrong amount.
+    async fn check_token(&self, token: &Followed) -> Result<(), ConnectError> {
+        use alloy::sol_types::SolCall as _;
+        let request = alloy::rpc::types::TransactionRequest::default()
+            .to(token.contract)
+            .input(Bytes::from(decimalsCall {}.abi_encode()).into());
+        let answer = match rpc("eth_call decimals()", self.provider.call(request)).await {
+            Ok(answer) => answer,
+            Err(CallFailure::Unreachable(e)) => {
+                return Err(ConnectError::Unreachable(e));
+            }
+            Err(CallFailure::Answered(e)) => {
+                return Err(ConnectError::Refused(format!(
+                    "token {}: the contract {} did not answer decimals() ({e}): check \
+                     WALLET_ETHEREUM_TOKENS and that the node serves the right chain",
+                    token.code,
+                    address(token.contract)
+                )));
+            }
+        };
+        let reported = decimalsCall::abi_decode_returns(&answer).map_err(|_| {
+            ConnectError::Refused(format!(
+                "token {}: {} is not an ERC-20 contract on this chain (no decimals()): \
+                 check WALLET_ETHEREUM_TOKENS and that the node serves the right chain",
+                token.code,
+                address(token.contract)
+            ))
+        })?;
+        if u32::from(reported) != token.decimals {
+            return Err(ConnectError::Refused(format!(
+                "token {}: WALLET_ETHEREUM_TOKENS says {} decimals, but the contract {} \
+                 reports {reported}: correct WALLET_ETHEREUM_TOKENS ({}:{}:{reported})",
+                token.code,
+                token.decimals,
+                address(token.contract),
+                token.code,
+                address(token.contract),
+            )));
+        }
+        Ok(())
+    }
+
+    /// Asks the connected node for its chain id: a node now serving another chain is
+    /// refused (taken out of use, loudly).
+    async fn recheck_chain_id(&self) -> Result<(), ChainError> {
+        let reported = self
+            .call("eth_chainId", self.provider.get_chain_id())
+            .await?;
+        match self.check_chain_id(reported) {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                if self.link.is_ready() {
+                    tracing::error!(
+                        network = NETWORK,
+                        reason = %why,
+                        "THE ETHEREUM NODE CHANGED CHAINS: the network is stopped (no \
+                         deposit read, no withdrawal sent) until it serves the expected \
+                         chain again"
+                    );
+                    metrics::counter!("wallet_chain_id_mismatches_total", "network" => NETWORK)
+                        .increment(1);
+                }
+                self.link.refused(&why);
+                Err(unavailable(why))
+            }
+        }
+    }
+
+    /// Keeps the node connected, until dropped: while it is not, connects again with
+    /// exponential backoff ([`link::RETRY_FIRST`] doubling to [`link::RETRY_MAX`]); while
+    /// it is, checks its chain id every [`RECHECK_EVERY`], and at once when a call finds
+    /// it unreachable.
+    pub fn supervise(&self) -> AbortOnDrop<()> {
+        let node = self.clone();
+        AbortOnDrop::spawn(async move {
+            let mut delay = link::RETRY_FIRST;
+            if !node.link.is_ready() {
+                // Not connected at start: that attempt was the first.
+                tokio::time::sleep(delay).await;
+                delay = link::next_delay(delay);
+            }
+            loop {
+                if node.link.is_ready() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(RECHECK_EVERY) => {}
+                        _ = node.link.lost_signal() => {}
+                    }
+                    if node.link.is_ready() {
+                        let _ = node.recheck_chain_id().await;
+                    }
+                    delay = link::RETRY_FIRST;
+                    continue;
+                }
+                match node.connect().await {
+                    Ok(chain_id) => {
+                        tracing::info!(
+                            network = NETWORK,
+                            chain_id,
+                            url = %node.url,
+                            "ethereum node connected and verified: the network serves"
+                        );
+                        continue;
+                    }
+                    Err(ConnectError::Unreachable(e)) => tracing::warn!(
+                        network = NETWORK,
+                        error = %e,
+                        retry_in = ?delay,
+                        "ethereum node unreachable: the network is unavailable"
+                    ),
+                    Err(ConnectError::Refused(why)) => tracing::error!(
+                        network = NETWORK,
+                        reason = %super::redact::redact(&why),
+                        retry_in = ?delay,
+                        "ethereum node REFUSED: it is not what the configuration says; \
+                         the network is unavailable until this is fixed"
+                    ),
+                }
+                tokio::time::sleep(delay).await;
+                delay = link::next_delay(delay);
+            }
+        })
+    }
+
+    /// One call to the node, if it may be used now (else unavailable at once). A call
+    /// the node does not answer takes it out of use until it is verified again.
+    async fn call<T>(
+        &self,
+        what: &str,
+        f: impl IntoFuture<Output = Result<T, RpcError<TransportErrorKind>>>,
+    ) -> Result<T, ChainError> {
+        self.link.ready()?;
+        match rpc(what, f).await {
+            Ok(value) => Ok(value),
+            Err(CallFailure::Unreachable(e)) => {
+                self.link.lost(&e);
+                Err(unavailable(e))
+            }
+            Err(CallFailure::Answered(e)) => Err(unavailable(e)),
+        }
     }
 
     /// The decimals of a followed token.
     fn decimals(&self, contract: Address) -> Result<u32, ChainError> {
         self.tokens
             .iter()
-            .find(|(a, _)| *a == contract)
-            .map(|(_, d)| *d)
+            .find(|t| t.contract == contract)
+            .map(|t| t.decimals)
             .ok_or_else(|| unavailable(format!("token {contract} is not configured")))
     }
 
@@ -276,7 +574,8 @@ impl EthereumNode {
     }
 
     async fn tip_number(&self) -> Result<u64, ChainError> {
-        call("eth_blockNumber", self.provider.get_block_number()).await
+        self.call("eth_blockNumber", self.provider.get_block_number())
+            .await
     }
 
     async fn block(&self, number: u64, full: bool) -> Result<Option<Block>, ChainError> {
@@ -284,7 +583,7 @@ impl EthereumNode {
             .provider
             .get_block_by_number(BlockNumberOrTag::Number(number));
         let request = if full { request.full() } else { request };
-        call("eth_getBlockByNumber", request).await
+        self.call("eth_getBlockByNumber", request).await
     }
 
     async fn canonical_hash(&self, number: u64) -> Result<Option<B256>, ChainError> {
@@ -292,13 +591,14 @@ impl EthereumNode {
     }
 
     async fn receipts(&self, number: u64) -> Result<Vec<TransactionReceipt>, ChainError> {
-        Ok(call(
-            "eth_getBlockReceipts",
-            self.provider
-                .get_block_receipts(BlockId::Number(BlockNumberOrTag::Number(number))),
-        )
-        .await?
-        .unwrap_or_default())
+        Ok(self
+            .call(
+                "eth_getBlockReceipts",
+                self.provider
+                    .get_block_receipts(BlockId::Number(BlockNumberOrTag::Number(number))),
+            )
+            .await?
+            .unwrap_or_default())
     }
 
     /// The ether transfers of a block (transactions with a value), with their outcome.
@@ -356,9 +656,11 @@ impl EthereumNode {
         }
         let filter = Filter::new()
             .at_block_hash(block.header.hash)
-            .address(self.tokens.iter().map(|(a, _)| *a).collect::<Vec<_>>())
+            .address(self.tokens.iter().map(|t| t.contract).collect::<Vec<_>>())
             .event_signature(Transfer::SIGNATURE_HASH);
-        let logs = call("eth_getLogs", self.provider.get_logs(&filter)).await?;
+        let logs = self
+            .call("eth_getLogs", self.provider.get_logs(&filter))
+            .await?;
         logs.iter()
             .filter_map(|log| {
                 self.token_transfer(log, block.header.number, block.header.timestamp, tip)
@@ -375,10 +677,10 @@ impl EthereumNode {
         timestamp: u64,
         tip: u64,
     ) -> Result<Option<ChainTransfer>, ChainError> {
-        let Some(&(contract, decimals)) = self.tokens.iter().find(|(a, _)| *a == log.address())
-        else {
+        let Some(token) = self.tokens.iter().find(|t| t.contract == log.address()) else {
             return Ok(None);
         };
+        let (contract, decimals) = (token.contract, token.decimals);
         let Ok(event) = log.log_decode::<Transfer>() else {
             return Ok(None);
         };
@@ -548,6 +850,14 @@ impl EthereumNode {
 
 #[async_trait::async_trait]
 impl Chain for EthereumNode {
+    fn available(&self, _network: &str) -> Result<(), ChainError> {
+        self.link.ready().map(|_| ())
+    }
+
+    async fn verify(&self, _network: &str) -> Result<(), ChainError> {
+        self.recheck_chain_id().await
+    }
+
     async fn tip(&self, _network: &str) -> Result<i64, ChainError> {
         Ok(block_number(self.tip_number().await?))
     }
@@ -567,20 +877,22 @@ impl Chain for EthereumNode {
         let Some(hash) = parse_hash(hash) else {
             return Ok(None);
         };
-        let Some(tx) = call(
-            "eth_getTransactionByHash",
-            self.provider.get_transaction_by_hash(hash),
-        )
-        .await?
+        let Some(tx) = self
+            .call(
+                "eth_getTransactionByHash",
+                self.provider.get_transaction_by_hash(hash),
+            )
+            .await?
         else {
             return Ok(None);
         };
         let tip = self.tip_number().await?;
-        let receipt = call(
-            "eth_getTransactionReceipt",
-            self.provider.get_transaction_receipt(hash),
-        )
-        .await?;
+        let receipt = self
+            .call(
+                "eth_getTransactionReceipt",
+                self.provider.get_transaction_receipt(hash),
+            )
+            .await?;
         // Counted only while its block is the canonical one at that height.
         let mut included = None;
         if let Some(r) = &receipt
@@ -621,7 +933,10 @@ impl Chain for EthereumNode {
 
     async fn balance(&self, _network: &str, address: &str) -> Result<Decimal, ChainError> {
         let address = parse_address(address)?;
-        ether(call("eth_getBalance", self.provider.get_balance(address)).await?)
+        ether(
+            self.call("eth_getBalance", self.provider.get_balance(address))
+                .await?,
+        )
     }
 
     async fn balance_at(
@@ -635,11 +950,12 @@ impl Chain for EthereumNode {
         let owner = parse_address(address)?;
         let block = BlockId::number(u64::try_from(height).unwrap_or(0));
         let Some(contract) = asset else {
-            let wei = call(
-                "eth_getBalance",
-                self.provider.get_balance(owner).block_id(block),
-            )
-            .await?;
+            let wei = self
+                .call(
+                    "eth_getBalance",
+                    self.provider.get_balance(owner).block_id(block),
+                )
+                .await?;
             return ether(wei).map(Some);
         };
         let contract = parse_address(contract)?;
@@ -647,7 +963,9 @@ impl Chain for EthereumNode {
         let request = alloy::rpc::types::TransactionRequest::default()
             .to(contract)
             .input(Bytes::from(balanceOfCall { owner }.abi_encode()).into());
-        let answer = call("eth_call", self.provider.call(request).block(block)).await?;
+        let answer = self
+            .call("eth_call", self.provider.call(request).block(block))
+            .await?;
         let value = balanceOfCall::abi_decode_returns(&answer)
             .map_err(|e| unavailable(format!("balanceOf of {contract}: {e}")))?;
         units(value, decimals).map(Some)
@@ -745,8 +1063,10 @@ impl Chain for EthereumNode {
 
     async fn estimate_fee(&self, _network: &str) -> Result<Fee, ChainError> {
         // What a plain transfer may cost at most (the amount locked); the chain charges the
-        // effective price, and the difference is released.
-        let max_fee = U256::from(self.gas_fees().await?.max_fee_per_gas);
+        // effective price, and the difference is released. Never more than the cap: no
+        // transaction offers more.
+        let quote = self.gas_fees().await?;
+        let max_fee = U256::from(quote.wanted.capped(self.max_fee_per_gas).max_fee_per_gas);
         Ok(Fee {
             total: ether(max_fee * U256::from(TRANSFER_GAS))?,
             gas_price: Some(ether(max_fee)?),
@@ -757,11 +1077,12 @@ impl Chain for EthereumNode {
     async fn broadcast(&self, transfer: &SignedTransfer) -> Result<String, ChainError> {
         let raw = alloy::primitives::hex::decode(&transfer.raw)
             .map_err(|e| unavailable(format!("stored transaction is not hex: {e}")))?;
-        match call(
-            "eth_sendRawTransaction",
-            self.provider.send_raw_transaction(&raw),
-        )
-        .await
+        match self
+            .call(
+                "eth_sendRawTransaction",
+                self.provider.send_raw_transaction(&raw),
+            )
+            .await
         {
             Ok(pending) => Ok(spell(*pending.tx_hash())),
             // The same bytes again: the node has them (pending or mined).
@@ -781,32 +1102,41 @@ impl Chain for EthereumNode {
 impl AccountChain for EthereumNode {
     async fn pending_nonce(&self, address: &str) -> Result<u64, ChainError> {
         let address = parse_address(address)?;
-        call(
+        self.call(
             "eth_getTransactionCount",
             self.provider.get_transaction_count(address).pending(),
         )
         .await
     }
 
-    async fn gas_fees(&self) -> Result<GasFees, ChainError> {
+    async fn gas_fees(&self) -> Result<GasQuote, ChainError> {
         // What a transaction may pay at most if the base fee doubles before it is mined
         // (the chain charges the base fee of its block plus the tip).
-        let latest = call(
-            "eth_getBlockByNumber",
-            self.provider.get_block_by_number(BlockNumberOrTag::Latest),
-        )
-        .await?
-        .ok_or_else(|| unavailable("the node has no latest block"))?;
+        let latest = self
+            .call(
+                "eth_getBlockByNumber",
+                self.provider.get_block_by_number(BlockNumberOrTag::Latest),
+            )
+            .await?
+            .ok_or_else(|| unavailable("the node has no latest block"))?;
         let base = u128::from(latest.header.base_fee_per_gas.unwrap_or(0));
-        let tip = call(
-            "eth_maxPriorityFeePerGas",
-            self.provider.get_max_priority_fee_per_gas(),
-        )
-        .await?;
-        Ok(GasFees {
-            max_fee_per_gas: base.saturating_mul(2).saturating_add(tip).max(1),
-            max_priority_fee_per_gas: tip,
+        let tip = self
+            .call(
+                "eth_maxPriorityFeePerGas",
+                self.provider.get_max_priority_fee_per_gas(),
+            )
+            .await?;
+        Ok(GasQuote {
+            wanted: GasFees {
+                max_fee_per_gas: base.saturating_mul(2).saturating_add(tip).max(1),
+                max_priority_fee_per_gas: tip,
+            },
+            base_fee_per_gas: base,
         })
+    }
+
+    fn max_fee_per_gas(&self) -> u128 {
+        self.max_fee_per_gas
     }
 
     fn gas_limit(&self, asset: Option<&str>) -> u64 {
@@ -853,7 +1183,7 @@ impl AccountChain for EthereumNode {
             }
         };
         let tx = TxEip1559 {
-            chain_id: self.chain_id,
+            chain_id: self.link.ready()?,
             nonce: transfer.nonce,
             gas_limit: transfer.gas_limit,
             max_fee_per_gas: transfer.fees.max_fee_per_gas,
@@ -871,5 +1201,20 @@ impl AccountChain for EthereumNode {
             spell(*envelope.tx_hash()),
             alloy::primitives::hex::encode(envelope.encoded_2718()),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fee_cap_is_whole_wei_above_zero() {
+        assert_eq!(parse_gwei("500"), Ok(500 * GWEI));
+        assert_eq!(parse_gwei(" 0.5 "), Ok(GWEI / 2));
+        assert_eq!(parse_gwei("0.000000001"), Ok(1));
+        for bad in ["0", "-1", "0.0000000001", "abc", "", "1e3"] {
+            assert!(parse_gwei(bad).is_err(), "{bad}");
+        }
     }
 }

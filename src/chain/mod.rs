@@ -2,7 +2,10 @@
 //! and real node clients are interchangeable.
 
 pub mod ethereum;
+pub mod link;
 pub mod networks;
+pub mod redact;
+pub mod rpc;
 pub mod simulated;
 
 use chrono::{DateTime, Utc};
@@ -166,12 +169,32 @@ impl GasFees {
         }
     }
 
+    /// These fees within `cap` per gas (the tip never above the max fee).
+    pub fn capped(self, cap: u128) -> GasFees {
+        let max_fee_per_gas = self.max_fee_per_gas.min(cap);
+        GasFees {
+            max_fee_per_gas,
+            max_priority_fee_per_gas: self.max_priority_fee_per_gas.min(max_fee_per_gas),
+        }
+    }
+
     /// Whether these fees are enough to replace a transaction offering `old`.
     pub fn replaces(self, old: GasFees) -> bool {
         let tenth_above = |fee: u128| fee.saturating_add(fee.div_ceil(10));
         self.max_fee_per_gas >= tenth_above(old.max_fee_per_gas)
             && self.max_priority_fee_per_gas >= tenth_above(old.max_priority_fee_per_gas)
     }
+}
+
+/// What the chain asks for gas now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GasQuote {
+    /// What a transaction should offer to be mined soon, whatever it costs (the service's
+    /// cap is applied by whoever signs).
+    pub wanted: GasFees,
+    /// The newest block's base fee per gas: a transaction offering less cannot be mined
+    /// now.
+    pub base_fee_per_gas: u128,
 }
 
 /// A withdrawal on an account-based network, before signing: the sender's nonce orders it
@@ -194,8 +217,11 @@ pub struct NonceTransfer {
 pub trait AccountChain: Send + Sync {
     /// The nonce the address's next transaction takes (counting those the node holds).
     async fn pending_nonce(&self, address: &str) -> Result<u64, ChainError>;
-    /// Fees a transaction should offer now to be mined soon.
-    async fn gas_fees(&self) -> Result<GasFees, ChainError>;
+    /// Fees a transaction should offer now to be mined soon, and the base fee.
+    async fn gas_fees(&self) -> Result<GasQuote, ChainError>;
+    /// The most per gas the service offers for any transaction (wei): what
+    /// [`AccountChain::gas_fees`] wants is capped at it, whoever pays.
+    fn max_fee_per_gas(&self) -> u128;
     /// Gas a withdrawal of `asset` may use (what is unused is not charged).
     fn gas_limit(&self, asset: Option<&str>) -> u64;
     /// Blocks a withdrawal may wait unmined before it is replaced with a higher fee.
@@ -212,17 +238,41 @@ pub trait AccountChain: Send + Sync {
     ) -> Result<(String, String), ChainError>;
 }
 
-#[derive(Debug, thiserror::Error)]
+/// A chain's failure. Its text may come from a node or its transport, and so may hold
+/// the node's URL: `Display` and `Debug` show it redacted ([`redact::redact`]).
+#[derive(thiserror::Error)]
 pub enum ChainError {
-    /// The node could not be reached or failed; worth retrying.
-    #[error("the chain is unavailable: {0}")]
+    /// The node could not be reached, failed, or is not used now; worth retrying.
+    #[error("the chain is unavailable: {}", redact::redact(.0))]
     Unavailable(String),
     #[error("unknown network {0:?}")]
     UnknownNetwork(String),
 }
 
+impl std::fmt::Debug for ChainError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChainError::Unavailable(text) => {
+                write!(f, "Unavailable({:?})", redact::redact(text))
+            }
+            ChainError::UnknownNetwork(network) => write!(f, "UnknownNetwork({network:?})"),
+        }
+    }
+}
+
 #[async_trait::async_trait]
 pub trait Chain: Send + Sync {
+    /// Whether `network` may be used now, asking nobody: `Err` while its node is not
+    /// connected or failed verification (then every other call fails the same way).
+    fn available(&self, _network: &str) -> Result<(), ChainError> {
+        Ok(())
+    }
+    /// Asks `network`'s node to prove it still serves the chain it was verified on (its
+    /// chain id); a node that does not is taken out of use. The chain worker does this
+    /// before each pass's work on the network.
+    async fn verify(&self, _network: &str) -> Result<(), ChainError> {
+        Ok(())
+    }
     /// Height of the newest block.
     async fn tip(&self, network: &str) -> Result<i64, ChainError>;
     /// A transfer by hash, with its current confirmations.
@@ -312,6 +362,18 @@ mod tests {
         let bumped = tipless.bumped(tipless);
         assert!(bumped.max_priority_fee_per_gas > 0);
         assert!(bumped.max_priority_fee_per_gas <= bumped.max_fee_per_gas);
+    }
+
+    #[test]
+    fn capped_fees_never_exceed_the_cap() {
+        assert_eq!(fees(100, 3).capped(60 * GWEI), fees(60, 3));
+        assert_eq!(fees(100, 3).capped(2 * GWEI), fees(2, 2));
+        assert_eq!(fees(10, 3).capped(60 * GWEI), fees(10, 3));
+        // A replacement above the cap is capped, and then may not replace at all.
+        let old = fees(55, 1);
+        let bumped = old.bumped(fees(100, 1)).capped(60 * GWEI);
+        assert_eq!(bumped.max_fee_per_gas, 60 * GWEI);
+        assert!(!bumped.replaces(old));
     }
 
     #[test]

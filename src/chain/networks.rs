@@ -41,6 +41,14 @@ impl Networks {
 
 #[async_trait::async_trait]
 impl Chain for Networks {
+    fn available(&self, network: &str) -> Result<(), ChainError> {
+        self.backend(network)?.available(network)
+    }
+
+    async fn verify(&self, network: &str) -> Result<(), ChainError> {
+        self.backend(network)?.verify(network).await
+    }
+
     async fn tip(&self, network: &str) -> Result<i64, ChainError> {
         self.backend(network)?.tip(network).await
     }

@@ -77,6 +77,9 @@ pub async fn request(
     let to_address = custody::validate_address(custody_chain, &request.to_address)
         .map_err(LedgerError::InvalidAddress)?;
     let amount = money::validate_amount(request.amount, currency)?;
+    // A network whose node is not connected (or not verified) takes no withdrawal, also
+    // one that needs nothing from the node now (a token's).
+    chain.available(&network)?;
     // A token's network fee is paid in the network's coin, not in the token: the
     // withdrawal's own currency carries none of it.
     let fee = match currency.contract_address {
@@ -364,6 +367,9 @@ pub struct AdvanceReport {
     pub failed: usize,
     /// Withdrawals that could not be followed this time (retried next pass).
     pub errors: usize,
+    /// Withdrawals due for a replacement that would exceed the fee cap (node-served
+    /// networks): their sent attempt waits for fees to fall.
+    pub fee_capped: Vec<i64>,
 }
 
 /// Step 4: follows every PROCESSING withdrawal on chain (but those on `except`).
@@ -394,6 +400,8 @@ pub(super) enum Advanced {
     Rebroadcast,
     /// Replaced with a higher fee (node-served networks).
     Replaced,
+    /// Due for a replacement that would exceed the fee cap (node-served networks).
+    Capped,
     To(TransactionStatus),
     Unchanged,
 }
@@ -406,6 +414,7 @@ impl AdvanceReport {
         self.completed += other.completed;
         self.failed += other.failed;
         self.errors += other.errors;
+        self.fee_capped.extend(other.fee_capped);
     }
 
     /// Counts one withdrawal's outcome; a failure is logged (it is tried again next pass).
@@ -413,6 +422,7 @@ impl AdvanceReport {
         match outcome {
             Ok(Advanced::Rebroadcast) => self.rebroadcast += 1,
             Ok(Advanced::Replaced) => self.replaced += 1,
+            Ok(Advanced::Capped) => self.fee_capped.push(id),
             Ok(Advanced::To(TransactionStatus::Completed)) => self.completed += 1,
             Ok(Advanced::To(TransactionStatus::Failed)) => self.failed += 1,
             Ok(_) => {}

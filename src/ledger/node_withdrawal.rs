@@ -20,6 +20,15 @@
 //!    `replace_after_blocks` is replaced by a new attempt with the same nonce and higher
 //!    fees, locking more if the user pays the network's fee and has it.
 //!
+//! No transaction offers more per gas than the service's cap
+//! ([`AccountChain::max_fee_per_gas`], `WALLET_ETHEREUM_MAX_FEE_PER_GAS_GWEI`), whoever
+//! pays its fee: a first attempt asks at most the cap, and while the network's base fee
+//! is above the cap it is not signed at all (it could not be mined, and a nonce given to
+//! it would hold up the address's later withdrawals); it stays PENDING, with its lock,
+//! and is counted in the pass's report until fees fall or the cap is raised. A
+//! replacement that would have to go beyond the cap is not made: the attempt sent stays,
+//! to be mined when fees fall. What the user is charged never exceeds what was locked.
+//!
 //! A process dying between any two steps leaves a state the next pass picks up: the
 //! stored bytes are sent again (the chain knows a transaction by its hash), a nonce is
 //! never given to two withdrawals, and the debit is posted once, by the pass that moves
@@ -189,7 +198,8 @@ fn fee_lock(hold: &JournalEntry, attempts: &[Attempt]) -> Decimal {
 /// Step 2: claims the oldest PENDING withdrawal after `after` on one of `networks` that
 /// no other worker holds, allocates its nonce, signs it and stores it as its first
 /// attempt. Returns the transfer to broadcast, or `None` when none waits. `after` moves
-/// like [`super::chain_withdrawal::sign_next`]'s.
+/// like [`super::chain_withdrawal::sign_next`]'s; withdrawals passed over because the
+/// network's base fee is above the cap are added to `capped`.
 pub async fn sign_next(
     conn: &mut AsyncPgConnection,
     currencies: &CurrencyRegistry,
@@ -197,6 +207,7 @@ pub async fn sign_next(
     chain: &dyn Chain,
     networks: &[String],
     after: &mut i64,
+    capped: &mut Vec<i64>,
 ) -> Result<Option<SignedTransfer>, LedgerError> {
     loop {
         let tried = std::sync::atomic::AtomicI64::new(*after);
@@ -206,6 +217,10 @@ pub async fn sign_next(
             Signing::Idle => return Ok(None),
             Signing::Signed(signed) => return Ok(Some(signed)),
             Signing::Skipped => continue,
+            Signing::Capped(id) => {
+                capped.push(id);
+                continue;
+            }
         }
     }
 }
@@ -217,6 +232,8 @@ enum Signing {
     /// This one is not for this worker now (taken by another, or failed for good): the
     /// next is tried.
     Skipped,
+    /// This one waits: the network asks more than the cap (the next is tried).
+    Capped(i64),
 }
 
 async fn sign_one(
@@ -255,7 +272,17 @@ async fn sign_one(
         )));
     };
     let accounts = accounts(chain, network)?;
-    let wanted = accounts.gas_fees().await?;
+    let quote = accounts.gas_fees().await?;
+    let wanted = quote.wanted.capped(accounts.max_fee_per_gas());
+    if wanted.max_fee_per_gas < quote.base_fee_per_gas {
+        tracing::debug!(
+            id = candidate.id,
+            base_fee_per_gas = quote.base_fee_per_gas,
+            cap = accounts.max_fee_per_gas(),
+            "withdrawal waits: the network's base fee is above the fee cap"
+        );
+        return Ok(Signing::Capped(candidate.id));
+    }
     let height = chain.tip(network).await?;
     let on_chain_nonce = accounts.pending_nonce(from).await?;
     posting::retried!(conn, |tx| {
@@ -550,11 +577,12 @@ async fn advance_one(
     } else if !overdue {
         return Ok(Advanced::Unchanged);
     }
-    let Some(replacement) =
-        replace(conn, currencies, custody, accounts, hold, newest, height).await?
-    else {
-        return Ok(Advanced::Unchanged);
-    };
+    let replacement =
+        match replace(conn, currencies, custody, accounts, hold, newest, height).await? {
+            Replacing::Signed(replacement) => replacement,
+            Replacing::Capped => return Ok(Advanced::Capped),
+            Replacing::No => return Ok(Advanced::Unchanged),
+        };
     tracing::info!(
         id = hold.id,
         replaces = newest.hash,
@@ -710,8 +738,17 @@ async fn settle(
     })
 }
 
-/// Signs a replacement of `newest` (same nonce, higher fees) and stores it, unless another
-/// worker did first or the fees cannot be raised enough.
+/// What [`replace`] did.
+enum Replacing {
+    Signed(SignedTransfer),
+    /// Not replaced: enough of a raise would go beyond the fee cap.
+    Capped,
+    /// Not replaced: another worker did, or the wallet cannot pay a higher fee.
+    No,
+}
+
+/// Signs a replacement of `newest` (same nonce, higher fees, never beyond the cap) and
+/// stores it, unless another worker did first or the fees cannot be raised enough.
 async fn replace(
     conn: &mut AsyncPgConnection,
     currencies: &CurrencyRegistry,
@@ -720,15 +757,17 @@ async fn replace(
     hold: &JournalEntry,
     newest: &Attempt,
     height: i64,
-) -> Result<Option<SignedTransfer>, LedgerError> {
+) -> Result<Replacing, LedgerError> {
     let now = accounts.gas_fees().await?;
+    let cap = accounts.max_fee_per_gas();
+    let wanted = newest.fees().bumped(now.wanted).capped(cap);
     posting::retried!(conn, |tx| {
         let Some(hold) = relock(tx, hold.id).await? else {
-            return Ok(None);
+            return Ok(Replacing::No);
         };
         let attempts = attempts_of(tx, hold.id).await?;
         if attempts.last().map(|a| a.id) != Some(newest.id) {
-            return Ok(None);
+            return Ok(Replacing::No);
         }
         let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
         let (network, from, to, path) = signing_details(custody, &hold, &wallet)
@@ -736,7 +775,7 @@ async fn replace(
         let gas_limit = u64::try_from(newest.gas_limit).unwrap_or(0);
         let priced = price(
             accounts,
-            newest.fees().bumped(now),
+            wanted,
             gas_limit,
             newest.locked_fee > Decimal::ZERO,
             fee_lock(&hold, &attempts),
@@ -744,11 +783,19 @@ async fn replace(
             hold.amount.scale(),
         )?;
         if !priced.fees.replaces(newest.fees()) {
+            if !wanted.replaces(newest.fees()) {
+                tracing::debug!(
+                    id = hold.id,
+                    cap,
+                    "withdrawal not mined in time, and a higher fee would exceed the cap"
+                );
+                return Ok(Replacing::Capped);
+            }
             tracing::warn!(
                 id = hold.id,
                 "withdrawal not mined in time, and its wallet cannot pay a higher fee"
             );
-            return Ok(None);
+            return Ok(Replacing::No);
         }
         let signed = sign_attempt(
             tx,
@@ -770,6 +817,6 @@ async fn replace(
             },
         )
         .await?;
-        Ok(Some(signed))
+        Ok(Replacing::Signed(signed))
     })
 }

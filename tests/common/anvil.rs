@@ -30,6 +30,7 @@ pub fn quantity(value: &Value) -> u128 {
 pub struct Anvil {
     child: Option<Child>,
     port: u16,
+    chain_id: u64,
     /// Where the chain is kept across a stop and a start, when it is.
     state: Option<PathBuf>,
     pub url: String,
@@ -67,10 +68,15 @@ impl Anvil {
     /// Like [`start`](Self::start), keeping the chain in `state` when it stops (and
     /// loading it from there when it starts again).
     pub async fn start_keeping(state: Option<PathBuf>) -> Anvil {
-        let port = free_port();
+        Self::start_on(free_port(), CHAIN_ID, state).await
+    }
+
+    /// Like [`start_keeping`](Self::start_keeping), on `port` with `chain_id`.
+    pub async fn start_on(port: u16, chain_id: u64, state: Option<PathBuf>) -> Anvil {
         let mut anvil = Anvil {
             child: None,
             port,
+            chain_id,
             state,
             url: format!("http://127.0.0.1:{port}"),
             http: reqwest::Client::new(),
@@ -83,7 +89,7 @@ impl Anvil {
         let mut command = Command::new(binary());
         command
             .args(["--port", &self.port.to_string()])
-            .args(["--chain-id", &CHAIN_ID.to_string()])
+            .args(["--chain-id", &self.chain_id.to_string()])
             .args(["--no-mining", "--silent"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -96,6 +102,10 @@ impl Anvil {
             assert!(Instant::now() < deadline, "anvil did not answer");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Stops the node cleanly (SIGTERM: it keeps its state, if it has a state file).

@@ -14,10 +14,9 @@ use super::{CREATE_CRYPTO, Options, TestApp};
 pub fn on(anvil: &Anvil) -> Options {
     Options {
         ethereum: Some(NodeConfig {
-            rpc_url: anvil.url.clone(),
             chain_id: Some(CHAIN_ID),
-            tokens: Vec::new(),
             replace_after_blocks: 3,
+            ..NodeConfig::new(anvil.url.as_str())
         }),
         mnemonic: "abandon abandon abandon abandon abandon abandon abandon abandon abandon \
                    abandon abandon about",
@@ -53,6 +52,18 @@ pub async fn crypto_wallet(t: &TestApp, user: &str, currency: &str) -> (String, 
         w["id"].as_str().unwrap().to_owned(),
         w["address"].as_str().unwrap().to_owned(),
     )
+}
+
+/// Waits until `app`'s ethereum node is connected and verified (after a start without it,
+/// or a lost connection, the supervisor connects again with backoff).
+pub async fn connected(app: &App) {
+    use wallet::chain::Chain as _;
+    super::wait_until(
+        "the ethereum node is connected and verified",
+        std::time::Duration::from_secs(30),
+        || async { app.state.chains.available("ethereum").is_ok() },
+    )
+    .await;
 }
 
 /// One chain worker pass of `app`, which must succeed.
