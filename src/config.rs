@@ -89,8 +89,8 @@ pub struct ServeConfig {
     #[arg(long, env = "WALLET_TOKEN_REVOCATION_REFRESH_MS", default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(100..=60_000))]
     pub token_revocation_refresh_ms: u64,
-    /// Run the simulated bitcoin and ethereum networks (default: on in development; refused
-    /// in production).
+    /// Run the simulated bitcoin and ethereum networks (default: on under development rules;
+    /// refused under production rules).
     #[arg(long, env = "WALLET_SIMULATED_CHAIN")]
     pub simulated_chain: Option<bool>,
     /// JSON-RPC endpoint of an Ethereum node (e.g. anvil's `http://127.0.0.1:8545`): the
@@ -121,7 +121,8 @@ pub struct ServeConfig {
     #[arg(long, env = "WALLET_CHAIN_POLL_MS", default_value_t = 1000)]
     pub chain_poll_ms: u64,
     /// Serve GraphiQL on `/` and the example web client on `/examples/web-client/`, and
-    /// answer introspection queries (default: on in development, off in production).
+    /// answer introspection queries (default: on under development rules, off under
+    /// production rules).
     #[arg(long, env = "WALLET_GRAPHIQL")]
     pub graphiql: Option<bool>,
     /// A separate address serving only `/metrics` (e.g. a private interface for
@@ -511,13 +512,6 @@ impl Rules {
             self,
             Rules::Production | Rules::ProductionForPublicListener(_)
         )
-    }
-
-    pub fn environment(self) -> Environment {
-        match self.production() {
-            true => Environment::Production,
-            false => Environment::Development,
-        }
     }
 
     /// Why these rules apply, for refusals.

@@ -39,6 +39,12 @@ const CLOCK_MARGIN: Duration = Duration::from_secs(300);
 /// The default refresh period.
 pub const DEFAULT_REFRESH: Duration = Duration::from_secs(2);
 
+/// How many subjects may have a revocation that still matters (a cutoff within the
+/// longest token lifetime) before `revokeTokens` refuses more: every process holds them
+/// all and reloads them every refresh period, so their number must stay small. Beyond
+/// it, rotating the secret is the remedy.
+pub const MAX_RECENT_REVOCATIONS: usize = 10_000;
+
 /// A revocation as recorded.
 #[derive(Clone, Debug, PartialEq, Eq, QueryableByName)]
 pub struct Revocation {
@@ -144,6 +150,13 @@ impl Revocations {
     /// How long a revocation made elsewhere may take to be enforced here.
     pub fn refresh_period(&self) -> Duration {
         self.refresh
+    }
+
+    /// Whether one more subject may be revoked (see [`MAX_RECENT_REVOCATIONS`]); a
+    /// subject revoked already may always be revoked again.
+    pub async fn room_for(&self, subject: &str) -> Result<bool, TokenError> {
+        let cutoffs = self.current().await?;
+        Ok(cutoffs.len() < MAX_RECENT_REVOCATIONS || cutoffs.contains_key(subject))
     }
 
     /// Refuses a token of `subject` issued at `issued_at` (Unix seconds) if it was

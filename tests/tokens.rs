@@ -460,3 +460,59 @@ async fn unknown_revocations_refuse_rather_than_admit() {
     )
     .await;
 }
+
+/// Every process holds every recent revocation: their number is bounded, and past the
+/// bound `revokeTokens` refuses new subjects (the remedy then is a new secret).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recent_revocations_are_bounded() {
+    let db = common::TestDb::new().await;
+    let home = Scratch::new("wallet-tokens");
+    let secret = [
+        ("WALLET_JWT_SECRET", SECRET_A),
+        ("WALLET_TOKEN_REVOCATION_REFRESH_MS", "200"),
+    ];
+    let server = serve(&home, &db.url, &secret).await;
+    let operator = mint(home.path(), "back-office", &["--role", "operator"], &secret).unwrap();
+    // Injected: as many recent revocations as allowed, less one.
+    let below = wallet::revocation::MAX_RECENT_REVOCATIONS as i64 - 1;
+    let pg = db.client().await;
+    pg.execute(
+        "INSERT INTO token_revocations (subject, revoked_before, revoked_by, reason)
+         SELECT 'user-' || n, now(), 'test', 'bulk' FROM generate_series(1, $1::bigint) n",
+        &[&below],
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let revoke = |sub: &'static str| {
+        let operator = operator.clone();
+        let server = &server;
+        async move {
+            server
+                .gql(Some(&operator), REVOKE, json!({"u": sub, "r": "test"}))
+                .await
+                .1
+        }
+    };
+    // The last one allowed; then no new subject, but a revoked one again.
+    assert!(revoke("alice").await["errors"].is_null());
+    let refused = revoke("bob").await;
+    assert_eq!(common::error_code(&refused), "BAD_USER_INPUT", "{refused}");
+    assert!(
+        refused["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("rotate the JWT secret"),
+        "{refused}"
+    );
+    assert!(revoke("alice").await["errors"].is_null());
+    // Revocations older than the longest token lifetime no longer count.
+    pg.batch_execute(
+        "UPDATE token_revocations SET revoked_before = now() - interval '2 days'
+          WHERE revoked_by = 'test'",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(revoke("bob").await["errors"].is_null());
+}

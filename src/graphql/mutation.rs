@@ -419,6 +419,22 @@ impl Mutation {
         input: RevokeTokensInput,
     ) -> Result<TokenRevocationObject> {
         let operator = require_operator(ctx, "revoke tokens")?.user_id.clone();
+        let revocations = &state(ctx).revocations;
+        match revocations.room_for(&input.user_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(bad_input(format!(
+                    "more than {} subjects are revoked within the longest token lifetime: \
+                     rotate the JWT secret instead",
+                    crate::revocation::MAX_RECENT_REVOCATIONS
+                )));
+            }
+            Err(_) => {
+                return Err(
+                    LedgerError::Unavailable("token revocations cannot be read".into()).into(),
+                );
+            }
+        }
         let revocation =
             outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
                 Ok::<_, LedgerError>(
@@ -427,7 +443,7 @@ impl Mutation {
                 )
             })
             .await?;
-        state(ctx).revocations.record(&revocation);
+        revocations.record(&revocation);
         tracing::warn!(
             subject = %revocation.subject,
             revoked_before = %revocation.revoked_before,
