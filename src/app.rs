@@ -6,7 +6,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Notify;
 
-use crate::auth::TokenKeys;
+use crate::auth::{TokenError, TokenKeys, TokenPolicy, Verified};
 use crate::chain::ethereum::{self, ConnectError, EthereumNode, NodeConfig};
 use crate::chain::{Chain as _, Networks, SimulatedChain};
 use crate::chain_worker::ChainWorker;
@@ -18,6 +18,7 @@ use crate::ledger::CurrencyRegistry;
 use crate::ledger::currency::{TokenCurrency, register_tokens};
 use crate::ledger::group_commit::Committer;
 use crate::limits::{HttpLimits, RateLimits, WsLimits, WsSlots};
+use crate::revocation::Revocations;
 use crate::task::AbortOnDrop;
 
 /// What resolvers need: shared by every request.
@@ -47,6 +48,8 @@ pub struct AppState {
     /// How long a request may take: a movement not settled by then is answered
     /// `OUTCOME_UNKNOWN` (or refused, if it never started).
     pub request_timeout: Duration,
+    /// Revoked tokens, as this process last loaded them.
+    pub revocations: Arc<Revocations>,
 }
 
 /// Everything needed to start one service instance. `Debug` shows no secret.
@@ -59,7 +62,14 @@ pub struct AppConfig {
     pub read_pool_size: usize,
     /// Limits every pooled database session runs under (lock and statement timeouts).
     pub session_limits: SessionLimits,
+    /// Signs tokens (and verifies them).
     pub jwt_secret: SecretString,
+    /// Earlier secrets: verify only, so that tokens they signed stay good after a rotation.
+    pub jwt_previous_secrets: Vec<SecretString>,
+    /// Issuer, audience and maximum lifetimes of tokens.
+    pub token_policy: TokenPolicy,
+    /// How often revocations are reloaded: how long one made elsewhere takes to apply.
+    pub revocation_refresh: Duration,
     pub limits: Limits,
     pub request_timeout: Duration,
     pub http: HttpLimits,
@@ -215,6 +225,12 @@ impl App {
                     .map_err(|e| anyhow::anyhow!(e))?,
             )
         };
+        // Connections of their own: checking a token never waits behind queries.
+        let revocations = Arc::new(Revocations::new(
+            db::build_pool(&config.database_url, 2, limits, QueryCounter::default())?,
+            config.revocation_refresh,
+            config.token_policy.revocation_horizon(),
+        ));
         let events = EventBus::default();
         let listener = Listener::spawn(ListenerConfig::new(&config.database_url), events.clone());
         // Subscriptions opened from now on see every event committed from now on.
@@ -238,6 +254,7 @@ impl App {
             custody,
             simulator,
             chains,
+            revocations,
         };
         let miner = match (&state.simulator, config.block_interval) {
             (Some(simulator), Some(interval)) => {
@@ -268,10 +285,20 @@ impl App {
             Some(config.rates),
             config.graphiql,
         );
+        let previous: Vec<&[u8]> = config
+            .jwt_previous_secrets
+            .iter()
+            .map(|s| s.expose_secret().as_bytes())
+            .collect();
+        let tokens = TokenKeys::with_keys(
+            config.jwt_secret.expose_secret().as_bytes(),
+            &previous,
+            config.token_policy.clone(),
+        );
         Ok(App {
             state,
             schema,
-            tokens: TokenKeys::new(config.jwt_secret.expose_secret().as_bytes()),
+            tokens,
             request_timeout: config.request_timeout,
             limits: config.limits,
             http: config.http,
@@ -285,6 +312,17 @@ impl App {
             chain_worker,
             node_supervisor,
         })
+    }
+
+    /// The caller an Authorization header value names: a token that verifies
+    /// ([`TokenKeys::verify_header`]) and whose subject's tokens were not revoked since.
+    pub async fn authenticate(&self, header: &str) -> Result<Verified, TokenError> {
+        let verified = self.tokens.verify_header(header)?;
+        self.state
+            .revocations
+            .check(&verified.viewer.user_id, verified.issued_at)
+            .await?;
+        Ok(verified)
     }
 
     /// A chain worker over this app's chain (none without one).

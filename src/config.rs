@@ -9,14 +9,13 @@ use anyhow::Context as _;
 use clap::{Args, ValueEnum};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::custody::{Custody, SeedSource};
+use crate::auth::{TokenPolicy, parse_ttl};
+use crate::custody::{Custody, CustodyError, SeedSource};
 use crate::db::SessionLimits;
 use crate::graphql::Limits;
 use crate::graphql::document::DocumentLimits;
 use crate::limits::{HttpLimits, RateLimits, WsLimits};
 
-/// Development fallback for `WALLET_JWT_SECRET`; refused in production.
-pub const DEV_JWT_SECRET: &str = "wallet-development-secret-do-not-use-in-production";
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/wallet";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -85,8 +84,13 @@ pub struct ServeConfig {
     /// Per-request timeout in seconds.
     #[arg(long, env = "WALLET_REQUEST_TIMEOUT_SECS", default_value_t = 30)]
     pub request_timeout_secs: u64,
-    /// Run the simulated bitcoin and ethereum networks (default: on in development; refused
-    /// in production).
+    /// Milliseconds between reloads of token revocations: a revocation made through
+    /// another process is enforced here within this time (100 to 60000).
+    #[arg(long, env = "WALLET_TOKEN_REVOCATION_REFRESH_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub token_revocation_refresh_ms: u64,
+    /// Run the simulated bitcoin and ethereum networks (default: on under development rules;
+    /// refused under production rules).
     #[arg(long, env = "WALLET_SIMULATED_CHAIN")]
     pub simulated_chain: Option<bool>,
     /// JSON-RPC endpoint of an Ethereum node: the `ethereum` network is then served by
@@ -132,7 +136,8 @@ pub struct ServeConfig {
     #[arg(long, env = "WALLET_CHAIN_POLL_MS", default_value_t = 1000)]
     pub chain_poll_ms: u64,
     /// Serve GraphiQL on `/` and the example web client on `/examples/web-client/`, and
-    /// answer introspection queries (default: on in development, off in production).
+    /// answer introspection queries (default: on under development rules, off under
+    /// production rules).
     #[arg(long, env = "WALLET_GRAPHIQL")]
     pub graphiql: Option<bool>,
     /// A separate address serving only `/metrics` (e.g. a private interface for
@@ -276,10 +281,19 @@ pub struct AbuseConfig {
     /// Mutations a user may send in a burst above the sustained rate.
     #[arg(long, env = "WALLET_RATE_LIMIT_BURST", default_value_t = 50)]
     pub rate_burst: u32,
-    /// Mutations per second an operator token may send (0: no limit; the back office is
-    /// trusted and batches deposits).
-    #[arg(long, env = "WALLET_OPERATOR_RATE_LIMIT_PER_SEC", default_value_t = 0)]
+    /// Mutations per second one operator token subject may send, sustained (0: no
+    /// limit). On by default, so that a leaked operator token cannot create money at the
+    /// database's full speed.
+    #[arg(
+        long,
+        env = "WALLET_OPERATOR_RATE_LIMIT_PER_SEC",
+        default_value_t = 100
+    )]
     pub operator_rate_per_sec: u32,
+    /// Mutations an operator may send in a burst above the sustained rate (the back
+    /// office batches deposits).
+    #[arg(long, env = "WALLET_OPERATOR_RATE_LIMIT_BURST", default_value_t = 500)]
+    pub operator_rate_burst: u32,
     /// Cost of queries and subscriptions a user may spend per second (an operation's cost
     /// is its complexity; 0: no limit). Anonymous callers share one budget of this size.
     #[arg(long, env = "WALLET_QUERY_COST_PER_SEC", default_value_t = 10_000)]
@@ -318,6 +332,7 @@ impl AbuseConfig {
             user_per_sec: self.rate_per_sec,
             user_burst: self.rate_burst,
             operator_per_sec: self.operator_rate_per_sec,
+            operator_burst: self.operator_rate_burst,
             user_query_cost_per_sec: self.query_cost_per_sec,
             user_query_cost_burst: self.query_cost_burst,
             operator_query_cost_per_sec: self.operator_query_cost_per_sec,
@@ -328,9 +343,15 @@ impl AbuseConfig {
 /// What the server starts with once its configuration has been checked.
 #[derive(Debug)]
 pub struct Startup {
+    /// The rules it runs under.
+    pub rules: Rules,
     pub jwt_secret: SecretString,
-    /// The development secret compiled into the binary is in use.
-    pub built_in_secret: bool,
+    /// Earlier secrets that still verify tokens.
+    pub jwt_previous_secrets: Vec<SecretString>,
+    /// The development secret file, when no secret is configured and that one (generated
+    /// at first start) signs: only then are demo tokens printed.
+    pub development_secret: Option<PathBuf>,
+    pub token_policy: TokenPolicy,
     pub seed: SeedSource,
     /// A development seed generated into [`dev_seed_file`] is in use.
     pub generated_seed: bool,
@@ -362,25 +383,50 @@ impl ServeConfig {
         Duration::from_secs(self.request_timeout_secs)
     }
 
-    fn production(&self) -> bool {
-        self.auth.environment == Environment::Production
+    /// How often revocations are reloaded (`WALLET_TOKEN_REVOCATION_REFRESH_MS`).
+    pub fn revocation_refresh(&self) -> Duration {
+        Duration::from_millis(self.token_revocation_refresh_ms)
     }
 
-    /// Checks the configuration and resolves its secrets. Production refuses every unsafe
-    /// setting, and development defaults (the built-in secret, a generated seed) serve a
-    /// loopback address only. Every refusal is one line saying what to set.
+    /// Checks the configuration and resolves its secrets. Development defaults (a
+    /// generated secret and seed, the simulator, GraphiQL) apply on a loopback listener
+    /// only; production — or any other listener — refuses every unsafe setting. Every
+    /// problem is reported at once, one line each, naming the variable or file it comes
+    /// from and saying what to set.
     pub fn check(&self) -> anyhow::Result<Startup> {
+        let rules = self.auth.rules(self.listen);
+        let production = rules.production();
         let mut refusals: Vec<String> = Vec::new();
-        let production = self.production();
-        let secret = self.auth.resolve_secret();
-        let seed = self.custody.resolve(self.auth.environment);
+        let secrets = self
+            .auth
+            .resolve_secrets(rules)
+            .map_err(|problems| refusals.extend(problems))
+            .ok();
+        let token_policy = self
+            .auth
+            .token_policy(rules)
+            .map_err(|problems| refusals.extend(problems))
+            .ok();
+        let seed = match self.custody.resolve(rules) {
+            Ok((seed, generated)) => match Custody::load(&seed) {
+                Ok(_) => Some((seed, generated)),
+                Err(e) => {
+                    refusals.push(seed_problem(&seed, generated, e));
+                    None
+                }
+            },
+            Err(e) => {
+                refusals.push(format!("{e:#}"));
+                None
+            }
+        };
         let simulated_chain = self.simulated_chain.unwrap_or(!production);
         if production && simulated_chain {
-            refusals.push(
+            refusals.push(format!(
                 "WALLET_SIMULATED_CHAIN=true: a simulated chain cannot run in production \
-                 (anyone who can mine can mint deposits)"
-                    .into(),
-            );
+                 (anyone who can mine can mint deposits; {}): unset it",
+                rules.why()
+            ));
         }
         if let Some(node) = self.ethereum() {
             if production && node.chain_id.is_none() {
@@ -402,52 +448,120 @@ impl ServeConfig {
             Ok(token) if token.len() >= 16 => Some(SecretString::from(token)),
             Ok(token) if token.is_empty() => None,
             Ok(_) => {
-                refusals.push("WALLET_METRICS_TOKEN must be at least 16 bytes".into());
+                refusals.push(
+                    "WALLET_METRICS_TOKEN must be at least 16 bytes (`openssl rand -hex 16`)"
+                        .into(),
+                );
                 None
             }
             Err(_) => None,
         };
-        let (secret, seed) = match (secret, seed) {
-            (Ok(secret), Ok(seed)) => (secret, seed),
-            (secret, seed) => {
-                refusals.extend(secret.err().map(|e| e.to_string()));
-                refusals.extend(seed.err().map(|e| e.to_string()));
-                anyhow::bail!(refusals.join("\n"));
+        let (Some(secrets), Some(token_policy), Some((seed, generated_seed)), true) =
+            (secrets, token_policy, seed, refusals.is_empty())
+        else {
+            if let Rules::ProductionForPublicListener(listen) = rules {
+                refusals.insert(
+                    0,
+                    format!(
+                        "WALLET_LISTEN={listen} is not a loopback address, so production rules \
+                         apply whatever WALLET_ENV says: fix what follows, or listen on \
+                         127.0.0.1, or (a development container only) set \
+                         WALLET_ALLOW_DEVELOPMENT_ON_PUBLIC_LISTENER=true"
+                    ),
+                );
             }
-        };
-        let (jwt_secret, built_in_secret) = secret;
-        let (seed, generated_seed) = seed;
-        if (built_in_secret || generated_seed) && !self.listen.ip().is_loopback() {
-            let which = match (built_in_secret, generated_seed) {
-                (true, true) => "the built-in JWT secret and a generated custody seed",
-                (true, false) => "the built-in JWT secret",
-                _ => "a generated custody seed",
-            };
-            refusals.push(format!(
-                "WALLET_LISTEN={} is reachable from other machines, but this server runs on \
-                 development defaults ({which}): set WALLET_JWT_SECRET (or \
-                 WALLET_JWT_SECRET_FILE) and WALLET_SEED_FILE, or listen on 127.0.0.1",
-                self.listen
-            ));
-        }
-        if !refusals.is_empty() {
             anyhow::bail!(refusals.join("\n"));
+        };
+        match rules {
+            Rules::DevelopmentOnPublicListener(listen) => tracing::warn!(
+                "!!! DEVELOPMENT RULES ON A PUBLIC LISTENER ({listen}), because \
+                 WALLET_ALLOW_DEVELOPMENT_ON_PUBLIC_LISTENER=true: no secret-strength check, \
+                 simulated chains (anyone with an operator token mints deposits), GraphiQL \
+                 and introspection, reachable from other machines. For a development \
+                 container only: never with real money. !!!"
+            ),
+            Rules::ProductionForPublicListener(listen) => tracing::info!(
+                %listen,
+                "not a loopback address: production rules apply"
+            ),
+            Rules::Development | Rules::Production => {}
         }
-        if built_in_secret {
+        if self.auth.allow_development_on_public_listener == Some(true) && production {
             tracing::warn!(
-                "WALLET_JWT_SECRET is not set: using the built-in DEVELOPMENT secret. \
-                 Anyone can mint tokens for this server. Never use this in production."
+                "WALLET_ALLOW_DEVELOPMENT_ON_PUBLIC_LISTENER is ignored: WALLET_ENV=production"
+            );
+        }
+        if let Some(path) = &secrets.development_file {
+            tracing::warn!(
+                file = %path.display(),
+                "no JWT secret configured: using a DEVELOPMENT secret generated into this \
+                 file. Anyone who can read it can mint tokens for this server."
             );
         }
         Ok(Startup {
-            jwt_secret,
-            built_in_secret,
+            rules,
+            jwt_secret: secrets.current,
+            jwt_previous_secrets: secrets.previous,
+            development_secret: secrets.development_file,
+            token_policy,
             seed,
             generated_seed,
             simulated_chain,
             graphiql: self.graphiql.unwrap_or(!production),
             metrics_token,
         })
+    }
+}
+
+/// The line for a seed that does not load, naming where it came from.
+fn seed_problem(seed: &SeedSource, generated: bool, error: CustodyError) -> String {
+    let why = match error {
+        CustodyError::SeedFile(_, why) => why,
+        other => other.to_string(),
+    };
+    match seed {
+        SeedSource::File(path) if generated => format!(
+            "the development seed {}: {why} (delete it to have a new one generated)",
+            path.display()
+        ),
+        SeedSource::File(path) => format!("WALLET_SEED_FILE {}: {why}", path.display()),
+        SeedSource::Mnemonic(_) => format!("WALLET_SEED: {why}"),
+        SeedSource::Generate => why,
+    }
+}
+
+/// The rules a server runs under: development defaults only on a loopback listener (or by
+/// an explicit opt-in), production rules everywhere else.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rules {
+    /// `WALLET_ENV=production`.
+    Production,
+    /// Not production by `WALLET_ENV`, but listening on an address other machines reach.
+    ProductionForPublicListener(SocketAddr),
+    /// Development on a loopback listener.
+    Development,
+    /// Development on an address other machines reach, by
+    /// `WALLET_ALLOW_DEVELOPMENT_ON_PUBLIC_LISTENER=true` (a development container).
+    DevelopmentOnPublicListener(SocketAddr),
+}
+
+impl Rules {
+    pub fn production(self) -> bool {
+        matches!(
+            self,
+            Rules::Production | Rules::ProductionForPublicListener(_)
+        )
+    }
+
+    /// Why these rules apply, for refusals.
+    fn why(self) -> String {
+        match self {
+            Rules::Production => "WALLET_ENV=production".into(),
+            Rules::ProductionForPublicListener(listen) => {
+                format!("WALLET_LISTEN={listen} is not a loopback address")
+            }
+            Rules::Development | Rules::DevelopmentOnPublicListener(_) => "development".into(),
+        }
     }
 }
 
@@ -460,25 +574,39 @@ pub struct CustodyConfig {
     pub seed_file: Option<PathBuf>,
 }
 
-/// Where a development seed is kept between runs when none is configured: one file per
-/// user (`~/.local/share/wallet-service/dev-seed` on Linux), whatever directory the
-/// server is started from, so that every development server on the machine derives the
-/// same addresses for the same database.
-pub fn dev_seed_file() -> anyhow::Result<PathBuf> {
+/// The private directory development secrets are kept in between runs: one per user
+/// (`~/.local/share/wallet-service` on Linux), whatever directory the server is started
+/// from.
+fn dev_dir() -> anyhow::Result<PathBuf> {
     let Some(data) = dirs::data_local_dir() else {
         anyhow::bail!(
-            "no home directory to keep a development custody seed in: set WALLET_SEED_FILE"
+            "no home directory to keep development secrets in: set WALLET_SEED_FILE and \
+             WALLET_JWT_SECRET_FILE"
         );
     };
-    Ok(data.join("wallet-service").join("dev-seed"))
+    Ok(data.join("wallet-service"))
+}
+
+/// Where a development seed is kept between runs when none is configured
+/// (`~/.local/share/wallet-service/dev-seed` on Linux), so that every development server
+/// of the user derives the same addresses for the same database.
+pub fn dev_seed_file() -> anyhow::Result<PathBuf> {
+    Ok(dev_dir()?.join("dev-seed"))
+}
+
+/// Where the development JWT secret is kept when none is configured: beside the
+/// development seed (`~/.local/share/wallet-service/dev-jwt-secret`), mode 0600, so that
+/// `wallet token` signs with what the development server verifies.
+pub fn dev_jwt_secret_file() -> anyhow::Result<PathBuf> {
+    Ok(dev_dir()?.join("dev-jwt-secret"))
 }
 
 impl CustodyConfig {
-    /// The configured seed, and whether it is a generated development seed. In
-    /// development, with none configured, a seed is generated once into
-    /// [`dev_seed_file`] (mode 0600) and reused, with a warning; in production a missing
-    /// seed is refused.
-    pub fn resolve(&self, environment: Environment) -> anyhow::Result<(SeedSource, bool)> {
+    /// The configured seed, and whether it is a generated development seed. Under
+    /// development rules, with none configured, a seed is generated once into
+    /// [`dev_seed_file`] (mode 0600) and reused, with a warning; under production rules a
+    /// missing seed is refused.
+    pub fn resolve(&self, rules: Rules) -> anyhow::Result<(SeedSource, bool)> {
         let phrase = secret_from_env("WALLET_SEED");
         match (phrase, &self.seed_file) {
             (Some(_), Some(_)) => {
@@ -488,25 +616,17 @@ impl CustodyConfig {
             (None, Some(path)) => return Ok((SeedSource::File(path.clone()), false)),
             (None, None) => {}
         }
-        if environment == Environment::Production {
+        if rules.production() {
             anyhow::bail!(
-                "no custody seed: WALLET_SEED_FILE (or WALLET_SEED) is required when \
-                 WALLET_ENV=production"
+                "no custody seed ({}): set WALLET_SEED_FILE to a file holding the mnemonic \
+                 (mode 0600), or WALLET_SEED",
+                rules.why()
             );
         }
         let path = dev_seed_file()?;
         if !path.exists() {
-            if let Some(dir) = path.parent() {
-                create_private_dir(dir)?;
-            }
             let (_, phrase) = Custody::generate()?;
-            // Two servers starting at once: the first write wins, the other reads it.
-            match write_private(&path, &format!("{phrase}\n")) {
-                Err(e) if !path.exists() => {
-                    return Err(e.context(format!("writing {}", path.display())));
-                }
-                _ => {}
-            }
+            create_private_once(&path, &format!("{phrase}\n"))?;
         }
         tracing::warn!(
             file = %path.display(),
@@ -543,17 +663,59 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(path)?;
     file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
     Ok(())
 }
 
-/// Settings of token verification and minting. The secret itself is `WALLET_JWT_SECRET`
-/// in the environment, or the contents of `WALLET_JWT_SECRET_FILE`.
+/// Creates `path` (and its directory, mode 0700) holding `contents`, readable by its
+/// owner only, unless it exists. The file is written aside and then linked into place, so
+/// a process starting at the same moment finds it complete or not at all; the first to
+/// link it wins and the others use it.
+fn create_private_once(path: &Path, contents: &str) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    let aside = path.with_extension(format!("new-{}", uuid::Uuid::new_v4().simple()));
+    write_private(&aside, contents).with_context(|| format!("writing {}", aside.display()))?;
+    let linked = std::fs::hard_link(&aside, path);
+    let _ = std::fs::remove_file(&aside);
+    match linked {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("writing {}", path.display())),
+    }
+}
+
+/// Settings of token verification and minting, shared by `wallet serve` and `wallet
+/// token`. The secret itself is `WALLET_JWT_SECRET` in the environment, or the contents of
+/// `WALLET_JWT_SECRET_FILE`.
 #[derive(Clone, Debug, Args)]
 pub struct AuthConfig {
-    /// A file holding the HS256 secret for bearer tokens (instead of WALLET_JWT_SECRET).
+    /// A file holding the HS256 secret that signs bearer tokens (instead of
+    /// WALLET_JWT_SECRET).
     #[arg(long, env = "WALLET_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
-    /// `development` (default) or `production`; production refuses development defaults.
+    /// A file holding earlier secrets, one per line: they no longer sign, but tokens they
+    /// signed still verify until they are removed (instead of WALLET_JWT_PREVIOUS_SECRETS,
+    /// comma-separated).
+    #[arg(long, env = "WALLET_JWT_PREVIOUS_SECRETS_FILE")]
+    pub jwt_previous_secrets_file: Option<PathBuf>,
+    /// `iss` of minted tokens, required of presented ones (default: `wallet-development`
+    /// under development rules, `wallet-production` under production rules).
+    #[arg(long, env = "WALLET_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// `aud` of minted tokens, required of presented ones (default:
+    /// `wallet-api-development` or `wallet-api-production`).
+    #[arg(long, env = "WALLET_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The longest a user token may last (`exp - iat`), at mint and at verification.
+    #[arg(long, env = "WALLET_JWT_MAX_USER_TTL", default_value = "24h", value_parser = parse_ttl)]
+    pub jwt_max_user_ttl: Duration,
+    /// The longest an operator token may last, at mint and at verification.
+    #[arg(long, env = "WALLET_JWT_MAX_OPERATOR_TTL", default_value = "1h", value_parser = parse_ttl)]
+    pub jwt_max_operator_ttl: Duration,
+    /// `development` (default) or `production`. Development rules apply on a loopback
+    /// listener only: any other gets production rules whatever this says.
     #[arg(
         long = "env",
         env = "WALLET_ENV",
@@ -561,6 +723,10 @@ pub struct AuthConfig {
         default_value = "development"
     )]
     pub environment: Environment,
+    /// Development rules on a listener other machines reach (a development container
+    /// whose port is published): logged loudly at start; ignored in production.
+    #[arg(long, env = "WALLET_ALLOW_DEVELOPMENT_ON_PUBLIC_LISTENER")]
+    pub allow_development_on_public_listener: Option<bool>,
 }
 
 /// The shortest secret production accepts, in bytes.
@@ -568,69 +734,257 @@ pub const MIN_SECRET_BYTES: usize = 32;
 /// The least estimated entropy production accepts in a secret, in bits.
 pub const MIN_SECRET_BITS: f64 = 128.0;
 
+/// The keys tokens are signed and verified with.
+#[derive(Debug)]
+pub struct TokenSecrets {
+    /// Signs (and verifies).
+    pub current: SecretString,
+    /// Verify only.
+    pub previous: Vec<SecretString>,
+    /// The development secret file `current` was read from (generated at first start),
+    /// when no secret is configured.
+    pub development_file: Option<PathBuf>,
+}
+
+/// A secret and where it came from (for messages: never the secret itself).
+struct Sourced {
+    secret: SecretString,
+    source: String,
+}
+
 impl AuthConfig {
-    /// The secret to sign and verify with, and whether it is the built-in development
-    /// secret. In development a missing secret falls back to [`DEV_JWT_SECRET`] (with a
-    /// warning); production refuses a missing, built-in, short or low-entropy secret.
-    pub fn resolve_secret(&self) -> anyhow::Result<(SecretString, bool)> {
-        let from_env = secret_from_env("WALLET_JWT_SECRET");
-        let secret = match (from_env, &self.jwt_secret_file) {
-            (Some(_), Some(_)) => {
-                anyhow::bail!("set one of WALLET_JWT_SECRET and WALLET_JWT_SECRET_FILE, not both")
+    /// The rules a server listening on `listen` runs under (`wallet token` asks with
+    /// `WALLET_LISTEN` too, so that it mints what that server accepts).
+    pub fn rules(&self, listen: SocketAddr) -> Rules {
+        let opted_in = self.allow_development_on_public_listener == Some(true);
+        match self.environment {
+            Environment::Production => Rules::Production,
+            Environment::Development if listen.ip().is_loopback() => Rules::Development,
+            Environment::Development if opted_in => Rules::DevelopmentOnPublicListener(listen),
+            Environment::Development => Rules::ProductionForPublicListener(listen),
+        }
+    }
+
+    /// Issuer, audience and maximum lifetimes of tokens under `rules`.
+    pub fn token_policy(&self, rules: Rules) -> Result<TokenPolicy, Vec<String>> {
+        let defaults = match rules.production() {
+            true => TokenPolicy::production(),
+            false => TokenPolicy::development(),
+        };
+        let mut problems = Vec::new();
+        let mut setting = |name: &str, value: &Option<String>, default: String| match value {
+            None => default,
+            Some(v) if v.trim().is_empty() || v.len() > 256 => {
+                problems.push(format!("{name} must be 1 to 256 bytes (or unset)"));
+                default
             }
-            (Some(secret), None) => Some(secret),
+            Some(v) => v.trim().to_owned(),
+        };
+        let issuer = setting("WALLET_JWT_ISSUER", &self.jwt_issuer, defaults.issuer);
+        let audience = setting("WALLET_JWT_AUDIENCE", &self.jwt_audience, defaults.audience);
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        Ok(TokenPolicy {
+            issuer,
+            audience,
+            max_user_ttl: self.jwt_max_user_ttl,
+            max_operator_ttl: self.jwt_max_operator_ttl,
+        })
+    }
+
+    /// The secret that signs and the earlier ones that still verify. Under production
+    /// rules a secret is required, and each one (previous ones too) must look random;
+    /// under development rules, with none configured, one is generated once into
+    /// [`dev_jwt_secret_file`] (mode 0600) and reused. Every problem is returned, each
+    /// naming the variable or file it comes from.
+    pub fn resolve_secrets(&self, rules: Rules) -> Result<TokenSecrets, Vec<String>> {
+        let production = rules.production();
+        let mut problems = Vec::new();
+        let current = match (secret_from_env("WALLET_JWT_SECRET"), &self.jwt_secret_file) {
+            (Some(_), Some(_)) => {
+                problems.push(
+                    "set one of WALLET_JWT_SECRET and WALLET_JWT_SECRET_FILE, not both".into(),
+                );
+                None
+            }
+            (Some(secret), None) => Some(Sourced {
+                secret,
+                source: "WALLET_JWT_SECRET".into(),
+            }),
             (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    anyhow::anyhow!("WALLET_JWT_SECRET_FILE {}: {e}", path.display())
-                })?;
-                Some(SecretString::from(
-                    text.trim_end_matches(['\r', '\n']).to_owned(),
-                ))
+                let source = format!("WALLET_JWT_SECRET_FILE {}", path.display());
+                match read_secret_file(path, &source, production) {
+                    Ok(text) => Some(Sourced {
+                        secret: SecretString::from(text.trim_end_matches(['\r', '\n'])),
+                        source,
+                    }),
+                    Err(problem) => {
+                        problems.push(problem);
+                        None
+                    }
+                }
+            }
+            (None, None) if production => {
+                problems.push(format!(
+                    "no JWT secret ({}): set WALLET_JWT_SECRET_FILE to a file holding one \
+                     (`openssl rand -hex 32 > FILE; chmod 600 FILE`), or WALLET_JWT_SECRET",
+                    rules.why()
+                ));
+                None
             }
             (None, None) => None,
         };
-        let production = self.environment == Environment::Production;
-        match secret {
-            Some(secret) if production => {
-                check_secret_strength(secret.expose_secret())?;
-                Ok((secret, false))
+        let previous = self.previous_secrets(production, &mut problems);
+        if production {
+            for sourced in current.iter().chain(&previous) {
+                if let Err(problem) =
+                    check_secret_strength(sourced.secret.expose_secret(), &sourced.source)
+                {
+                    problems.push(problem);
+                }
             }
-            Some(secret) => {
-                let built_in = secret.expose_secret() == DEV_JWT_SECRET;
-                Ok((secret, built_in))
-            }
-            None if production => anyhow::bail!(
-                "no JWT secret: WALLET_JWT_SECRET or WALLET_JWT_SECRET_FILE is required when \
-                 WALLET_ENV=production"
-            ),
-            None => Ok((SecretString::from(DEV_JWT_SECRET), true)),
         }
+        let (current, development_file) = match current {
+            Some(sourced) => (Some(sourced.secret), None),
+            None if problems.is_empty() && !production => match development_secret() {
+                Ok((secret, path)) => (Some(secret), Some(path)),
+                Err(e) => {
+                    problems.push(format!("{e:#}"));
+                    (None, None)
+                }
+            },
+            None => (None, None),
+        };
+        match current {
+            Some(current) if problems.is_empty() => Ok(TokenSecrets {
+                current,
+                previous: previous.into_iter().map(|s| s.secret).collect(),
+                development_file,
+            }),
+            _ => Err(problems),
+        }
+    }
+
+    /// `WALLET_JWT_PREVIOUS_SECRETS` (comma-separated) or the lines of
+    /// `WALLET_JWT_PREVIOUS_SECRETS_FILE`; blank entries are skipped.
+    fn previous_secrets(&self, production: bool, problems: &mut Vec<String>) -> Vec<Sourced> {
+        let from_env = secret_from_env("WALLET_JWT_PREVIOUS_SECRETS");
+        let (text, source, separator) = match (from_env, &self.jwt_previous_secrets_file) {
+            (Some(_), Some(_)) => {
+                problems.push(
+                    "set one of WALLET_JWT_PREVIOUS_SECRETS and \
+                     WALLET_JWT_PREVIOUS_SECRETS_FILE, not both"
+                        .into(),
+                );
+                return Vec::new();
+            }
+            (Some(list), None) => (
+                SecretString::from(list.expose_secret()),
+                "WALLET_JWT_PREVIOUS_SECRETS entry".to_owned(),
+                ',',
+            ),
+            (None, Some(path)) => {
+                let source = format!("WALLET_JWT_PREVIOUS_SECRETS_FILE {}", path.display());
+                match read_secret_file(path, &source, production) {
+                    Ok(text) => (SecretString::from(text), format!("{source} line"), '\n'),
+                    Err(problem) => {
+                        problems.push(problem);
+                        return Vec::new();
+                    }
+                }
+            }
+            (None, None) => return Vec::new(),
+        };
+        text.expose_secret()
+            .split(separator)
+            .enumerate()
+            .map(|(i, entry)| (i + 1, entry.trim()))
+            .filter(|(_, entry)| !entry.is_empty())
+            .map(|(n, entry)| Sourced {
+                secret: SecretString::from(entry),
+                source: format!("{source} {n}"),
+            })
+            .collect()
     }
 }
 
-/// Refuses the built-in secret, and secrets too short or too regular to resist guessing
-/// (estimated from the frequency of their characters — a repeated or sequential string
-/// scores low). `openssl rand -hex 32` passes.
-pub fn check_secret_strength(secret: &str) -> anyhow::Result<()> {
-    if secret == DEV_JWT_SECRET {
-        anyhow::bail!(
-            "WALLET_JWT_SECRET is the built-in development secret, which is public: \
-             generate one with `openssl rand -hex 32`"
-        );
+/// Reads a file holding secrets. Under production rules it must be readable by its
+/// owner only (a symlink is followed: mounted secrets are often links).
+fn read_secret_file(path: &Path, source: &str, production: bool) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{source}: {e}"))?;
+    #[cfg(unix)]
+    if production {
+        use std::os::unix::fs::MetadataExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| format!("{source}: {e}"))?
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "{source}: must be readable by its owner only (mode {mode:o}); chmod 600 it"
+            ));
+        }
     }
+    Ok(text)
+}
+
+/// The development secret, generated into [`dev_jwt_secret_file`] at first use: 32
+/// random bytes in hex.
+fn development_secret() -> anyhow::Result<(SecretString, PathBuf)> {
+    let path = dev_jwt_secret_file()?;
+    if !path.exists() {
+        let bytes: [u8; 32] = rand::random();
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        create_private_once(&path, &format!("{hex}\n"))?;
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading the development secret {}", path.display()))?;
+    let secret = text.trim();
     if secret.len() < MIN_SECRET_BYTES {
         anyhow::bail!(
-            "WALLET_JWT_SECRET is {} bytes; production needs at least {MIN_SECRET_BYTES} \
-             (`openssl rand -hex 32`)",
+            "the development secret {} is {} bytes, not a generated one: delete it to have a \
+             new one generated",
+            path.display(),
             secret.len()
         );
     }
+    Ok((SecretString::from(secret), path))
+}
+
+/// SHA-256 of secrets that are public: the development secret earlier versions compiled
+/// into the binary. Held as hashes, so that the binary no longer carries them.
+const PUBLIC_SECRET_HASHES: [&str; 1] =
+    ["3e5fe68ebac6b699d02497405ef848156d424a350a60064de77d5ec87b11f629"];
+
+/// Refuses public secrets, and secrets too short or too regular to resist guessing
+/// (estimated from the frequency of their characters — a repeated or sequential string
+/// scores low). `openssl rand -hex 32` passes. The refusal names `source`.
+pub fn check_secret_strength(secret: &str, source: &str) -> Result<(), String> {
+    use sha2::Digest as _;
+    let hash: String = sha2::Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if PUBLIC_SECRET_HASHES.contains(&hash.as_str()) {
+        return Err(format!(
+            "{source}: is the development secret earlier versions built in, which is public: \
+             generate one with `openssl rand -hex 32`"
+        ));
+    }
+    if secret.len() < MIN_SECRET_BYTES {
+        return Err(format!(
+            "{source}: is {} bytes; production needs at least {MIN_SECRET_BYTES} \
+             (`openssl rand -hex 32`)",
+            secret.len()
+        ));
+    }
     let bits = estimated_entropy_bits(secret);
     if bits < MIN_SECRET_BITS {
-        anyhow::bail!(
-            "WALLET_JWT_SECRET looks guessable (about {bits:.0} bits of entropy; production \
-             needs {MIN_SECRET_BITS:.0}): generate one with `openssl rand -hex 32`"
-        );
+        return Err(format!(
+            "{source}: looks guessable (about {bits:.0} bits of entropy; production needs \
+             {MIN_SECRET_BITS:.0}): generate one with `openssl rand -hex 32`"
+        ));
     }
     Ok(())
 }
@@ -701,19 +1055,67 @@ mod tests {
 
     #[test]
     fn weak_secrets_are_refused() {
-        assert!(check_secret_strength(DEV_JWT_SECRET).is_err());
-        assert!(check_secret_strength("short-secret").is_err());
-        assert!(check_secret_strength(&"a".repeat(64)).is_err());
-        assert!(check_secret_strength(&"ab".repeat(32)).is_err());
-        assert!(check_secret_strength("0123456789abcdef0123456789abcdef").is_err());
-        assert!(check_secret_strength("abcdefghijklmnopqrstuvwxyz0123456789").is_err());
+        let check = |secret: &str| check_secret_strength(secret, "WALLET_JWT_SECRET");
+        // The secret earlier versions built in: public, whatever its entropy.
+        let public = check("wallet-development-secret-do-not-use-in-production").unwrap_err();
+        assert!(public.contains("public"), "{public}");
+        assert!(check("short-secret").is_err());
+        assert!(check(&"a".repeat(64)).is_err());
+        assert!(check(&"ab".repeat(32)).is_err());
+        assert!(check("0123456789abcdef0123456789abcdef").is_err());
+        assert!(check("abcdefghijklmnopqrstuvwxyz0123456789").is_err());
         // `openssl rand -hex 32` and `-base64 32` outputs.
+        assert!(check("9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08").is_ok());
+        assert!(check("q3Jb8Xo1Vf9kLm2ZpT7rYc0sNw4GhE6uDaIxKzQvBtM=").is_ok());
+        // The refusal names where the secret came from.
+        let named =
+            check_secret_strength(&"a".repeat(64), "WALLET_JWT_SECRET_FILE /etc/s").unwrap_err();
         assert!(
-            check_secret_strength(
-                "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
-            )
-            .is_ok()
+            named.starts_with("WALLET_JWT_SECRET_FILE /etc/s: looks guessable"),
+            "{named}"
         );
-        assert!(check_secret_strength("q3Jb8Xo1Vf9kLm2ZpT7rYc0sNw4GhE6uDaIxKzQvBtM=").is_ok());
+    }
+
+    #[test]
+    fn development_rules_apply_on_loopback_only() {
+        let auth = |environment, opt_in| AuthConfig {
+            jwt_secret_file: None,
+            jwt_previous_secrets_file: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_max_user_ttl: Duration::from_secs(86_400),
+            jwt_max_operator_ttl: Duration::from_secs(3600),
+            environment,
+            allow_development_on_public_listener: opt_in,
+        };
+        let loopback: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        let loopback6: SocketAddr = "[::1]:8080".parse().unwrap();
+        let public: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        let dev = Environment::Development;
+        assert_eq!(auth(dev, None).rules(loopback), Rules::Development);
+        assert_eq!(auth(dev, None).rules(loopback6), Rules::Development);
+        assert_eq!(
+            auth(dev, None).rules(public),
+            Rules::ProductionForPublicListener(public)
+        );
+        assert_eq!(
+            auth(dev, Some(false)).rules(public),
+            Rules::ProductionForPublicListener(public)
+        );
+        assert_eq!(
+            auth(dev, Some(true)).rules(public),
+            Rules::DevelopmentOnPublicListener(public)
+        );
+        let production = Environment::Production;
+        assert_eq!(
+            auth(production, Some(true)).rules(public),
+            Rules::Production
+        );
+        assert_eq!(auth(production, None).rules(loopback), Rules::Production);
+        // Issuer and audience differ per rules: a development token is no production one.
+        let development = auth(dev, None).token_policy(Rules::Development).unwrap();
+        let production = auth(dev, None).token_policy(Rules::Production).unwrap();
+        assert_ne!(development.issuer, production.issuer);
+        assert_ne!(development.audience, production.audience);
     }
 }

@@ -34,7 +34,7 @@ use crate::auth::{TokenError, Viewer};
 use crate::events::listener::ListenerState;
 use crate::graphql::document::{self, Measured};
 use crate::graphql::error::{
-    BAD_USER_INPUT, INTERNAL, RATE_LIMITED, UNAUTHENTICATED, tag_request_errors,
+    BAD_USER_INPUT, INTERNAL, RATE_LIMITED, UNAUTHENTICATED, UNAVAILABLE, tag_request_errors,
 };
 use crate::graphql::loaders::Loaders;
 use crate::graphql::{DEADLINE_GRACE, Deadline, ExecutionStarted, RequestDb, ran_out_of_time};
@@ -243,8 +243,9 @@ fn error_response(status: StatusCode, media: MediaType, code: &str, message: &st
 }
 
 /// The caller named by the Authorization header. No header: anonymous. A header that does
-/// not verify is refused outright (401) rather than silently treated as anonymous.
-fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<Viewer>, Rejection> {
+/// not verify, or a revoked token, is refused outright (401) rather than silently treated
+/// as anonymous; when revocations cannot be checked, 503.
+async fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<Viewer>, Rejection> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -255,10 +256,20 @@ fn authenticate(app: &App, headers: &HeaderMap) -> Result<Option<Viewer>, Reject
     let value = value
         .to_str()
         .map_err(|_| refuse("the Authorization header is not valid text"))?;
-    match app.tokens.verify_header(value) {
-        Ok(viewer) => Ok(Some(viewer)),
+    match app.authenticate(value).await {
+        Ok(verified) => Ok(Some(verified.viewer)),
         Err(TokenError::Expired) => Err(refuse("the token has expired")),
-        Err(TokenError::Invalid(_)) => Err(refuse("the token is not valid")),
+        Err(TokenError::Invalid(why)) => {
+            tracing::debug!(%why, "refused a token");
+            Err(refuse("the token is not valid"))
+        }
+        Err(TokenError::Revoked) => Err(refuse("the token has been revoked")),
+        Err(TokenError::Unavailable) => Err(Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            UNAVAILABLE,
+            "the token cannot be checked right now; try again",
+        )
+        .with_header(header::RETRY_AFTER, "1")),
     }
 }
 
@@ -436,7 +447,7 @@ async fn execute(
     media: MediaType,
     deadline: Deadline,
 ) -> Response {
-    let viewer = match authenticate(app, headers) {
+    let viewer = match authenticate(app, headers).await {
         Ok(v) => v,
         Err(rejection) => return rejection.render(media),
     };

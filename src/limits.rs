@@ -65,8 +65,12 @@ pub struct RateLimits {
     pub user_per_sec: u32,
     /// Mutations a user may send at once above the sustained rate.
     pub user_burst: u32,
-    /// Sustained mutations per second of an operator (0: no limit).
+    /// Sustained mutations per second of an operator (0: no limit). On by default: a
+    /// leaked operator token must not create money at the database's full speed.
     pub operator_per_sec: u32,
+    /// Mutations an operator may send at once above the sustained rate (the back office
+    /// batches deposits).
+    pub operator_burst: u32,
     /// The cost of queries and subscriptions (their complexity, as limited per operation)
     /// a user may spend per second, sustained (0: no limit). Anonymous callers share one
     /// budget of this size.
@@ -83,7 +87,8 @@ impl Default for RateLimits {
         RateLimits {
             user_per_sec: 10,
             user_burst: 50,
-            operator_per_sec: 0,
+            operator_per_sec: 100,
+            operator_burst: 500,
             user_query_cost_per_sec: 10_000,
             user_query_cost_burst: 50_000,
             operator_query_cost_per_sec: 100_000,
@@ -147,7 +152,7 @@ impl MutationLimiter {
     pub fn new(limits: RateLimits) -> Self {
         MutationLimiter(CallerBudget::new(
             (limits.user_per_sec, limits.user_burst),
-            (limits.operator_per_sec, limits.operator_per_sec),
+            (limits.operator_per_sec, limits.operator_burst),
         ))
     }
 
@@ -264,7 +269,7 @@ mod tests {
     }
 
     #[test]
-    fn users_are_limited_separately_and_operators_not_by_default() {
+    fn users_are_limited_separately_and_operators_only_when_set() {
         let limiter = MutationLimiter::new(RateLimits {
             user_per_sec: 1,
             user_burst: 3,
@@ -315,6 +320,22 @@ mod tests {
             500,
         );
         assert!(tight.spend(Some(&alice), 500).is_ok());
+    }
+
+    #[test]
+    fn operators_are_limited_by_default() {
+        let limiter = MutationLimiter::new(RateLimits::default());
+        let operator = viewer("back-office", Role::Operator);
+        // The burst passes at once; the next one waits for the sustained rate.
+        assert!(limiter.check(&operator, 500).is_ok());
+        let wait = limiter.check(&operator, 1).unwrap_err();
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(10));
+        // Each operator token subject has a quota of its own.
+        assert!(
+            limiter
+                .check(&viewer("other-office", Role::Operator), 1)
+                .is_ok()
+        );
     }
 
     #[test]

@@ -1,18 +1,16 @@
-//! `wallet`: the service binary. `serve` (default), `migrate`, `token`, `watch`, `schema`.
+//! `wallet`: the service binary. `serve` (default), `migrate`, `token`, `revoke-tokens`,
+//! `watch`, `schema`.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use secrecy::ExposeSecret;
 use wallet::app::{App, AppConfig, MetricsAccess};
-use wallet::auth::{Role, TokenKeys, parse_ttl};
+use wallet::auth::{Role, TokenKeys, parse_ttl, show_duration};
 use wallet::config::{AuthConfig, DatabaseConfig, ServeConfig};
 use wallet::{db, graphql, http, server, telemetry};
-
-/// How long the demo tokens of `serve` and the tokens of `wallet token` last by default:
-/// the same, so that a walkthrough paused for an hour does not fail on one of them.
-const TOKEN_TTL: &str = "24h";
 
 #[derive(Parser)]
 #[command(
@@ -38,11 +36,29 @@ enum Command {
         sub: String,
         #[arg(long, value_parser = ["user", "operator"], default_value = "user")]
         role: String,
-        /// Lifetime, e.g. 30m, 1h, 7d (default: as long as the demo tokens `serve` prints).
-        #[arg(long, default_value = TOKEN_TTL, value_parser = parse_ttl)]
-        ttl: Duration,
+        /// Lifetime, e.g. 30m, 1h, 7d: at most the role's maximum (default: that maximum,
+        /// as long as the demo tokens `serve` prints).
+        #[arg(long, value_parser = parse_ttl)]
+        ttl: Option<Duration>,
+        /// The address the server listens on: as for the server, one other machines reach
+        /// means production rules (and the production issuer and audience).
+        #[arg(long, env = "WALLET_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
         #[command(flatten)]
         auth: AuthConfig,
+    },
+    /// Revoke every token of a subject issued until now (a leaked token), then exit. Every
+    /// server refuses them within its revocation refresh period; tokens minted after the
+    /// printed cutoff work.
+    RevokeTokens {
+        /// Subject (user id) whose tokens to revoke.
+        #[arg(long)]
+        sub: String,
+        /// Why (kept with the revocation).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        db: DatabaseConfig,
     },
     /// Run a subscription (or any operation) over the websocket and print each result as a
     /// line of JSON, until the server completes it or Ctrl-C.
@@ -110,17 +126,27 @@ async fn run() -> anyhow::Result<()> {
             sub,
             role,
             ttl,
+            listen,
             auth,
         } => {
             let role: Role = role.parse().map_err(anyhow::Error::msg)?;
-            let (secret, built_in) = auth.resolve_secret()?;
-            if built_in {
-                eprintln!("note: signed with the built-in development secret");
+            let rules = auth.rules(listen);
+            let refused = |problems: Vec<String>| anyhow::anyhow!(problems.join("\n"));
+            let secrets = auth.resolve_secrets(rules).map_err(refused)?;
+            let policy = auth.token_policy(rules).map_err(refused)?;
+            if let Some(path) = &secrets.development_file {
+                eprintln!(
+                    "note: signed with the development secret {}",
+                    path.display()
+                );
             }
-            let keys = TokenKeys::new(secret.expose_secret().as_bytes());
+            let keys =
+                TokenKeys::with_keys(secrets.current.expose_secret().as_bytes(), &[], policy);
+            let ttl = ttl.unwrap_or_else(|| keys.policy().max_ttl(role));
             println!("{}", keys.mint(&sub, role, ttl)?);
             Ok(())
         }
+        Command::RevokeTokens { sub, reason, db } => revoke_tokens(&db, &sub, &reason).await,
         Command::Watch {
             query,
             variables,
@@ -156,6 +182,34 @@ async fn run() -> anyhow::Result<()> {
     }
 }
 
+/// `wallet revoke-tokens`: records the revocation in the database every server reads.
+async fn revoke_tokens(db: &DatabaseConfig, subject: &str, reason: &str) -> anyhow::Result<()> {
+    use diesel_async::AsyncConnection as _;
+    anyhow::ensure!(
+        (1..=128).contains(&subject.len()),
+        "--sub must be 1 to 128 bytes"
+    );
+    anyhow::ensure!(
+        (1..=255).contains(&reason.chars().count()),
+        "--reason must be 1 to 255 characters"
+    );
+    let mut conn = diesel_async::AsyncPgConnection::establish(&db.database_url)
+        .await
+        .context("connecting to DATABASE_URL")?;
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    let revocation = wallet::revocation::revoke(&mut conn, subject, &format!("cli:{user}"), reason)
+        .await
+        .context("recording the revocation (is the database migrated? `wallet migrate`)")?;
+    println!(
+        "revoked the tokens of {} issued before {}",
+        revocation.subject,
+        revocation
+            .revoked_before
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    Ok(())
+}
+
 /// `clap` cannot parse a flattened struct from the environment alone without a command
 /// line; this gives `wallet` with no subcommand the same configuration as `wallet serve`.
 trait ParseFrom {
@@ -189,6 +243,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         read_pool_size: config.db.read_pool_size,
         session_limits: config.db.session_limits(),
         jwt_secret: startup.jwt_secret.clone(),
+        jwt_previous_secrets: startup.jwt_previous_secrets.clone(),
+        token_policy: startup.token_policy.clone(),
+        revocation_refresh: config.revocation_refresh(),
         limits: config.graphql.limits(),
         request_timeout: config.request_timeout(),
         http: config.abuse.http(),
@@ -218,20 +275,32 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
     }
     println!("GraphQL:   http://{addr}/graphql");
     println!("Subscriptions (graphql-transport-ws): ws://{addr}/graphql/ws");
-    // Only the built-in secret is public anyway: a token signed with a real secret is a
-    // credential and never goes to stdout.
-    if startup.built_in_secret {
-        let day = parse_ttl(TOKEN_TTL).map_err(anyhow::Error::msg)?;
-        println!("Demo tokens (built-in development secret, valid {TOKEN_TTL}):");
+    // Only with the generated development secret, on development rules: a token signed
+    // with a configured secret is a credential and never goes to stdout.
+    if let Some(path) = &startup.development_secret {
+        let policy = app.tokens.policy();
+        let (user_ttl, operator_ttl) = (policy.max_user_ttl, policy.max_operator_ttl);
+        println!("Demo tokens (development secret {}):", path.display());
         println!(
-            "  user alice: Bearer {}",
-            app.tokens.mint("alice", Role::User, day)?
+            "  user alice (valid {}): Bearer {}",
+            show_duration(user_ttl),
+            app.tokens.mint("alice", Role::User, user_ttl)?
         );
         println!(
-            "  operator:   Bearer {}",
-            app.tokens.mint("back-office", Role::Operator, day)?
+            "  operator (valid {}):   Bearer {}",
+            show_duration(operator_ttl),
+            app.tokens
+                .mint("back-office", Role::Operator, operator_ttl)?
         );
+        println!("  more: wallet token --sub ID [--role operator] (signs with the same secret)");
     }
+    tracing::info!(
+        signing_key = app.tokens.signing_key_id(),
+        previous_keys = ?app.tokens.previous_key_ids(),
+        issuer = %app.tokens.policy().issuer,
+        audience = %app.tokens.policy().audience,
+        "token keys"
+    );
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let metrics_server = match config.metrics_listen {
         Some(metrics_addr) => {

@@ -152,6 +152,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    token_revocations (subject) {
+        subject -> Text,
+        revoked_before -> Timestamptz,
+        revoked_by -> Text,
+        reason -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     transactions (id) {
         id -> Int8,
         wallet_id -> Int8,
@@ -246,6 +256,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     sim_chains,
     sim_failing_addresses,
     sim_transfers,
+    token_revocations,
     transactions,
     wallets,
     withdrawal_attempts,

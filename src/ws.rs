@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use tokio_stream::StreamMap;
 
 use crate::app::App;
-use crate::auth::{TokenError, Viewer};
+use crate::auth::{TokenError, Verified, Viewer};
 use crate::graphql::document;
 use crate::graphql::error::{BAD_USER_INPUT, server_error, tag_request_errors};
 use crate::graphql::loaders::Loaders;
@@ -117,6 +117,8 @@ struct Session {
     data: Option<Arc<Data>>,
     /// When the token of `connection_init` expires: the session ends then.
     expires_at: Option<tokio::time::Instant>,
+    /// Resolves if that token is revoked: the session ends then.
+    revoked: Option<futures_util::future::BoxFuture<'static, ()>>,
     /// Running operations by client id; `None` marks a stream's end.
     operations: StreamMap<String, BoxStream<'static, Option<Response>>>,
     /// This connection's place in the total, held until it closes.
@@ -134,6 +136,7 @@ impl Session {
             protocol,
             data: None,
             expires_at: None,
+            revoked: None,
             operations: StreamMap::new(),
             _slot: slot,
             user_slot: None,
@@ -189,6 +192,9 @@ impl Session {
                 }
                 _ = until(self.expires_at) => {
                     break Some(Close(close::UNAUTHORIZED, "Unauthorized: the token has expired".into()));
+                }
+                _ = until_done(&mut self.revoked) => {
+                    break Some(Close(close::UNAUTHORIZED, "Unauthorized: the token has been revoked".into()));
                 }
                 _ = &mut init_deadline, if self.data.is_none() => {
                     break Some(Close(close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
@@ -263,7 +269,8 @@ impl Session {
                         "Too many initialisation requests".into(),
                     ));
                 }
-                let (viewer, valid_until) = self.authenticate(&message["payload"])?;
+                let verified = Session::authenticate(&self.app, &message["payload"]).await?;
+                let (viewer, valid_until) = (verified.viewer, verified.valid_until);
                 let Some(user_slot) = self.app.ws_slots.for_user(&viewer.user_id) else {
                     return Err(Close(
                         close::TRY_AGAIN_LATER,
@@ -276,6 +283,14 @@ impl Session {
                 self.user_slot = Some(user_slot);
                 let left = valid_until.saturating_sub(jsonwebtoken::get_current_timestamp());
                 self.expires_at = Some(tokio::time::Instant::now() + Duration::from_secs(left));
+                self.revoked = Some(
+                    self.app
+                        .state
+                        .revocations
+                        .clone()
+                        .until_revoked(viewer.user_id.clone(), verified.issued_at)
+                        .boxed(),
+                );
                 self.data = Some(Arc::new(self.session_data(viewer)));
                 send(tx, json!({"type": "connection_ack"})).await
             }
@@ -305,7 +320,7 @@ impl Session {
     }
 
     /// The token of `connection_init` (`{"Authorization": "Bearer …"}`).
-    fn authenticate(&self, payload: &Value) -> Result<(Viewer, u64), Close> {
+    async fn authenticate(app: &App, payload: &Value) -> Result<Verified, Close> {
         let header = payload.as_object().and_then(|p| {
             p.iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
@@ -317,10 +332,17 @@ impl Session {
                 "Unauthorized: connection_init needs an Authorization bearer token".into(),
             ));
         };
-        self.app.tokens.verify_header_session(header).map_err(|e| {
+        app.authenticate(header).await.map_err(|e| {
             let why = match e {
                 TokenError::Expired => "the token has expired",
                 TokenError::Invalid(_) => "the token is not valid",
+                TokenError::Revoked => "the token has been revoked",
+                TokenError::Unavailable => {
+                    return Close(
+                        close::TRY_AGAIN_LATER,
+                        "the token cannot be checked right now; try again later".into(),
+                    );
+                }
             };
             // As over HTTP (401): the caller is not identified. 4401 is also what
             // graphql-ws clients treat as final, rather than retrying a bad token.
@@ -442,6 +464,14 @@ fn cut_off(
         }
     })
     .boxed()
+}
+
+/// Resolves when `future` does, never without one.
+async fn until_done(future: &mut Option<futures_util::future::BoxFuture<'static, ()>>) {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Resolves at `deadline`, never without one.

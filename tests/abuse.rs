@@ -605,7 +605,7 @@ async fn mutations_are_rate_limited_per_user() {
             .unwrap(),
         rust_decimal::Decimal::from(30 - passed as i64)
     );
-    // Others are not slowed: bob, and the back office (no limit by default).
+    // Others are not slowed: bob, and the back office (no limit in this test).
     let body = t.withdraw(&t.user("bob"), &bob, "1.00", "b-1").await;
     assert_eq!(error_code(&body), "INSUFFICIENT_FUNDS");
     for i in 0..20 {

@@ -28,8 +28,10 @@ fn load_before_fault() -> usize {
 fn tokens(users: &[&str]) -> Arc<Tokens> {
     let keys = TokenKeys::new(common::JWT_SECRET.as_bytes());
     let day = Duration::from_secs(86_400);
+    // The longest an operator token may last.
+    let hour = Duration::from_secs(3600);
     Arc::new(Tokens {
-        operator: keys.mint("back-office", Role::Operator, day).unwrap(),
+        operator: keys.mint("back-office", Role::Operator, hour).unwrap(),
         users: users
             .iter()
             .map(|u| (u.to_string(), keys.mint(u, Role::User, day).unwrap()))

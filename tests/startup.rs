@@ -3,8 +3,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::binary::{Scratch, launch, mint, run_binary, wallet};
+use serde_json::json;
 use wallet::app::{App, AppConfig};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -52,92 +54,14 @@ async fn concurrent_starts_create_and_migrate_once() {
     drop(db);
 }
 
-/// A strong secret, as `openssl rand -hex 32` makes.
+/// Strong secrets, as `openssl rand -hex 32` makes.
 const STRONG_SECRET: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+const STRONG_SECRET2: &str = "60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752";
+/// The development secret earlier versions compiled into the binary (public ever since).
+const PREVIOUSLY_BUILT_IN_SECRET: &str = "wallet-development-secret-do-not-use-in-production";
 /// A valid mnemonic other than the tests' one (BIP39's "abandon … about").
 const OTHER_MNEMONIC: &str =
     "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
-
-/// How a run of the binary ended.
-#[derive(Debug)]
-struct Run {
-    /// The exit status, when it exited by itself; `None` when it became ready (and was
-    /// stopped by the test).
-    exit: Option<i32>,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn refused(&self, needle: &str) {
-        assert!(
-            self.exit.is_some_and(|code| code != 0),
-            "expected a refusal to start, got {self:?}"
-        );
-        assert!(
-            self.stderr.contains(needle),
-            "expected {needle:?} in stderr: {}",
-            self.stderr
-        );
-    }
-
-    fn started(&self) {
-        assert!(
-            self.exit.is_none(),
-            "expected the service to start: {self:?}"
-        );
-    }
-}
-
-/// Runs `wallet serve` in `dir` with only `env` (and PATH, and `dir` as HOME) set, until
-/// it exits or answers `/healthz`.
-async fn run_binary(dir: &std::path::Path, env: &[(&str, &str)]) -> Run {
-    let port = common::process::free_port();
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_wallet"));
-    command
-        .arg("serve")
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", dir)
-        .env("WALLET_LOG", "error")
-        .env("WALLET_BLOCK_SECS", "0")
-        .env("WALLET_CHAIN_POLL_MS", "0")
-        .env("WALLET_RECONCILE_SECS", "0")
-        .env("WALLET_LISTEN", format!("127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    for (name, value) in env {
-        let value = value.replace("{port}", &port.to_string());
-        command.env(name, value);
-    }
-    let mut child = command.spawn().expect("the wallet binary runs");
-    let health = format!("http://127.0.0.1:{port}/healthz");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut exit = None;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            exit = Some(status.code().unwrap_or(-1));
-            break;
-        }
-        if reqwest::get(&health).await.is_ok_and(|r| r.status() == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "neither ready nor exited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    if exit.is_none() {
-        // Ready: stop it and read what it printed.
-        child.start_kill().unwrap();
-    }
-    let output = child.wait_with_output().await.unwrap();
-    Run {
-        exit,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// A scratch directory with a seed file of the given mode.
 fn seed_dir(mode: u32) -> (std::path::PathBuf, std::path::PathBuf) {
@@ -179,11 +103,12 @@ async fn production_refuses_unsafe_settings() {
             "no JWT secret",
         ),
         (
+            // The development secret earlier versions compiled into the binary: public.
             production(&[
-                ("WALLET_JWT_SECRET", wallet::config::DEV_JWT_SECRET.into()),
+                ("WALLET_JWT_SECRET", PREVIOUSLY_BUILT_IN_SECRET.into()),
                 seed_file.clone(),
             ]),
-            "built-in development secret",
+            "WALLET_JWT_SECRET: is the development secret earlier versions built in",
         ),
         (
             production(&[("WALLET_JWT_SECRET", "x7Kp2".into()), seed_file.clone()]),
@@ -191,7 +116,27 @@ async fn production_refuses_unsafe_settings() {
         ),
         (
             production(&[("WALLET_JWT_SECRET", "a".repeat(64)), seed_file.clone()]),
-            "looks guessable",
+            "WALLET_JWT_SECRET: looks guessable",
+        ),
+        (
+            // A previous secret verifies tokens too: it must be as strong.
+            production(&[
+                secret.clone(),
+                seed_file.clone(),
+                (
+                    "WALLET_JWT_PREVIOUS_SECRETS",
+                    format!("{STRONG_SECRET2}, short"),
+                ),
+            ]),
+            "WALLET_JWT_PREVIOUS_SECRETS entry 2: is 5 bytes",
+        ),
+        (
+            production(&[
+                secret.clone(),
+                seed_file.clone(),
+                ("WALLET_JWT_ISSUER", " ".into()),
+            ]),
+            "WALLET_JWT_ISSUER must be 1 to 256 bytes",
         ),
         (
             production(&[
@@ -207,7 +152,7 @@ async fn production_refuses_unsafe_settings() {
             "is a symlink",
         ),
         (
-            production(&[secret.clone(), ("WALLET_SEED_FILE", loose)]),
+            production(&[secret.clone(), ("WALLET_SEED_FILE", loose.clone())]),
             "chmod 600",
         ),
         (
@@ -230,17 +175,57 @@ async fn production_refuses_unsafe_settings() {
     }
     // Several problems at once: one line each.
     let run = run_binary(&dir, &[("WALLET_ENV", "production"), ("DATABASE_URL", url)]).await;
-    run.refused("no JWT secret");
-    run.refused("no custody seed");
-    assert_eq!(
-        run.stderr
-            .lines()
-            .filter(|l| l.starts_with("error: "))
-            .count(),
-        2,
-        "{}",
-        run.stderr
-    );
+    run.refused("no JWT secret (WALLET_ENV=production): set WALLET_JWT_SECRET_FILE");
+    run.refused("no custody seed (WALLET_ENV=production): set WALLET_SEED_FILE");
+    assert_eq!(run.errors().len(), 2, "{}", run.stderr);
+    // A guessable secret read from a file, the simulator and a seed file others can
+    // read: all three in the first refusal, each naming where it comes from.
+    let guessable = dir.join("jwt-secret");
+    std::fs::write(&guessable, "a".repeat(64)).unwrap();
+    std::fs::set_permissions(
+        &guessable,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let guessable = guessable.to_str().unwrap();
+    let run = run_binary(
+        &dir,
+        &[
+            ("WALLET_ENV", "production"),
+            ("DATABASE_URL", url),
+            ("WALLET_JWT_SECRET_FILE", guessable),
+            ("WALLET_SIMULATED_CHAIN", "true"),
+            ("WALLET_SEED_FILE", &loose),
+        ],
+    )
+    .await;
+    run.refused(&format!(
+        "WALLET_JWT_SECRET_FILE {guessable}: looks guessable"
+    ));
+    run.refused("WALLET_SIMULATED_CHAIN=true: a simulated chain cannot run in production");
+    run.refused(&format!(
+        "WALLET_SEED_FILE {loose}: must be readable by its owner only"
+    ));
+    assert_eq!(run.errors().len(), 3, "{}", run.stderr);
+    // A secret file others can read is refused like a seed file.
+    let readable = {
+        let (_, readable) = seed_dir(0o644);
+        std::fs::write(&readable, STRONG_SECRET).unwrap();
+        readable.to_str().unwrap().to_owned()
+    };
+    run_binary(
+        &dir,
+        &[
+            ("WALLET_ENV", "production"),
+            ("DATABASE_URL", url),
+            ("WALLET_JWT_SECRET_FILE", &readable),
+            ("WALLET_SEED_FILE", &seed),
+        ],
+    )
+    .await
+    .refused(&format!(
+        "WALLET_JWT_SECRET_FILE {readable}: must be readable by its owner only (mode 644)"
+    ));
 
     // Owned by another user (only root can give a file away).
     if rustix::process::geteuid().is_root() {
@@ -275,81 +260,222 @@ async fn production_refuses_unsafe_settings() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Signs `claims` with `secret` under the key id `kid` (a forger who knows a secret sets
+/// every claim and header field as a genuine token has them).
+fn forge(secret: &str, kid: &str, claims: serde_json::Value) -> String {
+    let header = jsonwebtoken::Header {
+        kid: Some(kid.to_owned()),
+        ..Default::default()
+    };
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The one-command development service on loopback: a JWT secret generated at first start
+/// beside the development seed (both private to their owner) and reused, demo tokens and
+/// `wallet token` signed with it, and nothing signed with the secret earlier versions
+/// built in accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn development_defaults_stay_on_loopback() {
     let db = common::TestDb::new().await;
-    let dir = std::env::temp_dir().join(format!("wallet-dev-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let home = Scratch::new("wallet-dev");
+    let dir = home.path();
     let url = db.url.as_str();
-    // Built-in secret and a generated seed on every interface: refused, saying what to set.
-    let run = run_binary(
-        &dir,
-        &[("DATABASE_URL", url), ("WALLET_LISTEN", "0.0.0.0:{port}")],
-    )
-    .await;
-    run.refused("reachable from other machines");
-    run.refused("set WALLET_JWT_SECRET");
-    // A real secret but still a generated seed: refused too.
-    let run = run_binary(
-        &dir,
-        &[
-            ("DATABASE_URL", url),
-            ("WALLET_LISTEN", "0.0.0.0:{port}"),
-            ("WALLET_JWT_SECRET", STRONG_SECRET),
-        ],
-    )
-    .await;
-    run.refused("a generated custody seed");
-    // On loopback: the one-command development service, with demo tokens.
-    let run = run_binary(&dir, &[("DATABASE_URL", url), ("WALLET_LOG", "warn")]).await;
-    run.started();
-    assert!(
-        run.stdout
-            .contains("Demo tokens (built-in development secret, valid 24h)"),
-        "{}",
-        run.stdout
+    let private = dir.join(".local/share/wallet-service");
+    let secret_file = private.join("dev-jwt-secret");
+    let server = launch(dir, &[("DATABASE_URL", url), ("WALLET_LOG", "warn")]).await;
+    server
+        .stdout_line(&format!(
+            "Demo tokens (development secret {}):",
+            secret_file.display()
+        ))
+        .await;
+    server.stdout_line("GraphiQL:  http://127.0.0.1:").await;
+    let alice = server.printed_token("user alice (valid 24h):").await;
+    let operator = server.printed_token("operator (valid 1h):").await;
+    assert_eq!(server.whoami(&alice).await, (200, Some("alice".into())));
+    assert_eq!(
+        server.whoami(&operator).await,
+        (200, Some("back-office".into()))
     );
-    assert!(run.stdout.contains("Bearer ey"), "{}", run.stdout);
-    assert!(run.stdout.contains("GraphiQL"), "{}", run.stdout);
-    // The generated seed is kept per user, not per working directory, private to its owner.
-    let seed_file = dir.join(".local/share/wallet-service/dev-seed");
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&seed_file).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
+    // Signed with the secret earlier versions built in: refused, under that secret's key
+    // id or under the one genuine tokens carry.
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({"sub": "back-office", "role": "operator", "iat": now, "exp": now + 600,
+                        "iss": wallet::auth::DEVELOPMENT_ISSUER,
+                        "aud": wallet::auth::DEVELOPMENT_AUDIENCE});
+    let genuine_kid = jsonwebtoken::decode_header(&operator).unwrap().kid.unwrap();
+    for kid in [
+        wallet::auth::key_id(PREVIOUSLY_BUILT_IN_SECRET.as_bytes()),
+        genuine_kid,
+    ] {
+        let forged = forge(PREVIOUSLY_BUILT_IN_SECRET, &kid, claims.clone());
+        let (status, body) = server
+            .gql(
+                Some(&forged),
+                common::DEPOSIT,
+                json!({"w": "V2FsbGV0OjE", "a": "1000000.00", "k": "free-money"}),
+            )
+            .await;
+        assert_eq!(status, 401, "{body}");
+        assert_eq!(common::error_code(&body), "UNAUTHENTICATED");
+    }
+    // `wallet token` signs with the same secret, read from its file.
+    let bob = mint(dir, "bob", &[], &[]).unwrap();
+    assert_eq!(server.whoami(&bob).await, (200, Some("bob".into())));
+    let run = server.stop().await;
+    run.started();
+    // Kept per user, private to their owner, beside the development seed.
+    assert_eq!(mode(&private), 0o700);
+    assert_eq!(mode(&secret_file), 0o600);
+    assert_eq!(mode(&private.join("dev-seed")), 0o600);
     // The warnings are said, and logs on a pipe carry no terminal colour codes.
     assert!(run.stderr.contains("DEVELOPMENT secret"), "{}", run.stderr);
     assert!(run.stderr.contains("DEVELOPMENT seed"), "{}", run.stderr);
     assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
-    // Started from another directory by the same user: the same seed, so it starts (the
-    // database's fingerprint refuses any other).
+
+    // Started again from another directory by the same user: the same secret and seed
+    // (the database's fingerprint refuses any other seed), so earlier tokens still work.
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
     let elsewhere = dir.join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
-    let home = dir.to_str().unwrap();
-    run_binary(&elsewhere, &[("DATABASE_URL", url), ("HOME", home)])
-        .await
-        .started();
-    // With a real secret configured, tokens are credentials: never printed.
-    let run = run_binary(
-        &dir,
+    let server = launch(
+        &elsewhere,
+        &[("DATABASE_URL", url), ("HOME", dir.to_str().unwrap())],
+    )
+    .await;
+    assert_eq!(server.whoami(&alice).await, (200, Some("alice".into())));
+    server.stop().await.started();
+    assert_eq!(std::fs::read_to_string(&secret_file).unwrap(), secret);
+
+    // With a real secret configured, tokens are credentials: never printed; and the
+    // development secret's tokens are unknown.
+    let server = launch(
+        dir,
         &[("DATABASE_URL", url), ("WALLET_JWT_SECRET", STRONG_SECRET)],
     )
     .await;
+    assert_eq!(server.whoami(&alice).await.0, 401);
+    let run = server.stop().await;
     run.started();
     assert!(!run.stdout.contains("Bearer"), "{}", run.stdout);
-    // Configured secret and seed: any interface.
+}
+
+/// Any listener but loopback gets production rules whatever `WALLET_ENV` says, with every
+/// problem in the first refusal; development there takes an explicit opt-in, said loudly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn public_listeners_get_production_rules() {
+    let db = common::TestDb::new().await;
+    let home = Scratch::new("wallet-public");
+    let dir = home.path();
+    let url = db.url.as_str();
+    let public = ("WALLET_LISTEN", "0.0.0.0:{port}");
+    // Nothing configured: what to set, and how else to start.
+    let run = run_binary(dir, &[("DATABASE_URL", url), public]).await;
+    run.refused("is not a loopback address, so production rules apply whatever WALLET_ENV says");
+    run.refused("listen on 127.0.0.1, or (a development container only) set WALLET_ALLOW_DEVELOPMENT_ON_PUBLIC_LISTENER=true");
+    run.refused("no JWT secret (WALLET_LISTEN=0.0.0.0:");
+    run.refused("no custody seed (WALLET_LISTEN=0.0.0.0:");
+    assert_eq!(run.errors().len(), 3, "{}", run.stderr);
+    // Nothing development-only was generated for it.
+    assert!(!dir.join(".local/share/wallet-service").exists());
+    // `WALLET_ENV=development` changes nothing: a short secret, the simulator and no seed
+    // are refused together.
     let run = run_binary(
-        &dir,
+        dir,
         &[
             ("DATABASE_URL", url),
-            ("WALLET_LISTEN", "0.0.0.0:{port}"),
-            ("WALLET_JWT_SECRET", STRONG_SECRET),
-            ("WALLET_SEED", common::TEST_MNEMONIC),
+            public,
+            ("WALLET_ENV", "development"),
+            ("WALLET_JWT_SECRET", "x7Kp2"),
+            ("WALLET_SIMULATED_CHAIN", "true"),
         ],
     )
     .await;
-    // The generated seed in `dir` made the database's fingerprint: another seed is refused.
-    run.refused("not the one this database's wallets were derived from");
-    std::fs::remove_dir_all(&dir).unwrap();
+    run.refused("WALLET_JWT_SECRET: is 5 bytes; production needs at least 32");
+    run.refused("WALLET_SIMULATED_CHAIN=true: a simulated chain cannot run in production");
+    run.refused("no custody seed");
+    assert_eq!(run.errors().len(), 4, "{}", run.stderr);
+
+    // Safe settings start, under production rules: no demo tokens, no GraphiQL, no
+    // introspection, production issuer and audience.
+    let seed = home.file("seed", &format!("{}\n", common::TEST_MNEMONIC), 0o600);
+    let server = launch(
+        dir,
+        &[
+            ("DATABASE_URL", url),
+            public,
+            ("WALLET_JWT_SECRET", STRONG_SECRET),
+            ("WALLET_SEED_FILE", &seed),
+        ],
+    )
+    .await;
+    let (_, body) = server
+        .gql(None, "{ __schema { queryType { name } } }", json!({}))
+        .await;
+    assert!(body["data"]["__schema"].is_null(), "{body}");
+    // `wallet token` under the same settings mints what it accepts; the same secret
+    // under development rules mints a development token, which it refuses.
+    let same = [
+        ("WALLET_LISTEN", "0.0.0.0:8080"),
+        ("WALLET_JWT_SECRET", STRONG_SECRET),
+    ];
+    let production = mint(dir, "alice", &[], &same).unwrap();
+    assert_eq!(
+        server.whoami(&production).await,
+        (200, Some("alice".into()))
+    );
+    let development = mint(dir, "alice", &[], &[("WALLET_JWT_SECRET", STRONG_SECRET)]).unwrap();
+    assert_eq!(server.whoami(&development).await.0, 401);
+    let run = server.stop().await;
+    run.started();
+    assert!(!run.stdout.contains("Bearer"), "{}", run.stdout);
+    assert!(!run.stdout.contains("GraphiQL"), "{}", run.stdout);
+
+    // The opt-in for a development container: development rules, logged loudly.
+    let server = launch(
+        dir,
+        &[
+            ("DATABASE_URL", url),
+            public,
+            ("WALLET_ALLOW_DEVELOPMENT_ON_PUBLIC_LISTENER", "true"),
+            ("WALLET_SEED", common::TEST_MNEMONIC),
+            ("WALLET_LOG", "warn"),
+        ],
+    )
+    .await;
+    let alice = server.printed_token("user alice").await;
+    assert_eq!(server.whoami(&alice).await, (200, Some("alice".into())));
+    let run = server.stop().await;
+    run.started();
+    assert!(run.stdout.contains("GraphiQL"), "{}", run.stdout);
+    assert!(
+        run.stderr
+            .contains("DEVELOPMENT RULES ON A PUBLIC LISTENER"),
+        "{}",
+        run.stderr
+    );
+    // Ignored in production.
+    let run = run_binary(
+        dir,
+        &[
+            ("DATABASE_URL", url),
+            public,
+            ("WALLET_ENV", "production"),
+            ("WALLET_ALLOW_DEVELOPMENT_ON_PUBLIC_LISTENER", "true"),
+        ],
+    )
+    .await;
+    run.refused("no JWT secret (WALLET_ENV=production)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -428,25 +554,9 @@ fn configuration_never_shows_secrets() {
     assert!(!format!("{access:?}").contains("metrics-token"));
 }
 
-/// `wallet token` lasts as long as the demo tokens by default: a walkthrough paused for an
-/// hour must not fail on one of them.
-#[test]
-fn cli_tokens_last_as_long_as_the_demo_tokens() {
+/// The lifetime (`exp - iat`) of a token.
+fn lifetime(token: &str) -> i64 {
     use base64::Engine;
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_wallet"))
-        .args(["token", "--sub", "alice"])
-        .env(
-            "WALLET_JWT_SECRET",
-            "a-test-secret-that-is-long-enough-0123456789",
-        )
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let token = String::from_utf8(out.stdout).unwrap();
     let payload = token.trim().split('.').nth(1).unwrap();
     let claims: serde_json::Value = serde_json::from_slice(
         &base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -454,28 +564,73 @@ fn cli_tokens_last_as_long_as_the_demo_tokens() {
             .unwrap(),
     )
     .unwrap();
-    let lifetime = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
-    assert_eq!(lifetime, 24 * 3600, "{claims}");
+    claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap()
+}
+
+/// `wallet token` lasts as long as its role allows by default: a user token as long as
+/// the demo tokens (a walkthrough paused for an hour must not fail on one of them), an
+/// operator token an hour; longer is refused, saying which setting bounds it.
+#[test]
+fn cli_tokens_last_as_long_as_their_role_allows() {
+    let home = Scratch::new("wallet-cli");
+    let env = [("WALLET_JWT_SECRET", STRONG_SECRET)];
+    let user = mint(home.path(), "alice", &[], &env).unwrap();
+    assert_eq!(lifetime(&user), 24 * 3600);
+    let operator = mint(home.path(), "ops", &["--role", "operator"], &env).unwrap();
+    assert_eq!(lifetime(&operator), 3600);
+    let refused = mint(
+        home.path(),
+        "ops",
+        &["--role", "operator", "--ttl", "2h"],
+        &env,
+    )
+    .unwrap_err();
+    assert!(
+        refused.contains(
+            "operator tokens may last at most 1h (WALLET_JWT_MAX_OPERATOR_TTL); 2h asked for"
+        ),
+        "{refused}"
+    );
+    let refused = mint(home.path(), "alice", &["--ttl", "25h"], &env).unwrap_err();
+    assert!(refused.contains("WALLET_JWT_MAX_USER_TTL"), "{refused}");
 }
 
 #[test]
-fn cli_tokens_say_once_and_briefly_when_signed_with_the_built_in_secret() {
-    let token = |secret: Option<&str>| {
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_wallet"));
-        command
-            .args(["token", "--sub", "alice"])
-            .env_remove("WALLET_JWT_SECRET")
-            .env_remove("WALLET_LOG");
-        if let Some(secret) = secret {
-            command.env("WALLET_JWT_SECRET", secret);
-        }
-        let out = command.output().unwrap();
-        assert!(out.status.success());
-        String::from_utf8(out.stderr).unwrap()
-    };
+fn cli_tokens_say_once_and_briefly_when_signed_with_the_development_secret() {
+    let home = Scratch::new("wallet-cli");
+    let out = wallet(home.path(), &["token", "--sub", "alice"], &[]);
+    assert!(out.success, "{}", out.stderr);
+    let file = home
+        .path()
+        .join(".local/share/wallet-service/dev-jwt-secret");
     assert_eq!(
-        token(None),
-        "note: signed with the built-in development secret\n"
+        out.stderr,
+        format!(
+            "note: signed with the development secret {}\n",
+            file.display()
+        )
     );
-    assert_eq!(token(Some(STRONG_SECRET)), "");
+    assert_eq!(mode(&file), 0o600);
+    let out = wallet(
+        home.path(),
+        &["token", "--sub", "alice"],
+        &[("WALLET_JWT_SECRET", STRONG_SECRET)],
+    );
+    assert!(out.success, "{}", out.stderr);
+    assert_eq!(out.stderr, "");
+    // Production rules and no secret: refused, saying what to set; nothing generated.
+    let fresh = Scratch::new("wallet-cli");
+    let out = wallet(
+        fresh.path(),
+        &["token", "--sub", "alice"],
+        &[("WALLET_ENV", "production")],
+    );
+    assert!(!out.success);
+    assert!(
+        out.stderr
+            .contains("no JWT secret (WALLET_ENV=production): set WALLET_JWT_SECRET_FILE"),
+        "{}",
+        out.stderr
+    );
+    assert!(!fresh.path().join(".local").exists());
 }

@@ -7,7 +7,9 @@ use super::error::{bad_input, forbidden};
 use super::ids::{NodeType, decode_id};
 use super::scalars::{DecimalScalar, MetadataScalar};
 use super::types::ChainTransferObject;
-use super::types::{ReconciliationObject, TransactionObject, TransferObject, WalletObject};
+use super::types::{
+    ReconciliationObject, TokenRevocationObject, TransactionObject, TransferObject, WalletObject,
+};
 use super::validators::Text;
 use super::{deadline, require_operator, scope, state, viewer};
 use crate::chain::{Networks, SimulatedChain};
@@ -153,6 +155,16 @@ pub struct MineBlocksInput {
     pub network: String,
     /// 1 to 1000.
     pub count: i32,
+}
+
+#[derive(InputObject)]
+pub struct RevokeTokensInput {
+    /// The token subject (`sub`) whose tokens to revoke.
+    #[graphql(validator(custom = "Text(input::MAX_USER_ID_LEN)"))]
+    pub user_id: String,
+    /// Why: kept with the revocation.
+    #[graphql(validator(custom = "Text(input::MAX_DESCRIPTION_LEN)"))]
+    pub reason: String,
 }
 
 pub struct Mutation;
@@ -395,6 +407,51 @@ impl Mutation {
         })
         .await?;
         Ok(ReconciliationObject(row))
+    }
+
+    /// Revokes every token of `userId` issued until now (operators): a leaked token stops
+    /// working without changing the secret. This server refuses them at once, every other
+    /// within its revocation refresh period (2 s by default). Tokens minted after
+    /// `revokedBefore` work. Revoking again moves the cutoff forward.
+    async fn revoke_tokens(
+        &self,
+        ctx: &Context<'_>,
+        input: RevokeTokensInput,
+    ) -> Result<TokenRevocationObject> {
+        let operator = require_operator(ctx, "revoke tokens")?.user_id.clone();
+        let revocations = &state(ctx).revocations;
+        match revocations.room_for(&input.user_id).await {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(bad_input(format!(
+                    "more than {} subjects are revoked within the longest token lifetime: \
+                     rotate the JWT secret instead",
+                    crate::revocation::MAX_RECENT_REVOCATIONS
+                )));
+            }
+            Err(_) => {
+                return Err(
+                    LedgerError::Unavailable("token revocations cannot be read".into()).into(),
+                );
+            }
+        }
+        let revocation =
+            outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
+                Ok::<_, LedgerError>(
+                    crate::revocation::revoke(&mut c, &input.user_id, &operator, &input.reason)
+                        .await?,
+                )
+            })
+            .await?;
+        revocations.record(&revocation);
+        tracing::warn!(
+            subject = %revocation.subject,
+            revoked_before = %revocation.revoked_before,
+            revoked_by = %revocation.revoked_by,
+            reason = %revocation.reason,
+            "tokens revoked"
+        );
+        Ok(TokenRevocationObject(revocation))
     }
 }
 

@@ -676,6 +676,29 @@ impl ViewerObject {
     }
 }
 
+/// A revocation of a subject's tokens.
+pub struct TokenRevocationObject(pub crate::revocation::Revocation);
+
+#[Object(name = "TokenRevocation")]
+impl TokenRevocationObject {
+    /// The token subject whose tokens are revoked.
+    async fn user_id(&self) -> &str {
+        &self.0.subject
+    }
+    /// Tokens of `userId` issued (`iat`) before this instant are refused: the time of the
+    /// revocation rounded up to the next whole second. Mint replacements after it.
+    async fn revoked_before(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.revoked_before
+    }
+    /// Who revoked them: an operator's token subject, or `cli:<user>`.
+    async fn revoked_by(&self) -> &str {
+        &self.0.revoked_by
+    }
+    async fn reason(&self) -> &str {
+        &self.0.reason
+    }
+}
+
 /// A sum shown with the currency's decimals (an empty sum reads back as a bare 0).
 fn at_currency_scale(
     ctx: &Context<'_>,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod anvil;
+pub mod binary;
 pub mod ethereum;
 pub mod process;
 pub mod ws;
@@ -202,10 +203,11 @@ impl Default for Options {
             session_limits: Default::default(),
             request_timeout: Duration::from_secs(30),
             withdrawal_fees: Default::default(),
-            // Tests drive many mutations and queries as one user; the rate-limit tests
-            // set limits.
+            // Tests drive many mutations and queries as one user and as the back office;
+            // the rate-limit tests set limits.
             rates: RateLimits {
                 user_per_sec: 0,
+                operator_per_sec: 0,
                 user_query_cost_per_sec: 0,
                 ..RateLimits::default()
             },
@@ -230,6 +232,9 @@ impl Options {
             read_pool_size: self.pool_size,
             session_limits: self.session_limits,
             jwt_secret: JWT_SECRET.into(),
+            jwt_previous_secrets: Vec::new(),
+            token_policy: Default::default(),
+            revocation_refresh: wallet::revocation::DEFAULT_REFRESH,
             limits: self.limits,
             request_timeout: self.request_timeout,
             http: Default::default(),
@@ -630,10 +635,27 @@ pub fn error_code(body: &Value) -> &str {
         .unwrap_or_else(|| panic!("expected an error with a code, got {body}"))
 }
 
-/// A token with arbitrary claims signed with `secret` (for expired and forged tokens).
+/// A token with arbitrary claims signed with `secret` (for expired and forged tokens):
+/// the header names the secret's key id, and `iss`, `aud` and `iat` are the development
+/// defaults unless `claims` has them (`null` leaves one out), so that each token differs
+/// from a valid one only in what the test says.
 pub fn raw_token(secret: &str, claims: Value) -> String {
+    let mut claims = claims.as_object().cloned().unwrap_or_default();
+    let defaults = [
+        ("iss", json!(wallet::auth::DEVELOPMENT_ISSUER)),
+        ("aud", json!(wallet::auth::DEVELOPMENT_AUDIENCE)),
+        ("iat", json!(jsonwebtoken::get_current_timestamp())),
+    ];
+    for (name, value) in defaults {
+        claims.entry(name).or_insert(value);
+    }
+    claims.retain(|_, value| !value.is_null());
+    let header = jsonwebtoken::Header {
+        kid: Some(wallet::auth::key_id(secret.as_bytes())),
+        ..Default::default()
+    };
     jsonwebtoken::encode(
-        &jsonwebtoken::Header::default(),
+        &header,
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )

@@ -46,6 +46,7 @@ impl ServerProcess {
             .env("WALLET_LOG", "warn")
             // The load drivers send many mutations per user; rate limits have tests of their own.
             .env("WALLET_RATE_LIMIT_PER_SEC", "0")
+            .env("WALLET_OPERATOR_RATE_LIMIT_PER_SEC", "0")
             .stdout(Stdio::null())
             .spawn()
             .expect("the wallet binary starts");
