@@ -98,7 +98,12 @@ async fn schemathesis_finds_no_server_error() {
         json!({"f": ids[0], "t": bob}),
     )
     .await;
-    ids.push(transfer["transfer"]["from"]["id"].as_str().unwrap().to_owned());
+    ids.push(
+        transfer["transfer"]["from"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
 
     let schema = concat!(env!("CARGO_MANIFEST_DIR"), "/schema.graphql");
     for (who, token) in [("operator", &operator), ("user", &alice)] {
@@ -110,13 +115,19 @@ async fn schemathesis_finds_no_server_error() {
             .args(["--header", &format!("Authorization: Bearer {token}")])
             .args(["--max-time", &seconds().to_string()])
             .args(["--workers", "2"])
-            .args(["--exclude-checks", "not_a_server_error,positive_data_acceptance"])
+            .args([
+                "--exclude-checks",
+                "not_a_server_error,positive_data_acceptance",
+            ])
             .args(["--max-response-time", "2"])
             .args(["--suppress-health-check", "all"])
             .args(["--seed", "20261206"])
             .arg("--no-color")
             .env("SCHEMATHESIS_HOOKS", "hooks")
-            .env("PYTHONPATH", concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz"))
+            .env(
+                "PYTHONPATH",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz"),
+            )
             .env("WALLET_FUZZ_IDS", ids.join(","))
             .env("HOME", &report)
             .stdout(Stdio::piped())

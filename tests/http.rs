@@ -223,6 +223,10 @@ async fn health_readiness_and_graphiql() {
     let policy = header(&resp, "content-security-policy");
     assert!(policy.starts_with("default-src 'self';"), "{policy}");
     assert!(!policy.contains("http"), "{policy}");
+    // …runs no inline script, and connects to this origin only (its websocket included).
+    assert!(policy.contains("script-src 'self';"), "{policy}");
+    assert!(policy.contains("connect-src 'self';"), "{policy}");
+    assert!(!policy.contains("ws:"), "{policy}");
     let page = String::from_utf8(
         axum::body::to_bytes(resp.into_body(), usize::MAX)
             .await
@@ -240,6 +244,23 @@ async fn health_readiness_and_graphiql() {
         }
     }
     named.sort();
+    // The page's own setup script changes with the service: fetched fresh each time.
+    let setup = named.remove(
+        named
+            .iter()
+            .position(|n| n == "/assets/wallet/graphiql.js")
+            .expect("the setup script"),
+    );
+    let resp = tower::ServiceExt::oneshot(t.router.clone(), get(&setup))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(header(&resp, "content-type").starts_with("text/javascript"));
+    assert_eq!(header(&resp, "cache-control"), "no-cache");
+    assert!(
+        page.matches("<script").count() == page.matches("<script src=").count(),
+        "no inline script"
+    );
     assert_eq!(
         named,
         [
