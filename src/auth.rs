@@ -200,7 +200,8 @@ impl fmt::Debug for TokenKeys {
 
 /// Clock skew tolerated on `exp` and `iat`.
 const LEEWAY_SECS: u64 = 5;
-const MAX_SUBJECT_LEN: usize = 128;
+/// The longest token subject, in bytes (a user id).
+pub const MAX_SUBJECT_LEN: usize = 128;
 
 /// The key id of a secret: the first 8 bytes of SHA-256 over a fixed label and the
 /// secret, in hex. It names the key in token headers and logs without revealing it.

@@ -419,6 +419,16 @@ impl Mutation {
         input: RevokeTokensInput,
     ) -> Result<TokenRevocationObject> {
         let operator = require_operator(ctx, "revoke tokens")?.user_id.clone();
+        // A subject no token can carry has nothing to revoke; a revocation says why.
+        if input.user_id.is_empty() || input.user_id.len() > crate::auth::MAX_SUBJECT_LEN {
+            return Err(bad_input(format!(
+                "userId must be 1 to {} bytes",
+                crate::auth::MAX_SUBJECT_LEN
+            )));
+        }
+        if input.reason.trim().is_empty() {
+            return Err(bad_input("reason must not be blank"));
+        }
         let revocations = &state(ctx).revocations;
         match revocations.room_for(&input.user_id).await {
             Ok(true) => {}
