@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::{TokenError, TokenKeys, TokenPolicy, Verified};
 use crate::chain::ethereum::{self, ConnectError, EthereumNode, NodeConfig};
@@ -18,6 +18,7 @@ use crate::ledger::CurrencyRegistry;
 use crate::ledger::currency::{TokenCurrency, register_tokens};
 use crate::ledger::group_commit::Committer;
 use crate::limits::{HttpLimits, RateLimits, WsLimits, WsSlots};
+use crate::readiness::Readiness;
 use crate::revocation::Revocations;
 use crate::task::AbortOnDrop;
 
@@ -132,6 +133,10 @@ pub struct App {
     pub ws: WsLimits,
     /// Websocket connections open, in total and per user.
     pub ws_slots: Arc<WsSlots>,
+    /// The last readiness verdict, shared by every `/readyz` caller.
+    pub readiness: Arc<Readiness>,
+    /// Places for GraphQL requests over HTTP executing at once (`max_in_flight`).
+    pub in_flight: Arc<Semaphore>,
     pub graphiql: bool,
     pub metrics: MetricsAccess,
     /// Stops when the last clone of the app is dropped.
@@ -304,6 +309,8 @@ impl App {
             http: config.http,
             ws: config.ws,
             ws_slots: Arc::new(WsSlots::new(config.ws)),
+            readiness: Arc::default(),
+            in_flight: Arc::new(Semaphore::new(config.http.max_in_flight.max(1))),
             graphiql: config.graphiql,
             metrics: config.metrics.clone(),
             listener: Arc::new(listener),

@@ -259,22 +259,57 @@ pub struct AbuseConfig {
     /// connection stays open between requests.
     #[arg(long, env = "WALLET_HTTP_HEADER_TIMEOUT_SECS", default_value_t = 10)]
     pub header_timeout_secs: u64,
+    /// Seconds from accepting a connection to its first complete request head, whatever
+    /// the protocol; a connection that sends nothing (or only an HTTP/2 preface) is closed.
+    #[arg(
+        long,
+        env = "WALLET_HTTP_FIRST_REQUEST_TIMEOUT_SECS",
+        default_value_t = 5
+    )]
+    pub first_request_timeout_secs: u64,
     /// Open connections (HTTP and websocket) the server accepts at once; more are answered
     /// 503 and closed.
     #[arg(long, env = "WALLET_HTTP_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Open connections from one client address (IPv6: one /64); more are answered 503
+    /// and closed. Behind a reverse proxy every client has the proxy's address: raise it
+    /// to `WALLET_HTTP_MAX_CONNECTIONS` there and cap clients at the proxy.
+    #[arg(long, env = "WALLET_HTTP_MAX_CONNECTIONS_PER_IP", default_value_t = 64)]
+    pub max_connections_per_ip: usize,
+    /// GraphQL requests over HTTP executing at once (counted once their body has
+    /// arrived); more are answered 503 with `Retry-After` and `RATE_LIMITED`.
+    #[arg(long, env = "WALLET_HTTP_MAX_IN_FLIGHT", default_value_t = 256)]
+    pub max_in_flight: usize,
     /// Concurrent subscriptions one websocket connection may hold.
     #[arg(long, env = "WALLET_WS_MAX_SUBSCRIPTIONS", default_value_t = 32)]
     pub ws_max_subscriptions: usize,
+    /// Concurrent subscriptions one user may hold over all their websockets.
+    #[arg(
+        long,
+        env = "WALLET_WS_MAX_SUBSCRIPTIONS_PER_USER",
+        default_value_t = 64
+    )]
+    pub ws_max_subscriptions_per_user: usize,
     /// Websocket connections open at once, in total.
     #[arg(long, env = "WALLET_WS_MAX_CONNECTIONS", default_value_t = 512)]
     pub ws_max_connections: usize,
+    /// Websocket connections open at once that have not completed `connection_init`
+    /// (within the total); more get 503 before the upgrade.
+    #[arg(long, env = "WALLET_WS_MAX_UNAUTHENTICATED", default_value_t = 64)]
+    pub ws_max_unauthenticated: usize,
     /// Websocket connections one user may have open at once.
     #[arg(long, env = "WALLET_WS_MAX_PER_USER", default_value_t = 8)]
     pub ws_max_per_user: usize,
+    /// Seconds a websocket client has to send `connection_init`.
+    #[arg(long, env = "WALLET_WS_INIT_TIMEOUT_SECS", default_value_t = 10)]
+    pub ws_init_timeout_secs: u64,
     /// Seconds a websocket peer has to answer a ping before the connection is closed.
     #[arg(long, env = "WALLET_WS_PONG_TIMEOUT_SECS", default_value_t = 30)]
     pub ws_pong_timeout_secs: u64,
+    /// Seconds one write to a websocket peer may take; a peer that does not read is
+    /// disconnected after it.
+    #[arg(long, env = "WALLET_WS_SEND_TIMEOUT_SECS", default_value_t = 10)]
+    pub ws_send_timeout_secs: u64,
     /// Mutations per second a user may send (sustained; 0: no limit).
     #[arg(long, env = "WALLET_RATE_LIMIT_PER_SEC", default_value_t = 10)]
     pub rate_per_sec: u32,
@@ -314,16 +349,23 @@ impl AbuseConfig {
     pub fn http(&self) -> HttpLimits {
         HttpLimits {
             header_timeout: Duration::from_secs(self.header_timeout_secs.max(1)),
+            first_request_timeout: Duration::from_secs(self.first_request_timeout_secs.max(1)),
             max_connections: self.max_connections.max(1),
+            max_connections_per_ip: self.max_connections_per_ip.max(1),
+            max_in_flight: self.max_in_flight.max(1),
         }
     }
 
     pub fn ws(&self) -> WsLimits {
         WsLimits {
             max_subscriptions: self.ws_max_subscriptions,
+            max_subscriptions_per_user: self.ws_max_subscriptions_per_user,
             max_connections: self.ws_max_connections,
+            max_unauthenticated: self.ws_max_unauthenticated,
             max_per_user: self.ws_max_per_user,
+            init_timeout: Duration::from_secs(self.ws_init_timeout_secs.max(1)),
             pong_timeout: Duration::from_secs(self.ws_pong_timeout_secs.max(1)),
+            send_timeout: Duration::from_secs(self.ws_send_timeout_secs.max(1)),
         }
     }
 

@@ -13,8 +13,6 @@
 //! a bare 400 whose body is the parse error's debug text rather than a GraphQL response
 //! with `errors`, and lets a mutation through on GET. Execution itself is async-graphql's.
 
-use std::time::Duration;
-
 use async_graphql::parser::types::OperationType;
 use axum::Router;
 use axum::body::Body;
@@ -45,14 +43,15 @@ const MAX_BODY_BYTES: usize = 256 * 1024;
 pub fn router(app: App) -> Router {
     let mut routes = Router::new()
         .route("/graphql", get(graphql_get).post(graphql_post))
-        .route("/graphql/ws", get(crate::ws::handler))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz));
+        .route("/graphql/ws", get(crate::ws::handler));
     if app.graphiql {
         routes = routes
             .merge(crate::graphiql::routes())
             .merge(crate::examples::routes());
     }
+    routes = routes
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz));
     routes = match &app.metrics {
         MetricsAccess::Open => routes.route("/metrics", get(crate::metrics::render)),
         MetricsAccess::Token(_) => routes.route(
@@ -66,7 +65,8 @@ pub fn router(app: App) -> Router {
     };
     routes
         .with_state(app)
-        .route_layer(axum::middleware::from_fn(crate::metrics::track))
+        // Around routing, so that unmatched requests are counted too (under one label).
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(
             tower::ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
@@ -100,41 +100,49 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready when a pooled connection answers within a second and the event listener is
-/// connected (otherwise subscribers here would wait for events).
+/// The answer to a request over the in-flight cap: 503, retry in a second, with a GraphQL
+/// error (`RATE_LIMITED`). Nothing was run.
+fn busy(media: MediaType) -> Response {
+    metrics::counter!("wallet_http_requests_shed_total").increment(1);
+    let body = json!({ "errors": [{
+        "message": "the server is busy, try again",
+        "extensions": { "code": RATE_LIMITED, "retryAfter": 1 },
+    }] });
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, body.to_string()).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(media.content_type()),
+    );
+    headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
+}
+
+/// Ready when the database answers through the read pool and the event listener is
+/// connected (otherwise subscribers here would wait for events); then one line per chain
+/// network. The database and chain checks are shared by callers within a second (see
+/// [`crate::readiness`]); the listener's state is read at each call (it costs nothing).
+///
+/// A network down leaves the service ready (the fiat ledger and every query work; calls
+/// that need that chain answer `CHAIN_UNAVAILABLE`), but its line says so.
 async fn readyz(State(app): State<App>) -> Response {
-    match tokio::time::timeout(Duration::from_secs(1), crate::db::ping(&app.state.pool)).await {
-        Ok(true) if app.listener.state() == ListenerState::Listening => {
-            (StatusCode::OK, ready_with_chains(&app).await).into_response()
-        }
-        Ok(true) => (
+    let verdict = app.readiness.verdict(&app.state).await;
+    if !verdict.database {
+        return (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response();
+    }
+    if app.listener.state() != ListenerState::Listening {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "event listener reconnecting",
         )
-            .into_response(),
-        _ => (StatusCode::SERVICE_UNAVAILABLE, "database unavailable").into_response(),
+            .into_response();
     }
-}
-
-/// `ready`, then one line per chain network: `ok` with its height, or `unavailable` and
-/// why. A network down leaves the service ready (the fiat ledger and every query work;
-/// calls that need that chain answer `CHAIN_UNAVAILABLE`), but says so.
-async fn ready_with_chains(app: &App) -> String {
-    use crate::chain::Chain as _;
-    let chains = &app.state.chains;
-    let checks = chains.names().map(|network| async move {
-        match tokio::time::timeout(Duration::from_secs(1), chains.tip(network)).await {
-            Ok(Ok(height)) => format!("{network}: ok (height {height})"),
-            Ok(Err(e)) => format!("{network}: unavailable ({e})"),
-            Err(_) => format!("{network}: unavailable (no answer within 1s)"),
-        }
-    });
     let mut body = String::from("ready\n");
-    for line in futures_util::future::join_all(checks).await {
-        body.push_str(&line);
+    for line in &verdict.chains {
+        body.push_str(line);
         body.push('\n');
     }
-    body
+    (StatusCode::OK, body).into_response()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -447,6 +455,12 @@ async fn execute(
     media: MediaType,
     deadline: Deadline,
 ) -> Response {
+    // Counted from here, once the request has arrived: a client trickling its body holds
+    // only its own connection (which the connection caps and the deadline bound), not a
+    // place that others need. Over the cap the request is refused at once, not queued.
+    let Ok(_in_flight) = app.in_flight.clone().try_acquire_owned() else {
+        return busy(media);
+    };
     let viewer = match authenticate(app, headers).await {
         Ok(v) => v,
         Err(rejection) => return rejection.render(media),

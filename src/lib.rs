@@ -24,6 +24,7 @@ pub mod http;
 pub mod ledger;
 pub mod limits;
 pub mod metrics;
+pub mod readiness;
 pub mod revocation;
 pub mod schema;
 pub mod server;

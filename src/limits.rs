@@ -1,10 +1,13 @@
-//! Abuse limits outside the GraphQL executor: connections, websockets, mutation rates.
+//! Abuse limits outside the GraphQL executor: connections (in total and per client
+//! address), requests in flight, websockets, mutation rates.
 //!
-//! Each limit answers with a clear refusal (503 for connections over the cap, websocket
-//! close code 1013 "try again later", `RATE_LIMITED` with `Retry-After` for mutations)
-//! and never slows anyone else down.
+//! Each limit answers with a clear refusal (503 for connections over a cap and for
+//! requests over the in-flight cap, websocket close code 1013 "try again later",
+//! `RATE_LIMITED` with `Retry-After` for mutations) and never slows anyone else down.
 
 use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,17 +22,28 @@ use crate::auth::Viewer;
 #[derive(Clone, Copy, Debug)]
 pub struct HttpLimits {
     /// Time a client has to send a request's headers; also how long an idle keep-alive
-    /// connection is kept between requests.
+    /// connection is kept between requests (HTTP/1 and HTTP/2 alike).
     pub header_timeout: Duration,
-    /// Connections open at once.
+    /// Time from accepting a connection to its first complete request head, whatever the
+    /// protocol (an HTTP/2 client's preface and settings included).
+    pub first_request_timeout: Duration,
+    /// Connections open at once (websockets included, for as long as they are open).
     pub max_connections: usize,
+    /// Connections open at once from one client address (an IPv6 client: its /64).
+    pub max_connections_per_ip: usize,
+    /// GraphQL requests over HTTP executing at once (counted once their body has
+    /// arrived); more are refused with 503 at once.
+    pub max_in_flight: usize,
 }
 
 impl Default for HttpLimits {
     fn default() -> Self {
         HttpLimits {
             header_timeout: Duration::from_secs(10),
+            first_request_timeout: Duration::from_secs(5),
             max_connections: 1024,
+            max_connections_per_ip: 64,
+            max_in_flight: 256,
         }
     }
 }
@@ -39,21 +53,33 @@ impl Default for HttpLimits {
 pub struct WsLimits {
     /// Operations one connection may run at once.
     pub max_subscriptions: usize,
+    /// Operations one user may run at once over all their connections.
+    pub max_subscriptions_per_user: usize,
     /// Connections open at once, in total.
     pub max_connections: usize,
+    /// Connections open at once that have not completed `connection_init`.
+    pub max_unauthenticated: usize,
     /// Connections one user may have open at once.
     pub max_per_user: usize,
+    /// Time a client has to send `connection_init`.
+    pub init_timeout: Duration,
     /// Time a peer has to answer a ping.
     pub pong_timeout: Duration,
+    /// Time one write to the peer (the messages queued for it, flushed) may take.
+    pub send_timeout: Duration,
 }
 
 impl Default for WsLimits {
     fn default() -> Self {
         WsLimits {
             max_subscriptions: 32,
+            max_subscriptions_per_user: 64,
             max_connections: 512,
+            max_unauthenticated: 64,
             max_per_user: 8,
+            init_timeout: Duration::from_secs(10),
             pong_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -194,40 +220,172 @@ impl QueryCostLimiter {
     }
 }
 
-/// Websocket connections open, in total and per user.
+/// Places counted per key (a user, a client address), each key up to a cap.
+pub struct KeyedCaps<K: Eq + Hash + Clone> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    max: usize,
+}
+
+/// One place of a key; given back when dropped.
+pub struct KeyedSlot<K: Eq + Hash + Clone> {
+    counts: Arc<Mutex<HashMap<K, usize>>>,
+    key: K,
+}
+
+impl<K: Eq + Hash + Clone> KeyedCaps<K> {
+    pub fn new(max: usize) -> Self {
+        KeyedCaps {
+            counts: Arc::default(),
+            max,
+        }
+    }
+
+    /// A place for `key`, if it has fewer than the cap.
+    pub fn take(&self, key: &K) -> Option<KeyedSlot<K>> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key.clone()).or_default();
+        if *n >= self.max {
+            if *n == 0 {
+                counts.remove(key);
+            }
+            return None;
+        }
+        *n += 1;
+        Some(KeyedSlot {
+            counts: self.counts.clone(),
+            key: key.clone(),
+        })
+    }
+
+    /// Places `key` holds now.
+    pub fn count(&self, key: &K) -> usize {
+        let counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        counts.get(key).copied().unwrap_or(0)
+    }
+}
+
+impl<K: Eq + Hash + Clone> Drop for KeyedSlot<K> {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            // Keys without places are forgotten: the map holds only what is open.
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// Why a connection was not admitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// `max_connections` are open.
+    Total,
+    /// `max_connections_per_ip` are open from this client's address.
+    PerAddress,
+}
+
+impl Refused {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refused::Total => "total",
+            Refused::PerAddress => "per_ip",
+        }
+    }
+}
+
+/// Connections open, in total and per client address.
+pub struct ConnectionSlots {
+    total: Arc<Semaphore>,
+    per_address: KeyedCaps<IpAddr>,
+}
+
+/// A connection's places in the total and among its address's; given back when dropped
+/// (it travels with the socket, into an upgraded websocket too).
+pub struct ConnectionSlot {
+    _total: OwnedSemaphorePermit,
+    _address: KeyedSlot<IpAddr>,
+}
+
+impl ConnectionSlots {
+    pub fn new(limits: &HttpLimits) -> Self {
+        ConnectionSlots {
+            total: Arc::new(Semaphore::new(limits.max_connections.max(1))),
+            per_address: KeyedCaps::new(limits.max_connections_per_ip.max(1)),
+        }
+    }
+
+    /// Places for one more connection from `peer`, if both caps allow.
+    pub fn admit(&self, peer: IpAddr) -> Result<ConnectionSlot, Refused> {
+        let address = self
+            .per_address
+            .take(&client_key(peer))
+            .ok_or(Refused::PerAddress)?;
+        let total = self
+            .total
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Refused::Total)?;
+        Ok(ConnectionSlot {
+            _total: total,
+            _address: address,
+        })
+    }
+}
+
+/// The key a client address is counted under: an IPv4 address (mapped ones included) as
+/// it is, an IPv6 address by its /64 (one subscriber's network: whoever has one address
+/// has all of it).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+        },
+    }
+}
+
+/// Websocket connections open: in total, not yet initialised, per user; and operations
+/// running per user.
 pub struct WsSlots {
     total: Arc<Semaphore>,
-    per_user: Arc<Mutex<HashMap<String, usize>>>,
-    max_per_user: usize,
+    unauthenticated: Arc<Semaphore>,
+    per_user: KeyedCaps<String>,
+    operations_per_user: KeyedCaps<String>,
 }
 
 /// A connection's place in the total; released when dropped.
 pub struct WsSlot(#[allow(dead_code)] OwnedSemaphorePermit);
 
-/// A connection's place among its user's; released when dropped.
-pub struct UserSlot {
-    per_user: Arc<Mutex<HashMap<String, usize>>>,
-    user: String,
-}
+/// A connection's place among those not yet initialised; released when dropped (at
+/// `connection_init`, or when the connection ends).
+pub struct UnauthenticatedSlot(#[allow(dead_code)] OwnedSemaphorePermit);
 
-impl Drop for UserSlot {
-    fn drop(&mut self) {
-        let mut counts = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = counts.get_mut(&self.user) {
-            *n -= 1;
-            if *n == 0 {
-                counts.remove(&self.user);
-            }
-        }
-    }
+/// A connection's place among its user's; released when dropped.
+pub type UserSlot = KeyedSlot<String>;
+
+/// An operation's place among its user's running operations; released when dropped.
+pub type OperationSlot = KeyedSlot<String>;
+
+/// Why a websocket upgrade was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WsRefused {
+    Total,
+    Unauthenticated,
 }
 
 impl WsSlots {
     pub fn new(limits: WsLimits) -> Self {
         WsSlots {
             total: Arc::new(Semaphore::new(limits.max_connections)),
-            per_user: Arc::default(),
-            max_per_user: limits.max_per_user,
+            unauthenticated: Arc::new(Semaphore::new(limits.max_unauthenticated)),
+            per_user: KeyedCaps::new(limits.max_per_user),
+            operations_per_user: KeyedCaps::new(limits.max_subscriptions_per_user),
         }
     }
 
@@ -236,23 +394,41 @@ impl WsSlots {
         self.total.clone().try_acquire_owned().ok().map(WsSlot)
     }
 
+    /// Places for one more connection that has yet to authenticate: in the total and
+    /// among the unauthenticated.
+    pub fn open_unauthenticated(&self) -> Result<(WsSlot, UnauthenticatedSlot), WsRefused> {
+        let waiting = self
+            .unauthenticated
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| WsRefused::Unauthenticated)?;
+        let slot = self.open().ok_or(WsRefused::Total)?;
+        Ok((slot, UnauthenticatedSlot(waiting)))
+    }
+
     /// A place for one more connection of `user`, if their cap allows.
     pub fn for_user(&self, user: &str) -> Option<UserSlot> {
-        let mut counts = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        let n = counts.entry(user.to_owned()).or_default();
-        if *n >= self.max_per_user {
-            return None;
-        }
-        *n += 1;
-        Some(UserSlot {
-            per_user: self.per_user.clone(),
-            user: user.to_owned(),
-        })
+        self.per_user.take(&user.to_owned())
+    }
+
+    /// A place for one more running operation of `user`, if their cap allows.
+    pub fn operation_of(&self, user: &str) -> Option<OperationSlot> {
+        self.operations_per_user.take(&user.to_owned())
+    }
+
+    /// Operations `user` runs now over websockets.
+    pub fn operations_of(&self, user: &str) -> usize {
+        self.operations_per_user.count(&user.to_owned())
     }
 
     /// Connections open now.
     pub fn open_count(&self, limits: &WsLimits) -> usize {
         limits.max_connections - self.total.available_permits()
+    }
+
+    /// Connections open now that have not completed `connection_init`.
+    pub fn unauthenticated_count(&self, limits: &WsLimits) -> usize {
+        limits.max_unauthenticated - self.unauthenticated.available_permits()
     }
 }
 
@@ -356,5 +532,56 @@ mod tests {
         assert!(slots.for_user("bob").is_some());
         drop(alice);
         assert!(slots.for_user("alice").is_some());
+    }
+
+    #[test]
+    fn unauthenticated_websockets_have_their_own_cap() {
+        let limits = WsLimits {
+            max_connections: 3,
+            max_unauthenticated: 1,
+            ..WsLimits::default()
+        };
+        let slots = WsSlots::new(limits);
+        let (_slot, waiting) = slots.open_unauthenticated().unwrap();
+        assert_eq!(
+            slots.open_unauthenticated().err(),
+            Some(WsRefused::Unauthenticated)
+        );
+        // Authenticated at the upgrade: only the total counts.
+        assert!(slots.open().is_some());
+        drop(waiting);
+        assert!(slots.open_unauthenticated().is_ok());
+        assert_eq!(slots.unauthenticated_count(&limits), 0);
+    }
+
+    #[test]
+    fn connections_are_capped_per_address_and_in_total() {
+        let slots = ConnectionSlots::new(&HttpLimits {
+            max_connections: 3,
+            max_connections_per_ip: 2,
+            ..HttpLimits::default()
+        });
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let first = slots.admit(a).unwrap();
+        let _second = slots.admit(a).unwrap();
+        assert_eq!(slots.admit(a).err(), Some(Refused::PerAddress));
+        let _third = slots.admit(b).unwrap();
+        assert_eq!(slots.admit(b).err(), Some(Refused::Total));
+        drop(first);
+        assert!(slots.admit(a).is_ok());
+        // A refusal by the total gives the address's place back.
+        assert_eq!(slots.per_address.count(&b), 1);
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64() {
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(client_key(one), client_key(other));
+        assert_ne!(client_key(one), client_key(elsewhere));
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(client_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
     }
 }

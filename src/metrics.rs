@@ -5,6 +5,7 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -29,17 +30,28 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// Counts and times every request by method, route and status.
+/// Counts and times every request by method, route and status. Each label has a fixed
+/// set of values whatever clients send (a label value per invented method or path would
+/// be a new series each, kept for the life of the process): the method is `GET`, `POST`
+/// or `OTHER`, the route the matched route's pattern or `unmatched`.
 pub async fn track(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        _ => "OTHER",
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("route", route), ("status", status)];
+    let labels = [
+        ("method", method.to_owned()),
+        ("route", route),
+        ("status", status),
+    ];
     metrics::counter!("wallet_http_requests_total", &labels).increment(1);
     metrics::histogram!("wallet_http_request_duration_seconds", &labels)
         .record(started.elapsed().as_secs_f64());
@@ -92,6 +104,10 @@ pub async fn render(State(app): State<App>) -> impl IntoResponse {
     metrics::gauge!("wallet_db_statements").set(app.state.queries.get() as f64);
     metrics::gauge!("wallet_subscriptions").set(app.state.events.subscriber_count() as f64);
     metrics::gauge!("wallet_websocket_connections").set(app.ws_slots.open_count(&app.ws) as f64);
+    metrics::gauge!("wallet_websocket_unauthenticated")
+        .set(app.ws_slots.unauthenticated_count(&app.ws) as f64);
+    let executing = app.http.max_in_flight.max(1) - app.in_flight.available_permits();
+    metrics::gauge!("wallet_http_requests_in_flight").set(executing as f64);
     let reads = app.state.reads.status();
     metrics::gauge!("wallet_db_read_pool_size").set(reads.size as f64);
     metrics::gauge!("wallet_db_read_pool_available").set(reads.available as f64);

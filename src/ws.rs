@@ -5,12 +5,25 @@
 //! Written here rather than taken from async-graphql-axum so that the protocol's close
 //! codes are the documented ones (4401 unauthenticated, 4400 bad message,
 //! 4408 init timeout, 4409 duplicate id, 4429 repeated init), and so that each connection
-//! has a cap on concurrent subscriptions and server-sent keep-alives.
+//! has caps, timers and server-sent keep-alives.
 //!
-//! Limits: connections in total (over it: HTTP 503 before the upgrade) and per user (over
-//! it: close 1013 "try again later" at `connection_init`); a peer that answers no ping
-//! within the pong timeout is closed (1001); queries and mutations sent over the socket
-//! run under the request timeout like HTTP requests (subscriptions run until stopped).
+//! Limits: connections in total, and connections not yet initialised (over either: HTTP
+//! 503 before the upgrade); connections per user (over it: close 1013 "try again later"
+//! at `connection_init`); operations per connection and per user (over either: an `error`
+//! message). A client that does not send `connection_init` within the init timeout is
+//! closed (4408), and nothing is answered before it (not even a `ping`); a peer that
+//! answers no ping within the pong timeout is closed (1001); a session ends when its
+//! token expires or is revoked (4401). Queries and mutations sent over the socket run under the
+//! request timeout like HTTP requests (subscriptions run until stopped).
+//!
+//! Sending never holds the session up: messages go through a bounded queue to a writer
+//! task, and every write (the messages queued, then a flush) must finish within the send
+//! timeout. So the timers above run whatever the peer does, and a peer that does not read
+//! what it is sent is disconnected when a write times out (no close frame can reach it).
+//! Nothing grows meanwhile: results are taken from the operations only while the queue
+//! has room (a slow reader of a busy subscription falls behind on the event bus, which
+//! ends that subscription with `SUBSCRIPTION_LAGGED`), and the peer's messages are not
+//! read while the queue has no room for their answers.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -26,22 +39,29 @@ use axum::response::{IntoResponse, Response as HttpResponse};
 use futures_util::stream::{self, BoxStream, SplitSink, StreamExt};
 use futures_util::{FutureExt, SinkExt};
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio_stream::StreamMap;
 
 use crate::app::App;
 use crate::auth::{TokenError, Verified, Viewer};
 use crate::graphql::document;
-use crate::graphql::error::{BAD_USER_INPUT, server_error, tag_request_errors};
+use crate::graphql::error::{BAD_USER_INPUT, RATE_LIMITED, server_error, tag_request_errors};
 use crate::graphql::loaders::Loaders;
 use crate::graphql::{DEADLINE_GRACE, Deadline, RequestDb, ran_out_of_time};
-use crate::limits::{UserSlot, WsSlot};
+use crate::limits::{UnauthenticatedSlot, UserSlot, WsRefused, WsSlot};
 
-/// How long a client has to send `connection_init`.
-const INIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest message a client may send (a subscribe with its query and variables).
 const MAX_CLIENT_MESSAGE: usize = 64 * 1024;
 /// Server keep-alive period (`ping` / `ka`).
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// Messages queued for the peer at most: one that lets this many pile up is not reading.
+const SEND_QUEUE: usize = 64;
+/// Places of the queue that results never take, so that the answers of the protocol
+/// (acks, pongs, errors, completes) find room unless the peer stopped reading.
+const ANSWER_RESERVE: usize = 16;
+/// How long a closing session waits for its close frame to be written.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 pub mod close {
     /// The peer stopped answering pings.
@@ -86,14 +106,65 @@ pub async fn handler(
                 .into_response();
         }
     };
-    let Some(slot) = app.ws_slots.open() else {
-        metrics::counter!("wallet_websocket_refused_total").increment(1);
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5")],
-            "too many websocket connections, try again later",
-        )
-            .into_response();
+    // Clients that can set headers (not browsers) may authenticate the upgrade itself:
+    // their connection never counts among the unauthenticated ones.
+    let upgraded_as = match headers.get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => {
+            let verified = match value.to_str() {
+                Ok(value) => app.authenticate(value).await,
+                Err(_) => Err(TokenError::Invalid("not text".into())),
+            };
+            match verified {
+                Ok(verified) => Some(verified),
+                Err(TokenError::Unavailable) => {
+                    return (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        [(header::RETRY_AFTER, "1")],
+                        "the token cannot be checked right now; try again",
+                    )
+                        .into_response();
+                }
+                Err(_) => {
+                    return (
+                        StatusCode::UNAUTHORIZED,
+                        [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+                        "the Authorization header's token is not valid",
+                    )
+                        .into_response();
+                }
+            }
+        }
+    };
+    let slots = match upgraded_as {
+        Some(_) => app
+            .ws_slots
+            .open()
+            .map(|slot| (slot, None))
+            .ok_or(WsRefused::Total),
+        None => app
+            .ws_slots
+            .open_unauthenticated()
+            .map(|(slot, waiting)| (slot, Some(waiting))),
+    };
+    let (slot, waiting) = match slots {
+        Ok(slots) => slots,
+        Err(why) => {
+            let (cap, text) = match why {
+                WsRefused::Total => ("total", "too many websocket connections, try again later"),
+                WsRefused::Unauthenticated => (
+                    "unauthenticated",
+                    "too many websocket connections waiting for connection_init, try again later",
+                ),
+            };
+            metrics::counter!("wallet_websocket_refused_total", "cap" => cap).increment(1);
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                text,
+            )
+                .into_response();
+        }
     };
     upgrade
         .protocols(ALL_WEBSOCKET_PROTOCOLS)
@@ -102,19 +173,115 @@ pub async fn handler(
         .write_buffer_size(8 * 1024)
         .max_message_size(MAX_CLIENT_MESSAGE)
         .max_frame_size(MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| Session::new(app, protocol, slot).run(socket))
+        .on_upgrade(move |socket| {
+            Session::new(app, protocol, slot, waiting, upgraded_as).run(socket)
+        })
 }
 
-/// Why the session ends.
-struct Close(u16, String);
+/// How the session ends.
+enum End {
+    /// With a close frame: code and reason.
+    Close(u16, String),
+    /// Without one: the peer is gone, or does not read (nothing more can reach it).
+    Drop,
+}
 
-type Outgoing = SplitSink<WebSocket, Message>;
+impl End {
+    fn close(code: u16, reason: impl Into<String>) -> Self {
+        End::Close(code, reason.into())
+    }
+}
+
+/// The messages on their way to the peer, written by the session's writer task.
+struct Outbox {
+    queue: mpsc::Sender<Message>,
+}
+
+impl Outbox {
+    /// An outbox whose writer is gone: every message is refused.
+    fn closed() -> Self {
+        let (queue, _) = mpsc::channel(1);
+        Outbox { queue }
+    }
+
+    /// Queues a message. The session reads from the peer only while the answer to a
+    /// message fits, so a full queue here means the peer is not reading.
+    fn push(&self, message: Message) -> Result<(), End> {
+        match self.queue.try_send(message) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("wallet_websocket_dropped_total", "reason" => "queue_full")
+                    .increment(1);
+                Err(End::Drop)
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(End::Drop),
+        }
+    }
+
+    fn answer(&self, message: Value) -> Result<(), End> {
+        self.push(Message::Text(message.to_string().into()))
+    }
+
+    /// Whether a result may be queued (the answers' reserve stays free).
+    fn has_room_for_results(&self) -> bool {
+        self.queue.capacity() > ANSWER_RESERVE
+    }
+
+    /// Whether the answer to one more client message fits (each has at most one).
+    fn has_room_for_an_answer(&self) -> bool {
+        self.queue.capacity() > 0
+    }
+
+    /// Resolves once results may be queued again.
+    async fn room_for_results(&self) {
+        // The permits go back at once: this only waits for the writer to make room.
+        let _ = self.queue.reserve_many(ANSWER_RESERVE + 1).await;
+    }
+}
+
+/// Writes what the session queues, each batch (the messages queued at the moment, up to
+/// the queue's size) written and flushed within `timeout`. Returns when the session has
+/// closed the queue and all is written, or at the first write that fails or times out
+/// (the peer is gone, or does not read).
+async fn write(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut queue: mpsc::Receiver<Message>,
+    timeout: Duration,
+) {
+    while let Some(first) = queue.recv().await {
+        let batch = async {
+            sink.feed(first).await?;
+            for _ in 1..SEND_QUEUE {
+                match queue.try_recv() {
+                    Ok(next) => sink.feed(next).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        };
+        match tokio::time::timeout(timeout, batch).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                metrics::counter!("wallet_websocket_dropped_total", "reason" => "send_timeout")
+                    .increment(1);
+                return;
+            }
+        }
+    }
+    let _ = tokio::time::timeout(timeout, sink.close()).await;
+}
 
 struct Session {
     app: App,
     protocol: Protocol,
+    outbox: Outbox,
     /// Set by a successful `connection_init`.
     data: Option<Arc<Data>>,
+    /// The caller, from `connection_init` on.
+    user: Option<String>,
+    /// The token of the upgrade request, when it had one.
+    upgraded_as: Option<Verified>,
     /// When the token of `connection_init` expires: the session ends then.
     expires_at: Option<tokio::time::Instant>,
     /// Resolves if that token is revoked: the session ends then.
@@ -123,6 +290,8 @@ struct Session {
     operations: StreamMap<String, BoxStream<'static, Option<Response>>>,
     /// This connection's place in the total, held until it closes.
     _slot: WsSlot,
+    /// Its place among the connections not yet initialised, until `connection_init`.
+    waiting: Option<UnauthenticatedSlot>,
     /// Its place among its user's connections, from `connection_init` on.
     user_slot: Option<UserSlot>,
     /// Since when a ping has gone unanswered (nothing at all heard from the peer).
@@ -130,76 +299,91 @@ struct Session {
 }
 
 impl Session {
-    fn new(app: App, protocol: Protocol, slot: WsSlot) -> Self {
+    fn new(
+        app: App,
+        protocol: Protocol,
+        slot: WsSlot,
+        waiting: Option<UnauthenticatedSlot>,
+        upgraded_as: Option<Verified>,
+    ) -> Self {
         Session {
             app,
             protocol,
+            // Replaced by the writer's queue in `run`.
+            outbox: Outbox::closed(),
             data: None,
+            user: None,
+            upgraded_as,
             expires_at: None,
             revoked: None,
             operations: StreamMap::new(),
             _slot: slot,
+            waiting,
             user_slot: None,
             unanswered_since: None,
         }
     }
 
     async fn run(mut self, socket: WebSocket) {
-        let (mut tx, mut rx) = socket.split();
-        let init_deadline = tokio::time::sleep(INIT_TIMEOUT);
+        let (sink, mut rx) = socket.split();
+        let (queue, queued) = mpsc::channel(SEND_QUEUE);
+        self.outbox = Outbox { queue };
+        let mut writer: JoinHandle<()> =
+            tokio::spawn(write(sink, queued, self.app.ws.send_timeout));
+        let init_deadline = tokio::time::sleep(self.app.ws.init_timeout);
         tokio::pin!(init_deadline);
         let pong_timeout = self.app.ws.pong_timeout;
         let mut keep_alive = tokio::time::interval(KEEP_ALIVE.min(pong_timeout));
         keep_alive.tick().await;
 
-        let closing = loop {
+        let end = loop {
             let silent_until = self.unanswered_since.map(|since| since + pong_timeout);
+            let has_room = self.outbox.has_room_for_results();
+            // A peer whose answers have filled the queue is not read from until they
+            // are written: it cannot make the server buffer more for it.
+            let may_read = self.outbox.has_room_for_an_answer();
             tokio::select! {
-                incoming = rx.next() => {
+                incoming = rx.next(), if may_read => {
                     // Anything from the peer (a pong included) shows it is there.
                     self.unanswered_since = None;
                     match incoming {
                     Some(Ok(Message::Text(text))) => {
-                        if let Err(close) = self.on_message(&mut tx, text.as_str()).await {
-                            break Some(close);
+                        if let Err(end) = self.on_message(text.as_str()).await {
+                            break end;
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        break Some(Close(close::BAD_REQUEST, "binary messages are not supported".into()));
+                        break End::close(close::BAD_REQUEST, "binary messages are not supported");
                     }
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break End::Drop,
                     Some(Ok(_)) => {} // websocket-level ping/pong: answered by axum
                     }
                 },
                 _ = until(silent_until) => {
-                    break Some(Close(close::GOING_AWAY, "no answer to ping".into()));
+                    break End::close(close::GOING_AWAY, "no answer to ping");
                 }
-                Some((id, item)) = self.operations.next(), if !self.operations.is_empty() => {
-                    // Queue every result that is ready, then flush once.
-                    let mut ready = Some((id, item));
-                    let mut sent = Ok(());
-                    while let Some((id, item)) = ready.take() {
-                        let frame = self.result_frame(&id, item);
-                        sent = tx.feed(Message::Text(frame.into())).await;
-                        if sent.is_err() {
-                            break;
-                        }
-                        ready = self.operations.next().now_or_never().flatten();
-                    }
-                    if sent.and(tx.flush().await).is_err() {
-                        break None;
+                Some((id, item)) = self.operations.next(), if has_room && !self.operations.is_empty() => {
+                    if let Err(end) = self.forward(id, item) {
+                        break end;
                     }
                 }
+                () = self.outbox.room_for_results(), if !may_read || (!has_room && !self.operations.is_empty()) => {}
+                _ = &mut writer => break End::Drop,
                 _ = until(self.expires_at) => {
-                    break Some(Close(close::UNAUTHORIZED, "Unauthorized: the token has expired".into()));
+                    break End::close(close::UNAUTHORIZED, "Unauthorized: the token has expired");
                 }
                 _ = until_done(&mut self.revoked) => {
-                    break Some(Close(close::UNAUTHORIZED, "Unauthorized: the token has been revoked".into()));
+                    break End::close(close::UNAUTHORIZED, "Unauthorized: the token has been revoked");
                 }
                 _ = &mut init_deadline, if self.data.is_none() => {
-                    break Some(Close(close::INIT_TIMEOUT, "Connection initialisation timeout".into()));
+                    break End::close(close::INIT_TIMEOUT, "Connection initialisation timeout");
                 }
                 _ = keep_alive.tick(), if self.data.is_some() => {
+                    // With the queue this full, the peer reads nothing: the send timeout
+                    // ends the session, and a ping would only wait behind.
+                    if !self.outbox.has_room_for_results() {
+                        continue;
+                    }
                     let ping = match self.protocol {
                         Protocol::Transport => json!({"type": "ping"}),
                         Protocol::Legacy => json!({"type": "ka"}),
@@ -207,30 +391,57 @@ impl Session {
                     // The protocol's keep-alive for clients that watch for it, and a
                     // websocket ping that every client answers (browsers and libraries do
                     // it themselves) — which the legacy protocol's `ka` never gets.
-                    let sent = match send(&mut tx, ping).await {
-                        Ok(()) => tx.send(Message::Ping(Default::default())).await,
-                        Err(e) => Err(e),
-                    };
-                    if sent.is_err() {
-                        break None;
+                    let sent = self
+                        .outbox
+                        .answer(ping)
+                        .and_then(|()| self.outbox.push(Message::Ping(Default::default())));
+                    if let Err(end) = sent {
+                        break end;
                     }
                     self.unanswered_since.get_or_insert_with(tokio::time::Instant::now);
                 }
             }
         };
-        if let Some(Close(code, reason)) = closing {
-            if self.protocol == Protocol::Legacy && code == close::UNAUTHORIZED {
+        // Whatever happens next, the session's places are given back now.
+        let protocol = self.protocol;
+        let outbox = std::mem::replace(&mut self.outbox, Outbox::closed());
+        drop(self);
+        if let End::Close(code, reason) = end {
+            if protocol == Protocol::Legacy && code == close::UNAUTHORIZED {
                 let error = json!({"type": "connection_error", "payload": {"message": reason}});
-                let _ = send(&mut tx, error).await;
+                let _ = outbox.answer(error);
             }
-            let _ = tx
-                .send(Message::Close(Some(CloseFrame {
-                    code,
-                    reason: Utf8Bytes::from(reason),
-                })))
-                .await;
+            let _ = outbox.push(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason),
+            })));
+            // The writer writes what is queued, the close last, then closes.
+            drop(outbox);
+            if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
+        } else {
+            writer.abort();
         }
-        let _ = tx.close().await;
+        // The socket closes when both halves are gone: the writer's, and `rx` here.
+        drop(rx);
+    }
+
+    /// Queues every result that is ready, while the queue has room for results.
+    fn forward(&mut self, id: String, item: Option<Response>) -> Result<(), End> {
+        let mut ready = Some((id, item));
+        while let Some((id, item)) = ready.take() {
+            let frame = self.result_frame(&id, item);
+            self.outbox.push(Message::Text(frame.into()))?;
+            if !self.outbox.has_room_for_results() {
+                break;
+            }
+            ready = self.operations.next().now_or_never().flatten();
+        }
+        Ok(())
     }
 
     /// The frame for one result of an operation (`None`: it ended). A result with errors
@@ -253,26 +464,29 @@ impl Session {
         frame(kind, id, Some(&response))
     }
 
-    async fn on_message(&mut self, tx: &mut Outgoing, text: &str) -> Result<(), Close> {
-        let bad = |why: &str| Close(close::BAD_REQUEST, why.to_owned());
+    async fn on_message(&mut self, text: &str) -> Result<(), End> {
+        let bad = |why: &str| End::close(close::BAD_REQUEST, why);
         let message: Value =
             serde_json::from_str(text).map_err(|_| bad("Invalid message received"))?;
         let kind = message["type"]
             .as_str()
             .ok_or_else(|| bad("the message has no type"))?;
         let id = message["id"].as_str().map(str::to_owned);
-        let sent = match (self.protocol, kind) {
+        let initialised = self.data.is_some();
+        match (self.protocol, kind) {
             (_, "connection_init") => {
-                if self.data.is_some() {
-                    return Err(Close(
+                if initialised {
+                    return Err(End::close(
                         close::TOO_MANY_INITS,
-                        "Too many initialisation requests".into(),
+                        "Too many initialisation requests",
                     ));
                 }
-                let verified = Session::authenticate(&self.app, &message["payload"]).await?;
+                let upgraded_as = self.upgraded_as.clone();
+                let verified =
+                    Session::authenticate(&self.app, upgraded_as, &message["payload"]).await?;
                 let (viewer, valid_until) = (verified.viewer, verified.valid_until);
                 let Some(user_slot) = self.app.ws_slots.for_user(&viewer.user_id) else {
-                    return Err(Close(
+                    return Err(End::close(
                         close::TRY_AGAIN_LATER,
                         format!(
                             "at most {} websocket connections per user",
@@ -281,6 +495,7 @@ impl Session {
                     ));
                 };
                 self.user_slot = Some(user_slot);
+                self.waiting = None;
                 let left = valid_until.saturating_sub(jsonwebtoken::get_current_timestamp());
                 self.expires_at = Some(tokio::time::Instant::now() + Duration::from_secs(left));
                 self.revoked = Some(
@@ -291,63 +506,80 @@ impl Session {
                         .until_revoked(viewer.user_id.clone(), verified.issued_at)
                         .boxed(),
                 );
+                self.user = Some(viewer.user_id.clone());
                 self.data = Some(Arc::new(self.session_data(viewer)));
-                send(tx, json!({"type": "connection_ack"})).await
+                self.outbox.answer(json!({"type": "connection_ack"}))
             }
-            (Protocol::Transport, "ping") => send(tx, json!({"type": "pong"})).await,
-            (Protocol::Transport, "pong") => Ok(()),
+            // Nothing is answered before `connection_init`: a client that has not
+            // authenticated cannot make the server write (and so cannot hold a session by
+            // not reading its answers); the init timeout runs meanwhile.
+            (Protocol::Transport, "ping") if initialised => {
+                self.outbox.answer(json!({"type": "pong"}))
+            }
+            (Protocol::Transport, "ping" | "pong") => Ok(()),
             (Protocol::Transport, "subscribe") | (Protocol::Legacy, "start") => {
                 let id = id.ok_or_else(|| bad("the operation has no id"))?;
-                self.start(tx, id, &message["payload"]).await?
+                self.start(id, &message["payload"])
             }
             (Protocol::Transport, "complete") | (Protocol::Legacy, "stop") => {
                 let id = id.ok_or_else(|| bad("the message has no id"))?;
                 let stopped = self.operations.remove(&id).is_some();
                 if stopped && self.protocol == Protocol::Legacy {
-                    send(tx, json!({"type": "complete", "id": id})).await
+                    self.outbox.answer(json!({"type": "complete", "id": id}))
                 } else {
                     Ok(())
                 }
             }
-            (Protocol::Legacy, "connection_terminate") => {
-                return Err(Close(1000, "terminated".into()));
-            }
-            _ => return Err(bad(&format!("unexpected message type {kind:?}"))),
-        };
-        // A failed send means the peer is gone; the read side will notice.
-        let _ = sent;
-        Ok(())
+            (Protocol::Legacy, "connection_terminate") => Err(End::close(1000, "terminated")),
+            _ => Err(bad(&format!("unexpected message type {kind:?}"))),
+        }
     }
 
-    /// The token of `connection_init` (`{"Authorization": "Bearer …"}`).
-    async fn authenticate(app: &App, payload: &Value) -> Result<Verified, Close> {
+    /// The caller: the token of `connection_init` (`{"Authorization": "Bearer …"}`), else
+    /// that of the upgrade request. Both given, they must name the same user.
+    async fn authenticate(
+        app: &App,
+        upgraded_as: Option<Verified>,
+        payload: &Value,
+    ) -> Result<Verified, End> {
         let header = payload.as_object().and_then(|p| {
             p.iter()
                 .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
                 .and_then(|(_, v)| v.as_str())
         });
         let Some(header) = header else {
-            return Err(Close(
-                close::UNAUTHORIZED,
-                "Unauthorized: connection_init needs an Authorization bearer token".into(),
-            ));
+            return upgraded_as.ok_or_else(|| {
+                End::close(
+                    close::UNAUTHORIZED,
+                    "Unauthorized: connection_init needs an Authorization bearer token",
+                )
+            });
         };
-        app.authenticate(header).await.map_err(|e| {
+        let verified = app.authenticate(header).await.map_err(|e| {
             let why = match e {
                 TokenError::Expired => "the token has expired",
                 TokenError::Invalid(_) => "the token is not valid",
                 TokenError::Revoked => "the token has been revoked",
                 TokenError::Unavailable => {
-                    return Close(
+                    return End::close(
                         close::TRY_AGAIN_LATER,
-                        "the token cannot be checked right now; try again later".into(),
+                        "the token cannot be checked right now; try again later",
                     );
                 }
             };
             // As over HTTP (401): the caller is not identified. 4401 is also what
             // graphql-ws clients treat as final, rather than retrying a bad token.
-            Close(close::UNAUTHORIZED, format!("Unauthorized: {why}"))
-        })
+            End::close(close::UNAUTHORIZED, format!("Unauthorized: {why}"))
+        })?;
+        if let Some(upgraded) = &upgraded_as
+            && upgraded.viewer.user_id != verified.viewer.user_id
+        {
+            return Err(End::close(
+                close::UNAUTHORIZED,
+                "Unauthorized: the upgrade and connection_init name different users",
+            ));
+        }
+        Ok(verified)
     }
 
     fn session_data(&self, viewer: Viewer) -> Data {
@@ -364,29 +596,21 @@ impl Session {
         data
     }
 
-    async fn start(
-        &mut self,
-        tx: &mut Outgoing,
-        id: String,
-        payload: &Value,
-    ) -> Result<Result<(), axum::Error>, Close> {
-        let Some(data) = self.data.clone() else {
-            return Err(Close(close::UNAUTHORIZED, "Unauthorized".into()));
+    fn start(&mut self, id: String, payload: &Value) -> Result<(), End> {
+        let (Some(data), Some(user)) = (self.data.clone(), self.user.clone()) else {
+            return Err(End::close(close::UNAUTHORIZED, "Unauthorized"));
         };
         if self.operations.contains_key(&id) {
-            return Err(Close(
+            return Err(End::close(
                 close::DUPLICATE_ID,
                 format!("Subscriber for {id} already exists"),
             ));
         }
-        let mut request = operation(payload).map_err(|why| Close(close::BAD_REQUEST, why))?;
+        let mut request = operation(payload).map_err(|why| End::close(close::BAD_REQUEST, why))?;
         let max = self.app.ws.max_subscriptions;
         if self.operations.len() >= max {
-            let errors = json!([{
-                "message": format!("at most {max} operations may run at once on one connection"),
-                "extensions": {"code": BAD_USER_INPUT},
-            }]);
-            return Ok(send(tx, json!({"type": "error", "id": id, "payload": errors})).await);
+            let message = format!("at most {max} operations may run at once on one connection");
+            return self.refuse(&id, BAD_USER_INPUT, &message);
         }
         let kind = match document::prepare(&mut request, &self.app.limits.document) {
             Ok(measured) => measured.operation,
@@ -394,8 +618,14 @@ impl Session {
                 let mut refused = Response::from_errors(vec![refused]);
                 tag_request_errors(&mut refused);
                 let error = frame("error", &id, Some(&refused.errors));
-                return Ok(tx.send(Message::Text(error.into())).await);
+                return self.outbox.push(Message::Text(error.into()));
             }
+        };
+        // Counted across the user's connections, for as long as the operation runs.
+        let Some(running) = self.app.ws_slots.operation_of(&user) else {
+            let max = self.app.ws.max_subscriptions_per_user;
+            let message = format!("at most {max} operations may run at once per user");
+            return self.refuse(&id, RATE_LIMITED, &message);
         };
         // Queries and mutations get the request timeout, as over HTTP; a subscription runs
         // until the client stops it.
@@ -419,9 +649,22 @@ impl Session {
         let results = results
             .map(Some)
             .chain(stream::once(async { None }))
+            // The user's place is given back when the stream is dropped (ended, stopped,
+            // or the connection closed).
+            .map(move |item| {
+                let _running = &running;
+                item
+            })
             .boxed();
         self.operations.insert(id, results);
-        Ok(Ok(()))
+        Ok(())
+    }
+
+    /// Refuses to start operation `id`: an `error` message, the connection stays open.
+    fn refuse(&self, id: &str, code: &str, message: &str) -> Result<(), End> {
+        let errors = json!([{ "message": message, "extensions": {"code": code} }]);
+        self.outbox
+            .answer(json!({"type": "error", "id": id, "payload": errors}))
     }
 }
 
@@ -496,8 +739,4 @@ fn frame<P: serde::Serialize>(kind: &str, id: &str, payload: Option<P>) -> Strin
         tracing::error!(error = %e, "could not serialise a websocket message");
         format!(r#"{{"type":"error","id":{id:?},"payload":[{{"message":"internal error","extensions":{{"code":"INTERNAL"}}}}]}}"#)
     })
-}
-
-async fn send(tx: &mut Outgoing, message: Value) -> Result<(), axum::Error> {
-    tx.send(Message::Text(message.to_string().into())).await
 }

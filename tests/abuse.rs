@@ -323,6 +323,7 @@ async fn slow_and_idle_clients_are_cut_off() {
         HttpLimits {
             header_timeout: Duration::from_secs(1),
             max_connections: 64,
+            ..HttpLimits::default()
         },
     )
     .await;
@@ -381,6 +382,7 @@ async fn connections_over_the_cap_are_refused() {
         HttpLimits {
             header_timeout: Duration::from_secs(10),
             max_connections: 3,
+            ..HttpLimits::default()
         },
     )
     .await;

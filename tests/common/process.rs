@@ -32,6 +32,12 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts the service on `database_url` and waits until it is ready.
     pub async fn start(database_url: &str) -> ServerProcess {
+        Self::start_with(database_url, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with more environment variables (set last: they
+    /// override the defaults here).
+    pub async fn start_with(database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
         let port = free_port();
         let child = Command::new(env!("CARGO_BIN_EXE_wallet"))
             .arg("serve")
@@ -47,6 +53,7 @@ impl ServerProcess {
             // The load drivers send many mutations per user; rate limits have tests of their own.
             .env("WALLET_RATE_LIMIT_PER_SEC", "0")
             .env("WALLET_OPERATOR_RATE_LIMIT_PER_SEC", "0")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .expect("the wallet binary starts");
