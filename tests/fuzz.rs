@@ -130,6 +130,11 @@ async fn schemathesis_finds_no_server_error() {
             )
             .env("WALLET_FUZZ_IDS", ids.join(","))
             .env("HOME", &report)
+            // Its cache of crashes goes to the working directory: keep it out of the tree.
+            .current_dir({
+                std::fs::create_dir_all(&report).expect("a scratch directory");
+                &report
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .output()
