@@ -177,6 +177,24 @@ impl Anvil {
             .to_owned()
     }
 
+    /// A contract call from a development account, signed by anvil but not sent: the raw
+    /// bytes (EIP-1559, fixed nonce, gas and fees, so the same bytes can be sent again or
+    /// put into a reorganised chain).
+    pub async fn sign_call(&self, from: &str, to: &str, data: &[u8], nonce: u64) -> String {
+        let tx = json!({
+            "from": from, "to": to, "value": "0x0",
+            "data": format!("0x{}", alloy_primitives::hex::encode(data)),
+            "nonce": format!("{nonce:#x}"), "gas": "0x7a120",
+            "maxFeePerGas": "0x174876e800", "maxPriorityFeePerGas": "0x3b9aca00",
+            "chainId": format!("{CHAIN_ID:#x}"),
+        });
+        self.rpc("eth_signTransaction", json!([tx]))
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Sends raw bytes; returns the transaction hash.
     pub async fn send_raw(&self, raw: &str) -> String {
         self.rpc("eth_sendRawTransaction", json!([raw]))
@@ -235,6 +253,34 @@ impl Anvil {
             .parse()
             .unwrap();
         address.to_checksum(None)
+    }
+
+    /// Deploys `TokenBatch` (`tests/fixtures/erc20`: several token transfers in one
+    /// transaction) from the first development account and mines it; returns its address.
+    pub async fn deploy_token_batch(&self) -> String {
+        let bin = include_str!("../fixtures/erc20/TokenBatch.bin").trim();
+        let code = alloy_primitives::hex::decode(bin).unwrap();
+        let hash = self.send_from(DEV_ACCOUNT, None, &code, 0).await;
+        self.mine(1).await;
+        let receipt = self.receipt(&hash).await;
+        assert_eq!(receipt["status"], "0x1", "{receipt}");
+        let address: alloy_primitives::Address = receipt["contractAddress"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        address.to_checksum(None)
+    }
+
+    /// The hash of block `number` (`None`: no such block).
+    pub async fn block_hash(&self, number: u64) -> Option<String> {
+        let block = self
+            .rpc(
+                "eth_getBlockByNumber",
+                json!([format!("{number:#x}"), false]),
+            )
+            .await;
+        block["hash"].as_str().map(str::to_owned)
     }
 
     /// The balance of `address`, in wei.

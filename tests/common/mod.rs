@@ -6,6 +6,7 @@
 pub mod anvil;
 pub mod binary;
 pub mod ethereum;
+pub mod faulty_node;
 pub mod process;
 pub mod ws;
 
