@@ -8,7 +8,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::auth::{TokenError, TokenKeys, TokenPolicy, Verified};
 use crate::chain::ethereum::{self, ConnectError, EthereumNode, NodeConfig};
-use crate::chain::{Chain as _, Networks, SimulatedChain};
+use crate::chain::{Chain as _, Networks, SimulatedChain, backends};
 use crate::chain_worker::ChainWorker;
 use crate::custody::{Custody, SeedSource};
 use crate::db::{self, PgPool, QueryCounter, SessionLimits};
@@ -203,6 +203,14 @@ impl App {
             node_supervisor = Some(Arc::new(node.supervise()));
             chains = chains.with(ethereum::NETWORK, Arc::new(node));
         }
+        // Each network the simulator serves (not one a node serves) is claimed for it:
+        // refused if the network's wallets have movements made on a node.
+        if simulator.is_some() {
+            let mut conn = pool.get().await?;
+            for network in chains.names().filter(|n| chains.is_simulated(n)) {
+                claim_for_simulator(&mut conn, network).await?;
+            }
+        }
         // Crypto currencies of networks without a backend are not offered.
         let networks: Vec<&str> = chains.names().collect();
         let currencies = {
@@ -351,6 +359,20 @@ impl App {
     }
 }
 
+/// Claims `network`'s chain history for the simulator ([`backends::claim`]).
+async fn claim_for_simulator(
+    conn: &mut crate::db::PooledConn,
+    network: &str,
+) -> anyhow::Result<()> {
+    let legacy = match backends::claimed(conn, network).await? {
+        Some(_) => backends::Legacy::NotMine,
+        None => backends::simulator_legacy(conn, network).await?,
+    };
+    backends::claim(conn, network, backends::SIMULATOR, legacy)
+        .await
+        .map_err(|e| anyhow::anyhow!("{network}: {e}"))
+}
+
 /// How long the start waits for the node to answer before starting without it.
 const NODE_WAIT_AT_START: Duration = Duration::from_secs(10);
 
@@ -365,7 +387,7 @@ async fn connect_at_start(node: &EthereumNode) -> anyhow::Result<()> {
             return Ok(());
         }
         Ok(Err(ConnectError::Refused(why))) => {
-            anyhow::bail!("the ethereum node is not what the configuration says: {why}")
+            anyhow::bail!("the ethereum node is refused: {why}")
         }
         Ok(Err(ConnectError::Unreachable(why))) => why,
         Err(_) => format!("no answer within {NODE_WAIT_AT_START:?}"),

@@ -4,10 +4,13 @@
 //! `ledger::chain_deposit`).
 //!
 //! Before any work on a network, its backend is asked to verify itself ([`Chain::verify`]:
-//! a node proves it still serves the chain it was verified on). A network that does not
-//! — its node down, not verified yet, or serving another chain — is left alone for the
-//! pass: no deposit is read from it, no withdrawal signed or sent for it, and nothing is
-//! recorded against it; the other networks are served as usual.
+//! a node proves it still serves the chain it was verified on), and must be the backend
+//! the database says serves the network (`chain::backends`). A network that does not —
+//! its node down, not verified yet, serving another chain, or taken over by another
+//! backend — is left alone for the pass: no deposit is read from it, no withdrawal signed
+//! or sent for it, and nothing is recorded against it; the other networks are served as
+//! usual. Withdrawals through a node that a reorganisation removed after they completed
+//! are followed too (`ledger::chain_reorg`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,10 +18,11 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
-use crate::chain::Chain;
+use crate::chain::{Chain, backends};
 use crate::custody::Custody;
 use crate::db::PgPool;
 use crate::ledger::chain_deposit::{self, ScanReport};
+use crate::ledger::chain_reorg;
 use crate::ledger::chain_withdrawal::{self, AdvanceReport};
 use crate::ledger::node_withdrawal;
 use crate::ledger::{CurrencyKind, CurrencyRegistry, LedgerError};
@@ -80,9 +84,10 @@ impl ChainWorker {
         // Each stage runs even if one before it failed (the first error is returned).
         let mut failure = None;
         let mut usable = Vec::new();
+        let mut verified = Vec::new();
         for network in self.networks() {
             match self.chain.verify(&network).await {
-                Ok(()) => usable.push(network),
+                Ok(()) => verified.push(network),
                 Err(e) => {
                     failure.get_or_insert(e.into());
                     report.unavailable.push(network);
@@ -90,6 +95,15 @@ impl ChainWorker {
             }
         }
         let mut conn = self.pool.get().await?;
+        for network in verified {
+            match self.serves(&mut conn, &network).await {
+                Ok(()) => usable.push(network),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                    report.unavailable.push(network);
+                }
+            }
+        }
         // Withdrawals on networks served by a node of an account-based chain follow
         // `node_withdrawal` (nonces, fees known once mined); the others `chain_withdrawal`.
         // Neither flow touches a network left alone this pass.
@@ -128,6 +142,22 @@ impl ChainWorker {
             }
             metrics::gauge!("wallet_withdrawals_fee_capped")
                 .set(report.held_at_fee_cap().len() as f64);
+            // Completed withdrawals a reorganisation removed (see `chain_reorg`).
+            for network in &by_node {
+                match chain_reorg::follow_withdrawals(
+                    &mut conn,
+                    &self.currencies,
+                    self.chain.as_ref(),
+                    network,
+                )
+                .await
+                {
+                    Ok(completed) => report.withdrawals.completed += completed,
+                    Err(e) => {
+                        failure.get_or_insert(e);
+                    }
+                }
+            }
         }
         // The scans take connections of their own.
         drop(conn);
@@ -155,6 +185,27 @@ impl ChainWorker {
             return Err(e);
         }
         Ok(report)
+    }
+
+    /// Whether this process's backend of `network` is the one serving it (another
+    /// process may have taken it over while the network's wallets had no movements — see
+    /// `chain::backends`): if not, the network is left alone.
+    async fn serves(
+        &self,
+        conn: &mut crate::db::PooledConn,
+        network: &str,
+    ) -> Result<(), LedgerError> {
+        let backend = self.chain.backend(network)?;
+        if !backends::serves(conn, network, &backend).await? {
+            return Err(LedgerError::ChainUnavailable(format!(
+                "{network} is served by another backend now ({}): this process leaves it alone",
+                backends::claimed(conn, network)
+                    .await?
+                    .map(|b| backends::describe(&b))
+                    .unwrap_or_default()
+            )));
+        }
+        Ok(())
     }
 
     /// Signs every waiting withdrawal once, in id order, and broadcasts it; one that fails

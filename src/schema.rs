@@ -1,26 +1,47 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
-    chain_blocks (network, number) {
+    chain_backends (network) {
+        network -> Text,
+        backend -> Text,
+        claimed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    chain_blocks (network, backend, number) {
         network -> Text,
         number -> Int8,
         hash -> Text,
         parent_hash -> Text,
+        backend -> Text,
     }
 }
 
 diesel::table! {
-    chain_nonces (network, address) {
+    chain_nonces (network, backend, address) {
         network -> Text,
         address -> Text,
         next_nonce -> Int8,
+        backend -> Text,
     }
 }
 
 diesel::table! {
-    chain_scan_cursors (network) {
+    chain_reorgs (id) {
+        id -> Int8,
+        network -> Text,
+        backend -> Text,
+        above -> Int8,
+        recorded_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    chain_scan_cursors (network, backend) {
         network -> Text,
         block -> Int8,
+        backend -> Text,
     }
 }
 
@@ -82,6 +103,15 @@ diesel::table! {
         account_id -> Int8,
         amount -> Numeric,
         created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    legacy_token_deposits (hold_id) {
+        hold_id -> Int8,
+        network -> Text,
+        tx_hash -> Text,
+        name -> Nullable<Text>,
     }
 }
 
@@ -194,6 +224,7 @@ diesel::table! {
         network_fee -> Nullable<Numeric>,
         reference -> Nullable<Text>,
         metadata -> Nullable<Jsonb>,
+        restores_id -> Nullable<Int8>,
     }
 }
 
@@ -232,6 +263,7 @@ diesel::table! {
 }
 
 diesel::joinable!(ledger_accounts -> currencies (currency));
+diesel::joinable!(legacy_token_deposits -> transactions (hold_id));
 diesel::joinable!(reconciliations -> wallets (wallet_id));
 diesel::joinable!(sim_blocks -> sim_chains (network));
 diesel::joinable!(sim_failing_addresses -> sim_chains (network));
@@ -241,8 +273,10 @@ diesel::joinable!(wallets -> currencies (currency));
 diesel::joinable!(withdrawal_attempts -> transactions (transaction_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    chain_backends,
     chain_blocks,
     chain_nonces,
+    chain_reorgs,
     chain_scan_cursors,
     currencies,
     custody_fingerprint,
@@ -250,6 +284,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     hd_indexes,
     ledger_accounts,
     ledger_postings,
+    legacy_token_deposits,
     reconciliations,
     scheduled_jobs,
     sim_blocks,

@@ -5,11 +5,15 @@
 //! - a transfer's confirmations are counted only while the block that includes it is the
 //!   canonical block at that height (a receipt of a block a reorg replaced is ignored);
 //! - the deposit watcher's [`Chain::transfers_since`] remembers the hash of every block it
-//!   returned (`chain_blocks`). When the block it resumes from is no longer canonical, it
-//!   walks back to the newest block both chains share and scans forward from there, so a
-//!   transfer moved to another block by a reorg is seen again there (and recorded once:
-//!   the ledger keys deposits by hash). It reports the shared block, so that the ledger
-//!   can check the deposits it credited above it;
+//!   returned (`chain_blocks`, keyed by this node's chain id and genesis block: see
+//!   [`super::backends`]). When a block it remembers is no longer canonical, it walks back
+//!   to the newest block both chains share and scans forward from there, so a transfer
+//!   moved to another block by a reorg is seen again there (and recorded once: the ledger
+//!   keys deposits by name, which a reorg does not change — a token transfer is named by
+//!   its transaction and its log's place among the transaction's logs, never by its
+//!   log's index in the block). In the transaction that forgets the replaced blocks it
+//!   writes "blocks above N are being replaced" (`chain_reorgs`), which the ledger
+//!   follows to the end whatever happens to this pass (`ledger::chain_reorg`);
 //! - withdrawals ([`AccountChain`]): the address's pending nonce, current fees, and
 //!   EIP-1559 transactions signed with the wallet's key (ether, or an ERC-20 `transfer`);
 //! - balances at a block (`eth_getBalance`, a token's `balanceOf`) for reconciliation.
@@ -43,9 +47,10 @@ use alloy::sol_types::SolEvent as _;
 use alloy::transports::{RpcError, TransportErrorKind};
 use chrono::{DateTime, TimeZone as _, Utc};
 use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
+use diesel_async::{AsyncConnection as _, RunQueryDsl};
 use rust_decimal::Decimal;
 
+use super::backends;
 use super::link::{self, Link};
 use super::rpc::{self, CALL_TIMEOUT, Endpoint, NodeUrl};
 use super::{
@@ -205,6 +210,9 @@ pub struct EthereumNode {
     pool: PgPool,
     /// The chain id the node must serve: the configured one, or the first it reported.
     expected_chain_id: Arc<OnceLock<u64>>,
+    /// The hash of the genesis block of the chain the node must serve: the first it
+    /// reported (with the chain id, what the chain's history here is keyed by).
+    expected_genesis: Arc<OnceLock<String>>,
     /// Token contracts followed, with their decimals.
     tokens: Arc<[Followed]>,
     replace_after_blocks: u64,
@@ -357,6 +365,7 @@ impl EthereumNode {
             url: config.rpc_url.clone(),
             pool,
             expected_chain_id: Arc::new(expected_chain_id),
+            expected_genesis: Arc::new(OnceLock::new()),
             tokens: tokens.into(),
             replace_after_blocks: config.replace_after_blocks.max(1),
             max_fee_per_gas: config.max_fee_per_gas.max(1),
@@ -367,6 +376,17 @@ impl EthereumNode {
     /// The verified chain id, or why the node is not used now.
     pub fn chain_id(&self) -> Result<u64, ChainError> {
         self.link.ready()
+    }
+
+    /// The backend the node is ([`backends::node`]: its chain id and genesis block), once
+    /// verified: what the chain history it serves is keyed by.
+    fn identity(&self) -> Result<String, ChainError> {
+        let chain_id = self.link.ready()?;
+        let genesis = self
+            .expected_genesis
+            .get()
+            .ok_or_else(|| unavailable("the node's genesis block is not known yet"))?;
+        Ok(backends::node(chain_id, genesis))
     }
 
     /// Verifies the node — its chain id, and each token's `decimals()` — and on success
@@ -386,10 +406,118 @@ impl EthereumNode {
         let chain_id = self.reported_chain_id().await?;
         self.check_chain_id(chain_id)
             .map_err(ConnectError::Refused)?;
+        let genesis = self.reported_genesis().await?;
+        self.check_genesis(&genesis)
+            .map_err(ConnectError::Refused)?;
         for token in self.tokens.iter() {
             self.check_token(token).await?;
         }
+        self.claim(&backends::node(chain_id, &genesis)).await?;
         Ok(chain_id)
+    }
+
+    /// The hash of the node's genesis block.
+    async fn reported_genesis(&self) -> Result<String, ConnectError> {
+        let block = rpc(
+            "eth_getBlockByNumber",
+            self.provider
+                .get_block_by_number(BlockNumberOrTag::Number(0)),
+        )
+        .await
+        .map_err(|failure| match failure {
+            CallFailure::Unreachable(e) | CallFailure::Answered(e) => ConnectError::Unreachable(e),
+        })?;
+        block
+            .map(|b| spell(b.header.hash))
+            .ok_or_else(|| ConnectError::Refused("the node has no genesis block".into()))
+    }
+
+    /// `reported` is the genesis block of the chain the node must serve (the first it
+    /// ever reported here): a node reset to a fresh chain with the same chain id serves
+    /// another chain.
+    fn check_genesis(&self, reported: &str) -> Result<(), String> {
+        let expected = self.expected_genesis.get_or_init(|| reported.to_owned());
+        if expected == reported {
+            return Ok(());
+        }
+        Err(format!(
+            "the ethereum node at {} serves a chain with genesis block {reported}, not              {expected} (the chain it served when this process first connected): point              WALLET_ETHEREUM_RPC_URL at a node of that chain",
+            self.url
+        ))
+    }
+
+    /// Claims the `ethereum` network's history for this node ([`backends::claim`]):
+    /// refused while the network's wallets have movements made on another backend.
+    async fn claim(&self, backend: &str) -> Result<(), ConnectError> {
+        let database = |e: &dyn std::fmt::Display| {
+            ConnectError::Unreachable(format!("the database, claiming {NETWORK}: {e}"))
+        };
+        let mut conn = self.pool.get().await.map_err(|e| database(&e))?;
+        let legacy = match backends::claimed(&mut conn, NETWORK)
+            .await
+            .map_err(|e| database(&e))?
+        {
+            Some(_) => backends::Legacy::NotMine,
+            None => self.legacy_evidence(&mut conn).await?,
+        };
+        backends::claim(&mut conn, NETWORK, backend, legacy)
+            .await
+            .map_err(|e| match e {
+                backends::ClaimError::Refused(why) => ConnectError::Refused(why),
+                backends::ClaimError::Database(e) => database(&e),
+            })
+    }
+
+    /// Whether the chain state kept before backends were recorded is this node's chain's:
+    /// a block it remembered is canonical here, or a transaction the journal names is
+    /// known here (with neither, nothing says otherwise).
+    async fn legacy_evidence(
+        &self,
+        conn: &mut crate::db::PooledConn,
+    ) -> Result<backends::Legacy, ConnectError> {
+        let database = |e: diesel::result::Error| {
+            ConnectError::Unreachable(format!("the database, claiming {NETWORK}: {e}"))
+        };
+        let unreachable = |failure| match failure {
+            CallFailure::Unreachable(e) | CallFailure::Answered(e) => ConnectError::Unreachable(e),
+        };
+        let blocks = backends::legacy_blocks(conn, NETWORK)
+            .await
+            .map_err(database)?;
+        let hashes = backends::journaled_hashes(conn, NETWORK)
+            .await
+            .map_err(database)?;
+        if blocks.is_empty() && hashes.is_empty() {
+            return Ok(backends::Legacy::Mine);
+        }
+        for (number, hash) in &blocks {
+            let block = rpc(
+                "eth_getBlockByNumber",
+                self.provider.get_block_by_number(BlockNumberOrTag::Number(
+                    u64::try_from(*number).unwrap_or(0),
+                )),
+            )
+            .await
+            .map_err(unreachable)?;
+            if block.is_some_and(|b| spell(b.header.hash) == *hash) {
+                return Ok(backends::Legacy::Mine);
+            }
+        }
+        for name in &hashes {
+            let Some(hash) = parse_hash(name.split(':').next().unwrap_or(name)) else {
+                continue;
+            };
+            let known = rpc(
+                "eth_getTransactionByHash",
+                self.provider.get_transaction_by_hash(hash),
+            )
+            .await
+            .map_err(unreachable)?;
+            if known.is_some() {
+                return Ok(backends::Legacy::Mine);
+            }
+        }
+        Ok(backends::Legacy::NotMine)
     }
 
     async fn reported_chain_id(&self) -> Result<u64, ConnectError> {
@@ -461,13 +589,21 @@ impl EthereumNode {
         Ok(())
     }
 
-    /// Asks the connected node for its chain id: a node now serving another chain is
-    /// refused (taken out of use, loudly).
+    /// Asks the connected node for its chain id and genesis block: a node now serving
+    /// another chain is refused (taken out of use, loudly).
     async fn recheck_chain_id(&self) -> Result<(), ChainError> {
         let reported = self
             .call("eth_chainId", self.provider.get_chain_id())
             .await?;
-        match self.check_chain_id(reported) {
+        let genesis = self
+            .block(0, false)
+            .await?
+            .map(|b| spell(b.header.hash))
+            .unwrap_or_default();
+        match self
+            .check_chain_id(reported)
+            .and_then(|()| self.check_genesis(&genesis))
+        {
             Ok(()) => Ok(()),
             Err(why) => {
                 if self.link.is_ready() {
@@ -532,8 +668,9 @@ impl EthereumNode {
                         network = NETWORK,
                         reason = %super::redact::redact(&why),
                         retry_in = ?delay,
-                        "ethereum node REFUSED: it is not what the configuration says; \
-                         the network is unavailable until this is fixed"
+                        "ethereum node REFUSED: it is not what the configuration says, or \
+                         not the chain of this database's ethereum history; the network is \
+                         unavailable until this is fixed"
                     ),
                 }
                 tokio::time::sleep(delay).await;
@@ -601,40 +738,72 @@ impl EthereumNode {
             .unwrap_or_default())
     }
 
-    /// The ether transfers of a block (transactions with a value), with their outcome.
+    /// The transfers of a block: those of followed tokens, and ether transfers
+    /// (transactions with a value) with their outcome.
     async fn block_transfers(
         &self,
         block: &Block,
         tip: u64,
     ) -> Result<Vec<ChainTransfer>, ChainError> {
-        let mut transfers = self.token_transfers(block, tip).await?;
-        let Some(transactions) = block.transactions.as_transactions() else {
-            return Ok(transfers);
-        };
-        let valued: Vec<_> = transactions
+        let logs = self.token_logs(block).await?;
+        let valued: Vec<_> = block
+            .transactions
+            .as_transactions()
+            .unwrap_or_default()
             .iter()
             .filter(|t| {
                 !alloy::consensus::Transaction::value(*t).is_zero()
                     && alloy::consensus::Transaction::to(*t).is_some()
             })
             .collect();
-        if valued.is_empty() {
-            return Ok(transfers);
+        if logs.is_empty() && valued.is_empty() {
+            return Ok(Vec::new());
         }
+        // Outcomes, and each transaction's logs (a token transfer is named by its log's
+        // place among them).
         let receipts = self.receipts(block.header.number).await?;
-        for t in valued {
-            let hash = t.tx_hash();
-            let Some(receipt) = receipts.iter().find(|r| r.transaction_hash == hash) else {
+        let receipt_of = |hash: B256| {
+            receipts
+                .iter()
+                .find(|r| r.transaction_hash == hash)
+                .ok_or_else(|| {
+                    unavailable(format!(
+                        "block {} has no receipt for {hash:#x}",
+                        block.header.number
+                    ))
+                })
+        };
+        let mut transfers = Vec::new();
+        for log in &logs {
+            let Some(hash) = log.transaction_hash else {
+                continue;
+            };
+            let receipt = receipt_of(hash)?;
+            let Some(position) = receipt
+                .logs()
+                .iter()
+                .position(|l| l.log_index.is_some() && l.log_index == log.log_index)
+            else {
                 return Err(unavailable(format!(
-                    "block {} has no receipt for {hash:#x}",
-                    block.header.number
+                    "the receipt of {hash:#x} does not hold its log {:?}",
+                    log.log_index
                 )));
             };
+            transfers.extend(self.token_transfer(
+                log,
+                position,
+                block.header.number,
+                block.header.timestamp,
+                tip,
+            )?);
+        }
+        for t in valued {
+            let hash = t.tx_hash();
             transfers.push(self.transfer_of(
                 t.from(),
                 t.to(),
                 t.value(),
-                Some(receipt),
+                Some(receipt_of(hash)?),
                 Some(block.header.number),
                 block.header.timestamp,
                 tip,
@@ -644,13 +813,9 @@ impl EthereumNode {
         Ok(transfers)
     }
 
-    /// The transfers of followed tokens in a block, from their `Transfer` logs (a log
-    /// exists only for a transaction that succeeded).
-    async fn token_transfers(
-        &self,
-        block: &Block,
-        tip: u64,
-    ) -> Result<Vec<ChainTransfer>, ChainError> {
+    /// The `Transfer` logs of followed tokens in a block (a log exists only for a
+    /// transaction that succeeded).
+    async fn token_logs(&self, block: &Block) -> Result<Vec<Log>, ChainError> {
         if self.tokens.is_empty() {
             return Ok(Vec::new());
         }
@@ -658,21 +823,17 @@ impl EthereumNode {
             .at_block_hash(block.header.hash)
             .address(self.tokens.iter().map(|t| t.contract).collect::<Vec<_>>())
             .event_signature(Transfer::SIGNATURE_HASH);
-        let logs = self
-            .call("eth_getLogs", self.provider.get_logs(&filter))
-            .await?;
-        logs.iter()
-            .filter_map(|log| {
-                self.token_transfer(log, block.header.number, block.header.timestamp, tip)
-                    .transpose()
-            })
-            .collect()
+        self.call("eth_getLogs", self.provider.get_logs(&filter))
+            .await
     }
 
-    /// A followed token's `Transfer` log as a transfer (`None` for any other log).
+    /// A followed token's `Transfer` log, the `position`-th log of its transaction, as a
+    /// transfer (`None` for any other log). Named by the transaction and that position:
+    /// what a reorganisation that mines the transaction again elsewhere does not change.
     fn token_transfer(
         &self,
         log: &Log,
+        position: usize,
         block: u64,
         timestamp: u64,
         tip: u64,
@@ -684,12 +845,12 @@ impl EthereumNode {
         let Ok(event) = log.log_decode::<Transfer>() else {
             return Ok(None);
         };
-        let (Some(hash), Some(index)) = (log.transaction_hash, log.log_index) else {
+        let Some(hash) = log.transaction_hash else {
             return Ok(None);
         };
         let transfer = &event.inner.data;
         Ok(Some(ChainTransfer {
-            hash: format!("{}:{index}", spell(hash)),
+            hash: format!("{}:{position}", spell(hash)),
             network: NETWORK.to_owned(),
             asset: Some(address(contract)),
             from_address: address(transfer.from),
@@ -705,6 +866,28 @@ impl EthereumNode {
             raw: None,
             created_at: time(timestamp),
         }))
+    }
+
+    /// The receipt of `hash` while its block is the canonical one at its height, with
+    /// that block's number and time.
+    async fn canonical_receipt(
+        &self,
+        hash: B256,
+    ) -> Result<Option<(TransactionReceipt, u64, u64)>, ChainError> {
+        let receipt = self
+            .call(
+                "eth_getTransactionReceipt",
+                self.provider.get_transaction_receipt(hash),
+            )
+            .await?;
+        if let Some(r) = receipt
+            && let (Some(number), Some(block_hash)) = (r.block_number, r.block_hash)
+            && let Some(block) = self.block(number, false).await?
+            && block.header.hash == block_hash
+        {
+            return Ok(Some((r, number, block.header.timestamp)));
+        }
+        Ok(None)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -755,47 +938,64 @@ impl EthereumNode {
         })
     }
 
-    /// The block the watcher resumes after: `after` itself while it is still the block the
-    /// watcher saw there, else the newest remembered block that is still canonical (the
-    /// common ancestor of the old and the new chain).
-    async fn resume_point(&self, after: u64) -> Result<(u64, bool), ChainError> {
+    /// Where the watcher resumes, its position being `after`: after the newest block it
+    /// remembers (at most `after`) while that is still the canonical one; after a
+    /// reorganisation, after the newest remembered block that still is (the block the old
+    /// and the new chain share), with `true`. Every remembered block is checked, not only
+    /// those up to `after`: a watcher whose position was held back must not forget
+    /// replaced blocks unseen.
+    async fn resume_point(&self, backend: &str, after: u64) -> Result<(u64, bool), ChainError> {
         let mut conn = self.conn().await?;
         let remembered: Vec<(i64, String)> = chain_blocks::table
             .filter(chain_blocks::network.eq(NETWORK))
-            .filter(chain_blocks::number.le(block_number(after)))
+            .filter(chain_blocks::backend.eq(backend))
             .order(chain_blocks::number.desc())
             .select((chain_blocks::number, chain_blocks::hash))
             .load(&mut conn)
             .await
             .map_err(unavailable)?;
         drop(conn);
-        let mut resume = after;
+        let mut shared = None;
         let mut reorged = false;
+        let mut oldest = after;
         for (number, hash) in remembered {
             let number = u64::try_from(number).unwrap_or(0);
             match self.canonical_hash(number).await? {
                 Some(canonical) if spell(canonical) == hash => {
-                    resume = number;
+                    shared = Some(number);
                     break;
                 }
                 _ => {
                     reorged = true;
-                    resume = number.saturating_sub(1);
+                    oldest = number;
                 }
             }
         }
-        if reorged {
-            tracing::warn!(
-                after,
-                resume,
-                "ethereum reorganised: scanning again from the common ancestor"
-            );
-            metrics::counter!("wallet_chain_reorgs_total", "network" => NETWORK).increment(1);
+        // After the newest block it remembers (a long outage is caught up over several
+        // passes, each scanning a bounded number of blocks), never beyond `after`.
+        let resume = match (shared, reorged) {
+            (Some(shared), _) => shared,
+            (None, true) => oldest.saturating_sub(1),
+            (None, false) => after,
         }
-        Ok((resume, reorged))
+        .min(after);
+        if !reorged {
+            return Ok((resume, false));
+        }
+        tracing::warn!(
+            after,
+            resume,
+            "ethereum reorganised: scanning again from the common ancestor"
+        );
+        metrics::counter!("wallet_chain_reorgs_total", "network" => NETWORK).increment(1);
+        Ok((resume, true))
     }
 
-    async fn remember(&self, blocks: &[(i64, String, String)]) -> Result<(), ChainError> {
+    async fn remember(
+        &self,
+        backend: &str,
+        blocks: &[(i64, String, String)],
+    ) -> Result<(), ChainError> {
         let Some(&(newest, ..)) = blocks.last() else {
             return Ok(());
         };
@@ -805,6 +1005,7 @@ impl EthereumNode {
             .map(|(number, hash, parent)| {
                 (
                     chain_blocks::network.eq(NETWORK),
+                    chain_blocks::backend.eq(backend),
                     chain_blocks::number.eq(*number),
                     chain_blocks::hash.eq(hash),
                     chain_blocks::parent_hash.eq(parent),
@@ -814,7 +1015,11 @@ impl EthereumNode {
         // Several watchers may scan the same blocks: the newest answer wins.
         diesel::insert_into(chain_blocks::table)
             .values(rows)
-            .on_conflict((chain_blocks::network, chain_blocks::number))
+            .on_conflict((
+                chain_blocks::network,
+                chain_blocks::backend,
+                chain_blocks::number,
+            ))
             .do_update()
             .set((
                 chain_blocks::hash.eq(diesel::upsert::excluded(chain_blocks::hash)),
@@ -826,6 +1031,7 @@ impl EthereumNode {
         diesel::delete(
             chain_blocks::table
                 .filter(chain_blocks::network.eq(NETWORK))
+                .filter(chain_blocks::backend.eq(backend))
                 .filter(chain_blocks::number.le(newest - REMEMBERED_BLOCKS)),
         )
         .execute(&mut conn)
@@ -834,14 +1040,41 @@ impl EthereumNode {
         Ok(())
     }
 
-    async fn forget_above(&self, number: u64) -> Result<(), ChainError> {
+    /// Forgets the remembered blocks above `number` (they are scanned again). When they
+    /// were replaced by a reorganisation (`reorged`), says so in the same transaction
+    /// (`chain_reorgs`): forgotten, they could not show it again, and what was recorded
+    /// in them is checked from that record by whichever pass gets to it — even if this
+    /// one fails or its process dies next.
+    async fn forget_above(
+        &self,
+        backend: &str,
+        number: u64,
+        reorged: bool,
+    ) -> Result<(), ChainError> {
+        use crate::schema::chain_reorgs;
         let mut conn = self.conn().await?;
-        diesel::delete(
-            chain_blocks::table
-                .filter(chain_blocks::network.eq(NETWORK))
-                .filter(chain_blocks::number.gt(block_number(number))),
-        )
-        .execute(&mut conn)
+        let number = block_number(number);
+        conn.transaction(async |tx| {
+            if reorged {
+                diesel::insert_into(chain_reorgs::table)
+                    .values((
+                        chain_reorgs::network.eq(NETWORK),
+                        chain_reorgs::backend.eq(backend),
+                        chain_reorgs::above.eq(number),
+                    ))
+                    .execute(tx)
+                    .await?;
+            }
+            diesel::delete(
+                chain_blocks::table
+                    .filter(chain_blocks::network.eq(NETWORK))
+                    .filter(chain_blocks::backend.eq(backend))
+                    .filter(chain_blocks::number.gt(number)),
+            )
+            .execute(tx)
+            .await?;
+            Ok::<_, diesel::result::Error>(())
+        })
         .await
         .map_err(unavailable)?;
         Ok(())
@@ -867,9 +1100,9 @@ impl Chain for EthereumNode {
         _network: &str,
         hash: &str,
     ) -> Result<Option<ChainTransfer>, ChainError> {
-        let (hash, log_index) = match hash.split_once(':') {
-            Some((hash, index)) => match index.parse::<u64>() {
-                Ok(index) => (hash, Some(index)),
+        let (hash, position) = match hash.split_once(':') {
+            Some((hash, position)) => match position.parse::<usize>() {
+                Ok(position) => (hash, Some(position)),
                 Err(_) => return Ok(None),
             },
             None => (hash, None),
@@ -887,36 +1120,25 @@ impl Chain for EthereumNode {
             return Ok(None);
         };
         let tip = self.tip_number().await?;
-        let receipt = self
-            .call(
-                "eth_getTransactionReceipt",
-                self.provider.get_transaction_receipt(hash),
-            )
-            .await?;
         // Counted only while its block is the canonical one at that height.
-        let mut included = None;
-        if let Some(r) = &receipt
-            && let (Some(number), Some(block_hash)) = (r.block_number, r.block_hash)
-            && let Some(block) = self.block(number, false).await?
-            && block.header.hash == block_hash
-        {
-            included = Some((number, block.header.timestamp));
-        }
-        let receipt = receipt.filter(|_| included.is_some());
-        if let Some(index) = log_index {
+        let included = self.canonical_receipt(hash).await?;
+        if let Some(position) = position {
             // A token transfer: its log, once its transaction is on the canonical chain.
-            let (Some(receipt), Some((block, timestamp))) = (&receipt, included) else {
+            let Some((receipt, block, timestamp)) = included else {
                 return Ok(None);
             };
-            let log = receipt.logs().iter().find(|l| l.log_index == Some(index));
-            return match log {
-                Some(log) => self.token_transfer(log, block, timestamp, tip),
+            return match receipt.logs().get(position) {
+                Some(log) => self.token_transfer(log, position, block, timestamp, tip),
                 None => Ok(None),
             };
         }
-        let (block, timestamp) = match included {
-            Some((number, timestamp)) => (Some(number), timestamp),
-            None => (None, u64::try_from(Utc::now().timestamp()).unwrap_or(0)),
+        let (receipt, block, timestamp) = match included {
+            Some((receipt, number, timestamp)) => (Some(receipt), Some(number), timestamp),
+            None => (
+                None,
+                None,
+                u64::try_from(Utc::now().timestamp()).unwrap_or(0),
+            ),
         };
         self.transfer_of(
             tx.from(),
@@ -929,6 +1151,29 @@ impl Chain for EthereumNode {
             hash,
         )
         .map(Some)
+    }
+
+    async fn token_transfers_of(
+        &self,
+        _network: &str,
+        hash: &str,
+    ) -> Result<Option<Vec<ChainTransfer>>, ChainError> {
+        let Some(hash) = parse_hash(hash) else {
+            return Ok(None);
+        };
+        let Some((receipt, block, timestamp)) = self.canonical_receipt(hash).await? else {
+            return Ok(None);
+        };
+        let tip = self.tip_number().await?;
+        let mut transfers = Vec::new();
+        for (position, log) in receipt.logs().iter().enumerate() {
+            transfers.extend(self.token_transfer(log, position, block, timestamp, tip)?);
+        }
+        Ok(Some(transfers))
+    }
+
+    fn backend(&self, _network: &str) -> Result<String, ChainError> {
+        self.identity()
     }
 
     async fn balance(&self, _network: &str, address: &str) -> Result<Decimal, ChainError> {
@@ -1023,18 +1268,16 @@ impl Chain for EthereumNode {
         _network: &str,
         after_block: i64,
     ) -> Result<Scanned, ChainError> {
+        let backend = self.identity()?;
         let tip = self.tip_number().await?;
-        let (after, common_ancestor) = match u64::try_from(after_block).unwrap_or(0) {
-            0 => (tip.saturating_sub(FIRST_SCAN_DEPTH), None),
-            scanned => {
-                let (resume, reorged) = self.resume_point(scanned.min(tip)).await?;
-                (resume, reorged.then_some(block_number(resume)))
-            }
+        let (after, reorged) = match u64::try_from(after_block).unwrap_or(0) {
+            0 => (tip.saturating_sub(FIRST_SCAN_DEPTH), false),
+            scanned => self.resume_point(&backend, scanned.min(tip)).await?,
         };
         // A long outage is caught up over several passes (each resumes after the newest
         // block it remembers), so that one pass stays short.
         let last = tip.min(after.saturating_add(MAX_BLOCKS_PER_SCAN));
-        self.forget_above(after).await?;
+        self.forget_above(&backend, after, reorged).await?;
         let mut transfers = Vec::new();
         let mut seen: Vec<(i64, String, String)> = Vec::new();
         for number in after + 1..=last {
@@ -1054,11 +1297,8 @@ impl Chain for EthereumNode {
                 spell(block.header.parent_hash),
             ));
         }
-        self.remember(&seen).await?;
-        Ok(Scanned {
-            transfers,
-            common_ancestor,
-        })
+        self.remember(&backend, &seen).await?;
+        Ok(Scanned { transfers })
     }
 
     async fn estimate_fee(&self, _network: &str) -> Result<Fee, ChainError> {

@@ -1,6 +1,7 @@
 //! What the ledger needs from a blockchain, behind one trait, so that the simulated chain
 //! and real node clients are interchangeable.
 
+pub mod backends;
 pub mod ethereum;
 pub mod link;
 pub mod networks;
@@ -16,21 +17,22 @@ pub use networks::Networks;
 
 pub use simulated::SimulatedChain;
 
-/// What a deposit watcher's scan of the chain found.
+/// What a deposit watcher's scan of the chain found. A reorganisation it found on the
+/// way is not reported here: the backend wrote it down (`chain_reorgs`) in the transaction
+/// that forgot the replaced blocks, for the ledger to follow whatever happens next.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Scanned {
     pub transfers: Vec<ChainTransfer>,
-    /// Set when blocks scanned before had been replaced by a reorganisation: the newest
-    /// block the old and the new chain share. What was recorded above it may be gone.
-    pub common_ancestor: Option<i64>,
 }
 
 /// A transfer as the chain reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainTransfer {
     /// The transfer's name on its network: the transaction hash, or for a token transfer
-    /// the transaction hash and the log's index (`0x…:3`), since one transaction may move
-    /// tokens several times.
+    /// the transaction hash and the log's place among the transaction's logs (`0x…:1`),
+    /// since one transaction may move tokens several times. Both survive a reorganisation
+    /// that mines the transaction again in another block (a log's index in its block
+    /// does not).
     pub hash: String,
     pub network: String,
     /// The token contract a token transfer moves (`None`: the network's own coin).
@@ -315,6 +317,19 @@ pub trait Chain: Send + Sync {
     async fn estimate_fee(&self, network: &str) -> Result<Fee, ChainError>;
     /// Submits a signed transfer; returns its hash (also when it was already submitted).
     async fn broadcast(&self, transfer: &SignedTransfer) -> Result<String, ChainError>;
+    /// The identity of the backend serving `network` ([`backends`]): what its chain
+    /// history is keyed by. A node's is known once it is verified.
+    fn backend(&self, network: &str) -> Result<String, ChainError>;
+    /// The token transfers of followed tokens in transaction `hash`, named as
+    /// [`ChainTransfer::hash`] says, while it is on the canonical chain (`None` when it is
+    /// not, or the backend has no tokens).
+    async fn token_transfers_of(
+        &self,
+        _network: &str,
+        _hash: &str,
+    ) -> Result<Option<Vec<ChainTransfer>>, ChainError> {
+        Ok(None)
+    }
     /// Whether `network` is the simulator's here (its development mutations apply).
     fn is_simulated(&self, _network: &str) -> bool {
         false

@@ -31,7 +31,7 @@ impl Networks {
         self.backends.is_empty()
     }
 
-    fn backend(&self, network: &str) -> Result<&dyn Chain, ChainError> {
+    fn served_by(&self, network: &str) -> Result<&dyn Chain, ChainError> {
         self.backends
             .get(network)
             .map(|b| b.as_ref())
@@ -42,15 +42,15 @@ impl Networks {
 #[async_trait::async_trait]
 impl Chain for Networks {
     fn available(&self, network: &str) -> Result<(), ChainError> {
-        self.backend(network)?.available(network)
+        self.served_by(network)?.available(network)
     }
 
     async fn verify(&self, network: &str) -> Result<(), ChainError> {
-        self.backend(network)?.verify(network).await
+        self.served_by(network)?.verify(network).await
     }
 
     async fn tip(&self, network: &str) -> Result<i64, ChainError> {
-        self.backend(network)?.tip(network).await
+        self.served_by(network)?.tip(network).await
     }
 
     async fn transfer(
@@ -58,11 +58,11 @@ impl Chain for Networks {
         network: &str,
         hash: &str,
     ) -> Result<Option<ChainTransfer>, ChainError> {
-        self.backend(network)?.transfer(network, hash).await
+        self.served_by(network)?.transfer(network, hash).await
     }
 
     async fn balance(&self, network: &str, address: &str) -> Result<Decimal, ChainError> {
-        self.backend(network)?.balance(network, address).await
+        self.served_by(network)?.balance(network, address).await
     }
 
     async fn balance_at(
@@ -72,13 +72,13 @@ impl Chain for Networks {
         asset: Option<&str>,
         height: i64,
     ) -> Result<Option<Decimal>, ChainError> {
-        self.backend(network)?
+        self.served_by(network)?
             .balance_at(network, address, asset, height)
             .await
     }
 
     async fn height_at(&self, network: &str, at: DateTime<Utc>) -> Result<i64, ChainError> {
-        self.backend(network)?.height_at(network, at).await
+        self.served_by(network)?.height_at(network, at).await
     }
 
     async fn settled_between(
@@ -88,7 +88,7 @@ impl Chain for Networks {
         after: i64,
         up_to: i64,
     ) -> Result<Vec<ChainTransfer>, ChainError> {
-        self.backend(network)?
+        self.served_by(network)?
             .settled_between(network, address, after, up_to)
             .await
     }
@@ -98,24 +98,39 @@ impl Chain for Networks {
         network: &str,
         after_block: i64,
     ) -> Result<Scanned, ChainError> {
-        self.backend(network)?
+        self.served_by(network)?
             .transfers_since(network, after_block)
             .await
     }
 
     async fn estimate_fee(&self, network: &str) -> Result<Fee, ChainError> {
-        self.backend(network)?.estimate_fee(network).await
+        self.served_by(network)?.estimate_fee(network).await
     }
 
     async fn broadcast(&self, transfer: &SignedTransfer) -> Result<String, ChainError> {
-        self.backend(&transfer.network)?.broadcast(transfer).await
+        self.served_by(&transfer.network)?.broadcast(transfer).await
+    }
+
+    fn backend(&self, network: &str) -> Result<String, ChainError> {
+        self.served_by(network)?.backend(network)
+    }
+
+    async fn token_transfers_of(
+        &self,
+        network: &str,
+        hash: &str,
+    ) -> Result<Option<Vec<ChainTransfer>>, ChainError> {
+        self.served_by(network)?
+            .token_transfers_of(network, hash)
+            .await
     }
 
     fn is_simulated(&self, network: &str) -> bool {
-        self.backend(network).is_ok_and(|b| b.is_simulated(network))
+        self.served_by(network)
+            .is_ok_and(|b| b.is_simulated(network))
     }
 
     fn accounts(&self, network: &str) -> Option<&dyn AccountChain> {
-        self.backend(network).ok()?.accounts(network)
+        self.served_by(network).ok()?.accounts(network)
     }
 }

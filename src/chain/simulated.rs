@@ -294,6 +294,10 @@ impl Chain for SimulatedChain {
         true
     }
 
+    fn backend(&self, _network: &str) -> Result<String, ChainError> {
+        Ok(super::backends::SIMULATOR.to_owned())
+    }
+
     async fn tip(&self, network: &str) -> Result<i64, ChainError> {
         let mut conn = self.conn().await?;
         Self::tip_on(&mut conn, network).await
@@ -384,7 +388,6 @@ impl Chain for SimulatedChain {
         // The simulated chains never reorganise.
         Ok(Scanned {
             transfers: self.load_transfers(network, query).await?,
-            common_ancestor: None,
         })
     }
 

@@ -303,9 +303,10 @@ impl Mutation {
 
     /// Undoes a completed fiat movement or transfer (operators) with a `REVERSAL` row that
     /// moves the same amount and fee the other way; a transfer is reversed on both sides.
-    /// Once per transaction (`ALREADY_REVERSED`); refused if a wallet would go below its
-    /// locked funds (`INSUFFICIENT_FUNDS`). Returns the reversal on the given
-    /// transaction's wallet.
+    /// Also the credit of a chain deposit, only while the deposit is `REORGED` (its
+    /// transaction left the chain after it was credited). Once per transaction
+    /// (`ALREADY_REVERSED`); refused if a wallet would go below its locked funds
+    /// (`INSUFFICIENT_FUNDS`). Returns the reversal on the given transaction's wallet.
     async fn reverse_transaction(
         &self,
         ctx: &Context<'_>,

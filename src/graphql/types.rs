@@ -50,7 +50,10 @@ pub enum TransactionStatus {
     Dropped,
     /// A credited chain deposit that a reorganisation deeper than the confirmation
     /// threshold removed from the chain: the credit stands, flagged for an operator
-    /// (`statusReason` says when); lifted if the transaction is mined again.
+    /// (`statusReason` says when), who may reverse it; lifted if the transaction is mined
+    /// again (credited again, once, if the credit was reversed). Also a completed
+    /// withdrawal through a node that such a reorganisation removed: sent again, and
+    /// `COMPLETED` again once mined.
     Reorged,
 }
 

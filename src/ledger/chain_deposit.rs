@@ -2,8 +2,17 @@
 //! moment it is seen (PENDING, confirmations counting, no balance effect) and credited by
 //! a posting once it has the network's confirmations — exactly once, whoever gets there
 //! first: the watcher ([`scan`]) or a client (`processCryptoDeposit`, [`process_deposit`]).
-//! The chain hash is the hold's idempotency key, and both paths go through [`observe`]
+//! The transfer's name on its network (its transaction hash; for a token transfer, the
+//! hash and the log's place in its transaction — see [`super::deposit_names`] for names
+//! given before) is the hold's idempotency key, and both paths go through [`observe`]
 //! under the wallet's row lock.
+//!
+//! Through reorganisations (a node-backed network): a held deposit off the chain goes
+//! back to no confirmations, or DROPPED when the node no longer has it; a credited one a
+//! reorganisation removed is flagged REORGED (by [`super::chain_reorg`], from the record
+//! the watcher wrote when it found the reorganisation). A REORGED deposit mined again is
+//! COMPLETED again: its credit stands, or — if an operator reversed it meanwhile — it is
+//! credited again, once, at the confirmation threshold.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -16,11 +25,12 @@ use super::movement::Movement;
 use super::posting::{self, ChainFields, NewRow};
 use super::{
     Currency, CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
-    TransactionType, input, money, wallet,
+    TransactionType, chain_reorg, deposit_names, input, money, wallet,
 };
+use crate::chain::backends;
 use crate::chain::{Chain, ChainError, ChainTransfer, TransferStatus};
 use crate::db::PgPool;
-use crate::schema::{chain_scan_cursors, transactions, wallets};
+use crate::schema::{chain_scan_cursors, legacy_token_deposits, transactions, wallets};
 
 impl From<ChainError> for LedgerError {
     fn from(e: ChainError) -> Self {
@@ -78,7 +88,7 @@ pub async fn process_deposit(
         });
     }
     // Asked by name, a parked deposit is tried again (what parked it may have passed).
-    let observed = observe(conn, currency, wallet.id, &transfer, Parked::Retry).await?;
+    let observed = observe(conn, chain, currency, wallet.id, &transfer, Parked::Retry).await?;
     match observed.credit {
         Some(credit) => Ok(Movement {
             entry: credit,
@@ -137,11 +147,19 @@ pub struct Observed {
 /// with its reason instead of failing: the callers move on to the next deposit.
 pub async fn observe(
     conn: &mut AsyncPgConnection,
+    chain: &dyn Chain,
     currency: &Currency,
     wallet_id: i64,
     transfer: &ChainTransfer,
     parked: Parked,
 ) -> Result<Observed, LedgerError> {
+    // A name means one log only once the holds of its transaction named before have
+    // their names now (asked of the chain before the transaction opens).
+    if transfer.asset.is_some()
+        && let Some((tx_hash, _)) = transfer.hash.split_once(':')
+    {
+        deposit_names::resolve(conn, chain, &transfer.network, tx_hash).await?;
+    }
     posting::retried!(conn, |tx| {
         observe_in(tx, currency, wallet_id, transfer, parked).await
     })
@@ -220,22 +238,7 @@ async fn observe_in(
         && on_chain
         && transfer.status == TransferStatus::Success
     {
-        // Mined again after a reorganisation had removed it: its credit is right again.
-        let hold = update_hold(
-            conn,
-            &hold,
-            TransactionStatus::Completed,
-            &chain,
-            Some("mined again after a reorganisation had removed it"),
-        )
-        .await?;
-        let credit = credit_of(conn, hold.id).await?;
-        return Ok(Observed {
-            hold,
-            credit,
-            credited_now: false,
-            parked_now: false,
-        });
+        return mined_again(conn, currency, &wallet, hold, chain).await;
     }
     // A dropped deposit seen again is held again (and credited once at the threshold).
     let back = (hold.status == TransactionStatus::Dropped)
@@ -361,19 +364,17 @@ pub(crate) async fn update_hold(
 async fn drop_deposit(
     conn: &mut AsyncPgConnection,
     network: &str,
-    hash: &str,
+    hold_id: i64,
 ) -> Result<(), LedgerError> {
-    posting::retried!(conn, |tx| { drop_deposit_in(tx, network, hash).await })
+    posting::retried!(conn, |tx| { drop_deposit_in(tx, network, hold_id).await })
 }
 
 async fn drop_deposit_in(
     conn: &mut AsyncPgConnection,
     network: &str,
-    hash: &str,
+    hold_id: i64,
 ) -> Result<(), LedgerError> {
-    let Some(hold) = locked_deposit(conn, network, hash).await? else {
-        return Ok(());
-    };
+    let hold = locked_hold(conn, hold_id).await?;
     if hold.status != TransactionStatus::Pending {
         return Ok(());
     }
@@ -386,7 +387,11 @@ async fn drop_deposit_in(
             "dropped: the node no longer has its transaction; held again if it is mined".to_owned()
         }
     };
-    tracing::warn!(hash, network, "a held deposit left the chain: dropped");
+    tracing::warn!(
+        hash = hold.tx_hash,
+        network,
+        "a held deposit left the chain: dropped"
+    );
     metrics::counter!("wallet_deposits_dropped_total", "network" => network.to_owned())
         .increment(1);
     update_hold(
@@ -400,18 +405,23 @@ async fn drop_deposit_in(
     Ok(())
 }
 
-/// The deposit hold of `hash`, read again under its wallet's lock, like every writer of a
-/// deposit takes it (a watcher may be recording it in its new block right now).
-async fn locked_deposit(
+/// Hold `hold_id`, read again under its wallet's lock, like every writer of a deposit
+/// takes it (a watcher may be recording it in its new block right now).
+async fn locked_hold(
     conn: &mut AsyncPgConnection,
-    network: &str,
-    hash: &str,
-) -> Result<Option<JournalEntry>, LedgerError> {
-    let Some(seen) = posting::find_chain_deposit(conn, network, hash).await? else {
-        return Ok(None);
-    };
-    posting::lock_wallet(conn, &Scope::All, seen.wallet_id).await?;
-    posting::find_chain_deposit(conn, network, hash).await
+    hold_id: i64,
+) -> Result<JournalEntry, LedgerError> {
+    let wallet_id: i64 = transactions::table
+        .find(hold_id)
+        .select(transactions::wallet_id)
+        .first(conn)
+        .await?;
+    posting::lock_wallet(conn, &Scope::All, wallet_id).await?;
+    Ok(transactions::table
+        .find(hold_id)
+        .select(JournalEntry::as_select())
+        .first(conn)
+        .await?)
 }
 
 /// Chain progress of a movement whose transaction is on no block: no confirmations.
@@ -423,65 +433,7 @@ pub(crate) fn off_chain() -> ChainFields {
     }
 }
 
-/// Credited deposits recorded above `ancestor`, the newest block a reorganisation left in
-/// place: each one the chain no longer has is flagged REORGED (with the reason, a metric
-/// and an error log). The credit stands until an operator decides.
-async fn flag_reorged(
-    conn: &mut AsyncPgConnection,
-    chain: &dyn Chain,
-    network: &str,
-    ancestor: i64,
-) -> Result<(), LedgerError> {
-    let credited: Vec<String> = transactions::table
-        // Spelled as the partial index that serves it.
-        .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
-            "transactions.hold AND transactions.type = 'DEPOSIT' \
-             AND transactions.status = 'COMPLETED'",
-        ))
-        .filter(transactions::network.eq(network))
-        .filter(transactions::block_number.gt(ancestor))
-        .select(transactions::tx_hash)
-        .load(conn)
-        .await?;
-    for hash in credited {
-        if chain
-            .transfer(network, &hash)
-            .await?
-            .is_some_and(|t| t.block_number.is_some())
-        {
-            continue;
-        }
-        posting::retried!(conn, |tx| {
-            let Some(hold) = locked_deposit(tx, network, &hash).await? else {
-                return Ok(());
-            };
-            if hold.status != TransactionStatus::Completed {
-                return Ok(());
-            }
-            let reason = format!(
-                "reorged: a reorganisation deeper than {} confirmations took its transaction \
-                 out of block {} after it was credited; the credit stands until an operator \
-                 reverses it, or the transaction is mined again",
-                hold.required_confirmations.unwrap_or(0),
-                hold.block_number.unwrap_or(0)
-            );
-            tracing::error!(hash, network, "a credited deposit left the chain: flagged");
-            metrics::counter!("wallet_deposits_reorged_total", "network" => network.to_owned())
-                .increment(1);
-            update_hold(
-                tx,
-                &hold,
-                TransactionStatus::Reorged,
-                &off_chain(),
-                Some(&reason),
-            )
-            .await?;
-            Ok(())
-        })?;
-    }
-    Ok(())
-}
-
+/// A deposit's credit: the newest one (an earlier one may have been reversed).
 async fn credit_of(
     conn: &mut AsyncPgConnection,
     hold_id: i64,
@@ -489,7 +441,110 @@ async fn credit_of(
     Ok(posting::settlements_of(conn, &[hold_id])
         .await?
         .into_iter()
+        .rev()
         .find(|p| p.kind == TransactionType::Deposit))
+}
+
+/// A deposit's credit that stands: its newest, unless an operator reversed it.
+async fn standing_credit(
+    conn: &mut AsyncPgConnection,
+    hold_id: i64,
+) -> Result<Option<JournalEntry>, LedgerError> {
+    let Some(credit) = credit_of(conn, hold_id).await? else {
+        return Ok(None);
+    };
+    let reversed = !super::reversal::reversals_of(conn, &[credit.id])
+        .await?
+        .is_empty();
+    Ok((!reversed).then_some(credit))
+}
+
+/// A REORGED deposit whose transaction is on the chain again. If its credit stands, the
+/// flag is lifted. If an operator reversed the credit meanwhile, it is credited again —
+/// once, at the confirmation threshold like any deposit — and then lifted; until then it
+/// stays REORGED, its confirmations counting. (The database refuses a second credit of a
+/// hold unless it makes good a reversal of the first.)
+async fn mined_again(
+    conn: &mut AsyncPgConnection,
+    currency: &Currency,
+    wallet: &super::Wallet,
+    hold: JournalEntry,
+    chain: ChainFields,
+) -> Result<Observed, LedgerError> {
+    let unchanged = |hold: JournalEntry, credit: Option<JournalEntry>| Observed {
+        hold,
+        credit,
+        credited_now: false,
+        parked_now: false,
+    };
+    if let Some(credit) = standing_credit(conn, hold.id).await? {
+        let hold = update_hold(
+            conn,
+            &hold,
+            TransactionStatus::Completed,
+            &chain,
+            Some("mined again after a reorganisation had removed it"),
+        )
+        .await?;
+        return Ok(unchanged(hold, Some(credit)));
+    }
+    if chain.confirmations < chain.required_confirmations {
+        let hold = if hold.confirmations != Some(chain.confirmations)
+            || hold.block_number != chain.block_number
+        {
+            update_hold(conn, &hold, TransactionStatus::Reorged, &chain, None).await?
+        } else {
+            hold
+        };
+        return Ok(unchanged(hold, None));
+    }
+    if let Err(why) = money::check_credit(wallet, hold.amount, currency) {
+        tracing::warn!(
+            hash = hold.tx_hash,
+            reason = why.message(),
+            "a deposit mined again cannot be credited again now; tried again next pass"
+        );
+        return Ok(unchanged(hold, None));
+    }
+    let mut chain = chain;
+    chain.chain_tx_hash = hold.chain_tx_hash.clone();
+    let row = NewRow {
+        kind: TransactionType::Deposit,
+        amount: hold.amount,
+        fee: Decimal::ZERO,
+        status: TransactionStatus::Completed,
+        key: &hold.tx_hash,
+        description: None,
+        hold: false,
+        settles: Some(hold.id),
+        chain: Some(&chain),
+        scale: currency.scale(),
+        network_fee: None,
+        annotation: Default::default(),
+        reverses: None,
+    };
+    let credit = posting::append(conn, wallet, &row, Decimal::ZERO).await?;
+    tracing::warn!(
+        hash = hold.tx_hash,
+        "a deposit whose reorganised credit was reversed is mined again: credited again"
+    );
+    let hold = update_hold(
+        conn,
+        &hold,
+        TransactionStatus::Completed,
+        &chain,
+        Some(
+            "mined again after a reorganisation had removed it and its credit was reversed: \
+             credited again",
+        ),
+    )
+    .await?;
+    Ok(Observed {
+        hold,
+        credit: Some(credit),
+        credited_now: true,
+        parked_now: false,
+    })
 }
 
 /// What one [`scan`] of a network did.
@@ -508,6 +563,11 @@ pub struct ScanReport {
     /// The earliest block holding a deposit that could not be recorded for a passing
     /// reason (the cursor stays before it).
     pub retry_from: Option<i64>,
+    /// Credited deposits a reorganisation removed, flagged REORGED by this scan.
+    pub reorged_deposits: usize,
+    /// Completed withdrawals a reorganisation removed, flagged REORGED (and sent again)
+    /// by this scan.
+    pub reorged_withdrawals: usize,
 }
 
 /// Wallets whose deposits one scan records at the same time, each on a connection of its
@@ -534,23 +594,32 @@ pub async fn scan(
             "no currency on network {network:?}"
         )));
     }
+    let backend = chain.backend(network)?;
     let mut conn = pool.get().await?;
+    if !backends::serves(&mut conn, network, &backend).await? {
+        return Err(LedgerError::ChainUnavailable(format!(
+            "{network} is served by another backend now: this process leaves it alone"
+        )));
+    }
     let cursor: i64 = chain_scan_cursors::table
-        .find(network)
+        .find((network, &backend))
         .select(chain_scan_cursors::block)
         .first(&mut conn)
         .await
         .optional()?
         .unwrap_or(0);
+    // A reorganisation found earlier, by any process, and not followed to the end.
+    let mut settled = chain_reorg::settle(&mut conn, chain, network, &backend).await?;
+    deposit_names::resolve_some(&mut conn, chain, network).await?;
     // Read the tip first: a block mined during the scan is scanned again next time
     // (observing is idempotent), never skipped.
     let tip = chain.tip(network).await?;
     let scanned = chain.transfers_since(network, cursor).await?;
-    if let Some(ancestor) = scanned.common_ancestor {
-        // Blocks already scanned were replaced: credited deposits above the shared block
-        // may have left the chain with them.
-        flag_reorged(&mut conn, chain, network, ancestor).await?;
-    }
+    // One this scan found: blocks already scanned were replaced, and what was completed
+    // above the shared block may have left the chain with them.
+    let found = chain_reorg::settle(&mut conn, chain, network, &backend).await?;
+    settled.deposits += found.deposits;
+    settled.withdrawals += found.withdrawals;
     let mut transfers = scanned.transfers;
 
     let addresses: BTreeSet<&str> = transfers.iter().map(|t| t.to_address.as_str()).collect();
@@ -577,27 +646,36 @@ pub async fn scan(
         })
     });
 
-    // Deposits seen before and still confirming, whose blocks are behind the cursor.
+    // Deposits seen before and still confirming, whose blocks are behind the cursor (and
+    // those a reorganisation removed, in case they are mined again).
     let seen: BTreeSet<String> = transfers.iter().map(|t| t.hash.clone()).collect();
-    let confirming: Vec<(i64, String, String)> = transactions::table
+    let confirming = transactions::table
         .inner_join(wallets::table)
-        // Spelled as the partial indexes that serve it (open holds, dropped deposits).
+        .left_join(legacy_token_deposits::table)
+        // Spelled as the partial indexes that serve it (open holds, dropped deposits,
+        // REORGED holds: each mined again is followed to its threshold).
         .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
             "((transactions.hold AND transactions.status IN ('PENDING', 'PROCESSING'))
-              OR (transactions.hold AND transactions.status = 'DROPPED'))",
+              OR (transactions.hold AND transactions.status = 'DROPPED')
+              OR (transactions.hold AND transactions.status = 'REORGED'))",
         ))
         .filter(transactions::type_.eq(TransactionType::Deposit))
-        .filter(
-            transactions::status.eq_any([TransactionStatus::Pending, TransactionStatus::Dropped]),
-        )
+        .filter(transactions::status.eq_any([
+            TransactionStatus::Pending,
+            TransactionStatus::Dropped,
+            TransactionStatus::Reorged,
+        ]))
         .filter(transactions::network.eq(network))
         .order(transactions::id)
         .select((
+            transactions::id,
             transactions::wallet_id,
             wallets::currency,
             transactions::tx_hash,
+            legacy_token_deposits::hold_id.nullable(),
+            legacy_token_deposits::name.nullable(),
         ))
-        .load(&mut conn)
+        .load::<(i64, i64, String, String, Option<i64>, Option<String>)>(&mut conn)
         .await?;
     // Each wallet's work in chain order: new transfers, then those still confirming.
     let mut work: BTreeMap<i64, (String, Vec<Deposit>)> = BTreeMap::new();
@@ -612,12 +690,17 @@ pub async fn scan(
                 .push(Deposit::Seen(Box::new(t)));
         }
     }
-    for (wallet_id, code, hash) in confirming {
-        if !seen.contains(&hash) {
+    for (hold_id, wallet_id, code, key, legacy, legacy_name) in confirming {
+        // Its name now (a token deposit named before: once resolved).
+        let name = match legacy {
+            Some(_) => legacy_name,
+            None => Some(key),
+        };
+        if name.as_ref().is_none_or(|n| !seen.contains(n)) {
             work.entry(wallet_id)
                 .or_insert_with(|| (code, Vec::new()))
                 .1
-                .push(Deposit::Confirming(hash));
+                .push(Deposit::Confirming { hold_id, name });
         }
     }
 
@@ -638,7 +721,11 @@ pub async fn scan(
         .await;
     // The next scan starts after the tip — or before the first block holding a deposit
     // that could not be recorded for a passing reason (see `observe_wallet`).
-    let mut report = ScanReport::default();
+    let mut report = ScanReport {
+        reorged_deposits: settled.deposits,
+        reorged_withdrawals: settled.withdrawals,
+        ..ScanReport::default()
+    };
     let mut next = tip.max(cursor);
     for r in reports {
         report.observed += r.observed;
@@ -654,13 +741,18 @@ pub async fn scan(
         return Ok(report);
     }
     let mut conn = pool.get().await?;
-    diesel::update(chain_scan_cursors::table.find(network))
+    diesel::insert_into(chain_scan_cursors::table)
+        .values((
+            chain_scan_cursors::network.eq(network),
+            chain_scan_cursors::backend.eq(&backend),
+            chain_scan_cursors::block.eq(next),
+        ))
+        .on_conflict((chain_scan_cursors::network, chain_scan_cursors::backend))
+        .do_update()
         .set(
             chain_scan_cursors::block.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                "GREATEST(block, ",
-            )
-            .bind::<diesel::sql_types::BigInt, _>(next)
-            .sql(")")),
+                "GREATEST(chain_scan_cursors.block, excluded.block)",
+            )),
         )
         .execute(&mut conn)
         .await?;
@@ -671,7 +763,11 @@ pub async fn scan(
 /// still confirming (known by its hash).
 enum Deposit {
     Seen(Box<ChainTransfer>),
-    Confirming(String),
+    /// A hold, and its name now (`None`: named before, not resolved yet).
+    Confirming {
+        hold_id: i64,
+        name: Option<String>,
+    },
 }
 
 /// Records and follows one wallet's deposits, in order, on a connection of its own. A
@@ -710,25 +806,36 @@ async fn observe_wallet(
         let transfer = match deposit {
             Deposit::Seen(t) => *t,
             // One the chain cannot tell about now is asked again next pass (it stays open).
-            Deposit::Confirming(hash) => match chain.transfer(network, &hash).await {
-                Ok(Some(t)) => t,
-                // Gone from the chain and from the node (a reorganisation dropped it):
-                // DROPPED until it is mined again; asked again every pass.
-                Ok(None) => {
-                    if let Err(e) = drop_deposit(&mut conn, network, &hash).await {
-                        report.errors += 1;
-                        tracing::warn!(hash, error = ?e, "could not mark a deposit dropped");
+            Deposit::Confirming { hold_id, name } => {
+                match confirming_transfer(&mut conn, chain, network, hold_id, name).await {
+                    Ok(Some(t)) => t,
+                    // Gone from the chain and from the node (a reorganisation dropped it):
+                    // DROPPED until it is mined again; asked again every pass.
+                    Ok(None) => {
+                        if let Err(e) = drop_deposit(&mut conn, network, hold_id).await {
+                            report.errors += 1;
+                            tracing::warn!(hold_id, error = ?e, "could not mark a deposit dropped");
+                        }
+                        continue;
                     }
-                    continue;
+                    Err(e) => {
+                        report.errors += 1;
+                        tracing::warn!(hold_id, error = ?e, "could not follow a deposit");
+                        continue;
+                    }
                 }
-                Err(e) => {
-                    report.errors += 1;
-                    tracing::warn!(hash, error = %e, "could not follow a deposit");
-                    continue;
-                }
-            },
+            }
         };
-        match observe(&mut conn, currency, wallet_id, &transfer, Parked::Keep).await {
+        match observe(
+            &mut conn,
+            chain,
+            currency,
+            wallet_id,
+            &transfer,
+            Parked::Keep,
+        )
+        .await
+        {
             Ok(observed) => {
                 report.observed += 1;
                 report.credited += usize::from(observed.credited_now);
@@ -750,4 +857,29 @@ async fn observe_wallet(
         }
     }
     report
+}
+
+/// The transfer of a deposit still confirming, as the chain has it now (`None`: gone).
+async fn confirming_transfer(
+    conn: &mut AsyncPgConnection,
+    chain: &dyn Chain,
+    network: &str,
+    hold_id: i64,
+    name: Option<String>,
+) -> Result<Option<ChainTransfer>, LedgerError> {
+    let name = match name {
+        Some(name) => Some(name),
+        None => {
+            let hold: JournalEntry = transactions::table
+                .find(hold_id)
+                .select(JournalEntry::as_select())
+                .first(conn)
+                .await?;
+            deposit_names::current_name(conn, chain, network, &hold).await?
+        }
+    };
+    match name {
+        Some(name) => Ok(chain.transfer(network, &name).await?),
+        None => Ok(None),
+    }
 }

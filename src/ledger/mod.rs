@@ -7,8 +7,10 @@
 
 pub mod accounts;
 pub mod chain_deposit;
+pub mod chain_reorg;
 pub mod chain_withdrawal;
 pub mod currency;
+pub mod deposit_names;
 mod error;
 pub mod fixed_sql;
 pub mod group_commit;

@@ -285,6 +285,7 @@ async fn sign_one(
     }
     let height = chain.tip(network).await?;
     let on_chain_nonce = accounts.pending_nonce(from).await?;
+    let backend = chain.backend(network)?;
     posting::retried!(conn, |tx| {
         // Still waiting, and no other worker on it (else the next one is tried).
         let Some(hold) = transactions::table
@@ -318,7 +319,7 @@ async fn sign_one(
             &wallet,
             hold.amount.scale(),
         )?;
-        let nonce = allocate_nonce(tx, network, from, on_chain_nonce).await?;
+        let nonce = allocate_nonce(tx, network, &backend, from, on_chain_nonce).await?;
         let signed = sign_attempt(
             tx,
             custody,
@@ -350,11 +351,13 @@ async fn sign_one(
     })
 }
 
-/// The next nonce of `address`: one past the last this service gave it, and never below
-/// the node's count of the address's transactions (`on_chain`).
+/// The next nonce of `address`: one past the last this service gave it on the chain of
+/// `backend` (nonces are that chain's), and never below the node's count of the address's
+/// transactions (`on_chain`).
 async fn allocate_nonce(
     tx: &mut AsyncPgConnection,
     network: &str,
+    backend: &str,
     address: &str,
     on_chain: u64,
 ) -> Result<u64, LedgerError> {
@@ -362,10 +365,15 @@ async fn allocate_nonce(
     let next: i64 = diesel::insert_into(chain_nonces::table)
         .values((
             chain_nonces::network.eq(network),
+            chain_nonces::backend.eq(backend),
             chain_nonces::address.eq(address),
             chain_nonces::next_nonce.eq(on_chain + 1),
         ))
-        .on_conflict((chain_nonces::network, chain_nonces::address))
+        .on_conflict((
+            chain_nonces::network,
+            chain_nonces::backend,
+            chain_nonces::address,
+        ))
         .do_update()
         .set(
             chain_nonces::next_nonce.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
@@ -659,6 +667,25 @@ async fn unmined(conn: &mut AsyncPgConnection, hold: &JournalEntry) -> Result<()
     })
 }
 
+/// What the debit of withdrawal `hold` charges when the chain charged `charged` (in the
+/// network's coin): the user's fee and the network's, in the wallet's currency. `pays`:
+/// the user pays the network's fee (its attempts locked it).
+pub(crate) fn debit_fees(
+    currencies: &CurrencyRegistry,
+    wallet: &Wallet,
+    hold: &JournalEntry,
+    pays: bool,
+    charged: Decimal,
+) -> (Decimal, Decimal) {
+    // A token's gas is paid in the network's coin: none of it in the token.
+    let network_fee = match asset_of(currencies, wallet) {
+        Some(_) => Decimal::ZERO,
+        None => at_scale_up(charged, hold.amount.scale()),
+    };
+    let user_fee = if pays { network_fee } else { hold.fee };
+    (user_fee, network_fee)
+}
+
 /// An attempt the chain included: confirmations recorded, and at the threshold the debit
 /// with what the chain charged (plus, if it reverted, the amount refunded).
 async fn settle(
@@ -686,12 +713,7 @@ async fn settle(
         let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
         let scale = hold.amount.scale();
         let pays = attempts.iter().any(|a| a.locked_fee > Decimal::ZERO);
-        // A token's gas is paid in the network's coin: none of it in the token.
-        let network_fee = match asset_of(currencies, &wallet) {
-            Some(_) => Decimal::ZERO,
-            None => at_scale_up(found.fee, scale),
-        };
-        let user_fee = if pays { network_fee } else { hold.fee };
+        let (user_fee, network_fee) = debit_fees(currencies, &wallet, &hold, pays, found.fee);
         let annotation = Annotation {
             reference: hold.reference.as_deref(),
             metadata: hold.metadata.as_ref(),

@@ -13,7 +13,7 @@ use rust_decimal::Decimal;
 
 use super::models::Scaled;
 use super::{JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet};
-use crate::schema::{transactions, wallets};
+use crate::schema::{legacy_token_deposits, transactions, wallets};
 
 /// Runs `$body` in a database transaction, again when Postgres reports a transient
 /// failure (serialization, deadlock) or another transaction inserted the same key first
@@ -580,21 +580,53 @@ pub async fn find_by_keys(
         .await?)
 }
 
-/// The journaled deposit (a hold, or a credit from before holds) of a chain transfer.
+/// The journaled deposit (a hold, or a credit from before holds) of the chain transfer
+/// named `name` now. A token deposit named by its block's log index before answers to the
+/// name resolved for it only (see [`super::deposit_names`]).
 pub async fn find_chain_deposit(
     conn: &mut AsyncPgConnection,
     network: &str,
-    hash: &str,
+    name: &str,
 ) -> Result<Option<JournalEntry>, LedgerError> {
+    if let Some(found) = chain_deposits_named(conn, network, &[name.to_owned()])
+        .await?
+        .into_iter()
+        .next()
+    {
+        return Ok(Some(found));
+    }
+    if !name.contains(':') {
+        return Ok(None);
+    }
     Ok(transactions::table
-        .filter(transactions::network.eq(network))
-        .filter(transactions::chain_tx_hash.eq(hash))
-        .filter(transactions::type_.eq(TransactionType::Deposit))
-        .filter(transactions::hold_id.is_null())
+        .inner_join(legacy_token_deposits::table)
+        .filter(legacy_token_deposits::network.eq(network))
+        .filter(legacy_token_deposits::name.eq(name))
         .select(JournalEntry::as_select())
         .first(conn)
         .await
         .optional()?)
+}
+
+/// The deposits recorded under any of `names` (not those named before under an old name
+/// that may be another log's name now).
+pub async fn chain_deposits_named(
+    conn: &mut AsyncPgConnection,
+    network: &str,
+    names: &[String],
+) -> Result<Vec<JournalEntry>, LedgerError> {
+    Ok(transactions::table
+        .filter(transactions::network.eq(network))
+        .filter(transactions::chain_tx_hash.eq_any(names))
+        .filter(transactions::type_.eq(TransactionType::Deposit))
+        .filter(transactions::hold_id.is_null())
+        .filter(diesel::dsl::not(diesel::dsl::exists(
+            legacy_token_deposits::table
+                .filter(legacy_token_deposits::hold_id.eq(transactions::id)),
+        )))
+        .select(JournalEntry::as_select())
+        .load(conn)
+        .await?)
 }
 
 /// Journal rows by id (rows the caller was already allowed to see: the holds that postings

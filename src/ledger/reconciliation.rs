@@ -520,7 +520,11 @@ async fn compare_with_chain(
     // Every journal row carrying a chain transfer of this wallet since the last clean
     // checkpoint: credits, debits, refunds and deposit holds.
     let journaled: Vec<JournaledTransfer> = diesel::sql_query(
-        "SELECT chain_tx_hash AS hash, type AS kind, hold, status,
+        // A token deposit named before by its block's log index: by its name now.
+        "SELECT COALESCE((SELECT l.name FROM legacy_token_deposits l
+                           WHERE l.hold_id = COALESCE(transactions.hold_id, transactions.id)),
+                         chain_tx_hash) AS hash,
+                type AS kind, hold, status,
                 amount + COALESCE(network_fee, fee) AS moved, created_at
            FROM transactions
           WHERE wallet_id = $1 AND chain_tx_hash IS NOT NULL

@@ -7,6 +7,13 @@
 //! `reverses_id` backs the check), a reversal that would overdraw a wallet is refused
 //! (`INSUFFICIENT_FUNDS`), and a reversal, refund or chain movement cannot be reversed:
 //! money that moved on a chain is corrected on the chain.
+//!
+//! One exception: the credit of a chain deposit flagged `REORGED` — a reorganisation took
+//! its transaction off the chain after it was credited, so the ledger holds money the
+//! chain does not. While the deposit is flagged (checked under the wallet's lock, and by
+//! the database), its credit may be reversed. Its hold stays `REORGED` as the record of
+//! what happened; if the transaction is mined again, the deposit is credited again, once
+//! (see `chain_deposit`).
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
@@ -15,8 +22,8 @@ use rust_decimal::Decimal;
 use super::movement::{self, Movement};
 use super::posting::{self, NewRow};
 use super::{
-    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet, input, money,
-    transfer,
+    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet,
+    input, money, transfer,
 };
 use crate::schema::transactions;
 
@@ -79,6 +86,20 @@ async fn apply(
             earlier.tx_hash
         )));
     }
+    if let Some(hold_id) = chain_credit(&original) {
+        // Read under the wallet's lock: the watcher lifts the flag under it too.
+        let flagged = row(conn, hold_id)
+            .await?
+            .is_some_and(|hold| hold.status == TransactionStatus::Reorged);
+        if !flagged {
+            return Err(LedgerError::BadInput(
+                "the transaction credited a chain deposit: it can be reversed only while \
+                 the deposit is flagged REORGED (a reorganisation took its transaction off \
+                 the chain after it was credited)"
+                    .into(),
+            ));
+        }
+    }
 
     let first = reversal_row(currencies, &wallet, &original, request)?;
     let second = match (&partner, &partner_wallet) {
@@ -95,7 +116,15 @@ async fn apply(
     })
 }
 
-/// Only completed fiat movements and transfers are reversed.
+/// The deposit hold whose credit `original` is, if it is a chain deposit's credit.
+fn chain_credit(original: &JournalEntry) -> Option<i64> {
+    original
+        .hold_id
+        .filter(|_| original.kind == TransactionType::Deposit && original.network.is_some())
+}
+
+/// Only completed fiat movements and transfers are reversed — and a chain deposit's credit
+/// while the deposit is flagged REORGED (checked once its wallet is locked).
 fn check_reversible(original: &JournalEntry) -> Result<(), LedgerError> {
     let refuse = |why: &str| {
         Err(LedgerError::BadInput(format!(
@@ -106,6 +135,12 @@ fn check_reversible(original: &JournalEntry) -> Result<(), LedgerError> {
         TransactionType::Reversal => return refuse("the transaction is a reversal"),
         TransactionType::Refund => return refuse("the transaction is a refund"),
         _ => {}
+    }
+    if original.hold {
+        return refuse("the transaction is part of a movement in progress");
+    }
+    if chain_credit(original).is_some() {
+        return Ok(());
     }
     if original.network.is_some() {
         return refuse("the transaction moved money on a chain");
