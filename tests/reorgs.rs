@@ -556,9 +556,11 @@ async fn a_watcher_killed_between_forgetting_the_blocks_and_flagging_leaves_the_
     drop(second);
 }
 
-/// The runbook's first step: the REORGED deposits, as an operator finds them.
-const REORGED: &str = "{ transactions(last: 50, filter: {statuses: [REORGED]}) { edges { node {
-  id wallet { id userId } amount chainTxHash statusReason settlements { id } } } } }";
+/// The runbook's first step (docs/operations.md, runbook (d)): the REORGED deposits, as
+/// an operator finds them.
+const REORGED: &str = "{ transactions(last: 50, filter: {statuses: [REORGED], types: [DEPOSIT]})
+  { edges { node { id wallet { id userId } amount chainTxHash statusReason settlements {
+  id } } } } }";
 
 const REVERSE: &str = "mutation($t: ID!, $k: String!, $r: String!) {
   reverseTransaction(input: {transactionId: $t, idempotencyKey: $k, reason: $r}) {
