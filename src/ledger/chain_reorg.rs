@@ -5,8 +5,11 @@
 //! ([`Chain::transfers_since`]). From then on, the record — not the pass that found it —
 //! carries the reorganisation: [`settle`] (run by every watcher pass, in any process,
 //! before and after scanning) checks everything completed above N against the new chain
-//! and deletes the record only once all of it was checked. A node error, a database
-//! error or a process dying at any step leaves the record for the next pass.
+//! and deletes the record only once all of it was checked — and not before
+//! [`RECHECK_FOR`] has passed since it was written, so that a credit another watcher
+//! decided on what it read before the reorganisation, and committed after a check, is
+//! checked too. A node error, a database error or a process dying at any step leaves the
+//! record for the next pass.
 //!
 //! - A credited deposit whose transaction the chain no longer has is flagged `REORGED`
 //!   (reason, `wallet_deposits_reorged_total`, an error log). The credit stands until an
@@ -37,10 +40,15 @@ use super::{
 use crate::chain::{Chain, ChainTransfer, SignedTransfer, TransferStatus};
 use crate::schema::{chain_reorgs, transactions, withdrawal_attempts};
 
+/// How long after a reorganisation was found what was completed above it is checked again
+/// every pass: longer than a watcher's pass takes from reading the chain to committing
+/// what it read (bounded by the database's statement and lock timeouts).
+pub const RECHECK_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What [`settle`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Settled {
-    /// Reorganisation records followed to the end (and deleted).
+    /// Reorganisation records followed to the end and old enough (deleted).
     pub records: usize,
     /// Credited deposits flagged REORGED.
     pub deposits: usize,
@@ -69,13 +77,23 @@ pub async fn settle(
     };
     let deposits = flag_deposits(conn, chain, network, above).await?;
     let withdrawals = flag_withdrawals(conn, chain, network, above).await?;
-    // Only the records followed here: one written meanwhile is followed next time.
+    // Only the records followed here (one written meanwhile is followed next time), once
+    // they are old enough.
     let ids: Vec<i64> = records.iter().map(|(id, _)| *id).collect();
-    diesel::delete(chain_reorgs::table.filter(chain_reorgs::id.eq_any(&ids)))
-        .execute(conn)
-        .await?;
+    let recheck_ms = i64::try_from(RECHECK_FOR.as_millis()).unwrap_or(i64::MAX);
+    let records = diesel::delete(
+        chain_reorgs::table
+            .filter(chain_reorgs::id.eq_any(&ids))
+            .filter(
+                diesel::dsl::sql::<diesel::sql_types::Bool>("chain_reorgs.recorded_at < now() - ")
+                    .bind::<diesel::sql_types::BigInt, _>(recheck_ms)
+                    .sql(" * interval '1 millisecond'"),
+            ),
+    )
+    .execute(conn)
+    .await?;
     Ok(Settled {
-        records: ids.len(),
+        records,
         deposits,
         withdrawals,
     })
