@@ -4,8 +4,8 @@
 //! (`chain_scan_cursors`), the blocks it remembers (`chain_blocks`), the reorganisations it
 //! follows (`chain_reorgs`), the nonces it gave (`chain_nonces`) — is keyed by the backend
 //! that served it: [`SIMULATOR`], or a node of one chain ([`node`]: its chain id and the
-//! hash of its genesis block, so that a node reset to a fresh chain with the same chain id
-//! is another backend). Switching a network to another backend never reuses the other's
+//! hash of its genesis block — as block 1 names it, once there is one — so that a node
+//! reset to a fresh chain with the same chain id is another backend). Switching a network to another backend never reuses the other's
 //! position: the new backend's watcher starts where a first watcher starts.
 //!
 //! `chain_backends` says which backend serves each network. A process claims its backend

@@ -416,18 +416,31 @@ impl EthereumNode {
         Ok(chain_id)
     }
 
-    /// The hash of the node's genesis block.
+    /// The hash of the node's genesis block, as its block 1 names it (its parent) once
+    /// there is one: what a chain's later blocks build on never changes, while a node
+    /// restored from a state dump (anvil's `--state`) may rebuild block 0 itself.
     async fn reported_genesis(&self) -> Result<String, ConnectError> {
-        let block = rpc(
+        let unreachable = |failure| match failure {
+            CallFailure::Unreachable(e) | CallFailure::Answered(e) => ConnectError::Unreachable(e),
+        };
+        let first = rpc(
+            "eth_getBlockByNumber",
+            self.provider
+                .get_block_by_number(BlockNumberOrTag::Number(1)),
+        )
+        .await
+        .map_err(unreachable)?;
+        if let Some(first) = first {
+            return Ok(spell(first.header.parent_hash));
+        }
+        let genesis = rpc(
             "eth_getBlockByNumber",
             self.provider
                 .get_block_by_number(BlockNumberOrTag::Number(0)),
         )
         .await
-        .map_err(|failure| match failure {
-            CallFailure::Unreachable(e) | CallFailure::Answered(e) => ConnectError::Unreachable(e),
-        })?;
-        block
+        .map_err(unreachable)?;
+        genesis
             .map(|b| spell(b.header.hash))
             .ok_or_else(|| ConnectError::Refused("the node has no genesis block".into()))
     }
@@ -595,11 +608,15 @@ impl EthereumNode {
         let reported = self
             .call("eth_chainId", self.provider.get_chain_id())
             .await?;
-        let genesis = self
-            .block(0, false)
-            .await?
-            .map(|b| spell(b.header.hash))
-            .unwrap_or_default();
+        // As `reported_genesis` reads it.
+        let genesis = match self.block(1, false).await? {
+            Some(first) => spell(first.header.parent_hash),
+            None => self
+                .block(0, false)
+                .await?
+                .map(|b| spell(b.header.hash))
+                .unwrap_or_default(),
+        };
         match self
             .check_chain_id(reported)
             .and_then(|()| self.check_genesis(&genesis))
