@@ -608,19 +608,17 @@ pub async fn scan(
         .await
         .optional()?
         .unwrap_or(0);
-    // A reorganisation found earlier, by any process, and not followed to the end.
-    let mut settled = chain_reorg::settle(&mut conn, chain, network, &backend).await?;
     deposit_names::resolve_some(&mut conn, chain, network).await?;
     // Read the tip first: a block mined during the scan is scanned again next time
     // (observing is idempotent), never skipped.
     let tip = chain.tip(network).await?;
-    let scanned = chain.transfers_since(network, cursor).await?;
-    // One this scan found: blocks already scanned were replaced, and what was completed
-    // above the shared block may have left the chain with them.
-    let found = chain_reorg::settle(&mut conn, chain, network, &backend).await?;
-    settled.deposits += found.deposits;
-    settled.withdrawals += found.withdrawals;
-    let mut transfers = scanned.transfers;
+    let scanned = chain.transfers_since(network, cursor).await;
+    // Reorganisations not followed to the end yet, whether the scan went through or not:
+    // one it found (blocks already scanned were replaced, and what was completed above
+    // the shared block may have left the chain with them), or one found earlier by any
+    // process.
+    let settled = chain_reorg::settle(&mut conn, chain, network, &backend).await?;
+    let mut transfers = scanned?.transfers;
 
     let addresses: BTreeSet<&str> = transfers.iter().map(|t| t.to_address.as_str()).collect();
     // Our addresses, each with its wallet and currency: a transfer is a deposit when it

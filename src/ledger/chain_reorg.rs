@@ -4,12 +4,12 @@
 //! above N are being replaced" (`chain_reorgs`) in the transaction that forgets them
 //! ([`Chain::transfers_since`]). From then on, the record — not the pass that found it —
 //! carries the reorganisation: [`settle`] (run by every watcher pass, in any process,
-//! before and after scanning) checks everything completed above N against the new chain
-//! and deletes the record only once all of it was checked — and not before
-//! [`RECHECK_FOR`] has passed since it was written, so that a credit another watcher
-//! decided on what it read before the reorganisation, and committed after a check, is
-//! checked too. A node error, a database error or a process dying at any step leaves the
-//! record for the next pass.
+//! after scanning, whether the scan went through or not) checks everything completed
+//! above N against the new chain and deletes the record only once all of it was checked
+//! — and not before [`RECHECK_FOR`] has passed since it was written, so that a credit
+//! another watcher decided on what it read before the reorganisation, and committed after
+//! a check, is checked too. A node error, a database error or a process dying at any
+//! step leaves the record for the next pass.
 //!
 //! - A credited deposit whose transaction the chain no longer has is flagged `REORGED`
 //!   (reason, `wallet_deposits_reorged_total`, an error log). The credit stands until an
