@@ -335,7 +335,10 @@ impl Fault {
             )
         };
         let sql = match self {
-            Fault::NodeWhileDetecting => return node.fail("eth_getBlockByNumber"),
+            // Blocks 0 and 1 still answered: the node's chain is verified with them.
+            Fault::NodeWhileDetecting => {
+                return node.fail_except("eth_getBlockByNumber", &[json!("0x0"), json!("0x1")]);
+            }
             Fault::NodeWhileFlagging => return node.fail("eth_getTransactionByHash"),
             Fault::DbWhileForgetting => trigger("chain_blocks", "DELETE"),
             Fault::DbWhileFlagging => trigger("transactions", "UPDATE")

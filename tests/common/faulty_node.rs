@@ -4,7 +4,7 @@
 //! not a broken connection, so the service keeps the node in use and the next call goes
 //! through.
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
@@ -13,23 +13,26 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
 use serde_json::{Value, json};
 
+/// Failing methods, each with the first parameters its calls still get answered for.
+type Failing = Arc<Mutex<BTreeMap<String, Vec<Value>>>>;
+
 #[derive(Clone)]
 struct Proxy {
     target: String,
-    failing: Arc<Mutex<BTreeSet<String>>>,
+    failing: Failing,
     http: reqwest::Client,
 }
 
 pub struct FaultyNode {
     pub url: String,
-    failing: Arc<Mutex<BTreeSet<String>>>,
+    failing: Failing,
     server: tokio::task::JoinHandle<()>,
 }
 
 impl FaultyNode {
     /// A proxy to the node at `target` (`http://…`), failing nothing yet.
     pub async fn start(target: &str) -> FaultyNode {
-        let failing = Arc::new(Mutex::new(BTreeSet::new()));
+        let failing = Failing::default();
         let proxy = Proxy {
             target: target.to_owned(),
             failing: failing.clone(),
@@ -52,7 +55,16 @@ impl FaultyNode {
 
     /// Calls of `method` fail from now on.
     pub fn fail(&self, method: &str) {
-        self.failing.lock().unwrap().insert(method.to_owned());
+        self.fail_except(method, &[]);
+    }
+
+    /// Calls of `method` fail from now on, except those whose first parameter is one of
+    /// `answered`.
+    pub fn fail_except(&self, method: &str, answered: &[Value]) {
+        self.failing
+            .lock()
+            .unwrap()
+            .insert(method.to_owned(), answered.to_vec());
     }
 
     /// Every call goes through again.
@@ -70,9 +82,11 @@ impl Drop for FaultyNode {
 async fn forward(State(proxy): State<Proxy>, body: Bytes) -> impl IntoResponse {
     let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let fails = |call: &Value| {
+        let failing = proxy.failing.lock().unwrap();
         call["method"]
             .as_str()
-            .is_some_and(|m| proxy.failing.lock().unwrap().contains(m))
+            .and_then(|m| failing.get(m))
+            .is_some_and(|answered| !answered.contains(&call["params"][0]))
     };
     let injected = |call: &Value| {
         json!({"jsonrpc": "2.0", "id": call["id"].clone(),
