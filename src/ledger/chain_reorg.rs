@@ -413,10 +413,14 @@ async fn settle_again(
         node_withdrawal::debit_fees(currencies, &wallet, &hold, pays, found.fee);
     let reverted = found.status == TransferStatus::Failed;
     let debit = standing_debit(tx, hold.id).await?;
+    // The debit says what was charged, and for which transaction: the fees, and the gas
+    // recorded on it (a token's gas is booked in the network's coin from those).
     let as_debited = debit.as_ref().is_some_and(|d| {
         d.fee == fee
             && d.network_fee == Some(network_fee)
             && d.chain_tx_hash.as_deref() == Some(mined.hash)
+            && d.gas_price == found.gas_price
+            && d.gas_used == found.gas_used
     });
     let mut reason = if reverted {
         "reverted on chain when it was mined again after a reorganisation had removed it: \
