@@ -10,7 +10,7 @@ use super::models::{ReconciliationSource, ReconciliationStatus, Scaled};
 use super::page::paginate;
 use super::{
     Currency, CurrencyKind, CurrencyRegistry, LedgerError, ListScope, Page, PageArgs,
-    Reconciliation, Scope, Wallet, money, wallet,
+    Reconciliation, Scope, TransactionStatus, TransactionType, Wallet, money, wallet,
 };
 use crate::chain::{Chain, ChainTransfer};
 use crate::db::PgPool;
@@ -49,6 +49,10 @@ struct Totals {
     credits: Decimal,
     #[diesel(sql_type = Numeric)]
     debits: Decimal,
+    /// Rows of no known direction (a reversal of a reversal, which the database
+    /// refuses): never silently left out of the sums.
+    #[diesel(sql_type = BigInt)]
+    unknown: i64,
     #[diesel(sql_type = BigInt)]
     breaks: i64,
 }
@@ -71,16 +75,21 @@ pub async fn summarize_period(
         .optional()?
         .unwrap_or(Decimal::ZERO);
 
-    let totals: Totals = diesel::sql_query(
+    // Every type counts, in the direction `TransactionType::effect` gives it (a reversal
+    // the opposite of the row it reverses); holds move nothing.
+    let totals: Totals = diesel::sql_query(format!(
         "SELECT count(*) FILTER (WHERE NOT hold) AS movements,
-                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND type IN ('DEPOSIT', 'REFUND', 'TRANSFER_IN')), 0) AS credits,
-                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND type IN ('WITHDRAW', 'TRANSFER_OUT')), 0) AS debits,
+                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND sign > 0), 0) AS credits,
+                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND sign < 0), 0) AS debits,
+                count(*) FILTER (WHERE NOT hold AND sign IS NULL) AS unknown,
                 count(*) FILTER (WHERE balance_before <> coalesce(prev_after, $4)) AS breaks
-         FROM (SELECT type, amount, fee, hold, balance_before,
-                      lag(balance_after) OVER (ORDER BY created_at, id) AS prev_after
-               FROM transactions
-               WHERE wallet_id = $1 AND created_at >= $2 AND created_at <= $3) AS period",
-    )
+         FROM (SELECT t.hold, t.amount, t.fee, t.balance_before, {sign} AS sign,
+                      lag(t.balance_after) OVER (ORDER BY t.created_at, t.id) AS prev_after
+               FROM transactions t
+               LEFT JOIN transactions r ON r.id = t.reverses_id
+               WHERE t.wallet_id = $1 AND t.created_at >= $2 AND t.created_at <= $3) AS period",
+        sign = TransactionType::sign_sql("t", "r"),
+    ))
     .bind::<BigInt, _>(wallet_id)
     .bind::<Timestamptz, _>(start)
     .bind::<Timestamptz, _>(end)
@@ -97,7 +106,12 @@ pub async fn summarize_period(
         .first(conn)
         .await
         .optional()?;
-    let inconsistency = if totals.breaks > 0 {
+    let inconsistency = if totals.unknown > 0 {
+        Some(format!(
+            "{} row(s) in the period move the balance in no known direction",
+            totals.unknown
+        ))
+    } else if totals.breaks > 0 {
         Some(format!(
             "the journal chain is broken at {} row(s) in the period",
             totals.breaks
@@ -489,11 +503,11 @@ struct JournaledTransfer {
     #[diesel(sql_type = diesel::sql_types::Text)]
     hash: String,
     #[diesel(sql_type = diesel::sql_types::Text)]
-    kind: String,
+    kind: TransactionType,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     hold: bool,
     #[diesel(sql_type = diesel::sql_types::Text)]
-    status: String,
+    status: TransactionStatus,
     #[diesel(sql_type = Numeric)]
     moved: Decimal,
     #[diesel(sql_type = Timestamptz)]
@@ -531,7 +545,7 @@ async fn compare_with_chain(
     .bind::<diesel::sql_types::Nullable<Timestamptz>, _>(side.reconciled_until)
     .load(conn)
     .await?;
-    let posted = |hash: &str, kind: &str| {
+    let posted = |hash: &str, kind: TransactionType| {
         journaled
             .iter()
             .find(|j| j.hash == hash && j.kind == kind && !j.hold)
@@ -543,12 +557,12 @@ async fn compare_with_chain(
     // Deposits on chain by the window's end: credited by then, on their way (credited
     // later, or still confirming), or unknown to the ledger.
     for t in side.settled.iter().filter(|t| t.to_address == address) {
-        let credit = posted(&t.hash, "DEPOSIT");
+        let credit = posted(&t.hash, TransactionType::Deposit);
         let on_its_way = match credit {
             Some(credit) => credit.created_at > end,
             None => journaled
                 .iter()
-                .any(|j| j.hash == t.hash && j.hold && j.status == "PENDING"),
+                .any(|j| j.hash == t.hash && j.hold && j.status == TransactionStatus::Pending),
         };
         if on_its_way {
             in_transit.push(InTransit {
@@ -561,9 +575,9 @@ async fn compare_with_chain(
     }
     // Outflows on chain the ledger never debited.
     let debited = |name: &str| {
-        journaled
-            .iter()
-            .any(|j| !j.hold && j.kind == "WITHDRAW" && names_transaction(name, &j.hash))
+        journaled.iter().any(|j| {
+            !j.hold && j.kind == TransactionType::Withdraw && names_transaction(name, &j.hash)
+        })
     };
     for t in side.settled.iter().filter(|t| t.from_address == address) {
         if !debited(&t.hash) && side.window.contains(&t.hash) {
@@ -575,11 +589,11 @@ async fn compare_with_chain(
     // unknown to the chain. One refunded by the end cancels out.
     for debit in journaled
         .iter()
-        .filter(|j| !j.hold && j.kind == "WITHDRAW" && j.created_at <= end)
+        .filter(|j| !j.hold && j.kind == TransactionType::Withdraw && j.created_at <= end)
     {
-        let refunded = journaled
-            .iter()
-            .any(|j| j.hash == debit.hash && j.kind == "REFUND" && j.created_at <= end);
+        let refunded = journaled.iter().any(|j| {
+            j.hash == debit.hash && j.kind == TransactionType::Refund && j.created_at <= end
+        });
         let mined = side
             .settled
             .iter()
@@ -599,10 +613,12 @@ async fn compare_with_chain(
         }
     }
     // Credits of the window for transfers the chain had not settled by its end.
-    for credit in journaled
-        .iter()
-        .filter(|j| !j.hold && j.kind == "DEPOSIT" && j.created_at >= start && j.created_at <= end)
-    {
+    for credit in journaled.iter().filter(|j| {
+        !j.hold
+            && j.kind == TransactionType::Deposit
+            && j.created_at >= start
+            && j.created_at <= end
+    }) {
         if !on_chain.contains_key(credit.hash.as_str()) {
             ledger_only.push(credit.hash.clone());
         }
@@ -611,7 +627,9 @@ async fn compare_with_chain(
     // Credits the chain took back in a reorganisation deeper than the threshold.
     let reorged: Vec<&str> = journaled
         .iter()
-        .filter(|j| j.hold && j.kind == "DEPOSIT" && j.status == "REORGED")
+        .filter(|j| {
+            j.hold && j.kind == TransactionType::Deposit && j.status == TransactionStatus::Reorged
+        })
         .map(|j| j.hash.as_str())
         .collect();
 
@@ -740,13 +758,16 @@ async fn retained_fees(
     wallet_id: i64,
     end: DateTime<Utc>,
 ) -> Result<Decimal, LedgerError> {
-    let row: Retained = diesel::sql_query(
-        "SELECT COALESCE(sum(CASE type WHEN 'WITHDRAW' THEN 1 ELSE -1 END * (fee - network_fee)), 0)
-                AS retained
-           FROM transactions
-          WHERE wallet_id = $1 AND NOT hold AND network_fee IS NOT NULL
-            AND type IN ('WITHDRAW', 'REFUND') AND created_at <= $2",
-    )
+    // A withdrawal's debit keeps `fee - network_fee` at the address; its refund gives it
+    // back: minus each row's balance direction.
+    let row: Retained = diesel::sql_query(format!(
+        "SELECT COALESCE(sum(-({sign}) * (t.fee - t.network_fee)), 0) AS retained
+           FROM transactions t
+           LEFT JOIN transactions r ON r.id = t.reverses_id
+          WHERE t.wallet_id = $1 AND NOT t.hold AND t.network_fee IS NOT NULL
+            AND t.created_at <= $2",
+        sign = TransactionType::sign_sql("t", "r"),
+    ))
     .bind::<BigInt, _>(wallet_id)
     .bind::<Timestamptz, _>(end)
     .get_result(conn)
