@@ -33,7 +33,12 @@ pub fn parse_decimal(s: &str) -> Result<Decimal, String> {
 /// The largest balance a wallet of `currency` may hold: keeps every sum exact in
 /// `Decimal` (28 significant digits) with one digit of headroom.
 pub fn max_balance(currency: &Currency) -> Decimal {
-    let int_digits = (MAX_DIGITS as u32 - 1).saturating_sub(currency.scale());
+    max_balance_at(currency.scale())
+}
+
+/// [`max_balance`] of a currency with `scale` decimals.
+pub fn max_balance_at(scale: u32) -> Decimal {
+    let int_digits = (MAX_DIGITS as u32 - 1).saturating_sub(scale);
     Decimal::from_i128_with_scale(10i128.pow(int_digits), 0)
 }
 
