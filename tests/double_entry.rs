@@ -533,3 +533,73 @@ async fn a_crypto_withdrawal_carries_its_reference_to_its_debit() {
         json!({"type": "WITHDRAW", "reference": "PAYOUT-7", "metadata": {"batch": "7"}})
     );
 }
+
+/// Sums are exact: with 18-decimal balances near the ceiling the trial balance adds them in
+/// the database, and a total beyond what a `Decimal` holds (28 significant digits) is an
+/// error, never a rounded figure that could hide or invent an imbalance.
+#[tokio::test(flavor = "multi_thread")]
+async fn sums_near_the_ceiling_are_exact_or_refused() {
+    let t = TestApp::new().await;
+    let near_max = "999999999.999999999999999999"; // ETH's ceiling is 10^9
+    let fund = async |user: &str| {
+        let w = t
+            .ok(&t.user(user), common::CREATE_CRYPTO, json!({"c": "ETH"}))
+            .await["createWallet"]
+            .clone();
+        t.ok(
+            &t.operator(),
+            common::INCOMING,
+            json!({"n": "ethereum", "to": w["address"], "a": near_max}),
+        )
+        .await;
+        w["id"].as_str().unwrap().to_owned()
+    };
+    let credit_all = async || {
+        t.ok(
+            &t.operator(),
+            common::MINE,
+            json!({"n": "ethereum", "c": 12}),
+        )
+        .await;
+        t.app.chain_worker().unwrap().pass().await.unwrap();
+    };
+    // Three wallets: 2999999999.999999999999999997 has 28 digits and is shown exactly.
+    let first = fund("u0").await;
+    for i in 1..3 {
+        fund(&format!("u{i}")).await;
+    }
+    credit_all().await;
+    assert_eq!(t.balance(&first).await, near_max);
+    let trial = t.assert_balanced().await;
+    assert_eq!(trial["ETH"].0, "2999999999.999999999999999997");
+    assert_eq!(trial["ETH"].2["custody"], "-2999999999.999999999999999997");
+
+    // Ninety-seven more: the customers' total needs 29 digits. Refused, and said why.
+    for i in 3..100 {
+        fund(&format!("u{i}")).await;
+    }
+    credit_all().await;
+    let body = t.gql(Some(&t.operator()), common::TRIAL, json!({})).await;
+    assert_eq!(common::error_code(&body), "NOT_REPRESENTABLE", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("99999999999.999999999999999900"),
+        "{body}"
+    );
+    // The database's own exact sums balance.
+    let pg = t.db.client().await;
+    let balanced: bool = pg
+        .query_one(
+            "SELECT (SELECT sum(balance) FROM wallets WHERE currency = 'ETH')
+                  + (SELECT sum(p.amount) FROM ledger_postings p
+                       JOIN ledger_accounts a ON a.id = p.account_id
+                      WHERE a.currency = 'ETH') = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(balanced);
+}

@@ -30,6 +30,17 @@ pub fn parse_decimal(s: &str) -> Result<Decimal, String> {
     s.parse::<Decimal>().map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// A NUMERIC computed by the database (its text), as a `Decimal` only if it is exactly
+/// that: a sum over many rows can need more than 28 significant digits, and is then an
+/// error naming `what`, never a rounded figure.
+pub fn exact(text: &str, what: &str) -> Result<Decimal, LedgerError> {
+    Decimal::from_str_exact(text).map_err(|_| {
+        LedgerError::NotRepresentable(format!(
+            "{what} is {text}: more than the 28 significant digits a Decimal holds"
+        ))
+    })
+}
+
 /// The largest balance a wallet of `currency` may hold: keeps every sum exact in
 /// `Decimal` (28 significant digits) with one digit of headroom.
 pub fn max_balance(currency: &Currency) -> Decimal {

@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Numeric, Timestamptz};
+use diesel::sql_types::{BigInt, Numeric, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
@@ -41,14 +41,19 @@ pub struct PeriodSummary {
     pub inconsistency: Option<String>,
 }
 
+/// A period's sums as the database computed them, in NUMERIC (as text: a sum over many
+/// rows may not fit a `Decimal`, and is then refused, never rounded).
 #[derive(QueryableByName)]
 struct Totals {
     #[diesel(sql_type = BigInt)]
     movements: i64,
-    #[diesel(sql_type = Numeric)]
-    credits: Decimal,
-    #[diesel(sql_type = Numeric)]
-    debits: Decimal,
+    #[diesel(sql_type = Text)]
+    credits: String,
+    #[diesel(sql_type = Text)]
+    debits: String,
+    /// opening + credits - debits.
+    #[diesel(sql_type = Text)]
+    system_balance: String,
     /// Rows of no known direction (a reversal of a reversal, which the database
     /// refuses): never silently left out of the sums.
     #[diesel(sql_type = BigInt)]
@@ -78,16 +83,22 @@ pub async fn summarize_period(
     // Every type counts, in the direction `TransactionType::effect` gives it (a reversal
     // the opposite of the row it reverses); holds move nothing.
     let totals: Totals = diesel::sql_query(format!(
-        "SELECT count(*) FILTER (WHERE NOT hold) AS movements,
-                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND sign > 0), 0) AS credits,
-                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND sign < 0), 0) AS debits,
-                count(*) FILTER (WHERE NOT hold AND sign IS NULL) AS unknown,
-                count(*) FILTER (WHERE balance_before <> coalesce(prev_after, $4)) AS breaks
-         FROM (SELECT t.hold, t.amount, t.fee, t.balance_before, {sign} AS sign,
-                      lag(t.balance_after) OVER (ORDER BY t.created_at, t.id) AS prev_after
-               FROM transactions t
-               LEFT JOIN transactions r ON r.id = t.reverses_id
-               WHERE t.wallet_id = $1 AND t.created_at >= $2 AND t.created_at <= $3) AS period",
+        "SELECT movements, credits::text, debits::text,
+                ($4 + credits - debits)::text AS system_balance, unknown, breaks
+         FROM (SELECT count(*) FILTER (WHERE NOT hold) AS movements,
+                      coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND sign > 0), 0)
+                          AS credits,
+                      coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND sign < 0), 0)
+                          AS debits,
+                      count(*) FILTER (WHERE NOT hold AND sign IS NULL) AS unknown,
+                      count(*) FILTER (WHERE balance_before <> coalesce(prev_after, $4))
+                          AS breaks
+               FROM (SELECT t.hold, t.amount, t.fee, t.balance_before, {sign} AS sign,
+                            lag(t.balance_after) OVER (ORDER BY t.created_at, t.id) AS prev_after
+                     FROM transactions t
+                     LEFT JOIN transactions r ON r.id = t.reverses_id
+                     WHERE t.wallet_id = $1 AND t.created_at >= $2 AND t.created_at <= $3)
+                    AS period) AS totals",
         sign = TransactionType::sign_sql("t", "r"),
     ))
     .bind::<BigInt, _>(wallet_id)
@@ -97,7 +108,9 @@ pub async fn summarize_period(
     .get_result(conn)
     .await?;
 
-    let system_balance = opening + totals.credits - totals.debits;
+    let credits = money::exact(&totals.credits, "the period's credits")?;
+    let debits = money::exact(&totals.debits, "the period's debits")?;
+    let system_balance = money::exact(&totals.system_balance, "the period's closing balance")?;
     let closing: Option<Decimal> = transactions::table
         .filter(transactions::wallet_id.eq(wallet_id))
         .filter(transactions::created_at.le(end))
@@ -127,8 +140,8 @@ pub async fn summarize_period(
     Ok(PeriodSummary {
         opening,
         movements: totals.movements,
-        credits: totals.credits,
-        debits: totals.debits,
+        credits,
+        debits,
         system_balance,
         inconsistency,
     })
@@ -211,7 +224,9 @@ pub async fn reconcile_external(
                 *v = money::at_scale(*v, currency);
             }
             let external = money::at_scale(request.external_balance, currency);
-            let difference = external - period.system_balance;
+            let difference = external.checked_sub(period.system_balance).ok_or_else(|| {
+                LedgerError::NotRepresentable("the difference from the external balance".into())
+            })?;
             let within_tolerance = difference.abs() <= currency.reconciliation_tolerance;
             let status = if within_tolerance && period.inconsistency.is_none() {
                 ReconciliationStatus::Matched
@@ -639,7 +654,11 @@ async fn compare_with_chain(
             let mut period = summarize_period(conn, wallet.id, start, end).await?;
             period.system_balance = money::at_scale(period.system_balance, currency);
             let chain_balance = money::at_scale(side.balance, currency);
-            let difference = chain_balance - period.system_balance;
+            let difference = chain_balance
+                .checked_sub(period.system_balance)
+                .ok_or_else(|| {
+                    LedgerError::NotRepresentable("the difference from the chain".into())
+                })?;
             let transit: Decimal = in_transit.iter().map(InTransit::explains).sum();
             let retained = retained_fees(conn, wallet.id, end).await?;
             let unexplained = difference - retained - transit;
@@ -746,8 +765,8 @@ async fn compare_with_chain(
 
 #[derive(QueryableByName)]
 struct Retained {
-    #[diesel(sql_type = Numeric)]
-    retained: Decimal,
+    #[diesel(sql_type = Text)]
+    retained: String,
 }
 
 /// How much more the wallet's address holds than the wallet by `end` because its
@@ -761,7 +780,7 @@ async fn retained_fees(
     // A withdrawal's debit keeps `fee - network_fee` at the address; its refund gives it
     // back: minus each row's balance direction.
     let row: Retained = diesel::sql_query(format!(
-        "SELECT COALESCE(sum(-({sign}) * (t.fee - t.network_fee)), 0) AS retained
+        "SELECT COALESCE(sum(-({sign}) * (t.fee - t.network_fee)), 0)::text AS retained
            FROM transactions t
            LEFT JOIN transactions r ON r.id = t.reverses_id
           WHERE t.wallet_id = $1 AND NOT t.hold AND t.network_fee IS NOT NULL
@@ -772,7 +791,7 @@ async fn retained_fees(
     .bind::<Timestamptz, _>(end)
     .get_result(conn)
     .await?;
-    Ok(row.retained)
+    money::exact(&row.retained, "the fees retained at the address")
 }
 
 /// Whether a transfer's name on chain is the transaction `hash` or one of its token
