@@ -613,3 +613,68 @@ async fn the_fee_cap_holds_when_the_service_pays_the_gas() {
         "the user's lock is the amount and the flat fee"
     );
 }
+
+/// A withdrawal through a node is paid out on chain before its debit (made at its
+/// confirmations): a window ending in that gap is explained as in transit, not as a
+/// transfer the ledger never saw, and gives the same answer whenever it is asked.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_withdrawal_mined_before_its_debit_is_in_transit_whenever_reconciled() {
+    let anvil = Anvil::start().await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (wallet, _) = funded(&t, &anvil, 2 * ETHER).await;
+    let id = withdraw(&t, &wallet, DEV_ACCOUNT_2, "0.25", "w-gap").await;
+    pass(&t.app).await;
+    anvil.mine(2).await;
+    pass(&t.app).await;
+    let w = withdrawal(&t, id).await;
+    assert_eq!((w.status.as_str(), w.debits.len()), ("PROCESSING", 0));
+    let hash = w.hash.unwrap();
+
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let end = chrono::Utc::now().to_rfc3339();
+    let ask = async || {
+        t.ok(
+            &t.operator(),
+            "mutation($w: ID!, $end: DateTime!) { reconcileWallet(input: {walletId: $w,
+               startTime: \"2020-01-01T00:00:00Z\", endTime: $end}) {
+               status difference unmatchedTransactions mismatchReason notes } }",
+            json!({"w": wallet, "end": end}),
+        )
+        .await["reconcileWallet"]
+            .clone()
+    };
+    let during = ask().await;
+    assert_eq!(during["status"], "MATCHED", "{during}");
+    assert_eq!(during["unmatchedTransactions"], json!([]), "{during}");
+    let notes = during["notes"].as_str().unwrap();
+    assert!(
+        notes.contains("in transit") && notes.contains(&hash),
+        "{notes}"
+    );
+
+    // Debited since: the same window, asked again, says the same. (Only the height the
+    // window's end maps to may differ: anvil stamps blocks mined in a burst with times of
+    // its own.)
+    assert_eq!(confirm(&t, &anvil, id, 8).await.status, "COMPLETED");
+    let after = ask().await;
+    let in_transit = |r: &serde_json::Value| {
+        let notes = r["notes"].as_str().unwrap();
+        notes[notes.find("in transit").unwrap()..].to_owned()
+    };
+    for field in [
+        "status",
+        "difference",
+        "unmatchedTransactions",
+        "mismatchReason",
+    ] {
+        assert_eq!(after[field], during[field], "{field}: {after} / {during}");
+    }
+    assert_eq!(in_transit(&after), in_transit(&during));
+    // And a window ending now matches with nothing in transit.
+    let now = reconcile(&t, &wallet).await;
+    assert_eq!(now["status"], "MATCHED", "{now}");
+    assert!(
+        !now["notes"].as_str().unwrap().contains("in transit"),
+        "{now}"
+    );
+}

@@ -500,16 +500,14 @@ pub async fn reconcile_since_checkpoint(
 /// A movement on its way at a window's end: on one side already, on the other later.
 struct InTransit {
     hash: String,
-    /// What it does to the balance: a deposit's amount (on chain, not yet credited), or
-    /// a withdrawal's amount and fee, negative (debited, not yet paid out on chain).
+    /// What the movement does to the wallet's balance (shown in the notes): a deposit's
+    /// amount, or minus a withdrawal's amount and fee.
     effect: Decimal,
-}
-
-impl InTransit {
-    /// How much higher the chain's balance is than the ledger's because of it.
-    fn explains(&self) -> Decimal {
-        self.effect.abs()
-    }
+    /// How much higher the chain's balance is than the ledger's because of it: a
+    /// deposit's amount (on chain, not yet credited), a withdrawal's amount and fee
+    /// (debited, not yet paid out on chain), or minus them (paid out on chain, not yet
+    /// debited: a withdrawal through a node is debited at its confirmations).
+    chain_minus_ledger: Decimal,
 }
 
 /// What the journal says about the chain transfers behind a wallet, as of a moment.
@@ -583,19 +581,41 @@ async fn compare_with_chain(
             in_transit.push(InTransit {
                 hash: t.hash.clone(),
                 effect: t.amount,
+                chain_minus_ledger: t.amount,
             });
         } else if credit.is_none() && side.window.contains(&t.hash) {
             chain_only.push(t.hash.clone());
         }
     }
-    // Outflows on chain the ledger never debited.
-    let debited = |name: &str| {
+    // Outflows on chain: debited by the window's end; on their way at its end (a
+    // withdrawal through a node is debited only at its confirmations, and one sent again
+    // under another hash is the same withdrawal); or unknown to the ledger.
+    let debited_by_end = |name: &str| {
         journaled.iter().any(|j| {
-            !j.hold && j.kind == TransactionType::Withdraw && names_transaction(name, &j.hash)
+            !j.hold
+                && j.kind == TransactionType::Withdraw
+                && j.created_at <= end
+                && names_transaction(name, &j.hash)
         })
     };
+    let awaiting_debit = undebited_attempts(conn, wallet.id, end).await?;
     for t in side.settled.iter().filter(|t| t.from_address == address) {
-        if !debited(&t.hash) && side.window.contains(&t.hash) {
+        if debited_by_end(&t.hash) {
+            continue;
+        }
+        let ours = awaiting_debit.iter().any(|a| names_transaction(&t.hash, a))
+            || journaled.iter().any(|j| {
+                !j.hold
+                    && j.kind == TransactionType::Withdraw
+                    && names_transaction(&t.hash, &j.hash)
+            });
+        if ours {
+            in_transit.push(InTransit {
+                hash: t.hash.clone(),
+                effect: -(t.amount + t.fee),
+                chain_minus_ledger: -(t.amount + t.fee),
+            });
+        } else if side.window.contains(&t.hash) {
             chain_only.push(t.hash.clone());
         }
     }
@@ -622,6 +642,7 @@ async fn compare_with_chain(
             in_transit.push(InTransit {
                 hash: debit.hash.clone(),
                 effect: -debit.moved,
+                chain_minus_ledger: debit.moved,
             });
         } else if debit.created_at >= start {
             ledger_only.push(debit.hash.clone());
@@ -659,7 +680,7 @@ async fn compare_with_chain(
                 .ok_or_else(|| {
                     LedgerError::NotRepresentable("the difference from the chain".into())
                 })?;
-            let transit: Decimal = in_transit.iter().map(InTransit::explains).sum();
+            let transit: Decimal = in_transit.iter().map(|t| t.chain_minus_ledger).sum();
             let retained = retained_fees(conn, wallet.id, end).await?;
             let unexplained = difference - retained - transit;
             let within_tolerance = unexplained.abs() <= currency.reconciliation_tolerance;
@@ -798,6 +819,39 @@ async fn retained_fees(
 /// transfers (`hash:logIndex`): a withdrawal's debit names the transaction that sent it.
 fn names_transaction(name: &str, hash: &str) -> bool {
     name == hash || name.split_once(':').is_some_and(|(tx, _)| tx == hash)
+}
+
+/// The hashes of every transaction signed for a withdrawal of the wallet through a node
+/// (each attempt: a replacement has its own) whose debit was not yet made by `end`.
+async fn undebited_attempts(
+    conn: &mut AsyncPgConnection,
+    wallet_id: i64,
+    end: DateTime<Utc>,
+) -> Result<Vec<String>, LedgerError> {
+    use crate::schema::withdrawal_attempts;
+    let debits = diesel::alias!(transactions as debits);
+    Ok(withdrawal_attempts::table
+        .inner_join(
+            transactions::table.on(transactions::id.eq(withdrawal_attempts::transaction_id)),
+        )
+        .filter(transactions::wallet_id.eq(wallet_id))
+        .filter(diesel::dsl::not(diesel::dsl::exists(
+            debits
+                .filter(
+                    debits
+                        .field(transactions::hold_id)
+                        .eq(transactions::id.nullable()),
+                )
+                .filter(
+                    debits
+                        .field(transactions::type_)
+                        .eq(TransactionType::Withdraw),
+                )
+                .filter(debits.field(transactions::created_at).le(end)),
+        )))
+        .select(withdrawal_attempts::hash)
+        .load(conn)
+        .await?)
 }
 
 /// Whether the wallet's withdrawal with this chain hash is still on its way (signed,
