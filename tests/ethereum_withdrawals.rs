@@ -613,3 +613,188 @@ async fn the_fee_cap_holds_when_the_service_pays_the_gas() {
         "the user's lock is the amount and the flat fee"
     );
 }
+
+/// The custody seed of [`on`]'s options.
+const SEED: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon \
+                    abandon abandon about";
+/// The operations check "locked funds are exactly the withdrawals in flight that have not
+/// been debited" (docs/operations.md, query 4): no wallet may differ.
+async fn assert_locks_match_holds(t: &TestApp) {
+    let rows = t
+        .db
+        .client()
+        .await
+        .query(
+            "SELECT w.id, w.locked_balance::text, COALESCE(h.locked, 0)::text AS expected
+               FROM wallets w
+               LEFT JOIN (SELECT t.wallet_id,
+                                 sum(t.amount + GREATEST(t.fee, COALESCE(a.locked_fee, 0))) AS locked
+                            FROM transactions t
+                            LEFT JOIN (SELECT transaction_id, max(locked_fee) AS locked_fee
+                                         FROM withdrawal_attempts GROUP BY transaction_id) a
+                              ON a.transaction_id = t.id
+                           WHERE t.hold AND t.type = 'WITHDRAW'
+                             AND (t.status = 'PENDING'
+                                  OR (t.status = 'PROCESSING' AND a.transaction_id IS NOT NULL))
+                           GROUP BY t.wallet_id) h ON h.wallet_id = w.id
+              WHERE w.locked_balance <> COALESCE(h.locked, 0)",
+            &[],
+        )
+        .await
+        .unwrap();
+    let off: Vec<(i64, String, String)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(
+        off.is_empty(),
+        "locked funds differ from the holds: {off:?}"
+    );
+}
+
+/// A `wallet serve` process following the same database and node as `t`, its chain
+/// worker passing every 50 ms.
+async fn worker_process(
+    t: &TestApp,
+    anvil: &Anvil,
+    home: &common::binary::Scratch,
+) -> common::binary::Server {
+    let server = common::binary::launch(
+        home.path(),
+        &[
+            ("DATABASE_URL", t.db.url.as_str()),
+            ("WALLET_SEED", SEED),
+            ("WALLET_JWT_SECRET", common::JWT_SECRET),
+            ("WALLET_ETHEREUM_RPC_URL", anvil.url.as_str()),
+            ("WALLET_ETHEREUM_CHAIN_ID", "31337"),
+            ("WALLET_ETHEREUM_REPLACE_AFTER_BLOCKS", "3"),
+            ("WALLET_CHAIN_POLL_MS", "50"),
+        ],
+    )
+    .await;
+    assert!(server.exit.is_none(), "the worker process started");
+    server
+}
+
+/// Waits until `n` sessions of the test's database wait for a row lock.
+async fn lock_waiters(t: &TestApp, n: i64) {
+    let c = t.db.client().await;
+    common::wait_until(
+        &format!("{n} session(s) waiting for a lock"),
+        std::time::Duration::from_secs(30),
+        || async {
+            c.query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+                >= n
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_settlement_racing_a_replacement_in_another_process_releases_every_lock() {
+    let anvil = Anvil::start().await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (wallet, address) = funded(&t, &anvil, ETHER).await;
+    let id = withdraw(&t, &wallet, DEV_ACCOUNT_2, "0.1", "w-1").await;
+    pass(&t.app).await;
+    let first = withdrawal(&t, id).await.hash.unwrap();
+    // Not mined in time: due for a replacement.
+    anvil.set_next_base_fee(200 * GWEI).await;
+    anvil.mine(3).await;
+
+    // The hold's row is locked here, so that each process stops where it takes it.
+    let mut holder = t.db.client().await;
+    let holding = holder.transaction().await.unwrap();
+    holding
+        .execute(
+            "SELECT id FROM transactions WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await
+        .unwrap();
+
+    // Process B finds the withdrawal overdue and replaces it: it waits for the row.
+    let home_b = common::binary::Scratch::new("wallet-replacer");
+    let replacer = worker_process(&t, &anvil, &home_b).await;
+    lock_waiters(&t, 1).await;
+
+    // Meanwhile the first attempt is mined and confirmed after all.
+    anvil.set_next_base_fee(GWEI).await;
+    if !anvil.knows(&first).await {
+        let raw: String =
+            t.db.client()
+                .await
+                .query_one(
+                    "SELECT raw FROM withdrawal_attempts WHERE hash = $1",
+                    &[&first],
+                )
+                .await
+                .unwrap()
+                .get(0);
+        anvil
+            .send_raw(&format!("0x{}", raw.trim_start_matches("0x")))
+            .await;
+    }
+    anvil.mine(7).await;
+    assert_eq!(anvil.receipt(&first).await["status"], "0x1");
+
+    // Process A lists the withdrawal's attempts (only the first: B has not committed) and
+    // settles it: it waits for the row behind B.
+    let home_a = common::binary::Scratch::new("wallet-settler");
+    let settler = worker_process(&t, &anvil, &home_a).await;
+    lock_waiters(&t, 2).await;
+
+    // Released: B commits its replacement (locking more for its higher fee), then A
+    // settles the mined first attempt.
+    holding.rollback().await.unwrap();
+    common::wait_until(
+        "the withdrawal is settled",
+        std::time::Duration::from_secs(30),
+        || async { withdrawal(&t, id).await.status == "COMPLETED" },
+    )
+    .await;
+    let w = withdrawal(&t, id).await;
+    assert_eq!(w.attempts.len(), 2, "B replaced it: {w:?}");
+    assert_eq!(w.debits.len(), 1);
+    assert_eq!(w.debits[0].hash, first);
+    // The replacement was committed before the debit: the settlement saw it.
+    let c = t.db.client().await;
+    let order: bool = c
+        .query_one(
+            "SELECT (SELECT max(created_at) FROM withdrawal_attempts WHERE transaction_id = $1)
+                  < (SELECT created_at FROM transactions WHERE hold_id = $1 AND type = 'WITHDRAW')",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(order, "the replacement committed before the settlement");
+    let locked_for_replacement: Decimal = c
+        .query_one(
+            "SELECT max(locked_fee)::text FROM withdrawal_attempts WHERE transaction_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get::<_, String>(0)
+        .parse()
+        .unwrap();
+    let (fee, _, _) = charged(&anvil, &first).await;
+    assert!(locked_for_replacement > fee);
+
+    // Every lock released: the whole lock went into the debit.
+    drop((replacer, settler));
+    let (balance, locked) = balances(&t, &wallet).await;
+    assert_eq!(locked, Decimal::ZERO);
+    assert_eq!(balance, Decimal::ONE - Decimal::new(1, 1) - fee);
+    assert_eq!(anvil.balance(&address).await, wei(balance));
+    t.assert_balanced().await;
+    assert_locks_match_holds(&t).await;
+}

@@ -549,7 +549,7 @@ async fn advance_one(
         };
         newest_known |= attempt.id == newest.id;
         if found.block_number.is_some() {
-            return settle(conn, currencies, hold, &attempts, attempt, &found).await;
+            return settle(conn, currencies, hold, attempt, &found).await;
         }
     }
     if hold.block_number.is_some() {
@@ -661,11 +661,14 @@ async fn unmined(conn: &mut AsyncPgConnection, hold: &JournalEntry) -> Result<()
 
 /// An attempt the chain included: confirmations recorded, and at the threshold the debit
 /// with what the chain charged (plus, if it reverted, the amount refunded).
+///
+/// The lock released is read under the hold's row lock, which every replacement is
+/// signed under: one another process committed after this pass listed the attempts has
+/// its lock released too.
 async fn settle(
     conn: &mut AsyncPgConnection,
     currencies: &CurrencyRegistry,
     hold: &JournalEntry,
-    attempts: &[Attempt],
     attempt: &Attempt,
     found: &ChainTransfer,
 ) -> Result<Advanced, LedgerError> {
@@ -673,6 +676,7 @@ async fn settle(
         let Some(hold) = relock(tx, hold.id).await? else {
             return Ok(Advanced::Unchanged);
         };
+        let attempts = attempts_of(tx, hold.id).await?;
         name_attempt(tx, hold.id, &attempt.hash, &attempt.raw).await?;
         let fields = chain_fields(&hold, attempt, found);
         if fields.confirmations < fields.required_confirmations {
@@ -712,7 +716,7 @@ async fn settle(
             reverses: None,
         };
         // The whole lock is released into the debit: what the fee did not use is free again.
-        let locked = hold.amount + fee_lock(&hold, attempts);
+        let locked = hold.amount + fee_lock(&hold, &attempts);
         let wallet = Wallet {
             balance: posting::append(tx, &wallet, &debit, -locked)
                 .await?
