@@ -593,8 +593,9 @@ async fn max_fees(t: &TestApp, id: i64) -> Vec<Decimal> {
 async fn the_fee_cap_holds_when_the_service_pays_the_gas() {
     let anvil = Anvil::start().await;
     let mut options = on(&anvil);
-    // A flat ETH withdrawal fee: the user pays it, the service pays the gas.
-    options.withdrawal_fees = [("ETH".to_owned(), Decimal::new(1, 3))].into();
+    // A flat ETH withdrawal fee: the user pays it, the service pays the gas (it covers
+    // 21,000 gas at the cap: 0.00126 ETH).
+    options.withdrawal_fees = [("ETH".to_owned(), Decimal::new(126, 5))].into();
     if let Some(node) = &mut options.ethereum {
         node.max_fee_per_gas = 60 * GWEI;
     }
@@ -609,7 +610,7 @@ async fn the_fee_cap_holds_when_the_service_pays_the_gas() {
     assert_eq!(max_fees(&t, id).await, vec![Decimal::from(60 * GWEI)]);
     assert_eq!(
         balances(&t, &wallet).await,
-        (Decimal::ONE, Decimal::new(101, 3)),
+        (Decimal::ONE, Decimal::new(10126, 5)),
         "the user's lock is the amount and the flat fee"
     );
 }
@@ -649,6 +650,51 @@ async fn assert_locks_match_holds(t: &TestApp) {
     assert!(
         off.is_empty(),
         "locked funds differ from the holds: {off:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flat_fee_below_what_the_network_may_charge_refuses_the_start() {
+    let anvil = Anvil::start().await;
+    let db = common::TestDb::new().await;
+    let home = common::binary::Scratch::new("wallet-fees");
+    let node = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("WALLET_SEED", SEED),
+        ("WALLET_ETHEREUM_RPC_URL", anvil.url.as_str()),
+        ("WALLET_ETHEREUM_CHAIN_ID", "31337"),
+        ("WALLET_ETHEREUM_MAX_FEE_PER_GAS_GWEI", "60"),
+    ];
+    // 21,000 gas at the 60 gwei cap is 0.00126 ETH: a flat fee below it would leave the
+    // address paying the rest of the gas out of the customer's money.
+    let run = common::binary::run_binary(
+        home.path(),
+        &[&node[..], &[("WALLET_WITHDRAWAL_FEES", "ETH=0.00125")]].concat(),
+    )
+    .await;
+    run.refused("the withdrawal fee of ETH (0.00125) is below the most the ethereum network may charge for a withdrawal (0.00126 ETH)");
+    run.refused("Set it to at least 0.00126 or lower WALLET_ETHEREUM_MAX_FEE_PER_GAS_GWEI");
+    // At the most, it starts.
+    common::binary::run_binary(
+        home.path(),
+        &[&node[..], &[("WALLET_WITHDRAWAL_FEES", "ETH=0.00126")]].concat(),
+    )
+    .await
+    .started();
+
+    // The simulated networks' fees are fixed: bitcoin's is 0.00001 BTC.
+    let low = common::Options {
+        withdrawal_fees: [("BTC".to_owned(), Decimal::new(9, 6))].into(),
+        mnemonic: SEED,
+        ..common::Options::default()
+    };
+    let refused = wallet::app::App::start(&low.config(&db.url))
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        format!("{refused:#}").contains("(0.00001 BTC)"),
+        "{refused:#}"
     );
 }
 
