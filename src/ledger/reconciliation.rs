@@ -531,6 +531,13 @@ async fn compare_with_chain(
     .bind::<diesel::sql_types::Nullable<Timestamptz>, _>(side.reconciled_until)
     .load(conn)
     .await?;
+    // Ether the operator put at the address to pay gas (`fundGas`): on chain, not the
+    // customer's, and explained. (A token wallet's balance is the token's: its gas
+    // funding is not in it.)
+    let funded = match currency.contract_address {
+        None => super::gas_funding::funded_at(conn, wallet.id, side.height).await?,
+        Some(_) => Default::default(),
+    };
     let posted = |hash: &str, kind: &str| {
         journaled
             .iter()
@@ -555,7 +562,10 @@ async fn compare_with_chain(
                 hash: t.hash.clone(),
                 effect: t.amount,
             });
-        } else if credit.is_none() && side.window.contains(&t.hash) {
+        } else if credit.is_none()
+            && side.window.contains(&t.hash)
+            && !funded.hashes.contains(&t.hash)
+        {
             chain_only.push(t.hash.clone());
         }
     }
@@ -624,7 +634,7 @@ async fn compare_with_chain(
             let difference = chain_balance - period.system_balance;
             let transit: Decimal = in_transit.iter().map(InTransit::explains).sum();
             let retained = retained_fees(conn, wallet.id, end).await?;
-            let unexplained = difference - retained - transit;
+            let unexplained = difference - retained - transit - funded.amount;
             let within_tolerance = unexplained.abs() <= currency.reconciliation_tolerance;
             let mut reasons = Vec::new();
             if let Some(broken) = &period.inconsistency {
@@ -687,6 +697,12 @@ async fn compare_with_chain(
                 period.movements,
                 currency.reconciliation_tolerance
             );
+            if !funded.amount.is_zero() {
+                notes.push_str(&format!(
+                    "; gas funding the operator put at the address (not the customer's): {}",
+                    funded.amount
+                ));
+            }
             if !retained.is_zero() {
                 notes.push_str(&format!(
                     "; withdrawal fees charged beyond the network's, left at the address: {retained}"
