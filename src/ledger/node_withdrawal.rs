@@ -734,10 +734,20 @@ fn refused_for_its_fee(e: &ChainError) -> bool {
 
 /// Whether a node refused a transaction because its sender cannot pay for it (the value
 /// and the most its gas may cost): no fee makes it pass while the address holds what it
-/// holds.
+/// holds. Execution clients word it differently ("insufficient funds for gas * price +
+/// value", "InsufficientFunds", "Upfront cost exceeds account balance").
 fn refused_for_funds(e: &ChainError) -> bool {
-    matches!(e, ChainError::Unavailable(message)
-        if message.to_ascii_lowercase().contains("insufficient funds"))
+    let ChainError::Unavailable(message) = e else {
+        return false;
+    };
+    let words: String = message
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    ["insufficientfunds", "upfrontcostexceedsaccountbalance"]
+        .iter()
+        .any(|sign| words.contains(sign))
 }
 
 /// Fails a withdrawal whose newest attempt (`newest`) the node refused for want of funds
@@ -1040,4 +1050,34 @@ async fn replace(
         .await?;
         Ok(Replacing::Signed(signed))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_for_want_of_funds_is_told_from_others() {
+        let said = |m: &str| {
+            ChainError::Unavailable(format!("ethereum node, eth_sendRawTransaction: {m}"))
+        };
+        for funds in [
+            "Insufficient funds for gas * price + value",
+            "insufficient funds for gas * price + value: address 0xabc have 1 want 2",
+            "InsufficientFunds, Account balance: 1, cumulative cost: 2",
+            "Upfront cost exceeds account balance",
+        ] {
+            assert!(refused_for_funds(&said(funds)), "{funds}");
+            assert!(!refused_for_its_fee(&said(funds)), "{funds}");
+        }
+        for other in [
+            "nonce too low",
+            "max fee per gas less than block base fee",
+            "replacement transaction underpriced",
+            "no answer within 10s",
+        ] {
+            assert!(!refused_for_funds(&said(other)), "{other}");
+        }
+        assert!(!refused_for_funds(&ChainError::UnknownNetwork("x".into())));
+    }
 }
