@@ -793,9 +793,22 @@ async fn a_withdrawal_the_node_refuses_for_want_of_funds_fails_and_frees_its_loc
         )
         .await;
 
-    // Most of the balance: the node refuses it ("insufficient funds"). It does not hang:
-    // it fails in the same pass, with the node's reason, nothing debited, nothing locked.
-    let id = withdraw(&t, &wallet, DEV_ACCOUNT_2, "0.9", "w-1").await;
+    // The whole available balance (the amount and the most its fee may be, 21,000 gas at
+    // twice the base fee plus the tip): the node refuses it ("insufficient funds"). It
+    // does not hang: it fails in the same pass, with the node's reason, nothing debited,
+    // nothing locked.
+    let latest = anvil
+        .rpc("eth_getBlockByNumber", json!(["latest", false]))
+        .await;
+    let tip = quantity(&anvil.rpc("eth_maxPriorityFeePerGas", json!([])).await);
+    let worst_fee = 21_000 * (2 * quantity(&latest["baseFeePerGas"]) + tip);
+    let all = Decimal::from_i128_with_scale(i128::try_from(ETHER - worst_fee).unwrap(), 18);
+    let id = withdraw(&t, &wallet, DEV_ACCOUNT_2, &all.to_string(), "w-1").await;
+    assert_eq!(
+        balances(&t, &wallet).await,
+        (Decimal::ONE, Decimal::ONE),
+        "all of it locked"
+    );
     let report = pass(&t.app).await;
     assert_eq!((report.signed, report.broadcast), (1, 0), "{report:?}");
     assert_eq!(report.withdrawals.failed, 1, "{report:?}");
