@@ -61,6 +61,28 @@ diesel::table! {
 }
 
 diesel::table! {
+    gas_fundings (id) {
+        id -> Int8,
+        wallet_id -> Int8,
+        network -> Text,
+        currency -> Text,
+        from_address -> Text,
+        to_address -> Text,
+        amount -> Numeric,
+        idempotency_key -> Text,
+        requested_by -> Text,
+        status -> Text,
+        status_reason -> Nullable<Text>,
+        chain_tx_hash -> Nullable<Text>,
+        block_number -> Nullable<Int8>,
+        confirmations -> Int4,
+        required_confirmations -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     hd_indexes (network) {
         network -> Text,
         next_index -> Int4,
@@ -78,10 +100,11 @@ diesel::table! {
 diesel::table! {
     ledger_postings (id) {
         id -> Int8,
-        transaction_id -> Int8,
+        transaction_id -> Nullable<Int8>,
         account_id -> Int8,
         amount -> Numeric,
         created_at -> Timestamptz,
+        gas_funding_id -> Nullable<Int8>,
     }
 }
 
@@ -228,9 +251,12 @@ diesel::table! {
         locked_fee -> Numeric,
         signed_at_height -> Int8,
         created_at -> Timestamptz,
+        refused -> Nullable<Text>,
     }
 }
 
+diesel::joinable!(gas_fundings -> currencies (currency));
+diesel::joinable!(gas_fundings -> wallets (wallet_id));
 diesel::joinable!(ledger_accounts -> currencies (currency));
 diesel::joinable!(reconciliations -> wallets (wallet_id));
 diesel::joinable!(sim_blocks -> sim_chains (network));
@@ -247,6 +273,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     currencies,
     custody_fingerprint,
     events,
+    gas_fundings,
     hd_indexes,
     ledger_accounts,
     ledger_postings,

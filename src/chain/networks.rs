@@ -111,6 +111,10 @@ impl Chain for Networks {
         self.backend(&transfer.network)?.broadcast(transfer).await
     }
 
+    fn max_transfer_fee(&self, network: &str) -> Option<Decimal> {
+        self.backend(network).ok()?.max_transfer_fee(network)
+    }
+
     fn is_simulated(&self, network: &str) -> bool {
         self.backend(network).is_ok_and(|b| b.is_simulated(network))
     }

@@ -12,6 +12,7 @@
 //! | `custody` | crypto | minus what our addresses received for customers, net of what they sent out |
 //! | `network_fees` | crypto | network fees custody paid on chain |
 //! | `fee_revenue` | all | fees charged to customers |
+//! | `gas_funding` | a network's coin | what the service itself put at wallet addresses to pay gas (`fundGas`) |
 //!
 //! System balances are derived from postings, never kept in a row that every movement would
 //! have to lock.
@@ -164,15 +165,19 @@ pub async fn account_balances(
         .collect()
 }
 
-/// One posting to a system account: its part of a journal row's entry.
+/// One posting to a system account: its part of an entry — a journal row's, or a gas
+/// funding's (the operator's ether put at a wallet's address, which moves no wallet).
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = ledger_postings, check_for_backend(diesel::pg::Pg))]
 pub struct Posting {
     pub id: i64,
-    pub transaction_id: i64,
+    /// The journal row whose entry it belongs to (`None`: a gas funding's).
+    pub transaction_id: Option<i64>,
     pub account_id: i64,
     pub amount: Decimal,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The gas funding whose entry it belongs to (`None`: a journal row's).
+    pub gas_funding_id: Option<i64>,
 }
 
 /// A page of an account's postings, oldest first.

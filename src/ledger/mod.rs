@@ -11,6 +11,7 @@ pub mod chain_withdrawal;
 pub mod currency;
 mod error;
 pub mod fixed_sql;
+pub mod gas_funding;
 pub mod group_commit;
 pub mod input;
 pub mod journal;

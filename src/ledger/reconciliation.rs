@@ -558,6 +558,13 @@ async fn compare_with_chain(
     .bind::<diesel::sql_types::Nullable<Timestamptz>, _>(side.reconciled_until)
     .load(conn)
     .await?;
+    // Ether the operator put at the address to pay gas (`fundGas`): on chain, not the
+    // customer's, and explained. (A token wallet's balance is the token's: its gas
+    // funding is not in it.)
+    let funded = match currency.contract_address {
+        None => super::gas_funding::funded_at(conn, wallet.id, side.height).await?,
+        Some(_) => Default::default(),
+    };
     let posted = |hash: &str, kind: TransactionType| {
         journaled
             .iter()
@@ -583,7 +590,10 @@ async fn compare_with_chain(
                 effect: t.amount,
                 chain_minus_ledger: t.amount,
             });
-        } else if credit.is_none() && side.window.contains(&t.hash) {
+        } else if credit.is_none()
+            && side.window.contains(&t.hash)
+            && !funded.hashes.contains(&t.hash)
+        {
             chain_only.push(t.hash.clone());
         }
     }
@@ -681,12 +691,22 @@ async fn compare_with_chain(
                     LedgerError::NotRepresentable("the difference from the chain".into())
                 })?;
             let transit: Decimal = in_transit.iter().map(|t| t.chain_minus_ledger).sum();
+            // Fees charged beyond the network's stay at the address and explain a surplus;
+            // fees charged below what the address paid the network leave it short, and
+            // nothing explains a shortfall.
             let retained = retained_fees(conn, wallet.id, end).await?;
-            let unexplained = difference - retained - transit;
+            let unexplained = difference - retained.max(Decimal::ZERO) - transit - funded.amount;
             let within_tolerance = unexplained.abs() <= currency.reconciliation_tolerance;
             let mut reasons = Vec::new();
             if let Some(broken) = &period.inconsistency {
                 reasons.push(broken.clone());
+            }
+            if retained < Decimal::ZERO {
+                reasons.push(format!(
+                    "the address paid the network {} {} more in fees than its withdrawals \
+                     charged: it holds that much less than the wallet",
+                    -retained, currency.code
+                ));
             }
             if !chain_only.is_empty() {
                 reasons.push(format!(
@@ -745,6 +765,12 @@ async fn compare_with_chain(
                 period.movements,
                 currency.reconciliation_tolerance
             );
+            if !funded.amount.is_zero() {
+                notes.push_str(&format!(
+                    "; gas funding the operator put at the address (not the customer's): {}",
+                    funded.amount
+                ));
+            }
             if !retained.is_zero() {
                 notes.push_str(&format!(
                     "; withdrawal fees charged beyond the network's, left at the address: {retained}"
