@@ -234,7 +234,9 @@ impl App {
                 CurrencyRegistry::load(&mut conn)
                     .await?
                     .with_networks(&networks)
-                    .with_withdrawal_fees(&config.withdrawal_fees)
+                    .with_withdrawal_fees(&config.withdrawal_fees, |network| {
+                        chains.max_transfer_fee(network)
+                    })
                     .map_err(|e| anyhow::anyhow!(e))?,
             )
         };

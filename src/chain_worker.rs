@@ -24,6 +24,7 @@ use crate::db::PgPool;
 use crate::ledger::chain_deposit::{self, ScanReport};
 use crate::ledger::chain_reorg;
 use crate::ledger::chain_withdrawal::{self, AdvanceReport};
+use crate::ledger::gas_funding::{self, FundingReport};
 use crate::ledger::node_withdrawal;
 use crate::ledger::{CurrencyKind, CurrencyRegistry, LedgerError};
 use crate::task::AbortOnDrop;
@@ -45,6 +46,8 @@ pub struct PassReport {
     pub broadcast: usize,
     pub withdrawals: AdvanceReport,
     pub deposits: Vec<(String, ScanReport)>,
+    /// Gas fundings followed (`ledger::gas_funding`).
+    pub gas_fundings: FundingReport,
     /// Withdrawals not signed because the network's base fee is above the fee cap (they
     /// wait, PENDING, with their lock).
     pub fee_capped: Vec<i64>,
@@ -157,6 +160,13 @@ impl ChainWorker {
                         failure.get_or_insert(e);
                     }
                 }
+            }
+        }
+        // Gas fundings seen by earlier scans: confirmed and posted, or expected again.
+        match gas_funding::advance(&mut conn, self.chain.as_ref(), &usable).await {
+            Ok(followed) => report.gas_fundings = followed,
+            Err(e) => {
+                failure.get_or_insert(e);
             }
         }
         // The scans take connections of their own.

@@ -147,8 +147,9 @@ pub struct ServeConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// Flat withdrawal fees per currency, credited to fee revenue, e.g. `USD=0.50,BTC=0.0001`.
     /// Fiat: charged on top of the amount. Crypto: charged instead of the network's fee,
-    /// which the service then pays. Without one, fiat withdrawals are free and crypto
-    /// withdrawals pay the network's fee.
+    /// which the service then pays — so a network coin's fee must be at least the most
+    /// its network may charge (checked at start). Without one, fiat withdrawals are free
+    /// and crypto withdrawals pay the network's fee.
     #[arg(long, env = "WALLET_WITHDRAWAL_FEES", value_parser = parse_fees, default_value = "")]
     pub withdrawal_fees: WithdrawalFees,
 }
@@ -1084,15 +1085,45 @@ mod tests {
         for bad in ["EUR=1", "USD=-1", "USD=0.001"] {
             assert!(
                 registry()
-                    .with_withdrawal_fees(&parse_fees(bad).unwrap().0)
+                    .with_withdrawal_fees(&parse_fees(bad).unwrap().0, |_| None)
                     .is_err(),
                 "{bad}"
             );
         }
         let ok = registry()
-            .with_withdrawal_fees(&parse_fees("USD=2").unwrap().0)
+            .with_withdrawal_fees(&parse_fees("USD=2").unwrap().0, |_| None)
             .unwrap();
         assert_eq!(ok.withdrawal_fee("USD").unwrap().to_string(), "2.00");
+
+        // A coin's flat fee must cover the most its network may charge; a token's is in
+        // the token (its gas comes from gas funding).
+        let coin = |code: &str, contract: Option<&str>| crate::ledger::Currency {
+            code: code.into(),
+            name: code.into(),
+            kind: crate::ledger::CurrencyKind::Crypto,
+            scale: 18,
+            network: Some("ethereum".into()),
+            enabled: true,
+            reconciliation_tolerance: Default::default(),
+            required_confirmations: Some(6),
+            contract_address: contract.map(str::to_owned),
+        };
+        let crypto = || {
+            crate::ledger::CurrencyRegistry::from_rows(vec![
+                coin("ETH", None),
+                coin("TUSD", Some("0x5FbDB2315678afecb367f032d93F642f64180aa3")),
+            ])
+        };
+        let most = |_: &str| Some("0.0105".parse().unwrap());
+        let refused = crypto()
+            .with_withdrawal_fees(&parse_fees("ETH=0.01").unwrap().0, most)
+            .unwrap_err();
+        assert!(refused.contains("at least 0.0105"), "{refused}");
+        assert!(
+            crypto()
+                .with_withdrawal_fees(&parse_fees("ETH=0.0105,TUSD=0.000001").unwrap().0, most)
+                .is_ok()
+        );
     }
 
     #[test]

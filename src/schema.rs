@@ -82,6 +82,28 @@ diesel::table! {
 }
 
 diesel::table! {
+    gas_fundings (id) {
+        id -> Int8,
+        wallet_id -> Int8,
+        network -> Text,
+        currency -> Text,
+        from_address -> Text,
+        to_address -> Text,
+        amount -> Numeric,
+        idempotency_key -> Text,
+        requested_by -> Text,
+        status -> Text,
+        status_reason -> Nullable<Text>,
+        chain_tx_hash -> Nullable<Text>,
+        block_number -> Nullable<Int8>,
+        confirmations -> Int4,
+        required_confirmations -> Int4,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     hd_indexes (network) {
         network -> Text,
         next_index -> Int4,
@@ -99,10 +121,11 @@ diesel::table! {
 diesel::table! {
     ledger_postings (id) {
         id -> Int8,
-        transaction_id -> Int8,
+        transaction_id -> Nullable<Int8>,
         account_id -> Int8,
         amount -> Numeric,
         created_at -> Timestamptz,
+        gas_funding_id -> Nullable<Int8>,
     }
 }
 
@@ -259,9 +282,12 @@ diesel::table! {
         locked_fee -> Numeric,
         signed_at_height -> Int8,
         created_at -> Timestamptz,
+        refused -> Nullable<Text>,
     }
 }
 
+diesel::joinable!(gas_fundings -> currencies (currency));
+diesel::joinable!(gas_fundings -> wallets (wallet_id));
 diesel::joinable!(ledger_accounts -> currencies (currency));
 diesel::joinable!(legacy_token_deposits -> transactions (hold_id));
 diesel::joinable!(reconciliations -> wallets (wallet_id));
@@ -281,6 +307,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     currencies,
     custody_fingerprint,
     events,
+    gas_fundings,
     hd_indexes,
     ledger_accounts,
     ledger_postings,

@@ -936,3 +936,51 @@ async fn past_windows_reconcile_against_the_chain_as_it_was_then() {
         "MATCHED"
     );
 }
+
+/// A refund is a credit like any other: one that would take the balance past the
+/// currency's maximum (where sums stop being exact) is not applied; the withdrawal waits,
+/// counted as an error each pass, nothing lost, and is refunded once the balance has room.
+#[tokio::test]
+async fn a_refund_is_held_to_the_credit_ceiling() {
+    let t = TestApp::new().await;
+    // BTC's ceiling is 10^19: start just under it.
+    let (wallet, address) = funded_wallet(&t, "alice", "9999999999999999990.00000000").await;
+    t.fail_transfers_to(OUTSIDE_BTC).await;
+    // 12 more arrive and confirm; the same pass signs a withdrawal of 5 (its debit) and
+    // credits the 12.
+    t.ok(
+        &t.operator(),
+        INCOMING,
+        json!({"n": "bitcoin", "to": address, "a": "12"}),
+    )
+    .await;
+    mine(&t, 6).await;
+    let id =
+        withdraw(&t, "alice", &wallet, "5", "doomed").await["data"]["cryptoWithdraw"]["id"].clone();
+    let worker = worker(&t);
+    pass(&worker).await;
+    assert_eq!(t.balance(&wallet).await, "9999999999999999996.99999000");
+    // The chain fails the withdrawal: its refund of 5.00001 would cross the ceiling.
+    mine(&t, 1).await;
+    let report = pass(&worker).await;
+    assert_eq!(report.withdrawals.failed, 0, "{report:?}");
+    assert!(report.withdrawals.errors >= 1, "{report:?}");
+    assert_eq!(t.balance(&wallet).await, "9999999999999999996.99999000");
+    assert_eq!(transaction(&t, &id).await["status"], "PROCESSING");
+    // The user moves 10 out elsewhere: now the refund fits, and is made once.
+    let elsewhere = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4";
+    let body = t
+        .gql(
+            Some(&t.user("alice")),
+            WITHDRAW,
+            json!({"w": wallet, "to": elsewhere, "a": "10", "k": "room"}),
+        )
+        .await;
+    assert!(body["errors"].is_null(), "{body}");
+    pass(&worker).await;
+    pass(&worker).await;
+    assert_eq!(transaction(&t, &id).await["status"], "FAILED");
+    assert_eq!(t.balance(&wallet).await, "9999999999999999991.99999000");
+    t.assert_chain(&wallet).await;
+    t.assert_balanced().await;
+}

@@ -145,8 +145,15 @@ async fn a_journal_from_before_double_entry_is_backfilled() {
 
     // Back to the schema before double entry (and what came after it), data kept.
     let pg = t.db.client().await;
-    let newer = ["20261127000005", "20261127000004", "20261127000003"];
+    let newer = [
+        "20261208000003",
+        "20261127000005",
+        "20261127000004",
+        "20261127000003",
+    ];
     for (version, name) in newer.iter().zip([
+        // Gas funding and token gas change the accounts and the posting trigger.
+        "2026-12-08-000003_gas",
         "2026-11-27-000005_reversals_fees_references",
         "2026-11-27-000004_transfers",
         "2026-11-27-000003_double_entry",
@@ -532,4 +539,159 @@ async fn a_crypto_withdrawal_carries_its_reference_to_its_debit() {
         debit,
         json!({"type": "WITHDRAW", "reference": "PAYOUT-7", "metadata": {"batch": "7"}})
     );
+}
+
+/// Sums are exact: with 18-decimal balances near the ceiling the trial balance adds them in
+/// the database, and a total beyond what a `Decimal` holds (28 significant digits) is an
+/// error, never a rounded figure that could hide or invent an imbalance.
+#[tokio::test(flavor = "multi_thread")]
+async fn sums_near_the_ceiling_are_exact_or_refused() {
+    let t = TestApp::new().await;
+    let near_max = "999999999.999999999999999999"; // ETH's ceiling is 10^9
+    let fund = async |user: &str| {
+        let w = t
+            .ok(&t.user(user), common::CREATE_CRYPTO, json!({"c": "ETH"}))
+            .await["createWallet"]
+            .clone();
+        t.ok(
+            &t.operator(),
+            common::INCOMING,
+            json!({"n": "ethereum", "to": w["address"], "a": near_max}),
+        )
+        .await;
+        w["id"].as_str().unwrap().to_owned()
+    };
+    let credit_all = async || {
+        t.ok(
+            &t.operator(),
+            common::MINE,
+            json!({"n": "ethereum", "c": 12}),
+        )
+        .await;
+        t.app.chain_worker().unwrap().pass().await.unwrap();
+    };
+    // Three wallets: 2999999999.999999999999999997 has 28 digits and is shown exactly.
+    let first = fund("u0").await;
+    for i in 1..3 {
+        fund(&format!("u{i}")).await;
+    }
+    credit_all().await;
+    assert_eq!(t.balance(&first).await, near_max);
+    let trial = t.assert_balanced().await;
+    assert_eq!(trial["ETH"].0, "2999999999.999999999999999997");
+    assert_eq!(trial["ETH"].2["custody"], "-2999999999.999999999999999997");
+
+    // Ninety-seven more: the customers' total needs 29 digits. Refused, and said why.
+    for i in 3..100 {
+        fund(&format!("u{i}")).await;
+    }
+    credit_all().await;
+    let body = t.gql(Some(&t.operator()), common::TRIAL, json!({})).await;
+    assert_eq!(common::error_code(&body), "NOT_REPRESENTABLE", "{body}");
+    assert!(
+        body["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("99999999999.999999999999999900"),
+        "{body}"
+    );
+    // The database's own exact sums balance.
+    let pg = t.db.client().await;
+    let balanced: bool = pg
+        .query_one(
+            "SELECT (SELECT sum(balance) FROM wallets WHERE currency = 'ETH')
+                  + (SELECT sum(p.amount) FROM ledger_postings p
+                       JOIN ledger_accounts a ON a.id = p.account_id
+                      WHERE a.currency = 'ETH') = 0",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(balanced);
+}
+
+/// Gas funding on a simulated network: the operator's transfer to a wallet's address is
+/// recognised while still pending, is never held as a deposit, and posts custody and
+/// gas_funding once confirmed; the customer's balance does not move and reconciliation
+/// explains the address's extra coin.
+#[tokio::test(flavor = "multi_thread")]
+async fn gas_funding_posts_to_custody_and_gas_funding_not_to_the_customer() {
+    let t = TestApp::new().await;
+    let (btc, address) = t.funded_btc("alice", "1.00000000").await;
+    let worker = t.app.chain_worker().unwrap();
+    let outside = "bc1qw508d6qejxtdg4y5r3zarvary0c5xw7kv8f3t4";
+    let funding = t
+        .ok(
+            &t.operator(),
+            "mutation($w: ID!, $from: String!) { fundGas(input: {walletId: $w,
+               fromAddress: $from, amount: \"0.001\", idempotencyKey: \"gas\"}) { id status } }",
+            json!({"w": btc, "from": outside}),
+        )
+        .await["fundGas"]
+        .clone();
+    assert_eq!(funding["status"], "EXPECTED");
+    let sent = t
+        .ok(
+            &t.operator(),
+            common::INCOMING,
+            json!({"n": "bitcoin", "to": address, "a": "0.001"}),
+        )
+        .await;
+    let hash = sent["simulateIncomingTransfer"]["txHash"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    worker.pass().await.unwrap();
+    assert_eq!(
+        funding_status(&t, &funding).await,
+        json!({"status": "CONFIRMING", "chainTxHash": hash})
+    );
+    t.ok(&t.operator(), common::MINE, json!({"n": "bitcoin", "c": 6}))
+        .await;
+    worker.pass().await.unwrap();
+    assert_eq!(funding_status(&t, &funding).await["status"], "COMPLETED");
+    let holds: i64 =
+        t.db.client()
+            .await
+            .query_one(
+                "SELECT count(*) FROM transactions WHERE chain_tx_hash = $1",
+                &[&hash],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(holds, 0, "never a deposit");
+    assert_eq!(t.balance(&btc).await, "1.00000000");
+    let trial = t.assert_balanced().await;
+    assert_eq!(account(&trial, "BTC", "custody"), "-1.00100000");
+    assert_eq!(account(&trial, "BTC", "gas_funding"), "0.00100000");
+    assert_eq!(trial["BTC"].0, "1.00000000");
+    let reconciled = t
+        .ok(&t.operator(), RECONCILE_CHAIN, json!({"w": btc}))
+        .await["reconcileWallet"]
+        .clone();
+    assert_eq!(reconciled["status"], "MATCHED", "{reconciled}");
+    // The expectation is used up: the same transfer again is the customer's deposit.
+    t.ok(
+        &t.operator(),
+        common::INCOMING,
+        json!({"n": "bitcoin", "to": address, "a": "0.001"}),
+    )
+    .await;
+    t.ok(&t.operator(), common::MINE, json!({"n": "bitcoin", "c": 6}))
+        .await;
+    worker.pass().await.unwrap();
+    assert_eq!(t.balance(&btc).await, "1.00100000");
+    t.assert_balanced().await;
+}
+
+async fn funding_status(t: &TestApp, funding: &Value) -> Value {
+    t.ok(
+        &t.operator(),
+        "query($id: ID!) { node(id: $id) { ... on GasFunding { status chainTxHash } } }",
+        json!({"id": funding["id"]}),
+    )
+    .await["node"]
+        .clone()
 }

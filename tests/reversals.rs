@@ -231,3 +231,115 @@ async fn chain_movements_are_not_reversed() {
     assert_eq!(t.balance(&btc).await, "1.00000000");
     t.assert_balanced().await;
 }
+
+const RECONCILE: &str = "mutation($w: ID!, $b: Decimal!, $from: DateTime!, $to: DateTime!) {
+  reconcileWallet(input: {walletId: $w, startTime: $from, endTime: $to, externalBalance: $b}) {
+    status systemBalance difference notes mismatchReason } }";
+
+/// Reconciliation counts every row type in the direction it moves the balance: a window
+/// holding deposits, withdrawals with fees, transfers both ways and reversals of each
+/// matches a bank that agrees with the balance, and mismatches one that does not.
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciliation_counts_every_row_type() {
+    let t = TestApp::with(common::Options {
+        withdrawal_fees: [("USD".to_owned(), "0.50".parse().unwrap())].into(),
+        ..common::Options::default()
+    })
+    .await;
+    let op = t.operator();
+    let window = |w: &str, balance: &str| json!({"w": w, "b": balance, "from": "2000-01-01T00:00:00Z", "to": "2100-01-01T00:00:00Z"});
+    let reconcile = async |w: &str, balance: &str| {
+        t.ok(&op, RECONCILE, window(w, balance)).await["reconcileWallet"].clone()
+    };
+
+    // The reported case: a deposit reversed leaves nothing, and the bank says nothing.
+    let w = t.create_wallet("alice", "USD").await;
+    let dep = t.deposit(&w, "100.00", "d-1").await["data"]["deposit"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reverse(&t, &op, &dep, "r-1", "duplicate").await["errors"].is_null());
+    let rec = reconcile(&w, "0").await;
+    assert_eq!(rec["status"], "MATCHED", "{rec}");
+    assert_eq!(rec["systemBalance"], "0.00", "{rec}");
+
+    // Every type in one window: deposit, withdrawal with a fee, a transfer out and one
+    // in, and a reversal of each kind.
+    let bob = t.create_wallet("bob", "USD").await;
+    t.deposit(&w, "50.00", "d-2").await;
+    t.deposit(&bob, "30.00", "b-1").await;
+    let out = t.withdraw(&t.user("alice"), &w, "10.00", "w-1").await["data"]["withdraw"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned(); // 50 - 10.50 = 39.50
+    let transfer = "mutation($f: ID!, $t: ID!, $a: Decimal!, $k: String!) {
+        transfer(input: {fromWalletId: $f, toWalletId: $t, amount: $a, idempotencyKey: $k}) {
+        from { id } } }";
+    let sent = t
+        .ok(
+            &t.user("alice"),
+            transfer,
+            json!({"f": w, "t": bob, "a": "5.00", "k": "t-1"}),
+        )
+        .await["transfer"]["from"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned(); // 34.50
+    let received = t
+        .ok(
+            &t.user("bob"),
+            transfer,
+            json!({"f": bob, "t": w, "a": "7.25", "k": "t-2"}),
+        )
+        .await["transfer"]["from"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned(); // 41.75
+    for (id, key) in [(&out, "r-w"), (&sent, "r-t1"), (&received, "r-t2")] {
+        let body = reverse(&t, &op, id, key, "correction").await;
+        assert!(body["errors"].is_null(), "{body}");
+    }
+    // 41.75 + 10.50 (withdrawal back) + 5.00 (transfer out back) - 7.25 (transfer in back)
+    assert_eq!(t.balance(&w).await, "50.00");
+    assert_eq!(t.balance(&bob).await, "30.00");
+    for (wallet, balance) in [(&w, "50.00"), (&bob, "30.00")] {
+        let rec = reconcile(wallet, balance).await;
+        assert_eq!(rec["status"], "MATCHED", "{rec}");
+        assert_eq!(rec["systemBalance"], balance, "{rec}");
+        // A bank that disagrees by a cent is told so, with the figure.
+        let cent_more =
+            balance.parse::<rust_decimal::Decimal>().unwrap() + rust_decimal::Decimal::new(1, 2);
+        let rec = reconcile(wallet, &cent_more.to_string()).await;
+        assert_eq!(rec["status"], "MISMATCH", "{rec}");
+        assert_eq!(rec["difference"], "0.01", "{rec}");
+    }
+    t.assert_chain(&w).await;
+    t.assert_chain(&bob).await;
+    t.assert_balanced().await;
+}
+
+/// The SQL the sums use and the rule in Rust are one rule: evaluated by Postgres for
+/// every type (and every reversed type), they agree.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sql_direction_of_every_type_is_the_rust_one() {
+    use wallet::ledger::TransactionType;
+    let t = TestApp::new().await;
+    let pg = t.db.client().await;
+    let sql = format!(
+        "SELECT {} FROM (SELECT $1::text AS type) t, (SELECT $2::text AS type) r",
+        TransactionType::sign_sql("t", "r")
+    );
+    for &kind in TransactionType::ALL {
+        for &reversed in TransactionType::ALL {
+            let row = pg
+                .query_one(&sql, &[&kind.as_str(), &reversed.as_str()])
+                .await
+                .unwrap();
+            let got: Option<i32> = row.get(0);
+            let want = kind
+                .sign_reversing(Some(reversed))
+                .map(|s| if s.is_sign_negative() { -1 } else { 1 });
+            assert_eq!(got, want, "{kind} reversing {reversed}");
+        }
+    }
+}

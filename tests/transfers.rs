@@ -236,3 +236,101 @@ async fn the_recipient_never_sees_the_senders_key() {
         .await;
     assert!(found["transactionByKey"].is_null(), "{found}");
 }
+
+/// The database checks a transfer's two sides itself, whoever writes them: each needs its
+/// mirror (same amount and fee, another wallet of the same currency) in the same
+/// statement; alone, either side would create or destroy money.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_database_refuses_a_transfer_side_without_its_mirror() {
+    let t = TestApp::new().await;
+    let alice = common::db_id(&t.create_wallet("alice", "USD").await);
+    let bob = common::db_id(&t.create_wallet("bob", "USD").await);
+    let euro = common::db_id(&t.create_wallet("bob", "EUR").await);
+    let pg = t.db.client().await;
+    let next_id = async || -> i64 {
+        pg.query_one(
+            "SELECT nextval(pg_get_serial_sequence('transactions', 'id'))",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0)
+    };
+    // One side as the service writes it: (id, wallet, type, amount, balance before/after,
+    // counterpart).
+    let row = |id: i64, wallet: i64, kind: &str, amount: &str, counterpart: Option<i64>| {
+        let (before, after) = match kind {
+            "TRANSFER_OUT" => ("100".to_owned(), format!("100 - {amount}")),
+            _ => ("0".to_owned(), amount.to_owned()),
+        };
+        format!(
+            "({id}, {wallet}, '{kind}', {amount}, 0, {before}, {after}, 'COMPLETED', 'pair-{id}',
+              now(), now(), FALSE, {})",
+            counterpart.map_or("NULL".to_owned(), |c| c.to_string())
+        )
+    };
+    let insert = |rows: &[String]| {
+        format!(
+            "INSERT INTO transactions (id, wallet_id, type, amount, fee, balance_before,
+                 balance_after, status, tx_hash, created_at, updated_at, hold, counterpart_id)
+             VALUES {}",
+            rows.join(", ")
+        )
+    };
+    let (a, b) = (next_id().await, next_id().await);
+    let refused_cases = [
+        (
+            "a sending side alone",
+            insert(&[row(a, alice, "TRANSFER_OUT", "1", None)]),
+        ),
+        (
+            "sides of other amounts",
+            insert(&[
+                row(a, alice, "TRANSFER_OUT", "1", None),
+                row(b, bob, "TRANSFER_IN", "2", Some(a)),
+            ]),
+        ),
+        (
+            "both sides on one wallet",
+            insert(&[
+                row(a, alice, "TRANSFER_OUT", "1", None),
+                row(b, alice, "TRANSFER_IN", "1", Some(a)),
+            ]),
+        ),
+        (
+            "sides in two currencies",
+            insert(&[
+                row(a, alice, "TRANSFER_OUT", "1", None),
+                row(b, euro, "TRANSFER_IN", "1", Some(a)),
+            ]),
+        ),
+    ];
+    for (what, sql) in refused_cases {
+        let err = pg.batch_execute(&sql).await.expect_err(what);
+        assert!(
+            err.to_string().contains("mirror") || format!("{err:?}").contains("mirror"),
+            "{what}: {err:?}"
+        );
+    }
+    // The same pair, mirrored, in one statement: accepted.
+    pg.batch_execute(&insert(&[
+        row(a, alice, "TRANSFER_OUT", "1", None),
+        row(b, bob, "TRANSFER_IN", "1", Some(a)),
+    ]))
+    .await
+    .expect("a mirrored pair in one statement");
+    // A receiving side alone, naming a row written earlier (one receiving side per
+    // sending side is a unique index already; here it names a deposit).
+    let deposit = t
+        .deposit(&t.create_wallet("carol", "USD").await, "5.00", "fund")
+        .await["data"]["deposit"]["id"]
+        .as_str()
+        .map(common::db_id)
+        .unwrap();
+    let c = next_id().await;
+    let err = pg
+        .batch_execute(&insert(&[row(c, bob, "TRANSFER_IN", "1", Some(deposit))]))
+        .await
+        .expect_err("a receiving side alone");
+    assert!(format!("{err:?}").contains("mirror"), "{err:?}");
+}

@@ -1353,6 +1353,12 @@ impl Chain for EthereumNode {
     fn accounts(&self, _network: &str) -> Option<&dyn AccountChain> {
         Some(self)
     }
+
+    fn max_transfer_fee(&self, _network: &str) -> Option<Decimal> {
+        // No transaction offers more than the cap per gas, and an ether withdrawal may use
+        // no more than its gas limit.
+        ether(U256::from(self.max_fee_per_gas) * U256::from(TRANSFER_GAS)).ok()
+    }
 }
 
 #[async_trait::async_trait]

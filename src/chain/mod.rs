@@ -315,6 +315,12 @@ pub trait Chain: Send + Sync {
     -> Result<Scanned, ChainError>;
     /// What a plain transfer costs its sender now.
     async fn estimate_fee(&self, network: &str) -> Result<Fee, ChainError>;
+    /// The most a withdrawal of the network's coin may ever cost its sender in fees
+    /// (`None`: unbounded, or not known here). A flat withdrawal fee below it would leave
+    /// the address paying the rest out of the customer's money.
+    fn max_transfer_fee(&self, _network: &str) -> Option<Decimal> {
+        None
+    }
     /// Submits a signed transfer; returns its hash (also when it was already submitted).
     async fn broadcast(&self, transfer: &SignedTransfer) -> Result<String, ChainError>;
     /// The identity of the backend serving `network` ([`backends`]): what its chain

@@ -125,6 +125,10 @@ impl Chain for Networks {
             .await
     }
 
+    fn max_transfer_fee(&self, network: &str) -> Option<Decimal> {
+        self.served_by(network).ok()?.max_transfer_fee(network)
+    }
+
     fn is_simulated(&self, network: &str) -> bool {
         self.served_by(network)
             .is_ok_and(|b| b.is_simulated(network))

@@ -298,6 +298,11 @@ impl Chain for SimulatedChain {
         Ok(super::backends::SIMULATOR.to_owned())
     }
 
+    fn max_transfer_fee(&self, network: &str) -> Option<Decimal> {
+        // The fee is fixed per network.
+        Some(fee_of(network).total)
+    }
+
     async fn tip(&self, network: &str) -> Result<i64, ChainError> {
         let mut conn = self.conn().await?;
         Self::tip_on(&mut conn, network).await

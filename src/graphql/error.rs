@@ -26,6 +26,9 @@ pub const UNAVAILABLE: &str = "UNAVAILABLE";
 /// (`transactionByKey`) or send it again with the same key, which returns the original if
 /// it was.
 pub const OUTCOME_UNKNOWN: &str = "OUTCOME_UNKNOWN";
+/// A figure the ledger holds exactly (a sum over many rows) does not fit a `Decimal`
+/// (28 significant digits): it is refused, never rounded.
+pub const NOT_REPRESENTABLE: &str = "NOT_REPRESENTABLE";
 /// Too many mutations from this caller: nothing was done; try again after
 /// `extensions.retryAfter` seconds (HTTP: 429 with `Retry-After`).
 pub const RATE_LIMITED: &str = "RATE_LIMITED";
@@ -83,6 +86,10 @@ pub fn ledger_error(e: &LedgerError) -> Error {
         LedgerError::BadInput(_) => BAD_USER_INPUT,
         LedgerError::InvalidAddress(_) => INVALID_ADDRESS,
         LedgerError::AddressMismatch(_) => ADDRESS_MISMATCH,
+        LedgerError::NotRepresentable(detail) => {
+            tracing::warn!(%detail, "a sum does not fit the API's decimal type");
+            NOT_REPRESENTABLE
+        }
         LedgerError::InsufficientConfirmations { .. } => INSUFFICIENT_CONFIRMATIONS,
         LedgerError::ChainUnavailable(detail) => {
             tracing::warn!(%detail, "chain unavailable");

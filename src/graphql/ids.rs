@@ -13,6 +13,7 @@ pub enum NodeType {
     Wallet,
     Transaction,
     Reconciliation,
+    GasFunding,
 }
 
 impl NodeType {
@@ -21,6 +22,7 @@ impl NodeType {
             NodeType::Wallet => "Wallet",
             NodeType::Transaction => "Transaction",
             NodeType::Reconciliation => "Reconciliation",
+            NodeType::GasFunding => "GasFunding",
         }
     }
 
@@ -29,6 +31,7 @@ impl NodeType {
             "Wallet" => NodeType::Wallet,
             "Transaction" => NodeType::Transaction,
             "Reconciliation" => NodeType::Reconciliation,
+            "GasFunding" => NodeType::GasFunding,
             _ => return None,
         })
     }

@@ -8,7 +8,8 @@ use super::ids::{NodeType, decode_id};
 use super::scalars::{DecimalScalar, MetadataScalar};
 use super::types::ChainTransferObject;
 use super::types::{
-    ReconciliationObject, TokenRevocationObject, TransactionObject, TransferObject, WalletObject,
+    GasFundingObject, ReconciliationObject, TokenRevocationObject, TransactionObject,
+    TransferObject, WalletObject,
 };
 use super::validators::Text;
 use super::{deadline, require_operator, scope, state, viewer};
@@ -19,7 +20,9 @@ use crate::ledger::movement::{Direction, MovementRequest};
 use crate::ledger::reconciliation::{self, ChainReconciliation, ExternalReconciliation};
 use crate::ledger::reversal::{self, ReversalRequest};
 use crate::ledger::transfer::TransferRequest;
-use crate::ledger::{Currency, LedgerError, chain_deposit, input, money, outcome, wallet};
+use crate::ledger::{
+    Currency, LedgerError, chain_deposit, gas_funding, input, money, outcome, wallet,
+};
 
 #[derive(InputObject)]
 pub struct CreateWalletInput {
@@ -165,6 +168,26 @@ pub struct RevokeTokensInput {
     /// Why: kept with the revocation.
     #[graphql(validator(custom = "Text(input::MAX_DESCRIPTION_LEN)"))]
     pub reason: String,
+}
+
+#[derive(InputObject)]
+pub struct FundGasInput {
+    /// The wallet whose address receives the gas (ether or token wallet).
+    pub wallet_id: ID,
+    /// The operator's own address the transfer will come from (not a wallet's).
+    #[graphql(validator(custom = "Text(input::MAX_ADDRESS_LEN)"))]
+    pub from_address: String,
+    /// Exactly what the transfer will send, in the network's coin (e.g. ETH).
+    pub amount: DecimalScalar,
+    /// Scoped to the wallet: the same key with the same request returns the original.
+    #[graphql(validator(custom = "Text(input::MAX_KEY_LEN)"))]
+    pub idempotency_key: String,
+}
+
+#[derive(InputObject)]
+pub struct CancelGasFundingInput {
+    /// A gas funding still `EXPECTED`.
+    pub id: ID,
 }
 
 pub struct Mutation;
@@ -408,6 +431,48 @@ impl Mutation {
         })
         .await?;
         Ok(ReconciliationObject(row))
+    }
+
+    /// Records the network's coin an operator is about to send to a wallet's address to
+    /// pay gas (operators): a token wallet's withdrawals pay their gas from it, and an
+    /// ether wallet's address short of its wallet is made whole by it. The transfer —
+    /// from `fromAddress` to the wallet's address, exactly `amount` — is recognised on
+    /// chain and is never the customer's deposit: at the network's confirmations it is
+    /// posted to `custody` (−) and `gas_funding` (+); the wallet's balance does not
+    /// change. Record it first, then send it (a transfer seen before it is recorded is a
+    /// deposit). Returns it `EXPECTED`.
+    async fn fund_gas(&self, ctx: &Context<'_>, input: FundGasInput) -> Result<GasFundingObject> {
+        let operator = require_operator(ctx, "fund gas")?.user_id.clone();
+        let request = gas_funding::FundingRequest {
+            wallet_id: decode_id(&input.wallet_id, NodeType::Wallet)?,
+            from_address: input.from_address,
+            amount: input.amount.0,
+            key: input.idempotency_key,
+            requested_by: operator,
+        };
+        let currencies = state(ctx).currencies.clone();
+        let (funding, _) =
+            outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
+                gas_funding::request(&mut c, &currencies, &request).await
+            })
+            .await?;
+        Ok(GasFundingObject(funding))
+    }
+
+    /// Withdraws a gas funding whose transfer will not come (operators): only while it is
+    /// `EXPECTED`; no transfer matches it afterwards.
+    async fn cancel_gas_funding(
+        &self,
+        ctx: &Context<'_>,
+        input: CancelGasFundingInput,
+    ) -> Result<GasFundingObject> {
+        require_operator(ctx, "cancel gas fundings")?;
+        let id = decode_id(&input.id, NodeType::GasFunding)?;
+        let funding = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
+            gas_funding::cancel(&mut c, id).await
+        })
+        .await?;
+        Ok(GasFundingObject(funding))
     }
 
     /// Revokes every token of `userId` issued until now (operators): a leaked token stops

@@ -6,15 +6,15 @@ use async_graphql::{Context, ID, Object, Result};
 use super::ids::{NodeType, decode_any, decode_id, fingerprint};
 use super::pagination::{ConnectionArgs, connection, page_cost};
 use super::types::{
-    CurrencyObject, LedgerAccountObject, Node, ReconciliationObject, TransactionFilterInput,
-    TransactionObject, TrialBalanceObject, ViewerObject, WalletObject, reconciliations_connection,
-    transactions_connection,
+    CurrencyObject, GasFundingObject, LedgerAccountObject, Node, ReconciliationObject,
+    TransactionFilterInput, TransactionObject, TrialBalanceObject, ViewerObject, WalletObject,
+    gas_fundings_connection, reconciliations_connection, transactions_connection,
 };
 use super::validators::Text;
 use super::{conn, require_operator, scope, state, viewer};
 use crate::ledger::wallet::{self, WalletFilter};
 use crate::ledger::{
-    Cursor, LedgerError, ListScope, Scope, accounts, input, journal, reconciliation,
+    Cursor, LedgerError, ListScope, Scope, accounts, gas_funding, input, journal, reconciliation,
 };
 
 pub struct Query;
@@ -36,6 +36,11 @@ impl Query {
             NodeType::Reconciliation => reconciliation::find_reconciliation(&mut c, &scope, num)
                 .await
                 .map(|r| Node::Reconciliation(ReconciliationObject(r))),
+            // Operators' records.
+            NodeType::GasFunding if scope == Scope::All => gas_funding::find(&mut c, num)
+                .await
+                .map(|f| Node::GasFunding(GasFundingObject(f))),
+            NodeType::GasFunding => Err(LedgerError::NotFound("gas funding")),
         };
         match found {
             Ok(node) => Ok(Some(node)),
@@ -150,6 +155,28 @@ impl Query {
             before,
         };
         reconciliations_connection(ctx, list, args).await
+    }
+
+    /// Gas fundings, oldest first: of one wallet, or all (operators). See `fundGas`.
+    #[graphql(complexity = "page_cost(first, last, child_complexity)")]
+    async fn gas_fundings(
+        &self,
+        ctx: &Context<'_>,
+        wallet_id: Option<ID>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<Connection<String, GasFundingObject>> {
+        require_operator(ctx, "read gas fundings")?;
+        let list = visible_list(ctx, wallet_id).await?;
+        let args = ConnectionArgs {
+            first,
+            after,
+            last,
+            before,
+        };
+        gas_fundings_connection(ctx, list, args).await
     }
 
     /// The double-entry check, per currency: the customers' total, each system account,

@@ -88,6 +88,7 @@ pub enum Node {
     Wallet(WalletObject),
     Transaction(TransactionObject),
     Reconciliation(ReconciliationObject),
+    GasFunding(GasFundingObject),
 }
 
 /// Narrows a wallet's or a viewer's transaction list. Time bounds are inclusive.
@@ -741,10 +742,12 @@ impl TrialBalanceObject {
     }
 }
 
-/// A system account of the ledger (`bank`, `custody`, `network_fees`, `fee_revenue`) and
-/// its balance, the sum of its postings. Customers' wallets and all system accounts of a
-/// currency sum to zero: `bank` and `custody` are minus what customers brought in through
-/// them, `network_fees` what custody paid the chain, `fee_revenue` fees charged.
+/// A system account of the ledger (`bank`, `custody`, `network_fees`, `fee_revenue`,
+/// `gas_funding`) and its balance, the sum of its postings. Customers' wallets and all
+/// system accounts of a currency sum to zero: `bank` and `custody` are minus what
+/// customers (and, in custody, the operator's gas funding) brought in through them,
+/// `network_fees` what custody paid the chain, `fee_revenue` fees charged, `gas_funding`
+/// what the operator put at wallet addresses to pay gas.
 pub struct LedgerAccountObject(pub ledger::accounts::AccountBalance);
 
 #[Object(name = "LedgerAccount")]
@@ -759,7 +762,7 @@ impl LedgerAccountObject {
         at_currency_scale(ctx, &self.0.currency, self.0.balance)
     }
     /// The account's postings, oldest first: each is this account's part of a journal
-    /// row's entry.
+    /// row's entry, or of a gas funding's.
     #[graphql(complexity = "page_cost(first, last, child_complexity)")]
     async fn postings(
         &self,
@@ -803,16 +806,132 @@ impl PostingObject {
     async fn created_at(&self) -> DateTime<Utc> {
         self.0.created_at
     }
-    /// The journal row whose entry this posting belongs to.
-    async fn transaction(&self, ctx: &Context<'_>) -> Result<TransactionObject> {
+    /// The journal row whose entry this posting belongs to; null for a gas funding's
+    /// posting (`gasFunding`).
+    async fn transaction(&self, ctx: &Context<'_>) -> Result<Option<TransactionObject>> {
+        let Some(id) = self.0.transaction_id else {
+            return Ok(None);
+        };
         let row = ctx
             .data_unchecked::<loaders::Entries>()
-            .load_one(self.0.transaction_id)
+            .load_one(id)
             .await
             .map_err(|e| ledger_error(&e))?
             .ok_or(ledger::LedgerError::NotFound("transaction"))?;
-        Ok(TransactionObject(row))
+        Ok(Some(TransactionObject(row)))
     }
+    /// The gas funding whose entry this posting belongs to; null for a journal row's.
+    async fn gas_funding(&self, ctx: &Context<'_>) -> Result<Option<GasFundingObject>> {
+        let Some(id) = self.0.gas_funding_id else {
+            return Ok(None);
+        };
+        let mut c = conn(ctx).await?;
+        Ok(Some(GasFundingObject(
+            ledger::gas_funding::find(&mut c, id).await?,
+        )))
+    }
+}
+
+#[derive(Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "crate::ledger::gas_funding::GasFundingStatus")]
+pub enum GasFundingStatus {
+    /// Recorded; its transfer has not been seen on chain yet.
+    Expected,
+    /// Its transfer is mined; counting confirmations.
+    Confirming,
+    /// Confirmed and posted: `custody` −amount, `gas_funding` +amount.
+    Completed,
+    /// Withdrawn by an operator before its transfer was seen.
+    Cancelled,
+}
+
+/// The network's coin an operator put (or is about to put) at a wallet's address to pay
+/// network fees: the service's own money in custody, never the customer's. Its transfer
+/// is recognised by sender, receiver and exact amount, and is not a deposit.
+pub struct GasFundingObject(pub ledger::gas_funding::GasFunding);
+
+#[Object(name = "GasFunding")]
+impl GasFundingObject {
+    async fn id(&self) -> ID {
+        encode_id(NodeType::GasFunding, self.0.id)
+    }
+    /// The wallet whose address receives it (its balance does not change).
+    async fn wallet(&self, ctx: &Context<'_>) -> Result<WalletObject> {
+        load_wallet(ctx, self.0.wallet_id).await
+    }
+    async fn network(&self) -> &str {
+        &self.0.network
+    }
+    /// The network's coin (what gas is paid in).
+    async fn currency(&self) -> &str {
+        &self.0.currency
+    }
+    /// The operator's address it comes from.
+    async fn from_address(&self) -> &str {
+        &self.0.from_address
+    }
+    /// The wallet's address.
+    async fn to_address(&self) -> &str {
+        &self.0.to_address
+    }
+    async fn amount(&self, ctx: &Context<'_>) -> DecimalScalar {
+        at_currency_scale(ctx, &self.0.currency, self.0.amount)
+    }
+    async fn idempotency_key(&self) -> &str {
+        &self.0.idempotency_key
+    }
+    /// The operator who recorded it (token subject).
+    async fn requested_by(&self) -> &str {
+        &self.0.requested_by
+    }
+    async fn status(&self) -> GasFundingStatus {
+        self.0.status.into()
+    }
+    async fn status_reason(&self) -> Option<&str> {
+        self.0.status_reason.as_deref()
+    }
+    /// Its transfer, once seen on chain.
+    async fn chain_tx_hash(&self) -> Option<&str> {
+        self.0.chain_tx_hash.as_deref()
+    }
+    async fn block_number(&self) -> Option<i64> {
+        self.0.block_number
+    }
+    async fn confirmations(&self) -> i32 {
+        self.0.confirmations
+    }
+    async fn required_confirmations(&self) -> i32 {
+        self.0.required_confirmations
+    }
+    async fn created_at(&self) -> DateTime<Utc> {
+        self.0.created_at
+    }
+    async fn updated_at(&self) -> DateTime<Utc> {
+        self.0.updated_at
+    }
+}
+
+/// A page of gas fundings (operators: the caller checks).
+pub async fn gas_fundings_connection(
+    ctx: &Context<'_>,
+    scope: ListScope,
+    args: ConnectionArgs,
+) -> Result<Connection<String, GasFundingObject>> {
+    let list = fingerprint(&["gas_fundings", &scope_key(&scope)]);
+    let page = args.page_args(list)?;
+    let mut c = conn(ctx).await?;
+    let rows = ledger::gas_funding::list(&mut c, &scope, &page).await?;
+    drop(c);
+    prefetch_wallets(ctx, rows.items.iter().map(|r| r.wallet_id)).await?;
+    Ok(connection(
+        list,
+        rows,
+        |r| Cursor {
+            created_at: r.created_at,
+            id: r.id,
+        },
+        GasFundingObject,
+    ))
 }
 
 /// A transfer between two wallets: both sides, each a journal row of its wallet.

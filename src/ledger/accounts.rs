@@ -12,6 +12,7 @@
 //! | `custody` | crypto | minus what our addresses received for customers, net of what they sent out |
 //! | `network_fees` | crypto | network fees custody paid on chain |
 //! | `fee_revenue` | all | fees charged to customers |
+//! | `gas_funding` | a network's coin | what the service itself put at wallet addresses to pay gas (`fundGas`) |
 //!
 //! System balances are derived from postings, never kept in a row that every movement would
 //! have to lock.
@@ -22,9 +23,11 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
+use diesel::sql_types::{BigInt, Nullable, Text};
+
 use super::page::paginate;
-use super::{LedgerError, Page, PageArgs};
-use crate::schema::{ledger_accounts, ledger_postings, wallets};
+use super::{LedgerError, Page, PageArgs, money};
+use crate::schema::ledger_postings;
 
 /// One system account and its balance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,89 +50,134 @@ pub struct TrialBalance {
 }
 
 /// The trial balance of every currency, read in one snapshot (so that movements committing
-/// meanwhile are either wholly in it or wholly out).
+/// meanwhile are either wholly in it or wholly out). Every sum, the imbalance included, is
+/// computed by the database in NUMERIC, exactly; a figure beyond a `Decimal`'s 28
+/// significant digits is an error ([`LedgerError::NotRepresentable`]), never rounded.
 pub async fn trial_balance(conn: &mut AsyncPgConnection) -> Result<Vec<TrialBalance>, LedgerError> {
     let (customers, accounts) = conn
         .build_transaction()
         .repeatable_read()
         .read_only()
         .run(async |tx| {
-            let customers: Vec<(String, Option<Decimal>)> = wallets::table
-                .group_by(wallets::currency)
-                .select((wallets::currency, diesel::dsl::sum(wallets::balance)))
-                .load(tx)
-                .await?;
+            let customers: Vec<CurrencyTotals> = diesel::sql_query(
+                "WITH customers AS (SELECT currency, sum(balance) AS total
+                                      FROM wallets GROUP BY currency),
+                      system AS (SELECT a.currency, sum(p.amount) AS total
+                                   FROM ledger_accounts a
+                                   JOIN ledger_postings p ON p.account_id = a.id
+                                  GROUP BY a.currency),
+                      currencies AS (SELECT currency FROM customers
+                                     UNION SELECT currency FROM ledger_accounts)
+                 SELECT c.currency,
+                        coalesce(customers.total, 0)::text AS customer_balance,
+                        (coalesce(customers.total, 0) + coalesce(system.total, 0))::text
+                            AS imbalance
+                   FROM currencies c
+                   LEFT JOIN customers ON customers.currency = c.currency
+                   LEFT JOIN system ON system.currency = c.currency
+                  ORDER BY c.currency",
+            )
+            .load(tx)
+            .await?;
             let accounts = account_balances(tx, None).await?;
             Ok::<_, LedgerError>((customers, accounts))
         })
         .await?;
     let mut by_currency: BTreeMap<String, TrialBalance> = BTreeMap::new();
-    fn of<'a>(map: &'a mut BTreeMap<String, TrialBalance>, currency: &str) -> &'a mut TrialBalance {
-        map.entry(currency.to_owned())
-            .or_insert_with(|| TrialBalance {
-                currency: currency.to_owned(),
-                customer_balance: Decimal::ZERO,
+    for row in customers {
+        by_currency.insert(
+            row.currency.clone(),
+            TrialBalance {
+                customer_balance: money::exact(
+                    &row.customer_balance,
+                    &format!("the {} customers' total", row.currency),
+                )?,
+                imbalance: money::exact(
+                    &row.imbalance,
+                    &format!("the {} imbalance", row.currency),
+                )?,
+                currency: row.currency,
                 accounts: Vec::new(),
-                imbalance: Decimal::ZERO,
-            })
-    }
-    for (currency, sum) in customers {
-        let tb = of(&mut by_currency, &currency);
-        tb.customer_balance = sum.unwrap_or_default();
-        tb.imbalance += tb.customer_balance;
+            },
+        );
     }
     for account in accounts {
-        let tb = of(&mut by_currency, &account.currency);
-        tb.imbalance += account.balance;
-        tb.accounts.push(account);
+        if let Some(tb) = by_currency.get_mut(&account.currency) {
+            tb.accounts.push(account);
+        }
     }
     Ok(by_currency.into_values().collect())
 }
 
-/// The system accounts (of one currency, or all), with their balances, by currency and code.
+/// A currency's sums, as the database computed them (NUMERIC as text).
+#[derive(QueryableByName)]
+struct CurrencyTotals {
+    #[diesel(sql_type = Text)]
+    currency: String,
+    #[diesel(sql_type = Text)]
+    customer_balance: String,
+    #[diesel(sql_type = Text)]
+    imbalance: String,
+}
+
+/// An account's sum, as the database computed it.
+#[derive(QueryableByName)]
+struct AccountTotal {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    code: String,
+    #[diesel(sql_type = Text)]
+    currency: String,
+    #[diesel(sql_type = Text)]
+    balance: String,
+}
+
+/// The system accounts (of one currency, or all), with their balances, by currency and
+/// code; each balance exact (see [`trial_balance`]).
 pub async fn account_balances(
     conn: &mut AsyncPgConnection,
     currency: Option<&str>,
 ) -> Result<Vec<AccountBalance>, LedgerError> {
-    let mut q = ledger_accounts::table
-        .left_join(ledger_postings::table.on(ledger_postings::account_id.eq(ledger_accounts::id)))
-        .group_by((
-            ledger_accounts::id,
-            ledger_accounts::code,
-            ledger_accounts::currency,
-        ))
-        .select((
-            ledger_accounts::id,
-            ledger_accounts::code,
-            ledger_accounts::currency,
-            diesel::dsl::sum(ledger_postings::amount.nullable()),
-        ))
-        .order((ledger_accounts::currency, ledger_accounts::code))
-        .into_boxed();
-    if let Some(currency) = currency {
-        q = q.filter(ledger_accounts::currency.eq(currency.to_owned()));
-    }
-    let rows: Vec<(i64, String, String, Option<Decimal>)> = q.load(conn).await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, code, currency, sum)| AccountBalance {
-            id,
-            code,
-            currency,
-            balance: sum.unwrap_or_default(),
+    let rows: Vec<AccountTotal> = diesel::sql_query(
+        "SELECT a.id, a.code, a.currency, coalesce(sum(p.amount), 0)::text AS balance
+           FROM ledger_accounts a
+           LEFT JOIN ledger_postings p ON p.account_id = a.id
+          WHERE $1::text IS NULL OR a.currency = $1
+          GROUP BY a.id, a.code, a.currency
+          ORDER BY a.currency, a.code",
+    )
+    .bind::<Nullable<Text>, _>(currency)
+    .load(conn)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            Ok(AccountBalance {
+                balance: money::exact(
+                    &row.balance,
+                    &format!("the {} {} account's balance", row.currency, row.code),
+                )?,
+                id: row.id,
+                code: row.code,
+                currency: row.currency,
+            })
         })
-        .collect())
+        .collect()
 }
 
-/// One posting to a system account: its part of a journal row's entry.
+/// One posting to a system account: its part of an entry — a journal row's, or a gas
+/// funding's (the operator's ether put at a wallet's address, which moves no wallet).
 #[derive(Clone, Debug, PartialEq, Eq, Queryable, Selectable)]
 #[diesel(table_name = ledger_postings, check_for_backend(diesel::pg::Pg))]
 pub struct Posting {
     pub id: i64,
-    pub transaction_id: i64,
+    /// The journal row whose entry it belongs to (`None`: a gas funding's).
+    pub transaction_id: Option<i64>,
     pub account_id: i64,
     pub amount: Decimal,
     pub created_at: chrono::DateTime<chrono::Utc>,
+    /// The gas funding whose entry it belongs to (`None`: a journal row's).
+    pub gas_funding_id: Option<i64>,
 }
 
 /// A page of an account's postings, oldest first.

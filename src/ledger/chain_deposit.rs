@@ -53,6 +53,7 @@ pub async fn process_deposit(
         wallet::find_crypto_wallet(conn, currencies, scope, wallet_id, "chain deposits").await?;
     let hash = hash.trim();
     input::check_key("txHash", hash)?;
+    super::gas_funding::refuse_as_deposit(conn, &network, hash).await?;
     let transfer = chain
         .transfer(&network, hash)
         .await?
@@ -619,6 +620,8 @@ pub async fn scan(
     // process.
     let settled = chain_reorg::settle(&mut conn, chain, network, &backend).await?;
     let mut transfers = scanned?.transfers;
+    // An operator's gas funding of a wallet's address is not the customer's deposit.
+    super::gas_funding::claim(&mut conn, network, &mut transfers).await?;
 
     let addresses: BTreeSet<&str> = transfers.iter().map(|t| t.to_address.as_str()).collect();
     // Our addresses, each with its wallet and currency: a transfer is a deposit when it

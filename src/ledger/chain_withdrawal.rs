@@ -327,11 +327,30 @@ pub(super) async fn fail_unsigned(
         reason,
         "withdrawal cannot be signed; failing it"
     );
-    release_lock(tx, wallet, hold.amount + hold.fee).await?;
+    fail_unsent(
+        tx,
+        hold,
+        wallet,
+        hold.amount + hold.fee,
+        &format!("not sent: custody cannot sign it ({reason})"),
+    )
+    .await
+}
+
+/// Marks a withdrawal that nothing was debited for (nothing left the address) FAILED
+/// with `reason`, and releases `locked`, all it had locked.
+pub(super) async fn fail_unsent(
+    tx: &mut AsyncPgConnection,
+    hold: &JournalEntry,
+    wallet: &Wallet,
+    locked: Decimal,
+    reason: &str,
+) -> Result<(), LedgerError> {
+    release_lock(tx, wallet, locked).await?;
     diesel::update(transactions::table.find(hold.id))
         .set((
             transactions::status.eq(TransactionStatus::Failed),
-            transactions::status_reason.eq(format!("not sent: custody cannot sign it ({reason})")),
+            transactions::status_reason.eq(reason),
             transactions::updated_at.eq(diesel::dsl::now),
         ))
         .execute(tx)

@@ -78,10 +78,15 @@ impl CurrencyRegistry {
     /// The registry with a flat fee charged on every withdrawal of the given currencies,
     /// credited to the currency's fee revenue. Fiat: on top of the amount. Crypto: instead
     /// of the network's fee, which the service then pays. Refuses an unknown currency, a
-    /// negative fee or one finer than the currency's scale.
+    /// negative fee or one finer than the currency's scale — and, for a network's own
+    /// coin, a fee below the most the network may charge for the withdrawal
+    /// (`max_network_fee` of its network: its address pays that fee, and a smaller flat
+    /// fee would leave it paying the rest out of the customer's money). A token's fee is
+    /// in the token; its gas is paid from gas funding (`fundGas`).
     pub fn with_withdrawal_fees(
         mut self,
         fees: &BTreeMap<String, Decimal>,
+        max_network_fee: impl Fn(&str) -> Option<Decimal>,
     ) -> Result<Self, String> {
         for (code, &fee) in fees {
             let currency = self
@@ -95,6 +100,26 @@ impl CurrencyRegistry {
                 return Err(format!(
                     "the withdrawal fee of {code} has more than {} decimals",
                     currency.scale()
+                ));
+            }
+            if let Some(network) = currency.network.as_deref()
+                && currency.enabled
+                && currency.contract_address.is_none()
+                && let Some(most) = max_network_fee(network)
+                && fee < most
+            {
+                let most = most.normalize();
+                return Err(format!(
+                    "the withdrawal fee of {code} ({fee}) is below the most the {network} \
+                     network may charge for a withdrawal ({most} {code}): the service pays \
+                     the network's fee from the customer's address, so the address would \
+                     pay the rest out of the customer's money. Set it to at least {most}{}",
+                    if network == crate::chain::ethereum::NETWORK {
+                        " or lower WALLET_ETHEREUM_MAX_FEE_PER_GAS_GWEI (the most is its gas \
+                         limit of 21000 at that cap)"
+                    } else {
+                        ""
+                    }
                 ));
             }
             let mut fee = fee;

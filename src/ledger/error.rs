@@ -42,6 +42,9 @@ pub enum LedgerError {
     /// commit was lost, or the request's deadline passed while it ran. Looking it up, or
     /// sending it again with the same key, tells which.
     OutcomeUnknown(String),
+    /// A figure (a sum over many rows) exists exactly in the database but does not fit the
+    /// API's decimal type (28 significant digits): refused rather than rounded.
+    NotRepresentable(String),
     /// A broken invariant (a bug): logged in full, never shown.
     Internal(String),
 }
@@ -59,7 +62,8 @@ impl LedgerError {
             | LedgerError::AlreadyReversed(m)
             | LedgerError::BadInput(m)
             | LedgerError::InvalidAddress(m)
-            | LedgerError::AddressMismatch(m) => m.clone(),
+            | LedgerError::AddressMismatch(m)
+            | LedgerError::NotRepresentable(m) => m.clone(),
             LedgerError::InsufficientConfirmations { current, required } => {
                 format!("the transaction has {current} confirmation(s); {required} are required")
             }

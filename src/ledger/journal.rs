@@ -232,6 +232,19 @@ impl ChainReport {
     }
 }
 
+/// One journal row as the chain check reads it.
+#[derive(Queryable)]
+struct ChainRow {
+    id: i64,
+    kind: TransactionType,
+    hold: bool,
+    amount: Decimal,
+    fee: Decimal,
+    before: Decimal,
+    after: Decimal,
+    reverses: Option<i64>,
+}
+
 /// Walks a wallet's whole journal in API order and checks the journal chain: each row
 /// starts where the previous ended, moves by its signed amount, and the last one ends at
 /// the wallet's balance. Read in one snapshot so concurrent movements cannot tear it.
@@ -250,15 +263,7 @@ pub async fn verify_chain(
                 .await
                 .optional()?
                 .ok_or(LedgerError::NotFound("wallet"))?;
-            let rows: Vec<(
-                i64,
-                TransactionType,
-                bool,
-                Decimal,
-                Decimal,
-                Decimal,
-                Decimal,
-            )> = transactions::table
+            let rows: Vec<ChainRow> = transactions::table
                 .filter(transactions::wallet_id.eq(wallet_id))
                 .order((transactions::created_at.asc(), transactions::id.asc()))
                 .select((
@@ -269,25 +274,42 @@ pub async fn verify_chain(
                     transactions::fee,
                     transactions::balance_before,
                     transactions::balance_after,
+                    transactions::reverses_id,
                 ))
                 .load(conn)
                 .await?;
+            // The types of the rows that reversals reverse: a reversal moves the balance
+            // the other way from its original, whatever its own balances say.
+            let reversed_ids: Vec<i64> = rows.iter().filter_map(|r| r.reverses).collect();
+            let reversed: std::collections::HashMap<i64, TransactionType> = transactions::table
+                .filter(transactions::id.eq_any(&reversed_ids))
+                .select((transactions::id, transactions::type_))
+                .load(conn)
+                .await?
+                .into_iter()
+                .collect();
             let mut breaks = Vec::new();
             let mut running = Decimal::ZERO;
-            for (id, kind, hold, amount, fee, before, after) in &rows {
-                // A hold moves nothing; a posting moves its amount and fee (a reversal
-                // in the direction the database checked against its original).
-                let sign = kind.sign().unwrap_or(if after < before {
-                    Decimal::NEGATIVE_ONE
-                } else {
-                    Decimal::ONE
-                });
-                let moved = if *hold {
-                    Decimal::ZERO
-                } else {
-                    sign * (amount + fee)
+            for ChainRow {
+                id,
+                kind,
+                hold,
+                amount,
+                fee,
+                before,
+                after,
+                reverses,
+            } in &rows
+            {
+                // A hold moves nothing; a posting moves its amount and fee in the
+                // direction its type gives.
+                let sign = kind.sign_reversing(reverses.and_then(|r| reversed.get(&r).copied()));
+                let moved = match (hold, sign) {
+                    (true, _) => Some(Decimal::ZERO),
+                    (false, Some(sign)) => Some(sign * (amount + fee)),
+                    (false, None) => None,
                 };
-                if *before != running || *after != *before + moved {
+                if *before != running || moved.is_none_or(|m| *after != *before + m) {
                     breaks.push(*id);
                 }
                 running = *after;

@@ -13,6 +13,7 @@ pub mod currency;
 pub mod deposit_names;
 mod error;
 pub mod fixed_sql;
+pub mod gas_funding;
 pub mod group_commit;
 pub mod input;
 pub mod journal;

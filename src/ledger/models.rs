@@ -82,17 +82,68 @@ text_enum! {
     }
 }
 
+/// How a journal row of some type moves its wallet's balance. The one place that says so:
+/// reconciliation's sums, the journal check and a movement's balances all follow it (the
+/// database's arithmetic check states the same rule for each row).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BalanceEffect {
+    /// Adds amount + fee.
+    Credit,
+    /// Subtracts amount + fee.
+    Debit,
+    /// The opposite of the row it reverses.
+    OppositeOfReversed,
+}
+
 impl TransactionType {
+    pub fn effect(self) -> BalanceEffect {
+        match self {
+            TransactionType::Deposit | TransactionType::Refund | TransactionType::TransferIn => {
+                BalanceEffect::Credit
+            }
+            TransactionType::Withdraw | TransactionType::TransferOut => BalanceEffect::Debit,
+            TransactionType::Reversal => BalanceEffect::OppositeOfReversed,
+        }
+    }
+
     /// +1 for credits, -1 for debits; `None` for a reversal, whose direction is the
     /// opposite of the row it reverses.
     pub fn sign(self) -> Option<Decimal> {
-        match self {
-            TransactionType::Deposit | TransactionType::Refund | TransactionType::TransferIn => {
-                Some(Decimal::ONE)
-            }
-            TransactionType::Withdraw | TransactionType::TransferOut => Some(Decimal::NEGATIVE_ONE),
-            TransactionType::Reversal => None,
+        match self.effect() {
+            BalanceEffect::Credit => Some(Decimal::ONE),
+            BalanceEffect::Debit => Some(Decimal::NEGATIVE_ONE),
+            BalanceEffect::OppositeOfReversed => None,
         }
+    }
+
+    /// The sign of a row that is not a hold: its own, or for a reversal the opposite of
+    /// `reversed`'s (`None`: a reversal of a reversal, which the database refuses).
+    pub fn sign_reversing(self, reversed: Option<TransactionType>) -> Option<Decimal> {
+        self.sign()
+            .or_else(|| reversed.and_then(TransactionType::sign).map(|s| -s))
+    }
+
+    /// SQL for the same rule: `+1` when the row aliased `row` credits its wallet, `-1`
+    /// when it debits, where `reversed` is the alias of the row it reverses (joined on
+    /// `reverses_id`; NULL for other rows). Built from [`TransactionType::effect`], so
+    /// SQL sums cannot disagree with it.
+    pub fn sign_sql(row: &str, reversed: &str) -> String {
+        let plain = |alias: &str| {
+            let arms: String = TransactionType::ALL
+                .iter()
+                .filter_map(|t| {
+                    t.sign()
+                        .map(|sign| format!(" WHEN '{}' THEN {sign}", t.as_str()))
+                })
+                .collect();
+            format!("CASE {alias}.type{arms} END")
+        };
+        format!(
+            "CASE {row}.type WHEN '{}' THEN -({}) ELSE {} END",
+            TransactionType::Reversal.as_str(),
+            plain(reversed),
+            plain(row)
+        )
     }
 }
 

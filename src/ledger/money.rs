@@ -30,10 +30,26 @@ pub fn parse_decimal(s: &str) -> Result<Decimal, String> {
     s.parse::<Decimal>().map_err(|e| format!("{s:?}: {e}"))
 }
 
+/// A NUMERIC computed by the database (its text), as a `Decimal` only if it is exactly
+/// that: a sum over many rows can need more than 28 significant digits, and is then an
+/// error naming `what`, never a rounded figure.
+pub fn exact(text: &str, what: &str) -> Result<Decimal, LedgerError> {
+    Decimal::from_str_exact(text).map_err(|_| {
+        LedgerError::NotRepresentable(format!(
+            "{what} is {text}: more than the 28 significant digits a Decimal holds"
+        ))
+    })
+}
+
 /// The largest balance a wallet of `currency` may hold: keeps every sum exact in
 /// `Decimal` (28 significant digits) with one digit of headroom.
 pub fn max_balance(currency: &Currency) -> Decimal {
-    let int_digits = (MAX_DIGITS as u32 - 1).saturating_sub(currency.scale());
+    max_balance_at(currency.scale())
+}
+
+/// [`max_balance`] of a currency with `scale` decimals.
+pub fn max_balance_at(scale: u32) -> Decimal {
+    let int_digits = (MAX_DIGITS as u32 - 1).saturating_sub(scale);
     Decimal::from_i128_with_scale(10i128.pow(int_digits), 0)
 }
 

@@ -29,6 +29,20 @@
 //! replacement that would have to go beyond the cap is not made: the attempt sent stays,
 //! to be mined when fees fall. What the user is charged never exceeds what was locked.
 //!
+//! An address has one unmined transaction at a time: a withdrawal is signed only when
+//! the address's earlier ones are mined (the others wait, PENDING). So a withdrawal the
+//! node refuses because its address cannot pay for it (`insufficient funds`) — and none
+//! of whose attempts the node holds — can fail: FAILED with the node's reason, its
+//! attempts marked refused, its nonce given back to the address, its lock released
+//! (nothing was debited). It never waits PROCESSING for funds that will not come.
+//!
+//! A token withdrawal's gas is ether paid by the token wallet's address. It is signed
+//! only if the address's gas funding ([`super::gas_funding`]: what operators put there,
+//! less the gas already spent and the most its withdrawals in flight may still spend)
+//! covers the most it may cost; otherwise it fails unsent, with its reason. Its debit
+//! records the gas (`gasUsed`, `gasPrice`), and the database posts it in ether:
+//! `custody` +gas, `network_fees` −gas.
+//!
 //! A process dying between any two steps leaves a state the next pass picks up: the
 //! stored bytes are sent again (the chain knows a transaction by its hash), a nonce is
 //! never given to two withdrawals, and the debit is posted once, by the pass that moves
@@ -40,12 +54,13 @@ use rust_decimal::{Decimal, RoundingStrategy};
 
 use super::chain_deposit::{off_chain, update_hold};
 use super::chain_withdrawal::{
-    AdvanceReport, Advanced, fail_unsigned, release_lock, signing_details,
+    AdvanceReport, Advanced, fail_unsent, fail_unsigned, release_lock, signing_details,
 };
 use super::models::Scaled;
 use super::posting::{self, Annotation, ChainFields, NewRow};
 use super::{
     CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet,
+    gas_funding,
 };
 use crate::chain::{
     AccountChain, Chain, ChainError, ChainTransfer, Fee, GasFees, NonceTransfer, SignedTransfer,
@@ -310,6 +325,33 @@ async fn sign_one(
         };
         let asset = asset_of(currencies, &wallet);
         let gas_limit = accounts.gas_limit(asset.as_deref());
+        // One unmined transaction per address: a later nonce is never given while an
+        // earlier one may still be refused (then its nonce goes back to the address, and
+        // no transaction signed after it waits forever on it).
+        lock_nonces(tx, network, &backend, from, on_chain_nonce).await?;
+        if unmined_withdrawal_of(tx, network, from, hold.id).await? {
+            return Ok(Signing::Skipped);
+        }
+        if asset.is_some() {
+            // A token's gas is ether at the address, which must be gas funding the ledger
+            // knows of: never ether the ledger does not (a customer's, or nobody's).
+            let worst = accounts
+                .coin_amount(wanted.max_fee_per_gas.saturating_mul(u128::from(gas_limit)))?;
+            let committed = accounts.coin_amount(in_flight_gas_wei(tx, network, from).await?)?;
+            let float = gas_funding::float_of_address(tx, network, from).await? - committed;
+            if float < worst {
+                let reason = format!(
+                    "not sent: its address's gas funding ({} {coin} available) cannot pay its \
+                     network fee (up to {worst} {coin}); fund the address's gas (fundGas) \
+                     and withdraw again",
+                    float.max(Decimal::ZERO).normalize(),
+                    coin = gas_coin(currencies, network),
+                );
+                tracing::warn!(id = hold.id, %float, %worst, "token withdrawal without gas funding: failed");
+                fail_unsent(tx, &hold, &wallet, hold.amount + hold.fee, &reason).await?;
+                return Ok(Signing::Skipped);
+            }
+        }
         let priced = price(
             accounts,
             wanted,
@@ -319,7 +361,7 @@ async fn sign_one(
             &wallet,
             hold.amount.scale(),
         )?;
-        let nonce = allocate_nonce(tx, network, &backend, from, on_chain_nonce).await?;
+        let nonce = take_nonce(tx, network, &backend, from, on_chain_nonce).await?;
         let signed = sign_attempt(
             tx,
             custody,
@@ -351,39 +393,116 @@ async fn sign_one(
     })
 }
 
-/// The next nonce of `address`: one past the last this service gave it on the chain of
-/// `backend` (nonces are that chain's), and never below the node's count of the address's
-/// transactions (`on_chain`).
-async fn allocate_nonce(
+/// Locks `address`'s nonce counter on the chain of `backend` (nonces are that chain's)
+/// for the rest of the transaction (recording it, at the node's count `on_chain`, the
+/// first time): signing, and giving a nonce back, take it.
+async fn lock_nonces(
     tx: &mut AsyncPgConnection,
     network: &str,
     backend: &str,
     address: &str,
     on_chain: u64,
-) -> Result<u64, LedgerError> {
-    let on_chain = as_i64(on_chain);
-    let next: i64 = diesel::insert_into(chain_nonces::table)
+) -> Result<(), LedgerError> {
+    diesel::insert_into(chain_nonces::table)
         .values((
             chain_nonces::network.eq(network),
             chain_nonces::backend.eq(backend),
             chain_nonces::address.eq(address),
-            chain_nonces::next_nonce.eq(on_chain + 1),
+            chain_nonces::next_nonce.eq(as_i64(on_chain)),
         ))
         .on_conflict((
             chain_nonces::network,
             chain_nonces::backend,
             chain_nonces::address,
         ))
-        .do_update()
+        .do_nothing()
+        .execute(tx)
+        .await?;
+    chain_nonces::table
+        .find((network, backend, address))
+        .select(chain_nonces::next_nonce)
+        .for_update()
+        .first::<i64>(tx)
+        .await?;
+    Ok(())
+}
+
+/// The next nonce of `address` (its counter locked): one past the last this service gave
+/// it, and never below the node's count of the address's transactions (`on_chain`).
+async fn take_nonce(
+    tx: &mut AsyncPgConnection,
+    network: &str,
+    backend: &str,
+    address: &str,
+    on_chain: u64,
+) -> Result<u64, LedgerError> {
+    let next: i64 = diesel::update(chain_nonces::table.find((network, backend, address)))
         .set(
             chain_nonces::next_nonce.eq(diesel::dsl::sql::<diesel::sql_types::BigInt>(
-                "GREATEST(chain_nonces.next_nonce, excluded.next_nonce - 1) + 1",
-            )),
+                "GREATEST(chain_nonces.next_nonce, ",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(as_i64(on_chain))
+            .sql(") + 1")),
         )
         .returning(chain_nonces::next_nonce)
         .get_result(tx)
         .await?;
     u64::try_from(next - 1).map_err(|_| LedgerError::Internal("negative nonce".into()))
+}
+
+/// Whether another withdrawal from `address` is signed and not mined yet.
+async fn unmined_withdrawal_of(
+    tx: &mut AsyncPgConnection,
+    network: &str,
+    address: &str,
+    except: i64,
+) -> Result<bool, LedgerError> {
+    Ok(diesel::select(diesel::dsl::exists(
+        transactions::table
+            .filter(posting::open_hold())
+            .filter(transactions::type_.eq(TransactionType::Withdraw))
+            .filter(transactions::status.eq(TransactionStatus::Processing))
+            .filter(transactions::network.eq(network))
+            .filter(transactions::from_address.eq(address))
+            .filter(transactions::block_number.is_null())
+            .filter(transactions::id.ne(except)),
+    ))
+    .get_result(tx)
+    .await?)
+}
+
+#[derive(QueryableByName)]
+struct Wei {
+    #[diesel(sql_type = diesel::sql_types::Numeric)]
+    wei: Decimal,
+}
+
+/// The most gas (wei) `address`'s withdrawals signed but not yet debited may still cost:
+/// their gas is posted only when they are debited.
+async fn in_flight_gas_wei(
+    tx: &mut AsyncPgConnection,
+    network: &str,
+    address: &str,
+) -> Result<u128, LedgerError> {
+    let row: Wei = diesel::sql_query(
+        "SELECT COALESCE(sum(worst), 0) AS wei
+           FROM (SELECT max(a.gas_limit * a.max_fee_per_gas) AS worst
+                   FROM withdrawal_attempts a
+                   JOIN transactions t ON t.id = a.transaction_id
+                  WHERE t.hold AND t.type = 'WITHDRAW' AND t.status = 'PROCESSING'
+                    AND t.network = $1 AND t.from_address = $2 AND a.refused IS NULL
+                  GROUP BY a.transaction_id) AS attempts",
+    )
+    .bind::<diesel::sql_types::Text, _>(network)
+    .bind::<diesel::sql_types::Text, _>(address)
+    .get_result(tx)
+    .await?;
+    u128::try_from(row.wei).map_err(|_| LedgerError::Internal(format!("gas of {} wei", row.wei)))
+}
+
+/// The code of the coin `network`'s gas is paid in (for messages).
+fn gas_coin(currencies: &CurrencyRegistry, network: &str) -> String {
+    gas_funding::coin_of(currencies, network).map_or_else(|| network.to_owned(), |c| c.code.clone())
 }
 
 /// An attempt about to be signed.
@@ -550,14 +669,15 @@ async fn advance_one(
         )));
     };
     // The attempt the chain included, if any (they share a nonce: at most one is).
-    let mut newest_known = false;
+    let (mut newest_known, mut any_known) = (false, false);
     for attempt in attempts.iter().rev() {
         let Some(found) = chain.transfer(&network, &attempt.hash).await? else {
             continue;
         };
+        any_known = true;
         newest_known |= attempt.id == newest.id;
         if found.block_number.is_some() {
-            return settle(conn, currencies, hold, &attempts, attempt, &found).await;
+            return settle(conn, currencies, hold, attempt, &found).await;
         }
     }
     if hold.block_number.is_some() {
@@ -579,6 +699,12 @@ async fn advance_one(
             }
             Err(e) if overdue && refused_for_its_fee(&e) => {
                 tracing::info!(id = hold.id, error = %e, "stored withdrawal refused; replacing it")
+            }
+            // The address cannot pay it, and the node holds none of its attempts: it
+            // fails, and what it locked is free again (nothing was debited).
+            Err(e) if !any_known && refused_for_funds(&e) => {
+                let backend = chain.backend(&network)?;
+                return fail_refused(conn, &backend, hold.id, newest, &e).await;
             }
             Err(e) => return Err(e.into()),
         }
@@ -614,6 +740,111 @@ fn refused_for_its_fee(e: &ChainError) -> bool {
     ["base fee", "underpriced", "fee cap", "too low to"]
         .iter()
         .any(|sign| message.contains(sign))
+}
+
+/// Whether a node refused a transaction because its sender cannot pay for it (the value
+/// and the most its gas may cost): no fee makes it pass while the address holds what it
+/// holds. Execution clients word it differently ("insufficient funds for gas * price +
+/// value", "InsufficientFunds", "Upfront cost exceeds account balance").
+fn refused_for_funds(e: &ChainError) -> bool {
+    let ChainError::Unavailable(message) = e else {
+        return false;
+    };
+    let words: String = message
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    ["insufficientfunds", "upfrontcostexceedsaccountbalance"]
+        .iter()
+        .any(|sign| words.contains(sign))
+}
+
+/// Fails a withdrawal whose newest attempt (`newest`) the node refused for want of funds
+/// and holds none of the others: FAILED with the node's reason, every attempt marked
+/// refused, its nonce given back to the address (no later one was given: one unmined
+/// transaction per address), and all it locked released. Nothing was debited.
+async fn fail_refused(
+    conn: &mut AsyncPgConnection,
+    backend: &str,
+    hold_id: i64,
+    newest: &Attempt,
+    refusal: &ChainError,
+) -> Result<Advanced, LedgerError> {
+    let said = match refusal {
+        ChainError::Unavailable(text) => crate::chain::rpc::bounded(text),
+        other => other.to_string(),
+    };
+    posting::retried!(conn, |tx| {
+        let Some(hold) = relock(tx, hold_id).await? else {
+            return Ok(Advanced::Unchanged);
+        };
+        // Read again under the hold's lock: a replacement signed since is tried first.
+        let attempts = attempts_of(tx, hold.id).await?;
+        if attempts.last().map(|a| a.id) != Some(newest.id) {
+            return Ok(Advanced::Unchanged);
+        }
+        let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+        let (Some(network), Some(from)) = (hold.network.as_deref(), hold.from_address.as_deref())
+        else {
+            return Err(LedgerError::Internal(format!(
+                "withdrawal {} has no network or source address",
+                hold.id
+            )));
+        };
+        lock_nonces(tx, network, backend, from, 0).await?;
+        // Its nonce goes back unless a live transaction was signed with a later one (it
+        // would wait forever on this one's): then it is not failed, and says so.
+        let released = diesel::sql_query(
+            "UPDATE chain_nonces SET next_nonce = $3
+              WHERE network = $1 AND address = $2 AND backend = $4 AND next_nonce > $3
+                AND NOT EXISTS (SELECT 1 FROM withdrawal_attempts a
+                                 WHERE a.network = $1 AND a.from_address = $2
+                                   AND a.nonce > $3 AND a.refused IS NULL)",
+        )
+        .bind::<diesel::sql_types::Text, _>(network)
+        .bind::<diesel::sql_types::Text, _>(from)
+        .bind::<diesel::sql_types::BigInt, _>(newest.nonce)
+        .bind::<diesel::sql_types::Text, _>(backend)
+        .execute(tx)
+        .await?;
+        let next: i64 = chain_nonces::table
+            .find((network, backend, from))
+            .select(chain_nonces::next_nonce)
+            .first(tx)
+            .await?;
+        if released == 0 && next != newest.nonce {
+            return Err(LedgerError::Internal(format!(
+                "withdrawal {} was refused by the node ({said}), but a later nonce of {from} \
+                 is signed: not failed",
+                hold.id
+            )));
+        }
+        diesel::update(
+            withdrawal_attempts::table
+                .filter(withdrawal_attempts::transaction_id.eq(hold.id))
+                .filter(withdrawal_attempts::refused.is_null()),
+        )
+        .set(withdrawal_attempts::refused.eq(&said))
+        .execute(tx)
+        .await?;
+        let reason = format!(
+            "not sent: the node refused it, its address cannot pay for it ({said}); nothing \
+             was debited and the funds are released"
+        );
+        fail_unsent(
+            tx,
+            &hold,
+            &wallet,
+            hold.amount + fee_lock(&hold, &attempts),
+            &reason,
+        )
+        .await?;
+        tracing::warn!(id = hold.id, refusal = %said, "withdrawal refused by the node for want of funds: failed");
+        metrics::counter!("wallet_withdrawals_refused_total", "network" => network.to_owned())
+            .increment(1);
+        Ok(Advanced::To(TransactionStatus::Failed))
+    })
 }
 
 fn stored(network: &str, hold: &JournalEntry, attempt: &Attempt) -> SignedTransfer {
@@ -688,11 +919,14 @@ pub(crate) fn debit_fees(
 
 /// An attempt the chain included: confirmations recorded, and at the threshold the debit
 /// with what the chain charged (plus, if it reverted, the amount refunded).
+///
+/// The lock released is read under the hold's row lock, which every replacement is
+/// signed under: one another process committed after this pass listed the attempts has
+/// its lock released too.
 async fn settle(
     conn: &mut AsyncPgConnection,
     currencies: &CurrencyRegistry,
     hold: &JournalEntry,
-    attempts: &[Attempt],
     attempt: &Attempt,
     found: &ChainTransfer,
 ) -> Result<Advanced, LedgerError> {
@@ -700,6 +934,7 @@ async fn settle(
         let Some(hold) = relock(tx, hold.id).await? else {
             return Ok(Advanced::Unchanged);
         };
+        let attempts = attempts_of(tx, hold.id).await?;
         name_attempt(tx, hold.id, &attempt.hash, &attempt.raw).await?;
         let fields = chain_fields(&hold, attempt, found);
         if fields.confirmations < fields.required_confirmations {
@@ -734,7 +969,7 @@ async fn settle(
             reverses: None,
         };
         // The whole lock is released into the debit: what the fee did not use is free again.
-        let locked = hold.amount + fee_lock(&hold, attempts);
+        let locked = hold.amount + fee_lock(&hold, &attempts);
         let wallet = Wallet {
             balance: posting::append(tx, &wallet, &debit, -locked)
                 .await?
@@ -841,4 +1076,34 @@ async fn replace(
         .await?;
         Ok(Replacing::Signed(signed))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_for_want_of_funds_is_told_from_others() {
+        let said = |m: &str| {
+            ChainError::Unavailable(format!("ethereum node, eth_sendRawTransaction: {m}"))
+        };
+        for funds in [
+            "Insufficient funds for gas * price + value",
+            "insufficient funds for gas * price + value: address 0xabc have 1 want 2",
+            "InsufficientFunds, Account balance: 1, cumulative cost: 2",
+            "Upfront cost exceeds account balance",
+        ] {
+            assert!(refused_for_funds(&said(funds)), "{funds}");
+            assert!(!refused_for_its_fee(&said(funds)), "{funds}");
+        }
+        for other in [
+            "nonce too low",
+            "max fee per gas less than block base fee",
+            "replacement transaction underpriced",
+            "no answer within 10s",
+        ] {
+            assert!(!refused_for_funds(&said(other)), "{other}");
+        }
+        assert!(!refused_for_funds(&ChainError::UnknownNetwork("x".into())));
+    }
 }

@@ -460,6 +460,14 @@ pub async fn append_with(
     counterpart: Option<i64>,
 ) -> Result<JournalEntry, LedgerError> {
     let balances = row.balances(wallet.balance);
+    // Every credit, whatever its type (a settlement, a refund, a reversal), is held to the
+    // same ceiling as a deposit: beyond it sums would no longer be exact.
+    let ceiling = super::money::max_balance_at(row.scale);
+    if row.balance_change() > Decimal::ZERO && balances.1 > ceiling {
+        return Err(LedgerError::InvalidAmount(format!(
+            "the credit would take the balance above the maximum of {ceiling}"
+        )));
+    }
     let at: DateTime<Utc> = diesel::update(wallets::table.find(wallet.id))
         .set((
             wallets::balance.eq(Scaled(balances.1)),

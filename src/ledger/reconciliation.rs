@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Numeric, Timestamptz};
+use diesel::sql_types::{BigInt, Numeric, Text, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
@@ -10,7 +10,7 @@ use super::models::{ReconciliationSource, ReconciliationStatus, Scaled};
 use super::page::paginate;
 use super::{
     Currency, CurrencyKind, CurrencyRegistry, LedgerError, ListScope, Page, PageArgs,
-    Reconciliation, Scope, Wallet, money, wallet,
+    Reconciliation, Scope, TransactionStatus, TransactionType, Wallet, money, wallet,
 };
 use crate::chain::{Chain, ChainTransfer};
 use crate::db::PgPool;
@@ -41,14 +41,23 @@ pub struct PeriodSummary {
     pub inconsistency: Option<String>,
 }
 
+/// A period's sums as the database computed them, in NUMERIC (as text: a sum over many
+/// rows may not fit a `Decimal`, and is then refused, never rounded).
 #[derive(QueryableByName)]
 struct Totals {
     #[diesel(sql_type = BigInt)]
     movements: i64,
-    #[diesel(sql_type = Numeric)]
-    credits: Decimal,
-    #[diesel(sql_type = Numeric)]
-    debits: Decimal,
+    #[diesel(sql_type = Text)]
+    credits: String,
+    #[diesel(sql_type = Text)]
+    debits: String,
+    /// opening + credits - debits.
+    #[diesel(sql_type = Text)]
+    system_balance: String,
+    /// Rows of no known direction (a reversal of a reversal, which the database
+    /// refuses): never silently left out of the sums.
+    #[diesel(sql_type = BigInt)]
+    unknown: i64,
     #[diesel(sql_type = BigInt)]
     breaks: i64,
 }
@@ -71,16 +80,27 @@ pub async fn summarize_period(
         .optional()?
         .unwrap_or(Decimal::ZERO);
 
-    let totals: Totals = diesel::sql_query(
-        "SELECT count(*) FILTER (WHERE NOT hold) AS movements,
-                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND type IN ('DEPOSIT', 'REFUND', 'TRANSFER_IN')), 0) AS credits,
-                coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND type IN ('WITHDRAW', 'TRANSFER_OUT')), 0) AS debits,
-                count(*) FILTER (WHERE balance_before <> coalesce(prev_after, $4)) AS breaks
-         FROM (SELECT type, amount, fee, hold, balance_before,
-                      lag(balance_after) OVER (ORDER BY created_at, id) AS prev_after
-               FROM transactions
-               WHERE wallet_id = $1 AND created_at >= $2 AND created_at <= $3) AS period",
-    )
+    // Every type counts, in the direction `TransactionType::effect` gives it (a reversal
+    // the opposite of the row it reverses); holds move nothing.
+    let totals: Totals = diesel::sql_query(format!(
+        "SELECT movements, credits::text, debits::text,
+                ($4 + credits - debits)::text AS system_balance, unknown, breaks
+         FROM (SELECT count(*) FILTER (WHERE NOT hold) AS movements,
+                      coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND sign > 0), 0)
+                          AS credits,
+                      coalesce(sum(amount + fee) FILTER (WHERE NOT hold AND sign < 0), 0)
+                          AS debits,
+                      count(*) FILTER (WHERE NOT hold AND sign IS NULL) AS unknown,
+                      count(*) FILTER (WHERE balance_before <> coalesce(prev_after, $4))
+                          AS breaks
+               FROM (SELECT t.hold, t.amount, t.fee, t.balance_before, {sign} AS sign,
+                            lag(t.balance_after) OVER (ORDER BY t.created_at, t.id) AS prev_after
+                     FROM transactions t
+                     LEFT JOIN transactions r ON r.id = t.reverses_id
+                     WHERE t.wallet_id = $1 AND t.created_at >= $2 AND t.created_at <= $3)
+                    AS period) AS totals",
+        sign = TransactionType::sign_sql("t", "r"),
+    ))
     .bind::<BigInt, _>(wallet_id)
     .bind::<Timestamptz, _>(start)
     .bind::<Timestamptz, _>(end)
@@ -88,7 +108,9 @@ pub async fn summarize_period(
     .get_result(conn)
     .await?;
 
-    let system_balance = opening + totals.credits - totals.debits;
+    let credits = money::exact(&totals.credits, "the period's credits")?;
+    let debits = money::exact(&totals.debits, "the period's debits")?;
+    let system_balance = money::exact(&totals.system_balance, "the period's closing balance")?;
     let closing: Option<Decimal> = transactions::table
         .filter(transactions::wallet_id.eq(wallet_id))
         .filter(transactions::created_at.le(end))
@@ -97,7 +119,12 @@ pub async fn summarize_period(
         .first(conn)
         .await
         .optional()?;
-    let inconsistency = if totals.breaks > 0 {
+    let inconsistency = if totals.unknown > 0 {
+        Some(format!(
+            "{} row(s) in the period move the balance in no known direction",
+            totals.unknown
+        ))
+    } else if totals.breaks > 0 {
         Some(format!(
             "the journal chain is broken at {} row(s) in the period",
             totals.breaks
@@ -113,8 +140,8 @@ pub async fn summarize_period(
     Ok(PeriodSummary {
         opening,
         movements: totals.movements,
-        credits: totals.credits,
-        debits: totals.debits,
+        credits,
+        debits,
         system_balance,
         inconsistency,
     })
@@ -197,7 +224,9 @@ pub async fn reconcile_external(
                 *v = money::at_scale(*v, currency);
             }
             let external = money::at_scale(request.external_balance, currency);
-            let difference = external - period.system_balance;
+            let difference = external.checked_sub(period.system_balance).ok_or_else(|| {
+                LedgerError::NotRepresentable("the difference from the external balance".into())
+            })?;
             let within_tolerance = difference.abs() <= currency.reconciliation_tolerance;
             let status = if within_tolerance && period.inconsistency.is_none() {
                 ReconciliationStatus::Matched
@@ -471,16 +500,14 @@ pub async fn reconcile_since_checkpoint(
 /// A movement on its way at a window's end: on one side already, on the other later.
 struct InTransit {
     hash: String,
-    /// What it does to the balance: a deposit's amount (on chain, not yet credited), or
-    /// a withdrawal's amount and fee, negative (debited, not yet paid out on chain).
+    /// What the movement does to the wallet's balance (shown in the notes): a deposit's
+    /// amount, or minus a withdrawal's amount and fee.
     effect: Decimal,
-}
-
-impl InTransit {
-    /// How much higher the chain's balance is than the ledger's because of it.
-    fn explains(&self) -> Decimal {
-        self.effect.abs()
-    }
+    /// How much higher the chain's balance is than the ledger's because of it: a
+    /// deposit's amount (on chain, not yet credited), a withdrawal's amount and fee
+    /// (debited, not yet paid out on chain), or minus them (paid out on chain, not yet
+    /// debited: a withdrawal through a node is debited at its confirmations).
+    chain_minus_ledger: Decimal,
 }
 
 /// What the journal says about the chain transfers behind a wallet, as of a moment.
@@ -489,11 +516,11 @@ struct JournaledTransfer {
     #[diesel(sql_type = diesel::sql_types::Text)]
     hash: String,
     #[diesel(sql_type = diesel::sql_types::Text)]
-    kind: String,
+    kind: TransactionType,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     hold: bool,
     #[diesel(sql_type = diesel::sql_types::Text)]
-    status: String,
+    status: TransactionStatus,
     #[diesel(sql_type = Numeric)]
     moved: Decimal,
     #[diesel(sql_type = Timestamptz)]
@@ -535,7 +562,14 @@ async fn compare_with_chain(
     .bind::<diesel::sql_types::Nullable<Timestamptz>, _>(side.reconciled_until)
     .load(conn)
     .await?;
-    let posted = |hash: &str, kind: &str| {
+    // Ether the operator put at the address to pay gas (`fundGas`): on chain, not the
+    // customer's, and explained. (A token wallet's balance is the token's: its gas
+    // funding is not in it.)
+    let funded = match currency.contract_address {
+        None => super::gas_funding::funded_at(conn, wallet.id, side.height).await?,
+        Some(_) => Default::default(),
+    };
+    let posted = |hash: &str, kind: TransactionType| {
         journaled
             .iter()
             .find(|j| j.hash == hash && j.kind == kind && !j.hold)
@@ -547,30 +581,55 @@ async fn compare_with_chain(
     // Deposits on chain by the window's end: credited by then, on their way (credited
     // later, or still confirming), or unknown to the ledger.
     for t in side.settled.iter().filter(|t| t.to_address == address) {
-        let credit = posted(&t.hash, "DEPOSIT");
+        let credit = posted(&t.hash, TransactionType::Deposit);
         let on_its_way = match credit {
             Some(credit) => credit.created_at > end,
             None => journaled
                 .iter()
-                .any(|j| j.hash == t.hash && j.hold && j.status == "PENDING"),
+                .any(|j| j.hash == t.hash && j.hold && j.status == TransactionStatus::Pending),
         };
         if on_its_way {
             in_transit.push(InTransit {
                 hash: t.hash.clone(),
                 effect: t.amount,
+                chain_minus_ledger: t.amount,
             });
-        } else if credit.is_none() && side.window.contains(&t.hash) {
+        } else if credit.is_none()
+            && side.window.contains(&t.hash)
+            && !funded.hashes.contains(&t.hash)
+        {
             chain_only.push(t.hash.clone());
         }
     }
-    // Outflows on chain the ledger never debited.
-    let debited = |name: &str| {
-        journaled
-            .iter()
-            .any(|j| !j.hold && j.kind == "WITHDRAW" && names_transaction(name, &j.hash))
+    // Outflows on chain: debited by the window's end; on their way at its end (a
+    // withdrawal through a node is debited only at its confirmations, and one sent again
+    // under another hash is the same withdrawal); or unknown to the ledger.
+    let debited_by_end = |name: &str| {
+        journaled.iter().any(|j| {
+            !j.hold
+                && j.kind == TransactionType::Withdraw
+                && j.created_at <= end
+                && names_transaction(name, &j.hash)
+        })
     };
+    let awaiting_debit = undebited_attempts(conn, wallet.id, end).await?;
     for t in side.settled.iter().filter(|t| t.from_address == address) {
-        if !debited(&t.hash) && side.window.contains(&t.hash) {
+        if debited_by_end(&t.hash) {
+            continue;
+        }
+        let ours = awaiting_debit.iter().any(|a| names_transaction(&t.hash, a))
+            || journaled.iter().any(|j| {
+                !j.hold
+                    && j.kind == TransactionType::Withdraw
+                    && names_transaction(&t.hash, &j.hash)
+            });
+        if ours {
+            in_transit.push(InTransit {
+                hash: t.hash.clone(),
+                effect: -(t.amount + t.fee),
+                chain_minus_ledger: -(t.amount + t.fee),
+            });
+        } else if side.window.contains(&t.hash) {
             chain_only.push(t.hash.clone());
         }
     }
@@ -579,11 +638,11 @@ async fn compare_with_chain(
     // unknown to the chain. One refunded by the end cancels out.
     for debit in journaled
         .iter()
-        .filter(|j| !j.hold && j.kind == "WITHDRAW" && j.created_at <= end)
+        .filter(|j| !j.hold && j.kind == TransactionType::Withdraw && j.created_at <= end)
     {
-        let refunded = journaled
-            .iter()
-            .any(|j| j.hash == debit.hash && j.kind == "REFUND" && j.created_at <= end);
+        let refunded = journaled.iter().any(|j| {
+            j.hash == debit.hash && j.kind == TransactionType::Refund && j.created_at <= end
+        });
         let mined = side
             .settled
             .iter()
@@ -597,16 +656,19 @@ async fn compare_with_chain(
             in_transit.push(InTransit {
                 hash: debit.hash.clone(),
                 effect: -debit.moved,
+                chain_minus_ledger: debit.moved,
             });
         } else if debit.created_at >= start {
             ledger_only.push(debit.hash.clone());
         }
     }
     // Credits of the window for transfers the chain had not settled by its end.
-    for credit in journaled
-        .iter()
-        .filter(|j| !j.hold && j.kind == "DEPOSIT" && j.created_at >= start && j.created_at <= end)
-    {
+    for credit in journaled.iter().filter(|j| {
+        !j.hold
+            && j.kind == TransactionType::Deposit
+            && j.created_at >= start
+            && j.created_at <= end
+    }) {
         if !on_chain.contains_key(credit.hash.as_str()) {
             ledger_only.push(credit.hash.clone());
         }
@@ -615,7 +677,9 @@ async fn compare_with_chain(
     // Credits the chain took back in a reorganisation deeper than the threshold.
     let reorged: Vec<&str> = journaled
         .iter()
-        .filter(|j| j.hold && j.kind == "DEPOSIT" && j.status == "REORGED")
+        .filter(|j| {
+            j.hold && j.kind == TransactionType::Deposit && j.status == TransactionStatus::Reorged
+        })
         .map(|j| j.hash.as_str())
         .collect();
 
@@ -625,14 +689,28 @@ async fn compare_with_chain(
             let mut period = summarize_period(conn, wallet.id, start, end).await?;
             period.system_balance = money::at_scale(period.system_balance, currency);
             let chain_balance = money::at_scale(side.balance, currency);
-            let difference = chain_balance - period.system_balance;
-            let transit: Decimal = in_transit.iter().map(InTransit::explains).sum();
+            let difference = chain_balance
+                .checked_sub(period.system_balance)
+                .ok_or_else(|| {
+                    LedgerError::NotRepresentable("the difference from the chain".into())
+                })?;
+            let transit: Decimal = in_transit.iter().map(|t| t.chain_minus_ledger).sum();
+            // Fees charged beyond the network's stay at the address and explain a surplus;
+            // fees charged below what the address paid the network leave it short, and
+            // nothing explains a shortfall.
             let retained = retained_fees(conn, wallet.id, end).await?;
-            let unexplained = difference - retained - transit;
+            let unexplained = difference - retained.max(Decimal::ZERO) - transit - funded.amount;
             let within_tolerance = unexplained.abs() <= currency.reconciliation_tolerance;
             let mut reasons = Vec::new();
             if let Some(broken) = &period.inconsistency {
                 reasons.push(broken.clone());
+            }
+            if retained < Decimal::ZERO {
+                reasons.push(format!(
+                    "the address paid the network {} {} more in fees than its withdrawals \
+                     charged: it holds that much less than the wallet",
+                    -retained, currency.code
+                ));
             }
             if !chain_only.is_empty() {
                 reasons.push(format!(
@@ -691,6 +769,12 @@ async fn compare_with_chain(
                 period.movements,
                 currency.reconciliation_tolerance
             );
+            if !funded.amount.is_zero() {
+                notes.push_str(&format!(
+                    "; gas funding the operator put at the address (not the customer's): {}",
+                    funded.amount
+                ));
+            }
             if !retained.is_zero() {
                 notes.push_str(&format!(
                     "; withdrawal fees charged beyond the network's, left at the address: {retained}"
@@ -732,8 +816,8 @@ async fn compare_with_chain(
 
 #[derive(QueryableByName)]
 struct Retained {
-    #[diesel(sql_type = Numeric)]
-    retained: Decimal,
+    #[diesel(sql_type = Text)]
+    retained: String,
 }
 
 /// How much more the wallet's address holds than the wallet by `end` because its
@@ -744,24 +828,60 @@ async fn retained_fees(
     wallet_id: i64,
     end: DateTime<Utc>,
 ) -> Result<Decimal, LedgerError> {
-    let row: Retained = diesel::sql_query(
-        "SELECT COALESCE(sum(CASE type WHEN 'WITHDRAW' THEN 1 ELSE -1 END * (fee - network_fee)), 0)
-                AS retained
-           FROM transactions
-          WHERE wallet_id = $1 AND NOT hold AND network_fee IS NOT NULL
-            AND type IN ('WITHDRAW', 'REFUND') AND created_at <= $2",
-    )
+    // A withdrawal's debit keeps `fee - network_fee` at the address; its refund gives it
+    // back: minus each row's balance direction.
+    let row: Retained = diesel::sql_query(format!(
+        "SELECT COALESCE(sum(-({sign}) * (t.fee - t.network_fee)), 0)::text AS retained
+           FROM transactions t
+           LEFT JOIN transactions r ON r.id = t.reverses_id
+          WHERE t.wallet_id = $1 AND NOT t.hold AND t.network_fee IS NOT NULL
+            AND t.created_at <= $2",
+        sign = TransactionType::sign_sql("t", "r"),
+    ))
     .bind::<BigInt, _>(wallet_id)
     .bind::<Timestamptz, _>(end)
     .get_result(conn)
     .await?;
-    Ok(row.retained)
+    money::exact(&row.retained, "the fees retained at the address")
 }
 
 /// Whether a transfer's name on chain is the transaction `hash` or one of its token
 /// transfers (`hash:logIndex`): a withdrawal's debit names the transaction that sent it.
 fn names_transaction(name: &str, hash: &str) -> bool {
     name == hash || name.split_once(':').is_some_and(|(tx, _)| tx == hash)
+}
+
+/// The hashes of every transaction signed for a withdrawal of the wallet through a node
+/// (each attempt: a replacement has its own) whose debit was not yet made by `end`.
+async fn undebited_attempts(
+    conn: &mut AsyncPgConnection,
+    wallet_id: i64,
+    end: DateTime<Utc>,
+) -> Result<Vec<String>, LedgerError> {
+    use crate::schema::withdrawal_attempts;
+    let debits = diesel::alias!(transactions as debits);
+    Ok(withdrawal_attempts::table
+        .inner_join(
+            transactions::table.on(transactions::id.eq(withdrawal_attempts::transaction_id)),
+        )
+        .filter(transactions::wallet_id.eq(wallet_id))
+        .filter(diesel::dsl::not(diesel::dsl::exists(
+            debits
+                .filter(
+                    debits
+                        .field(transactions::hold_id)
+                        .eq(transactions::id.nullable()),
+                )
+                .filter(
+                    debits
+                        .field(transactions::type_)
+                        .eq(TransactionType::Withdraw),
+                )
+                .filter(debits.field(transactions::created_at).le(end)),
+        )))
+        .select(withdrawal_attempts::hash)
+        .load(conn)
+        .await?)
 }
 
 /// Whether the wallet's withdrawal with this chain hash is still on its way (signed,
