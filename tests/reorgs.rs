@@ -686,6 +686,9 @@ async fn a_reorged_credit_is_reversed_by_the_runbook_and_credited_once_when_mine
     assert_eq!(t.balance(&wallet).await, "1.000000000000000000");
     t.assert_balanced().await;
     t.assert_chain(&wallet).await;
+    // The chain agrees, transfer by transfer.
+    let reconciled = common::ethereum::reconcile(&t, &wallet).await;
+    assert_eq!(reconciled["status"], "MATCHED", "{reconciled}");
 }
 
 /// A withdrawal hold's (status, chain hash, confirmations).
@@ -786,4 +789,7 @@ async fn a_completed_withdrawal_removed_by_a_deep_reorg_is_followed_and_holds_up
     );
     t.assert_balanced().await;
     t.assert_chain(&wallet).await;
+    // The chain agrees, transfer by transfer.
+    let reconciled = common::ethereum::reconcile(&t, &wallet).await;
+    assert_eq!(reconciled["status"], "MATCHED", "{reconciled}");
 }
