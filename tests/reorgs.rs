@@ -664,6 +664,10 @@ async fn a_reorged_credit_is_reversed_by_the_runbook_and_credited_once_when_mine
         .await;
     assert_eq!(error_code(&again), "ALREADY_REVERSED", "{again}");
     t.assert_balanced().await;
+    // Corrected: the reversed credit and its deposit no longer stand between the wallet
+    // and the chain.
+    let corrected = common::ethereum::reconcile(&t, &wallet).await;
+    assert_eq!(corrected["status"], "MATCHED", "{corrected}");
 
     // The sender broadcasts it again: mined, it is credited once more at the threshold —
     // not before, and not twice.

@@ -525,6 +525,10 @@ struct JournaledTransfer {
     moved: Decimal,
     #[diesel(sql_type = Timestamptz)]
     created_at: DateTime<Utc>,
+    /// By the window's end: a posting reversed, or a hold whose posting was (an operator
+    /// corrected a credit a reorganisation took back, or a withdrawal's first debit).
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    reversed: bool,
 }
 
 /// Compares the journal as of the window's end with the chain as of then, and records the
@@ -552,7 +556,14 @@ async fn compare_with_chain(
                            WHERE l.hold_id = COALESCE(transactions.hold_id, transactions.id)),
                          chain_tx_hash) AS hash,
                 type AS kind, hold, status,
-                amount + COALESCE(network_fee, fee) AS moved, created_at
+                amount + COALESCE(network_fee, fee) AS moved, created_at,
+                EXISTS (SELECT 1 FROM transactions r
+                         WHERE r.created_at <= $3
+                           AND (r.reverses_id = transactions.id
+                                OR r.reverses_id IN (SELECT s.id FROM transactions s
+                                                      WHERE s.hold_id = transactions.id
+                                                        AND transactions.hold)))
+                    AS reversed
            FROM transactions
           WHERE wallet_id = $1 AND chain_tx_hash IS NOT NULL
             AND ($2::timestamptz IS NULL OR created_at > $2)
@@ -560,6 +571,7 @@ async fn compare_with_chain(
     )
     .bind::<BigInt, _>(wallet.id)
     .bind::<diesel::sql_types::Nullable<Timestamptz>, _>(side.reconciled_until)
+    .bind::<Timestamptz, _>(end)
     .load(conn)
     .await?;
     // Ether the operator put at the address to pay gas (`fundGas`): on chain, not the
@@ -607,6 +619,7 @@ async fn compare_with_chain(
     let debited_by_end = |name: &str| {
         journaled.iter().any(|j| {
             !j.hold
+                && !j.reversed
                 && j.kind == TransactionType::Withdraw
                 && j.created_at <= end
                 && names_transaction(name, &j.hash)
@@ -636,10 +649,9 @@ async fn compare_with_chain(
     // Debits by the window's end whose transfer was not mined by then: on their way
     // (mined, failed or still pending since, or signed and waiting to be sent again), or
     // unknown to the chain. One refunded by the end cancels out.
-    for debit in journaled
-        .iter()
-        .filter(|j| !j.hold && j.kind == TransactionType::Withdraw && j.created_at <= end)
-    {
+    for debit in journaled.iter().filter(|j| {
+        !j.hold && !j.reversed && j.kind == TransactionType::Withdraw && j.created_at <= end
+    }) {
         let refunded = journaled.iter().any(|j| {
             j.hash == debit.hash && j.kind == TransactionType::Refund && j.created_at <= end
         });
@@ -663,8 +675,11 @@ async fn compare_with_chain(
         }
     }
     // Credits of the window for transfers the chain had not settled by its end.
+    // A credit reversed by then (an operator's correction of a reorganised deposit)
+    // moved nothing in the end.
     for credit in journaled.iter().filter(|j| {
         !j.hold
+            && !j.reversed
             && j.kind == TransactionType::Deposit
             && j.created_at >= start
             && j.created_at <= end
@@ -674,11 +689,15 @@ async fn compare_with_chain(
         }
     }
 
-    // Credits the chain took back in a reorganisation deeper than the threshold.
+    // Credits the chain took back in a reorganisation deeper than the threshold, and
+    // not yet corrected (reversed) by the window's end.
     let reorged: Vec<&str> = journaled
         .iter()
         .filter(|j| {
-            j.hold && j.kind == TransactionType::Deposit && j.status == TransactionStatus::Reorged
+            j.hold
+                && !j.reversed
+                && j.kind == TransactionType::Deposit
+                && j.status == TransactionStatus::Reorged
         })
         .map(|j| j.hash.as_str())
         .collect();
