@@ -125,7 +125,7 @@ impl Anvil {
         self.run().await;
     }
 
-    async fn try_rpc(&self, method: &str, params: Value) -> Result<Value, String> {
+    pub async fn try_rpc(&self, method: &str, params: Value) -> Result<Value, String> {
         let body = json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
         let response: Value = self
             .http
