@@ -451,7 +451,7 @@ pub async fn append(
     append_with(conn, wallet, row, locked_change, None).await
 }
 
-/// Like [`append`], for the receiving side of a transfer: the row names its sending side.
+/// Like [`append`], for a row that names another (a reversal names what it reverses).
 pub async fn append_with(
     conn: &mut AsyncPgConnection,
     wallet: &Wallet,
@@ -459,6 +459,45 @@ pub async fn append_with(
     locked_change: Decimal,
     counterpart: Option<i64>,
 ) -> Result<JournalEntry, LedgerError> {
+    let mut entry = update_balance(conn, wallet, row, locked_change).await?;
+    entry.counterpart_id = counterpart;
+    Ok(diesel::insert_into(transactions::table)
+        .values(entry)
+        .returning(JournalEntry::as_returning())
+        .get_result(conn)
+        .await?)
+}
+
+/// Appends both sides of a transfer to the locked wallets `from` and `to` with one insert:
+/// the database refuses a side whose mirror is not in the same statement.
+pub async fn append_transfer(
+    conn: &mut AsyncPgConnection,
+    (from, out_row): (&Wallet, &NewRow<'_>),
+    (to, in_row): (&Wallet, &NewRow<'_>),
+) -> Result<(JournalEntry, JournalEntry), LedgerError> {
+    let mut out = update_balance(conn, from, out_row, Decimal::ZERO).await?;
+    let mut into = update_balance(conn, to, in_row, Decimal::ZERO).await?;
+    let ids = allocate_ids(conn, 2).await?;
+    out.id = Some(ids[0]);
+    into.id = Some(ids[1]);
+    into.counterpart_id = out.id;
+    let mut rows = insert_batch(conn, &[out, into]).await?.into_iter();
+    match (rows.next(), rows.next()) {
+        (Some(out), Some(into)) => Ok((out, into)),
+        _ => Err(LedgerError::Internal(
+            "a transfer's insert returned fewer than two rows".into(),
+        )),
+    }
+}
+
+/// Changes the locked `wallet`'s balance by `row`'s effect and its locked balance by
+/// `locked_change`; returns the row to insert, stamped with the wallet's new time.
+async fn update_balance<'a>(
+    conn: &mut AsyncPgConnection,
+    wallet: &Wallet,
+    row: &NewRow<'a>,
+    locked_change: Decimal,
+) -> Result<NewEntry<'a>, LedgerError> {
     let balances = row.balances(wallet.balance);
     // Every credit, whatever its type (a settlement, a refund, a reversal), is held to the
     // same ceiling as a deposit: beyond it sums would no longer be exact.
@@ -479,13 +518,7 @@ pub async fn append_with(
         .returning(wallets::updated_at)
         .get_result(conn)
         .await?;
-    let mut entry = row.entry(wallet.id, balances, at);
-    entry.counterpart_id = counterpart;
-    Ok(diesel::insert_into(transactions::table)
-        .values(entry)
-        .returning(JournalEntry::as_returning())
-        .get_result(conn)
-        .await?)
+    Ok(row.entry(wallet.id, balances, at))
 }
 
 /// `n` journal row ids, ascending, for rows that must name each other in one insert.

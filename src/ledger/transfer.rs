@@ -101,8 +101,7 @@ async fn apply(
     }
 
     let (out_row, in_row) = journal_rows(currencies, &from, &to, request)?;
-    let out = posting::append(conn, &from, &out_row, Decimal::ZERO).await?;
-    let into = posting::append_with(conn, &to, &in_row, Decimal::ZERO, Some(out.id)).await?;
+    let (out, into) = posting::append_transfer(conn, (&from, &out_row), (&to, &in_row)).await?;
     Ok(Transfer {
         out,
         into,
