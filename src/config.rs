@@ -27,9 +27,22 @@ pub enum Environment {
 /// Settings shared by every subcommand that talks to the database.
 #[derive(Clone, Debug, Args)]
 pub struct DatabaseConfig {
-    /// Postgres URL; the database is created if it does not exist.
-    #[arg(long, env = "DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
-    pub database_url: String,
+    /// Postgres URL; the database is created if it does not exist. Unset: the server at
+    /// WALLET_DEFAULT_DATABASE_URL if one answers there, else the service's own cluster
+    /// (development only).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// The server tried when DATABASE_URL is unset.
+    #[arg(long, env = "WALLET_DEFAULT_DATABASE_URL", default_value = DEFAULT_DATABASE_URL)]
+    pub default_database_url: String,
+    /// Where the service keeps its own PostgreSQL cluster (default: ~/.local/share/wallet;
+    /// /var/lib/wallet for root).
+    #[arg(long, env = "WALLET_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The directory holding PostgreSQL's initdb and pg_ctl for the service's own cluster
+    /// (default: found on PATH or where packages install them).
+    #[arg(long, env = "WALLET_POSTGRES_BIN")]
+    pub postgres_bin: Option<PathBuf>,
     /// Connections for money movements (the group committer, mutations, the chain worker).
     #[arg(long, env = "WALLET_DB_POOL_SIZE", default_value_t = 16)]
     pub pool_size: usize,
@@ -54,7 +67,48 @@ pub struct DatabaseConfig {
     pub idle_in_transaction_timeout_ms: u64,
 }
 
+/// The database a command uses, and the service's own cluster when that is it (stopped
+/// when this is dropped, if this process started it).
+pub struct Database {
+    pub url: String,
+    pub cluster: Option<crate::local_postgres::LocalCluster>,
+}
+
 impl DatabaseConfig {
+    /// DATABASE_URL when set; else the server at the default address when one answers
+    /// there; else the service's own cluster, started (and made, the first time) now.
+    pub async fn resolve(&self) -> anyhow::Result<Database> {
+        use crate::local_postgres::{self, LocalCluster};
+        if let Some(url) = &self.database_url {
+            return Ok(Database {
+                url: url.clone(),
+                cluster: None,
+            });
+        }
+        let default = self.default_database_url.clone();
+        let address = crate::db::server_address(&default)
+            .context("WALLET_DEFAULT_DATABASE_URL is not a PostgreSQL URL")?;
+        let (dir, bin) = (self.data_dir.clone(), self.postgres_bin.clone());
+        tokio::task::spawn_blocking(move || {
+            if address.is_some_and(local_postgres::answers) {
+                return Ok(Database {
+                    url: default,
+                    cluster: None,
+                });
+            }
+            let dir = match dir {
+                Some(dir) => dir,
+                None => local_postgres::default_data_dir()?,
+            };
+            let cluster = LocalCluster::start(&dir, bin.as_deref())?;
+            Ok(Database {
+                url: cluster.url(),
+                cluster: Some(cluster),
+            })
+        })
+        .await?
+    }
+
     pub fn session_limits(&self) -> SessionLimits {
         SessionLimits {
             lock_timeout: Duration::from_millis(self.lock_timeout_ms),
@@ -463,6 +517,13 @@ impl ServeConfig {
                 None
             }
         };
+        if production && self.db.database_url.is_none() {
+            refusals.push(format!(
+                "DATABASE_URL is not set ({}): production names its database server; the \
+                 service's own PostgreSQL cluster is for development",
+                rules.why()
+            ));
+        }
         let simulated_chain = self.simulated_chain.unwrap_or(!production);
         if production && simulated_chain {
             refusals.push(format!(

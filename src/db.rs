@@ -2,6 +2,8 @@
 //! advisory lock, build the connection pool, and run transactions with retry.
 
 use std::str::FromStr;
+
+use anyhow::Context as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -147,13 +149,21 @@ impl QueryCounter {
 /// Creates the database named in `url` if it does not exist yet. Safe to race: a
 /// concurrent creator's success counts as ours.
 pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
-    let config = tokio_postgres::Config::from_str(url)?;
+    let config = tokio_postgres::Config::from_str(url).context(
+        "DATABASE_URL is not a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE)",
+    )?;
     let Some(name) = config.get_dbname().map(str::to_owned) else {
         return Ok(()); // defaults to the user's database, which exists or cannot be made
     };
     let mut admin = config.clone();
     admin.dbname("postgres");
-    let (client, connection) = admin.connect(tokio_postgres::NoTls).await?;
+    let (client, connection) = admin.connect(tokio_postgres::NoTls).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot connect to {}: {e}. Set DATABASE_URL to a server that answers \
+             (postgres://USER:PASSWORD@HOST:PORT/DATABASE)",
+            describe_server(&config)
+        )
+    })?;
     let driver = tokio::spawn(connection);
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
@@ -172,6 +182,50 @@ pub async fn ensure_database(url: &str) -> anyhow::Result<()> {
     drop(client);
     let _ = driver.await;
     Ok(())
+}
+
+/// "PostgreSQL at HOST:PORT (database D, user U)" — never the password.
+pub fn describe_server(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                Host::Tcp(name) => format!("{name}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(dir) => format!("{}/.s.PGSQL.{port}", dir.display()),
+            }
+        })
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "localhost:5432 (the default)".to_owned()
+    } else {
+        hosts.join(", ")
+    };
+    format!(
+        "PostgreSQL at {hosts} (database {}, user {})",
+        config.get_dbname().unwrap_or("(the user's)"),
+        config.get_user().unwrap_or("(the system user's)")
+    )
+}
+
+/// The TCP address of `url`'s first host (resolved), if it names one.
+pub fn server_address(url: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    use std::net::ToSocketAddrs as _;
+    use tokio_postgres::config::Host;
+    let config = tokio_postgres::Config::from_str(url)?;
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    Ok(match config.get_hosts().first() {
+        Some(Host::Tcp(name)) => (name.as_str(), port)
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next()),
+        _ => None,
+    })
 }
 
 /// Double-quotes an SQL identifier.

@@ -23,6 +23,7 @@ pub mod graphql;
 pub mod http;
 pub mod ledger;
 pub mod limits;
+pub mod local_postgres;
 pub mod metrics;
 pub mod readiness;
 pub mod revocation;

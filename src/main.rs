@@ -112,8 +112,12 @@ async fn run() -> anyhow::Result<()> {
     match command {
         Command::Serve(config) => serve(*config).await,
         Command::Migrate(db_config) => {
-            db::ensure_database(&db_config.database_url).await?;
-            let applied = db::run_migrations(&db_config.database_url).await?;
+            let database = db_config.resolve().await?;
+            if let Some(cluster) = &database.cluster {
+                println!("{}", cluster.describe());
+            }
+            db::ensure_database(&database.url).await?;
+            let applied = db::run_migrations(&database.url).await?;
             if applied.is_empty() {
                 println!("database is up to date");
             }
@@ -193,9 +197,10 @@ async fn revoke_tokens(db: &DatabaseConfig, subject: &str, reason: &str) -> anyh
         (1..=255).contains(&reason.chars().count()),
         "--reason must be 1 to 255 characters"
     );
-    let mut conn = diesel_async::AsyncPgConnection::establish(&db.database_url)
+    let database = db.resolve().await?;
+    let mut conn = diesel_async::AsyncPgConnection::establish(&database.url)
         .await
-        .context("connecting to DATABASE_URL")?;
+        .context("connecting to the database (DATABASE_URL)")?;
     let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
     let revocation = wallet::revocation::revoke(&mut conn, subject, &format!("cli:{user}"), reason)
         .await
@@ -237,8 +242,12 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         (None, None) if main_is_loopback => MetricsAccess::Open,
         (None, _) => MetricsAccess::Hidden,
     };
+    let database = config.db.resolve().await?;
+    if let Some(cluster) = &database.cluster {
+        println!("{}", cluster.describe());
+    }
     let app = App::start(&AppConfig {
-        database_url: config.db.database_url.clone(),
+        database_url: database.url.clone(),
         pool_size: config.db.pool_size,
         read_pool_size: config.db.read_pool_size,
         session_limits: config.db.session_limits(),
@@ -328,6 +337,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         let _ = metrics_server.await;
     }
     drop(stopped);
+    // The service's own cluster, if it started one, stops after everything using it.
+    if let Some(mut cluster) = database.cluster {
+        cluster.stop();
+    }
     tracing::info!("shut down cleanly");
     Ok(())
 }

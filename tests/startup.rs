@@ -178,8 +178,10 @@ async fn production_refuses_unsafe_settings() {
     run.refused("no JWT secret (WALLET_ENV=production): set WALLET_JWT_SECRET_FILE");
     run.refused("no custody seed (WALLET_ENV=production): set WALLET_SEED_FILE");
     assert_eq!(run.errors().len(), 2, "{}", run.stderr);
-    // A guessable secret read from a file, the simulator and a seed file others can
-    // read: all three in the first refusal, each naming where it comes from.
+    // Every unsafe setting together — a guessable secret read from a file, a weak previous
+    // secret, an empty issuer, the simulator, a seed file others can read, a short metrics
+    // token, a node without a chain id, no DATABASE_URL: all in the first refusal, one
+    // line each, each naming the variable or file it comes from.
     let guessable = dir.join("jwt-secret");
     std::fs::write(&guessable, "a".repeat(64)).unwrap();
     std::fs::set_permissions(
@@ -192,21 +194,30 @@ async fn production_refuses_unsafe_settings() {
         &dir,
         &[
             ("WALLET_ENV", "production"),
-            ("DATABASE_URL", url),
             ("WALLET_JWT_SECRET_FILE", guessable),
+            ("WALLET_JWT_PREVIOUS_SECRETS", "short"),
+            ("WALLET_JWT_ISSUER", " "),
             ("WALLET_SIMULATED_CHAIN", "true"),
             ("WALLET_SEED_FILE", &loose),
+            ("WALLET_METRICS_TOKEN", "short"),
+            ("WALLET_ETHEREUM_RPC_URL", "https://node.example:8545"),
         ],
     )
     .await;
-    run.refused(&format!(
-        "WALLET_JWT_SECRET_FILE {guessable}: looks guessable"
-    ));
-    run.refused("WALLET_SIMULATED_CHAIN=true: a simulated chain cannot run in production");
-    run.refused(&format!(
-        "WALLET_SEED_FILE {loose}: must be readable by its owner only"
-    ));
-    assert_eq!(run.errors().len(), 3, "{}", run.stderr);
+    let expected = [
+        format!("WALLET_JWT_SECRET_FILE {guessable}: looks guessable"),
+        "WALLET_JWT_PREVIOUS_SECRETS entry 1: is 5 bytes".into(),
+        "WALLET_JWT_ISSUER must be 1 to 256 bytes".into(),
+        "WALLET_SIMULATED_CHAIN=true: a simulated chain cannot run in production".into(),
+        format!("WALLET_SEED_FILE {loose}: must be readable by its owner only"),
+        "WALLET_METRICS_TOKEN must be at least 16 bytes".into(),
+        "WALLET_ETHEREUM_CHAIN_ID is required".into(),
+        "DATABASE_URL is not set (WALLET_ENV=production)".into(),
+    ];
+    for needle in &expected {
+        run.refused(needle);
+    }
+    assert_eq!(run.errors().len(), expected.len(), "{}", run.stderr);
     // A secret file others can read is refused like a seed file.
     let readable = {
         let (_, readable) = seed_dir(0o644);
@@ -633,4 +644,123 @@ fn cli_tokens_say_once_and_briefly_when_signed_with_the_development_secret() {
         out.stderr
     );
     assert!(!fresh.path().join(".local").exists());
+}
+
+/// Whether something accepts TCP connections on 127.0.0.1:`port`.
+fn answers(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_secs(1),
+    )
+    .is_ok()
+}
+
+/// A port nothing listens on (taken and let go).
+fn closed_port() -> u16 {
+    let port = common::process::free_port();
+    assert!(!answers(port));
+    port
+}
+
+/// No DATABASE_URL and nothing on the default address: the service makes its own cluster,
+/// serves from it, stops it on shutdown, and uses the same one at the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_a_database_server_the_service_runs_its_own() {
+    let home = Scratch::new("wallet-own-pg");
+    // Run by root, the cluster belongs to the postgres user, who must reach the directory.
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let data = home.path().join("data");
+    let default = format!("postgres://postgres@127.0.0.1:{}/wallet", closed_port());
+    let env = [
+        ("WALLET_DEFAULT_DATABASE_URL", default.as_str()),
+        ("WALLET_DATA_DIR", data.to_str().unwrap()),
+    ];
+    let cluster = data.join("postgres");
+
+    let server = launch(home.path(), &env).await;
+    let line = server.stdout_line("Database:").await;
+    assert!(
+        line.contains(&format!("own PostgreSQL cluster in {}", cluster.display()))
+            && line.contains("set DATABASE_URL"),
+        "{line}"
+    );
+    let port: u16 = std::fs::read_to_string(cluster.join("wallet-port"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(answers(port), "the cluster listens on its own port");
+    assert_eq!(mode(&cluster), 0o700, "only its owner reads the cluster");
+    let operator = server.printed_token("operator").await;
+    let (_, body) = server
+        .gql(
+            Some(&operator),
+            "mutation { createWallet(input: {currency: \"USD\", userId: \"alice\"}) { id } }",
+            json!({}),
+        )
+        .await;
+    let wallet_id = body["data"]["createWallet"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{body}"))
+        .to_owned();
+    let (_, body) = server
+        .gql(
+            Some(&operator),
+            common::DEPOSIT,
+            json!({"w": wallet_id, "a": "12.34", "k": "own-cluster-1"}),
+        )
+        .await;
+    assert_eq!(body["data"]["deposit"]["balanceAfter"], "12.34", "{body}");
+    let run = server.terminate().await;
+    assert_eq!(run.exit, Some(0), "{run:?}");
+    assert!(!answers(port), "stopped with the service");
+    assert!(!cluster.join("postmaster.pid").exists());
+
+    // The next start uses the same cluster: the deposit is there.
+    let server = launch(home.path(), &env).await;
+    let operator = server.printed_token("operator").await;
+    let (_, body) = server
+        .gql(
+            Some(&operator),
+            "query($w: ID!) { wallet(id: $w) { balance } }",
+            json!({"w": wallet_id}),
+        )
+        .await;
+    assert_eq!(body["data"]["wallet"]["balance"], "12.34", "{body}");
+    assert!(answers(port));
+    server.terminate().await;
+    assert!(!answers(port));
+
+    // No PostgreSQL programs anywhere it looks: how to install them, or what to set.
+    let empty = home.path().join("no-postgres");
+    std::fs::create_dir_all(&empty).unwrap();
+    let run = run_binary(
+        home.path(),
+        &[
+            ("WALLET_DEFAULT_DATABASE_URL", default.as_str()),
+            ("WALLET_DATA_DIR", data.to_str().unwrap()),
+            ("PATH", empty.to_str().unwrap()),
+            ("WALLET_POSTGRES_BIN", empty.to_str().unwrap()),
+        ],
+    )
+    .await;
+    run.refused("no PostgreSQL server programs (initdb, pg_ctl) were found");
+    run.refused("Debian/Ubuntu: sudo apt-get install postgresql");
+    run.refused("macOS:         brew install postgresql@16");
+    run.refused("or set DATABASE_URL to a server you run");
+
+    // A server that does not answer at DATABASE_URL: where, which database, which
+    // variable — and never the password.
+    let closed = closed_port();
+    let url = format!("postgres://postgres:hunter2secret@127.0.0.1:{closed}/books");
+    let run = run_binary(home.path(), &[("DATABASE_URL", url.as_str())]).await;
+    run.refused(&format!(
+        "cannot connect to PostgreSQL at 127.0.0.1:{closed} (database books, user postgres)"
+    ));
+    run.refused("Set DATABASE_URL to a server that answers");
+    assert!(!run.stderr.contains("hunter2secret"), "{}", run.stderr);
 }

@@ -223,6 +223,20 @@ impl Server {
         (status, user)
     }
 
+    /// Asks it to shut down (SIGTERM), waits until it has, and returns what it printed.
+    pub async fn terminate(mut self) -> Run {
+        if let Some(pid) = self.child.id() {
+            let pid = rustix::process::Pid::from_raw(pid as i32).expect("a process id");
+            rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        }
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait())
+            .await
+            .expect("it shuts down within a minute")
+            .unwrap();
+        self.exit = Some(status.code().unwrap_or(-1));
+        self.stop().await
+    }
+
     /// Stops it (if it is running) and returns what it printed.
     pub async fn stop(mut self) -> Run {
         if self.exit.is_none() {
