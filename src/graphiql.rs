@@ -120,8 +120,10 @@ const SETUP_PATH: &str = "/assets/wallet/graphiql.js";
 const DEFAULT_QUERY: &str = "# The Wallet API.
 # Put a token in the Headers tab below:
 #   {\"Authorization\": \"Bearer <token>\"}
-# (`wallet token --sub alice --role user`
-# prints one). It is sent with every request
+# (the demo tokens the server printed, or
+# `cargo run -- token --sub alice` in the
+# repository, `wallet token --sub alice` when
+# installed, prints one). It is sent with every request
 # and opens the subscriptions' websocket.
 
 {

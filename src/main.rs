@@ -72,7 +72,8 @@ enum Command {
         /// is read from WALLET_TOKEN — never from the command line, which `ps` shows.
         #[arg(long)]
         token_file: Option<std::path::PathBuf>,
-        /// The service's websocket endpoint.
+        /// The service's websocket endpoint: ws://ADDRESS/graphql/ws for the address the
+        /// server listens on (WALLET_LISTEN), wss:// behind TLS.
         #[arg(
             long,
             env = "WALLET_WS_URL",
@@ -301,7 +302,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
             app.tokens
                 .mint("back-office", Role::Operator, operator_ttl)?
         );
-        println!("  more: wallet token --sub ID [--role operator] (signs with the same secret)");
+        println!(
+            "  more: `wallet token --sub ID [--role operator]` or `cargo run -- token --sub ID \
+             [--role operator]` (signs with the same secret)"
+        );
     }
     tracing::info!(
         signing_key = app.tokens.signing_key_id(),
