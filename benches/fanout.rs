@@ -134,7 +134,7 @@ async fn run(args: Args) {
             .await
             .unwrap();
         let subscribe = json!({"id": "1", "type": "subscribe", "payload": {
-            "query": "subscription($w: ID) { transactionUpdated(walletId: $w) { txHash amount balanceAfter } }",
+            "query": "subscription($w: ID) { transactionUpdated(walletId: $w) { idempotencyKey amount balanceAfter } }",
             "variables": {"w": wallet}}});
         ws.send(Message::Text(subscribe.to_string().into()))
             .await
@@ -161,7 +161,7 @@ async fn run(args: Args) {
                     continue;
                 }
                 let Some(n) = text
-                    .split_once(r#""txHash":"fanout-"#)
+                    .split_once(r#""idempotencyKey":"fanout-"#)
                     .and_then(|(_, rest)| rest.split('"').next())
                     .and_then(|n| n.parse::<usize>().ok())
                 else {
@@ -198,7 +198,7 @@ async fn run(args: Args) {
     let connect_time = connect_started.elapsed();
 
     // Warm-up deposit until every subscriber has seen it: all subscriptions are live.
-    let deposit = "mutation($w: ID!, $k: String!) { deposit(input: {walletId: $w, amount: \"1.00\", txHash: $k}) { id } }";
+    let deposit = "mutation($w: ID!, $k: String!) { deposit(input: {walletId: $w, amount: \"1.00\", idempotencyKey: $k}) { id } }";
     let _ = sent[0].set(Instant::now());
     gql(
         &http,

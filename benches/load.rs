@@ -243,9 +243,9 @@ enum Work {
 const TRANSFER: &str = "mutation($from: ID!, $to: ID!, $a: Decimal!, $k: String!) {
   transfer(input: {fromWalletId: $from, toWalletId: $to, amount: $a, idempotencyKey: $k}) { id } }";
 const DEPOSIT: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
-  deposit(input: {walletId: $w, amount: $a, txHash: $k}) { id balanceAfter } }";
+  deposit(input: {walletId: $w, amount: $a, idempotencyKey: $k}) { id balanceAfter } }";
 const WITHDRAW: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
-  withdraw(input: {walletId: $w, amount: $a, txHash: $k}) { id balanceAfter } }";
+  withdraw(input: {walletId: $w, amount: $a, idempotencyKey: $k}) { id balanceAfter } }";
 
 #[derive(Default)]
 struct Outcomes {

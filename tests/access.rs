@@ -78,7 +78,7 @@ async fn users_cannot_reach_each_others_wallets() {
     assert_eq!(error_code(&body), "NOT_FOUND");
     // Unfiltered lists show only her own.
     let data = t
-        .ok(&alice, "{ wallets { edges { node { userId } } } transactions { edges { node { txHash } } }
+        .ok(&alice, "{ wallets { edges { node { userId } } } transactions { edges { node { idempotencyKey } } }
                      reconciliations { edges { node { id } } } viewer { userId role wallets { edges { node { id } } } } }", json!({}))
         .await;
     assert_eq!(
@@ -87,7 +87,7 @@ async fn users_cannot_reach_each_others_wallets() {
     );
     assert_eq!(
         data["transactions"]["edges"],
-        json!([{"node": {"txHash": "a1"}}])
+        json!([{"node": {"idempotencyKey": "a1"}}])
     );
     assert_eq!(data["reconciliations"]["edges"], json!([]));
     assert_eq!(data["viewer"]["userId"], "alice");

@@ -284,7 +284,10 @@ async fn a_deadlocked_movement_is_run_again() {
         holder.commit().await.unwrap();
     };
     let (body, ()) = tokio::join!(movement, close_the_cycle);
-    assert_eq!(body["data"]["withdraw"]["txHash"], "deadlock", "{body}");
+    assert_eq!(
+        body["data"]["withdraw"]["idempotencyKey"], "deadlock",
+        "{body}"
+    );
     common::wait_until(
         "the deadlock is counted",
         std::time::Duration::from_secs(5),

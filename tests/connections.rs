@@ -843,14 +843,14 @@ async fn a_subscriber_that_stops_reading_is_disconnected_and_its_places_freed() 
     again
         .subscribe(
             "tx",
-            "subscription { transactionUpdated { txHash } }",
+            "subscription { transactionUpdated { idempotencyKey } }",
             json!({}),
         )
         .await;
     subscriptions(&server, 1).await;
     t.deposit(&wallet, "1.00", "after").await;
     assert_eq!(
-        again.data("tx").await["transactionUpdated"]["txHash"],
+        again.data("tx").await["transactionUpdated"]["idempotencyKey"],
         "after"
     );
 }
@@ -908,7 +908,7 @@ async fn operations_are_capped_per_user_across_connections() {
     .await;
     let url = server.websocket();
     let wallet = t.create_wallet("alice", "USD").await;
-    let sub = "subscription { transactionUpdated { txHash } }";
+    let sub = "subscription { transactionUpdated { idempotencyKey } }";
     let mut first = WsClient::authenticated(&url, &user_token("alice")).await;
     let mut second = WsClient::authenticated(&url, &user_token("alice")).await;
     first.subscribe("a", sub, json!({})).await;
@@ -935,7 +935,7 @@ async fn operations_are_capped_per_user_across_connections() {
         let client = if on_first { &mut first } else { &mut second };
         match client.next().await {
             Event::Message(m) if m["type"] == "next" => {
-                let hash = m["payload"]["data"]["transactionUpdated"]["txHash"].clone();
+                let hash = m["payload"]["data"]["transactionUpdated"]["idempotencyKey"].clone();
                 got.insert(m["id"].as_str().unwrap().to_owned(), hash);
             }
             other => panic!("expected an event, got {other:?}"),
@@ -958,7 +958,7 @@ async fn operations_are_capped_per_user_across_connections() {
         match second.next().await {
             Event::Message(m) if m["type"] == "next" => {
                 assert_eq!(
-                    m["payload"]["data"]["transactionUpdated"]["txHash"],
+                    m["payload"]["data"]["transactionUpdated"]["idempotencyKey"],
                     "capped-2"
                 );
                 ids.push(m["id"].as_str().unwrap().to_owned());

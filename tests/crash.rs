@@ -178,7 +178,7 @@ async fn a_database_restart_under_load_is_survived_without_a_restart() {
     subscriber
         .subscribe(
             "all",
-            "subscription { transactionUpdated { txHash } }",
+            "subscription { transactionUpdated { idempotencyKey } }",
             json!({}),
         )
         .await;
@@ -190,7 +190,7 @@ async fn a_database_restart_under_load_is_survived_without_a_restart() {
                 match subscriber.next_within(Duration::from_secs(600)).await {
                     Some(Event::Message(m)) if m["type"] == "next" => {
                         collected.lock().unwrap().push(
-                            m["payload"]["data"]["transactionUpdated"]["txHash"]
+                            m["payload"]["data"]["transactionUpdated"]["idempotencyKey"]
                                 .as_str()
                                 .unwrap()
                                 .to_owned(),

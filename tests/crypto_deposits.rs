@@ -15,7 +15,7 @@ const MINE: &str =
     "mutation($n: String!, $c: Int!) { mineBlocks(input: {network: $n, count: $c}) }";
 const PROCESS: &str = "mutation($w: ID!, $h: String!) {
   processCryptoDeposit(input: {walletId: $w, txHash: $h}) {
-    id type amount balanceBefore balanceAfter status txHash network fromAddress toAddress
+    id type amount balanceBefore balanceAfter status idempotencyKey network fromAddress toAddress
     confirmations requiredConfirmations blockNumber } }";
 
 async fn crypto_wallet(t: &TestApp, user: &str, currency: &str) -> (String, String) {
@@ -81,7 +81,7 @@ async fn a_deposit_is_credited_once_it_has_its_confirmations() {
     assert_eq!(credited["amount"], "0.12345678");
     assert_eq!(credited["balanceBefore"], "0.00000000");
     assert_eq!(credited["balanceAfter"], "0.12345678");
-    assert_eq!(credited["txHash"], hash.as_str());
+    assert_eq!(credited["idempotencyKey"], hash.as_str());
     assert_eq!(credited["network"], "bitcoin");
     assert_eq!(credited["toAddress"], address.as_str());
     assert_eq!(credited["fromAddress"], transfer["fromAddress"]);
@@ -669,7 +669,7 @@ async fn deposits_that_cannot_be_credited_are_parked_and_the_watcher_moves_on() 
     let listed = t
         .ok(
             &t.operator(),
-            "query($w: ID!) { transactions(walletId: $w, filter: {statuses: [PARKED]}) { edges { node { txHash } } } }",
+            "query($w: ID!) { transactions(walletId: $w, filter: {statuses: [PARKED]}) { edges { node { idempotencyKey } } } }",
             json!({"w": wallet}),
         )
         .await;

@@ -17,7 +17,7 @@ const MINE: &str =
     "mutation($n: String!, $c: Int!) { mineBlocks(input: {network: $n, count: $c}) }";
 const WITHDRAW: &str = "mutation($w: ID!, $to: String!, $a: Decimal!, $k: String!) {
   cryptoWithdraw(input: {walletId: $w, toAddress: $to, amount: $a, idempotencyKey: $k}) {
-    id type amount fee status isHold balanceBefore balanceAfter txHash chainTxHash
+    id type amount fee status isHold balanceBefore balanceAfter idempotencyKey chainTxHash
     toAddress fromAddress confirmations requiredConfirmations raw } }";
 const TRANSACTION: &str = "query($id: ID!) { node(id: $id) { ... on Transaction {
   id type amount fee status isHold confirmations blockNumber chainTxHash raw gasPrice gasUsed
@@ -122,7 +122,7 @@ async fn requests_lock_amount_and_fee_and_bad_ones_change_nothing() {
     assert_eq!(w["fee"], "0.00001000");
     assert_eq!(w["balanceBefore"], "1.00000000");
     assert_eq!(w["balanceAfter"], "1.00000000");
-    assert_eq!(w["txHash"], "w-1");
+    assert_eq!(w["idempotencyKey"], "w-1");
     assert_eq!(w["chainTxHash"], json!(null), "not signed yet");
     assert_eq!(w["toAddress"], OUTSIDE_BTC);
     assert_eq!(w["requiredConfirmations"], 6);

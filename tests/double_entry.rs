@@ -211,7 +211,7 @@ async fn an_accounts_postings_add_up_to_its_balance() {
         code currency balance
         postings(first: 3, after: $after) {
           pageInfo { hasNextPage endCursor }
-          edges { node { amount transaction { txHash type } } } } } }";
+          edges { node { amount transaction { idempotencyKey type } } } } } }";
     let first = t.ok(&t.operator(), query, json!({"c": "USD"})).await["ledgerAccounts"].clone();
     let codes: Vec<&str> = first
         .as_array()
@@ -227,7 +227,7 @@ async fn an_accounts_postings_add_up_to_its_balance() {
     loop {
         for e in page["edges"].as_array().unwrap() {
             seen.push((
-                e["node"]["transaction"]["txHash"]
+                e["node"]["transaction"]["idempotencyKey"]
                     .as_str()
                     .unwrap()
                     .to_owned(),
@@ -367,7 +367,7 @@ async fn configured_withdrawal_fees_land_in_fee_revenue() {
 }
 
 const ANNOTATED_DEPOSIT: &str = "mutation($w: ID!, $k: String!, $r: String, $m: Metadata) {
-  deposit(input: {walletId: $w, amount: \"5.00\", txHash: $k, reference: $r, metadata: $m}) {
+  deposit(input: {walletId: $w, amount: \"5.00\", idempotencyKey: $k, reference: $r, metadata: $m}) {
     id reference metadata } }";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -410,7 +410,7 @@ async fn references_and_metadata_are_kept_and_searchable() {
         .ok(
             &op,
             "query($w: ID!) { wallet(id: $w) { transactions(first: 10, filter: {reference: \"STMT-7\"}) {
-               edges { node { txHash reference } } } } }",
+               edges { node { idempotencyKey reference } } } } }",
             json!({"w": w}),
         )
         .await;
@@ -418,14 +418,14 @@ async fn references_and_metadata_are_kept_and_searchable() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|e| e["node"]["txHash"].as_str().unwrap())
+        .map(|e| e["node"]["idempotencyKey"].as_str().unwrap())
         .collect();
     assert_eq!(keys, ["d-1", "d-2"]);
     // Across every wallet an operator sees.
     let all = t
         .ok(
             &op,
-            "{ transactions(first: 10, filter: {reference: \"STMT-7\"}) { edges { node { txHash } } } }",
+            "{ transactions(first: 10, filter: {reference: \"STMT-7\"}) { edges { node { idempotencyKey } } } }",
             json!({}),
         )
         .await;

@@ -252,6 +252,80 @@ async fn an_ether_withdrawal_is_debited_once_with_the_fee_the_chain_charged() {
     assert_eq!(anvil.balance(&address).await, wei(balance));
 }
 
+/// A withdrawal's `fee` and `chargedFee` as its owner reads them (null: not known yet).
+async fn fees_shown(t: &TestApp, id: i64) -> (Decimal, Option<Decimal>) {
+    let body = t
+        .ok(
+            &t.user("alice"),
+            "query($id: ID!) { node(id: $id) { ... on Transaction { fee chargedFee } } }",
+            json!({"id": transaction_global_id(id)}),
+        )
+        .await;
+    let row = &body["node"];
+    (
+        dec(row["fee"].as_str().unwrap()),
+        row["chargedFee"].as_str().map(dec),
+    )
+}
+
+/// The global id of the transaction with database id `id`.
+fn transaction_global_id(id: i64) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("Transaction:{id}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn charged_fee_is_null_until_the_withdrawal_is_settled_then_what_the_chain_charged() {
+    let anvil = Anvil::start().await;
+    let t = TestApp::with(on(&anvil)).await;
+    let (wallet, _) = funded(&t, &anvil, ETHER).await;
+    let id = withdraw(&t, &wallet, DEV_ACCOUNT_2, "0.25", "w-1").await;
+
+    // Requested: `fee` is what is locked for it, the most the network may charge.
+    let (locked_fee, charged_fee) = fees_shown(&t, id).await;
+    let (_, locked) = balances(&t, &wallet).await;
+    assert_eq!(locked_fee, locked - Decimal::new(25, 2));
+    assert_eq!(charged_fee, None, "PENDING: not charged yet");
+    // Signed and sent, mined but not confirmed: still not known.
+    pass(&t.app).await;
+    anvil.mine(1).await;
+    pass(&t.app).await;
+    let w = withdrawal(&t, id).await;
+    assert_eq!((w.status.as_str(), w.debits.len()), ("PROCESSING", 0));
+    assert_eq!(fees_shown(&t, id).await, (locked_fee, None));
+
+    let w = confirm(&t, &anvil, id, 8).await;
+    assert_eq!(w.status, "COMPLETED");
+    let (fee, _, _) = charged(&anvil, &w.hash.clone().unwrap()).await;
+    assert!(fee < locked_fee, "{fee} charged, {locked_fee} locked");
+    // Settled: what the chain charged, as debited; `fee` still says what was locked.
+    assert_eq!(w.debits[0].fee, fee);
+    assert_eq!(fees_shown(&t, id).await, (locked_fee, Some(fee)));
+    // The debit itself charged its fee; listed, each row says so.
+    let listed = t
+        .ok(
+            &t.user("alice"),
+            "query($w: ID!) { wallet(id: $w) { transactions(last: 2) { edges { node {
+               isHold fee chargedFee } } } } }",
+            json!({"w": wallet}),
+        )
+        .await;
+    let rows: Vec<(bool, Decimal, Decimal)> = listed["wallet"]["transactions"]["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let n = &e["node"];
+            (
+                n["isHold"].as_bool().unwrap(),
+                dec(n["fee"].as_str().unwrap()),
+                dec(n["chargedFee"].as_str().unwrap()),
+            )
+        })
+        .collect();
+    assert_eq!(rows, vec![(true, locked_fee, fee), (false, fee, fee)]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_between_storing_and_broadcasting_sends_once() {
     let anvil = Anvil::start().await;
@@ -416,6 +490,11 @@ async fn a_reverted_withdrawal_pays_its_gas_and_gets_the_amount_back() {
     assert_eq!(w.debits.len(), 1);
     assert_eq!(w.debits[0].fee, fee);
     assert_eq!(w.refunds, vec![(Decimal::new(1, 1), Decimal::ZERO)]);
+    assert_eq!(
+        fees_shown(&t, id).await.1,
+        Some(fee),
+        "the gas stays charged"
+    );
     let (balance, locked) = balances(&t, &wallet).await;
     assert_eq!((balance, locked), (Decimal::ONE - fee, Decimal::ZERO));
     assert_eq!(anvil.balance(&address).await, wei(balance));
@@ -887,6 +966,11 @@ async fn a_withdrawal_the_node_refuses_for_want_of_funds_fails_and_frees_its_loc
     );
     assert!(w.debits.is_empty() && w.refunds.is_empty());
     assert_eq!(balances(&t, &wallet).await, (Decimal::ONE, Decimal::ZERO));
+    assert_eq!(
+        fees_shown(&t, id).await.1,
+        Some(Decimal::ZERO),
+        "nothing was charged"
+    );
     let refused: Vec<Option<String>> =
         t.db.client()
             .await

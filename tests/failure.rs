@@ -385,7 +385,10 @@ async fn abandoned_work_releases_its_locks_at_once() {
     .await;
     // The caller still gets the truth: its movement, applied once.
     let body = deposit.await.unwrap();
-    assert_eq!(body["data"]["deposit"]["txHash"], "abandoned", "{body}");
+    assert_eq!(
+        body["data"]["deposit"]["idempotencyKey"], "abandoned",
+        "{body}"
+    );
     // And nothing was left behind holding a transaction open.
     let idle_in_transaction: i64 = pg
         .query_one(
@@ -562,6 +565,9 @@ async fn a_blocked_wallet_does_not_hold_up_the_others() {
     assert_eq!(t.balance(&free).await, "20.00");
     lock.rollback().await.unwrap();
     let body = waiting.await.unwrap();
-    assert_eq!(body["data"]["deposit"]["txHash"], "blocked", "{body}");
+    assert_eq!(
+        body["data"]["deposit"]["idempotencyKey"], "blocked",
+        "{body}"
+    );
     assert_eq!(t.balance(&blocked).await, "1.00");
 }

@@ -198,6 +198,76 @@ async fn default_limits_admit_graphiql_introspection() {
     assert!(body["data"]["__schema"]["types"].as_array().unwrap().len() > 20);
 }
 
+/// The key's former name, `txHash`, is deprecated where it is the client's key (the
+/// deposit and withdrawal inputs, `Transaction`), with a reason naming `idempotencyKey`; a
+/// chain deposit's `txHash` is a chain hash and stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_shows_the_tx_hash_of_keys_deprecated() {
+    let t = TestApp::new().await;
+    let body = t
+        .gql(
+            None,
+            "{
+              deposit: __type(name: \"DepositInput\") { ...Inputs }
+              withdraw: __type(name: \"WithdrawInput\") { ...Inputs }
+              chain: __type(name: \"ProcessCryptoDepositInput\") { ...Inputs }
+              transaction: __type(name: \"Transaction\") {
+                fields(includeDeprecated: true) {
+                  name isDeprecated deprecationReason type { kind ofType { name } } } }
+            }
+            fragment Inputs on __Type {
+              inputFields(includeDeprecated: true) {
+                name isDeprecated deprecationReason type { kind name } } }",
+            json!({}),
+        )
+        .await;
+    assert!(body.get("errors").is_none(), "{body}");
+    let field = |of: &str, list: &str, name: &str| {
+        body["data"][of][list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"] == name)
+            .unwrap_or_else(|| panic!("{of}.{name}: {body}"))
+            .clone()
+    };
+    for input in ["deposit", "withdraw"] {
+        let key = field(input, "inputFields", "idempotencyKey");
+        let old = field(input, "inputFields", "txHash");
+        assert_eq!(key["isDeprecated"], false, "{key}");
+        assert_eq!(old["isDeprecated"], true, "{old}");
+        assert_eq!(
+            old["deprecationReason"],
+            "Use idempotencyKey; txHash will be removed in the next release."
+        );
+        // Optional both: one of them is required, which the resolver checks.
+        assert_eq!(key["type"], json!({"kind": "SCALAR", "name": "String"}));
+        assert_eq!(old["type"], json!({"kind": "SCALAR", "name": "String"}));
+    }
+    let chain = field("chain", "inputFields", "txHash");
+    assert_eq!(chain["isDeprecated"], false, "{chain}");
+    assert_eq!(chain["type"]["kind"], "NON_NULL");
+
+    let key = field("transaction", "fields", "idempotencyKey");
+    let old = field("transaction", "fields", "txHash");
+    assert_eq!(key["isDeprecated"], false, "{key}");
+    assert_eq!(old["isDeprecated"], true, "{old}");
+    let reason = old["deprecationReason"].as_str().unwrap();
+    assert!(
+        reason.contains("idempotencyKey") && reason.contains("chainTxHash"),
+        "{reason}"
+    );
+    for name in ["idempotencyKey", "currency"] {
+        let f = field("transaction", "fields", name);
+        assert_eq!(
+            f["type"],
+            json!({"kind": "NON_NULL", "ofType": {"name": "String"}})
+        );
+    }
+    let charged = field("transaction", "fields", "chargedFee");
+    assert_eq!(charged["type"]["kind"], "SCALAR", "nullable: {charged}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn health_readiness_and_graphiql() {
     let t = TestApp::new().await;

@@ -262,7 +262,7 @@ fn record(
         amount,
         "{body}"
     );
-    assert_eq!(row["txHash"], key, "{body}");
+    assert_eq!(row["idempotencyKey"], key, "{body}");
     if kind != "CRYPTO" {
         let before: Decimal = row["balanceBefore"].as_str().unwrap().parse().unwrap();
         let after: Decimal = row["balanceAfter"].as_str().unwrap().parse().unwrap();

@@ -73,7 +73,7 @@ async fn deposit_happy_path_replay_and_errors() {
     assert_eq!(tx["balanceBefore"], "0.00");
     assert_eq!(tx["balanceAfter"], "100.50");
     assert_eq!(tx["status"], "COMPLETED");
-    assert_eq!(tx["txHash"], "dep-1");
+    assert_eq!(tx["idempotencyKey"], "dep-1");
     assert_eq!(t.balance(&w).await, "100.50");
 
     // Replays (also with an equal amount written differently) return the original row.
@@ -375,5 +375,261 @@ async fn reconciliation_detects_a_tampered_journal() {
     assert!(
         r["mismatchReason"].as_str().unwrap().contains("journal"),
         "{r}"
+    );
+}
+
+/// A deposit or withdrawal whose key may be sent under either name: `k` as
+/// `idempotencyKey`, `h` as its deprecated name `txHash` (null: not sent).
+const DEPOSIT_NAMED: &str = "mutation($w: ID!, $a: Decimal!, $k: String, $h: String) {
+  deposit(input: {walletId: $w, amount: $a, idempotencyKey: $k, txHash: $h}) {
+    id amount idempotencyKey txHash balanceAfter } }";
+const WITHDRAW_NAMED: &str = "mutation($w: ID!, $a: Decimal!, $k: String, $h: String) {
+  withdraw(input: {walletId: $w, amount: $a, idempotencyKey: $k, txHash: $h}) {
+    id amount idempotencyKey txHash balanceAfter } }";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deposit_and_withdraw_take_the_key_as_idempotency_key_or_as_tx_hash() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "USD").await;
+    let (op, alice) = (t.operator(), t.user("alice"));
+
+    let new = t
+        .ok(
+            &op,
+            DEPOSIT_NAMED,
+            json!({"w": w, "a": "10.00", "k": "d-new"}),
+        )
+        .await["deposit"]
+        .clone();
+    let old = t
+        .ok(
+            &op,
+            DEPOSIT_NAMED,
+            json!({"w": w, "a": "5.00", "h": "d-old"}),
+        )
+        .await["deposit"]
+        .clone();
+    assert_eq!(
+        (&new["idempotencyKey"], &new["txHash"]),
+        (&json!("d-new"), &json!("d-new"))
+    );
+    assert_eq!(
+        (&old["idempotencyKey"], &old["txHash"]),
+        (&json!("d-old"), &json!("d-old"))
+    );
+    assert_eq!(t.balance(&w).await, "15.00");
+
+    let new = t
+        .ok(
+            &alice,
+            WITHDRAW_NAMED,
+            json!({"w": w, "a": "1.00", "k": "w-new"}),
+        )
+        .await["withdraw"]
+        .clone();
+    let old = t
+        .ok(
+            &alice,
+            WITHDRAW_NAMED,
+            json!({"w": w, "a": "2.00", "h": "w-old"}),
+        )
+        .await["withdraw"]
+        .clone();
+    assert_eq!(new["idempotencyKey"], "w-new");
+    assert_eq!(old["idempotencyKey"], "w-old");
+    assert_eq!(old["balanceAfter"], "12.00");
+    assert_eq!(t.balance(&w).await, "12.00");
+    // Found by the key whichever name sent it.
+    for key in ["d-new", "d-old", "w-new", "w-old"] {
+        assert_eq!(t.by_key(&w, key).await["idempotencyKey"], key);
+    }
+    assert_eq!(t.assert_chain(&w).await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_sent_again_under_its_other_name_returns_the_original() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "USD").await;
+    let (op, alice) = (t.operator(), t.user("alice"));
+
+    let first = t
+        .ok(&op, DEPOSIT_NAMED, json!({"w": w, "a": "10.00", "h": "k"}))
+        .await["deposit"]
+        .clone();
+    let again = t
+        .ok(&op, DEPOSIT_NAMED, json!({"w": w, "a": "10.00", "k": "k"}))
+        .await["deposit"]
+        .clone();
+    assert_eq!(again, first, "the original deposit, not a second one");
+    // Both names at once, equal: the same key again.
+    let both = t
+        .ok(
+            &op,
+            DEPOSIT_NAMED,
+            json!({"w": w, "a": "10.00", "k": "k", "h": "k"}),
+        )
+        .await["deposit"]
+        .clone();
+    assert_eq!(both, first);
+    assert_eq!(t.balance(&w).await, "10.00");
+
+    let first = t
+        .ok(
+            &alice,
+            WITHDRAW_NAMED,
+            json!({"w": w, "a": "3.00", "k": "out"}),
+        )
+        .await["withdraw"]
+        .clone();
+    let again = t
+        .ok(
+            &alice,
+            WITHDRAW_NAMED,
+            json!({"w": w, "a": "3.00", "h": "out"}),
+        )
+        .await["withdraw"]
+        .clone();
+    assert_eq!(again, first, "the original withdrawal, not a second one");
+    assert_eq!(t.balance(&w).await, "7.00");
+    assert_eq!(t.assert_chain(&w).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_sent_again_under_its_other_name_for_another_amount_conflicts() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "USD").await;
+    let (op, alice) = (t.operator(), t.user("alice"));
+    t.ok(&op, DEPOSIT_NAMED, json!({"w": w, "a": "10.00", "h": "k"}))
+        .await;
+    t.ok(
+        &alice,
+        WITHDRAW_NAMED,
+        json!({"w": w, "a": "3.00", "k": "out"}),
+    )
+    .await;
+
+    for (token, query, vars) in [
+        (&op, DEPOSIT_NAMED, json!({"w": w, "a": "11.00", "k": "k"})),
+        (
+            &alice,
+            WITHDRAW_NAMED,
+            json!({"w": w, "a": "4.00", "h": "out"}),
+        ),
+    ] {
+        let body = t.gql(Some(token), query, vars.clone()).await;
+        assert_eq!(error_code(&body), "IDEMPOTENCY_CONFLICT", "{vars}: {body}");
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(message.starts_with("idempotencyKey "), "{message}");
+    }
+    assert_eq!(t.balance(&w).await, "7.00");
+    assert_eq!(t.assert_chain(&w).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_under_both_names_differing_or_under_neither_is_bad_user_input() {
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "USD").await;
+    let (op, alice) = (t.operator(), t.user("alice"));
+    t.deposit(&w, "10.00", "seed").await;
+
+    for (token, query) in [(&op, DEPOSIT_NAMED), (&alice, WITHDRAW_NAMED)] {
+        let body = t
+            .gql(
+                Some(token),
+                query,
+                json!({"w": w, "a": "1.00", "k": "one", "h": "other"}),
+            )
+            .await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.contains("give one of idempotencyKey and txHash"),
+            "{message}"
+        );
+
+        let body = t
+            .gql(Some(token), query, json!({"w": w, "a": "1.00"}))
+            .await;
+        assert_eq!(error_code(&body), "BAD_USER_INPUT", "{body}");
+        let message = body["errors"][0]["message"].as_str().unwrap();
+        assert!(message.contains("idempotencyKey"), "{message}");
+    }
+    assert_eq!(t.balance(&w).await, "10.00");
+    assert_eq!(t.assert_chain(&w).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transaction_shows_the_key_sent_and_its_wallets_currency() {
+    let t = TestApp::new().await;
+    let usd = t.create_wallet("alice", "USD").await;
+    let eur = t.create_wallet("alice", "EUR").await;
+    let deposited = t
+        .ok(
+            &t.operator(),
+            "mutation($w: ID!) { deposit(input: {walletId: $w, amount: \"7.00\",
+               idempotencyKey: \"bank-ref-7\"}) { idempotencyKey currency } }",
+            json!({"w": usd}),
+        )
+        .await;
+    assert_eq!(
+        deposited["deposit"],
+        json!({"idempotencyKey": "bank-ref-7", "currency": "USD"})
+    );
+    t.deposit(&eur, "1.00", "eur-1").await;
+    t.deposit(&usd, "2.00", "usd-2").await;
+    // Listed across wallets: each row with its own wallet's currency.
+    let list = t
+        .ok(
+            &t.user("alice"),
+            "{ transactions(first: 10) { edges { node { idempotencyKey currency } } } }",
+            json!({}),
+        )
+        .await;
+    assert_eq!(
+        list["transactions"]["edges"],
+        json!([
+            {"node": {"idempotencyKey": "bank-ref-7", "currency": "USD"}},
+            {"node": {"idempotencyKey": "eur-1", "currency": "EUR"}},
+            {"node": {"idempotencyKey": "usd-2", "currency": "USD"}},
+        ])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fiat_withdrawal_charged_its_fee() {
+    let mut options = common::Options::default();
+    options
+        .withdrawal_fees
+        .insert("USD".into(), "0.50".parse().unwrap());
+    let t = TestApp::with(options).await;
+    let w = t.create_wallet("alice", "USD").await;
+    t.deposit(&w, "10.00", "seed").await;
+    let body = t
+        .ok(
+            &t.user("alice"),
+            "mutation($w: ID!) { withdraw(input: {walletId: $w, amount: \"4.00\",
+               idempotencyKey: \"out\"}) { fee chargedFee balanceAfter } }",
+            json!({"w": w}),
+        )
+        .await;
+    assert_eq!(
+        body["withdraw"],
+        json!({"fee": "0.50", "chargedFee": "0.50", "balanceAfter": "5.50"})
+    );
+    // And as listed, with the deposit's (no fee).
+    let list = t
+        .ok(
+            &t.user("alice"),
+            "query($w: ID!) { wallet(id: $w) { transactions { edges { node {
+               type fee chargedFee } } } } }",
+            json!({"w": w}),
+        )
+        .await;
+    assert_eq!(
+        list["wallet"]["transactions"]["edges"],
+        json!([
+            {"node": {"type": "DEPOSIT", "fee": "0", "chargedFee": "0"}},
+            {"node": {"type": "WITHDRAW", "fee": "0.50", "chargedFee": "0.50"}},
+        ])
     );
 }

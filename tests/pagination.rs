@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 const PAGE: &str = "query($w: ID!, $first: Int, $after: String, $last: Int, $before: String, $filter: TransactionFilter) {
   transactions(walletId: $w, first: $first, after: $after, last: $last, before: $before, filter: $filter) {
     pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
-    edges { cursor node { txHash type createdAt } } } }";
+    edges { cursor node { idempotencyKey type createdAt } } } }";
 
 struct Row {
     key: String,
@@ -35,7 +35,7 @@ async fn walk(t: &TestApp, w: &str, size: i64, backward: bool, filter: &Value) -
         assert!(edges.len() as i64 <= size);
         let keys: Vec<String> = edges
             .iter()
-            .map(|e| e["node"]["txHash"].as_str().unwrap().to_owned())
+            .map(|e| e["node"]["idempotencyKey"].as_str().unwrap().to_owned())
             .collect();
         let info = &conn["pageInfo"];
         if let (Some(first), Some(last)) = (edges.first(), edges.last()) {
@@ -113,7 +113,7 @@ async fn walks_every_row_once_in_order_with_filters() {
         let c = &data["transactions"];
         for e in c["edges"].as_array().unwrap() {
             listed.push(Row {
-                key: e["node"]["txHash"].as_str().unwrap().into(),
+                key: e["node"]["idempotencyKey"].as_str().unwrap().into(),
                 kind: e["node"]["type"].as_str().unwrap().into(),
                 created_at: e["node"]["createdAt"].as_str().unwrap().into(),
             });
@@ -173,7 +173,7 @@ async fn walks_every_row_once_in_order_with_filters() {
     // The back office's listing of every wallet, filtered the same way.
     const ALL: &str = "query($after: String, $filter: TransactionFilter) {
       transactions(first: 30, after: $after, filter: $filter) {
-        pageInfo { hasNextPage endCursor } edges { node { txHash } } } }";
+        pageInfo { hasNextPage endCursor } edges { node { idempotencyKey } } } }";
     let mut everyone: Vec<String> = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -187,7 +187,7 @@ async fn walks_every_row_once_in_order_with_filters() {
             .await;
         let c = &data["transactions"];
         for e in c["edges"].as_array().unwrap() {
-            everyone.push(e["node"]["txHash"].as_str().unwrap().to_owned());
+            everyone.push(e["node"]["idempotencyKey"].as_str().unwrap().to_owned());
         }
         if !c["pageInfo"]["hasNextPage"].as_bool().unwrap() {
             break;
@@ -400,7 +400,7 @@ async fn a_users_listing_merges_their_wallets_in_order() {
                              $filter: TransactionFilter) {
       transactions(first: $first, after: $after, last: $last, before: $before, filter: $filter) {
         pageInfo { hasNextPage hasPreviousPage startCursor endCursor }
-        edges { node { txHash } } } }";
+        edges { node { idempotencyKey } } } }";
     let alice = t.user("alice");
     // Unfiltered, and filtered by several types (one walk per wallet and type).
     let filters = [json!(null), json!({"types": ["WITHDRAW", "DEPOSIT"]})];
@@ -421,7 +421,7 @@ async fn a_users_listing_merges_their_wallets_in_order() {
                     .as_array()
                     .unwrap()
                     .iter()
-                    .map(|e| e["node"]["txHash"].as_str().unwrap().to_owned())
+                    .map(|e| e["node"]["idempotencyKey"].as_str().unwrap().to_owned())
                     .collect();
                 seen.push(keys);
                 let info = &conn["pageInfo"];

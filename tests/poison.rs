@@ -95,23 +95,34 @@ async fn poison_in_any_string_input_is_refused_and_changes_nothing() {
             json!({}),
         ),
         (
+            "deposit.idempotencyKey",
+            "mutation($w: ID!, $v: String!) { deposit(input: {walletId: $w, amount: \"1.00\", idempotencyKey: $v}) { id } }",
+            json!({"w": usd}),
+        ),
+        // The key's deprecated name is checked as the key is.
+        (
             "deposit.txHash",
             "mutation($w: ID!, $v: String!) { deposit(input: {walletId: $w, amount: \"1.00\", txHash: $v}) { id } }",
             json!({"w": usd}),
         ),
         (
             "deposit.description",
-            "mutation($w: ID!, $v: String) { deposit(input: {walletId: $w, amount: \"1.00\", txHash: \"d-desc\", description: $v}) { id } }",
+            "mutation($w: ID!, $v: String) { deposit(input: {walletId: $w, amount: \"1.00\", idempotencyKey: \"d-desc\", description: $v}) { id } }",
             json!({"w": usd}),
         ),
         (
             "deposit.walletId",
-            "mutation($v: ID!) { deposit(input: {walletId: $v, amount: \"1.00\", txHash: \"d-id\"}) { id } }",
+            "mutation($v: ID!) { deposit(input: {walletId: $v, amount: \"1.00\", idempotencyKey: \"d-id\"}) { id } }",
             json!({}),
         ),
         (
             "deposit.amount",
-            "mutation($w: ID!, $v: Decimal!) { deposit(input: {walletId: $w, amount: $v, txHash: \"d-amount\"}) { id } }",
+            "mutation($w: ID!, $v: Decimal!) { deposit(input: {walletId: $w, amount: $v, idempotencyKey: \"d-amount\"}) { id } }",
+            json!({"w": usd}),
+        ),
+        (
+            "withdraw.idempotencyKey",
+            "mutation($w: ID!, $v: String!) { withdraw(input: {walletId: $w, amount: \"1.00\", idempotencyKey: $v}) { id } }",
             json!({"w": usd}),
         ),
         (
@@ -121,7 +132,7 @@ async fn poison_in_any_string_input_is_refused_and_changes_nothing() {
         ),
         (
             "withdraw.description",
-            "mutation($w: ID!, $v: String) { withdraw(input: {walletId: $w, amount: \"1.00\", txHash: \"w-desc\", description: $v}) { id } }",
+            "mutation($w: ID!, $v: String) { withdraw(input: {walletId: $w, amount: \"1.00\", idempotencyKey: \"w-desc\", description: $v}) { id } }",
             json!({"w": usd}),
         ),
         (
@@ -229,7 +240,7 @@ async fn poison_in_any_string_input_is_refused_and_changes_nothing() {
     }
     // The same poison written into the query text itself, not a variable.
     let literal = format!(
-        r#"{{"query": "mutation {{ deposit(input: {{walletId: \"{usd}\", amount: \"1.00\", txHash: \"a\\u0000b\"}}) {{ id }} }}"}}"#
+        r#"{{"query": "mutation {{ deposit(input: {{walletId: \"{usd}\", amount: \"1.00\", idempotencyKey: \"a\\u0000b\"}}) {{ id }} }}"}}"#
     );
     let req = Request::post("/graphql")
         .header("content-type", "application/json")
@@ -244,7 +255,7 @@ async fn poison_in_any_string_input_is_refused_and_changes_nothing() {
 
     for (n, answer) in honest.await.unwrap().iter().enumerate() {
         assert_eq!(
-            answer["data"]["deposit"]["txHash"],
+            answer["data"]["deposit"]["idempotencyKey"],
             format!("honest-{n}"),
             "{answer}"
         );

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 const REVERSE: &str = "mutation($t: ID!, $k: String!, $r: String!) {
   reverseTransaction(input: {transactionId: $t, idempotencyKey: $k, reason: $r}) {
-    id type amount fee balanceBefore balanceAfter description txHash
+    id type amount fee balanceBefore balanceAfter description idempotencyKey
     reverses { id type } reversedBy { id } } }";
 
 async fn reverse(t: &TestApp, token: &str, id: &str, key: &str, reason: &str) -> Value {

@@ -17,7 +17,7 @@ use wallet::events::{EventBus, Notice, Payload};
 use wallet::ledger::Scope;
 
 const TX_SUB: &str = "subscription($w: ID) { transactionUpdated(walletId: $w) {
-  id type amount balanceBefore balanceAfter status txHash wallet { id balance } } }";
+  id type amount balanceBefore balanceAfter status idempotencyKey wallet { id balance } } }";
 const WALLET_SUB: &str =
     "subscription($w: ID!) { walletUpdated(walletId: $w) { id balance availableBalance } }";
 const REC_SUB: &str = "subscription($w: ID) { reconciliationCompleted(walletId: $w) {
@@ -74,7 +74,7 @@ async fn deposit_and_withdraw_push_transaction_and_wallet_events() {
     assert_eq!(tx["balanceBefore"], "0.00");
     assert_eq!(tx["balanceAfter"], "100.00");
     assert_eq!(tx["status"], "COMPLETED");
-    assert_eq!(tx["txHash"], "dep-1");
+    assert_eq!(tx["idempotencyKey"], "dep-1");
     assert_eq!(tx["wallet"]["id"], wallet.as_str());
     let w = &got["w"][0]["walletUpdated"];
     assert_eq!(w["id"], wallet.as_str());
@@ -148,7 +148,10 @@ async fn a_rolled_back_mutation_produces_no_event() {
     // The next events are those of this deposit: nothing came from the refused requests.
     t.deposit(&wallet, "1.00", "dep-2").await;
     let got = collect(&mut ws, 2).await;
-    assert_eq!(got["tx"][0]["transactionUpdated"]["txHash"], "dep-2");
+    assert_eq!(
+        got["tx"][0]["transactionUpdated"]["idempotencyKey"],
+        "dep-2"
+    );
     assert_eq!(got["w"][0]["walletUpdated"]["balance"], "6.00");
     assert!(
         ws.next_within(Duration::from_millis(300)).await.is_none(),
@@ -171,7 +174,7 @@ async fn events_reach_subscribers_of_another_instance() {
     for i in 1..=3 {
         t.deposit(&wallet, "2.50", &format!("dep-{i}")).await;
         assert_eq!(
-            ws.data("tx").await["transactionUpdated"]["txHash"],
+            ws.data("tx").await["transactionUpdated"]["idempotencyKey"],
             format!("dep-{i}")
         );
     }
@@ -229,7 +232,7 @@ async fn the_listener_reconnects_and_catches_up() {
     for i in 1..=3 {
         let tx = ws.data("tx").await;
         assert_eq!(
-            tx["transactionUpdated"]["txHash"],
+            tx["transactionUpdated"]["idempotencyKey"],
             format!("while-down-{i}")
         );
     }
@@ -237,7 +240,10 @@ async fn the_listener_reconnects_and_catches_up() {
     assert_ne!(old, new, "a new listening connection");
     // And live delivery works again on the new connection.
     t.deposit(&wallet, "1.00", "after").await;
-    assert_eq!(ws.data("tx").await["transactionUpdated"]["txHash"], "after");
+    assert_eq!(
+        ws.data("tx").await["transactionUpdated"]["idempotencyKey"],
+        "after"
+    );
 }
 
 #[tokio::test]
@@ -324,7 +330,7 @@ async fn users_only_see_their_own_wallets_events() {
     t.deposit(&bobs, "7.00", "bob-dep").await;
     t.deposit(&alices, "3.00", "alice-dep").await;
     let first = alice.data("all").await;
-    assert_eq!(first["transactionUpdated"]["txHash"], "alice-dep");
+    assert_eq!(first["transactionUpdated"]["idempotencyKey"], "alice-dep");
     assert!(
         alice
             .next_within(Duration::from_millis(300))
@@ -333,8 +339,8 @@ async fn users_only_see_their_own_wallets_events() {
     );
     // The operator sees both.
     let seen: Vec<Value> = vec![
-        operator.data("all").await["transactionUpdated"]["txHash"].clone(),
-        operator.data("all").await["transactionUpdated"]["txHash"].clone(),
+        operator.data("all").await["transactionUpdated"]["idempotencyKey"].clone(),
+        operator.data("all").await["transactionUpdated"]["idempotencyKey"].clone(),
     ];
     assert_eq!(seen, vec![json!("bob-dep"), json!("alice-dep")]);
 }
@@ -462,7 +468,7 @@ async fn an_older_transaction_committing_late_is_not_skipped() {
     subscribed(&t.app, 1).await;
     t.deposit(&x, "1.00", "dep-x").await;
     assert_eq!(
-        ws.data("all").await["transactionUpdated"]["txHash"],
+        ws.data("all").await["transactionUpdated"]["idempotencyKey"],
         "dep-x"
     );
 
@@ -484,11 +490,11 @@ async fn an_older_transaction_committing_late_is_not_skipped() {
     );
     slow.commit().await.unwrap();
     assert_eq!(
-        ws.data("all").await["transactionUpdated"]["txHash"],
+        ws.data("all").await["transactionUpdated"]["idempotencyKey"],
         "dep-x"
     );
     assert_eq!(
-        ws.data("all").await["transactionUpdated"]["txHash"],
+        ws.data("all").await["transactionUpdated"]["idempotencyKey"],
         "dep-y"
     );
 }
@@ -578,11 +584,13 @@ async fn a_lagging_transaction_subscriber_gets_an_error_and_the_stream_ends() {
     let wallet = t.create_wallet("alice", "USD").await;
     t.deposit(&wallet, "1.00", "dep").await;
     let (schema, bus) = schema_with_small_bus(&t, 4);
-    let request = async_graphql::Request::new("subscription { transactionUpdated { txHash } }")
-        .data(Viewer {
-            user_id: "alice".into(),
-            role: Role::User,
-        });
+    let request = async_graphql::Request::new(
+        "subscription { transactionUpdated { idempotencyKey } }",
+    )
+    .data(Viewer {
+        user_id: "alice".into(),
+        role: Role::User,
+    });
     let mut stream = schema.execute_stream(request);
     // Let the subscription start; it has nothing to yield yet.
     started(&mut stream, &bus).await;
@@ -670,7 +678,7 @@ async fn a_long_transaction_in_another_database_does_not_delay_events() {
     t.deposit(&wallet, "1.00", "while-next-door-is-busy").await;
     // Delivered while the other database's transaction is still open.
     assert_eq!(
-        ws.data("tx").await["transactionUpdated"]["txHash"],
+        ws.data("tx").await["transactionUpdated"]["idempotencyKey"],
         "while-next-door-is-busy"
     );
     long.rollback().await.unwrap();
@@ -681,7 +689,7 @@ async fn a_long_transaction_in_another_database_does_not_delay_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn confirmation_progress_of_a_deposit_is_pushed_block_by_block() {
     const CHAIN_SUB: &str = "subscription($w: ID) { transactionUpdated(walletId: $w) {
-      type txHash isHold status confirmations requiredConfirmations balanceAfter } }";
+      type idempotencyKey isHold status confirmations requiredConfirmations balanceAfter } }";
     let t = TestApp::new().await;
     let url = t.serve().await;
     let alice = t.user("alice");
@@ -723,7 +731,7 @@ async fn confirmation_progress_of_a_deposit_is_pushed_block_by_block() {
 
     worker.pass().await.unwrap();
     let seen = &ws.data("tx").await["transactionUpdated"];
-    assert_eq!(seen["txHash"], hash);
+    assert_eq!(seen["idempotencyKey"], hash);
     assert_eq!(
         (
             seen["isHold"].as_bool(),
@@ -784,8 +792,7 @@ async fn every_subscriber_gets_every_event_once_and_in_order_from_two_processes(
     for user in ["a", "b", "c"] {
         wallets.push(t.create_wallet(user, "USD").await);
     }
-    const SUB: &str =
-        "subscription { transactionUpdated { txHash walletId balanceBefore balanceAfter } }";
+    const SUB: &str = "subscription { transactionUpdated { idempotencyKey walletId balanceBefore balanceAfter } }";
     let mut subscribers = Vec::new();
     for url in urls.iter().chain(urls.iter()) {
         let mut ws = WsClient::authenticated(url, &t.operator()).await;
@@ -834,7 +841,7 @@ async fn every_subscriber_gets_every_event_once_and_in_order_from_two_processes(
                 "subscriber {n}: out of order: {event}"
             );
             last_balance.insert(wallet, dec("balanceAfter"));
-            received.push(event["txHash"].as_str().unwrap().to_owned());
+            received.push(event["idempotencyKey"].as_str().unwrap().to_owned());
         }
         let distinct: std::collections::BTreeSet<String> = received.iter().cloned().collect();
         assert_eq!(distinct.len(), MOVEMENTS, "subscriber {n}: a duplicate");

@@ -10,8 +10,8 @@ const TRANSFER: &str = "mutation($from: ID!, $to: ID!, $a: Decimal!, $k: String!
   transfer(input: {fromWalletId: $from, toWalletId: $to, amount: $a, idempotencyKey: $k,
                    description: $d}) {
     id amount currency createdAt
-    from { id type amount balanceBefore balanceAfter txHash description }
-    to { id type amount balanceBefore balanceAfter txHash description } } }";
+    from { id type amount balanceBefore balanceAfter idempotencyKey description }
+    to { id type amount balanceBefore balanceAfter idempotencyKey description } } }";
 
 async fn transfer(
     t: &TestApp,
@@ -185,7 +185,7 @@ async fn the_recipient_never_sees_the_senders_key() {
     let mut ws = common::ws::WsClient::authenticated(&url, &bob_token).await;
     ws.subscribe(
         "tx",
-        "subscription($w: ID!) { transactionUpdated(walletId: $w) { id type txHash } }",
+        "subscription($w: ID!) { transactionUpdated(walletId: $w) { id type idempotencyKey } }",
         json!({"w": bob}),
     )
     .await;
@@ -198,7 +198,7 @@ async fn the_recipient_never_sees_the_senders_key() {
     let secret_key = "alice-private-invoice-7731";
     let sent = transfer(&t, &t.user("alice"), &alice, &bob, "2.50", secret_key).await;
     assert_eq!(
-        sent["data"]["transfer"]["from"]["txHash"], secret_key,
+        sent["data"]["transfer"]["from"]["idempotencyKey"], secret_key,
         "{sent}"
     );
 
@@ -208,7 +208,7 @@ async fn the_recipient_never_sees_the_senders_key() {
         .ok(
             &bob_token,
             "query($w: ID!) { wallet(id: $w) { transactions(first: 5) { edges { node {
-               id type txHash } } } } }",
+               id type idempotencyKey } } } } }",
             json!({"w": bob}),
         )
         .await["wallet"]["transactions"]["edges"][0]["node"]
@@ -216,7 +216,7 @@ async fn the_recipient_never_sees_the_senders_key() {
     let by_id = t
         .ok(
             &bob_token,
-            "query($id: ID!) { node(id: $id) { ... on Transaction { id txHash } } }",
+            "query($id: ID!) { node(id: $id) { ... on Transaction { id idempotencyKey txHash } } }",
             json!({"id": listed["id"]}),
         )
         .await["node"]
@@ -224,8 +224,10 @@ async fn the_recipient_never_sees_the_senders_key() {
     for row in [&event, &listed, &by_id] {
         assert!(!row.to_string().contains(secret_key), "{row}");
         // In its place, the row's own id.
-        assert_eq!(row["txHash"], row["id"], "{row}");
+        assert_eq!(row["idempotencyKey"], row["id"], "{row}");
     }
+    // Also under the key's deprecated name.
+    assert_eq!(by_id["txHash"], by_id["id"], "{by_id}");
     // Nor does the key find the receiving row on bob's wallet.
     let found = t
         .ok(
@@ -333,4 +335,47 @@ async fn the_database_refuses_a_transfer_side_without_its_mirror() {
         .await
         .expect_err("a receiving side alone");
     assert!(format!("{err:?}").contains("mirror"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_sides_of_a_transfer_show_their_wallets_currency() {
+    let t = TestApp::new().await;
+    let alice = t.create_wallet("alice", "EUR").await;
+    let bob = t.create_wallet("bob", "EUR").await;
+    t.deposit(&alice, "10.00", "fund").await;
+    let sides = "from { type currency } to { type currency }";
+    let sent = t
+        .ok(
+            &t.operator(),
+            &format!(
+                "mutation($from: ID!, $to: ID!) {{ transfer(input: {{fromWalletId: $from,
+                   toWalletId: $to, amount: \"2.00\", idempotencyKey: \"t-1\"}}) {{ {sides} }} }}"
+            ),
+            json!({"from": alice, "to": bob}),
+        )
+        .await;
+    assert_eq!(
+        sent["transfer"],
+        json!({"from": {"type": "TRANSFER_OUT", "currency": "EUR"},
+               "to": {"type": "TRANSFER_IN", "currency": "EUR"}})
+    );
+    // Each side as its owner lists it.
+    for (user, wallet, kind) in [
+        ("alice", &alice, "TRANSFER_OUT"),
+        ("bob", &bob, "TRANSFER_IN"),
+    ] {
+        let listed = t
+            .ok(
+                &t.user(user),
+                "query($w: ID!) { wallet(id: $w) { transactions(last: 1) { edges { node {
+                   type currency } } } } }",
+                json!({"w": wallet}),
+            )
+            .await;
+        assert_eq!(
+            listed["wallet"]["transactions"]["edges"][0]["node"],
+            json!({"type": kind, "currency": "EUR"}),
+            "{user}"
+        );
+    }
 }

@@ -187,7 +187,7 @@ async fn watch_keeps_its_token_off_the_command_line_and_escapes_what_it_prints()
         .gql(
             Some(&t.operator()),
             "mutation($w: ID!) { deposit(input: {walletId: $w, amount: \"1.00\",
-               txHash: \"bidi-1\", description: \"invoice \u{202e}fdp.exe\"}) { id } }",
+               idempotencyKey: \"bidi-1\", description: \"invoice \u{202e}fdp.exe\"}) { id } }",
             serde_json::json!({"w": wallet}),
         )
         .await;

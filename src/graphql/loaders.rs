@@ -18,7 +18,7 @@ use crate::ledger::{
 pub type Wallets = DataLoader<WalletLoader, HashMapCache>;
 /// Journal rows by id (`Transaction.settles`).
 pub type Entries = DataLoader<EntryLoader, HashMapCache>;
-/// The postings of holds, by hold id (`Transaction.settlements`).
+/// The postings of holds, by hold id (`Transaction.settlements`, `Transaction.chargedFee`).
 pub type Settlements = DataLoader<SettlementLoader, HashMapCache>;
 /// The reversal of a journal row, by the row's id (`Transaction.reversedBy`).
 pub type Reversals = DataLoader<ReversalLoader, HashMapCache>;
@@ -105,20 +105,17 @@ impl Batches {
     }
 }
 
-/// When the selection of a connection asks for `edges.node.wallet`, loads the wallets of the
+/// When the selection of a connection asks for one of `fields` of `edges.node` (those that
+/// read the row's wallet: `wallet`, a transaction's `currency`), loads the wallets of the
 /// whole page in one query up front, so the per-row loads are served from the cache instead
 /// of depending on the loader's batching window.
 pub async fn prefetch_wallets(
     ctx: &Context<'_>,
+    fields: &[&str],
     ids: impl IntoIterator<Item = i64>,
 ) -> async_graphql::Result<()> {
-    if !ctx
-        .look_ahead()
-        .field("edges")
-        .field("node")
-        .field("wallet")
-        .exists()
-    {
+    let node = ctx.look_ahead().field("edges").field("node");
+    if !fields.iter().any(|f| node.field(f).exists()) {
         return Ok(());
     }
     ctx.data_unchecked::<Wallets>()
@@ -128,8 +125,8 @@ pub async fn prefetch_wallets(
     Ok(())
 }
 
-/// Loads wallets by id (used by `Transaction.wallet` and `Reconciliation.wallet`, whose
-/// rows the caller was already allowed to see).
+/// Loads wallets by id (used by `Transaction.wallet`, `Transaction.currency` and
+/// `Reconciliation.wallet`, whose rows the caller was already allowed to see).
 pub struct WalletLoader(Batches);
 
 impl Loader<i64> for WalletLoader {

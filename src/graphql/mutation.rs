@@ -40,9 +40,18 @@ pub struct DepositInput {
     pub wallet_id: ID,
     /// Positive, with at most the currency's decimals, as a string.
     pub amount: DecimalScalar,
-    /// Idempotency key: the same key with the same request returns the original result.
+    /// Idempotency key, scoped to the wallet: the same key with the same request returns
+    /// the original result; with a different request it is `IDEMPOTENCY_CONFLICT`.
+    /// Required: this, or its deprecated name `txHash`.
     #[graphql(validator(custom = "Text(input::MAX_KEY_LEN)"))]
-    pub tx_hash: String,
+    pub idempotency_key: Option<String>,
+    /// The former name of `idempotencyKey`: the same key. Give one of them (or both,
+    /// equal).
+    #[graphql(
+        validator(custom = "Text(input::MAX_KEY_LEN)"),
+        deprecation = "Use idempotencyKey; txHash will be removed in the next release."
+    )]
+    pub tx_hash: Option<String>,
     #[graphql(validator(custom = "Text(input::MAX_DESCRIPTION_LEN)"))]
     pub description: Option<String>,
     /// A business reference (e.g. the bank's statement id): not unique, searchable with
@@ -57,9 +66,18 @@ pub struct WithdrawInput {
     pub wallet_id: ID,
     /// Positive, with at most the currency's decimals, as a string.
     pub amount: DecimalScalar,
-    /// Idempotency key: the same key with the same request returns the original result.
+    /// Idempotency key, scoped to the wallet: the same key with the same request returns
+    /// the original result; with a different request it is `IDEMPOTENCY_CONFLICT`.
+    /// Required: this, or its deprecated name `txHash`.
     #[graphql(validator(custom = "Text(input::MAX_KEY_LEN)"))]
-    pub tx_hash: String,
+    pub idempotency_key: Option<String>,
+    /// The former name of `idempotencyKey`: the same key. Give one of them (or both,
+    /// equal).
+    #[graphql(
+        validator(custom = "Text(input::MAX_KEY_LEN)"),
+        deprecation = "Use idempotencyKey; txHash will be removed in the next release."
+    )]
+    pub tx_hash: Option<String>,
     #[graphql(validator(custom = "Text(input::MAX_DESCRIPTION_LEN)"))]
     pub description: Option<String>,
     /// A business reference (e.g. the bank's statement id): not unique, searchable with
@@ -226,7 +244,7 @@ impl Mutation {
             Direction::Deposit,
             input.wallet_id,
             input.amount,
-            input.tx_hash,
+            (input.idempotency_key, input.tx_hash),
             input.description,
             (input.reference, input.metadata),
         )
@@ -240,7 +258,7 @@ impl Mutation {
             Direction::Withdraw,
             input.wallet_id,
             input.amount,
-            input.tx_hash,
+            (input.idempotency_key, input.tx_hash),
             input.description,
             (input.reference, input.metadata),
         )
@@ -571,21 +589,35 @@ fn network_currency<'a>(ctx: &Context<'a>, network: &str) -> Result<&'a Currency
     Ok(currency)
 }
 
+/// The client's idempotency key of an input that also takes it under its deprecated name
+/// `txHash`: one key, given once (or twice, the same).
+fn idempotency_key(key: Option<String>, tx_hash: Option<String>) -> Result<String> {
+    match (key, tx_hash) {
+        (Some(key), None) | (None, Some(key)) => Ok(key),
+        (Some(key), Some(tx_hash)) if key == tx_hash => Ok(key),
+        (Some(_), Some(_)) => Err(bad_input(
+            "give one of idempotencyKey and txHash (its deprecated name): they differ",
+        )),
+        (None, None) => Err(bad_input("idempotencyKey is required")),
+    }
+}
+
 async fn move_money(
     ctx: &Context<'_>,
     direction: Direction,
     wallet_id: ID,
     amount: DecimalScalar,
-    tx_hash: String,
+    (key, tx_hash): (Option<String>, Option<String>),
     description: Option<String>,
     (reference, metadata): (Option<String>, Option<MetadataScalar>),
 ) -> Result<TransactionObject> {
     let scope = scope(ctx)?;
+    let key = idempotency_key(key, tx_hash)?;
     let request = MovementRequest {
         wallet_id: decode_id(&wallet_id, NodeType::Wallet)?,
         direction,
         amount: amount.0,
-        key: tx_hash,
+        key,
         description,
         reference,
         metadata: metadata.map(|m| m.0),

@@ -94,11 +94,11 @@ impl Query {
         ))
     }
 
-    /// The movement a key names on a wallet: the client's idempotency key (`txHash` of a
-    /// deposit or withdrawal, `idempotencyKey` of a crypto withdrawal), or a chain
-    /// deposit's hash. Null when there is none (yet). A client that lost an answer (a
-    /// timeout, `OUTCOME_UNKNOWN`) finds out here whether it happened; sending the same
-    /// request again with the same key is always safe too.
+    /// The movement a key names on a wallet: the client's idempotency key (a movement's
+    /// `idempotencyKey`, also one sent as `txHash`), or a chain deposit's hash. Null when
+    /// there is none (yet). A client that lost an answer (a timeout, `OUTCOME_UNKNOWN`)
+    /// finds out here whether it happened; sending the same request again with the same
+    /// key is always safe too.
     async fn transaction_by_key(
         &self,
         ctx: &Context<'_>,

@@ -173,7 +173,12 @@ pub async fn transactions_connection(
     let mut c = conn(ctx).await?;
     let rows = journal::list_transactions(&mut c, &scope, &ledger_filter, &page).await?;
     drop(c);
-    prefetch_wallets(ctx, rows.items.iter().map(|t| t.wallet_id)).await?;
+    prefetch_wallets(
+        ctx,
+        &["wallet", "currency"],
+        rows.items.iter().map(|t| t.wallet_id),
+    )
+    .await?;
     Ok(connection(list, rows, cursor_of_entry, TransactionObject))
 }
 
@@ -188,7 +193,7 @@ pub async fn reconciliations_connection(
     let mut c = conn(ctx).await?;
     let rows = reconciliation::list_reconciliations(&mut c, &scope, &page).await?;
     drop(c);
-    prefetch_wallets(ctx, rows.items.iter().map(|r| r.wallet_id)).await?;
+    prefetch_wallets(ctx, &["wallet"], rows.items.iter().map(|r| r.wallet_id)).await?;
     Ok(connection(
         list,
         rows,
@@ -336,6 +341,32 @@ async fn same_wallet_row(ctx: &Context<'_>, id: Option<i64>) -> Result<Option<Tr
 /// One journal row: a money movement and the balances around it.
 pub struct TransactionObject(pub ledger::JournalEntry);
 
+impl TransactionObject {
+    /// `idempotencyKey`: the row's key, but the receiving side of a transfer's own id.
+    fn key(&self) -> String {
+        match self.0.kind {
+            ledger::TransactionType::TransferIn => {
+                encode_id(NodeType::Transaction, self.0.id).to_string()
+            }
+            _ => self.0.tx_hash.clone(),
+        }
+    }
+}
+
+/// Whether `row` is the hold of a withdrawal through a node: on a network this server does
+/// not serve with the simulator (a node's fee is known once mined). A network no backend
+/// serves here is taken for a node's too: then `chargedFee` waits for the settlement
+/// rather than repeat a locked maximum.
+fn through_node(ctx: &Context<'_>, row: &ledger::JournalEntry) -> bool {
+    use crate::chain::Chain as _;
+    row.hold
+        && row.kind == ledger::TransactionType::Withdraw
+        && row
+            .network
+            .as_deref()
+            .is_some_and(|network| !state(ctx).chains.is_simulated(network))
+}
+
 #[Object(name = "Transaction")]
 impl TransactionObject {
     async fn id(&self) -> ID {
@@ -347,6 +378,10 @@ impl TransactionObject {
     async fn wallet(&self, ctx: &Context<'_>) -> Result<WalletObject> {
         load_wallet(ctx, self.0.wallet_id).await
     }
+    /// The wallet's currency code, e.g. `USD` (the unit of `amount` and the fees).
+    async fn currency(&self, ctx: &Context<'_>) -> Result<String> {
+        Ok(load_wallet(ctx, self.0.wallet_id).await?.0.currency)
+    }
     #[graphql(name = "type")]
     async fn kind(&self) -> TransactionType {
         self.0.kind.into()
@@ -354,8 +389,42 @@ impl TransactionObject {
     async fn amount(&self) -> DecimalScalar {
         self.0.amount.into()
     }
+    /// The fee of this row. On the hold of a withdrawal through a node it is what was
+    /// locked for the fee when the withdrawal was requested (the most the network's fee
+    /// may cost, or the flat `withdrawalFee`), not necessarily what it charged: see
+    /// `chargedFee`.
     async fn fee(&self) -> DecimalScalar {
         self.0.fee.into()
+    }
+    /// The fee actually charged. Equal to `fee` on every row but the hold of a crypto
+    /// withdrawal through a node (ethereum served by a node), whose `fee` is what was
+    /// locked for the fee when it was requested. There it is null while the withdrawal
+    /// is `PENDING` or `PROCESSING` (the chain's fee is known once it is mined);
+    /// afterwards it is the `fee` of the withdrawal's debit (among `settlements`): the
+    /// currency's flat `withdrawalFee` if it has one; otherwise, for the network's coin,
+    /// what the chain charged (gas used × effective gas price, rounded up to the
+    /// currency's decimals), and for a token 0 (its gas is paid in the network's coin,
+    /// from its address's gas funding). A transaction that reverted on chain still paid
+    /// its fee (the refund returns the amount only). A withdrawal that failed unsent
+    /// (refused by the node, or never signed) charged nothing: 0. One a reorganisation
+    /// removed (`REORGED`) shows what stands debited; if the chain charges another fee
+    /// when it is mined again, the debit is reversed and this is the new debit's fee.
+    async fn charged_fee(&self, ctx: &Context<'_>) -> Result<Option<DecimalScalar>> {
+        if !through_node(ctx, &self.0) {
+            return Ok(Some(self.0.fee.into()));
+        }
+        if ledger::node_withdrawal::in_flight(&self.0) {
+            return Ok(None);
+        }
+        let settlements = ctx
+            .data_unchecked::<loaders::Settlements>()
+            .load_one(self.0.id)
+            .await
+            .map_err(|e| ledger_error(&e))?
+            .unwrap_or_default();
+        Ok(Some(
+            ledger::node_withdrawal::charged_fee(&self.0, &settlements).into(),
+        ))
     }
     async fn balance_before(&self) -> DecimalScalar {
         self.0.balance_before.into()
@@ -370,16 +439,20 @@ impl TransactionObject {
     async fn status_reason(&self) -> Option<&str> {
         self.0.status_reason.as_deref()
     }
-    /// The client's idempotency key (or the chain hash for crypto deposits). A key is
-    /// private to the wallet it was sent for: the receiving side of a transfer shows its own
-    /// id instead of the sender's key.
+    /// The client's idempotency key, as the mutation that made the row received it (as
+    /// `idempotencyKey` or `txHash`); for a crypto withdrawal's postings, the
+    /// withdrawal's; for a chain deposit, the chain transaction's hash (and, for a token
+    /// transfer, the log's place: `0x…:1`). A key is private to the wallet it was sent
+    /// for: the receiving side of a transfer shows its own id instead of the sender's key.
+    async fn idempotency_key(&self) -> String {
+        self.key()
+    }
+    /// The same as `idempotencyKey`.
+    #[graphql(
+        deprecation = "Use idempotencyKey (the client's key); the chain transaction's hash is chainTxHash. txHash will be removed in the next release."
+    )]
     async fn tx_hash(&self) -> String {
-        match self.0.kind {
-            crate::ledger::TransactionType::TransferIn => {
-                encode_id(NodeType::Transaction, self.0.id).to_string()
-            }
-            _ => self.0.tx_hash.clone(),
-        }
+        self.key()
     }
     async fn description(&self) -> Option<&str> {
         self.0.description.as_deref()
@@ -922,7 +995,7 @@ pub async fn gas_fundings_connection(
     let mut c = conn(ctx).await?;
     let rows = ledger::gas_funding::list(&mut c, &scope, &page).await?;
     drop(c);
-    prefetch_wallets(ctx, rows.items.iter().map(|r| r.wallet_id)).await?;
+    prefetch_wallets(ctx, &["wallet"], rows.items.iter().map(|r| r.wallet_id)).await?;
     Ok(connection(
         list,
         rows,

@@ -883,8 +883,13 @@ fn judge<'a>(
             // Keys are scoped to the wallet.
             if let Some(e) = existing.get(&(key.0, key.1.to_owned())) {
                 let same = movement::same_request(e, request);
-                return movement::replay_or_conflict(e.clone(), same, "txHash", &request.key)
-                    .map(|m| Judgement::Replay(Box::new(Done::Movement(m))));
+                return movement::replay_or_conflict(
+                    e.clone(),
+                    same,
+                    "idempotencyKey",
+                    &request.key,
+                )
+                .map(|m| Judgement::Replay(Box::new(Done::Movement(m))));
             }
             if let Some(&i) = earlier.get(&key) {
                 let same = rows[i].row.records(
@@ -895,7 +900,7 @@ fn judge<'a>(
                 );
                 return match same {
                     true => Ok(Judgement::ReplayOfInsert(i)),
-                    false => Err(movement::key_conflict("txHash", &request.key)),
+                    false => Err(movement::key_conflict("idempotencyKey", &request.key)),
                 };
             }
             movement::journal_row(currencies, wallet, request)

@@ -6,7 +6,7 @@
 
 use super::LedgerError;
 
-/// Longest idempotency key (`txHash`, `idempotencyKey`).
+/// Longest idempotency key (`idempotencyKey`; `txHash`, its deprecated name).
 pub const MAX_KEY_LEN: usize = 128;
 /// Longest description.
 pub const MAX_DESCRIPTION_LEN: usize = 255;
@@ -141,13 +141,13 @@ mod tests {
 
     #[test]
     fn refuses_control_characters_and_long_text() {
-        assert!(check_key("txHash", "bank-ref-0001").is_ok());
-        assert!(check_key("txHash", "naïve ключ 鍵").is_ok());
+        assert!(check_key("idempotencyKey", "bank-ref-0001").is_ok());
+        assert!(check_key("idempotencyKey", "naïve ключ 鍵").is_ok());
         for bad in ["", "   ", "a\0b", "\u{7}", "line\nbreak", "tab\t", "\u{85}"] {
-            assert!(check_key("txHash", bad).is_err(), "{bad:?}");
+            assert!(check_key("idempotencyKey", bad).is_err(), "{bad:?}");
         }
-        assert!(check_key("txHash", &"k".repeat(MAX_KEY_LEN)).is_ok());
-        assert!(check_key("txHash", &"k".repeat(MAX_KEY_LEN + 1)).is_err());
+        assert!(check_key("idempotencyKey", &"k".repeat(MAX_KEY_LEN)).is_ok());
+        assert!(check_key("idempotencyKey", &"k".repeat(MAX_KEY_LEN + 1)).is_err());
         // Characters, not bytes.
         assert!(
             check_text(

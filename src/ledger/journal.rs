@@ -193,7 +193,7 @@ pub async fn find_transaction(
 }
 
 /// The movement recorded on a wallet the caller may see under `key`: a client's
-/// idempotency key (`txHash`, `idempotencyKey`), or a chain deposit's hash. `None` when
+/// idempotency key (`idempotencyKey`), or a chain deposit's hash. `None` when
 /// there is none (yet).
 pub async fn find_by_key(
     conn: &mut AsyncPgConnection,

@@ -32,7 +32,7 @@ pub struct MovementRequest {
     pub wallet_id: i64,
     pub direction: Direction,
     pub amount: Decimal,
-    /// The client's idempotency key (`txHash`).
+    /// The client's idempotency key (`idempotencyKey`).
     pub key: String,
     pub description: Option<String>,
     /// The client's business reference and metadata.
@@ -72,7 +72,7 @@ pub async fn execute(
 /// Checks that need no database: a request that passes them cannot fail a batch.
 pub(crate) fn validate_shape(request: &MovementRequest) -> Result<(), LedgerError> {
     input::check_movement(
-        "txHash",
+        "idempotencyKey",
         &request.key,
         request.description.as_deref(),
         request.amount,
@@ -148,7 +148,7 @@ pub(crate) fn journal_row<'r>(
 /// Same key: the same request gets the original result; anything else is a conflict.
 fn replay(existing: JournalEntry, request: &MovementRequest) -> Result<Movement, LedgerError> {
     let same = same_request(&existing, request);
-    replay_or_conflict(existing, same, "txHash", &request.key)
+    replay_or_conflict(existing, same, "idempotencyKey", &request.key)
 }
 
 /// The answer to a request whose key (`key_field` in the API) already names `existing`:

@@ -917,6 +917,34 @@ pub(crate) fn debit_fees(
     (user_fee, network_fee)
 }
 
+/// Whether withdrawal `hold` is still on its way: not yet debited, so the fee it will be
+/// charged is not known (the chain charges it when it mines the transaction).
+pub fn in_flight(hold: &JournalEntry) -> bool {
+    matches!(
+        hold.status,
+        TransactionStatus::Pending | TransactionStatus::Processing
+    )
+}
+
+/// The fee withdrawal `hold` (no longer [`in_flight`]) charged its wallet, given its
+/// settlements (`settlements_of`, oldest first): that of its standing debit — the newest,
+/// since a debit undone after a reorganisation is followed by the one that replaces it —
+/// or zero when nothing was debited (it failed before it was sent). A refund after a
+/// reverted transaction returns the amount only: the debit's fee stays charged.
+pub fn charged_fee(hold: &JournalEntry, settlements: &[JournalEntry]) -> Decimal {
+    let undone = |debit: &JournalEntry| {
+        settlements
+            .iter()
+            .any(|p| p.kind == TransactionType::Reversal && p.reverses_id == Some(debit.id))
+    };
+    settlements
+        .iter()
+        .rev()
+        .find(|p| p.kind == TransactionType::Withdraw && p.hold_id == Some(hold.id))
+        .filter(|debit| !undone(debit))
+        .map_or(Decimal::ZERO, |debit| debit.fee)
+}
+
 /// An attempt the chain included: confirmations recorded, and at the threshold the debit
 /// with what the chain charged (plus, if it reverted, the amount refunded).
 ///

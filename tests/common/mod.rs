@@ -622,12 +622,12 @@ pub async fn serve_with(
 }
 
 pub const DEPOSIT: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
-  deposit(input: {walletId: $w, amount: $a, txHash: $k}) {
-    id type amount balanceBefore balanceAfter status txHash } }";
+  deposit(input: {walletId: $w, amount: $a, idempotencyKey: $k}) {
+    id type amount balanceBefore balanceAfter status idempotencyKey } }";
 
 pub const WITHDRAW: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
-  withdraw(input: {walletId: $w, amount: $a, txHash: $k}) {
-    id type amount balanceBefore balanceAfter status txHash } }";
+  withdraw(input: {walletId: $w, amount: $a, idempotencyKey: $k}) {
+    id type amount balanceBefore balanceAfter status idempotencyKey } }";
 
 /// The `extensions.code` of the first error of a response.
 pub fn error_code(body: &Value) -> &str {
@@ -719,9 +719,9 @@ pub const MINE: &str =
     "mutation($n: String!, $c: Int!) { mineBlocks(input: {network: $n, count: $c}) }";
 pub const CRYPTO_WITHDRAW: &str = "mutation($w: ID!, $to: String!, $a: Decimal!, $k: String!) {
   cryptoWithdraw(input: {walletId: $w, toAddress: $to, amount: $a, idempotencyKey: $k}) {
-    id type amount fee status isHold txHash } }";
+    id type amount fee status isHold idempotencyKey } }";
 pub const BY_KEY: &str = "query($w: ID!, $k: String!) {
-  transactionByKey(walletId: $w, key: $k) { id type amount status txHash } }";
+  transactionByKey(walletId: $w, key: $k) { id type amount status idempotencyKey } }";
 
 /// An outside bitcoin address (BIP173's P2WSH example).
 pub const OUTSIDE_BTC: &str = "bc1qrp33g0q5c5txsp9arysrx4k6zdkfs4nce4xj0gdcccefvpysxf3qccfmv3";

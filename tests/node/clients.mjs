@@ -193,7 +193,7 @@ const DEPOSIT = gql`
       type
       amount
       status
-      txHash
+      idempotencyKey
       balanceAfter
       wallet {
         id
@@ -284,7 +284,7 @@ async function apolloChecks() {
       "apollo mutation",
       apollo.mutate({
         mutation: DEPOSIT,
-        variables: { input: { walletId, amount: "4.20", txHash: key } },
+        variables: { input: { walletId, amount: "4.20", idempotencyKey: key } },
         context: asOperator,
       }),
     );
@@ -294,7 +294,7 @@ async function apolloChecks() {
   assert.equal(tx.type, "DEPOSIT", "apollo mutation: type");
   assert.equal(tx.amount, "4.20", "apollo mutation: amount");
   assert.equal(tx.status, "COMPLETED", "apollo mutation: status");
-  assert.equal(tx.txHash, key, "apollo mutation: txHash (the idempotency key)");
+  assert.equal(tx.idempotencyKey, key, "apollo mutation: idempotencyKey");
   assert.equal(
     Number(tx.wallet.balance).toFixed(2),
     (Number(before) + 4.2).toFixed(2),
@@ -309,7 +309,7 @@ async function apolloChecks() {
     "apollo refused mutation",
     apollo.mutate({
       mutation: DEPOSIT,
-      variables: { input: { walletId, amount: "1.00", txHash: `${key}-user` } },
+      variables: { input: { walletId, amount: "1.00", idempotencyKey: `${key}-user` } },
     }),
   ).then(
     () => undefined,
@@ -442,13 +442,13 @@ async function apolloChecks() {
     ({ event, deposits } = await depositUntilSeen(
       "apollo",
       apolloWsEvents,
-      async (txHash) => {
+      async (idempotencyKey) => {
         const r = await within(
           10_000,
           "apollo deposit",
           apollo.mutate({
             mutation: DEPOSIT,
-            variables: { input: { walletId, amount: "7.77", txHash } },
+            variables: { input: { walletId, amount: "7.77", idempotencyKey } },
             context: asOperator,
           }),
         );
@@ -538,7 +538,7 @@ async function urqlChecks() {
     urql
       .mutation(
         urqlGql`mutation Deposit($input: DepositInput!) { deposit(input: $input) { id } }`,
-        { input: { walletId, amount: "1.00", txHash: `urql-${Date.now()}-user` } },
+        { input: { walletId, amount: "1.00", idempotencyKey: `urql-${Date.now()}-user` } },
       )
       .toPromise(),
   );
@@ -569,7 +569,7 @@ async function urqlChecks() {
     ({ event, deposits } = await depositUntilSeen(
       "urql",
       urqlWsEvents,
-      async (txHash) => {
+      async (idempotencyKey) => {
         // The operator's deposit through urql too: per-operation fetchOptions.
         const r = await within(
           10_000,
@@ -579,7 +579,7 @@ async function urqlChecks() {
               urqlGql`
                 mutation Deposit($input: DepositInput!) { deposit(input: $input) { id type amount } }
               `,
-              { input: { walletId, amount: "3.21", txHash } },
+              { input: { walletId, amount: "3.21", idempotencyKey } },
               { fetchOptions: asOperator },
             )
             .toPromise(),

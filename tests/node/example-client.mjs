@@ -57,7 +57,7 @@ try {
     headers: { "content-type": "application/json", authorization: `Bearer ${operator}` },
     body: JSON.stringify({
       query: `mutation($w: ID!, $k: String!) {
-        deposit(input: {walletId: $w, amount: "8.00", txHash: $k}) { id } }`,
+        deposit(input: {walletId: $w, amount: "8.00", idempotencyKey: $k}) { id } }`,
       variables: { w: walletId, k: `example-client-${Date.now()}` },
     }),
   });

@@ -73,7 +73,7 @@ try {
   for (let attempt = 1; attempt <= 20 && !shown; attempt++) {
     const body = await api(
       `mutation($w: ID!, $k: String!) {
-        deposit(input: {walletId: $w, amount: "12.34", txHash: $k}) { id } }`,
+        deposit(input: {walletId: $w, amount: "12.34", idempotencyKey: $k}) { id } }`,
       { w: walletId, k: `browser-${Date.now()}-${attempt}` },
       operator,
     );
