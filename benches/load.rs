@@ -985,7 +985,13 @@ COMMIT;
             };
             let withdrawn = "w.id";
             // The same row, selected from the update (none when the funds are not there).
-            let values = row(withdrawn, "WITHDRAW", "w.balance + 1.00", "w.balance", ("", ""));
+            let values = row(
+                withdrawn,
+                "WITHDRAW",
+                "w.balance + 1.00",
+                "w.balance",
+                ("", ""),
+            );
             let insert = values
                 .strip_suffix(')')
                 .unwrap_or(&values)
@@ -1004,28 +1010,35 @@ COMMIT;
 "
             )
         }
-        Work::Transfers => format!(
-            "\\set a random(:lo, :hi)
+        Work::Transfers => {
+            let sides = match tables {
+                Tables::Lean => format!(
+                    "{} RETURNING id AS out_id \\gset\n{};",
+                    row(":a", "TRANSFER_OUT", ":a_after + 1.00", ":a_after", ("", "")),
+                    row(":b", "TRANSFER_IN", ":b_after - 1.00", ":b_after", ("", ""))
+                ),
+                // The database takes a transfer's two sides only from one statement, the
+                // receiving side naming the sending side's id (taken first, as the
+                // service does).
+                Tables::Service => format!(
+                    "SELECT nextval(pg_get_serial_sequence('{journal}', 'id')) AS out_id \\gset
+INSERT INTO {journal} (id, wallet_id, type, amount, balance_before, balance_after, status, tx_hash, \
+created_at, updated_at, counterpart_id) VALUES \
+(:out_id, :a, 'TRANSFER_OUT', 1.00, :a_after + 1.00, :a_after, 'COMPLETED', 'pgbench-' || gen_random_uuid(), now(), now(), NULL), \
+(DEFAULT, :b, 'TRANSFER_IN', 1.00, :b_after - 1.00, :b_after, 'COMPLETED', 'pgbench-' || gen_random_uuid(), now(), now(), :out_id);"
+                ),
+            };
+            format!(
+                "\\set a random(:lo, :hi)
 \\set b :lo + (:a - :lo + random(1, :hi - :lo)) % (:hi - :lo + 1)
 BEGIN;
 SELECT id FROM {wallets} WHERE id IN (:a, :b) ORDER BY id FOR NO KEY UPDATE;
 UPDATE {wallets} SET balance = balance - 1.00, {stamp} WHERE id = :a RETURNING balance AS a_after \\gset
 UPDATE {wallets} SET balance = balance + 1.00, {stamp} WHERE id = :b RETURNING balance AS b_after \\gset
-{} RETURNING id AS out_id \\gset
-{};
+{sides}
 COMMIT;
-",
-            row(":a", "TRANSFER_OUT", ":a_after + 1.00", ":a_after", ("", "")),
-            match tables {
-                Tables::Lean => row(":b", "TRANSFER_IN", ":b_after - 1.00", ":b_after", ("", "")),
-                Tables::Service => row(
-                    ":b",
-                    "TRANSFER_IN",
-                    ":b_after - 1.00",
-                    ":b_after",
-                    (", counterpart_id", ", :out_id")
-                ),
-            }
-        ),
+"
+            )
+        }
     }
 }
