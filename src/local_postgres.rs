@@ -164,13 +164,14 @@ fn find_programs(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
             let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
                 .map(|path| std::env::split_paths(&path).collect())
                 .unwrap_or_default();
-            for pattern_root in [
-                "/usr/lib/postgresql",
-                "/opt/homebrew/opt",
-                "/usr/local/opt",
-                "/usr/pgsql",
+            // Debian's /usr/lib/postgresql/15, Homebrew's postgresql@16, PGDG's /usr/pgsql-16.
+            for (root, prefix) in [
+                ("/usr/lib/postgresql", ""),
+                ("/opt/homebrew/opt", "postgresql"),
+                ("/usr/local/opt", "postgresql"),
+                ("/usr", "pgsql-"),
             ] {
-                dirs.extend(versioned_bins(Path::new(pattern_root)));
+                dirs.extend(versioned_bins(Path::new(root), prefix));
             }
             dirs.extend(
                 ["/opt/homebrew/bin", "/usr/local/pgsql/bin"]
@@ -185,7 +186,9 @@ fn find_programs(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
     let searched = match configured {
         Some(dir) => format!("WALLET_POSTGRES_BIN ({})", dir.display()),
-        None => "PATH, /usr/lib/postgresql/*/bin, Homebrew's and /usr/local/pgsql/bin".into(),
+        None => "PATH, /usr/lib/postgresql/*/bin, Homebrew's, /usr/pgsql-*/bin and \
+                 /usr/local/pgsql/bin"
+            .into(),
     };
     anyhow::bail!(
         "no PostgreSQL server answers at the default address and no PostgreSQL server \
@@ -200,27 +203,22 @@ fn find_programs(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     )
 }
 
-/// `root/*/bin` for versioned installations (`/usr/lib/postgresql/15/bin`,
+/// `root/PREFIX*/bin` for versioned installations (`/usr/lib/postgresql/15/bin`,
 /// `/opt/homebrew/opt/postgresql@16/bin`), the highest version first.
-fn versioned_bins(root: &Path) -> Vec<PathBuf> {
+fn versioned_bins(root: &Path, prefix: &str) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(root) else {
         return Vec::new();
     };
     let mut found: Vec<(Vec<u32>, PathBuf)> = entries
         .filter_map(Result::ok)
-        .filter(|e| {
-            let name = e.file_name();
-            let name = name.to_string_lossy();
-            root != Path::new("/opt/homebrew/opt") && root != Path::new("/usr/local/opt")
-                || name.starts_with("postgresql")
-        })
-        .map(|e| {
+        .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
-            let version = name
+            let version = name.strip_prefix(prefix)?;
+            let version = version
                 .split(|c: char| !c.is_ascii_digit())
                 .filter_map(|n| n.parse().ok())
                 .collect();
-            (version, e.path().join("bin"))
+            Some((version, e.path().join("bin")))
         })
         .collect();
     found.sort_by(|a, b| b.0.cmp(&a.0));
@@ -419,5 +417,37 @@ fn owner_when_root() -> anyhow::Result<Option<Owner>> {
              to run its cluster as (the server packages create one). Run the service as \
              another user, or set DATABASE_URL to a server you run"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versioned_installations_are_tried_newest_first_and_only_with_their_prefix() {
+        let root = std::env::temp_dir().join(format!("wallet-pg-bins-{}", std::process::id()));
+        for name in ["9.6", "15", "13", "postgresql@16", "postgresql@14", "other"] {
+            std::fs::create_dir_all(root.join(name).join("bin")).unwrap();
+        }
+        let names = |prefix| -> Vec<String> {
+            versioned_bins(&root, prefix)
+                .iter()
+                .map(|d| {
+                    d.parent()
+                        .unwrap()
+                        .file_name()
+                        .unwrap()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect()
+        };
+        assert_eq!(names("postgresql"), ["postgresql@16", "postgresql@14"]);
+        let all = names("");
+        assert_eq!(&all[..3], ["postgresql@16", "15", "postgresql@14"]);
+        assert!(all.iter().position(|n| n == "13") < all.iter().position(|n| n == "9.6"));
+        assert!(versioned_bins(&root.join("missing"), "").is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
