@@ -65,8 +65,37 @@ async fn movements_and_the_listener_use_indexes_under_generic_plans() {
     )
     .await
     .unwrap();
-    // A fresh instance: its pool and listener connect after the setting.
+    // A fresh instance: its pool and listener connect after the setting. The first
+    // instance's sessions report their counters when they end (its listener read the
+    // filler events): wait for that, so that the counts below are the new instance's.
+    let restarted_at: String = pg
+        .query_one("SELECT clock_timestamp()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
     let t = t.restart().await;
+    let name = t.db.name.clone();
+    common::wait_until(
+        "the first instance's sessions end",
+        Duration::from_secs(30),
+        || {
+            let (pg, name, restarted_at) = (&pg, &name, &restarted_at);
+            async move {
+                let older: i64 = pg
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                          WHERE datname = $1 AND pid <> pg_backend_pid()
+                            AND backend_start < $2::text::timestamptz",
+                        &[name, restarted_at],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                older == 0
+            }
+        },
+    )
+    .await;
     let (transactions_before, events_before, outbox_reads_before) = (
         seq_scans(&pg, "transactions").await,
         seq_scans(&pg, "events").await,
