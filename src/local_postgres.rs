@@ -50,7 +50,9 @@ impl LocalCluster {
         let bin = find_programs(bin)?;
         let owner = owner_when_root()?;
         let data = dir.join("postgres");
-        let mut cluster = if data.join("PG_VERSION").exists() {
+        // The port file is written last: without it the cluster is unfinished (a first
+        // start was interrupted) and is made again.
+        let mut cluster = if data.join("PG_VERSION").exists() && data.join(PORT_FILE).exists() {
             let port = read_file(&data.join(PORT_FILE))?
                 .parse()
                 .with_context(|| format!("{} is not a port", data.join(PORT_FILE).display()))?;

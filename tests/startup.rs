@@ -735,6 +735,14 @@ async fn without_a_database_server_the_service_runs_its_own() {
     server.terminate().await;
     assert!(!answers(port));
 
+    // A first start interrupted before the cluster was finished (no port file yet) is
+    // made again from nothing, not refused.
+    std::fs::remove_file(cluster.join("wallet-port")).unwrap();
+    let server = launch(home.path(), &env).await;
+    server.stdout_line("Database:").await;
+    assert!(cluster.join("wallet-port").is_file());
+    server.terminate().await;
+
     // No PostgreSQL programs anywhere it looks: how to install them, or what to set.
     let empty = home.path().join("no-postgres");
     std::fs::create_dir_all(&empty).unwrap();
