@@ -9,7 +9,7 @@
 //! wallets. Prints throughput, latency percentiles, `ratio = service / pgbench` and the
 //! server's memory.
 //!
-//! cargo bench --bench load -- [--scenario all|spread|hot|mixed|transfer|credit|history|reconcile]
+//! cargo bench --bench load -- [--scenario all|ceiling|spread|hot|mixed|transfer|transfer-hot|credit|history|reconcile]
 //!     [--seconds 10] [--clients 16] [--wallets 10000] [--history-rows 1000000]
 //!     [--deep-page 10000] [--deposits 2000]
 //!
@@ -89,6 +89,7 @@ fn args() -> Args {
             "hot",
             "mixed",
             "transfer",
+            "transfer-hot",
             "credit",
             "history",
             "reconcile",
@@ -205,9 +206,16 @@ async fn run(args: Args) {
                     .await;
             }
             "transfer" => {
-                let ids = bench.wallets("transfer", 1_000, "1000000.00").await;
+                let ids = bench.wallets("transfer", 2_000, "1000000.00").await;
                 bench
                     .throughput("transfer", &ids, args.clients, Work::Transfers)
+                    .await;
+            }
+            "transfer-hot" => {
+                // Transfers among 10 accounts: most of them wait on each other's locks.
+                let ids = bench.wallets("transfer-hot", 10, "1000000.00").await;
+                bench
+                    .throughput("xfer-hot", &ids, args.clients, Work::Transfers)
                     .await;
             }
             "credit" => bench.credit(args.deposits).await,
@@ -325,22 +333,26 @@ impl Bench {
         );
         let per = |share: f64, rate: f64| share * 1000.0 / rate;
         println!(
-            "{name:<9} C={clients:<3} CPU (cores): service run: client {:.2} ({:.3} ms/request), \
-             server {:.2} ({:.3} ms/request), Postgres {:.2} ({:.3} ms/request)  |  lean pgbench: \
-             client {:.2}, Postgres {:.2} ({:.3} ms/tx)  |  pgbench on the service's tables: \
-             client {:.2}, Postgres {:.2} ({:.3} ms/tx)",
-            used.client,
+            "{name:<9} C={clients:<3} CPU per operation (ms): service: machine {:.3} = client {:.3} + server {:.3} \
+             + Postgres {:.3} (+ other {:.3}), idle {:.0} %  |  lean pgbench: machine {:.3} = pgbench {:.3} \
+             + Postgres {:.3}, idle {:.0} %  |  pgbench on the service's tables: machine {:.3}, Postgres {:.3}  \
+             |  machine CPU ratio (service / lean) = {:.2}",
+            per(used.machine, tps),
             per(used.client, tps),
-            used.server,
             per(used.server, tps),
-            used.postgres,
             per(used.postgres, tps),
-            lean_cpu.children,
-            lean_cpu.postgres,
+            per(
+                used.machine - used.client - used.server - used.postgres,
+                tps
+            ),
+            used.idle * 100.0,
+            per(lean_cpu.machine, lean),
+            per(lean_cpu.children, lean),
             per(lean_cpu.postgres, lean),
-            own_cpu.children,
-            own_cpu.postgres,
+            lean_cpu.idle * 100.0,
+            per(own_cpu.machine, own),
             per(own_cpu.postgres, own),
+            per(used.machine, tps) / per(lean_cpu.machine, lean),
         );
     }
 
@@ -464,7 +476,54 @@ impl Bench {
                      created_at     TIMESTAMPTZ NOT NULL,
                      UNIQUE (wallet_id, key));
                  CREATE INDEX IF NOT EXISTS lean_journal_history
-                     ON lean_journal (wallet_id, created_at, id);",
+                     ON lean_journal (wallet_id, created_at, id);
+                 -- A double-entry transfer as a published Postgres ledger writes it: a
+                 -- transfer row and one entry per account with its balances before and
+                 -- after, both accounts locked in id order, in one function call.
+                 CREATE TABLE IF NOT EXISTS lean_transfers (
+                     id             BIGSERIAL PRIMARY KEY,
+                     from_wallet_id BIGINT NOT NULL REFERENCES lean_wallets (id),
+                     to_wallet_id   BIGINT NOT NULL REFERENCES lean_wallets (id),
+                     amount         NUMERIC NOT NULL CHECK (amount > 0),
+                     key            TEXT NOT NULL,
+                     created_at     TIMESTAMPTZ NOT NULL,
+                     UNIQUE (from_wallet_id, key));
+                 CREATE TABLE IF NOT EXISTS lean_entries (
+                     id             BIGSERIAL PRIMARY KEY,
+                     wallet_id      BIGINT NOT NULL REFERENCES lean_wallets (id),
+                     transfer_id    BIGINT NOT NULL REFERENCES lean_transfers (id),
+                     amount         NUMERIC NOT NULL,
+                     balance_before NUMERIC NOT NULL,
+                     balance_after  NUMERIC NOT NULL,
+                     created_at     TIMESTAMPTZ NOT NULL);
+                 CREATE INDEX IF NOT EXISTS lean_entries_history
+                     ON lean_entries (wallet_id, created_at, id);
+                 CREATE INDEX IF NOT EXISTS lean_entries_transfer ON lean_entries (transfer_id);
+                 CREATE INDEX IF NOT EXISTS lean_transfers_to ON lean_transfers (to_wallet_id);
+                 CREATE INDEX IF NOT EXISTS lean_transfers_created ON lean_transfers (created_at);
+                 CREATE OR REPLACE FUNCTION lean_transfer(
+                     from_id BIGINT, to_id BIGINT, moved NUMERIC, request_key TEXT)
+                 RETURNS BIGINT LANGUAGE plpgsql AS $$
+                 DECLARE
+                     transfer_id BIGINT;
+                     from_after NUMERIC;
+                     to_after NUMERIC;
+                 BEGIN
+                     PERFORM 1 FROM lean_wallets WHERE id IN (from_id, to_id)
+                       ORDER BY id FOR NO KEY UPDATE;
+                     UPDATE lean_wallets SET balance = balance - moved, updated_at = now()
+                      WHERE id = from_id RETURNING balance INTO from_after;
+                     UPDATE lean_wallets SET balance = balance + moved, updated_at = now()
+                      WHERE id = to_id RETURNING balance INTO to_after;
+                     INSERT INTO lean_transfers (from_wallet_id, to_wallet_id, amount, key, created_at)
+                     VALUES (from_id, to_id, moved, request_key, now())
+                     RETURNING id INTO transfer_id;
+                     INSERT INTO lean_entries
+                         (wallet_id, transfer_id, amount, balance_before, balance_after, created_at)
+                     VALUES (from_id, transfer_id, -moved, from_after + moved, from_after, now()),
+                            (to_id, transfer_id, moved, to_after - moved, to_after, now());
+                     RETURN transfer_id;
+                 END $$;",
             )
             .await
             .expect("lean schema");
@@ -478,7 +537,7 @@ impl Bench {
             .await
             .expect("lean wallets");
         self.pg
-            .batch_execute("ANALYZE lean_wallets, lean_journal")
+            .batch_execute("ANALYZE lean_wallets, lean_journal, lean_transfers, lean_entries")
             .await
             .expect("ANALYZE");
     }
@@ -495,28 +554,16 @@ impl Bench {
     ) -> (f64, CpuUse) {
         let script = std::env::temp_dir().join(format!("wallet-bench-{}.sql", std::process::id()));
         std::fs::write(&script, pgbench_script(work, tables)).expect("pgbench script");
+        // The same warm-up and fresh statistics the service gets: a plan made against an
+        // empty journal (a foreign-key check by sequential scan, say) would slow the
+        // baseline down as its tables grow.
+        self.run_pgbench(&script, (lo, hi), clients, work, WARM_UP.as_secs())
+            .await;
+        self.pg.batch_execute("ANALYZE").await.expect("ANALYZE");
         let cpu = CpuMeter::start(self.server.pid());
-        let url = self.url.clone();
-        let seconds = self.args.seconds.to_string();
-        let output = tokio::process::Command::new("pgbench")
-            .args(["-n", "-j", "2", "-T", &seconds, "-c", &clients.to_string()])
-            .args(["-D", &format!("lo={lo}"), "-D", &format!("hi={hi}")])
-            .args([
-                "-D",
-                &format!(
-                    "pct={}",
-                    match work {
-                        Work::Mixed(p) => p,
-                        _ => 0,
-                    }
-                ),
-            ])
-            .arg("-f")
-            .arg(&script)
-            .arg(&url)
-            .output()
-            .await
-            .expect("pgbench runs (it ships with Postgres)");
+        let output = self
+            .run_pgbench(&script, (lo, hi), clients, work, self.args.seconds)
+            .await;
         let used = cpu.stop();
         let _ = std::fs::remove_file(&script);
         let text = String::from_utf8_lossy(&output.stdout);
@@ -535,6 +582,37 @@ impl Bench {
                 (f64::NAN, used)
             }
         }
+    }
+
+    async fn run_pgbench(
+        &self,
+        script: &std::path::Path,
+        (lo, hi): (i64, i64),
+        clients: usize,
+        work: Work,
+        seconds: u64,
+    ) -> std::process::Output {
+        let url = self.url.clone();
+        let seconds = seconds.to_string();
+        tokio::process::Command::new("pgbench")
+            .args(["-n", "-j", "2", "-T", &seconds, "-c", &clients.to_string()])
+            .args(["-D", &format!("lo={lo}"), "-D", &format!("hi={hi}")])
+            .args([
+                "-D",
+                &format!(
+                    "pct={}",
+                    match work {
+                        Work::Mixed(p) => p,
+                        _ => 0,
+                    }
+                ),
+            ])
+            .arg("-f")
+            .arg(script)
+            .arg(&url)
+            .output()
+            .await
+            .expect("pgbench runs (it ships with Postgres)")
     }
 
     /// A wallet with `history_rows` journal rows (a consistent chain), loaded in SQL.
@@ -1012,11 +1090,8 @@ COMMIT;
         }
         Work::Transfers => {
             let sides = match tables {
-                Tables::Lean => format!(
-                    "{} RETURNING id AS out_id \\gset\n{};",
-                    row(":a", "TRANSFER_OUT", ":a_after + 1.00", ":a_after", ("", "")),
-                    row(":b", "TRANSFER_IN", ":b_after - 1.00", ":b_after", ("", ""))
-                ),
+                // (The lean transfer is one call of `lean_transfer`, below.)
+                Tables::Lean => String::new(),
                 // The database takes a transfer's two sides only from one statement, the
                 // receiving side naming the sending side's id (taken first, as the
                 // service does).
@@ -1028,10 +1103,16 @@ created_at, updated_at, counterpart_id) VALUES \
 (DEFAULT, :b, 'TRANSFER_IN', 1.00, :b_after - 1.00, :b_after, 'COMPLETED', 'pgbench-' || gen_random_uuid(), now(), now(), :out_id);"
                 ),
             };
-            format!(
-                "\\set a random(:lo, :hi)
+            let pick = "\\set a random(:lo, :hi)
 \\set b :lo + (:a - :lo + random(1, :hi - :lo)) % (:hi - :lo + 1)
-BEGIN;
+";
+            if tables == Tables::Lean {
+                return format!(
+                    "{pick}SELECT lean_transfer(:a, :b, 1.00, 'pgbench-' || gen_random_uuid());\n"
+                );
+            }
+            format!(
+                "{pick}BEGIN;
 SELECT id FROM {wallets} WHERE id IN (:a, :b) ORDER BY id FOR NO KEY UPDATE;
 UPDATE {wallets} SET balance = balance - 1.00, {stamp} WHERE id = :a RETURNING balance AS a_after \\gset
 UPDATE {wallets} SET balance = balance + 1.00, {stamp} WHERE id = :b RETURNING balance AS b_after \\gset

@@ -122,8 +122,20 @@ impl AppConfig {
 }
 
 /// A service instance: the router is built from it by [`crate::http::router`].
+/// The running service: what every request handler reads. A handle (one `Arc`), so that
+/// handing it to each request costs a reference count, not a copy of the whole.
 #[derive(Clone)]
-pub struct App {
+pub struct App(Arc<Service>);
+
+impl std::ops::Deref for App {
+    type Target = Service;
+
+    fn deref(&self) -> &Service {
+        &self.0
+    }
+}
+
+pub struct Service {
     pub state: AppState,
     pub schema: AppSchema,
     pub tokens: TokenKeys,
@@ -310,7 +322,7 @@ impl App {
             &previous,
             config.token_policy.clone(),
         );
-        Ok(App {
+        Ok(App(Arc::new(Service {
             state,
             schema,
             tokens,
@@ -328,7 +340,7 @@ impl App {
             reconciler,
             chain_worker,
             node_supervisor,
-        })
+        })))
     }
 
     /// The caller an Authorization header value names: a token that verifies

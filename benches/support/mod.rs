@@ -152,7 +152,37 @@ pub struct CpuMeter {
     children: f64,
     server: f64,
     postgres: f64,
+    machine: MachineTicks,
     server_pid: u32,
+}
+
+/// The whole machine's CPU time from `/proc/stat`, in seconds summed over every core:
+/// busy (everything but idle and I/O wait) and idle (both of those).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MachineTicks {
+    busy: f64,
+    idle: f64,
+}
+
+pub fn machine_ticks() -> MachineTicks {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return MachineTicks::default();
+    };
+    let fields: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0.0))
+        .collect();
+    let at = |n: usize| fields.get(n).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let idle = at(3) + at(4);
+    let busy = at(0) + at(1) + at(2) + at(5) + at(6) + at(7);
+    let tick = 100.0;
+    MachineTicks {
+        busy: busy / tick,
+        idle: idle / tick,
+    }
 }
 
 /// Shares of one core used between [`CpuMeter::start`] and [`CpuMeter::stop`].
@@ -165,6 +195,10 @@ pub struct CpuUse {
     pub children: f64,
     pub server: f64,
     pub postgres: f64,
+    /// Every process on the machine, in cores (so at most the number of cores).
+    pub machine: f64,
+    /// The share of the machine's CPU time left idle, 0–1.
+    pub idle: f64,
 }
 
 impl CpuMeter {
@@ -176,6 +210,7 @@ impl CpuMeter {
             children,
             server: cpu_seconds(&server_pid.to_string()).0,
             postgres: postgres_cpu_seconds(),
+            machine: machine_ticks(),
             server_pid,
         }
     }
@@ -183,6 +218,7 @@ impl CpuMeter {
     pub fn stop(&self) -> CpuUse {
         let seconds = self.at.elapsed().as_secs_f64();
         let (client, children) = cpu_seconds("self");
+        let machine = machine_ticks();
         let share = |now: f64, then: f64| (now - then) / seconds;
         CpuUse {
             seconds,
@@ -190,6 +226,16 @@ impl CpuMeter {
             children: share(children, self.children),
             server: share(cpu_seconds(&self.server_pid.to_string()).0, self.server),
             postgres: share(postgres_cpu_seconds(), self.postgres),
+            machine: share(machine.busy, self.machine.busy),
+            idle: {
+                let busy = machine.busy - self.machine.busy;
+                let idle = machine.idle - self.machine.idle;
+                if busy + idle > 0.0 {
+                    idle / (busy + idle)
+                } else {
+                    0.0
+                }
+            },
         }
     }
 }

@@ -20,8 +20,17 @@
 //!    async-graphql's (depth, directives, validation, complexity) is bounded by that size.
 //!
 //! Refusals are `BAD_USER_INPUT` and cost microseconds for anything the body limit allows.
+//!
+//! Clients send the same few documents again and again, with other variables; parsing
+//! (a PEG parser) and measuring them was a large part of what a small mutation cost the
+//! server. So documents that passed are kept, prepared, in a small cache keyed by their
+//! text, operation name and the limits they passed ([`DocumentCache`]); a request that
+//! sends one of them again gets a copy of the parsed document without either step.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
+use std::num::NonZeroUsize;
+use std::sync::{Arc, LazyLock, Mutex};
 
 use async_graphql::parser::types::{
     DocumentOperations, ExecutableDocument, OperationDefinition, OperationType, Selection,
@@ -36,7 +45,7 @@ use super::error::{BAD_USER_INPUT, server_error};
 pub const PARSER_SAFE_NESTING: usize = 128;
 
 /// Bounds on the text and shape of one document.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct DocumentLimits {
     /// Bytes of query text.
     pub max_bytes: usize,
@@ -81,12 +90,135 @@ pub struct Measured {
 /// Pre-scans, parses and measures the request's document, leaving the parsed document in
 /// the request (async-graphql does not parse it again). Idempotent: a request prepared by
 /// its transport is prepared again by the schema's guard at the cost of a pre-scan.
+///
+/// The measure is left in the request's data too, with the parsed document shared
+/// ([`Prepared`]): a later call for the same request (the guard's) takes it from there.
 pub fn prepare(request: &mut Request, limits: &DocumentLimits) -> Result<Measured, ServerError> {
+    if let Some(prepared) = prepared(request)
+        && prepared.limits == *limits
+    {
+        return Ok(prepared.measured);
+    }
+    let cache = &*DOCUMENTS;
+    if let Some(prepared) = cache.get(request, limits) {
+        request.set_parsed_query(prepared.document.as_ref().clone());
+        let measured = prepared.measured;
+        request.data.insert(prepared);
+        return Ok(measured);
+    }
     let refuse = |why: String| server_error(BAD_USER_INPUT, why);
     prescan(&request.query, limits).map_err(refuse)?;
-    let name = request.operation_name.clone();
-    let doc = request.parsed_query()?;
-    measure(doc, name.as_deref(), limits).map_err(refuse)
+    let document = Arc::new(request.parsed_query()?.clone());
+    let measured = measure(&document, request.operation_name.as_deref(), limits).map_err(refuse)?;
+    let prepared = Arc::new(Prepared {
+        query: request.query.clone(),
+        operation_name: request.operation_name.clone(),
+        limits: *limits,
+        document,
+        measured,
+    });
+    cache.put(&prepared);
+    request.data.insert(prepared);
+    Ok(measured)
+}
+
+/// What [`prepare`] left in the request.
+pub fn prepared(request: &Request) -> Option<&Arc<Prepared>> {
+    request
+        .data
+        .get(&std::any::TypeId::of::<Arc<Prepared>>())
+        .and_then(|d| d.downcast_ref::<Arc<Prepared>>())
+}
+
+/// A document that passed [`prescan`] and [`measure`] under `limits`, parsed.
+#[derive(Debug)]
+pub struct Prepared {
+    pub query: String,
+    operation_name: Option<String>,
+    limits: DocumentLimits,
+    /// Shared with the cache and with the extensions that need the document after
+    /// async-graphql took its own copy.
+    pub document: Arc<ExecutableDocument>,
+    pub measured: Measured,
+}
+
+/// The process's cache of prepared documents.
+static DOCUMENTS: LazyLock<DocumentCache> = LazyLock::new(DocumentCache::new);
+
+/// Prepared documents by text, operation name and limits, least recently used dropped
+/// first. Only short documents are kept, and at most [`DocumentCache::MAX_TEXT`] bytes of
+/// text in all (a parsed document takes a few times its text), so a client sending a
+/// new document each time costs the cache a bounded amount of memory and everyone else
+/// only their own documents' next parse.
+pub struct DocumentCache {
+    /// Keyed by a hash with a per-process random key (so nobody can aim collisions); an
+    /// entry is used only if its text, operation name and limits are the request's.
+    entries: Mutex<(lru::LruCache<u64, Arc<Prepared>>, usize)>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl DocumentCache {
+    /// The longest document kept.
+    pub const MAX_DOCUMENT: usize = 4 * 1024;
+    /// Bytes of text kept in all.
+    pub const MAX_TEXT: usize = 1024 * 1024;
+    const MAX_ENTRIES: usize = 4096;
+
+    fn new() -> DocumentCache {
+        DocumentCache {
+            entries: Mutex::new((
+                lru::LruCache::new(
+                    NonZeroUsize::new(Self::MAX_ENTRIES).unwrap_or(NonZeroUsize::MIN),
+                ),
+                0,
+            )),
+            hasher: std::collections::hash_map::RandomState::new(),
+        }
+    }
+
+    fn key(&self, query: &str, operation_name: Option<&str>, limits: &DocumentLimits) -> u64 {
+        let mut state = self.hasher.build_hasher();
+        query.hash(&mut state);
+        operation_name.hash(&mut state);
+        limits.hash(&mut state);
+        std::hash::Hasher::finish(&state)
+    }
+
+    fn get(&self, request: &Request, limits: &DocumentLimits) -> Option<Arc<Prepared>> {
+        if request.query.len() > Self::MAX_DOCUMENT {
+            return None;
+        }
+        let key = self.key(&request.query, request.operation_name.as_deref(), limits);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let found = entries.0.get(&key)?;
+        (found.query == request.query
+            && found.operation_name == request.operation_name
+            && found.limits == *limits)
+            .then(|| found.clone())
+    }
+
+    fn put(&self, prepared: &Arc<Prepared>) {
+        if prepared.query.len() > Self::MAX_DOCUMENT {
+            return;
+        }
+        let key = self.key(
+            &prepared.query,
+            prepared.operation_name.as_deref(),
+            &prepared.limits,
+        );
+        let mut guard = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let (entries, text) = &mut *guard;
+        if let Some((_, old)) = entries.push(key, prepared.clone()) {
+            *text -= old.query.len();
+        }
+        *text += prepared.query.len();
+        while *text > Self::MAX_TEXT {
+            match entries.pop_lru() {
+                Some((_, old)) => *text -= old.query.len(),
+                None => break,
+            }
+        }
+    }
 }
 
 /// One pass over the text: refuses it, saying why, if it is longer, deeper or has more

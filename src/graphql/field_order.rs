@@ -24,6 +24,8 @@ use async_graphql::parser::types::{
 };
 use async_graphql::{Name, Request, Response, ServerResult, Value, Variables};
 use futures_util::StreamExt as _;
+
+use super::document::Prepared;
 use futures_util::stream::BoxStream;
 
 /// Installs [`FieldOrderExtension`] on every request.
@@ -78,8 +80,13 @@ impl Extension for FieldOrderExtension {
         next: NextParseQuery<'_>,
     ) -> ServerResult<ExecutableDocument> {
         let document = next.run(ctx, query, variables).await?;
+        // The prepared document is this one, already shared: no copy needed.
+        let shared = match ctx.data_opt::<Arc<Prepared>>() {
+            Some(prepared) if prepared.query == query => prepared.document.clone(),
+            _ => Arc::new(document.clone()),
+        };
         if let Ok(mut seen) = self.seen.lock() {
-            seen.document = Some(Arc::new(document.clone()));
+            seen.document = Some(shared);
         }
         Ok(document)
     }
