@@ -51,6 +51,7 @@ in_every_topology!(same_key_racing_on_two_wallets_makes_two_movements);
 in_every_topology!(mixed_concurrent_movements_keep_every_chain);
 in_every_topology!(thirty_identical_racing_transfers_make_one);
 in_every_topology!(transfers_in_both_directions_keep_the_books);
+in_every_topology!(deep_queues_run_batches_side_by_side);
 
 async fn hundred_concurrent_withdrawals_never_overdraw(f: Arc<Fleet>, topology: Topology) {
     let t = &f.t;
@@ -436,4 +437,112 @@ async fn transfers_in_both_directions_keep_the_books(f: Arc<Fleet>, topology: To
     }
     assert_eq!(total, Decimal::new(40000, 2) + deposited - withdrawn);
     t.assert_balanced().await;
+}
+
+/// 96 clients at once — a queue deep enough for a process to run several batches side by
+/// side — move money among 40 wallets: transfers between whichever wallets, so a wallet
+/// is in one batch and then in another as the load shifts and a transfer's two wallets
+/// may have been in two different running batches a moment before; deposits; and now and
+/// then a deposit the database refuses, failing its whole batch while the batches beside
+/// it commit. Each refused deposit alone fails; everything else is applied once; the books
+/// balance and every chain verifies.
+async fn deep_queues_run_batches_side_by_side(f: Arc<Fleet>, topology: Topology) {
+    let t = &f.t;
+    let pg = t.db.client().await;
+    pg.batch_execute(
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN RAISE EXCEPTION 'injected failure'; END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON transactions
+           FOR EACH ROW WHEN (NEW.tx_hash LIKE 'poison-%') EXECUTE FUNCTION poison();",
+    )
+    .await
+    .unwrap();
+    let mut wallets = Vec::new();
+    for i in 0..40 {
+        let w = t.create_wallet(&format!("u{i}"), "USD").await;
+        t.deposit(&w, "100.00", &format!("seed-{i}")).await;
+        wallets.push(w);
+    }
+    let operator = t.operator();
+    let before = f.stats();
+    let answers = join_all((0..96usize).map(|client| {
+        let (f, wallets, operator) = (f.clone(), wallets.clone(), operator.clone());
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            for n in 0..6usize {
+                let a = (client * 7 + n * 13) % 40;
+                let b = (a + 1 + (client + n) % 39) % 40;
+                let node = client + n;
+                let answer = match (client % 16, n) {
+                    (5, 2) => {
+                        let key = format!("poison-{client}");
+                        ("poison", f.deposit(node, &wallets[a], "1.00", &key).await)
+                    }
+                    (_, 0 | 3) => {
+                        let key = format!("d-{client}-{n}");
+                        ("deposit", f.deposit(node, &wallets[a], "2.00", &key).await)
+                    }
+                    _ => {
+                        let key = format!("t-{client}-{n}");
+                        let body =
+                            send(&f, node, &operator, &wallets[a], &wallets[b], "3.00", &key).await;
+                        ("transfer", body)
+                    }
+                };
+                out.push(answer);
+            }
+            out
+        })
+    }))
+    .await;
+    f.assert_path(topology, before, 96 * 6);
+    let mut deposited = Decimal::ZERO;
+    let (mut transfers, mut poisoned) = (0, 0);
+    for (kind, body) in answers.into_iter().flat_map(Result::unwrap) {
+        match (kind, body.get("errors")) {
+            ("poison", _) => {
+                assert_eq!(error_code(&body), "INTERNAL", "{body}");
+                poisoned += 1;
+            }
+            ("deposit", None) => deposited += Decimal::new(200, 2),
+            ("transfer", None) => transfers += 1,
+            (_, Some(_)) => assert_eq!(error_code(&body), "INSUFFICIENT_FUNDS", "{kind}: {body}"),
+            _ => unreachable!(),
+        }
+    }
+    assert_eq!(poisoned, 6);
+    assert!(transfers > 200, "{transfers} transfers went through");
+    let mut total = Decimal::ZERO;
+    for w in &wallets {
+        total += t.balance(w).await.parse::<Decimal>().unwrap();
+        t.assert_chain(w).await;
+    }
+    assert_eq!(total, Decimal::new(400_000, 2) + deposited);
+    let rows: i64 = pg
+        .query_one(
+            "SELECT count(*) FROM transactions WHERE tx_hash LIKE 'poison-%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 0, "no refused deposit left a row");
+    t.assert_balanced().await;
+    if topology != Topology::Unbatched {
+        use std::sync::atomic::Ordering::Relaxed;
+        let side_by_side = f
+            .nodes
+            .iter()
+            .map(|(app, _)| app.state.committer.stats().most_in_flight.load(Relaxed))
+            .max()
+            .unwrap_or(0);
+        assert!(
+            side_by_side >= 2,
+            "a deep queue ran batches side by side (at most {side_by_side} at once)"
+        );
+        assert!(
+            f.stats().fallbacks > before.fallbacks,
+            "the poisoned batches fell back"
+        );
+    }
 }

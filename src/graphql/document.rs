@@ -514,6 +514,65 @@ mod tests {
         DocumentLimits::default()
     }
 
+    /// A document prepared once is served from the cache under the same limits only:
+    /// stricter limits see it scanned and refused as if it were new.
+    #[test]
+    fn the_cache_never_lets_a_document_past_stricter_limits() {
+        let text = "query CacheProbe { a { b { c { d } } } }";
+        let loose = limits();
+        let mut first = Request::new(text);
+        let measured = prepare(&mut first, &loose).expect("passes the default limits");
+        let mut again = Request::new(text);
+        assert_eq!(prepare(&mut again, &loose).ok(), Some(measured));
+        assert!(
+            prepared(&again).is_some(),
+            "the second request is served from the cache"
+        );
+        let strict = DocumentLimits {
+            max_nesting: 2,
+            ..loose
+        };
+        let mut strict_request = Request::new(text);
+        let refused = prepare(&mut strict_request, &strict).expect_err("too deep for 2");
+        assert!(refused.message.contains("nests"), "{}", refused.message);
+        // Another operation name of the same text is measured on its own.
+        let mut named = Request::new(text).operation_name("Missing");
+        assert_eq!(
+            prepare(&mut named, &loose).ok().map(|m| m.operation),
+            Some(None)
+        );
+    }
+
+    /// However many different documents arrive, the cache keeps at most its bound of text.
+    #[test]
+    fn the_cache_holds_a_bounded_amount_of_text() {
+        let cache = DocumentCache::new();
+        let filler = "x".repeat(DocumentCache::MAX_DOCUMENT - 64);
+        for n in 0..(2 * DocumentCache::MAX_TEXT / DocumentCache::MAX_DOCUMENT) {
+            let text = format!("{{ a{n} # {filler}\n}}");
+            let mut request = Request::new(text.as_str());
+            let document = Arc::new(request.parsed_query().expect("parses").clone());
+            cache.put(&Arc::new(Prepared {
+                query: text,
+                operation_name: None,
+                limits: limits(),
+                document,
+                measured: Measured::default(),
+            }));
+        }
+        let (entries, text) = &*cache.entries.lock().expect("not poisoned");
+        assert!(*text <= DocumentCache::MAX_TEXT, "{text} bytes kept");
+        assert_eq!(
+            *text,
+            entries.iter().map(|(_, e)| e.query.len()).sum::<usize>()
+        );
+        // Too long to keep at all.
+        let long = format!("{{ a # {}\n}}", "x".repeat(DocumentCache::MAX_DOCUMENT));
+        let mut request = Request::new(long.as_str());
+        prepare(&mut request, &limits()).expect("passes");
+        assert!(DOCUMENTS.get(&request, &limits()).is_none());
+    }
+
     fn nested(open: &str, inner: &str, close: &str, depth: usize) -> String {
         format!("{}{inner}{}", open.repeat(depth), close.repeat(depth))
     }

@@ -13,11 +13,14 @@
 //! movement is committed.
 //!
 //! Normally one batch runs at a time and the next one takes everything that arrived
-//! meanwhile. When a batch stalls (a wallet locked elsewhere, say), further batches start
-//! beside it, up to one per *lane*; a wallet is in at most one running batch: requests for
-//! a wallet whose batch is still running wait for the next, in arrival order. So one slow
-//! or blocked wallet holds up its own requests only, and a process never contends with
-//! itself for a wallet lock.
+//! meanwhile. When many requests wait (a deep queue: the machine has CPU to spare that
+//! one batch at a time cannot use) or a batch stalls (a wallet locked elsewhere, say),
+//! further batches start beside it, up to one per *lane*, each on its own connection. A
+//! wallet is in at most one running batch: requests for a wallet whose batch is still
+//! running wait for the next, in arrival order, and a transfer joins a batch only when
+//! neither of its wallets is in another. So batches running side by side never wait on
+//! each other's rows, one slow or blocked wallet holds up its own requests only, and a
+//! process never contends with itself for a wallet lock.
 //!
 //! If a batch's transaction fails as a whole (a lost race on a key with another process,
 //! a deadlock, a lock wait past the timeout), each of its requests runs again on its own.
@@ -160,6 +163,8 @@ pub struct Stats {
     pub rerun: AtomicU64,
     /// Requests withdrawn by their callers before a batch took them (deadline passed).
     pub withdrawn: AtomicU64,
+    /// The most batches that have run at once.
+    pub most_in_flight: AtomicU64,
 }
 
 /// What every batch needs.
@@ -316,11 +321,23 @@ impl Committer {
 /// blocked (a wallet locked elsewhere) or slow, and must not hold up everyone.
 const STALLED: Duration = Duration::from_millis(20);
 
+/// How many requests must be waiting before a further batch starts beside the running
+/// ones. Each batch costs Postgres about a millisecond of CPU whatever its size (its
+/// statements, triggers and commit); batches smaller than this would spend more on that
+/// than the second connection wins (measured: 16 clients of deposits, batches of four
+/// beside each other cost 0.32 ms of Postgres CPU per deposit instead of 0.23, for the
+/// same rate). With this many waiting, a second batch is big enough to pay for itself
+/// and uses the CPU a single batch at a time leaves idle (64 clients: 6,150 → 6,992
+/// deposits/s, idle 32 → 11 %).
+const DEEP_QUEUE: usize = 16;
+
 /// The committer's loop: collects requests and starts a batch when none is running —
-/// or, while the running ones have stalled, when a lane is free and some request's
-/// wallet is not in a running batch — and frees wallets as batches end. Waiting for the
-/// running batch is what makes batches big; starting another when it stalls is what
-/// keeps one blocked wallet from holding up the rest.
+/// or, when a lane is free and either the running batches have stalled or
+/// [`DEEP_QUEUE`] requests wait, for the waiting requests whose wallets are not in a
+/// running batch — and frees wallets as batches end. Waiting for the running batch is
+/// what makes batches big; starting another when the queue is deep uses the machine's
+/// other cores; starting one when the running ones stall keeps one blocked wallet from
+/// holding up the rest.
 async fn run(mut queue: mpsc::Receiver<Job>, shared: Arc<Shared>, lanes: usize) {
     let mut pending: VecDeque<Job> = VecDeque::new();
     let mut busy: HashSet<i64> = HashSet::new();
@@ -362,7 +379,9 @@ async fn run(mut queue: mpsc::Receiver<Job>, shared: Arc<Shared>, lanes: usize) 
         while let Ok(job) = queue.try_recv() {
             pending.push_back(job);
         }
-        while running.is_empty() || (running.len() < lanes && stalled(&batches)) {
+        while running.is_empty()
+            || (running.len() < lanes && (stalled(&batches) || pending.len() >= DEEP_QUEUE))
+        {
             let batch = take_batch(&mut pending, &busy);
             if batch.is_empty() {
                 break;
@@ -372,7 +391,11 @@ async fn run(mut queue: mpsc::Receiver<Job>, shared: Arc<Shared>, lanes: usize) 
             wallets.dedup();
             busy.extend(&wallets);
             let shared = shared.clone();
+            let stats = shared.stats.clone();
             let handle = running.spawn(async move { run_batch(&shared, batch).await });
+            stats
+                .most_in_flight
+                .fetch_max(running.len() as u64, Ordering::Relaxed);
             batches.insert(handle.id(), (wallets, Instant::now()));
         }
     }
