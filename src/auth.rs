@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -187,7 +187,14 @@ pub struct TokenKeys {
     verifying: Arc<HashMap<String, DecodingKey>>,
     validation: Validation,
     policy: TokenPolicy,
+    /// Tokens verified already, by their text: a client sends the same token with every
+    /// request, and checking its signature again was a twentieth of what a small request
+    /// cost the server. Only tokens that verified are kept, each until it expires.
+    verified: Arc<Mutex<lru::LruCache<String, Verified>>>,
 }
+
+/// Verified tokens kept (a few hundred bytes each).
+const VERIFIED_TOKENS: usize = 1024;
 
 impl fmt::Debug for TokenKeys {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -236,6 +243,9 @@ impl TokenKeys {
             verifying: Arc::new(verifying),
             validation,
             policy,
+            verified: Arc::new(Mutex::new(lru::LruCache::new(
+                std::num::NonZeroUsize::new(VERIFIED_TOKENS).unwrap_or(std::num::NonZeroUsize::MIN),
+            ))),
         }
     }
 
@@ -296,6 +306,28 @@ impl TokenKeys {
     /// lifetime — and returns the caller it names. Revocation is checked apart, against
     /// the database ([`crate::revocation::Revocations::check`]).
     pub fn verify(&self, token: &str) -> Result<Verified, TokenError> {
+        let now = jsonwebtoken::get_current_timestamp();
+        {
+            let mut verified = self.verified.lock().unwrap_or_else(|p| p.into_inner());
+            match verified.get(token) {
+                Some(known) if now <= known.valid_until => return Ok(known.clone()),
+                Some(_) => {
+                    verified.pop(token);
+                    return Err(TokenError::Expired);
+                }
+                None => {}
+            }
+        }
+        let checked = self.check(token)?;
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .put(token.to_owned(), checked.clone());
+        Ok(checked)
+    }
+
+    /// [`TokenKeys::verify`] without the cache.
+    fn check(&self, token: &str) -> Result<Verified, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         let invalid = |why: &str| TokenError::Invalid(why.to_owned());
         let header = jsonwebtoken::decode_header(token).map_err(|e| invalid(&e.to_string()))?;
@@ -410,6 +442,35 @@ mod tests {
         assert!(matches!(other.verify(&token), Err(TokenError::Invalid(_))));
         let mut tampered = token.clone();
         tampered.pop();
+        assert!(keys.verify(&tampered).is_err());
+    }
+
+    /// A token verified once is served from the cache only until it expires; a token
+    /// that failed is never kept.
+    #[test]
+    fn the_verified_token_cache_keeps_expiry_and_refusals() {
+        let keys = TokenKeys::new(SECRET);
+        let token = keys
+            .mint("alice", Role::User, Duration::from_secs(60))
+            .unwrap();
+        let first = keys.verify(&token).unwrap();
+        assert_eq!(keys.verify(&token).unwrap(), first);
+        // The same token, as if its time had passed while it was kept.
+        keys.verified.lock().unwrap().put(
+            token.clone(),
+            Verified {
+                valid_until: jsonwebtoken::get_current_timestamp() - 1,
+                ..first
+            },
+        );
+        assert!(matches!(keys.verify(&token), Err(TokenError::Expired)));
+        // Dropped once found expired: verified afresh (the real token is still valid).
+        assert!(keys.verify(&token).is_ok());
+
+        let mut tampered = token.clone();
+        tampered.pop();
+        assert!(keys.verify(&tampered).is_err());
+        assert!(keys.verified.lock().unwrap().get(&tampered).is_none());
         assert!(keys.verify(&tampered).is_err());
     }
 
