@@ -3,11 +3,13 @@
 //!
 //! Starts one `wallet serve` process on a fresh database, prepares the data, drives the
 //! service over HTTP keep-alive with GraphQL mutations from C concurrent clients for T
-//! seconds per scenario, and runs `pgbench` with a script doing the same work as one
-//! deposit in one SQL transaction (a single `UPDATE … RETURNING` of the balance and the
-//! journal insert with a unique key, on the same tables and triggers) against the same
-//! wallets. Prints throughput, latency percentiles, `ratio = service / pgbench` and the
-//! server's memory.
+//! seconds per scenario, and runs `pgbench` doing the same work one movement per SQL
+//! transaction against the same wallets: on a lean schema (a deposit is `UPDATE …
+//! RETURNING` of the balance and a journal insert with a unique key; a transfer is one
+//! call of a double-entry transfer function, see `lean_copy`) and on the service's own
+//! tables. Prints throughput, latency percentiles, the ratios, the server's memory, and
+//! each side's CPU per operation (the machine's, from `/proc/stat`, and its parts) with
+//! the share of the machine left idle.
 //!
 //! cargo bench --bench load -- [--scenario all|ceiling|spread|hot|mixed|transfer|transfer-hot|credit|history|reconcile]
 //!     [--seconds 10] [--clients 16] [--wallets 10000] [--history-rows 1000000]

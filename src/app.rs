@@ -121,9 +121,9 @@ impl AppConfig {
     }
 }
 
-/// A service instance: the router is built from it by [`crate::http::router`].
-/// The running service: what every request handler reads. A handle (one `Arc`), so that
-/// handing it to each request costs a reference count, not a copy of the whole.
+/// A service instance: the router is built from it by [`crate::http::router`]. A handle
+/// (one `Arc`), so that handing it to each request costs a reference count, not a copy
+/// of the whole.
 #[derive(Clone)]
 pub struct App(Arc<Service>);
 
@@ -135,6 +135,7 @@ impl std::ops::Deref for App {
     }
 }
 
+/// What an [`App`] holds: everything a request handler reads.
 pub struct Service {
     pub state: AppState,
     pub schema: AppSchema,

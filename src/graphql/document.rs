@@ -88,14 +88,15 @@ pub struct Measured {
 }
 
 /// Pre-scans, parses and measures the request's document, leaving the parsed document in
-/// the request (async-graphql does not parse it again). Idempotent: a request prepared by
-/// its transport is prepared again by the schema's guard at the cost of a pre-scan.
-///
-/// The measure is left in the request's data too, with the parsed document shared
-/// ([`Prepared`]): a later call for the same request (the guard's) takes it from there.
+/// the request (async-graphql does not parse it again). The measure is left in the
+/// request's data too, with the parsed document shared ([`Prepared`]), so preparing a
+/// request again (the schema's guard does, for callers other than the transports) costs
+/// a lookup.
 pub fn prepare(request: &mut Request, limits: &DocumentLimits) -> Result<Measured, ServerError> {
     if let Some(prepared) = prepared(request)
         && prepared.limits == *limits
+        && prepared.query == request.query
+        && prepared.operation_name == request.operation_name
     {
         return Ok(prepared.measured);
     }
