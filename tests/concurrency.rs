@@ -320,6 +320,17 @@ const TRANSFER: &str = "mutation($from: ID!, $to: ID!, $a: Decimal!, $k: String!
   transfer(input: {fromWalletId: $from, toWalletId: $to, amount: $a, idempotencyKey: $k}) {
     id from { id balanceAfter } } }";
 
+/// `count` USD wallets of users `u0`, `u1`, …, each funded with `amount`.
+async fn funded_wallets(t: &TestApp, count: usize, amount: &str) -> Vec<String> {
+    let mut wallets = Vec::new();
+    for i in 0..count {
+        let w = t.create_wallet(&format!("u{i}"), "USD").await;
+        t.deposit(&w, amount, &format!("seed-{i}")).await;
+        wallets.push(w);
+    }
+    wallets
+}
+
 async fn send(
     f: &Fleet,
     node: usize,
@@ -374,12 +385,7 @@ async fn thirty_identical_racing_transfers_make_one(f: Arc<Fleet>, topology: Top
 /// only created by deposits and destroyed by withdrawals, every chain verifies.
 async fn transfers_in_both_directions_keep_the_books(f: Arc<Fleet>, topology: Topology) {
     let t = &f.t;
-    let mut wallets = Vec::new();
-    for i in 0..20 {
-        let w = t.create_wallet(&format!("u{i}"), "USD").await;
-        t.deposit(&w, "20.00", &format!("seed-{i}")).await;
-        wallets.push(w);
-    }
+    let wallets = funded_wallets(t, 20, "20.00").await;
     let operator = t.operator();
     let before = f.stats();
     let answers = join_all((0..16usize).map(|client| {
@@ -457,12 +463,7 @@ async fn deep_queues_run_batches_side_by_side(f: Arc<Fleet>, topology: Topology)
     )
     .await
     .unwrap();
-    let mut wallets = Vec::new();
-    for i in 0..40 {
-        let w = t.create_wallet(&format!("u{i}"), "USD").await;
-        t.deposit(&w, "100.00", &format!("seed-{i}")).await;
-        wallets.push(w);
-    }
+    let wallets = funded_wallets(t, 40, "100.00").await;
     let operator = t.operator();
     let before = f.stats();
     let answers = join_all((0..96usize).map(|client| {
