@@ -1091,28 +1091,25 @@ COMMIT;
             )
         }
         Work::Transfers => {
-            let sides = match tables {
-                // (The lean transfer is one call of `lean_transfer`, below.)
-                Tables::Lean => String::new(),
-                // The database takes a transfer's two sides only from one statement, the
-                // receiving side naming the sending side's id (taken first, as the
-                // service does).
-                Tables::Service => format!(
-                    "SELECT nextval(pg_get_serial_sequence('{journal}', 'id')) AS out_id \\gset
-INSERT INTO {journal} (id, wallet_id, type, amount, balance_before, balance_after, status, tx_hash, \
-created_at, updated_at, counterpart_id) VALUES \
-(:out_id, :a, 'TRANSFER_OUT', 1.00, :a_after + 1.00, :a_after, 'COMPLETED', 'pgbench-' || gen_random_uuid(), now(), now(), NULL), \
-(DEFAULT, :b, 'TRANSFER_IN', 1.00, :b_after - 1.00, :b_after, 'COMPLETED', 'pgbench-' || gen_random_uuid(), now(), now(), :out_id);"
-                ),
-            };
             let pick = "\\set a random(:lo, :hi)
 \\set b :lo + (:a - :lo + random(1, :hi - :lo)) % (:hi - :lo + 1)
 ";
             if tables == Tables::Lean {
+                // The double-entry transfer function of the lean schema (`lean_copy`).
                 return format!(
                     "{pick}SELECT lean_transfer(:a, :b, 1.00, 'pgbench-' || gen_random_uuid());\n"
                 );
             }
+            // The database takes a transfer's two sides only from one statement, the
+            // receiving side naming the sending side's id (taken first, as the service
+            // does).
+            let sides = format!(
+                "SELECT nextval(pg_get_serial_sequence('{journal}', 'id')) AS out_id \\gset
+INSERT INTO {journal} (id, wallet_id, type, amount, balance_before, balance_after, status, tx_hash, \
+created_at, updated_at, counterpart_id) VALUES \
+(:out_id, :a, 'TRANSFER_OUT', 1.00, :a_after + 1.00, :a_after, 'COMPLETED', 'pgbench-' || gen_random_uuid(), now(), now(), NULL), \
+(DEFAULT, :b, 'TRANSFER_IN', 1.00, :b_after - 1.00, :b_after, 'COMPLETED', 'pgbench-' || gen_random_uuid(), now(), now(), :out_id);"
+            );
             format!(
                 "{pick}BEGIN;
 SELECT id FROM {wallets} WHERE id IN (:a, :b) ORDER BY id FOR NO KEY UPDATE;

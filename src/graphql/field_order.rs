@@ -24,9 +24,9 @@ use async_graphql::parser::types::{
 };
 use async_graphql::{Name, Request, Response, ServerResult, Value, Variables};
 use futures_util::StreamExt as _;
+use futures_util::stream::BoxStream;
 
 use super::document::Prepared;
-use futures_util::stream::BoxStream;
 
 /// Installs [`FieldOrderExtension`] on every request.
 pub struct FieldOrder;
