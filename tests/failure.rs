@@ -462,7 +462,7 @@ async fn a_connection_dropped_inside_a_transaction_is_closed() {
         use diesel_async::AsyncConnection;
         let mut conn = pool.get().await.unwrap();
         conn.transaction(async |tx| {
-            wallet::ledger::posting::lock_wallet(tx, &wallet::ledger::Scope::All, id).await?;
+            wallet::ledger::store::lock_wallet(tx, &wallet::ledger::Scope::All, id).await?;
             let _ = locked_tx.send(());
             tokio::time::sleep(Duration::from_secs(3600)).await;
             Ok::<_, wallet::ledger::LedgerError>(())

@@ -10,9 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::RequestDb;
 use crate::db::PgPool;
-use crate::ledger::{
-    JournalEntry, LedgerError, Wallet, node_withdrawal, posting, reversal, wallet,
-};
+use crate::ledger::{JournalEntry, LedgerError, Wallet, node_withdrawal, reversal, store, wallet};
 
 /// The request's wallet loader (request-scoped, so its cache never outlives a request).
 pub type Wallets = DataLoader<WalletLoader, HashMapCache>;
@@ -152,7 +150,7 @@ impl Loader<i64> for EntryLoader {
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, JournalEntry>, Self::Error> {
         let rows = self
             .0
-            .run(async |c| posting::entries_by_ids(c, keys).await)
+            .run(async |c| store::entries_by_ids(c, keys).await)
             .await?;
         Ok(rows.into_iter().map(|e| (e.id, e)).collect())
     }
@@ -168,7 +166,7 @@ impl Loader<i64> for SettlementLoader {
     async fn load(&self, keys: &[i64]) -> Result<HashMap<i64, Vec<JournalEntry>>, Self::Error> {
         let rows = self
             .0
-            .run(async |c| posting::settlements_of(c, keys).await)
+            .run(async |c| store::settlements_of(c, keys).await)
             .await?;
         let mut by_hold: HashMap<i64, Vec<JournalEntry>> = HashMap::new();
         for row in rows {

@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use rust_decimal::Decimal;
 
 use super::movement::Movement;
-use super::posting::{self, ChainFields, NewRow};
+use super::store::{self, ChainFields, NewRow};
 use super::{
     Currency, CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
     TransactionType, chain_reorg, deposit_names, input, money, wallet,
@@ -161,7 +161,7 @@ pub async fn observe(
     {
         deposit_names::resolve(conn, chain, &transfer.network, tx_hash).await?;
     }
-    posting::retried!(conn, |tx| {
+    store::retried!(conn, |tx| {
         observe_in(tx, currency, wallet_id, transfer, parked).await
     })
 }
@@ -175,7 +175,7 @@ async fn observe_in(
 ) -> Result<Observed, LedgerError> {
     // Every writer of a deposit takes the wallet lock first: one of them records, the
     // others see its row.
-    let mut wallet = posting::lock_wallet(conn, &Scope::All, wallet_id).await?;
+    let mut wallet = store::lock_wallet(conn, &Scope::All, wallet_id).await?;
     let required = required_confirmations(currency);
     let confirmations = i32::try_from(transfer.confirmations).unwrap_or(i32::MAX);
     let mut chain = ChainFields {
@@ -189,7 +189,7 @@ async fn observe_in(
         ..ChainFields::default()
     };
 
-    let hold = match posting::find_chain_deposit(conn, &transfer.network, &transfer.hash).await? {
+    let hold = match store::find_chain_deposit(conn, &transfer.network, &transfer.hash).await? {
         Some(existing) if existing.wallet_id != wallet.id => {
             return Err(LedgerError::AddressMismatch(format!(
                 "transaction {} was credited to another wallet",
@@ -228,7 +228,7 @@ async fn observe_in(
                 annotation: Default::default(),
                 reverses: None,
             };
-            let hold = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
+            let hold = store::append(conn, &wallet, &row, Decimal::ZERO).await?;
             wallet.updated_at = hold.created_at;
             hold
         }
@@ -312,7 +312,7 @@ async fn observe_in(
             annotation: Default::default(),
             reverses: None,
         };
-        let credit = posting::append(conn, &wallet, &row, Decimal::ZERO).await?;
+        let credit = store::append(conn, &wallet, &row, Decimal::ZERO).await?;
         let hold = update_hold(conn, &hold, TransactionStatus::Completed, &chain, back).await?;
         return Ok(Observed {
             hold,
@@ -367,7 +367,7 @@ async fn drop_deposit(
     network: &str,
     hold_id: i64,
 ) -> Result<(), LedgerError> {
-    posting::retried!(conn, |tx| { drop_deposit_in(tx, network, hold_id).await })
+    store::retried!(conn, |tx| { drop_deposit_in(tx, network, hold_id).await })
 }
 
 async fn drop_deposit_in(
@@ -417,7 +417,7 @@ async fn locked_hold(
         .select(transactions::wallet_id)
         .first(conn)
         .await?;
-    posting::lock_wallet(conn, &Scope::All, wallet_id).await?;
+    store::lock_wallet(conn, &Scope::All, wallet_id).await?;
     Ok(transactions::table
         .find(hold_id)
         .select(JournalEntry::as_select())
@@ -439,7 +439,7 @@ async fn credit_of(
     conn: &mut AsyncPgConnection,
     hold_id: i64,
 ) -> Result<Option<JournalEntry>, LedgerError> {
-    Ok(posting::settlements_of(conn, &[hold_id])
+    Ok(store::settlements_of(conn, &[hold_id])
         .await?
         .into_iter()
         .rev()
@@ -524,7 +524,7 @@ async fn mined_again(
         annotation: Default::default(),
         reverses: None,
     };
-    let credit = posting::append(conn, wallet, &row, Decimal::ZERO).await?;
+    let credit = store::append(conn, wallet, &row, Decimal::ZERO).await?;
     tracing::warn!(
         hash = hold.tx_hash,
         "a deposit whose reorganised credit was reversed is mined again: credited again"

@@ -32,7 +32,7 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
 use super::chain_deposit::{off_chain, update_hold};
-use super::posting::{self, Annotation, ChainFields, NewRow};
+use super::store::{self, Annotation, ChainFields, NewRow};
 use super::{
     CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType,
     deposit_names, node_withdrawal,
@@ -134,7 +134,7 @@ async fn relocked(
     hold: &JournalEntry,
     status: TransactionStatus,
 ) -> Result<Option<JournalEntry>, LedgerError> {
-    posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+    store::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
     let hold: JournalEntry = transactions::table
         .find(hold.id)
         .select(JournalEntry::as_select())
@@ -160,7 +160,7 @@ async fn flag_deposits(
         {
             continue;
         }
-        flagged += usize::from(posting::retried!(conn, |tx| {
+        flagged += usize::from(store::retried!(conn, |tx| {
             let Some(hold) = relocked(tx, &hold, TransactionStatus::Completed).await? else {
                 return Ok(false);
             };
@@ -269,7 +269,7 @@ async fn flag_withdrawals(
         if mined.is_some() || attempts(conn, hold.id).await?.is_empty() {
             continue;
         }
-        let done = posting::retried!(conn, |tx| {
+        let done = store::retried!(conn, |tx| {
             let Some(hold) = relocked(tx, &hold, TransactionStatus::Completed).await? else {
                 return Ok(None);
             };
@@ -345,7 +345,7 @@ pub async fn follow_withdrawals(
             raw: &raw,
             found: &found,
         };
-        settled += usize::from(posting::retried!(conn, |tx| {
+        settled += usize::from(store::retried!(conn, |tx| {
             settle_again(tx, currencies, &hold, &mined).await
         })?);
     }
@@ -401,7 +401,7 @@ async fn settle_again(
         }
         return Ok(false);
     }
-    let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+    let wallet = store::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
     let pays: bool = diesel::select(diesel::dsl::exists(
         withdrawal_attempts::table
             .filter(withdrawal_attempts::transaction_id.eq(hold.id))
@@ -473,7 +473,7 @@ async fn settle_again(
                     annotation: Default::default(),
                     reverses: Some((d.id, d.balance_change())),
                 };
-                wallet.balance = posting::append(tx, &wallet, &undo, Decimal::ZERO)
+                wallet.balance = store::append(tx, &wallet, &undo, Decimal::ZERO)
                     .await?
                     .balance_after;
             }
@@ -492,7 +492,7 @@ async fn settle_again(
                 annotation,
                 reverses: None,
             };
-            wallet.balance = posting::append(tx, &wallet, &again, Decimal::ZERO)
+            wallet.balance = store::append(tx, &wallet, &again, Decimal::ZERO)
                 .await?
                 .balance_after;
             if reverted {
@@ -503,7 +503,7 @@ async fn settle_again(
                     description: Some(&reason),
                     ..again
                 };
-                posting::append(tx, &wallet, &refund, Decimal::ZERO).await?;
+                store::append(tx, &wallet, &refund, Decimal::ZERO).await?;
             }
         }
     }
@@ -526,7 +526,7 @@ async fn standing_debit(
     tx: &mut AsyncPgConnection,
     hold_id: i64,
 ) -> Result<Option<JournalEntry>, LedgerError> {
-    let Some(debit) = posting::settlements_of(tx, &[hold_id])
+    let Some(debit) = store::settlements_of(tx, &[hold_id])
         .await?
         .into_iter()
         .rev()

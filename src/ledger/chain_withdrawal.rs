@@ -24,9 +24,10 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
 use super::chain_deposit::update_hold;
+use super::judge;
 use super::models::Scaled;
-use super::movement::{self, Movement};
-use super::posting::{self, Annotation, ChainFields, NewRow};
+use super::movement::Movement;
+use super::store::{self, Annotation, ChainFields, NewRow};
 use super::{
     CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet,
     input, money, wallet,
@@ -103,15 +104,15 @@ pub async fn request(
         ..ChainFields::default()
     };
 
-    posting::retried!(conn, |tx| {
-        let wallet = posting::lock_wallet(tx, scope, wallet.id).await?;
-        if let Some(existing) = posting::find_by_key(tx, wallet.id, &request.key).await? {
+    store::retried!(conn, |tx| {
+        let wallet = store::lock_wallet(tx, scope, wallet.id).await?;
+        if let Some(existing) = store::find_by_key(tx, wallet.id, &request.key).await? {
             let same = existing.wallet_id == wallet.id
                 && existing.kind == TransactionType::Withdraw
                 && existing.amount == amount
                 && existing.to_address.as_deref() == Some(chain_fields.to_address.as_str())
                 && request.annotation().matches(&existing);
-            return movement::replay_or_conflict(existing, same, "idempotencyKey", &request.key);
+            return judge::replay_or_conflict(existing, same, "idempotencyKey", &request.key);
         }
         let needed = amount + user_fee;
         money::check_funds(&wallet, needed)?;
@@ -130,7 +131,7 @@ pub async fn request(
             annotation: request.annotation(),
             reverses: None,
         };
-        let entry = posting::append(tx, &wallet, &row, needed).await?;
+        let entry = store::append(tx, &wallet, &row, needed).await?;
         Ok(Movement {
             entry,
             replayed: false,
@@ -209,9 +210,9 @@ async fn sign_one(
     after: i64,
     tried: &std::sync::atomic::AtomicI64,
 ) -> Result<Signing, LedgerError> {
-    posting::retried!(conn, |tx| {
+    store::retried!(conn, |tx| {
         let Some(hold) = transactions::table
-            .filter(posting::open_hold())
+            .filter(store::open_hold())
             .filter(transactions::type_.eq(TransactionType::Withdraw))
             .filter(transactions::status.eq(TransactionStatus::Pending))
             .filter(transactions::network.ne_all(except))
@@ -227,7 +228,7 @@ async fn sign_one(
             return Ok(Signing::Idle);
         };
         tried.store(hold.id, std::sync::atomic::Ordering::Relaxed);
-        let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+        let wallet = store::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
         let (network, from, to, path) = match signing_details(custody, &hold, &wallet) {
             Ok(details) => details,
             Err(reason) => {
@@ -270,7 +271,7 @@ async fn sign_one(
             reverses: None,
         };
         // The reservation becomes the debit.
-        posting::append(tx, &wallet, &debit, -(hold.amount + hold.fee)).await?;
+        store::append(tx, &wallet, &debit, -(hold.amount + hold.fee)).await?;
         diesel::update(transactions::table.find(hold.id))
             .set((
                 transactions::status.eq(TransactionStatus::Processing),
@@ -398,7 +399,7 @@ pub async fn advance(
     except: &[String],
 ) -> Result<AdvanceReport, LedgerError> {
     let processing: Vec<JournalEntry> = transactions::table
-        .filter(posting::open_hold())
+        .filter(store::open_hold())
         .filter(transactions::type_.eq(TransactionType::Withdraw))
         .filter(transactions::status.eq(TransactionStatus::Processing))
         .filter(transactions::network.ne_all(except))
@@ -469,7 +470,7 @@ async fn advance_one(
         chain.broadcast(&signed).await?;
         return Ok(Advanced::Rebroadcast);
     };
-    posting::retried!(conn, |tx| {
+    store::retried!(conn, |tx| {
         // Another worker may have moved it on since we listed it.
         let hold: JournalEntry = transactions::table
             .find(hold.id)
@@ -495,7 +496,7 @@ async fn advance_one(
         match transfer.status {
             TransferStatus::Failed => {
                 // Nothing left the address: the debit is compensated, not erased.
-                let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+                let wallet = store::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
                 fields.raw = hold.raw.clone();
                 let refund = NewRow {
                     kind: TransactionType::Refund,
@@ -512,7 +513,7 @@ async fn advance_one(
                     annotation: annotation_of(&hold),
                     reverses: None,
                 };
-                posting::append(tx, &wallet, &refund, Decimal::ZERO).await?;
+                store::append(tx, &wallet, &refund, Decimal::ZERO).await?;
                 update_hold(
                     tx,
                     &hold,

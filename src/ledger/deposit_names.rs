@@ -10,7 +10,7 @@
 //! Those holds keep their old name (a journal row never changes). Each is listed in
 //! `legacy_token_deposits`, and its name now is resolved from the chain ([`resolve`]):
 //! before any deposit of its transaction is looked up by name, and at the watcher's
-//! passes until done. Looked up by name ([`crate::ledger::posting::find_chain_deposit`]),
+//! passes until done. Looked up by name ([`crate::ledger::store::find_chain_deposit`]),
 //! a listed hold answers to its name now only — never to its old one, which may be
 //! another log's name now — so a name means one log, and a log one hold.
 //!
@@ -147,13 +147,13 @@ pub async fn resolve(
         return Ok(());
     };
     transfers.sort_by_key(|t| position(&t.hash));
-    super::posting::retried!(conn, |tx| {
+    super::store::retried!(conn, |tx| {
         let mut legacy = legacy_of(tx, network, tx_hash, true).await?;
         let names: Vec<String> = transfers.iter().map(|t| t.hash.clone()).collect();
         // Names already given: resolved before, or holds recorded under them since.
         let mut taken: Vec<String> = legacy.iter().filter_map(|l| l.name.clone()).collect();
         taken.extend(
-            super::posting::chain_deposits_named(tx, network, &names)
+            super::store::chain_deposits_named(tx, network, &names)
                 .await?
                 .into_iter()
                 .filter_map(|h| h.chain_tx_hash),

@@ -36,7 +36,7 @@ use super::models::{Scaled, text_enum};
 use super::page::paginate;
 use super::{
     Currency, CurrencyKind, CurrencyRegistry, LedgerError, ListScope, Page, PageArgs, Scope, input,
-    money, posting, wallet,
+    money, store, wallet,
 };
 use crate::chain::{Chain, ChainTransfer, TransferStatus};
 use crate::custody;
@@ -184,7 +184,7 @@ pub async fn request(
 /// Withdraws an expected funding whose transfer will not come (a mistyped amount, say):
 /// once cancelled, no transfer matches it. One whose transfer was seen cannot be.
 pub async fn cancel(conn: &mut AsyncPgConnection, id: i64) -> Result<GasFunding, LedgerError> {
-    posting::retried!(conn, |tx| {
+    store::retried!(conn, |tx| {
         let funding: GasFunding = gas_fundings::table
             .find(id)
             .select(GasFunding::as_select())
@@ -319,8 +319,8 @@ async fn claim_one(
     wallet_id: i64,
     t: &ChainTransfer,
 ) -> Result<bool, LedgerError> {
-    posting::retried!(conn, |tx| {
-        posting::lock_wallet(tx, &Scope::All, wallet_id).await?;
+    store::retried!(conn, |tx| {
+        store::lock_wallet(tx, &Scope::All, wallet_id).await?;
         let already: bool = diesel::select(diesel::dsl::exists(
             gas_fundings::table
                 .filter(gas_fundings::network.eq(&t.network))
@@ -332,7 +332,7 @@ async fn claim_one(
             return Ok(true);
         }
         // Held as a deposit first: the customer's, whatever was expected.
-        if posting::find_chain_deposit(tx, &t.network, &t.hash)
+        if store::find_chain_deposit(tx, &t.network, &t.hash)
             .await?
             .is_some()
         {
@@ -418,7 +418,7 @@ async fn advance_one(
         return Ok(Followed::Unchanged);
     };
     let found = chain.transfer(&funding.network, hash).await?;
-    posting::retried!(conn, |tx| {
+    store::retried!(conn, |tx| {
         let Some(current) = gas_fundings::table
             .find(funding.id)
             .filter(gas_fundings::status.eq(GasFundingStatus::Confirming))

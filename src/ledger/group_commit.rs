@@ -41,23 +41,20 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
-use diesel::prelude::*;
-use diesel::sql_types::{Bool, Timestamptz};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use rust_decimal::Decimal;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::fixed_sql::{self, Bind, Fixed};
-use super::models::Scaled;
-use super::movement::{self, Movement, MovementRequest};
-use super::posting::{self, NewEntry, NewRow};
-use super::transfer::{self, Transfer, TransferRequest};
-use super::{CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet, outcome};
+use super::fixed_sql;
+use super::judge::{self, Decided, Done, Judge, Request, Verdict};
+use super::movement::{Movement, MovementRequest};
+use super::store::{self, batch as batch_store};
+
+use super::transfer::{Transfer, TransferRequest};
+use super::{CurrencyRegistry, JournalEntry, LedgerError, Scope, outcome};
 use crate::db::{PgPool, PooledConn};
-use crate::schema::wallets;
 use crate::task::AbortOnDrop;
 
 /// Requests one transaction takes at most.
@@ -69,63 +66,6 @@ const MAX_BATCH: usize = 256;
 const QUEUED: u8 = 0;
 const TAKEN: u8 = 1;
 const WITHDRAWN: u8 = 2;
-
-/// What a batch applies: a movement of one wallet, or a transfer between two.
-#[derive(Clone, Debug)]
-enum Request {
-    Movement(MovementRequest),
-    Transfer(TransferRequest),
-}
-
-/// What a batch answers. (One per request, moved once: the size difference between the
-/// variants costs nothing worth a box.)
-#[allow(clippy::large_enum_variant)]
-enum Done {
-    Movement(Movement),
-    Transfer(Transfer),
-}
-
-impl Request {
-    /// The wallet whose key names the request (a transfer's source).
-    fn keyed_wallet(&self) -> i64 {
-        match self {
-            Request::Movement(m) => m.wallet_id,
-            Request::Transfer(t) => t.from_wallet_id,
-        }
-    }
-
-    fn key(&self) -> &str {
-        match self {
-            Request::Movement(m) => &m.key,
-            Request::Transfer(t) => &t.key,
-        }
-    }
-
-    /// Every wallet the request changes.
-    fn wallets(&self) -> Vec<i64> {
-        match self {
-            Request::Movement(m) => vec![m.wallet_id],
-            Request::Transfer(t) => vec![t.from_wallet_id, t.to_wallet_id],
-        }
-    }
-
-    /// Applies the request in a transaction of its own.
-    async fn alone(
-        &self,
-        conn: &mut AsyncPgConnection,
-        currencies: &CurrencyRegistry,
-        scope: &Scope,
-    ) -> Result<Done, LedgerError> {
-        match self {
-            Request::Movement(m) => movement::execute(conn, currencies, scope, m)
-                .await
-                .map(Done::Movement),
-            Request::Transfer(t) => transfer::execute(conn, currencies, scope, t)
-                .await
-                .map(Done::Transfer),
-        }
-    }
-}
 
 struct Job {
     scope: Scope,
@@ -216,16 +156,9 @@ impl Committer {
         request: MovementRequest,
         deadline: Instant,
     ) -> Result<Movement, LedgerError> {
-        movement::validate_shape(&request)?;
-        match self
-            .submit(scope, Request::Movement(request), deadline)
-            .await?
-        {
-            Done::Movement(m) => Ok(m),
-            Done::Transfer(_) => Err(LedgerError::Internal(
-                "a movement answered as a transfer".into(),
-            )),
-        }
+        let request = Request::Movement(request);
+        request.check_shape()?;
+        self.submit(scope, request, deadline).await?.into_movement()
     }
 
     /// Applies a transfer exactly once per key of its source wallet, as
@@ -236,16 +169,9 @@ impl Committer {
         request: TransferRequest,
         deadline: Instant,
     ) -> Result<Transfer, LedgerError> {
-        transfer::validate_shape(&request)?;
-        match self
-            .submit(scope, Request::Transfer(request), deadline)
-            .await?
-        {
-            Done::Transfer(t) => Ok(t),
-            Done::Movement(_) => Err(LedgerError::Internal(
-                "a transfer answered as a movement".into(),
-            )),
-        }
+        let request = Request::Transfer(request);
+        request.check_shape()?;
+        self.submit(scope, request, deadline).await?.into_transfer()
     }
 
     async fn submit(
@@ -305,7 +231,7 @@ impl Committer {
     ) -> Result<Done, LedgerError> {
         let currencies = self.currencies.clone();
         let result = outcome::detached(&self.pool, deadline, move |mut conn| async move {
-            request.alone(&mut conn, &currencies, &scope).await
+            execute_alone(&mut conn, &currencies, &scope, &request).await
         })
         .await;
         if maybe_committed {
@@ -470,9 +396,7 @@ async fn run_batch(shared: &Shared, batch: Vec<Job>) {
             futures_util::future::join_all(batch.into_iter().map(|job| async move {
                 let result = match shared.pool.get().await {
                     Ok(mut conn) => {
-                        job.request
-                            .alone(&mut conn, &shared.currencies, &job.scope)
-                            .await
+                        execute_alone(&mut conn, &shared.currencies, &job.scope, &job.request).await
                     }
                     Err(e) => Err(LedgerError::from(e)),
                 };
@@ -503,9 +427,9 @@ impl BatchFailed {
     }
 }
 
-/// Runs the batch's transaction in two round trips: `BEGIN`, the locks, the keys and the
-/// clock sent together; then, after the batch is judged here, the balances, the journal
-/// rows and `COMMIT` sent together.
+/// Runs the batch's transaction in two round trips: `BEGIN` and the prefetch (locks,
+/// keys, clock) sent together; then, after the batch is judged here, the writes and
+/// `COMMIT` sent together.
 ///
 /// Postgres runs pipelined statements one after the other, in the order sent, and the
 /// connection sends them in the order their futures are first polled (`join!` polls in
@@ -519,21 +443,64 @@ async fn commit_batch(
     currencies: &CurrencyRegistry,
     batch: &[Job],
 ) -> Result<Vec<Result<Done, LedgerError>>, BatchFailed> {
+    let asked: Vec<(&Scope, &Request)> = batch.iter().map(|j| (&j.scope, &j.request)).collect();
     conn.set_in_transaction(true);
-    let judged = async {
-        let read = begin_and_read(conn, batch).await?;
-        judge_batch(conn, currencies, batch, read).await
-    }
-    .await;
-    let judged = match judged {
-        Ok(judged) => judged,
+    let fetched = {
+        let mut pipe: &AsyncPgConnection = conn;
+        let begin = fixed_sql::statement(&["BEGIN"], vec![]).execute(&mut pipe);
+        let (begun, fetched) = futures_util::join!(begin, batch_store::prefetch(conn, &asked));
+        begun.map_err(LedgerError::from).and(fetched)
+    };
+    let fetched = match fetched {
+        Ok(fetched) => fetched,
         Err(e) => {
             rollback(conn).await;
             return Err(BatchFailed::rolled_back(e));
         }
     };
-    let inserted = write_and_commit(conn, &judged).await?;
-    Ok(judged.answers(inserted))
+    let mut judge = Judge::new(currencies, fetched.state);
+    let verdicts: Vec<Verdict> = asked
+        .iter()
+        .map(|(scope, request)| judge.judge(scope, request))
+        .collect();
+    let decided = judge.decided(fetched.clock);
+    let stored = write_and_commit(conn, &decided, &fetched.ids).await?;
+    Ok(judge::answers(verdicts, &decided.rows, &stored))
+}
+
+/// Applies one request in the caller's transaction: the batch of one that every request
+/// applied alone is (prefetch, judge, write — the statements and judge of a batch).
+pub(crate) async fn apply_alone(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    scope: &Scope,
+    request: &Request,
+) -> Result<Done, LedgerError> {
+    let fetched = batch_store::prefetch(conn, &[(scope, request)]).await?;
+    let mut judge = Judge::new(currencies, fetched.state);
+    let verdict = judge.judge(scope, request);
+    let decided = judge.decided(fetched.clock);
+    let stored = match decided.rows.is_empty() {
+        true => Vec::new(),
+        false => batch_store::write(conn, &decided, &fetched.ids).await?,
+    };
+    judge::answers(vec![verdict], &decided.rows, &stored)
+        .pop()
+        .unwrap_or_else(|| Err(LedgerError::Internal("a request was not answered".into())))
+}
+
+/// Applies one request exactly once per key in a transaction of its own, retried when
+/// Postgres reports a transient failure or a concurrent use of the same key.
+pub(crate) async fn execute_alone(
+    conn: &mut AsyncPgConnection,
+    currencies: &CurrencyRegistry,
+    scope: &Scope,
+    request: &Request,
+) -> Result<Done, LedgerError> {
+    request.check_shape()?;
+    store::retried!(conn, |tx| {
+        apply_alone(tx, currencies, scope, request).await
+    })
 }
 
 /// Ends a transaction that failed; a connection whose state is then unknown is closed
@@ -545,414 +512,53 @@ async fn rollback(conn: &mut PooledConn) {
     }
 }
 
-/// What the batch reads before judging.
-struct Read {
-    /// The batch's wallets the callers may touch, locked.
-    balances: HashMap<i64, Wallet>,
-    /// Rows already journaled under the batch's keys.
-    existing: HashMap<(i64, String), JournalEntry>,
-    /// The database's clock after the locks were taken: the batch's time.
-    clock: chrono::DateTime<chrono::Utc>,
-    /// Journal row ids taken beforehand, ascending — a transfer's receiving row names
-    /// its sending row by id in the same insert — enough for every row the batch could
-    /// write (unused ones are gaps, as a rolled-back insert leaves).
-    ids: Vec<i64>,
-}
-
-async fn begin_and_read(conn: &AsyncPgConnection, batch: &[Job]) -> Result<Read, LedgerError> {
-    let keys: Vec<(i64, &str)> = batch
-        .iter()
-        .map(|j| (j.request.keyed_wallet(), j.request.key()))
-        .collect();
-    let rows_at_most: usize = batch
-        .iter()
-        .map(|j| match j.request {
-            Request::Movement(_) => 1,
-            Request::Transfer(_) => 2,
-        })
-        .sum();
-    let mut pipe = conn;
-    let begin = fixed_sql::statement(&["BEGIN"], vec![]).execute(&mut pipe);
-    let locked = lock_visible_wallets(conn, batch);
-    let existing = posting::find_by_keys(conn, &keys);
-    let clock = diesel::select(Fixed::<Timestamptz>::new(&["clock_timestamp()"], vec![]))
-        .get_result::<chrono::DateTime<chrono::Utc>>(&mut pipe);
-    let ids = posting::allocate_ids(conn, rows_at_most);
-    let (begun, locked, existing, clock, ids) =
-        futures_util::join!(begin, locked, existing, clock, ids);
-    begun?;
-    Ok(Read {
-        balances: locked?,
-        existing: existing?
-            .into_iter()
-            .map(|e| ((e.wallet_id, e.tx_hash.clone()), e))
-            .collect(),
-        clock: clock?,
-        ids: ids?,
-    })
-}
-
-/// Locks, in id order, the wallets of the batch that the request naming them may touch.
-/// A wallet named only by callers who may not see it is never locked.
-async fn lock_visible_wallets(
-    mut conn: &AsyncPgConnection,
-    batch: &[Job],
-) -> Result<HashMap<i64, Wallet>, LedgerError> {
-    // A movement's wallet and a transfer's source as the caller may see them; a
-    // transfer's target is anyone's.
-    let mut ids: Vec<i64> = Vec::with_capacity(batch.len());
-    let mut owners: Vec<Option<&str>> = Vec::with_capacity(batch.len());
-    for job in batch {
-        ids.push(job.request.keyed_wallet());
-        owners.push(job.scope.owner());
-        if let Request::Transfer(t) = &job.request {
-            ids.push(t.to_wallet_id);
-            owners.push(None);
-        }
-    }
-    let owners: Vec<Option<String>> = owners.into_iter().map(|o| o.map(str::to_owned)).collect();
-    let visible = Fixed::<Bool>::new(
-        &[
-            "wallets.id = ANY (",
-            ") AND EXISTS (SELECT 1 FROM unnest(",
-            "::bigint[], ",
-            "::text[]) AS r (id, owner)
-              WHERE r.id = wallets.id AND (r.owner IS NULL OR r.owner = wallets.user_id))",
-        ],
-        vec![
-            Bind::BigInts(ids.clone()),
-            Bind::BigInts(ids),
-            Bind::OptionalTexts(owners),
-        ],
-    );
-    let locked: Vec<Wallet> = wallets::table
-        .filter(visible)
-        .order(wallets::id)
-        .select(Wallet::as_select())
-        .for_no_key_update()
-        .load(&mut conn)
-        .await?;
-    Ok(locked.into_iter().map(|w| (w.id, w)).collect())
-}
-
-/// The batch as judged: each request's verdict and the rows to write.
-struct Judged<'a> {
-    verdicts: Vec<Verdict>,
-    rows: Vec<BatchRow<'a>>,
-    /// Each touched wallet's new balance and time, in first-touched order.
-    touched: Vec<(i64, Scaled, chrono::DateTime<chrono::Utc>)>,
-    ids: Vec<i64>,
-}
-
-/// Judges each request in arrival order against the running balances.
-async fn judge_batch<'a>(
-    conn: &mut AsyncPgConnection,
-    currencies: &CurrencyRegistry,
-    batch: &'a [Job],
-    read: Read,
-) -> Result<Judged<'a>, LedgerError> {
-    let Read {
-        mut balances,
-        existing,
-        clock,
-        ids,
-    } = read;
-    // The receiving sides of transfers sent before under the batch's keys (a replay).
-    let sent: Vec<i64> = existing
-        .values()
-        .filter(|e| e.kind == TransactionType::TransferOut)
-        .map(|e| e.id)
-        .collect();
-    let received: HashMap<i64, JournalEntry> = match sent.is_empty() {
-        true => HashMap::new(),
-        false => transfer::receiving_sides(conn, &sent)
-            .await?
-            .into_iter()
-            .filter_map(|e| e.counterpart_id.map(|out| (out, e)))
-            .collect(),
-    };
-
-    let mut verdicts = Vec::with_capacity(batch.len());
-    let mut rows: Vec<BatchRow<'a>> = Vec::new();
-    let mut earlier: HashMap<(i64, &str), usize> = HashMap::new();
-    for job in batch {
-        let judged = judge(
-            currencies,
-            job,
-            &balances,
-            (&existing, &received),
-            &earlier,
-            &rows,
-        );
-        let verdict = match judged {
-            Ok(Judgement::New(new_rows)) => {
-                let first = rows.len();
-                for (wallet_id, row) in new_rows {
-                    let Some(wallet) = balances.get_mut(&wallet_id) else {
-                        return Err(LedgerError::Internal(
-                            "a judged wallet is not locked".into(),
-                        ));
-                    };
-                    let around = row.balances(wallet.balance);
-                    wallet.balance = around.1;
-                    // A transfer's receiving row names the sending row just before it.
-                    let counterpart =
-                        (row.kind == TransactionType::TransferIn).then(|| rows.len() - 1);
-                    rows.push(BatchRow {
-                        wallet_id,
-                        row,
-                        around,
-                        counterpart,
-                    });
-                }
-                earlier.insert((job.request.keyed_wallet(), job.request.key()), first);
-                Verdict::Insert(first)
-            }
-            Ok(Judgement::Replay(done)) => Verdict::Replay(done),
-            Ok(Judgement::ReplayOfInsert(i)) => Verdict::ReplayOfInsert(i),
-            Err(e) => Verdict::Refused(e),
-        };
-        verdicts.push(verdict);
-    }
-
-    // Each touched wallet's new balance, and its time: the batch's clock, or the wallet's
-    // own if that is later (a wallet's time never runs backwards).
-    let mut touched = Vec::new();
-    for r in &rows {
-        if !touched.iter().any(|(id, _, _)| *id == r.wallet_id)
-            && let Some(w) = balances.get(&r.wallet_id)
-        {
-            touched.push((r.wallet_id, Scaled(w.balance), clock.max(w.updated_at)));
-        }
-    }
-    Ok(Judged {
-        verdicts,
-        rows,
-        touched,
-        ids,
-    })
-}
-
-/// Writes the judged batch and commits, in one round trip; returns the inserted rows, in
-/// the order of `judged.rows`. Ends the transaction, or leaves the connection marked as
+/// Writes the judged batch and commits, in one round trip; returns the stored rows, in
+/// the order of `decided.rows`. Ends the transaction, or leaves the connection marked as
 /// inside one (to be closed) when its state is unknown.
 async fn write_and_commit(
     conn: &mut PooledConn,
-    judged: &Judged<'_>,
+    decided: &Decided<'_>,
+    ids: &[i64],
 ) -> Result<Vec<JournalEntry>, BatchFailed> {
     let mut pipe: &AsyncPgConnection = conn;
-    if judged.rows.is_empty() {
+    let commit = fixed_sql::statement(&["COMMIT"], vec![]);
+    if decided.rows.is_empty() {
         // Only replays and refusals: nothing to write.
-        fixed_sql::statement(&["COMMIT"], vec![])
+        commit
             .execute(&mut pipe)
             .await
             .map_err(BatchFailed::rolled_back)?;
         conn.set_in_transaction(false);
         return Ok(Vec::new());
     }
-    let mut entries: Vec<NewEntry<'_>> = Vec::with_capacity(judged.rows.len());
-    for (i, r) in judged.rows.iter().enumerate() {
-        let Some(&(_, _, time)) = judged.touched.iter().find(|t| t.0 == r.wallet_id) else {
-            return Err(BatchFailed::rolled_back(LedgerError::Internal(
-                "a batch row's wallet has no new balance".into(),
-            )));
-        };
-        let mut entry = r.row.entry(r.wallet_id, r.around, time);
-        // Ids in batch order, so the journal's order is arrival order.
-        let id = |i: usize| {
-            judged.ids.get(i).copied().ok_or_else(|| {
-                BatchFailed::rolled_back(LedgerError::Internal(
-                    "fewer row ids taken than rows".into(),
-                ))
-            })
-        };
-        entry.id = Some(id(i)?);
-        entry.counterpart_id = r.counterpart.map(id).transpose()?;
-        entries.push(entry);
-    }
-    let update = fixed_sql::statement(
-        &[
-            "UPDATE wallets w
-                SET balance = v.balance, updated_at = v.at
-               FROM unnest(",
-            "::bigint[], ",
-            "::numeric[], ",
-            "::timestamptz[]) AS v (id, balance, at)
-              WHERE w.id = v.id",
-        ],
-        vec![
-            Bind::BigInts(judged.touched.iter().map(|t| t.0).collect()),
-            Bind::Numerics(judged.touched.iter().map(|t| t.1).collect()),
-            Bind::Times(judged.touched.iter().map(|t| t.2).collect()),
-        ],
-    )
-    .execute(&mut pipe);
-    let insert = posting::insert_batch(conn, &entries);
-    let commit = fixed_sql::statement(&["COMMIT"], vec![]).execute(&mut pipe);
-    let (updated, inserted, committed) = futures_util::join!(update, insert, commit);
-    let (updated, inserted) = match (updated.map_err(LedgerError::from), inserted, committed) {
-        (Ok(updated), Ok(inserted), Ok(_)) => (updated, inserted),
-        // `COMMIT` after a failed statement rolls back (and says so without an error).
-        (Err(e), _, Ok(_)) | (_, Err(e), Ok(_)) => {
+    let write = batch_store::write(conn, decided, ids);
+    let commit = commit.execute(&mut pipe);
+    let (written, committed) = futures_util::join!(write, commit);
+    match (written, committed) {
+        (Ok(stored), Ok(_)) => {
             conn.set_in_transaction(false);
-            return Err(BatchFailed::rolled_back(e));
+            Ok(stored)
+        }
+        // `COMMIT` after a failed statement rolls back (and says so without an error) —
+        // unless the statements did run and wrote other than judged (see `write`).
+        (Err(error), Ok(_)) => {
+            conn.set_in_transaction(false);
+            let maybe_committed = matches!(error, LedgerError::OutcomeUnknown(_));
+            Err(BatchFailed {
+                error,
+                maybe_committed,
+            })
         }
         // No answer to `COMMIT`. Unless Postgres itself refused a statement before it
         // (then the transaction was aborted), the batch may have committed.
-        (updated, inserted, Err(e)) => {
-            let refused = [updated.err(), inserted.err()]
-                .into_iter()
-                .flatten()
-                .any(|e| matches!(e, LedgerError::Database(_)) && !e.is_unavailable());
-            return Err(BatchFailed {
+        (written, Err(e)) => {
+            let refused = written
+                .err()
+                .is_some_and(|e| matches!(e, LedgerError::Database(_)) && !e.is_unavailable());
+            Err(BatchFailed {
                 error: e.into(),
                 maybe_committed: !refused,
-            });
-        }
-    };
-    conn.set_in_transaction(false);
-    if updated != judged.touched.len() || inserted.len() != judged.rows.len() {
-        // Cannot happen with the wallets locked; if it did, the batch committed something
-        // other than judged: its requests run again on their own and replay what is there.
-        return Err(BatchFailed {
-            error: LedgerError::Internal("a batch wrote other rows than it judged".into()),
-            maybe_committed: true,
-        });
-    }
-    Ok(inserted)
-}
-
-impl Judged<'_> {
-    /// Each request's answer, in batch order, given the rows as inserted.
-    fn answers(self, inserted: Vec<JournalEntry>) -> Vec<Result<Done, LedgerError>> {
-        let Judged { verdicts, rows, .. } = self;
-        // A new transfer's rows are at `i` and `i + 1`.
-        let done = |i: usize, replayed: bool| match rows[i].row.kind {
-            TransactionType::TransferOut => Done::Transfer(Transfer {
-                out: inserted[i].clone(),
-                into: inserted[i + 1].clone(),
-                replayed,
-            }),
-            _ => Done::Movement(Movement {
-                entry: inserted[i].clone(),
-                replayed,
-            }),
-        };
-        verdicts
-            .into_iter()
-            .map(|v| match v {
-                Verdict::Insert(i) => Ok(done(i, false)),
-                Verdict::ReplayOfInsert(i) => Ok(done(i, true)),
-                Verdict::Replay(done) => Ok(*done),
-                Verdict::Refused(e) => Err(e),
             })
-            .collect()
-    }
-}
-
-/// A journal row the batch inserts.
-struct BatchRow<'a> {
-    wallet_id: i64,
-    row: NewRow<'a>,
-    /// The balances before and after it.
-    around: (Decimal, Decimal),
-    /// A transfer's receiving row: the index of its sending row.
-    counterpart: Option<usize>,
-}
-
-/// What the batch decided for one request before anything is written.
-enum Verdict {
-    /// New journal rows: the index of the first of them among the batch's inserts.
-    Insert(usize),
-    /// The key's movement exists already.
-    Replay(Box<Done>),
-    /// The same key and request earlier in this batch: its inserts.
-    ReplayOfInsert(usize),
-    Refused(LedgerError),
-}
-
-enum Judgement<'a> {
-    /// The rows to append, each with its wallet.
-    New(Vec<(i64, NewRow<'a>)>),
-    Replay(Box<Done>),
-    ReplayOfInsert(usize),
-}
-
-/// Rows already journaled under the batch's keys, and the receiving sides of the
-/// transfers among them (by sending row id).
-type Journaled<'e> = (
-    &'e HashMap<(i64, String), JournalEntry>,
-    &'e HashMap<i64, JournalEntry>,
-);
-
-/// One request against the batch so far, in the order and with the checks of
-/// `movement::apply` or `transfer::apply`: visible wallet, key, currency, amount, funds.
-fn judge<'a>(
-    currencies: &CurrencyRegistry,
-    job: &'a Job,
-    balances: &HashMap<i64, Wallet>,
-    (existing, received): Journaled<'_>,
-    earlier: &HashMap<(i64, &str), usize>,
-    rows: &[BatchRow<'_>],
-) -> Result<Judgement<'a>, LedgerError> {
-    let keyed = job.request.keyed_wallet();
-    let wallet = balances
-        .get(&keyed)
-        .filter(|w| job.scope.owner().is_none_or(|owner| w.user_id == owner))
-        .ok_or(LedgerError::NotFound("wallet"))?;
-    let key = (keyed, job.request.key());
-    match &job.request {
-        Request::Movement(request) => {
-            // Keys are scoped to the wallet.
-            if let Some(e) = existing.get(&(key.0, key.1.to_owned())) {
-                let same = movement::same_request(e, request);
-                return movement::replay_or_conflict(
-                    e.clone(),
-                    same,
-                    "idempotencyKey",
-                    &request.key,
-                )
-                .map(|m| Judgement::Replay(Box::new(Done::Movement(m))));
-            }
-            if let Some(&i) = earlier.get(&key) {
-                let same = rows[i].row.records(
-                    request.direction.transaction_type(),
-                    request.amount,
-                    request.description.as_deref(),
-                    request.annotation(),
-                );
-                return match same {
-                    true => Ok(Judgement::ReplayOfInsert(i)),
-                    false => Err(movement::key_conflict("idempotencyKey", &request.key)),
-                };
-            }
-            movement::journal_row(currencies, wallet, request)
-                .map(|row| Judgement::New(vec![(wallet.id, row)]))
-        }
-        Request::Transfer(request) => {
-            if let Some(out) = existing.get(&(key.0, key.1.to_owned())) {
-                let into = received.get(&out.id).cloned();
-                return transfer::replay(out.clone(), into, request)
-                    .map(|t| Judgement::Replay(Box::new(Done::Transfer(t))));
-            }
-            if let Some(&i) = earlier.get(&key) {
-                let (out, into) = (&rows[i], rows.get(i + 1));
-                let same = out.row.records(
-                    TransactionType::TransferOut,
-                    request.amount,
-                    request.description.as_deref(),
-                    request.annotation(),
-                ) && into.is_some_and(|r| r.wallet_id == request.to_wallet_id);
-                return match same {
-                    true => Ok(Judgement::ReplayOfInsert(i)),
-                    false => Err(movement::key_conflict("idempotencyKey", &request.key)),
-                };
-            }
-            let to = balances
-                .get(&request.to_wallet_id)
-                .ok_or(LedgerError::NotFound("wallet"))?;
-            let (out, into) = transfer::journal_rows(currencies, wallet, to, request)?;
-            Ok(Judgement::New(vec![(wallet.id, out), (to.id, into)]))
         }
     }
 }

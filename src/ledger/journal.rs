@@ -202,12 +202,12 @@ pub async fn find_by_key(
     key: &str,
 ) -> Result<Option<JournalEntry>, LedgerError> {
     let wallet = super::wallet::find_wallet(conn, scope, wallet_id).await?;
-    let keyed = super::posting::find_by_key(conn, wallet.id, key).await?;
+    let keyed = super::store::find_by_key(conn, wallet.id, key).await?;
     if keyed.is_some() {
         return Ok(keyed);
     }
     match &wallet.network {
-        Some(network) => Ok(super::posting::find_chain_deposit(conn, network, key)
+        Some(network) => Ok(super::store::find_chain_deposit(conn, network, key)
             .await?
             .filter(|e| e.wallet_id == wallet.id)),
         None => Ok(None),

@@ -17,15 +17,16 @@ pub mod gas_funding;
 pub mod group_commit;
 pub mod input;
 pub mod journal;
+pub mod judge;
 pub mod models;
 pub mod money;
 pub mod movement;
 pub mod node_withdrawal;
 pub mod outcome;
 pub mod page;
-pub mod posting;
 pub mod reconciliation;
 pub mod reversal;
+pub mod store;
 pub mod transfer;
 pub mod wallet;
 

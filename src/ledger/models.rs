@@ -181,7 +181,7 @@ text_enum! {
     }
 }
 
-#[derive(Clone, Debug, Queryable, Selectable, Identifiable)]
+#[derive(Clone, Debug, Queryable, QueryableByName, Selectable, Identifiable)]
 #[diesel(table_name = wallets, check_for_backend(diesel::pg::Pg))]
 pub struct Wallet {
     pub id: i64,

@@ -57,7 +57,7 @@ use super::chain_withdrawal::{
     AdvanceReport, Advanced, fail_unsent, fail_unsigned, release_lock, signing_details,
 };
 use super::models::Scaled;
-use super::posting::{self, Annotation, ChainFields, NewRow};
+use super::store::{self, Annotation, ChainFields, NewRow};
 use super::{
     CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet,
     gas_funding,
@@ -263,7 +263,7 @@ async fn sign_one(
     // The next candidate, read without a lock: the node is asked before any transaction
     // opens (a slow node must not hold rows or the wallet's other movements).
     let Some(candidate) = transactions::table
-        .filter(posting::open_hold())
+        .filter(store::open_hold())
         .filter(transactions::type_.eq(TransactionType::Withdraw))
         .filter(transactions::status.eq(TransactionStatus::Pending))
         .filter(transactions::network.eq_any(networks))
@@ -301,7 +301,7 @@ async fn sign_one(
     let height = chain.tip(network).await?;
     let on_chain_nonce = accounts.pending_nonce(from).await?;
     let backend = chain.backend(network)?;
-    posting::retried!(conn, |tx| {
+    store::retried!(conn, |tx| {
         // Still waiting, and no other worker on it (else the next one is tried).
         let Some(hold) = transactions::table
             .find(candidate.id)
@@ -315,7 +315,7 @@ async fn sign_one(
         else {
             return Ok(Signing::Skipped);
         };
-        let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+        let wallet = store::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
         let (network, from, to, path) = match signing_details(custody, &hold, &wallet) {
             Ok(details) => details,
             Err(reason) => {
@@ -459,7 +459,7 @@ async fn unmined_withdrawal_of(
 ) -> Result<bool, LedgerError> {
     Ok(diesel::select(diesel::dsl::exists(
         transactions::table
-            .filter(posting::open_hold())
+            .filter(store::open_hold())
             .filter(transactions::type_.eq(TransactionType::Withdraw))
             .filter(transactions::status.eq(TransactionStatus::Processing))
             .filter(transactions::network.eq(network))
@@ -633,7 +633,7 @@ pub async fn advance(
     networks: &[String],
 ) -> Result<AdvanceReport, LedgerError> {
     let processing: Vec<JournalEntry> = transactions::table
-        .filter(posting::open_hold())
+        .filter(store::open_hold())
         .filter(transactions::type_.eq(TransactionType::Withdraw))
         .filter(transactions::status.eq(TransactionStatus::Processing))
         .filter(transactions::network.eq_any(networks))
@@ -775,7 +775,7 @@ async fn fail_refused(
         ChainError::Unavailable(text) => crate::chain::rpc::bounded(text),
         other => other.to_string(),
     };
-    posting::retried!(conn, |tx| {
+    store::retried!(conn, |tx| {
         let Some(hold) = relock(tx, hold_id).await? else {
             return Ok(Advanced::Unchanged);
         };
@@ -784,7 +784,7 @@ async fn fail_refused(
         if attempts.last().map(|a| a.id) != Some(newest.id) {
             return Ok(Advanced::Unchanged);
         }
-        let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+        let wallet = store::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
         let (Some(network), Some(from)) = (hold.network.as_deref(), hold.from_address.as_deref())
         else {
             return Err(LedgerError::Internal(format!(
@@ -889,7 +889,7 @@ fn chain_fields(hold: &JournalEntry, attempt: &Attempt, found: &ChainTransfer) -
 }
 
 async fn unmined(conn: &mut AsyncPgConnection, hold: &JournalEntry) -> Result<(), LedgerError> {
-    posting::retried!(conn, |tx| {
+    store::retried!(conn, |tx| {
         let Some(hold) = relock(tx, hold.id).await? else {
             return Ok(());
         };
@@ -958,7 +958,7 @@ async fn settle(
     attempt: &Attempt,
     found: &ChainTransfer,
 ) -> Result<Advanced, LedgerError> {
-    posting::retried!(conn, |tx| {
+    store::retried!(conn, |tx| {
         let Some(hold) = relock(tx, hold.id).await? else {
             return Ok(Advanced::Unchanged);
         };
@@ -973,7 +973,7 @@ async fn settle(
             }
             return Ok(Advanced::Unchanged);
         }
-        let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+        let wallet = store::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
         let scale = hold.amount.scale();
         let pays = attempts.iter().any(|a| a.locked_fee > Decimal::ZERO);
         let (user_fee, network_fee) = debit_fees(currencies, &wallet, &hold, pays, found.fee);
@@ -999,7 +999,7 @@ async fn settle(
         // The whole lock is released into the debit: what the fee did not use is free again.
         let locked = hold.amount + fee_lock(&hold, &attempts);
         let wallet = Wallet {
-            balance: posting::append(tx, &wallet, &debit, -locked)
+            balance: store::append(tx, &wallet, &debit, -locked)
                 .await?
                 .balance_after,
             ..wallet
@@ -1017,7 +1017,7 @@ async fn settle(
             description: Some(reason),
             ..debit
         };
-        posting::append(tx, &wallet, &refund, Decimal::ZERO).await?;
+        store::append(tx, &wallet, &refund, Decimal::ZERO).await?;
         update_hold(tx, &hold, TransactionStatus::Failed, &fields, Some(reason)).await?;
         Ok(Advanced::To(TransactionStatus::Failed))
     })
@@ -1046,7 +1046,7 @@ async fn replace(
     let now = accounts.gas_fees().await?;
     let cap = accounts.max_fee_per_gas();
     let wanted = newest.fees().bumped(now.wanted).capped(cap);
-    posting::retried!(conn, |tx| {
+    store::retried!(conn, |tx| {
         let Some(hold) = relock(tx, hold.id).await? else {
             return Ok(Replacing::No);
         };
@@ -1054,7 +1054,7 @@ async fn replace(
         if attempts.last().map(|a| a.id) != Some(newest.id) {
             return Ok(Replacing::No);
         }
-        let wallet = posting::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
+        let wallet = store::lock_wallet(tx, &Scope::All, hold.wallet_id).await?;
         let (network, from, to, path) = signing_details(custody, &hold, &wallet)
             .map_err(|reason| LedgerError::Internal(format!("cannot re-sign: {reason}")))?;
         let gas_limit = u64::try_from(newest.gas_limit).unwrap_or(0);

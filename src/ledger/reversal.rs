@@ -19,8 +19,9 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::movement::{self, Movement};
-use super::posting::{self, NewRow};
+use super::judge;
+use super::movement::Movement;
+use super::store::{self, NewRow};
 use super::{
     CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet,
     input, money, transfer,
@@ -50,7 +51,7 @@ pub async fn execute(
     if request.reason.trim().is_empty() {
         return Err(LedgerError::BadInput("a reversal needs a reason".into()));
     }
-    posting::retried!(conn, |tx| { apply(tx, currencies, request).await })
+    store::retried!(conn, |tx| { apply(tx, currencies, request).await })
 }
 
 async fn apply(
@@ -74,11 +75,11 @@ async fn apply(
     let (wallet, partner_wallet) = lock(conn, &original, partner.as_ref()).await?;
 
     // Read after the locks, like every keyed movement.
-    if let Some(existing) = posting::find_by_key(conn, wallet.id, &request.key).await? {
+    if let Some(existing) = store::find_by_key(conn, wallet.id, &request.key).await? {
         let same = existing.kind == TransactionType::Reversal
             && existing.reverses_id == Some(original.id)
             && existing.description.as_deref() == Some(request.reason.as_str());
-        return movement::replay_or_conflict(existing, same, "idempotencyKey", &request.key);
+        return judge::replay_or_conflict(existing, same, "idempotencyKey", &request.key);
     }
     if let Some(earlier) = reversals_of(conn, &[original.id]).await?.into_iter().next() {
         return Err(LedgerError::AlreadyReversed(format!(
@@ -106,9 +107,9 @@ async fn apply(
         (Some(p), Some(w)) => Some((w, reversal_row(currencies, w, p, request)?)),
         _ => None,
     };
-    let entry = posting::append(conn, &wallet, &first, Decimal::ZERO).await?;
+    let entry = store::append(conn, &wallet, &first, Decimal::ZERO).await?;
     if let Some((w, row)) = second {
-        posting::append_with(conn, w, &row, Decimal::ZERO, Some(entry.id)).await?;
+        store::append_with(conn, w, &row, Decimal::ZERO, Some(entry.id)).await?;
     }
     Ok(Movement {
         entry,
@@ -189,11 +190,11 @@ async fn lock(
 ) -> Result<(Wallet, Option<Wallet>), LedgerError> {
     match partner {
         None => Ok((
-            posting::lock_wallet(conn, &Scope::All, original.wallet_id).await?,
+            store::lock_wallet(conn, &Scope::All, original.wallet_id).await?,
             None,
         )),
         Some(partner) => {
-            let (wallet, other) = posting::lock_two(
+            let (wallet, other) = store::lock_two(
                 conn,
                 (original.wallet_id, &Scope::All),
                 (partner.wallet_id, &Scope::All),

@@ -5,14 +5,16 @@
 //! wallet's `updated_at` never runs backwards and becomes the row's time, so ordering by
 //! `(created_at, id)` is the order in which the balance changed (the journal chain).
 
+pub mod batch;
+
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::models::Scaled;
-use super::{JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet};
+use crate::ledger::models::Scaled;
+use crate::ledger::{JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet};
 use crate::schema::{legacy_token_deposits, transactions, wallets};
 
 /// Runs `$body` in a database transaction, again when Postgres reports a transient
@@ -60,7 +62,7 @@ macro_rules! retried {
             match result {
                 Err(e)
                     if attempt < $crate::db::MAX_ATTEMPTS
-                        && $crate::ledger::posting::worth_retrying(&e) =>
+                        && $crate::ledger::store::worth_retrying(&e) =>
                 {
                     tokio::time::sleep($crate::db::retry_backoff(attempt)).await;
                     attempt += 1;
@@ -340,7 +342,7 @@ pub async fn insert_batch(
     mut conn: &AsyncPgConnection,
     entries: &[NewEntry<'_>],
 ) -> Result<Vec<JournalEntry>, LedgerError> {
-    use super::fixed_sql::{self, Bind};
+    use crate::ledger::fixed_sql::{self, Bind};
     let mut ids = Vec::with_capacity(entries.len());
     for e in entries {
         ids.push(e.id.ok_or_else(|| {
@@ -386,53 +388,9 @@ pub async fn insert_batch(
         Bind::Times(entries.iter().map(|e| e.created_at).collect()),
         Bind::Times(entries.iter().map(|e| e.updated_at).collect()),
     ];
-    let mut rows: Vec<JournalEntry> = fixed_sql::statement(
-        &[
-            "INSERT INTO transactions (id, wallet_id, type, amount, fee, balance_before,
-                 balance_after, status, tx_hash, description, hold, hold_id, network,
-                 from_address, to_address, chain_tx_hash, confirmations, required_confirmations,
-                 block_number, gas_price, gas_used, raw, counterpart_id, reverses_id,
-                 network_fee, reference, metadata, created_at, updated_at)
-             SELECT * FROM unnest(",
-            "::bigint[], ",
-            "::bigint[], ",
-            "::text[], ",
-            "::numeric[], ",
-            "::numeric[], ",
-            "::numeric[], ",
-            "::numeric[], ",
-            "::text[], ",
-            "::text[], ",
-            "::text[], ",
-            "::boolean[], ",
-            "::bigint[], ",
-            "::text[], ",
-            "::text[], ",
-            "::text[], ",
-            "::text[], ",
-            "::integer[], ",
-            "::integer[], ",
-            "::bigint[], ",
-            "::numeric[], ",
-            "::bigint[], ",
-            "::text[], ",
-            "::bigint[], ",
-            "::bigint[], ",
-            "::numeric[], ",
-            "::text[], ",
-            "::jsonb[], ",
-            "::timestamptz[], ",
-            "::timestamptz[])
-             RETURNING id, wallet_id, type AS type_, amount, fee, balance_before, balance_after,
-                 status, tx_hash, description, created_at, updated_at, network, from_address,
-                 to_address, confirmations, required_confirmations, block_number, gas_price,
-                 gas_used, raw, hold, hold_id, chain_tx_hash, status_reason, counterpart_id,
-                 reverses_id, network_fee, reference, metadata",
-        ],
-        binds,
-    )
-    .load(&mut conn)
-    .await?;
+    let mut rows: Vec<JournalEntry> = fixed_sql::numbered(include_str!("insert_rows.sql"), binds)
+        .load(&mut conn)
+        .await?;
     rows.sort_by_key(|e| e.id);
     Ok(rows)
 }
@@ -468,28 +426,6 @@ pub async fn append_with(
         .await?)
 }
 
-/// Appends both sides of a transfer to the locked wallets `from` and `to` with one insert:
-/// the database refuses a side whose mirror is not in the same statement.
-pub async fn append_transfer(
-    conn: &mut AsyncPgConnection,
-    (from, out_row): (&Wallet, &NewRow<'_>),
-    (to, in_row): (&Wallet, &NewRow<'_>),
-) -> Result<(JournalEntry, JournalEntry), LedgerError> {
-    let mut out = update_balance(conn, from, out_row, Decimal::ZERO).await?;
-    let mut into = update_balance(conn, to, in_row, Decimal::ZERO).await?;
-    let ids = allocate_ids(conn, 2).await?;
-    out.id = Some(ids[0]);
-    into.id = Some(ids[1]);
-    into.counterpart_id = out.id;
-    let mut rows = insert_batch(conn, &[out, into]).await?.into_iter();
-    match (rows.next(), rows.next()) {
-        (Some(out), Some(into)) => Ok((out, into)),
-        _ => Err(LedgerError::Internal(
-            "a transfer's insert returned fewer than two rows".into(),
-        )),
-    }
-}
-
 /// Changes the locked `wallet`'s balance by `row`'s effect and its locked balance by
 /// `locked_change`; returns the row to insert, stamped with the wallet's new time.
 async fn update_balance<'a>(
@@ -501,7 +437,7 @@ async fn update_balance<'a>(
     let balances = row.balances(wallet.balance);
     // Every credit, whatever its type (a settlement, a refund, a reversal), is held to the
     // same ceiling as a deposit: beyond it sums would no longer be exact.
-    let ceiling = super::money::max_balance_at(row.scale);
+    let ceiling = crate::ledger::money::max_balance_at(row.scale);
     if row.balance_change() > Decimal::ZERO && balances.1 > ceiling {
         return Err(LedgerError::InvalidAmount(format!(
             "the credit would take the balance above the maximum of {ceiling}"
@@ -523,7 +459,7 @@ async fn update_balance<'a>(
 
 /// `n` journal row ids, ascending, for rows that must name each other in one insert.
 pub async fn allocate_ids(mut conn: &AsyncPgConnection, n: usize) -> Result<Vec<i64>, LedgerError> {
-    use super::fixed_sql::{Bind, Fixed};
+    use crate::ledger::fixed_sql::{Bind, Fixed};
     use diesel::sql_types::{Array, BigInt};
     let count = i64::try_from(n).map_err(|_| LedgerError::Internal("too many rows".into()))?;
     let mut ids: Vec<i64> = diesel::select(Fixed::<Array<BigInt>>::new(
@@ -590,7 +526,7 @@ pub async fn find_by_keys(
     mut conn: &AsyncPgConnection,
     keys: &[(i64, &str)],
 ) -> Result<Vec<JournalEntry>, LedgerError> {
-    use super::fixed_sql::{Bind, Fixed};
+    use crate::ledger::fixed_sql::{Bind, Fixed};
     let (wallets, texts): (Vec<i64>, Vec<String>) =
         keys.iter().map(|&(w, k)| (w, k.to_owned())).unzip();
     // One probe of the unique key per pair. (`wallet_id = ANY(…) AND tx_hash = ANY(…)` is
@@ -623,7 +559,7 @@ pub async fn find_by_keys(
 
 /// The journaled deposit (a hold, or a credit from before holds) of the chain transfer
 /// named `name` now. A token deposit named by its block's log index before answers to the
-/// name resolved for it only (see [`super::deposit_names`]).
+/// name resolved for it only (see [`crate::ledger::deposit_names`]).
 pub async fn find_chain_deposit(
     conn: &mut AsyncPgConnection,
     network: &str,

@@ -1,0 +1,1048 @@
+//! The decisions of the fiat write path, pure: no database, no clock, no async.
+//!
+//! Every deposit, withdrawal and transfer — applied alone or in a group-commit batch — goes
+//! through the same three steps (the shape TigerBeetle gives its state machine):
+//!
+//! 1. **prefetch** (`store::batch`): lock the wallets in id order, read the rows already
+//!    journaled under the requests' keys and the receiving sides of the transfers among
+//!    them;
+//! 2. **judge** (here): decide each request in arrival order against the running
+//!    balances — a new row or two, a replay of what its key already names, or a refusal
+//!    that changes nothing and does not fail the others;
+//! 3. **commit** (`store::batch`): write the new balances and the journal rows with one
+//!    statement each.
+//!
+//! A request applied alone is a batch of one, so there is one judge and one order of
+//! refusals. For each request, the first refusal that applies wins, in this order:
+//!
+//! | # | check | refusal |
+//! |---|-------|---------|
+//! | 0 | the request's own shape: key, description, amount > 0, reference, metadata; a transfer's two wallets differ ([`Request::check_shape`], before anything is read) | `BadInput`, `InvalidAmount` |
+//! | 1 | the keyed wallet (a movement's, a transfer's source) exists and the caller may see it | `NotFound` |
+//! | 2 | its key already names a row: the same request replays it, another is a conflict — including a request earlier in the same batch | `IdempotencyConflict` |
+//! | 3 | a transfer's target exists (anyone's) | `NotFound` |
+//! | 4 | a transfer's wallets hold one currency | `CurrencyMismatch` |
+//! | 5 | the currency is known and moved this way (fiat; crypto moves with a chain transfer) | `CurrencyNotSupported` |
+//! | 6 | the amount fits the currency: its decimals, its maximum | `InvalidAmount` |
+//! | 7 | a debit (withdrawal plus its fee, a transfer's source) is available | `InsufficientFunds` |
+//! | 8 | a credit (deposit, a transfer's target) keeps the balance under the ceiling | `InvalidAmount` |
+//!
+//! Invariants: a refused request writes nothing; a wallet's rows start where its previous
+//! row ended (`balance_before` of one is `balance_after` of the one before); a transfer's
+//! two rows are adjacent, sending side first; the same key on the same wallet is judged
+//! once per batch and replayed after.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+
+use super::models::Scaled;
+use super::movement::{Direction, Movement, MovementRequest};
+use super::store::NewRow;
+use super::transfer::{Transfer, TransferRequest};
+use super::{
+    CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType, Wallet,
+    input, money,
+};
+
+/// What the write path applies: a movement of one wallet, or a transfer between two.
+#[derive(Clone, Debug)]
+pub enum Request {
+    Movement(MovementRequest),
+    Transfer(TransferRequest),
+}
+
+/// What a request did. (One per request, moved once: the size difference between the
+/// variants costs nothing worth a box.)
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum Done {
+    Movement(Movement),
+    Transfer(Transfer),
+}
+
+impl Request {
+    /// The wallet whose key names the request (a transfer's source).
+    pub fn keyed_wallet(&self) -> i64 {
+        match self {
+            Request::Movement(m) => m.wallet_id,
+            Request::Transfer(t) => t.from_wallet_id,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match self {
+            Request::Movement(m) => &m.key,
+            Request::Transfer(t) => &t.key,
+        }
+    }
+
+    /// Every wallet the request changes (the keyed one first).
+    pub fn wallets(&self) -> Vec<i64> {
+        match self {
+            Request::Movement(m) => vec![m.wallet_id],
+            Request::Transfer(t) => vec![t.from_wallet_id, t.to_wallet_id],
+        }
+    }
+
+    /// The most journal rows the request writes.
+    pub fn rows_at_most(&self) -> usize {
+        match self {
+            Request::Movement(_) => 1,
+            Request::Transfer(_) => 2,
+        }
+    }
+
+    /// Precedence 0: the checks that need nothing read. A request that passes them cannot
+    /// fail a batch.
+    pub fn check_shape(&self) -> Result<(), LedgerError> {
+        let (key, description, amount, reference, metadata) = match self {
+            Request::Movement(m) => (&m.key, &m.description, m.amount, &m.reference, &m.metadata),
+            Request::Transfer(t) => (&t.key, &t.description, t.amount, &t.reference, &t.metadata),
+        };
+        input::check_movement("idempotencyKey", key, description.as_deref(), amount)?;
+        input::check_annotation(reference.as_deref(), metadata.as_ref())?;
+        if let Request::Transfer(t) = self
+            && t.from_wallet_id == t.to_wallet_id
+        {
+            return Err(LedgerError::BadInput(
+                "a transfer needs two different wallets".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Done {
+    pub fn into_movement(self) -> Result<Movement, LedgerError> {
+        match self {
+            Done::Movement(m) => Ok(m),
+            Done::Transfer(_) => Err(LedgerError::Internal(
+                "a movement answered as a transfer".into(),
+            )),
+        }
+    }
+
+    pub fn into_transfer(self) -> Result<Transfer, LedgerError> {
+        match self {
+            Done::Transfer(t) => Ok(t),
+            Done::Movement(_) => Err(LedgerError::Internal(
+                "a transfer answered as a movement".into(),
+            )),
+        }
+    }
+}
+
+/// What the judge reads, prefetched under the wallets' locks.
+#[derive(Clone, Debug, Default)]
+pub struct Prefetched {
+    /// The requests' wallets that some caller naming them may see, locked, by id.
+    pub wallets: HashMap<i64, Wallet>,
+    /// Rows already journaled under the requests' keys, by (wallet, key).
+    pub journaled: HashMap<(i64, String), JournalEntry>,
+    /// The receiving sides of the transfers among `journaled`, by sending row id.
+    pub received: HashMap<i64, JournalEntry>,
+}
+
+/// A journal row a batch writes.
+#[derive(Clone, Debug)]
+pub struct Row<'a> {
+    pub wallet_id: i64,
+    pub row: NewRow<'a>,
+    /// The balances before and after it.
+    pub around: (Decimal, Decimal),
+    /// On a transfer's receiving row: the index of its sending row.
+    pub counterpart: Option<usize>,
+}
+
+/// What the judge decided for one request.
+#[derive(Debug)]
+pub enum Verdict {
+    /// New journal rows: the index of the first among the batch's rows.
+    Insert(usize),
+    /// The key's movement is journaled already: the original.
+    Replay(Box<Done>),
+    /// The same key and request earlier in this batch: its rows.
+    ReplayOfInsert(usize),
+    Refused(LedgerError),
+}
+
+/// Judges requests one after another against running balances.
+pub struct Judge<'a> {
+    currencies: &'a CurrencyRegistry,
+    state: Prefetched,
+    rows: Vec<Row<'a>>,
+    /// The first row of each request this batch inserts, by (wallet, key).
+    earlier: HashMap<(i64, &'a str), usize>,
+}
+
+/// A judged batch: the rows to write, and each touched wallet's new balance.
+#[derive(Debug)]
+pub struct Decided<'a> {
+    pub rows: Vec<Row<'a>>,
+    /// Each touched wallet's new balance and time, in first-touched order.
+    pub touched: Vec<(i64, Scaled, DateTime<Utc>)>,
+}
+
+impl<'a> Judge<'a> {
+    pub fn new(currencies: &'a CurrencyRegistry, state: Prefetched) -> Judge<'a> {
+        Judge {
+            currencies,
+            state,
+            rows: Vec::new(),
+            earlier: HashMap::new(),
+        }
+    }
+
+    /// Decides `request` (its shape already checked) made by a caller with `scope`, and
+    /// applies its rows to the running balances.
+    pub fn judge(&mut self, scope: &Scope, request: &'a Request) -> Verdict {
+        match self.decide(scope, request) {
+            Ok(Decision::New(new_rows)) => {
+                let first = self.rows.len();
+                for (wallet_id, row) in new_rows {
+                    let Some(wallet) = self.state.wallets.get_mut(&wallet_id) else {
+                        return Verdict::Refused(LedgerError::Internal(
+                            "a judged wallet is not locked".into(),
+                        ));
+                    };
+                    let around = row.balances(wallet.balance);
+                    wallet.balance = around.1;
+                    // A transfer's receiving row names the sending row just before it.
+                    let counterpart = (row.kind == TransactionType::TransferIn)
+                        .then(|| self.rows.len().checked_sub(1))
+                        .flatten();
+                    self.rows.push(Row {
+                        wallet_id,
+                        row,
+                        around,
+                        counterpart,
+                    });
+                }
+                self.earlier
+                    .insert((request.keyed_wallet(), request.key()), first);
+                Verdict::Insert(first)
+            }
+            Ok(Decision::Replay(done)) => Verdict::Replay(done),
+            Ok(Decision::ReplayOfInsert(i)) => Verdict::ReplayOfInsert(i),
+            Err(e) => Verdict::Refused(e),
+        }
+    }
+
+    /// The rows to write and the new balances. Each touched wallet's time is `clock`
+    /// (the batch's, read from the database after the locks) or the wallet's own if that
+    /// is later: a wallet's time never runs backwards.
+    pub fn decided(self, clock: DateTime<Utc>) -> Decided<'a> {
+        let mut touched: Vec<(i64, Scaled, DateTime<Utc>)> = Vec::new();
+        for r in &self.rows {
+            if !touched.iter().any(|(id, _, _)| *id == r.wallet_id)
+                && let Some(w) = self.state.wallets.get(&r.wallet_id)
+            {
+                touched.push((r.wallet_id, Scaled(w.balance), clock.max(w.updated_at)));
+            }
+        }
+        Decided {
+            rows: self.rows,
+            touched,
+        }
+    }
+
+    /// Precedence 1 to 8 (see the module's table).
+    fn decide(&self, scope: &Scope, request: &'a Request) -> Result<Decision<'a>, LedgerError> {
+        let keyed = request.keyed_wallet();
+        let wallet = self
+            .state
+            .wallets
+            .get(&keyed)
+            .filter(|w| scope.owner().is_none_or(|owner| w.user_id == owner))
+            .ok_or(LedgerError::NotFound("wallet"))?;
+        let journaled = self.state.journaled.get(&(keyed, request.key().to_owned()));
+        let earlier = self.earlier.get(&(keyed, request.key())).copied();
+        match request {
+            Request::Movement(request) => {
+                if let Some(e) = journaled {
+                    let same = same_movement(e, request);
+                    return replay_or_conflict(e.clone(), same, "idempotencyKey", &request.key)
+                        .map(|m| Decision::Replay(Box::new(Done::Movement(m))));
+                }
+                if let Some(i) = earlier {
+                    let same = self.rows[i].row.records(
+                        request.direction.transaction_type(),
+                        request.amount,
+                        request.description.as_deref(),
+                        request.annotation(),
+                    );
+                    return match same {
+                        true => Ok(Decision::ReplayOfInsert(i)),
+                        false => Err(key_conflict("idempotencyKey", &request.key)),
+                    };
+                }
+                movement_row(self.currencies, wallet, request)
+                    .map(|row| Decision::New(vec![(wallet.id, row)]))
+            }
+            Request::Transfer(request) => {
+                if let Some(out) = journaled {
+                    let into = self.state.received.get(&out.id).cloned();
+                    return transfer_replay(out.clone(), into, request)
+                        .map(|t| Decision::Replay(Box::new(Done::Transfer(t))));
+                }
+                if let Some(i) = earlier {
+                    let (out, into) = (&self.rows[i], self.rows.get(i + 1));
+                    let same = out.row.records(
+                        TransactionType::TransferOut,
+                        request.amount,
+                        request.description.as_deref(),
+                        request.annotation(),
+                    ) && into.is_some_and(|r| r.wallet_id == request.to_wallet_id);
+                    return match same {
+                        true => Ok(Decision::ReplayOfInsert(i)),
+                        false => Err(key_conflict("idempotencyKey", &request.key)),
+                    };
+                }
+                let to = self
+                    .state
+                    .wallets
+                    .get(&request.to_wallet_id)
+                    .ok_or(LedgerError::NotFound("wallet"))?;
+                let (out, into) = transfer_rows(self.currencies, wallet, to, request)?;
+                Ok(Decision::New(vec![(wallet.id, out), (to.id, into)]))
+            }
+        }
+    }
+}
+
+enum Decision<'a> {
+    /// The rows to append, each with its wallet.
+    New(Vec<(i64, NewRow<'a>)>),
+    Replay(Box<Done>),
+    ReplayOfInsert(usize),
+}
+
+/// Each request's answer, in batch order, given the batch's rows as stored (in the order
+/// of [`Decided::rows`]).
+pub fn answers(
+    verdicts: Vec<Verdict>,
+    rows: &[Row<'_>],
+    stored: &[JournalEntry],
+) -> Vec<Result<Done, LedgerError>> {
+    // A new transfer's rows are at `i` and `i + 1`.
+    let done = |i: usize, replayed: bool| -> Result<Done, LedgerError> {
+        let stored_at = |i: usize| {
+            stored
+                .get(i)
+                .cloned()
+                .ok_or_else(|| LedgerError::Internal("a judged row was not stored".into()))
+        };
+        Ok(match rows.get(i).map(|r| r.row.kind) {
+            Some(TransactionType::TransferOut) => Done::Transfer(Transfer {
+                out: stored_at(i)?,
+                into: stored_at(i + 1)?,
+                replayed,
+            }),
+            _ => Done::Movement(Movement {
+                entry: stored_at(i)?,
+                replayed,
+            }),
+        })
+    };
+    verdicts
+        .into_iter()
+        .map(|v| match v {
+            Verdict::Insert(i) => done(i, false),
+            Verdict::ReplayOfInsert(i) => done(i, true),
+            Verdict::Replay(done) => Ok(*done),
+            Verdict::Refused(e) => Err(e),
+        })
+        .collect()
+}
+
+/// Precedence 5 to 8 for a movement: the row it appends to `wallet` (holding the running
+/// balance), or why not.
+fn movement_row<'r>(
+    currencies: &CurrencyRegistry,
+    wallet: &Wallet,
+    request: &'r MovementRequest,
+) -> Result<NewRow<'r>, LedgerError> {
+    // Crypto moves only with a chain transfer behind it (processCryptoDeposit,
+    // cryptoWithdraw).
+    let currency = currencies
+        .get(&wallet.currency)
+        .filter(|c| c.kind == CurrencyKind::Fiat)
+        .ok_or_else(|| {
+            LedgerError::CurrencyNotSupported(format!(
+                "{} wallets are not moved with deposit/withdraw",
+                wallet.currency
+            ))
+        })?;
+    let amount = money::validate_amount(request.amount, currency)?;
+    let mut fee = Decimal::ZERO;
+    match request.direction {
+        Direction::Deposit => money::check_credit(wallet, amount, currency)?,
+        Direction::Withdraw => {
+            // A configured withdrawal fee is paid on top, to fee revenue.
+            fee = currencies
+                .withdrawal_fee(&currency.code)
+                .unwrap_or_default();
+            money::check_funds(wallet, amount + fee)?;
+        }
+    }
+    let mut row = NewRow::fiat(
+        request.direction.transaction_type(),
+        amount,
+        &request.key,
+        request.description.as_deref(),
+        currency.scale(),
+    );
+    row.fee = fee;
+    row.annotation = request.annotation();
+    Ok(row)
+}
+
+/// Precedence 4 to 8 for a transfer: the two rows it appends to `from` and `to`, or why
+/// not.
+fn transfer_rows<'r>(
+    currencies: &CurrencyRegistry,
+    from: &Wallet,
+    to: &Wallet,
+    request: &'r TransferRequest,
+) -> Result<(NewRow<'r>, NewRow<'r>), LedgerError> {
+    if from.currency != to.currency {
+        return Err(LedgerError::CurrencyMismatch(format!(
+            "the source wallet holds {} and the target {}",
+            from.currency, to.currency
+        )));
+    }
+    let currency = currencies
+        .get(&from.currency)
+        .ok_or_else(|| LedgerError::CurrencyNotSupported(from.currency.clone()))?;
+    if currency.kind == CurrencyKind::Crypto {
+        // Withdrawals are signed from each wallet's own address: a book transfer would
+        // leave the receiver with a balance its address cannot pay out.
+        return Err(LedgerError::CurrencyNotSupported(format!(
+            "transfers of {} between wallets are not supported",
+            currency.code
+        )));
+    }
+    let amount = money::validate_amount(request.amount, currency)?;
+    money::check_funds(from, amount)?;
+    money::check_credit(to, amount, currency)?;
+    let side = |kind| {
+        let mut row = NewRow::fiat(
+            kind,
+            amount,
+            &request.key,
+            request.description.as_deref(),
+            currency.scale(),
+        );
+        row.annotation = request.annotation();
+        row
+    };
+    Ok((
+        side(TransactionType::TransferOut),
+        side(TransactionType::TransferIn),
+    ))
+}
+
+/// Whether `existing` is what `request` would have written.
+fn same_movement(existing: &JournalEntry, request: &MovementRequest) -> bool {
+    existing.wallet_id == request.wallet_id
+        && existing.kind == request.direction.transaction_type()
+        && existing.amount == request.amount
+        && existing.description == request.description
+        && request.annotation().matches(existing)
+}
+
+/// The answer to a transfer whose key names `out` on the source wallet: the original
+/// transfer if it is the same request to the same wallet, a conflict otherwise.
+fn transfer_replay(
+    out: JournalEntry,
+    into: Option<JournalEntry>,
+    request: &TransferRequest,
+) -> Result<Transfer, LedgerError> {
+    let same_out = out.kind == TransactionType::TransferOut
+        && out.amount == request.amount
+        && out.description == request.description
+        && request.annotation().matches(&out);
+    match into {
+        Some(into) if same_out && into.wallet_id == request.to_wallet_id => Ok(Transfer {
+            out,
+            into,
+            replayed: true,
+        }),
+        _ => Err(key_conflict("idempotencyKey", &request.key)),
+    }
+}
+
+/// The answer to a request whose key (`key_field` in the API) already names `existing`:
+/// the original when `same` (the request is what wrote it), a conflict otherwise.
+pub fn replay_or_conflict(
+    existing: JournalEntry,
+    same: bool,
+    key_field: &str,
+    key: &str,
+) -> Result<Movement, LedgerError> {
+    if same {
+        Ok(Movement {
+            entry: existing,
+            replayed: true,
+        })
+    } else {
+        Err(key_conflict(key_field, key))
+    }
+}
+
+/// A key (`key_field` in the API) already used on the wallet for another request.
+pub fn key_conflict(key_field: &str, key: &str) -> LedgerError {
+    LedgerError::IdempotencyConflict(format!(
+        "{key_field} {key:?} was already used for a different request"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The judge's refusals, each tested in order of precedence: a request that breaks
+    //! every rule is refused by the first; mend that one and the next answers, down the
+    //! table in the module's documentation. Then what a batch adds: running balances,
+    //! keys repeated within it, replays of what is journaled.
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::ledger::{Currency, TransactionStatus};
+
+    fn currency(code: &str, kind: CurrencyKind, scale: i16) -> Currency {
+        Currency {
+            code: code.into(),
+            name: code.into(),
+            kind,
+            scale,
+            network: None,
+            enabled: true,
+            reconciliation_tolerance: Decimal::ZERO,
+            required_confirmations: None,
+            contract_address: None,
+        }
+    }
+
+    fn currencies() -> CurrencyRegistry {
+        CurrencyRegistry::from_rows(vec![
+            currency("USD", CurrencyKind::Fiat, 2),
+            currency("BTC", CurrencyKind::Crypto, 8),
+        ])
+        .with_withdrawal_fees(&BTreeMap::from([("USD".into(), dec("1"))]), |_| None)
+        .expect("fees")
+    }
+
+    fn dec(s: &str) -> Decimal {
+        s.parse().expect("decimal")
+    }
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("time")
+    }
+
+    fn wallet(id: i64, user: &str, currency: &str, balance: &str) -> Wallet {
+        Wallet {
+            id,
+            user_id: user.into(),
+            currency: currency.into(),
+            balance: dec(balance),
+            locked_balance: Decimal::ZERO,
+            network: None,
+            address: None,
+            derivation_path: None,
+            created_at: at(0),
+            updated_at: at(0),
+        }
+    }
+
+    fn entry(
+        id: i64,
+        wallet_id: i64,
+        kind: TransactionType,
+        amount: &str,
+        key: &str,
+    ) -> JournalEntry {
+        JournalEntry {
+            id,
+            wallet_id,
+            kind,
+            amount: dec(amount),
+            fee: Decimal::ZERO,
+            balance_before: Decimal::ZERO,
+            balance_after: Decimal::ZERO,
+            status: TransactionStatus::Completed,
+            tx_hash: key.into(),
+            description: None,
+            created_at: at(0),
+            updated_at: at(0),
+            network: None,
+            from_address: None,
+            to_address: None,
+            confirmations: None,
+            required_confirmations: None,
+            block_number: None,
+            gas_price: None,
+            gas_used: None,
+            raw: None,
+            hold: false,
+            hold_id: None,
+            chain_tx_hash: None,
+            status_reason: None,
+            counterpart_id: None,
+            reverses_id: None,
+            network_fee: None,
+            reference: None,
+            metadata: None,
+        }
+    }
+
+    /// USD wallets 1 (alice, 100.00), 2 (bob, empty), 6 (bob, at the ceiling's edge);
+    /// BTC wallets 3 (alice) and 5 (bob); wallet 4 in a currency nobody configured.
+    /// Journaled: a deposit under key `used` on wallet 1, and a transfer 1 → 2 under
+    /// `sent`.
+    fn state() -> Prefetched {
+        let wallets = [
+            wallet(1, "alice", "USD", "100.00"),
+            wallet(2, "bob", "USD", "0.00"),
+            wallet(3, "alice", "BTC", "1.00000000"),
+            wallet(4, "alice", "XYZ", "50"),
+            wallet(5, "bob", "BTC", "0"),
+            wallet(6, "bob", "USD", "9999999999999999999999999.50"),
+        ];
+        let mut out = entry(11, 1, TransactionType::TransferOut, "7.00", "sent");
+        out.balance_before = dec("107.00");
+        out.balance_after = dec("100.00");
+        let mut into = entry(12, 2, TransactionType::TransferIn, "7.00", "sent");
+        into.counterpart_id = Some(11);
+        Prefetched {
+            wallets: wallets.into_iter().map(|w| (w.id, w)).collect(),
+            journaled: HashMap::from([
+                (
+                    (1, "used".into()),
+                    entry(10, 1, TransactionType::Deposit, "5.00", "used"),
+                ),
+                ((1, "sent".into()), out),
+            ]),
+            received: HashMap::from([(11, into)]),
+        }
+    }
+
+    fn movement(wallet_id: i64, direction: Direction, amount: &str, key: &str) -> Request {
+        Request::Movement(MovementRequest {
+            wallet_id,
+            direction,
+            amount: dec(amount),
+            key: key.into(),
+            description: None,
+            reference: None,
+            metadata: None,
+        })
+    }
+
+    fn transfer(from: i64, to: i64, amount: &str, key: &str) -> Request {
+        Request::Transfer(TransferRequest {
+            from_wallet_id: from,
+            to_wallet_id: to,
+            amount: dec(amount),
+            key: key.into(),
+            description: None,
+            reference: None,
+            metadata: None,
+        })
+    }
+
+    fn alice() -> Scope {
+        Scope::Owner("alice".into())
+    }
+
+    /// The name of a verdict, as the API's error codes name refusals.
+    fn named(verdict: &Verdict) -> &'static str {
+        match verdict {
+            Verdict::Insert(_) => "insert",
+            Verdict::Replay(_) => "replay",
+            Verdict::ReplayOfInsert(_) => "replay of insert",
+            Verdict::Refused(e) => refusal(e),
+        }
+    }
+
+    fn refusal(e: &LedgerError) -> &'static str {
+        match e {
+            LedgerError::NotFound(_) => "NOT_FOUND",
+            LedgerError::BadInput(_) => "BAD_INPUT",
+            LedgerError::InvalidAmount(_) => "INVALID_AMOUNT",
+            LedgerError::InsufficientFunds { .. } => "INSUFFICIENT_FUNDS",
+            LedgerError::IdempotencyConflict(_) => "IDEMPOTENCY_CONFLICT",
+            LedgerError::CurrencyNotSupported(_) => "CURRENCY_NOT_SUPPORTED",
+            LedgerError::CurrencyMismatch(_) => "CURRENCY_MISMATCH",
+            other => panic!("unexpected refusal {other:?}"),
+        }
+    }
+
+    /// Judges each request alone (a batch of one) against a fresh state.
+    fn alone(scope: &Scope, request: &Request) -> &'static str {
+        let currencies = currencies();
+        let mut judge = Judge::new(&currencies, state());
+        named(&judge.judge(scope, request))
+    }
+
+    #[test]
+    fn shape_is_judged_before_anything_is_read() {
+        let cases = [
+            (movement(1, Direction::Deposit, "1", " "), "BAD_INPUT"),
+            (movement(1, Direction::Deposit, "1", "k\u{0}"), "BAD_INPUT"),
+            (movement(1, Direction::Deposit, "0", "k"), "INVALID_AMOUNT"),
+            (movement(1, Direction::Deposit, "-1", "k"), "INVALID_AMOUNT"),
+            (transfer(1, 1, "1", "k"), "BAD_INPUT"),
+            (transfer(1, 2, "0", "k"), "INVALID_AMOUNT"),
+        ];
+        for (request, expected) in cases {
+            let got = request.check_shape().map_err(|e| refusal(&e));
+            assert_eq!(got, Err(expected), "{request:?}");
+        }
+        assert!(
+            movement(1, Direction::Deposit, "1", "k")
+                .check_shape()
+                .is_ok()
+        );
+        assert!(transfer(1, 2, "1", "k").check_shape().is_ok());
+    }
+
+    #[test]
+    fn a_withdrawal_is_refused_by_the_first_rule_it_breaks() {
+        use Direction::Withdraw;
+        // Each line mends the one refusal the line before got.
+        let cases = [
+            // 1: a wallet the caller may not see (and everything else wrong too).
+            (
+                Scope::Owner("mallory".into()),
+                movement(1, Withdraw, "100.001", "used"),
+                "NOT_FOUND",
+            ),
+            (
+                alice(),
+                movement(99, Withdraw, "100.001", "used"),
+                "NOT_FOUND",
+            ),
+            // 2: the key names another movement.
+            (
+                alice(),
+                movement(1, Withdraw, "100.001", "used"),
+                "IDEMPOTENCY_CONFLICT",
+            ),
+            // 5: crypto is not moved by withdraw; an unconfigured currency not at all.
+            (
+                alice(),
+                movement(3, Withdraw, "100.001", "k"),
+                "CURRENCY_NOT_SUPPORTED",
+            ),
+            (
+                alice(),
+                movement(4, Withdraw, "100.001", "k"),
+                "CURRENCY_NOT_SUPPORTED",
+            ),
+            // 6: finer than the currency.
+            (
+                alice(),
+                movement(1, Withdraw, "100.001", "k"),
+                "INVALID_AMOUNT",
+            ),
+            // 7: 100.00 plus the 1.00 fee is more than the 100.00 there.
+            (
+                alice(),
+                movement(1, Withdraw, "100.00", "k"),
+                "INSUFFICIENT_FUNDS",
+            ),
+            (alice(), movement(1, Withdraw, "99.00", "k"), "insert"),
+            (Scope::All, movement(1, Withdraw, "99.00", "k"), "insert"),
+        ];
+        for (scope, request, expected) in cases {
+            assert_eq!(alone(&scope, &request), expected, "{scope:?} {request:?}");
+        }
+    }
+
+    #[test]
+    fn a_deposit_is_refused_by_the_first_rule_it_breaks() {
+        use Direction::Deposit;
+        let cases = [
+            (
+                Scope::Owner("alice".into()),
+                movement(6, Deposit, "0.001", "used"),
+                "NOT_FOUND",
+            ),
+            (
+                Scope::All,
+                movement(1, Deposit, "0.001", "used"),
+                "IDEMPOTENCY_CONFLICT",
+            ),
+            (Scope::All, movement(1, Deposit, "5.00", "used"), "replay"),
+            (
+                Scope::All,
+                movement(3, Deposit, "0.001", "k"),
+                "CURRENCY_NOT_SUPPORTED",
+            ),
+            (
+                Scope::All,
+                movement(6, Deposit, "0.001", "k"),
+                "INVALID_AMOUNT",
+            ),
+            // 6: above the largest amount at all; 8: above the ceiling with the balance.
+            (
+                Scope::All,
+                movement(6, Deposit, "100000000000000000000000000", "k"),
+                "INVALID_AMOUNT",
+            ),
+            (
+                Scope::All,
+                movement(6, Deposit, "1.00", "k"),
+                "INVALID_AMOUNT",
+            ),
+            (Scope::All, movement(2, Deposit, "1.00", "k"), "insert"),
+        ];
+        for (scope, request, expected) in cases {
+            assert_eq!(alone(&scope, &request), expected, "{scope:?} {request:?}");
+        }
+    }
+
+    #[test]
+    fn a_transfer_is_refused_by_the_first_rule_it_breaks() {
+        let cases = [
+            // 1: the source as the caller may see it.
+            (
+                Scope::Owner("bob".into()),
+                transfer(1, 99, "100.001", "used"),
+                "NOT_FOUND",
+            ),
+            // 2: its key names a deposit.
+            (
+                alice(),
+                transfer(1, 99, "100.001", "used"),
+                "IDEMPOTENCY_CONFLICT",
+            ),
+            // 3: the target, anyone's, must exist.
+            (alice(), transfer(1, 99, "100.001", "k"), "NOT_FOUND"),
+            // 4: one currency.
+            (alice(), transfer(1, 3, "100.001", "k"), "CURRENCY_MISMATCH"),
+            // 5: crypto is not moved between wallets; nor an unconfigured currency.
+            (
+                alice(),
+                transfer(3, 5, "100.001", "k"),
+                "CURRENCY_NOT_SUPPORTED",
+            ),
+            // 6, 7, 8.
+            (alice(), transfer(1, 6, "100.001", "k"), "INVALID_AMOUNT"),
+            (alice(), transfer(1, 6, "100.01", "k"), "INSUFFICIENT_FUNDS"),
+            (alice(), transfer(1, 6, "100.00", "k"), "INVALID_AMOUNT"),
+            // The target may be anyone's; no fee on transfers.
+            (alice(), transfer(1, 2, "100.00", "k"), "insert"),
+        ];
+        for (scope, request, expected) in cases {
+            assert_eq!(alone(&scope, &request), expected, "{scope:?} {request:?}");
+        }
+        let currencies = currencies();
+        let mut state = state();
+        state.wallets.insert(7, wallet(7, "carol", "XYZ", "1"));
+        let mut judge = Judge::new(&currencies, state);
+        let request = transfer(4, 7, "1", "k");
+        assert_eq!(
+            named(&judge.judge(&alice(), &request)),
+            "CURRENCY_NOT_SUPPORTED"
+        );
+    }
+
+    #[test]
+    fn a_key_already_journaled_replays_only_the_same_request() {
+        let cases = [
+            (movement(1, Direction::Deposit, "5.00", "used"), "replay"),
+            (movement(1, Direction::Deposit, "5", "used"), "replay"),
+            (
+                movement(1, Direction::Withdraw, "5.00", "used"),
+                "IDEMPOTENCY_CONFLICT",
+            ),
+            (
+                movement(1, Direction::Deposit, "5.01", "used"),
+                "IDEMPOTENCY_CONFLICT",
+            ),
+            (transfer(1, 2, "7.00", "sent"), "replay"),
+            (transfer(1, 6, "7.00", "sent"), "IDEMPOTENCY_CONFLICT"),
+            (transfer(1, 2, "7.01", "sent"), "IDEMPOTENCY_CONFLICT"),
+            (
+                movement(1, Direction::Withdraw, "7.00", "sent"),
+                "IDEMPOTENCY_CONFLICT",
+            ),
+            (transfer(1, 2, "5.00", "used"), "IDEMPOTENCY_CONFLICT"),
+        ];
+        for (request, expected) in cases {
+            assert_eq!(alone(&Scope::All, &request), expected, "{request:?}");
+        }
+        // A replay is the original, marked as such: nothing is written for it.
+        let currencies = currencies();
+        let mut judge = Judge::new(&currencies, state());
+        let request = transfer(1, 2, "7.00", "sent");
+        match judge.judge(&alice(), &request) {
+            Verdict::Replay(done) => match *done {
+                Done::Transfer(t) => {
+                    assert!(t.replayed);
+                    assert_eq!((t.out.id, t.into.id), (11, 12));
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        assert!(judge.decided(at(5)).rows.is_empty());
+        // A key is the wallet's: the same key on another wallet is another movement.
+        assert_eq!(
+            alone(&Scope::All, &movement(2, Direction::Deposit, "1", "used")),
+            "insert"
+        );
+    }
+
+    #[test]
+    fn a_batch_judges_each_request_against_the_balances_before_it() {
+        let currencies = currencies();
+        let mut judge = Judge::new(&currencies, state());
+        let requests = [
+            movement(1, Direction::Withdraw, "50.00", "a"), // 100 → 49 (fee 1)
+            movement(1, Direction::Withdraw, "50.00", "b"), // refused: 49 left
+            transfer(1, 2, "49.00", "c"),                   // 49 → 0, bob 0 → 49
+            movement(2, Direction::Withdraw, "47.00", "d"), // bob 49 → 1
+            transfer(2, 1, "2.00", "e"),                    // refused: bob has 1
+            movement(1, Direction::Deposit, "10", "f"),     // 0 → 10
+        ];
+        let verdicts: Vec<&str> = requests
+            .iter()
+            .map(|r| named(&judge.judge(&Scope::All, r)))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                "insert",
+                "INSUFFICIENT_FUNDS",
+                "insert",
+                "insert",
+                "INSUFFICIENT_FUNDS",
+                "insert"
+            ]
+        );
+        let decided = judge.decided(at(5));
+        let chain: Vec<(i64, TransactionType, String, String, Option<usize>)> = decided
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r.wallet_id,
+                    r.row.kind,
+                    r.around.0.to_string(),
+                    r.around.1.to_string(),
+                    r.counterpart,
+                )
+            })
+            .collect();
+        use TransactionType::*;
+        let s = |v: &str| v.to_owned();
+        assert_eq!(
+            chain,
+            [
+                (1, Withdraw, s("100.00"), s("49.00"), None),
+                (1, TransferOut, s("49.00"), s("0.00"), None),
+                (2, TransferIn, s("0.00"), s("49.00"), Some(1)),
+                (2, Withdraw, s("49.00"), s("1.00"), None),
+                (1, Deposit, s("0.00"), s("10.00"), None),
+            ]
+        );
+        let touched: Vec<(i64, String)> = decided
+            .touched
+            .iter()
+            .map(|(id, balance, time)| {
+                assert_eq!(*time, at(5));
+                (*id, balance.0.to_string())
+            })
+            .collect();
+        assert_eq!(touched, [(1, s("10.00")), (2, s("1.00"))]);
+    }
+
+    #[test]
+    fn a_key_repeated_in_a_batch_is_judged_once() {
+        let currencies = currencies();
+        let mut judge = Judge::new(&currencies, state());
+        let requests = [
+            transfer(1, 2, "10.00", "t"),
+            movement(1, Direction::Deposit, "3.00", "m"),
+            transfer(1, 2, "10", "t"),    // the same: its rows
+            transfer(1, 6, "10.00", "t"), // another target: a conflict
+            movement(1, Direction::Deposit, "3.00", "m"),
+            movement(1, Direction::Deposit, "4.00", "m"),
+            movement(1, Direction::Withdraw, "3.00", "t"), // a transfer's key
+        ];
+        let verdicts: Vec<Verdict> = requests
+            .iter()
+            .map(|r| judge.judge(&Scope::All, r))
+            .collect();
+        let names: Vec<&str> = verdicts.iter().map(named).collect();
+        assert_eq!(
+            names,
+            [
+                "insert",
+                "insert",
+                "replay of insert",
+                "IDEMPOTENCY_CONFLICT",
+                "replay of insert",
+                "IDEMPOTENCY_CONFLICT",
+                "IDEMPOTENCY_CONFLICT",
+            ]
+        );
+        let decided = judge.decided(at(5));
+        assert_eq!(decided.rows.len(), 3, "one transfer and one deposit");
+
+        // The answers point every request at its rows as stored.
+        let stored: Vec<JournalEntry> = decided
+            .rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| entry(100 + i as i64, r.wallet_id, r.row.kind, "0", r.row.key))
+            .collect();
+        let answers = answers(verdicts, &decided.rows, &stored);
+        let shown: Vec<String> = answers
+            .iter()
+            .map(|a| match a {
+                Ok(Done::Transfer(t)) => {
+                    format!("transfer {} {} {}", t.out.id, t.into.id, t.replayed)
+                }
+                Ok(Done::Movement(m)) => format!("movement {} {}", m.entry.id, m.replayed),
+                Err(e) => refusal(e).to_owned(),
+            })
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "transfer 100 101 false",
+                "movement 102 false",
+                "transfer 100 101 true",
+                "IDEMPOTENCY_CONFLICT",
+                "movement 102 true",
+                "IDEMPOTENCY_CONFLICT",
+                "IDEMPOTENCY_CONFLICT",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wallet_keeps_its_own_time_when_it_is_later_than_the_batch() {
+        let currencies = currencies();
+        let mut state = state();
+        if let Some(w) = state.wallets.get_mut(&2) {
+            w.updated_at = at(60);
+        }
+        let mut judge = Judge::new(&currencies, state);
+        let request = transfer(1, 2, "1.00", "k");
+        judge.judge(&Scope::All, &request);
+        let times: Vec<(i64, DateTime<Utc>)> = judge
+            .decided(at(5))
+            .touched
+            .iter()
+            .map(|t| (t.0, t.2))
+            .collect();
+        assert_eq!(times, [(1, at(5)), (2, at(60))]);
+    }
+}
