@@ -972,9 +972,9 @@ impl Bench {
     /// The scheduled job over `count` crypto wallets, run in this process against the
     /// benchmark database: a first (full) run, then an incremental one from its checkpoints.
     async fn scheduled_reconciliation(&self, count: i64) {
+        use wallet::chain::reconciliation::reconcile_all_crypto;
         use wallet::db::{QueryCounter, build_pool};
         use wallet::ledger::CurrencyRegistry;
-        use wallet::ledger::reconciliation::reconcile_all_crypto;
         // Addresses only need to be distinct here: the simulated chain does not check them.
         self.pg
             .execute(

@@ -441,9 +441,9 @@ fn spawn_miner(
 /// The scheduled chain reconciliation. Every process runs the timer; [`claim_job`] lets
 /// one of them do each interval's run.
 ///
-/// [`claim_job`]: crate::ledger::reconciliation::claim_job
+/// [`claim_job`]: crate::chain::reconciliation::claim_job
 fn spawn_reconciler(state: AppState, interval: Duration) -> AbortOnDrop<()> {
-    use crate::ledger::reconciliation::{claim_job, reconcile_all_crypto};
+    use crate::chain::reconciliation::{claim_job, reconcile_all_crypto};
     AbortOnDrop::spawn(async move {
         let mut tick = tokio::time::interval((interval / 4).max(Duration::from_secs(1)));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);

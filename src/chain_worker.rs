@@ -1,7 +1,7 @@
 //! The chain worker every process runs: signs and broadcasts withdrawals, follows them
 //! on chain, and watches for deposits. All of its steps are safe to run in several
-//! processes at once and to repeat after a crash (see `ledger::chain_withdrawal` and
-//! `ledger::chain_deposit`).
+//! processes at once and to repeat after a crash (see `crate::chain::withdrawal` and
+//! `crate::chain::deposit`).
 //!
 //! Before any work on a network, its backend is asked to verify itself ([`Chain::verify`]:
 //! a node proves it still serves the chain it was verified on), and must be the backend
@@ -10,7 +10,7 @@
 //! backend — is left alone for the pass: no deposit is read from it, no withdrawal signed
 //! or sent for it, and nothing is recorded against it; the other networks are served as
 //! usual. Withdrawals through a node that a reorganisation removed after they completed
-//! are followed too (`ledger::chain_reorg`).
+//! are followed too (`crate::chain::reorg`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -18,14 +18,14 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+use crate::chain::deposit::{self, ScanReport};
+use crate::chain::gas_funding::{self, FundingReport};
+use crate::chain::node_withdrawal;
+use crate::chain::reorg;
+use crate::chain::withdrawal::{self, AdvanceReport};
 use crate::chain::{Chain, backends};
 use crate::custody::Custody;
 use crate::db::PgPool;
-use crate::ledger::chain_deposit::{self, ScanReport};
-use crate::ledger::chain_reorg;
-use crate::ledger::chain_withdrawal::{self, AdvanceReport};
-use crate::ledger::gas_funding::{self, FundingReport};
-use crate::ledger::node_withdrawal;
 use crate::ledger::{CurrencyKind, CurrencyRegistry, LedgerError};
 use crate::task::AbortOnDrop;
 
@@ -46,7 +46,7 @@ pub struct PassReport {
     pub broadcast: usize,
     pub withdrawals: AdvanceReport,
     pub deposits: Vec<(String, ScanReport)>,
-    /// Gas fundings followed (`ledger::gas_funding`).
+    /// Gas fundings followed (`crate::chain::gas_funding`).
     pub gas_fundings: FundingReport,
     /// Withdrawals not signed because the network's base fee is above the fee cap (they
     /// wait, PENDING, with their lock).
@@ -108,7 +108,7 @@ impl ChainWorker {
             }
         }
         // Withdrawals on networks served by a node of an account-based chain follow
-        // `node_withdrawal` (nonces, fees known once mined); the others `chain_withdrawal`.
+        // `chain::node_withdrawal` (nonces, fees known once mined); the others `chain::withdrawal`.
         // Neither flow touches a network left alone this pass.
         let by_node: Vec<String> = usable
             .iter()
@@ -122,7 +122,7 @@ impl ChainWorker {
             .collect();
         self.sign_and_broadcast(&mut conn, &by_node, &not_simple, &mut report, &mut failure)
             .await;
-        match chain_withdrawal::advance(&mut conn, self.chain.as_ref(), &not_simple).await {
+        match withdrawal::advance(&mut conn, self.chain.as_ref(), &not_simple).await {
             Ok(advanced) => report.withdrawals = advanced,
             Err(e) => {
                 failure.get_or_insert(e);
@@ -145,9 +145,9 @@ impl ChainWorker {
             }
             metrics::gauge!("wallet_withdrawals_fee_capped")
                 .set(report.held_at_fee_cap().len() as f64);
-            // Completed withdrawals a reorganisation removed (see `chain_reorg`).
+            // Completed withdrawals a reorganisation removed (see `chain::reorg`).
             for network in &by_node {
-                match chain_reorg::follow_withdrawals(
+                match reorg::follow_withdrawals(
                     &mut conn,
                     &self.currencies,
                     self.chain.as_ref(),
@@ -172,9 +172,7 @@ impl ChainWorker {
         // The scans take connections of their own.
         drop(conn);
         for network in usable {
-            match chain_deposit::scan(&self.pool, &self.currencies, self.chain.as_ref(), &network)
-                .await
-            {
+            match deposit::scan(&self.pool, &self.currencies, self.chain.as_ref(), &network).await {
                 Ok(scan) => {
                     if scan.parked > 0 {
                         metrics::counter!("wallet_deposits_parked_total", "network" => network.clone())
@@ -248,7 +246,7 @@ impl ChainWorker {
                     )
                     .await
                 } else {
-                    chain_withdrawal::sign_next(conn, &self.custody, not_simple, &mut after).await
+                    withdrawal::sign_next(conn, &self.custody, not_simple, &mut after).await
                 };
                 match signing {
                     Ok(Some(signed)) => {

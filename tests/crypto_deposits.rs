@@ -314,7 +314,7 @@ async fn crypto_wallets_reconcile_against_the_chain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scheduled_reconciliation_is_incremental_and_claimed_once() {
-    use wallet::ledger::reconciliation::{ScheduledRun, claim_job, reconcile_all_crypto};
+    use wallet::chain::reconciliation::{ScheduledRun, claim_job, reconcile_all_crypto};
     let t = TestApp::new().await;
     let alice = t.user("alice");
     let (a, a_address) = crypto_wallet(&t, "alice", "BTC").await;

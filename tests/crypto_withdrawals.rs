@@ -6,9 +6,9 @@ mod common;
 
 use common::{TestApp, error_code};
 use serde_json::{Value, json};
+use wallet::chain::withdrawal;
 use wallet::chain::{self, Chain};
 use wallet::chain_worker::ChainWorker;
-use wallet::ledger::chain_withdrawal;
 
 const CREATE: &str = "mutation($c: String!) { createWallet(input: {currency: $c}) { id address } }";
 const INCOMING: &str = "mutation($n: String!, $to: String!, $a: Decimal!) {
@@ -389,7 +389,7 @@ async fn a_crash_between_storing_and_broadcasting_sends_once() {
 
     // Step 2 only, then the process is gone.
     let mut conn = t.app.state.pool.get().await.unwrap();
-    let signed = chain_withdrawal::sign_next(&mut conn, &t.app.state.custody, &[], &mut 0)
+    let signed = withdrawal::sign_next(&mut conn, &t.app.state.custody, &[], &mut 0)
         .await
         .unwrap()
         .unwrap();
@@ -439,7 +439,7 @@ async fn a_crash_between_broadcasting_and_updating_sends_once() {
 
     let chain = t.app.state.simulator.clone().unwrap();
     let mut conn = t.app.state.pool.get().await.unwrap();
-    let signed = chain_withdrawal::sign_next(&mut conn, &t.app.state.custody, &[], &mut 0)
+    let signed = withdrawal::sign_next(&mut conn, &t.app.state.custody, &[], &mut 0)
         .await
         .unwrap()
         .unwrap();
@@ -869,7 +869,7 @@ async fn past_windows_reconcile_against_the_chain_as_it_was_then() {
 
     withdraw(&t, "alice", &wallet, "0.1", "payout").await;
     let mut conn = t.app.state.pool.get().await.unwrap();
-    let signed = chain_withdrawal::sign_next(&mut conn, &t.app.state.custody, &[], &mut 0)
+    let signed = withdrawal::sign_next(&mut conn, &t.app.state.custody, &[], &mut 0)
         .await
         .unwrap()
         .unwrap();

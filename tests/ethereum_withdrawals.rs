@@ -12,7 +12,7 @@ use common::ethereum::{crypto_wallet, eth_wallet, on, pass, reconcile, with_test
 use common::{CRYPTO_WITHDRAW, TestApp, db_id};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use wallet::ledger::node_withdrawal;
+use wallet::chain::node_withdrawal;
 
 alloy::sol! {
     function mint(address to, uint256 value);

@@ -401,7 +401,7 @@ async fn a_reorg_whose_pass_fails_at_any_step_is_flagged_by_the_next_pass_of_ano
                 .unwrap()
                 .get(0)
         };
-        // Old enough to be cleared once followed (see `chain_reorg::RECHECK_FOR`).
+        // Old enough to be cleared once followed (see `reorg::RECHECK_FOR`).
         let age = async || {
             c.execute(
                 "UPDATE chain_reorgs SET recorded_at = recorded_at - interval '61 seconds'",

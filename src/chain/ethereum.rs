@@ -13,7 +13,7 @@
 //!   its transaction and its log's place among the transaction's logs, never by its
 //!   log's index in the block). In the transaction that forgets the replaced blocks it
 //!   writes "blocks above N are being replaced" (`chain_reorgs`), which the ledger
-//!   follows to the end whatever happens to this pass (`ledger::chain_reorg`);
+//!   follows to the end whatever happens to this pass (`crate::chain::reorg`);
 //! - withdrawals ([`AccountChain`]): the address's pending nonce, current fees, and
 //!   EIP-1559 transactions signed with the wallet's key (ether, or an ERC-20 `transfer`);
 //! - balances at a block (`eth_getBalance`, a token's `balanceOf`) for reconciliation.

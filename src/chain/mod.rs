@@ -2,12 +2,19 @@
 //! and real node clients are interchangeable.
 
 pub mod backends;
+pub mod deposit;
+pub mod deposit_names;
 pub mod ethereum;
+pub mod gas_funding;
 pub mod link;
 pub mod networks;
+pub mod node_withdrawal;
+pub mod reconciliation;
 pub mod redact;
+pub mod reorg;
 pub mod rpc;
 pub mod simulated;
+pub mod withdrawal;
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -341,7 +348,7 @@ pub trait Chain: Send + Sync {
         false
     }
     /// `network`'s nonce-ordered withdrawals, when a node of an account-based network
-    /// serves it (its withdrawals then follow `ledger::node_withdrawal`).
+    /// serves it (its withdrawals then follow `crate::chain::node_withdrawal`).
     fn accounts(&self, _network: &str) -> Option<&dyn AccountChain> {
         None
     }

@@ -9,8 +9,9 @@ use async_graphql::dataloader::{DataLoader, HashMapCache, Loader};
 use tokio::sync::Semaphore;
 
 use super::RequestDb;
+use crate::chain::node_withdrawal;
 use crate::db::PgPool;
-use crate::ledger::{JournalEntry, LedgerError, Wallet, node_withdrawal, reversal, store, wallet};
+use crate::ledger::{JournalEntry, LedgerError, Wallet, reversal, store, wallet};
 
 /// The request's wallet loader (request-scoped, so its cache never outlives a request).
 pub type Wallets = DataLoader<WalletLoader, HashMapCache>;

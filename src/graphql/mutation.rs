@@ -13,16 +13,16 @@ use super::types::{
 };
 use super::validators::Text;
 use super::{deadline, require_operator, scope, state, viewer};
+use crate::chain::reconciliation::ChainReconciliation;
+use crate::chain::withdrawal::{self, WithdrawalRequest};
 use crate::chain::{Networks, SimulatedChain};
+use crate::chain::{deposit, gas_funding};
 use crate::custody::{Chain, validate_address};
-use crate::ledger::chain_withdrawal::{self, WithdrawalRequest};
 use crate::ledger::movement::{Direction, MovementRequest};
-use crate::ledger::reconciliation::{self, ChainReconciliation, ExternalReconciliation};
+use crate::ledger::reconciliation::{self, ExternalReconciliation};
 use crate::ledger::reversal::{self, ReversalRequest};
 use crate::ledger::transfer::TransferRequest;
-use crate::ledger::{
-    Currency, LedgerError, chain_deposit, gas_funding, input, money, outcome, wallet,
-};
+use crate::ledger::{Currency, LedgerError, input, money, outcome, wallet};
 
 #[derive(InputObject)]
 pub struct CreateWalletInput {
@@ -277,7 +277,7 @@ impl Mutation {
         let chain = chain(ctx)?;
         let currencies = state(ctx).currencies.clone();
         let done = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
-            chain_deposit::process_deposit(
+            deposit::process_deposit(
                 &mut c,
                 &currencies,
                 &chain,
@@ -312,7 +312,7 @@ impl Mutation {
         let chain = chain(ctx)?;
         let currencies = state(ctx).currencies.clone();
         let done = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
-            chain_withdrawal::request(&mut c, &currencies, &chain, &scope, &request).await
+            withdrawal::request(&mut c, &currencies, &chain, &scope, &request).await
         })
         .await?;
         // Sign and send it now rather than at the next poll.
@@ -433,7 +433,14 @@ impl Mutation {
                 end: input.end_time,
             };
             let row = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
-                reconciliation::reconcile_chain(&mut c, &currencies, &chain, &scope, &request).await
+                crate::chain::reconciliation::reconcile_chain(
+                    &mut c,
+                    &currencies,
+                    &chain,
+                    &scope,
+                    &request,
+                )
+                .await
             })
             .await?;
             return Ok(ReconciliationObject(row));

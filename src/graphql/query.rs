@@ -12,9 +12,10 @@ use super::types::{
 };
 use super::validators::Text;
 use super::{conn, require_operator, scope, state, viewer};
+use crate::chain::gas_funding;
 use crate::ledger::wallet::{self, WalletFilter};
 use crate::ledger::{
-    Cursor, LedgerError, ListScope, Scope, accounts, gas_funding, input, journal, reconciliation,
+    Cursor, LedgerError, ListScope, Scope, accounts, input, journal, reconciliation,
 };
 
 pub struct Query;

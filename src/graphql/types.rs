@@ -413,7 +413,7 @@ impl TransactionObject {
         if !through_node(ctx, &self.0) {
             return Ok(Some(self.0.fee.into()));
         }
-        if ledger::node_withdrawal::in_flight(&self.0) {
+        if crate::chain::node_withdrawal::in_flight(&self.0) {
             return Ok(None);
         }
         let settlements = ctx
@@ -423,7 +423,7 @@ impl TransactionObject {
             .map_err(|e| ledger_error(&e))?
             .unwrap_or_default();
         Ok(Some(
-            ledger::node_withdrawal::charged_fee(&self.0, &settlements).into(),
+            crate::chain::node_withdrawal::charged_fee(&self.0, &settlements).into(),
         ))
     }
     async fn balance_before(&self) -> DecimalScalar {
@@ -900,13 +900,13 @@ impl PostingObject {
         };
         let mut c = conn(ctx).await?;
         Ok(Some(GasFundingObject(
-            ledger::gas_funding::find(&mut c, id).await?,
+            crate::chain::gas_funding::find(&mut c, id).await?,
         )))
     }
 }
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
-#[graphql(remote = "crate::ledger::gas_funding::GasFundingStatus")]
+#[graphql(remote = "crate::chain::gas_funding::GasFundingStatus")]
 pub enum GasFundingStatus {
     /// Recorded; its transfer has not been seen on chain yet.
     Expected,
@@ -921,7 +921,7 @@ pub enum GasFundingStatus {
 /// The network's coin an operator put (or is about to put) at a wallet's address to pay
 /// network fees: the service's own money in custody, never the customer's. Its transfer
 /// is recognised by sender, receiver and exact amount, and is not a deposit.
-pub struct GasFundingObject(pub ledger::gas_funding::GasFunding);
+pub struct GasFundingObject(pub crate::chain::gas_funding::GasFunding);
 
 #[Object(name = "GasFunding")]
 impl GasFundingObject {
@@ -993,7 +993,7 @@ pub async fn gas_fundings_connection(
     let list = fingerprint(&["gas_fundings", &scope_key(&scope)]);
     let page = args.page_args(list)?;
     let mut c = conn(ctx).await?;
-    let rows = ledger::gas_funding::list(&mut c, &scope, &page).await?;
+    let rows = crate::chain::gas_funding::list(&mut c, &scope, &page).await?;
     drop(c);
     prefetch_wallets(ctx, &["wallet"], rows.items.iter().map(|r| r.wallet_id)).await?;
     Ok(connection(

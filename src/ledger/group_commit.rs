@@ -5,8 +5,9 @@
 //! movement goes through one committer per process, which takes the requests waiting at
 //! that moment and applies them in **one** transaction: the wallets are locked in id
 //! order with one statement, each request is judged in arrival order against the running
-//! balances exactly as [`movement::execute`] would (a refused request changes nothing and
-//! does not fail the others), the balances are written with one statement, the journal
+//! balances by the one [`judge`] every fiat path uses — a request applied alone is a batch
+//! of one ([`apply_alone`]) — (a refused request changes nothing and does not fail the
+//! others), the balances are written with one statement, the journal
 //! rows inserted with one multi-row insert, and one commit makes them all durable — in
 //! two round trips, the statements before and after the judging each sent together (see
 //! [`commit_batch`]). A request is answered only after that commit, so an acknowledged
@@ -146,7 +147,7 @@ impl Committer {
         self.task.0.abort();
     }
 
-    /// Applies a movement exactly once per key, as [`movement::execute`] does, answering
+    /// Applies a movement exactly once per key, as [`movement::execute`](super::movement::execute) does, answering
     /// by `deadline`: with the committed result, a refusal of a movement that did not and
     /// will not happen, or [`LedgerError::OutcomeUnknown`] when a batch holding it has not
     /// finished by then.
@@ -162,7 +163,7 @@ impl Committer {
     }
 
     /// Applies a transfer exactly once per key of its source wallet, as
-    /// [`transfer::execute`] does, answering by `deadline` like [`Committer::execute`].
+    /// [`transfer::execute`](super::transfer::execute) does, answering by `deadline` like [`Committer::execute`].
     pub async fn transfer(
         &self,
         scope: Scope,

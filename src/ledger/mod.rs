@@ -6,14 +6,9 @@
 //! applied in the same query that reads the data.
 
 pub mod accounts;
-pub mod chain_deposit;
-pub mod chain_reorg;
-pub mod chain_withdrawal;
 pub mod currency;
-pub mod deposit_names;
 mod error;
 pub mod fixed_sql;
-pub mod gas_funding;
 pub mod group_commit;
 pub mod input;
 pub mod journal;
@@ -21,7 +16,6 @@ pub mod judge;
 pub mod models;
 pub mod money;
 pub mod movement;
-pub mod node_withdrawal;
 pub mod outcome;
 pub mod page;
 pub mod reconciliation;

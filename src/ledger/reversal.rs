@@ -13,7 +13,7 @@
 //! chain does not. While the deposit is flagged (checked under the wallet's lock, and by
 //! the database), its credit may be reversed. Its hold stays `REORGED` as the record of
 //! what happened; if the transaction is mined again, the deposit is credited again, once
-//! (see `chain_deposit`).
+//! (see `chain::deposit`).
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};

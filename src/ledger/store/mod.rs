@@ -559,7 +559,7 @@ pub async fn find_by_keys(
 
 /// The journaled deposit (a hold, or a credit from before holds) of the chain transfer
 /// named `name` now. A token deposit named by its block's log index before answers to the
-/// name resolved for it only (see [`crate::ledger::deposit_names`]).
+/// name resolved for it only (see [`crate::chain::deposit_names`]).
 pub async fn find_chain_deposit(
     conn: &mut AsyncPgConnection,
     network: &str,

@@ -23,17 +23,17 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::chain_deposit::update_hold;
-use super::judge;
-use super::models::Scaled;
-use super::movement::Movement;
-use super::store::{self, Annotation, ChainFields, NewRow};
-use super::{
+use crate::chain::deposit::update_hold;
+use crate::chain::{self, Chain, Fee, SignedTransfer, TransferStatus};
+use crate::custody::{self, Custody};
+use crate::ledger::judge;
+use crate::ledger::models::Scaled;
+use crate::ledger::movement::Movement;
+use crate::ledger::store::{self, Annotation, ChainFields, NewRow};
+use crate::ledger::{
     CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet,
     input, money, wallet,
 };
-use crate::chain::{self, Chain, Fee, SignedTransfer, TransferStatus};
-use crate::custody::{self, Custody};
 use crate::schema::{transactions, wallets};
 
 /// `cryptoWithdraw`.

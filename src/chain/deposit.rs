@@ -3,13 +3,13 @@
 //! a posting once it has the network's confirmations — exactly once, whoever gets there
 //! first: the watcher ([`scan`]) or a client (`processCryptoDeposit`, [`process_deposit`]).
 //! The transfer's name on its network (its transaction hash; for a token transfer, the
-//! hash and the log's place in its transaction — see [`super::deposit_names`] for names
+//! hash and the log's place in its transaction — see [`crate::chain::deposit_names`] for names
 //! given before) is the hold's idempotency key, and both paths go through [`observe`]
 //! under the wallet's row lock.
 //!
 //! Through reorganisations (a node-backed network): a held deposit off the chain goes
 //! back to no confirmations, or DROPPED when the node no longer has it; a credited one a
-//! reorganisation removed is flagged REORGED (by [`super::chain_reorg`], from the record
+//! reorganisation removed is flagged REORGED (by [`crate::chain::reorg`], from the record
 //! the watcher wrote when it found the reorganisation). A REORGED deposit mined again is
 //! COMPLETED again: its credit stands, or — if an operator reversed it meanwhile — it is
 //! credited again, once, at the confirmation threshold.
@@ -21,15 +21,16 @@ use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use futures_util::StreamExt;
 use rust_decimal::Decimal;
 
-use super::movement::Movement;
-use super::store::{self, ChainFields, NewRow};
-use super::{
-    Currency, CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
-    TransactionType, chain_reorg, deposit_names, input, money, wallet,
-};
 use crate::chain::backends;
 use crate::chain::{Chain, ChainError, ChainTransfer, TransferStatus};
+use crate::chain::{deposit_names, reorg};
 use crate::db::PgPool;
+use crate::ledger::movement::Movement;
+use crate::ledger::store::{self, ChainFields, NewRow};
+use crate::ledger::{
+    Currency, CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus,
+    TransactionType, input, money, wallet,
+};
 use crate::schema::{chain_scan_cursors, legacy_token_deposits, transactions, wallets};
 
 impl From<ChainError> for LedgerError {
@@ -53,7 +54,7 @@ pub async fn process_deposit(
         wallet::find_crypto_wallet(conn, currencies, scope, wallet_id, "chain deposits").await?;
     let hash = hash.trim();
     input::check_key("txHash", hash)?;
-    super::gas_funding::refuse_as_deposit(conn, &network, hash).await?;
+    crate::chain::gas_funding::refuse_as_deposit(conn, &network, hash).await?;
     let transfer = chain
         .transfer(&network, hash)
         .await?
@@ -454,7 +455,7 @@ async fn standing_credit(
     let Some(credit) = credit_of(conn, hold_id).await? else {
         return Ok(None);
     };
-    let reversed = !super::reversal::reversals_of(conn, &[credit.id])
+    let reversed = !crate::ledger::reversal::reversals_of(conn, &[credit.id])
         .await?
         .is_empty();
     Ok((!reversed).then_some(credit))
@@ -468,7 +469,7 @@ async fn standing_credit(
 async fn mined_again(
     conn: &mut AsyncPgConnection,
     currency: &Currency,
-    wallet: &super::Wallet,
+    wallet: &crate::ledger::Wallet,
     hold: JournalEntry,
     chain: ChainFields,
 ) -> Result<Observed, LedgerError> {
@@ -618,10 +619,10 @@ pub async fn scan(
     // one it found (blocks already scanned were replaced, and what was completed above
     // the shared block may have left the chain with them), or one found earlier by any
     // process.
-    let settled = chain_reorg::settle(&mut conn, chain, network, &backend).await?;
+    let settled = reorg::settle(&mut conn, chain, network, &backend).await?;
     let mut transfers = scanned?.transfers;
     // An operator's gas funding of a wallet's address is not the customer's deposit.
-    super::gas_funding::claim(&mut conn, network, &mut transfers).await?;
+    crate::chain::gas_funding::claim(&mut conn, network, &mut transfers).await?;
 
     let addresses: BTreeSet<&str> = transfers.iter().map(|t| t.to_address.as_str()).collect();
     // Our addresses, each with its wallet and currency: a transfer is a deposit when it

@@ -21,8 +21,8 @@ use diesel::sql_types::{Nullable, Numeric, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::{JournalEntry, LedgerError};
 use crate::chain::{Chain, ChainTransfer};
+use crate::ledger::{JournalEntry, LedgerError};
 use crate::schema::legacy_token_deposits;
 
 /// A hold's name now: its chain hash, or for a hold named before, the name resolved for
@@ -147,13 +147,13 @@ pub async fn resolve(
         return Ok(());
     };
     transfers.sort_by_key(|t| position(&t.hash));
-    super::store::retried!(conn, |tx| {
+    crate::ledger::store::retried!(conn, |tx| {
         let mut legacy = legacy_of(tx, network, tx_hash, true).await?;
         let names: Vec<String> = transfers.iter().map(|t| t.hash.clone()).collect();
         // Names already given: resolved before, or holds recorded under them since.
         let mut taken: Vec<String> = legacy.iter().filter_map(|l| l.name.clone()).collect();
         taken.extend(
-            super::store::chain_deposits_named(tx, network, &names)
+            crate::ledger::store::chain_deposits_named(tx, network, &names)
                 .await?
                 .into_iter()
                 .filter_map(|h| h.chain_tx_hash),
@@ -210,8 +210,8 @@ pub async fn resolve_some(
         .filter(legacy_token_deposits::network.eq(network))
         .filter(legacy_token_deposits::name.is_null())
         .filter(crate::schema::transactions::status.ne_all([
-            super::TransactionStatus::Reorged,
-            super::TransactionStatus::Dropped,
+            crate::ledger::TransactionStatus::Reorged,
+            crate::ledger::TransactionStatus::Dropped,
         ]))
         .select(legacy_token_deposits::tx_hash)
         .distinct()

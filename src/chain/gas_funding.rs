@@ -32,14 +32,14 @@ use diesel::sql_types::{BigInt, Numeric, Text};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::models::{Scaled, text_enum};
-use super::page::paginate;
-use super::{
+use crate::chain::{Chain, ChainTransfer, TransferStatus};
+use crate::custody;
+use crate::ledger::models::{Scaled, text_enum};
+use crate::ledger::page::paginate;
+use crate::ledger::{
     Currency, CurrencyKind, CurrencyRegistry, LedgerError, ListScope, Page, PageArgs, Scope, input,
     money, store, wallet,
 };
-use crate::chain::{Chain, ChainTransfer, TransferStatus};
-use crate::custody;
 use crate::schema::{gas_fundings, wallets};
 
 text_enum! {

@@ -13,7 +13,7 @@
 //!
 //! - A credited deposit whose transaction the chain no longer has is flagged `REORGED`
 //!   (reason, `wallet_deposits_reorged_total`, an error log). The credit stands until an
-//!   operator reverses it ([`super::reversal`]), or the transaction is mined again.
+//!   operator reverses it ([`crate::ledger::reversal`]), or the transaction is mined again.
 //! - A completed withdrawal sent through a node whose transaction (none of its attempts)
 //!   the chain no longer has is flagged `REORGED` the same way
 //!   (`wallet_withdrawals_reorged_total`) and sent again at once from its stored bytes:
@@ -31,13 +31,13 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::chain_deposit::{off_chain, update_hold};
-use super::store::{self, Annotation, ChainFields, NewRow};
-use super::{
-    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType,
-    deposit_names, node_withdrawal,
-};
+use crate::chain::deposit::{off_chain, update_hold};
 use crate::chain::{Chain, ChainTransfer, SignedTransfer, TransferStatus};
+use crate::chain::{deposit_names, node_withdrawal};
+use crate::ledger::store::{self, Annotation, ChainFields, NewRow};
+use crate::ledger::{
+    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType,
+};
 use crate::schema::{chain_reorgs, transactions, withdrawal_attempts};
 
 /// How long after a reorganisation was found what was completed above it is checked again
@@ -534,7 +534,7 @@ async fn standing_debit(
     else {
         return Ok(None);
     };
-    let reversed = !super::reversal::reversals_of(tx, &[debit.id])
+    let reversed = !crate::ledger::reversal::reversals_of(tx, &[debit.id])
         .await?
         .is_empty();
     Ok((!reversed).then_some(debit))

@@ -1,5 +1,5 @@
 //! Crypto withdrawals through a node of an account-based network (ethereum): the same
-//! journal states as [`super::chain_withdrawal`], with what a real chain adds — nonces,
+//! journal states as [`crate::chain::withdrawal`], with what a real chain adds — nonces,
 //! fees known only once mined, replacement of a transaction that is not mined in time.
 //!
 //! 1. `cryptoWithdraw` journals the hold and locks amount + the most the network's fee
@@ -37,7 +37,7 @@
 //! (nothing was debited). It never waits PROCESSING for funds that will not come.
 //!
 //! A token withdrawal's gas is ether paid by the token wallet's address. It is signed
-//! only if the address's gas funding ([`super::gas_funding`]: what operators put there,
+//! only if the address's gas funding ([`crate::chain::gas_funding`]: what operators put there,
 //! less the gas already spent and the most its withdrawals in flight may still spend)
 //! covers the most it may cost; otherwise it fails unsent, with its reason. Its debit
 //! records the gas (`gasUsed`, `gasPrice`), and the database posts it in ether:
@@ -52,21 +52,21 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::{Decimal, RoundingStrategy};
 
-use super::chain_deposit::{off_chain, update_hold};
-use super::chain_withdrawal::{
+use crate::chain::deposit::{off_chain, update_hold};
+use crate::chain::gas_funding;
+use crate::chain::withdrawal::{
     AdvanceReport, Advanced, fail_unsent, fail_unsigned, release_lock, signing_details,
-};
-use super::models::Scaled;
-use super::store::{self, Annotation, ChainFields, NewRow};
-use super::{
-    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet,
-    gas_funding,
 };
 use crate::chain::{
     AccountChain, Chain, ChainError, ChainTransfer, Fee, GasFees, NonceTransfer, SignedTransfer,
     TransferStatus,
 };
 use crate::custody::Custody;
+use crate::ledger::models::Scaled;
+use crate::ledger::store::{self, Annotation, ChainFields, NewRow};
+use crate::ledger::{
+    CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet,
+};
 use crate::schema::{chain_nonces, transactions, withdrawal_attempts};
 
 /// One signed transaction of a withdrawal.
@@ -213,7 +213,7 @@ fn fee_lock(hold: &JournalEntry, attempts: &[Attempt]) -> Decimal {
 /// Step 2: claims the oldest PENDING withdrawal after `after` on one of `networks` that
 /// no other worker holds, allocates its nonce, signs it and stores it as its first
 /// attempt. Returns the transfer to broadcast, or `None` when none waits. `after` moves
-/// like [`super::chain_withdrawal::sign_next`]'s; withdrawals passed over because the
+/// like [`crate::chain::withdrawal::sign_next`]'s; withdrawals passed over because the
 /// network's base fee is above the cap are added to `capped`.
 pub async fn sign_next(
     conn: &mut AsyncPgConnection,
