@@ -24,7 +24,7 @@ use super::movement::Movement;
 use super::store::{self, NewRow};
 use super::{
     CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet,
-    input, money, transfer,
+    input, money,
 };
 use crate::schema::transactions;
 
@@ -65,7 +65,10 @@ async fn apply(
     check_reversible(&original)?;
     // The other side of a transfer, reversed with it.
     let partner = match original.kind {
-        TransactionType::TransferOut => transfer::receiving_side(conn, original.id).await?,
+        TransactionType::TransferOut => store::batch::receiving_sides(conn, &[original.id])
+            .await?
+            .into_iter()
+            .next(),
         TransactionType::TransferIn => match original.counterpart_id {
             Some(id) => row(conn, id).await?,
             None => None,

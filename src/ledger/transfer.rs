@@ -6,15 +6,13 @@
 //! A→B and B→A racing each other never deadlock. The key belongs to the source wallet,
 //! like any other movement's: the same request again returns the original transfer.
 
-use diesel::prelude::*;
-use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use diesel_async::AsyncPgConnection;
 use rust_decimal::Decimal;
 
 use super::group_commit;
 use super::judge::Request;
 use super::store::Annotation;
-use super::{CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionType};
-use crate::schema::transactions;
+use super::{CurrencyRegistry, JournalEntry, LedgerError, Scope};
 
 /// A transfer a caller asks for.
 #[derive(Clone, Debug)]
@@ -59,30 +57,4 @@ pub async fn execute(
     group_commit::execute_alone(conn, currencies, scope, &request)
         .await?
         .into_transfer()
-}
-
-/// The receiving side of the transfer whose sending side is `out_id`.
-pub async fn receiving_side(
-    conn: &mut AsyncPgConnection,
-    out_id: i64,
-) -> Result<Option<JournalEntry>, LedgerError> {
-    Ok(transactions::table
-        .filter(transactions::counterpart_id.eq(out_id))
-        .select(JournalEntry::as_select())
-        .first(conn)
-        .await
-        .optional()?)
-}
-
-/// The receiving sides of the transfers whose sending sides are `out_ids`.
-pub async fn receiving_sides(
-    conn: &mut AsyncPgConnection,
-    out_ids: &[i64],
-) -> Result<Vec<JournalEntry>, LedgerError> {
-    Ok(transactions::table
-        .filter(transactions::counterpart_id.eq_any(out_ids))
-        .filter(transactions::type_.eq(TransactionType::TransferIn))
-        .select(JournalEntry::as_select())
-        .load(conn)
-        .await?)
 }
