@@ -13,7 +13,8 @@
 //!    statement each.
 //!
 //! A request applied alone is a batch of one, so there is one judge and one order of
-//! refusals. For each request, the first refusal that applies wins, in this order:
+//! refusals. Reversals (operators' corrections, not batched) are decided here too, by
+//! [`reversal`], with their own order of refusals. For each request, the first refusal that applies wins, in this order:
 //!
 //! | # | check | refusal |
 //! |---|-------|---------|
@@ -39,6 +40,7 @@ use rust_decimal::Decimal;
 
 use super::models::Scaled;
 use super::movement::{Direction, Movement, MovementRequest};
+use super::reversal::ReversalRequest;
 use super::store::NewRow;
 use super::transfer::{Transfer, TransferRequest};
 use super::{
@@ -474,6 +476,146 @@ fn transfer_replay(
     }
 }
 
+/// What a reversal's judge reads: the reversed row, read first; then, under the locks of
+/// its wallet and its partner's, what the key names, an earlier reversal, and a chain
+/// deposit's flag.
+#[derive(Clone, Debug)]
+pub struct ReversalPrefetched {
+    pub original: JournalEntry,
+    /// A transfer's other side and its wallet (locked), reversed with it.
+    pub partner: Option<(JournalEntry, Wallet)>,
+    /// The original's wallet, locked.
+    pub wallet: Wallet,
+    /// The row the request's key already names on that wallet.
+    pub journaled: Option<JournalEntry>,
+    /// An earlier reversal of the original.
+    pub reversed_by: Option<JournalEntry>,
+    /// A chain deposit's credit: whether the deposit is flagged `REORGED` now.
+    pub deposit_flagged: bool,
+}
+
+/// What the judge decided for a reversal.
+#[derive(Debug)]
+pub enum ReversalDecision<'r> {
+    /// The key's reversal exists already: the original.
+    Replay(Movement),
+    /// The row on the original's wallet, and on its partner's for a transfer.
+    New(NewRow<'r>, Option<NewRow<'r>>),
+}
+
+/// Decides a reversal (its request's shape already checked). The first refusal that
+/// applies wins, in this order:
+///
+/// | # | check | refusal |
+/// |---|-------|---------|
+/// | R1 | the original is reversible: not a reversal or a refund, not part of a movement in progress, not a chain movement — except a chain deposit's credit ([`check_reversible`]) | `BadInput` |
+/// | R2 | the key already names a row: the same reversal replays it, anything else is a conflict | `IdempotencyConflict` |
+/// | R3 | the original was not reversed already | `AlreadyReversed` |
+/// | R4 | a chain deposit's credit only while the deposit is flagged `REORGED` | `BadInput` |
+/// | R5 | the currency is known | `CurrencyNotSupported` |
+/// | R6 | undoing a credit leaves the funds (each side: the original's wallet first) | `InsufficientFunds` |
+/// | R7 | undoing a debit keeps the balance under the ceiling | `InvalidAmount` |
+pub fn reversal<'r>(
+    currencies: &CurrencyRegistry,
+    state: &ReversalPrefetched,
+    request: &'r ReversalRequest,
+) -> Result<ReversalDecision<'r>, LedgerError> {
+    let original = &state.original;
+    check_reversible(original)?;
+    if let Some(existing) = &state.journaled {
+        let same = existing.kind == TransactionType::Reversal
+            && existing.reverses_id == Some(original.id)
+            && existing.description.as_deref() == Some(request.reason.as_str());
+        return replay_or_conflict(existing.clone(), same, "idempotencyKey", &request.key)
+            .map(ReversalDecision::Replay);
+    }
+    if let Some(earlier) = &state.reversed_by {
+        return Err(LedgerError::AlreadyReversed(format!(
+            "the transaction was already reversed (by {})",
+            earlier.tx_hash
+        )));
+    }
+    if chain_credit(original).is_some() && !state.deposit_flagged {
+        return Err(LedgerError::BadInput(
+            "the transaction credited a chain deposit: it can be reversed only while \
+             the deposit is flagged REORGED (a reorganisation took its transaction off \
+             the chain after it was credited)"
+                .into(),
+        ));
+    }
+    let first = reversal_row(currencies, &state.wallet, original, request)?;
+    let second = match &state.partner {
+        Some((partner, wallet)) => Some(reversal_row(currencies, wallet, partner, request)?),
+        None => None,
+    };
+    Ok(ReversalDecision::New(first, second))
+}
+
+/// The deposit hold whose credit `original` is, if it is a chain deposit's credit.
+pub fn chain_credit(original: &JournalEntry) -> Option<i64> {
+    original
+        .hold_id
+        .filter(|_| original.kind == TransactionType::Deposit && original.network.is_some())
+}
+
+/// R1: only completed fiat movements and transfers are reversed — and a chain deposit's
+/// credit while the deposit is flagged REORGED (R4, checked once its wallet is locked).
+pub fn check_reversible(original: &JournalEntry) -> Result<(), LedgerError> {
+    let refuse = |why: &str| {
+        Err(LedgerError::BadInput(format!(
+            "{why}: it cannot be reversed"
+        )))
+    };
+    match original.kind {
+        TransactionType::Reversal => return refuse("the transaction is a reversal"),
+        TransactionType::Refund => return refuse("the transaction is a refund"),
+        _ => {}
+    }
+    if original.hold {
+        return refuse("the transaction is part of a movement in progress");
+    }
+    if chain_credit(original).is_some() {
+        return Ok(());
+    }
+    if original.network.is_some() {
+        return refuse("the transaction moved money on a chain");
+    }
+    if original.hold_id.is_some() {
+        return refuse("the transaction is part of a movement in progress");
+    }
+    Ok(())
+}
+
+/// R5 to R7: the row that undoes `original` on its (locked) `wallet`, if the wallet can
+/// take it.
+fn reversal_row<'r>(
+    currencies: &CurrencyRegistry,
+    wallet: &Wallet,
+    original: &JournalEntry,
+    request: &'r ReversalRequest,
+) -> Result<NewRow<'r>, LedgerError> {
+    let currency = currencies
+        .get(&wallet.currency)
+        .ok_or_else(|| LedgerError::CurrencyNotSupported(wallet.currency.clone()))?;
+    let change = -original.balance_change();
+    if change < Decimal::ZERO {
+        money::check_funds(wallet, -change)?;
+    }
+    if change > Decimal::ZERO {
+        money::check_credit(wallet, change, currency)?;
+    }
+    let mut row = NewRow::fiat(
+        TransactionType::Reversal,
+        original.amount,
+        &request.key,
+        Some(request.reason.as_str()),
+        currency.scale(),
+    );
+    row.fee = original.fee;
+    row.reverses = Some((original.id, original.balance_change()));
+    Ok(row)
+}
+
 /// The answer to a request whose key (`key_field` in the API) already names `existing`:
 /// the original when `same` (the request is what wrote it), a conflict otherwise.
 pub fn replay_or_conflict(
@@ -676,6 +818,7 @@ mod tests {
             LedgerError::IdempotencyConflict(_) => "IDEMPOTENCY_CONFLICT",
             LedgerError::CurrencyNotSupported(_) => "CURRENCY_NOT_SUPPORTED",
             LedgerError::CurrencyMismatch(_) => "CURRENCY_MISMATCH",
+            LedgerError::AlreadyReversed(_) => "ALREADY_REVERSED",
             other => panic!("unexpected refusal {other:?}"),
         }
     }
@@ -1044,5 +1187,158 @@ mod tests {
             .map(|t| (t.0, t.2))
             .collect();
         assert_eq!(times, [(1, at(5)), (2, at(60))]);
+    }
+
+    fn reversal_of(original: JournalEntry, wallet: Wallet) -> ReversalPrefetched {
+        ReversalPrefetched {
+            original,
+            partner: None,
+            wallet,
+            journaled: None,
+            reversed_by: None,
+            deposit_flagged: false,
+        }
+    }
+
+    fn reverse(state: &ReversalPrefetched) -> &'static str {
+        let currencies = currencies();
+        let request = ReversalRequest {
+            transaction_id: state.original.id,
+            key: "undo".into(),
+            reason: "wrong amount".into(),
+        };
+        match reversal(&currencies, state, &request) {
+            Ok(ReversalDecision::Replay(_)) => "replay",
+            Ok(ReversalDecision::New(_, None)) => "insert",
+            Ok(ReversalDecision::New(_, Some(_))) => "insert pair",
+            Err(e) => refusal(&e),
+        }
+    }
+
+    /// A deposit of 50.00 that took wallet 1 from 0.00 to 50.00.
+    fn deposit_of_50() -> JournalEntry {
+        let mut e = entry(20, 1, TransactionType::Deposit, "50.00", "d");
+        e.balance_after = dec("50.00");
+        e
+    }
+
+    #[test]
+    fn a_reversal_is_refused_by_the_first_rule_it_breaks() {
+        let mut reorged_credit = deposit_of_50();
+        reorged_credit.network = Some("bitcoin".into());
+        reorged_credit.hold_id = Some(19);
+        let mut earlier = entry(21, 1, TransactionType::Reversal, "50.00", "earlier");
+        earlier.reverses_id = Some(20);
+        let mut conflicting = entry(22, 1, TransactionType::Deposit, "1.00", "undo");
+        conflicting.reverses_id = None;
+
+        // Start with everything wrong and mend one rule per step.
+        let mut state = reversal_of(reorged_credit, wallet(1, "alice", "XYZ", "10.00"));
+        state.journaled = Some(conflicting);
+        state.reversed_by = Some(earlier);
+        let mut steps: Vec<&str> = Vec::new();
+        // R1: a reversal, a refund, a hold, a chain movement, a posting of a hold.
+        for kind in [TransactionType::Reversal, TransactionType::Refund] {
+            let mut s = state.clone();
+            s.original.kind = kind;
+            steps.push(reverse(&s));
+        }
+        let mut s = state.clone();
+        s.original.hold = true;
+        steps.push(reverse(&s));
+        let mut s = state.clone();
+        s.original.kind = TransactionType::Withdraw;
+        steps.push(reverse(&s));
+        let mut s = state.clone();
+        s.original.network = None;
+        steps.push(reverse(&s));
+        // R2 onwards, on the chain deposit's credit.
+        steps.push(reverse(&state));
+        state.journaled = None;
+        steps.push(reverse(&state));
+        state.reversed_by = None;
+        steps.push(reverse(&state));
+        state.deposit_flagged = true;
+        steps.push(reverse(&state));
+        state.wallet.currency = "USD".into();
+        steps.push(reverse(&state));
+        state.wallet.balance = dec("50.00");
+        steps.push(reverse(&state));
+        assert_eq!(
+            steps,
+            [
+                "BAD_INPUT",
+                "BAD_INPUT",
+                "BAD_INPUT",
+                "BAD_INPUT",
+                "BAD_INPUT",
+                "IDEMPOTENCY_CONFLICT",
+                "ALREADY_REVERSED",
+                "BAD_INPUT",
+                "CURRENCY_NOT_SUPPORTED",
+                "INSUFFICIENT_FUNDS",
+                "insert",
+            ]
+        );
+
+        // R7: undoing a withdrawal credits the wallet, held to the ceiling.
+        let mut withdrawal = entry(30, 6, TransactionType::Withdraw, "1.00", "w");
+        withdrawal.balance_before = dec("1.00");
+        let at_ceiling = wallet(6, "bob", "USD", "9999999999999999999999999.50");
+        assert_eq!(
+            reverse(&reversal_of(withdrawal.clone(), at_ceiling)),
+            "INVALID_AMOUNT"
+        );
+        let room = wallet(6, "bob", "USD", "0.00");
+        assert_eq!(reverse(&reversal_of(withdrawal, room)), "insert");
+    }
+
+    #[test]
+    fn a_reversal_replays_only_itself_and_reverses_a_transfer_as_a_pair() {
+        let currencies = currencies();
+        let request = ReversalRequest {
+            transaction_id: 20,
+            key: "undo".into(),
+            reason: "wrong amount".into(),
+        };
+        let mut done = entry(23, 1, TransactionType::Reversal, "50.00", "undo");
+        done.reverses_id = Some(20);
+        done.description = Some("wrong amount".into());
+        let mut state = reversal_of(deposit_of_50(), wallet(1, "alice", "USD", "50.00"));
+        state.journaled = Some(done.clone());
+        // Replayed even though the original now counts as reversed (by this very row).
+        state.reversed_by = Some(done.clone());
+        assert_eq!(reverse(&state), "replay");
+        state.journaled = Some(JournalEntry {
+            description: Some("another reason".into()),
+            ..done
+        });
+        assert_eq!(reverse(&state), "IDEMPOTENCY_CONFLICT");
+
+        // A transfer: both sides undone, each judged against its own wallet.
+        let mut out = entry(40, 1, TransactionType::TransferOut, "30.00", "t");
+        out.balance_before = dec("30.00");
+        let mut into = entry(41, 2, TransactionType::TransferIn, "30.00", "t");
+        into.balance_after = dec("30.00");
+        into.counterpart_id = Some(40);
+        let mut state = reversal_of(out, wallet(1, "alice", "USD", "0.00"));
+        state.partner = Some((into, wallet(2, "bob", "USD", "29.99")));
+        assert_eq!(
+            reverse(&state),
+            "INSUFFICIENT_FUNDS",
+            "bob spent a cent of it"
+        );
+        if let Some((_, w)) = state.partner.as_mut() {
+            w.balance = dec("30.00");
+        }
+        match reversal(&currencies, &state, &request) {
+            Ok(ReversalDecision::New(first, Some(second))) => {
+                assert_eq!(first.balance_change(), dec("30.00"));
+                assert_eq!(second.balance_change(), dec("-30.00"));
+                assert_eq!(first.reverses.map(|r| r.0), Some(40));
+                assert_eq!(second.reverses.map(|r| r.0), Some(41));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

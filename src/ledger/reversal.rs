@@ -19,12 +19,12 @@ use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use super::judge;
+use super::judge::{self, ReversalDecision, ReversalPrefetched};
 use super::movement::Movement;
-use super::store::{self, NewRow};
+use super::store;
 use super::{
     CurrencyRegistry, JournalEntry, LedgerError, Scope, TransactionStatus, TransactionType, Wallet,
-    input, money,
+    input,
 };
 use crate::schema::transactions;
 
@@ -62,7 +62,8 @@ async fn apply(
     let original = row(conn, request.transaction_id)
         .await?
         .ok_or(LedgerError::NotFound("transaction"))?;
-    check_reversible(&original)?;
+    // Refused before any lock is taken (the judge checks it again, first).
+    judge::check_reversible(&original)?;
     // The other side of a transfer, reversed with it.
     let partner = match original.kind {
         TransactionType::TransferOut => store::batch::receiving_sides(conn, &[original.id])
@@ -77,111 +78,37 @@ async fn apply(
     };
     let (wallet, partner_wallet) = lock(conn, &original, partner.as_ref()).await?;
 
-    // Read after the locks, like every keyed movement.
-    if let Some(existing) = store::find_by_key(conn, wallet.id, &request.key).await? {
-        let same = existing.kind == TransactionType::Reversal
-            && existing.reverses_id == Some(original.id)
-            && existing.description.as_deref() == Some(request.reason.as_str());
-        return judge::replay_or_conflict(existing, same, "idempotencyKey", &request.key);
-    }
-    if let Some(earlier) = reversals_of(conn, &[original.id]).await?.into_iter().next() {
-        return Err(LedgerError::AlreadyReversed(format!(
-            "the transaction was already reversed (by {})",
-            earlier.tx_hash
-        )));
-    }
-    if let Some(hold_id) = chain_credit(&original) {
-        // Read under the wallet's lock: the watcher lifts the flag under it too.
-        let flagged = row(conn, hold_id)
+    // Read after the locks, like every keyed movement; the deposit's flag too (the
+    // watcher lifts it under the wallet's lock).
+    let journaled = store::find_by_key(conn, wallet.id, &request.key).await?;
+    let reversed_by = reversals_of(conn, &[original.id]).await?.into_iter().next();
+    let deposit_flagged = match judge::chain_credit(&original) {
+        Some(hold_id) => row(conn, hold_id)
             .await?
-            .is_some_and(|hold| hold.status == TransactionStatus::Reorged);
-        if !flagged {
-            return Err(LedgerError::BadInput(
-                "the transaction credited a chain deposit: it can be reversed only while \
-                 the deposit is flagged REORGED (a reorganisation took its transaction off \
-                 the chain after it was credited)"
-                    .into(),
-            ));
+            .is_some_and(|hold| hold.status == TransactionStatus::Reorged),
+        None => false,
+    };
+    let state = ReversalPrefetched {
+        original,
+        partner: partner.zip(partner_wallet),
+        wallet,
+        journaled,
+        reversed_by,
+        deposit_flagged,
+    };
+    match judge::reversal(currencies, &state, request)? {
+        ReversalDecision::Replay(movement) => Ok(movement),
+        ReversalDecision::New(first, second) => {
+            let entry = store::append(conn, &state.wallet, &first, Decimal::ZERO).await?;
+            if let (Some(row), Some((_, w))) = (second, &state.partner) {
+                store::append_with(conn, w, &row, Decimal::ZERO, Some(entry.id)).await?;
+            }
+            Ok(Movement {
+                entry,
+                replayed: false,
+            })
         }
     }
-
-    let first = reversal_row(currencies, &wallet, &original, request)?;
-    let second = match (&partner, &partner_wallet) {
-        (Some(p), Some(w)) => Some((w, reversal_row(currencies, w, p, request)?)),
-        _ => None,
-    };
-    let entry = store::append(conn, &wallet, &first, Decimal::ZERO).await?;
-    if let Some((w, row)) = second {
-        store::append_with(conn, w, &row, Decimal::ZERO, Some(entry.id)).await?;
-    }
-    Ok(Movement {
-        entry,
-        replayed: false,
-    })
-}
-
-/// The deposit hold whose credit `original` is, if it is a chain deposit's credit.
-fn chain_credit(original: &JournalEntry) -> Option<i64> {
-    original
-        .hold_id
-        .filter(|_| original.kind == TransactionType::Deposit && original.network.is_some())
-}
-
-/// Only completed fiat movements and transfers are reversed — and a chain deposit's credit
-/// while the deposit is flagged REORGED (checked once its wallet is locked).
-fn check_reversible(original: &JournalEntry) -> Result<(), LedgerError> {
-    let refuse = |why: &str| {
-        Err(LedgerError::BadInput(format!(
-            "{why}: it cannot be reversed"
-        )))
-    };
-    match original.kind {
-        TransactionType::Reversal => return refuse("the transaction is a reversal"),
-        TransactionType::Refund => return refuse("the transaction is a refund"),
-        _ => {}
-    }
-    if original.hold {
-        return refuse("the transaction is part of a movement in progress");
-    }
-    if chain_credit(original).is_some() {
-        return Ok(());
-    }
-    if original.network.is_some() {
-        return refuse("the transaction moved money on a chain");
-    }
-    if original.hold || original.hold_id.is_some() {
-        return refuse("the transaction is part of a movement in progress");
-    }
-    Ok(())
-}
-
-/// The row that undoes `original` on its (locked) `wallet`, if the wallet can take it.
-fn reversal_row<'r>(
-    currencies: &CurrencyRegistry,
-    wallet: &Wallet,
-    original: &JournalEntry,
-    request: &'r ReversalRequest,
-) -> Result<NewRow<'r>, LedgerError> {
-    let currency = currencies
-        .get(&wallet.currency)
-        .ok_or_else(|| LedgerError::CurrencyNotSupported(wallet.currency.clone()))?;
-    let change = -original.balance_change();
-    if change < Decimal::ZERO {
-        money::check_funds(wallet, -change)?;
-    }
-    if change > Decimal::ZERO {
-        money::check_credit(wallet, change, currency)?;
-    }
-    let mut row = NewRow::fiat(
-        TransactionType::Reversal,
-        original.amount,
-        &request.key,
-        Some(request.reason.as_str()),
-        currency.scale(),
-    );
-    row.fee = original.fee;
-    row.reverses = Some((original.id, original.balance_change()));
-    Ok(row)
 }
 
 /// Locks the original's wallet and its partner's (a transfer's other side), lower id
