@@ -52,7 +52,6 @@ use super::fixed_sql;
 use super::judge::{self, Decided, Done, Judge, Request, Verdict};
 use super::movement::{Movement, MovementRequest};
 use super::store::{self, batch as batch_store};
-
 use super::transfer::{Transfer, TransferRequest};
 use super::{CurrencyRegistry, JournalEntry, LedgerError, Scope, outcome};
 use crate::db::{PgPool, PooledConn};
