@@ -50,6 +50,23 @@ impl Currency {
             _ => false,
         }
     }
+
+    /// An enabled currency of `kind` with `scale` decimals and nothing else configured
+    /// (unit tests' fixture).
+    #[cfg(test)]
+    pub(crate) fn plain(code: &str, kind: CurrencyKind, scale: i16) -> Currency {
+        Currency {
+            code: code.into(),
+            name: code.into(),
+            kind,
+            scale,
+            network: None,
+            enabled: true,
+            reconciliation_tolerance: Decimal::ZERO,
+            required_confirmations: None,
+            contract_address: None,
+        }
+    }
 }
 
 /// All currencies by code, and the withdrawal fees configured for them.

@@ -653,24 +653,10 @@ mod tests {
     use super::*;
     use crate::ledger::{Currency, TransactionStatus};
 
-    fn currency(code: &str, kind: CurrencyKind, scale: i16) -> Currency {
-        Currency {
-            code: code.into(),
-            name: code.into(),
-            kind,
-            scale,
-            network: None,
-            enabled: true,
-            reconciliation_tolerance: Decimal::ZERO,
-            required_confirmations: None,
-            contract_address: None,
-        }
-    }
-
     fn currencies() -> CurrencyRegistry {
         CurrencyRegistry::from_rows(vec![
-            currency("USD", CurrencyKind::Fiat, 2),
-            currency("BTC", CurrencyKind::Crypto, 8),
+            Currency::plain("USD", CurrencyKind::Fiat, 2),
+            Currency::plain("BTC", CurrencyKind::Crypto, 8),
         ])
         .with_withdrawal_fees(&BTreeMap::from([("USD".into(), dec("1"))]), |_| None)
         .expect("fees")

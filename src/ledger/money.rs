@@ -129,17 +129,7 @@ mod tests {
     use crate::ledger::CurrencyKind;
 
     fn currency(code: &str, scale: i16) -> Currency {
-        Currency {
-            code: code.into(),
-            name: code.into(),
-            kind: CurrencyKind::Fiat,
-            scale,
-            network: None,
-            enabled: true,
-            reconciliation_tolerance: Decimal::ZERO,
-            required_confirmations: None,
-            contract_address: None,
-        }
+        Currency::plain(code, CurrencyKind::Fiat, scale)
     }
 
     #[test]
