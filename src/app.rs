@@ -17,6 +17,7 @@ use crate::graphql::{self, AppSchema, Limits};
 use crate::ledger::CurrencyRegistry;
 use crate::ledger::currency::{TokenCurrency, register_tokens};
 use crate::ledger::group_commit::Committer;
+use crate::ledger::hold::{self, HoldPolicy};
 use crate::limits::{HttpLimits, RateLimits, WsLimits, WsSlots};
 use crate::readiness::Readiness;
 use crate::revocation::Revocations;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub request_timeout: Duration,
     /// Revoked tokens, as this process last loaded them.
     pub revocations: Arc<Revocations>,
+    /// How long holds last.
+    pub holds: HoldPolicy,
 }
 
 /// Everything needed to start one service instance. `Debug` shows no secret.
@@ -93,6 +96,10 @@ pub struct AppConfig {
     pub metrics: MetricsAccess,
     /// Flat withdrawal fees by currency code (see `WALLET_WITHDRAWAL_FEES`).
     pub withdrawal_fees: std::collections::BTreeMap<String, rust_decimal::Decimal>,
+    /// How long holds last.
+    pub holds: HoldPolicy,
+    /// Run the hold expiry worker this often (`None`: never).
+    pub hold_expiry_poll: Option<Duration>,
 }
 
 /// Who may read `/metrics` on the main listener.
@@ -160,6 +167,8 @@ pub struct Service {
     pub reconciler: Option<Arc<AbortOnDrop<()>>>,
     /// The chain worker, when it runs.
     pub chain_worker: Option<Arc<AbortOnDrop<()>>>,
+    /// Releases holds past their expiry, when it runs.
+    pub hold_expirer: Option<Arc<AbortOnDrop<()>>>,
     /// Keeps the Ethereum node connected (reconnects, re-checks its chain id), when one
     /// is configured.
     pub node_supervisor: Option<Arc<AbortOnDrop<()>>>,
@@ -283,6 +292,7 @@ impl App {
             simulator,
             chains,
             revocations,
+            holds: config.holds,
         };
         let miner = match (&state.simulator, config.block_interval) {
             (Some(simulator), Some(interval)) => {
@@ -301,6 +311,9 @@ impl App {
             (false, Some(interval)) => Some(Arc::new(spawn_reconciler(state.clone(), interval))),
             _ => None,
         };
+        let hold_expirer = config
+            .hold_expiry_poll
+            .map(|interval| Arc::new(spawn_hold_expirer(state.pool.clone(), interval)));
         let chain_worker = match (App::worker_of(&state), config.chain_poll) {
             (Some(worker), Some(interval)) => {
                 Some(Arc::new(worker.spawn(interval, state.chain_wakeup.clone())))
@@ -340,6 +353,7 @@ impl App {
             miner,
             reconciler,
             chain_worker,
+            hold_expirer,
             node_supervisor,
         })))
     }
@@ -433,6 +447,30 @@ fn spawn_miner(
                     Ok(None) => {}
                     Err(e) => tracing::warn!(network, error = %e, "could not mine"),
                 }
+            }
+        }
+    })
+}
+
+/// The hold expiry worker: every process runs one, and each hold expires once (see
+/// [`hold::expire_due`]). A pass takes up to a few hundred holds; a full pass runs the next
+/// one at once.
+fn spawn_hold_expirer(pool: PgPool, interval: Duration) -> AbortOnDrop<()> {
+    const PASS: i64 = 256;
+    AbortOnDrop::spawn(async move {
+        loop {
+            let expired = match pool.get().await {
+                Ok(mut conn) => match hold::expire_due(&mut conn, PASS).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = ?e, "hold expiry pass failed");
+                        0
+                    }
+                },
+                Err(_) => 0,
+            };
+            if (expired as i64) < PASS {
+                tokio::time::sleep(interval).await;
             }
         }
     })

@@ -189,6 +189,16 @@ pub struct ServeConfig {
     /// withdrawals, follows them and incoming deposits on chain (0: never).
     #[arg(long, env = "WALLET_CHAIN_POLL_MS", default_value_t = 1000)]
     pub chain_poll_ms: u64,
+    /// Seconds a hold lasts when `authorizeHold` gives no `expiresAt` (default 7 days).
+    #[arg(long, env = "WALLET_HOLD_DEFAULT_EXPIRY_SECS", default_value_t = 7 * 24 * 3600)]
+    pub hold_default_expiry_secs: u32,
+    /// The longest a hold may last: a later `expiresAt` is refused (default 30 days).
+    #[arg(long, env = "WALLET_HOLD_MAX_EXPIRY_SECS", default_value_t = 30 * 24 * 3600)]
+    pub hold_max_expiry_secs: u32,
+    /// Milliseconds between passes of the hold expiry worker, which releases holds past
+    /// their `expiresAt` (every process runs one; each hold expires once). 0: never.
+    #[arg(long, env = "WALLET_HOLD_EXPIRY_POLL_MS", default_value_t = 1000)]
+    pub hold_expiry_poll_ms: u64,
     /// Serve GraphiQL on `/` and the example web client on `/examples/web-client/`, and
     /// answer introspection queries (default: on under development rules, off under
     /// production rules).
@@ -481,6 +491,22 @@ impl ServeConfig {
     }
 
     /// How often revocations are reloaded (`WALLET_TOKEN_REVOCATION_REFRESH_MS`).
+    /// How long holds last.
+    pub fn hold_policy(&self) -> anyhow::Result<crate::ledger::hold::HoldPolicy> {
+        let default_expiry = chrono::Duration::seconds(i64::from(self.hold_default_expiry_secs));
+        let max_expiry = chrono::Duration::seconds(i64::from(self.hold_max_expiry_secs));
+        if self.hold_default_expiry_secs == 0 || default_expiry > max_expiry {
+            anyhow::bail!(
+                "WALLET_HOLD_DEFAULT_EXPIRY_SECS must be more than 0 and at most \
+                 WALLET_HOLD_MAX_EXPIRY_SECS"
+            );
+        }
+        Ok(crate::ledger::hold::HoldPolicy {
+            default_expiry,
+            max_expiry,
+        })
+    }
+
     pub fn revocation_refresh(&self) -> Duration {
         Duration::from_millis(self.token_revocation_refresh_ms)
     }

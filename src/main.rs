@@ -277,6 +277,9 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         graphiql: startup.graphiql,
         metrics,
         withdrawal_fees: config.withdrawal_fees.0.clone(),
+        holds: config.hold_policy()?,
+        hold_expiry_poll: (config.hold_expiry_poll_ms > 0)
+            .then(|| Duration::from_millis(config.hold_expiry_poll_ms)),
     })
     .await
     .context("starting the service")?;

@@ -46,6 +46,19 @@ diesel::table! {
 }
 
 diesel::table! {
+    credit_limit_changes (id) {
+        id -> Int8,
+        wallet_id -> Int8,
+        previous_limit -> Numeric,
+        new_limit -> Numeric,
+        reason -> Text,
+        changed_by -> Text,
+        idempotency_key -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     currencies (code) {
         code -> Text,
         name -> Text,
@@ -78,6 +91,8 @@ diesel::table! {
         balance -> Nullable<Numeric>,
         locked_balance -> Nullable<Numeric>,
         created_at -> Timestamptz,
+        held_balance -> Nullable<Numeric>,
+        credit_limit -> Nullable<Numeric>,
     }
 }
 
@@ -107,6 +122,42 @@ diesel::table! {
     hd_indexes (network) {
         network -> Text,
         next_index -> Int4,
+    }
+}
+
+diesel::table! {
+    hold_events (id) {
+        id -> Int8,
+        hold_id -> Int8,
+        kind -> Text,
+        amount -> Numeric,
+        released -> Numeric,
+        transaction_id -> Nullable<Int8>,
+        idempotency_key -> Nullable<Text>,
+        requested -> Nullable<Numeric>,
+        final_capture -> Bool,
+        actor -> Text,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    holds (id) {
+        id -> Int8,
+        wallet_id -> Int8,
+        to_wallet_id -> Nullable<Int8>,
+        amount -> Numeric,
+        captured -> Numeric,
+        released -> Numeric,
+        status -> Text,
+        idempotency_key -> Text,
+        expires_at -> Timestamptz,
+        description -> Nullable<Text>,
+        reference -> Nullable<Text>,
+        metadata -> Nullable<Jsonb>,
+        created_by -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
     }
 }
 
@@ -248,6 +299,7 @@ diesel::table! {
         reference -> Nullable<Text>,
         metadata -> Nullable<Jsonb>,
         restores_id -> Nullable<Int8>,
+        settles_hold_id -> Nullable<Int8>,
     }
 }
 
@@ -263,6 +315,8 @@ diesel::table! {
         derivation_path -> Nullable<Text>,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        credit_limit -> Numeric,
+        held_balance -> Numeric,
     }
 }
 
@@ -286,14 +340,18 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(credit_limit_changes -> wallets (wallet_id));
 diesel::joinable!(gas_fundings -> currencies (currency));
 diesel::joinable!(gas_fundings -> wallets (wallet_id));
+diesel::joinable!(hold_events -> holds (hold_id));
+diesel::joinable!(hold_events -> transactions (transaction_id));
 diesel::joinable!(ledger_accounts -> currencies (currency));
 diesel::joinable!(legacy_token_deposits -> transactions (hold_id));
 diesel::joinable!(reconciliations -> wallets (wallet_id));
 diesel::joinable!(sim_blocks -> sim_chains (network));
 diesel::joinable!(sim_failing_addresses -> sim_chains (network));
 diesel::joinable!(sim_transfers -> sim_chains (network));
+diesel::joinable!(transactions -> holds (settles_hold_id));
 diesel::joinable!(transactions -> wallets (wallet_id));
 diesel::joinable!(wallets -> currencies (currency));
 diesel::joinable!(withdrawal_attempts -> transactions (transaction_id));
@@ -304,11 +362,14 @@ diesel::allow_tables_to_appear_in_same_query!(
     chain_nonces,
     chain_reorgs,
     chain_scan_cursors,
+    credit_limit_changes,
     currencies,
     custody_fingerprint,
     events,
     gas_fundings,
     hd_indexes,
+    hold_events,
+    holds,
     ledger_accounts,
     ledger_postings,
     legacy_token_deposits,

@@ -228,6 +228,7 @@ async fn observe_in(
                 network_fee: None,
                 annotation: Default::default(),
                 reverses: None,
+                settles_hold: None,
             };
             let hold = store::append(conn, &wallet, &row, Decimal::ZERO).await?;
             wallet.updated_at = hold.created_at;
@@ -312,6 +313,7 @@ async fn observe_in(
             network_fee: None,
             annotation: Default::default(),
             reverses: None,
+            settles_hold: None,
         };
         let credit = store::append(conn, &wallet, &row, Decimal::ZERO).await?;
         let hold = update_hold(conn, &hold, TransactionStatus::Completed, &chain, back).await?;
@@ -524,6 +526,7 @@ async fn mined_again(
         network_fee: None,
         annotation: Default::default(),
         reverses: None,
+        settles_hold: None,
     };
     let credit = store::append(conn, wallet, &row, Decimal::ZERO).await?;
     tracing::warn!(

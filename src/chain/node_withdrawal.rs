@@ -995,6 +995,7 @@ async fn settle(
             network_fee: Some(network_fee),
             annotation,
             reverses: None,
+            settles_hold: None,
         };
         // The whole lock is released into the debit: what the fee did not use is free again.
         let locked = hold.amount + fee_lock(&hold, &attempts);

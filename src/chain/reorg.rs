@@ -472,6 +472,7 @@ async fn settle_again(
                     network_fee: None,
                     annotation: Default::default(),
                     reverses: Some((d.id, d.balance_change())),
+                    settles_hold: None,
                 };
                 wallet.balance = store::append(tx, &wallet, &undo, Decimal::ZERO)
                     .await?
@@ -491,6 +492,7 @@ async fn settle_again(
                 network_fee: Some(network_fee),
                 annotation,
                 reverses: None,
+                settles_hold: None,
             };
             wallet.balance = store::append(tx, &wallet, &again, Decimal::ZERO)
                 .await?

@@ -130,6 +130,7 @@ pub async fn request(
             network_fee: Some(network_fee),
             annotation: request.annotation(),
             reverses: None,
+            settles_hold: None,
         };
         let entry = store::append(tx, &wallet, &row, needed).await?;
         Ok(Movement {
@@ -269,6 +270,7 @@ async fn sign_one(
             network_fee: hold.network_fee,
             annotation: annotation_of(&hold),
             reverses: None,
+            settles_hold: None,
         };
         // The reservation becomes the debit.
         store::append(tx, &wallet, &debit, -(hold.amount + hold.fee)).await?;
@@ -512,6 +514,7 @@ async fn advance_one(
                     network_fee: hold.network_fee,
                     annotation: annotation_of(&hold),
                     reverses: None,
+                    settles_hold: None,
                 };
                 store::append(tx, &wallet, &refund, Decimal::ZERO).await?;
                 update_hold(

@@ -28,6 +28,8 @@ pub enum Payload {
     Wallet(Wallet),
     /// A reconciliation was recorded.
     Reconciliation(Reconciliation),
+    /// A hold was authorised, captured, voided or expired (current row).
+    Hold(crate::ledger::hold::Hold),
 }
 
 /// One delivered event.

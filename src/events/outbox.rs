@@ -37,6 +37,8 @@ pub struct EventRow {
     pub balance: Option<Decimal>,
     pub locked_balance: Option<Decimal>,
     pub created_at: DateTime<Utc>,
+    pub held_balance: Option<Decimal>,
+    pub credit_limit: Option<Decimal>,
 }
 
 impl EventRow {
@@ -139,6 +141,12 @@ pub async fn load_notices(
             .collect()
     };
     let (tx_ids, wallet_ids, rec_ids) = (ids("TRANSACTION"), ids("WALLET"), ids("RECONCILIATION"));
+    let hold_ids = ids("HOLD");
+    let mut holds: HashMap<i64, crate::ledger::hold::Hold> = HashMap::new();
+    if !hold_ids.is_empty() {
+        let loaded = crate::ledger::hold::holds_by_ids(conn, &hold_ids).await?;
+        holds.extend(loaded.into_iter().map(|h| (h.id, h)));
+    }
 
     let mut entries: HashMap<i64, JournalEntry> = HashMap::new();
     if !tx_ids.is_empty() {
@@ -176,8 +184,11 @@ pub async fn load_notices(
                 let mut w = w.clone();
                 w.balance = row.balance.unwrap_or(w.balance);
                 w.locked_balance = row.locked_balance.unwrap_or(w.locked_balance);
+                w.held_balance = row.held_balance.unwrap_or(w.held_balance);
+                w.credit_limit = row.credit_limit.unwrap_or(w.credit_limit);
                 Payload::Wallet(w)
             }),
+            "HOLD" => holds.get(&row.subject_id).cloned().map(Payload::Hold),
             "RECONCILIATION" => recs
                 .get(&row.subject_id)
                 .cloned()

@@ -14,6 +14,8 @@ pub const IDEMPOTENCY_CONFLICT: &str = "IDEMPOTENCY_CONFLICT";
 pub const CURRENCY_NOT_SUPPORTED: &str = "CURRENCY_NOT_SUPPORTED";
 pub const CURRENCY_MISMATCH: &str = "CURRENCY_MISMATCH";
 pub const ALREADY_REVERSED: &str = "ALREADY_REVERSED";
+pub const HOLD_EXCEEDED: &str = "HOLD_EXCEEDED";
+pub const HOLD_NOT_ACTIVE: &str = "HOLD_NOT_ACTIVE";
 pub const INVALID_ADDRESS: &str = "INVALID_ADDRESS";
 pub const ADDRESS_MISMATCH: &str = "ADDRESS_MISMATCH";
 pub const INSUFFICIENT_CONFIRMATIONS: &str = "INSUFFICIENT_CONFIRMATIONS";
@@ -83,6 +85,8 @@ pub fn ledger_error(e: &LedgerError) -> Error {
         LedgerError::CurrencyNotSupported(_) => CURRENCY_NOT_SUPPORTED,
         LedgerError::CurrencyMismatch(_) => CURRENCY_MISMATCH,
         LedgerError::AlreadyReversed(_) => ALREADY_REVERSED,
+        LedgerError::HoldExceeded(_) => HOLD_EXCEEDED,
+        LedgerError::HoldNotActive(_) => HOLD_NOT_ACTIVE,
         LedgerError::BadInput(_) => BAD_USER_INPUT,
         LedgerError::InvalidAddress(_) => INVALID_ADDRESS,
         LedgerError::AddressMismatch(_) => ADDRESS_MISMATCH,

@@ -14,6 +14,7 @@ pub enum NodeType {
     Transaction,
     Reconciliation,
     GasFunding,
+    Hold,
 }
 
 impl NodeType {
@@ -23,6 +24,7 @@ impl NodeType {
             NodeType::Transaction => "Transaction",
             NodeType::Reconciliation => "Reconciliation",
             NodeType::GasFunding => "GasFunding",
+            NodeType::Hold => "Hold",
         }
     }
 
@@ -32,6 +34,7 @@ impl NodeType {
             "Transaction" => NodeType::Transaction,
             "Reconciliation" => NodeType::Reconciliation,
             "GasFunding" => NodeType::GasFunding,
+            "Hold" => NodeType::Hold,
             _ => return None,
         })
     }

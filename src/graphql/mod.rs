@@ -7,6 +7,7 @@ pub mod document;
 pub mod error;
 pub mod field_order;
 pub mod guard;
+pub mod holds;
 pub mod ids;
 pub mod loaders;
 pub mod mutation;

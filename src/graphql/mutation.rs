@@ -367,6 +367,50 @@ impl Mutation {
         Ok(TransactionObject(done.entry))
     }
 
+    /// Reserves money on a fiat wallet (the caller's own, or any for operators): the
+    /// available balance falls, the balance does not, and nothing is posted. With
+    /// `toWalletId`, a held transfer to that wallet. What is not captured is given back
+    /// at `expiresAt`. The same key returns the hold.
+    async fn authorize_hold(
+        &self,
+        ctx: &Context<'_>,
+        input: super::holds::AuthorizeHoldInput,
+    ) -> Result<super::holds::HoldObject> {
+        super::holds::authorize_hold(ctx, input).await
+    }
+
+    /// Moves up to what a hold still reserves (default: all of it) as a `WITHDRAW`, or a
+    /// transfer to the hold's target; partial captures until it is fully captured, or
+    /// `final: true` gives back the rest. More than remains is `HOLD_EXCEEDED`; a hold
+    /// voided, expired or fully captured is `HOLD_NOT_ACTIVE`.
+    async fn capture_hold(
+        &self,
+        ctx: &Context<'_>,
+        input: super::holds::CaptureHoldInput,
+    ) -> Result<super::holds::HoldObject> {
+        super::holds::capture_hold(ctx, input).await
+    }
+
+    /// Gives back what a hold still reserves.
+    async fn void_hold(
+        &self,
+        ctx: &Context<'_>,
+        input: super::holds::VoidHoldInput,
+    ) -> Result<super::holds::HoldObject> {
+        super::holds::void_hold(ctx, input).await
+    }
+
+    /// Sets how far below zero a fiat wallet's balance may go (operators); every change is
+    /// recorded (`Wallet.creditLimitChanges`). A limit below what is already used is
+    /// allowed: new debits are then refused until the balance recovers.
+    async fn set_credit_limit(
+        &self,
+        ctx: &Context<'_>,
+        input: super::holds::SetCreditLimitInput,
+    ) -> Result<WalletObject> {
+        super::holds::set_credit_limit(ctx, input).await
+    }
+
     /// Simulated chain only (operators): a transfer from an outside address, pending until
     /// the next block.
     #[graphql(visible = "simulator_enabled")]

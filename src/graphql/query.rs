@@ -42,6 +42,10 @@ impl Query {
                 .await
                 .map(|f| Node::GasFunding(GasFundingObject(f))),
             NodeType::GasFunding => Err(LedgerError::NotFound("gas funding")),
+            NodeType::Hold => crate::ledger::hold::hold_by_id(&mut c, &scope, num)
+                .await
+                .and_then(|h| h.ok_or(LedgerError::NotFound("hold")))
+                .map(|h| Node::Hold(super::holds::HoldObject(h))),
         };
         match found {
             Ok(node) => Ok(Some(node)),

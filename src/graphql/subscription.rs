@@ -49,6 +49,25 @@ impl Subscription {
         ))
     }
 
+    /// Holds of your wallets (or of `walletId`) each time one is authorised, captured,
+    /// voided or expires, as it is then.
+    async fn hold_updated(
+        &self,
+        ctx: &Context<'_>,
+        wallet_id: Option<ID>,
+    ) -> Result<BoxStream<'static, Result<super::holds::HoldObject>>> {
+        let audience = audience(ctx, wallet_id.as_ref()).await?;
+        Ok(follow(
+            state(ctx).events.subscribe(),
+            audience,
+            |p| match p {
+                Payload::Hold(h) => Some(super::holds::HoldObject(h.clone())),
+                _ => None,
+            },
+            close_on_lag(),
+        ))
+    }
+
     /// Reconciliations of your wallets (or of `walletId`) as they are recorded.
     async fn reconciliation_completed(
         &self,

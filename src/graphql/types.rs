@@ -89,6 +89,7 @@ pub enum Node {
     Transaction(TransactionObject),
     Reconciliation(ReconciliationObject),
     GasFunding(GasFundingObject),
+    Hold(super::holds::HoldObject),
 }
 
 /// Narrows a wallet's or a viewer's transaction list. Time bounds are inclusive.
@@ -257,9 +258,56 @@ impl WalletObject {
     async fn balance(&self, ctx: &Context<'_>) -> DecimalScalar {
         at_currency_scale(ctx, &self.0.currency, self.0.balance)
     }
-    /// `balance - lockedBalance`: what can be withdrawn now.
-    async fn available_balance(&self) -> DecimalScalar {
-        self.0.available_balance().into()
+    /// `balance + creditLimit - heldBalance - lockedBalance`: what can be withdrawn,
+    /// transferred or held now.
+    async fn available_balance(&self, ctx: &Context<'_>) -> DecimalScalar {
+        at_currency_scale(ctx, &self.0.currency, self.0.available_balance())
+    }
+    /// Reserved by active holds (what they may still capture).
+    async fn held_balance(&self, ctx: &Context<'_>) -> DecimalScalar {
+        at_currency_scale(ctx, &self.0.currency, self.0.held_balance)
+    }
+    /// How far below zero the balance may go (fiat; set by operators). A negative
+    /// balance is money the customer owes.
+    async fn credit_limit(&self, ctx: &Context<'_>) -> DecimalScalar {
+        at_currency_scale(ctx, &self.0.currency, self.0.credit_limit)
+    }
+    /// Holds on this wallet, oldest first; `status` narrows them.
+    #[graphql(complexity = "page_cost(first, last, child_complexity)")]
+    async fn holds(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+        status: Option<super::holds::HoldStatus>,
+    ) -> Result<Connection<String, super::holds::HoldObject>> {
+        let args = ConnectionArgs {
+            first,
+            after,
+            last,
+            before,
+        };
+        super::holds::holds_connection(ctx, ListScope::Wallet(self.0.id), status, args).await
+    }
+    /// Every change of the credit limit, oldest first: who, when, from what, to what, why.
+    #[graphql(complexity = "page_cost(first, last, child_complexity)")]
+    async fn credit_limit_changes(
+        &self,
+        ctx: &Context<'_>,
+        first: Option<i32>,
+        after: Option<String>,
+        last: Option<i32>,
+        before: Option<String>,
+    ) -> Result<Connection<String, super::holds::CreditLimitChangeObject>> {
+        let args = ConnectionArgs {
+            first,
+            after,
+            last,
+            before,
+        };
+        super::holds::credit_limit_changes_connection(ctx, self.0.id, args).await
     }
     /// Reserved by withdrawals in flight.
     async fn locked_balance(&self) -> DecimalScalar {
@@ -548,6 +596,15 @@ impl TransactionObject {
             .await
             .map_err(|e| ledger_error(&e))?;
         Ok(row.map(TransactionObject))
+    }
+    /// On a capture: the hold it settles.
+    async fn settles_hold(&self, ctx: &Context<'_>) -> Result<Option<super::holds::HoldObject>> {
+        let Some(id) = self.0.settles_hold_id else {
+            return Ok(None);
+        };
+        let mut c = super::conn(ctx).await?;
+        let found = ledger::hold::holds_by_ids(&mut c, &[id]).await?;
+        Ok(found.into_iter().next().map(super::holds::HoldObject))
     }
     /// On a posting: the crypto movement (hold) it settles.
     async fn settles(&self, ctx: &Context<'_>) -> Result<Option<TransactionObject>> {

@@ -21,6 +21,10 @@ pub enum LedgerError {
     CurrencyMismatch(String),
     /// The movement has been reversed already.
     AlreadyReversed(String),
+    /// A capture of more than the hold still reserves.
+    HoldExceeded(String),
+    /// The hold was voided, expired or fully captured: nothing is reserved any more.
+    HoldNotActive(String),
     BadInput(String),
     /// A destination address that is not valid for the wallet's network.
     InvalidAddress(String),
@@ -60,6 +64,8 @@ impl LedgerError {
             | LedgerError::CurrencyNotSupported(m)
             | LedgerError::CurrencyMismatch(m)
             | LedgerError::AlreadyReversed(m)
+            | LedgerError::HoldExceeded(m)
+            | LedgerError::HoldNotActive(m)
             | LedgerError::BadInput(m)
             | LedgerError::InvalidAddress(m)
             | LedgerError::AddressMismatch(m)

@@ -642,7 +642,7 @@ pub fn key_conflict(key_field: &str, key: &str) -> LedgerError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The judge's refusals, each tested in order of precedence: a request that breaks
     //! every rule is refused by the first; mend that one and the next answers, down the
     //! table in the module's documentation. Then what a batch adds: running balances,
@@ -682,10 +682,12 @@ mod tests {
             derivation_path: None,
             created_at: at(0),
             updated_at: at(0),
+            credit_limit: Decimal::ZERO,
+            held_balance: Decimal::ZERO,
         }
     }
 
-    fn entry(
+    pub(crate) fn entry(
         id: i64,
         wallet_id: i64,
         kind: TransactionType,
@@ -723,6 +725,7 @@ mod tests {
             network_fee: None,
             reference: None,
             metadata: None,
+            settles_hold_id: None,
         }
     }
 

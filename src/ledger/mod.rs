@@ -10,6 +10,7 @@ pub mod currency;
 mod error;
 pub mod fixed_sql;
 pub mod group_commit;
+pub mod hold;
 pub mod input;
 pub mod journal;
 pub mod judge;

@@ -194,12 +194,18 @@ pub struct Wallet {
     pub derivation_path: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// How far below zero an operator lets the (fiat) balance go.
+    pub credit_limit: Decimal,
+    /// Reserved by active holds: the sum of what each may still capture.
+    pub held_balance: Decimal,
 }
 
 impl Wallet {
-    /// Balance not reserved by withdrawals in flight.
+    /// What the wallet may still spend: its balance and credit, less what holds and
+    /// withdrawals in flight have reserved. Every debit and authorisation is judged
+    /// against it (and the database refuses a change that would take it below zero).
     pub fn available_balance(&self) -> Decimal {
-        self.balance - self.locked_balance
+        self.balance + self.credit_limit - self.locked_balance - self.held_balance
     }
 }
 
@@ -248,6 +254,8 @@ pub struct JournalEntry {
     pub reference: Option<String>,
     /// The client's metadata: a JSON object of strings.
     pub metadata: Option<serde_json::Value>,
+    /// On a capture: the hold it settles.
+    pub settles_hold_id: Option<i64>,
 }
 
 impl JournalEntry {

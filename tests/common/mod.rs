@@ -250,6 +250,8 @@ impl Options {
             graphiql: self.graphiql,
             metrics: self.metrics.clone(),
             withdrawal_fees: self.withdrawal_fees.clone(),
+            holds: Default::default(),
+            hold_expiry_poll: Some(std::time::Duration::from_millis(200)),
         }
     }
 }

@@ -87,7 +87,7 @@ pub async fn prefetch(
 /// movement's wallet and a transfer's source as its caller may see them, a transfer's
 /// target anyone's.
 async fn lock_wallets(
-    mut conn: &AsyncPgConnection,
+    conn: &AsyncPgConnection,
     asked: &[(&Scope, &Request)],
 ) -> Result<HashMap<i64, Wallet>, LedgerError> {
     let mut ids: Vec<i64> = Vec::with_capacity(asked.len());
@@ -100,6 +100,16 @@ async fn lock_wallets(
             owners.push(None);
         }
     }
+    lock_visible(conn, ids, owners).await
+}
+
+/// Locks, in id order, the wallets `ids` that the owner paired with each (`None`:
+/// anyone's) may touch.
+pub async fn lock_visible(
+    mut conn: &AsyncPgConnection,
+    ids: Vec<i64>,
+    owners: Vec<Option<String>>,
+) -> Result<HashMap<i64, Wallet>, LedgerError> {
     let locked: Vec<Wallet> = fixed_sql::numbered(
         include_str!("lock_wallets.sql"),
         vec![

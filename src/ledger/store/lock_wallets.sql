@@ -4,7 +4,7 @@
 -- locked. FOR NO KEY UPDATE: journal inserts that reference the wallet are not blocked.
 SELECT wallets.id, wallets.user_id, wallets.currency, wallets.balance,
        wallets.locked_balance, wallets.network, wallets.address, wallets.derivation_path,
-       wallets.created_at, wallets.updated_at
+       wallets.created_at, wallets.updated_at, wallets.credit_limit, wallets.held_balance
   FROM wallets
  WHERE wallets.id = ANY ($1::bigint[])
    AND EXISTS (SELECT 1

@@ -177,6 +177,8 @@ pub struct NewRow<'a> {
     pub annotation: Annotation<'a>,
     /// A reversal: the row it reverses and that row's balance change.
     pub reverses: Option<(i64, Decimal)>,
+    /// A capture: the (fiat) hold it settles.
+    pub settles_hold: Option<i64>,
 }
 
 /// What a client may attach to a movement for its own bookkeeping.
@@ -216,6 +218,7 @@ impl<'a> NewRow<'a> {
             network_fee: None,
             annotation: Annotation::default(),
             reverses: None,
+            settles_hold: None,
         }
     }
 
@@ -294,6 +297,7 @@ impl<'a> NewRow<'a> {
             metadata: self.annotation.metadata,
             created_at: at,
             updated_at: at,
+            settles_hold_id: self.settles_hold,
         }
     }
 }
@@ -334,6 +338,7 @@ pub struct NewEntry<'a> {
     metadata: Option<&'a serde_json::Value>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    settles_hold_id: Option<i64>,
 }
 
 /// Inserts `entries` — every one with its id taken beforehand ([`allocate_ids`]) — with
@@ -387,6 +392,7 @@ pub async fn insert_batch(
         Bind::OptionalJson(entries.iter().map(|e| e.metadata.cloned()).collect()),
         Bind::Times(entries.iter().map(|e| e.created_at).collect()),
         Bind::Times(entries.iter().map(|e| e.updated_at).collect()),
+        Bind::OptionalBigInts(entries.iter().map(|e| e.settles_hold_id).collect()),
     ];
     let mut rows: Vec<JournalEntry> = fixed_sql::numbered(include_str!("insert_rows.sql"), binds)
         .load(&mut conn)
