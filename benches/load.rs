@@ -11,9 +11,13 @@
 //! each side's CPU per operation (the machine's, from `/proc/stat`, and its parts) with
 //! the share of the machine left idle.
 //!
-//! cargo bench --bench load -- [--scenario all|ceiling|spread|hot|mixed|transfer|transfer-hot|credit|history|reconcile]
+//! cargo bench --bench load -- [--scenario all|ceiling|spread|hot|mixed|transfer|transfer-hot|holds|credit|history|reconcile]
 //!     [--seconds 10] [--clients 16] [--wallets 10000] [--history-rows 1000000]
 //!     [--deep-page 10000] [--deposits 2000]
+//!
+//! `holds` compares an authorisation followed by its capture (two requests, one pair)
+//! with a transfer, on the same 2,000 wallets in the same run: pairs per second against
+//! transfers per second, and the machine's CPU per pair and per transfer.
 //!
 //! `credit` is the crypto deposit watcher's rate: a second server with the simulated
 //! chain, `--deposits` transfers to as many wallets' addresses mined in one block, then
@@ -92,6 +96,7 @@ fn args() -> Args {
             "mixed",
             "transfer",
             "transfer-hot",
+            "holds",
             "credit",
             "history",
             "reconcile",
@@ -220,6 +225,10 @@ async fn run(args: Args) {
                     .throughput("xfer-hot", &ids, args.clients, Work::Transfers)
                     .await;
             }
+            "holds" => {
+                let ids = bench.wallets("holds", 2_000, "1000000.00").await;
+                bench.holds(&ids, args.clients).await;
+            }
             "credit" => bench.credit(args.deposits).await,
             "ceiling" => bench.ceiling(args.clients).await,
             "history" => bench.history().await,
@@ -245,6 +254,9 @@ enum Work {
     Mixed(u32),
     /// Transfers between two distinct random wallets.
     Transfers,
+    /// An authorisation of 1.00 on a random wallet, then its capture (the pair is one
+    /// operation).
+    Holds,
     /// `{ __typename }`: HTTP, authentication and GraphQL with no database work — the
     /// ceiling any request of the service runs under on this machine.
     Typename,
@@ -252,6 +264,10 @@ enum Work {
 
 const TRANSFER: &str = "mutation($from: ID!, $to: ID!, $a: Decimal!, $k: String!) {
   transfer(input: {fromWalletId: $from, toWalletId: $to, amount: $a, idempotencyKey: $k}) { id } }";
+const AUTHORIZE: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
+  authorizeHold(input: {walletId: $w, amount: $a, idempotencyKey: $k}) { id } }";
+const CAPTURE: &str = "mutation($h: ID!, $k: String!) {
+  captureHold(input: {holdId: $h, idempotencyKey: $k}) { id status } }";
 const DEPOSIT: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
   deposit(input: {walletId: $w, amount: $a, idempotencyKey: $k}) { id balanceAfter } }";
 const WITHDRAW: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
@@ -358,6 +374,49 @@ impl Bench {
         );
     }
 
+    /// Authorisation + capture pairs against transfers, on the same wallets, back to back.
+    async fn holds(&self, ids: &[i64], clients: usize) {
+        let ids: Arc<Vec<String>> = Arc::new(
+            ids.iter()
+                .map(|&id| encode_id(NodeType::Wallet, id).to_string())
+                .collect(),
+        );
+        let seconds = Duration::from_secs(self.args.seconds);
+        let mut rates = Vec::new();
+        for (name, work) in [("xfer", Work::Transfers), ("hold+cap", Work::Holds)] {
+            self.drive(&format!("{name}-warm"), &ids, clients, work, WARM_UP)
+                .await;
+            self.pg.batch_execute("ANALYZE").await.expect("ANALYZE");
+            let cpu = CpuMeter::start(self.server.pid());
+            let started = Instant::now();
+            let mut all = self.drive(name, &ids, clients, work, seconds).await;
+            let rate = all.latencies.len() as f64 / started.elapsed().as_secs_f64();
+            let used = cpu.stop();
+            all.latencies.sort();
+            println!(
+                "holds     C={clients:<3} {name:<8} {rate:>7.0}/s  p50 {:>6.2} ms  p99 {:>6.2}  ({} ok, {} refused, \
+                 {} errors)  |  CPU per operation (ms): machine {:.3} = client {:.3} + server {:.3} + Postgres \
+                 {:.3}, idle {:.0} %",
+                percentile(&all.latencies, 50.0).as_secs_f64() * 1000.0,
+                percentile(&all.latencies, 99.0).as_secs_f64() * 1000.0,
+                all.ok,
+                all.refused,
+                all.errors,
+                used.machine * 1000.0 / rate,
+                used.client * 1000.0 / rate,
+                used.server * 1000.0 / rate,
+                used.postgres * 1000.0 / rate,
+                used.idle * 100.0,
+            );
+            rates.push(rate);
+        }
+        println!(
+            "holds     C={clients:<3} authorise+capture pairs per transfer = {:.2}  |  {}",
+            rates[1] / rates[0],
+            self.rss()
+        );
+    }
+
     /// The transport's ceiling: requests that do no database work, and the CPU each takes.
     async fn ceiling(&self, clients: usize) {
         let none = Arc::new(vec![String::new()]);
@@ -425,11 +484,20 @@ impl Bench {
                                     (WITHDRAW, json!({"w": ids[a], "a": "1.00", "k": key}))
                                 }
                                 Work::Typename => ("{ __typename }", json!({})),
+                                Work::Holds => {
+                                    (AUTHORIZE, json!({"w": ids[a], "a": "1.00", "k": key}))
+                                }
                                 _ => (DEPOSIT, json!({"w": ids[a], "a": "1.00", "k": key})),
                             }
                         };
                         let sent = Instant::now();
-                        let body = gql(&http, PORT, &token, query, variables).await;
+                        let mut body = gql(&http, PORT, &token, query, variables).await;
+                        if work == Work::Holds
+                            && let Some(hold) = body["data"]["authorizeHold"]["id"].as_str()
+                        {
+                            let capture = json!({"h": hold, "k": format!("{key}-c")});
+                            body = gql(&http, PORT, &token, CAPTURE, capture).await;
+                        }
                         out.latencies.push(sent.elapsed());
                         match body["errors"][0]["extensions"]["code"].as_str() {
                             None => out.ok += 1,
@@ -1056,8 +1124,10 @@ COMMIT;
         row(":wid", "DEPOSIT", ":after - 1.00", ":after", ("", ""))
     );
     match work {
-        // (The ceiling has no SQL; it is never compared with pgbench.)
-        Work::Deposits | Work::Typename => format!("\\set wid random(:lo, :hi)\n{deposit}"),
+        // (The ceiling and holds have no SQL; they are never compared with pgbench.)
+        Work::Deposits | Work::Typename | Work::Holds => {
+            format!("\\set wid random(:lo, :hi)\n{deposit}")
+        }
         Work::Mixed(_) => {
             let available = match tables {
                 Tables::Lean => "balance",

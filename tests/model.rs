@@ -1,9 +1,10 @@
 //! Model-based random test: several concurrent clients send random deposits,
-//! withdrawals, crypto withdrawals, replays and conflicting keys to three server
-//! processes, while chain worker passes and blocks come in between. Every acknowledged
-//! answer is a promise; an in-memory model keeps them. At the end every balance, locked
-//! balance and journal chain matches the model, every acknowledged key has exactly one
-//! row, and every refused one none.
+//! withdrawals, crypto withdrawals, holds (authorise, partial and final captures, voids),
+//! replays and conflicting keys to three server processes, while chain worker passes and
+//! blocks come in between; one fiat wallet has a credit limit. Every acknowledged answer
+//! is a promise; an in-memory model keeps them. At the end every balance, held balance,
+//! locked balance and journal chain matches the model, no available balance is below
+//! zero, every acknowledged key has exactly one row, and every refused one none.
 //!
 //! Seeded and reproducible: `WALLET_MODEL_SEED=<n>` replays a run (the seed is printed,
 //! and shown with the output of a failing run); `WALLET_MODEL_OPS=<n>` sets the number
@@ -37,7 +38,32 @@ struct Model {
     promised: HashMap<String, Promise>,
     /// Keys whose first request was refused (nothing may exist under them).
     refused: Vec<String>,
+    /// Acknowledged holds by id.
+    holds: HashMap<String, HeldMoney>,
 }
+
+/// What the model holds for one acknowledged hold.
+#[derive(Clone, Debug)]
+struct HeldMoney {
+    /// The client that made it: only it captures or voids it, so it knows what remains.
+    client: u64,
+    wallet: String,
+    user: String,
+    amount: Decimal,
+    captured: Decimal,
+    active: bool,
+}
+
+/// The credit limit of the third fiat wallet (u2's): its balance may go down to minus this.
+const CREDIT_LIMIT: &str = "50.00";
+
+const AUTHORIZE: &str = "mutation($w: ID!, $a: Decimal!, $k: String!) {
+    authorizeHold(input: {walletId: $w, amount: $a, idempotencyKey: $k}) { id amount status } }";
+const CAPTURE: &str = "mutation($h: ID!, $a: Decimal, $k: String!, $f: Boolean) {
+    captureHold(input: {holdId: $h, amount: $a, idempotencyKey: $k, final: $f}) {
+        id captured remaining status } }";
+const VOID: &str = "mutation($h: ID!, $k: String!) {
+    voidHold(input: {holdId: $h, idempotencyKey: $k}) { id status remaining } }";
 
 fn env_u64(name: &str) -> Option<u64> {
     std::env::var(name).ok().and_then(|v| v.parse().ok())
@@ -69,6 +95,22 @@ async fn random_concurrent_movements_keep_every_promise() {
         t.deposit(&w, "100.00", &format!("seed-{user}")).await;
         fiat.push((user.to_owned(), w));
     }
+    t.ok(
+        &t.operator(),
+        "mutation($w: ID!, $l: Decimal!) { setCreditLimit(input: {walletId: $w, limit: $l, \
+         idempotencyKey: \"limit\", reason: \"model\"}) { creditLimit } }",
+        json!({"w": fiat[2].1, "l": CREDIT_LIMIT}),
+    )
+    .await;
+    let limit_of = |wallet: &str| -> Decimal {
+        if wallet == fiat[2].1 {
+            CREDIT_LIMIT.parse().unwrap()
+        } else {
+            Decimal::ZERO
+        }
+    };
+    let limits: HashMap<String, Decimal> =
+        fiat.iter().map(|(_, w)| (w.clone(), limit_of(w))).collect();
     let mut crypto = Vec::new();
     for user in ["u0", "u1"] {
         let (w, _) = t.funded_btc(user, "0.50000000").await;
@@ -79,7 +121,7 @@ async fn random_concurrent_movements_keep_every_promise() {
 
     let clients = (0..CLIENTS).map(|client| {
         let (fleet, model) = (fleet.clone(), model.clone());
-        let (fiat, crypto) = (fiat.clone(), crypto.clone());
+        let (fiat, crypto, limits) = (fiat.clone(), crypto.clone(), limits.clone());
         tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed ^ (client + 1).wrapping_mul(0x9e37_79b9));
             let mut mine: Vec<(String, Value)> = Vec::new(); // this client's acknowledged keys
@@ -87,7 +129,7 @@ async fn random_concurrent_movements_keep_every_promise() {
                 let node = rng.random_range(0..3);
                 match rng.random_range(0..100) {
                     // A new fiat movement.
-                    0..=54 => {
+                    0..=49 => {
                         let (user, wallet) = &fiat[rng.random_range(0..fiat.len())];
                         let key = format!("c{client}-{n}");
                         let amount = amount(&mut rng, false).to_string();
@@ -100,10 +142,72 @@ async fn random_concurrent_movements_keep_every_promise() {
                         };
                         record(&model, &mut mine, &key, wallet, kind, &amount, &body, field, &json!({
                             "node": node, "w": wallet, "a": amount, "k": key, "deposit": deposit, "user": user,
-                        }));
+                        }), limits[wallet]);
+                    }
+                    // Holds: a new one, or a capture (partial, final or of the rest) or a
+                    // void of one of this client's own.
+                    50..=59 => {
+                        let key = format!("c{client}-{n}");
+                        let open: Vec<String> = {
+                            let m = model.lock().unwrap();
+                            let mut open: Vec<String> = m.holds.iter()
+                                .filter(|(_, h)| h.active && h.client == client)
+                                .map(|(id, _)| id.clone()).collect();
+                            open.sort();
+                            open
+                        };
+                        if open.is_empty() || rng.random_bool(0.4) {
+                            let (user, wallet) = &fiat[rng.random_range(0..fiat.len())];
+                            let amount = amount(&mut rng, false);
+                            let body = common::gql_to(fleet.router(node), Some(&fleet.t.user(user)), AUTHORIZE,
+                                json!({"w": wallet, "a": amount.to_string(), "k": key})).await;
+                            let mut m = model.lock().unwrap();
+                            if body.get("errors").is_some() {
+                                assert_eq!(error_code(&body), "INSUFFICIENT_FUNDS", "seed {seed}: {key}: {body}");
+                                continue;
+                            }
+                            let hold = &body["data"]["authorizeHold"];
+                            assert_eq!(hold["status"], "ACTIVE", "{body}");
+                            m.holds.insert(hold["id"].as_str().unwrap().to_owned(), HeldMoney {
+                                client, wallet: wallet.clone(), user: user.clone(), amount, captured: Decimal::ZERO,
+                                active: true,
+                            });
+                            continue;
+                        }
+                        let id = open[rng.random_range(0..open.len())].clone();
+                        let held = model.lock().unwrap().holds[&id].clone();
+                        let token = fleet.t.user(&held.user);
+                        let remaining = held.amount - held.captured;
+                        match rng.random_range(0..4) {
+                            0 => {
+                                let body = common::gql_to(fleet.router(node), Some(&token), VOID, json!({"h": id, "k": key})).await;
+                                assert_eq!(body["data"]["voidHold"]["status"], "VOIDED", "seed {seed}: {body}");
+                                model.lock().unwrap().holds.get_mut(&id).unwrap().active = false;
+                            }
+                            choice => {
+                                // A part of it (sometimes final), or all that remains.
+                                let part = (remaining / Decimal::from(2)).round_dp(2);
+                                let (asked, fin) = match choice {
+                                    1 if part > Decimal::ZERO => (Some(part), false),
+                                    2 if part > Decimal::ZERO => (Some(part), true),
+                                    _ => (None, false),
+                                };
+                                let body = common::gql_to(fleet.router(node), Some(&token), CAPTURE,
+                                    json!({"h": id, "a": asked.map(|a| a.to_string()), "k": key, "f": fin})).await;
+                                let hold = &body["data"]["captureHold"];
+                                let moved = asked.unwrap_or(remaining);
+                                let mut m = model.lock().unwrap();
+                                let h = m.holds.get_mut(&id).unwrap();
+                                h.captured += moved;
+                                h.active = !fin && h.captured < h.amount;
+                                assert_eq!(hold["captured"].as_str().map(|c| c.parse::<Decimal>().unwrap()),
+                                           Some(h.captured), "seed {seed}: {body}");
+                                assert_eq!(hold["status"], if h.active { "ACTIVE" } else { "CAPTURED" }, "seed {seed}: {body}");
+                            }
+                        }
                     }
                     // A new crypto withdrawal.
-                    55..=69 => {
+                    60..=69 => {
                         let (user, wallet) = &crypto[rng.random_range(0..crypto.len())];
                         let key = format!("c{client}-{n}");
                         let amount = amount(&mut rng, true).to_string();
@@ -116,10 +220,10 @@ async fn random_concurrent_movements_keep_every_promise() {
                         .await;
                         record(&model, &mut mine, &key, wallet, "CRYPTO", &amount, &body, "cryptoWithdraw", &json!({
                             "node": node, "w": wallet, "a": amount, "k": key, "user": user, "crypto": true,
-                        }));
+                        }), Decimal::ZERO);
                     }
                     // A replay of an acknowledged request: the original, no second effect.
-                    70..=84 if !mine.is_empty() => {
+                    70..=82 if !mine.is_empty() => {
                         let (key, request) = mine[rng.random_range(0..mine.len())].clone();
                         let body = resend(&fleet, node, &request, None).await;
                         let promised = model.lock().unwrap().promised[&key].clone();
@@ -127,7 +231,7 @@ async fn random_concurrent_movements_keep_every_promise() {
                         assert_eq!(id, Some(json!(promised.id)), "seed {seed}: replay of {key}: {body}");
                     }
                     // The same key with another amount: a conflict, no effect.
-                    85..=92 if !mine.is_empty() => {
+                    83..=89 if !mine.is_empty() => {
                         let (key, request) = mine[rng.random_range(0..mine.len())].clone();
                         // Never the original amount: that would be a replay, not a conflict.
                         let other = (model.lock().unwrap().promised[&key].amount + Decimal::new(1, 2)).to_string();
@@ -171,16 +275,35 @@ async fn random_concurrent_movements_keep_every_promise() {
                     _ => -(p.amount + fee),
                 };
             }
+            let mut held = Decimal::ZERO;
+            for h in model.holds.values().filter(|h| &h.wallet == wallet) {
+                expected -= h.captured;
+                if h.active {
+                    held += h.amount - h.captured;
+                }
+            }
             let w = t
                 .ok(
                     &t.operator(),
-                    "query($w: ID!) { wallet(id: $w) { balance lockedBalance } }",
+                    "query($w: ID!) { wallet(id: $w) { balance lockedBalance heldBalance availableBalance \
+                     creditLimit } }",
                     json!({"w": wallet}),
                 )
                 .await["wallet"]
                 .clone();
-            let balance: Decimal = w["balance"].as_str().unwrap().parse().unwrap();
+            let figure = |f: &str| w[f].as_str().unwrap().parse::<Decimal>().unwrap();
+            let balance = figure("balance");
             assert_eq!(balance, expected, "seed {seed}: balance of {wallet}");
+            assert_eq!(
+                figure("heldBalance"),
+                held,
+                "seed {seed}: held balance of {wallet}"
+            );
+            assert!(
+                figure("availableBalance") >= Decimal::ZERO,
+                "seed {seed}: {w}"
+            );
+            assert!(balance >= -figure("creditLimit"), "seed {seed}: {w}");
             assert_eq!(
                 w["lockedBalance"]
                     .as_str()
@@ -227,6 +350,20 @@ async fn random_concurrent_movements_keep_every_promise() {
             .get(0);
         assert_eq!(rows, 0, "seed {seed}: refused {key} left no row");
     }
+    // Every capture is one journal row settling its hold.
+    for (id, h) in &model.holds {
+        let settled: Decimal = pg
+            .query_one(
+                "SELECT COALESCE(sum(amount), 0)::text FROM transactions WHERE settles_hold_id = $1",
+                &[&common::db_id(id)],
+            )
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+            .parse()
+            .unwrap();
+        assert_eq!(settled, h.captured, "seed {seed}: captures of hold {id}");
+    }
     assert!(
         model.promised.len() > 20 && !model.refused.is_empty(),
         "seed {seed}: the run exercised acceptances and refusals ({} / {})",
@@ -248,6 +385,7 @@ fn record(
     body: &Value,
     field: &str,
     request: &Value,
+    credit_limit: Decimal,
 ) {
     let mut model = model.lock().unwrap();
     if body.get("errors").is_some() {
@@ -268,7 +406,7 @@ fn record(
         let after: Decimal = row["balanceAfter"].as_str().unwrap().parse().unwrap();
         let moved = if kind == "DEPOSIT" { amount } else { -amount };
         assert_eq!(after - before, moved, "{body}");
-        assert!(after >= Decimal::ZERO, "{body}");
+        assert!(after >= -credit_limit, "{body}");
     } else {
         assert_eq!(row["status"], "PENDING", "{body}");
     }
