@@ -164,6 +164,7 @@ async fn random_concurrent_movements_keep_every_promise() {
                             let mut m = model.lock().unwrap();
                             if body.get("errors").is_some() {
                                 assert_eq!(error_code(&body), "INSUFFICIENT_FUNDS", "seed {seed}: {key}: {body}");
+                                m.refused.push(key);
                                 continue;
                             }
                             let hold = &body["data"]["authorizeHold"];
@@ -364,6 +365,11 @@ async fn random_concurrent_movements_keep_every_promise() {
             .unwrap();
         assert_eq!(settled, h.captured, "seed {seed}: captures of hold {id}");
     }
+    assert!(
+        model.holds.values().any(|h| h.captured > Decimal::ZERO),
+        "seed {seed}: the run captured holds ({} made)",
+        model.holds.len()
+    );
     assert!(
         model.promised.len() > 20 && !model.refused.is_empty(),
         "seed {seed}: the run exercised acceptances and refusals ({} / {})",
