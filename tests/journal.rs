@@ -41,12 +41,16 @@ async fn journal_rows_cannot_be_rewritten_or_deleted() {
     ] {
         refused(&c, sql).await;
     }
-    // Balances can never go negative, even by hand.
+    // Balances can never go below what the wallet may spend, even by hand: a wallet
+    // without credit never below zero.
     let err = c
         .batch_execute("UPDATE wallets SET balance = -1")
         .await
         .unwrap_err();
-    assert!(format!("{err:?}").contains("check"), "{err:?}");
+    assert!(
+        format!("{err:?}").contains("wallets_within_credit"),
+        "{err:?}"
+    );
     assert_eq!(t.balance(&w).await, "10.00");
     assert_eq!(t.assert_chain(&w).await, 1);
 }

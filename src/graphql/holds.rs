@@ -9,7 +9,7 @@ use super::error::ledger_error;
 use super::ids::{NodeType, decode_id, encode_id, fingerprint};
 use super::pagination::{ConnectionArgs, connection};
 use super::scalars::{DecimalScalar, MetadataScalar};
-use super::types::{TransactionObject, WalletObject, load_wallet, scope_key};
+use super::types::{TransactionObject, WalletObject, at_currency_scale, load_wallet, scope_key};
 use super::validators::Text;
 use super::{conn, deadline, require_operator, scope, state, viewer};
 use crate::ledger::hold::credit::{self, CreditLimitChange, CreditLimitRequest};
@@ -114,20 +114,20 @@ impl HoldObject {
         }
     }
     /// What was authorised.
-    async fn amount(&self) -> DecimalScalar {
-        self.0.amount.into()
+    async fn amount(&self, ctx: &Context<'_>) -> Result<DecimalScalar> {
+        scaled(ctx, self.0.wallet_id, self.0.amount).await
     }
     /// The sum of the captures.
-    async fn captured(&self) -> DecimalScalar {
-        self.0.captured.into()
+    async fn captured(&self, ctx: &Context<'_>) -> Result<DecimalScalar> {
+        scaled(ctx, self.0.wallet_id, self.0.captured).await
     }
     /// Still reserved: `amount - captured` while `ACTIVE`, zero after.
-    async fn remaining(&self) -> DecimalScalar {
-        self.0.remaining().into()
+    async fn remaining(&self, ctx: &Context<'_>) -> Result<DecimalScalar> {
+        scaled(ctx, self.0.wallet_id, self.0.remaining()).await
     }
     /// Given back by a void, the expiry or a final capture.
-    async fn released(&self) -> DecimalScalar {
-        self.0.released.into()
+    async fn released(&self, ctx: &Context<'_>) -> Result<DecimalScalar> {
+        scaled(ctx, self.0.wallet_id, self.0.released).await
     }
     async fn status(&self) -> HoldStatus {
         self.0.status.into()
@@ -164,7 +164,7 @@ impl HoldObject {
             .remove(&self.0.id)
             .unwrap_or_default()
             .into_iter()
-            .map(HoldEventObject)
+            .map(|e| HoldEventObject(e, self.0.wallet_id))
             .collect())
     }
     async fn created_at(&self) -> DateTime<Utc> {
@@ -175,8 +175,19 @@ impl HoldObject {
     }
 }
 
-/// One step of a hold's lifecycle.
-pub struct HoldEventObject(pub hold::HoldEvent);
+/// An amount of wallet `wallet_id`, with exactly its currency's decimals (a zero read
+/// back from Postgres has lost them).
+async fn scaled(
+    ctx: &Context<'_>,
+    wallet_id: i64,
+    amount: rust_decimal::Decimal,
+) -> Result<DecimalScalar> {
+    let wallet = load_wallet(ctx, wallet_id).await?;
+    Ok(at_currency_scale(ctx, &wallet.0.currency, amount))
+}
+
+/// One step of a hold's lifecycle (with its hold's wallet, for the currency).
+pub struct HoldEventObject(pub hold::HoldEvent, pub i64);
 
 #[Object(name = "HoldEvent")]
 impl HoldEventObject {
@@ -184,12 +195,12 @@ impl HoldEventObject {
         self.0.kind.into()
     }
     /// `AUTHORIZED`: the amount reserved; `CAPTURED`: the amount moved; otherwise zero.
-    async fn amount(&self) -> DecimalScalar {
-        self.0.amount.into()
+    async fn amount(&self, ctx: &Context<'_>) -> Result<DecimalScalar> {
+        scaled(ctx, self.1, self.0.amount).await
     }
     /// What this step gave back.
-    async fn released(&self) -> DecimalScalar {
-        self.0.released.into()
+    async fn released(&self, ctx: &Context<'_>) -> Result<DecimalScalar> {
+        scaled(ctx, self.1, self.0.released).await
     }
     /// `CAPTURED`: the movement on the hold's wallet.
     async fn transaction(&self, ctx: &Context<'_>) -> Result<Option<TransactionObject>> {
@@ -217,11 +228,11 @@ impl CreditLimitChangeObject {
     async fn id(&self) -> ID {
         ID(format!("CreditLimitChange:{}", self.0.id))
     }
-    async fn previous_limit(&self) -> DecimalScalar {
-        self.0.previous_limit.into()
+    async fn previous_limit(&self, ctx: &Context<'_>) -> Result<DecimalScalar> {
+        scaled(ctx, self.0.wallet_id, self.0.previous_limit).await
     }
-    async fn limit(&self) -> DecimalScalar {
-        self.0.new_limit.into()
+    async fn limit(&self, ctx: &Context<'_>) -> Result<DecimalScalar> {
+        scaled(ctx, self.0.wallet_id, self.0.new_limit).await
     }
     async fn reason(&self) -> &str {
         &self.0.reason

@@ -834,7 +834,7 @@ impl TokenRevocationObject {
 }
 
 /// A sum shown with the currency's decimals (an empty sum reads back as a bare 0).
-fn at_currency_scale(
+pub(crate) fn at_currency_scale(
     ctx: &Context<'_>,
     currency: &str,
     amount: rust_decimal::Decimal,

@@ -446,9 +446,11 @@ fn transfer_rows<'r>(
     ))
 }
 
-/// Whether `existing` is what `request` would have written.
+/// Whether `existing` is what `request` would have written (a hold's capture never is:
+/// it shares the wallet's keys, not its request).
 fn same_movement(existing: &JournalEntry, request: &MovementRequest) -> bool {
-    existing.wallet_id == request.wallet_id
+    existing.settles_hold_id.is_none()
+        && existing.wallet_id == request.wallet_id
         && existing.kind == request.direction.transaction_type()
         && existing.amount == request.amount
         && existing.description == request.description
@@ -463,6 +465,7 @@ fn transfer_replay(
     request: &TransferRequest,
 ) -> Result<Transfer, LedgerError> {
     let same_out = out.kind == TransactionType::TransferOut
+        && out.settles_hold_id.is_none()
         && out.amount == request.amount
         && out.description == request.description
         && request.annotation().matches(&out);

@@ -193,6 +193,9 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Flat withdrawal fees by currency code.
     pub withdrawal_fees: std::collections::BTreeMap<String, rust_decimal::Decimal>,
+    /// Run the hold expiry worker this often (None: holds never expire; tests that count
+    /// statements see only their own).
+    pub hold_expiry_poll: Option<Duration>,
 }
 
 impl Default for Options {
@@ -204,6 +207,7 @@ impl Default for Options {
             session_limits: Default::default(),
             request_timeout: Duration::from_secs(30),
             withdrawal_fees: Default::default(),
+            hold_expiry_poll: None,
             // Tests drive many mutations and queries as one user and as the back office;
             // the rate-limit tests set limits.
             rates: RateLimits {
@@ -251,7 +255,7 @@ impl Options {
             metrics: self.metrics.clone(),
             withdrawal_fees: self.withdrawal_fees.clone(),
             holds: Default::default(),
-            hold_expiry_poll: Some(std::time::Duration::from_millis(200)),
+            hold_expiry_poll: self.hold_expiry_poll,
         }
     }
 }

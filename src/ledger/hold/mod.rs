@@ -336,12 +336,7 @@ pub async fn capture(
                 row.settles_hold = Some(hold.id);
                 row.annotation.reference = hold.reference.as_deref();
                 row.annotation.metadata = hold.metadata.as_ref();
-                let out = settle(tx, wallet, &row, -(amount + release)).await?;
-                if let Some(to) = target {
-                    let mut into = row.clone();
-                    into.kind = TransactionType::TransferIn;
-                    store::append_with(tx, to, &into, Decimal::ZERO, Some(out.id)).await?;
-                }
+                let out = settle(tx, wallet, target, &row, -(amount + release)).await?;
                 let status = if ends {
                     HoldStatus::Captured
                 } else {
@@ -635,30 +630,63 @@ async fn change_held(
     Ok(())
 }
 
-/// Appends a capture's row to the locked `wallet`'s journal, changing its balance and its
-/// held balance in one statement: what the wallet has is unchanged, so a capture settles
-/// even where a lowered credit limit refuses new debits.
+/// Appends a capture's row to the locked `wallet`'s journal — and, for a held transfer,
+/// the receiving row to the locked `target`'s, in the same statement (the database wants
+/// a transfer's two sides inserted together) — changing the wallet's balance and held
+/// balance in one statement: what the wallet has is unchanged, so a capture settles even
+/// where a lowered credit limit refuses new debits. Returns the wallet's row.
 async fn settle(
     conn: &mut AsyncPgConnection,
     wallet: &Wallet,
+    target: Option<&Wallet>,
     row: &NewRow<'_>,
     held_change: Decimal,
 ) -> Result<JournalEntry, LedgerError> {
     let balances = row.balances(wallet.balance);
-    let at: DateTime<Utc> = diesel::update(wallets::table.find(wallet.id))
+    let at = set_balance(conn, wallet.id, balances.1, held_change).await?;
+    let mut entry = row.entry(wallet.id, balances, at);
+    let Some(target) = target else {
+        return Ok(diesel::insert_into(transactions::table)
+            .values(entry)
+            .returning(JournalEntry::as_returning())
+            .get_result(conn)
+            .await?);
+    };
+    let mut into = row.clone();
+    into.kind = TransactionType::TransferIn;
+    let target_balances = into.balances(target.balance);
+    let target_at = set_balance(conn, target.id, target_balances.1, Decimal::ZERO).await?;
+    let mut into = into.entry(target.id, target_balances, target_at);
+    let [out_id, in_id] = store::allocate_ids(conn, 2).await?[..] else {
+        return Err(LedgerError::Internal(
+            "two row ids asked, others given".into(),
+        ));
+    };
+    entry.id = Some(out_id);
+    into.id = Some(in_id);
+    into.counterpart_id = Some(out_id);
+    let rows = store::insert_batch(conn, &[entry, into]).await?;
+    rows.into_iter()
+        .find(|r| r.wallet_id == wallet.id)
+        .ok_or_else(|| LedgerError::Internal("a held transfer's sending row was not stored".into()))
+}
+
+/// Sets the locked wallet's balance and changes its held balance; returns its new time.
+async fn set_balance(
+    conn: &mut AsyncPgConnection,
+    wallet_id: i64,
+    balance: Decimal,
+    held_change: Decimal,
+) -> Result<DateTime<Utc>, LedgerError> {
+    Ok(diesel::update(wallets::table.find(wallet_id))
         .set((
-            wallets::balance.eq(Scaled(balances.1)),
+            wallets::balance.eq(Scaled(balance)),
             wallets::held_balance.eq(wallets::held_balance + Scaled(held_change)),
             wallets::updated_at.eq(diesel::dsl::sql::<Timestamptz>(
                 "GREATEST(clock_timestamp(), updated_at)",
             )),
         ))
         .returning(wallets::updated_at)
-        .get_result(conn)
-        .await?;
-    Ok(diesel::insert_into(transactions::table)
-        .values(row.entry(wallet.id, balances, at))
-        .returning(JournalEntry::as_returning())
         .get_result(conn)
         .await?)
 }
