@@ -853,3 +853,80 @@ async fn every_subscriber_gets_every_event_once_and_in_order_from_two_processes(
         );
     }
 }
+
+/// A hold's owner sees each step of the hold (`holdUpdated`) and each change of the
+/// available balance (`walletUpdated`): authorising and voiding move the held balance
+/// only, a capture the balance too. Another user sees nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_push_hold_and_wallet_events_to_their_owner_only() {
+    const HOLD_SUB: &str = "subscription($w: ID) { holdUpdated(walletId: $w) {
+      id status amount captured remaining wallet { id } } }";
+    const BALANCES: &str = "subscription($w: ID!) { walletUpdated(walletId: $w) {
+      balance heldBalance availableBalance } }";
+    let t = TestApp::new().await;
+    let url = t.serve().await;
+    let wallet = t.create_wallet("alice", "USD").await;
+    t.deposit(&wallet, "50.00", "fund").await;
+    let mut ws = WsClient::authenticated(&url, &t.user("alice")).await;
+    ws.subscribe("h", HOLD_SUB, json!({ "w": wallet })).await;
+    ws.subscribe("w", BALANCES, json!({ "w": wallet })).await;
+    let mut bob = WsClient::authenticated(&url, &t.user("bob")).await;
+    bob.subscribe("h", HOLD_SUB, json!({ "w": null })).await;
+    subscribed(&t.app, 3).await;
+
+    let alice = t.user("alice");
+    let hold = t
+        .ok(
+            &alice,
+            "mutation($w: ID!) { authorizeHold(input: {walletId: $w, amount: \"20.00\",
+               idempotencyKey: \"h-1\"}) { id } }",
+            json!({ "w": wallet }),
+        )
+        .await["authorizeHold"]["id"]
+        .clone();
+    let got = collect(&mut ws, 2).await;
+    let h = &got["h"][0]["holdUpdated"];
+    assert_eq!(h["id"], hold);
+    assert_eq!(h["status"], "ACTIVE");
+    assert_eq!(h["remaining"], "20.00");
+    assert_eq!(h["wallet"]["id"], wallet.as_str());
+    assert_eq!(
+        got["w"][0]["walletUpdated"],
+        json!({"balance": "50.00", "heldBalance": "20.00", "availableBalance": "30.00"})
+    );
+
+    t.ok(
+        &alice,
+        "mutation($h: ID!) { captureHold(input: {holdId: $h, amount: \"5.00\",
+           idempotencyKey: \"c-1\"}) { id } }",
+        json!({ "h": hold }),
+    )
+    .await;
+    let got = collect(&mut ws, 2).await;
+    let h = &got["h"][0]["holdUpdated"];
+    assert_eq!(
+        (&h["captured"], &h["remaining"]),
+        (&json!("5.00"), &json!("15.00"))
+    );
+    assert_eq!(
+        got["w"][0]["walletUpdated"],
+        json!({"balance": "45.00", "heldBalance": "15.00", "availableBalance": "30.00"})
+    );
+
+    t.ok(
+        &alice,
+        "mutation($h: ID!) { voidHold(input: {holdId: $h, idempotencyKey: \"v-1\"}) { id } }",
+        json!({ "h": hold }),
+    )
+    .await;
+    let got = collect(&mut ws, 2).await;
+    assert_eq!(got["h"][0]["holdUpdated"]["status"], "VOIDED");
+    assert_eq!(
+        got["w"][0]["walletUpdated"],
+        json!({"balance": "45.00", "heldBalance": "0.00", "availableBalance": "45.00"})
+    );
+    assert!(
+        bob.next_within(Duration::from_millis(500)).await.is_none(),
+        "another user's subscription sees nothing of alice's hold"
+    );
+}
