@@ -1055,3 +1055,36 @@ async fn a_hold_expires_after_a_restart() {
         json!({"balance": "20.00", "heldBalance": "0.00", "availableBalance": "20.00"})
     );
 }
+
+/// Reconciliation counts a capture like any withdrawal, holds that moved nothing not at
+/// all, and a negative balance like any other.
+#[tokio::test(flavor = "multi_thread")]
+async fn reconciliation_counts_captures_and_negative_balances() {
+    const RECONCILE: &str = "mutation($w: ID!, $b: Decimal!) { reconcileWallet(input: {
+      walletId: $w, startTime: \"2000-01-01T00:00:00Z\", endTime: \"2100-01-01T00:00:00Z\",
+      externalBalance: $b}) { status systemBalance difference } }";
+    let t = TestApp::new().await;
+    let w = t.create_wallet("alice", "USD").await;
+    let (alice, r) = (t.user("alice"), &t.router);
+    t.deposit(&w, "30.00", "fund").await;
+    set_limit(&t, &w, "50.00", "cl", "line").await;
+    let id = held(r, &alice, ask(&w, "70.00", "h")).await;
+    captured(r, &alice, &id, Some("45.50"), "c").await;
+    // A second hold, still active: reserved, not moved.
+    held(r, &alice, ask(&w, "4.00", "h-2")).await;
+    let reconcile = |external: &'static str| {
+        let t = &t;
+        let w = w.clone();
+        async move {
+            t.ok(&t.operator(), RECONCILE, json!({"w": w, "b": external}))
+                .await["reconcileWallet"]
+                .clone()
+        }
+    };
+    assert_eq!(
+        reconcile("-15.50").await,
+        json!({"status": "MATCHED", "systemBalance": "-15.50", "difference": "0.00"})
+    );
+    assert_eq!(reconcile("30.00").await["status"], "MISMATCH");
+    t.assert_balanced().await;
+}
