@@ -3,7 +3,7 @@
 
 use async_graphql::connection::Connection;
 use async_graphql::{Context, Enum, ID, InputObject, Object, Result};
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 
 use super::error::ledger_error;
 use super::ids::{NodeType, decode_id, encode_id, fingerprint};
@@ -13,8 +13,10 @@ use super::types::{TransactionObject, WalletObject, at_currency_scale, load_wall
 use super::validators::Text;
 use super::{conn, deadline, require_operator, scope, state, viewer};
 use crate::ledger::hold::credit::{self, CreditLimitChange, CreditLimitRequest};
-use crate::ledger::hold::{self, AuthorizeRequest, CaptureRequest, Hold, VoidRequest};
-use crate::ledger::{Cursor, ListScope, input, outcome};
+use crate::ledger::hold::{
+    self, AuthorizeRequest, CaptureRequest, Hold, HoldOp, HoldRequest, Located, VoidRequest,
+};
+use crate::ledger::{Cursor, ListScope, Scope, input, outcome};
 
 #[derive(Enum, Clone, Copy, PartialEq, Eq)]
 #[graphql(remote = "crate::ledger::hold::HoldStatus")]
@@ -292,7 +294,6 @@ pub async fn credit_limit_changes_connection(
 
 pub async fn authorize_hold(ctx: &Context<'_>, input: AuthorizeHoldInput) -> Result<HoldObject> {
     let scope = scope(ctx)?;
-    let actor = viewer(ctx)?.user_id.clone();
     let request = AuthorizeRequest {
         wallet_id: decode_id(&input.wallet_id, NodeType::Wallet)?,
         to_wallet_id: input
@@ -302,47 +303,54 @@ pub async fn authorize_hold(ctx: &Context<'_>, input: AuthorizeHoldInput) -> Res
             .transpose()?,
         amount: input.amount.0,
         key: input.idempotency_key,
-        expires_at: input.expires_at,
+        // Stored with microseconds: a replay must compare equal.
+        expires_at: input.expires_at.map(|at| at.trunc_subsecs(6)),
         description: input.description,
         reference: input.reference,
         metadata: input.metadata.map(|m| m.0),
+        policy: state(ctx).holds,
     };
-    let (currencies, policy) = (state(ctx).currencies.clone(), state(ctx).holds);
-    let hold = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
-        hold::authorize(&mut c, &currencies, &policy, (&scope, &actor), request).await
-    })
-    .await?;
-    Ok(HoldObject(hold))
+    submit(ctx, scope, HoldOp::Authorize(request)).await
 }
 
 pub async fn capture_hold(ctx: &Context<'_>, input: CaptureHoldInput) -> Result<HoldObject> {
     let scope = scope(ctx)?;
-    let actor = viewer(ctx)?.user_id.clone();
     let request = CaptureRequest {
         hold_id: decode_id(&input.hold_id, NodeType::Hold)?,
         amount: input.amount.map(|a| a.0),
         key: input.idempotency_key,
         final_capture: input.r#final.unwrap_or(false),
     };
-    let currencies = state(ctx).currencies.clone();
-    let hold = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
-        hold::capture(&mut c, &currencies, (&scope, &actor), &request).await
-    })
-    .await?;
-    Ok(HoldObject(hold))
+    let located = locate(ctx, &scope, request.hold_id).await?;
+    submit(ctx, scope, HoldOp::Capture(request, located)).await
 }
 
 pub async fn void_hold(ctx: &Context<'_>, input: VoidHoldInput) -> Result<HoldObject> {
     let scope = scope(ctx)?;
-    let actor = viewer(ctx)?.user_id.clone();
     let request = VoidRequest {
         hold_id: decode_id(&input.hold_id, NodeType::Hold)?,
         key: input.idempotency_key,
     };
-    let hold = outcome::detached(&state(ctx).pool, deadline(ctx), move |mut c| async move {
-        hold::void(&mut c, (&scope, &actor), &request).await
-    })
-    .await?;
+    let located = locate(ctx, &scope, request.hold_id).await?;
+    submit(ctx, scope, HoldOp::Void(request, located)).await
+}
+
+/// What a capture or void needs of its hold before the committer locks it.
+async fn locate(ctx: &Context<'_>, scope: &Scope, hold_id: i64) -> Result<Located> {
+    let mut c = conn(ctx).await?;
+    Ok(hold::locate(&mut c, scope, hold_id).await?)
+}
+
+/// Through the group committer, like every movement.
+async fn submit(ctx: &Context<'_>, scope: Scope, op: HoldOp) -> Result<HoldObject> {
+    let request = HoldRequest {
+        op,
+        actor: viewer(ctx)?.user_id.clone(),
+    };
+    let hold = state(ctx)
+        .committer
+        .hold(scope, request, deadline(ctx))
+        .await?;
     Ok(HoldObject(hold))
 }
 

@@ -49,6 +49,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::fixed_sql;
+use super::hold::{Hold, HoldRequest};
 use super::judge::{self, Decided, Done, Judge, Request, Verdict};
 use super::movement::{Movement, MovementRequest};
 use super::store::{self, batch as batch_store};
@@ -172,6 +173,19 @@ impl Committer {
         let request = Request::Transfer(request);
         request.check_shape()?;
         self.submit(scope, request, deadline).await?.into_transfer()
+    }
+
+    /// Applies an authorisation, capture or void of a hold exactly once per key, as part
+    /// of a batch like any movement, answering by `deadline` like [`Committer::execute`].
+    pub async fn hold(
+        &self,
+        scope: Scope,
+        request: HoldRequest,
+        deadline: Instant,
+    ) -> Result<Hold, LedgerError> {
+        let request = Request::Hold(Box::new(request));
+        request.check_shape()?;
+        self.submit(scope, request, deadline).await?.into_hold()
     }
 
     async fn submit(
@@ -480,7 +494,7 @@ pub(crate) async fn apply_alone(
     let mut judge = Judge::new(currencies, fetched.state);
     let verdict = judge.judge(scope, request);
     let decided = judge.decided(fetched.clock);
-    let stored = match decided.rows.is_empty() {
+    let stored = match decided.is_empty() {
         true => Vec::new(),
         false => batch_store::write(conn, &decided, &fetched.ids).await?,
     };
@@ -522,7 +536,7 @@ async fn write_and_commit(
 ) -> Result<Vec<JournalEntry>, BatchFailed> {
     let mut pipe: &AsyncPgConnection = conn;
     let commit = fixed_sql::statement(&["COMMIT"], vec![]);
-    if decided.rows.is_empty() {
+    if decided.is_empty() {
         // Only replays and refusals: nothing to write.
         commit
             .execute(&mut pipe)

@@ -38,6 +38,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
+use super::hold::{Hold, HoldEvent, HoldEventKind, HoldOp, HoldRequest, HoldStatus, decide};
 use super::models::Scaled;
 use super::movement::{Direction, Movement, MovementRequest};
 use super::reversal::ReversalRequest;
@@ -53,6 +54,8 @@ use super::{
 pub enum Request {
     Movement(MovementRequest),
     Transfer(TransferRequest),
+    /// An authorisation, capture or void of a fiat hold (see [`super::hold`]).
+    Hold(Box<HoldRequest>),
 }
 
 /// What a request did. (One per request, moved once: the size difference between the
@@ -62,6 +65,8 @@ pub enum Request {
 pub enum Done {
     Movement(Movement),
     Transfer(Transfer),
+    /// The hold as the request left it (a replay: as it is now).
+    Hold(Box<Hold>),
 }
 
 impl Request {
@@ -70,6 +75,7 @@ impl Request {
         match self {
             Request::Movement(m) => m.wallet_id,
             Request::Transfer(t) => t.from_wallet_id,
+            Request::Hold(h) => h.wallet_id(),
         }
     }
 
@@ -77,6 +83,7 @@ impl Request {
         match self {
             Request::Movement(m) => &m.key,
             Request::Transfer(t) => &t.key,
+            Request::Hold(h) => h.key(),
         }
     }
 
@@ -85,6 +92,19 @@ impl Request {
         match self {
             Request::Movement(m) => vec![m.wallet_id],
             Request::Transfer(t) => vec![t.from_wallet_id, t.to_wallet_id],
+            Request::Hold(h) => std::iter::once(h.wallet_id())
+                .chain(h.to_wallet_id())
+                .collect(),
+        }
+    }
+
+    /// The other wallet the request touches, anyone's: a transfer's target, a held
+    /// transfer's.
+    pub fn target(&self) -> Option<i64> {
+        match self {
+            Request::Movement(_) => None,
+            Request::Transfer(t) => Some(t.to_wallet_id),
+            Request::Hold(h) => h.to_wallet_id(),
         }
     }
 
@@ -93,6 +113,10 @@ impl Request {
         match self {
             Request::Movement(_) => 1,
             Request::Transfer(_) => 2,
+            Request::Hold(h) => match h.op {
+                HoldOp::Capture(..) => 2,
+                HoldOp::Authorize(_) | HoldOp::Void(..) => 0,
+            },
         }
     }
 
@@ -102,6 +126,7 @@ impl Request {
         let (key, description, amount, reference, metadata) = match self {
             Request::Movement(m) => (&m.key, &m.description, m.amount, &m.reference, &m.metadata),
             Request::Transfer(t) => (&t.key, &t.description, t.amount, &t.reference, &t.metadata),
+            Request::Hold(h) => return h.check_shape(),
         };
         input::check_movement("idempotencyKey", key, description.as_deref(), amount)?;
         input::check_annotation(reference.as_deref(), metadata.as_ref())?;
@@ -120,8 +145,8 @@ impl Done {
     pub fn into_movement(self) -> Result<Movement, LedgerError> {
         match self {
             Done::Movement(m) => Ok(m),
-            Done::Transfer(_) => Err(LedgerError::Internal(
-                "a movement answered as a transfer".into(),
+            _ => Err(LedgerError::Internal(
+                "a movement answered as something else".into(),
             )),
         }
     }
@@ -129,8 +154,17 @@ impl Done {
     pub fn into_transfer(self) -> Result<Transfer, LedgerError> {
         match self {
             Done::Transfer(t) => Ok(t),
-            Done::Movement(_) => Err(LedgerError::Internal(
-                "a transfer answered as a movement".into(),
+            _ => Err(LedgerError::Internal(
+                "a transfer answered as something else".into(),
+            )),
+        }
+    }
+
+    pub fn into_hold(self) -> Result<Hold, LedgerError> {
+        match self {
+            Done::Hold(h) => Ok(*h),
+            _ => Err(LedgerError::Internal(
+                "a hold request answered as something else".into(),
             )),
         }
     }
@@ -145,6 +179,40 @@ pub struct Prefetched {
     pub journaled: HashMap<(i64, String), JournalEntry>,
     /// The receiving sides of the transfers among `journaled`, by sending row id.
     pub received: HashMap<i64, JournalEntry>,
+    /// The holds captures and voids name, locked (after the wallets), by id.
+    pub holds: HashMap<i64, Hold>,
+    /// Holds already authorised under the authorisations' keys, by (wallet, key).
+    pub holds_by_key: HashMap<(i64, String), Hold>,
+    /// Events already recorded under the captures' and voids' keys, by (hold, key).
+    pub hold_events: HashMap<(i64, String), HoldEvent>,
+    /// Ids for the holds the batch may authorise, ascending.
+    pub hold_ids: Vec<i64>,
+    /// The database's clock after the locks: the batch's time.
+    pub clock: DateTime<Utc>,
+}
+
+/// A step of a hold's lifecycle the batch records.
+#[derive(Clone, Debug)]
+pub struct NewHoldEvent<'a> {
+    pub hold_id: i64,
+    pub kind: HoldEventKind,
+    pub amount: Decimal,
+    pub released: Decimal,
+    /// A capture's row: its index among the batch's rows.
+    pub row: Option<usize>,
+    pub key: Option<&'a str>,
+    pub requested: Option<Decimal>,
+    pub final_capture: bool,
+    pub actor: &'a str,
+}
+
+/// A wallet the batch changes: its new balance, held balance and time.
+#[derive(Clone, Copy, Debug)]
+pub struct Touched {
+    pub wallet_id: i64,
+    pub balance: Scaled,
+    pub held: Scaled,
+    pub at: DateTime<Utc>,
 }
 
 /// A journal row a batch writes.
@@ -167,6 +235,8 @@ pub enum Verdict {
     Replay(Box<Done>),
     /// The same key and request earlier in this batch: its rows.
     ReplayOfInsert(usize),
+    /// A hold request's answer: the hold as it left it (or as it is, for a replay).
+    Hold(Box<Hold>),
     Refused(LedgerError),
 }
 
@@ -177,14 +247,38 @@ pub struct Judge<'a> {
     rows: Vec<Row<'a>>,
     /// The first row of each request this batch inserts, by (wallet, key).
     earlier: HashMap<(i64, &'a str), usize>,
+    /// Wallets whose balance or held balance the batch changes, in first-touched order.
+    touched: Vec<i64>,
+    /// Holds the batch authorises, in order.
+    new_holds: Vec<Hold>,
+    /// Each authorisation of this batch, by (wallet, key): its index in `new_holds`.
+    earlier_holds: HashMap<(i64, &'a str), usize>,
+    /// Prefetched holds the batch changes, in first-changed order.
+    changed_holds: Vec<i64>,
+    events: Vec<NewHoldEvent<'a>>,
+    /// Each capture's and void's event of this batch, by (hold, key).
+    earlier_events: HashMap<(i64, &'a str), usize>,
 }
 
-/// A judged batch: the rows to write, and each touched wallet's new balance.
+/// A judged batch: the rows to write, each touched wallet's new balances, and the holds.
 #[derive(Debug)]
 pub struct Decided<'a> {
     pub rows: Vec<Row<'a>>,
-    /// Each touched wallet's new balance and time, in first-touched order.
-    pub touched: Vec<(i64, Scaled, DateTime<Utc>)>,
+    /// Each touched wallet's new balances and time, in first-touched order.
+    pub touched: Vec<Touched>,
+    /// Holds authorised, to insert.
+    pub new_holds: Vec<Hold>,
+    /// Holds captured or voided, as the batch leaves them.
+    pub changed_holds: Vec<Hold>,
+    /// Their lifecycles' new steps, in order.
+    pub events: Vec<NewHoldEvent<'a>>,
+}
+
+impl Decided<'_> {
+    /// Whether the batch writes nothing (replays and refusals only).
+    pub fn is_empty(&self) -> bool {
+        self.touched.is_empty() && self.changed_holds.is_empty()
+    }
 }
 
 impl<'a> Judge<'a> {
@@ -194,60 +288,391 @@ impl<'a> Judge<'a> {
             state,
             rows: Vec::new(),
             earlier: HashMap::new(),
+            touched: Vec::new(),
+            new_holds: Vec::new(),
+            earlier_holds: HashMap::new(),
+            changed_holds: Vec::new(),
+            events: Vec::new(),
+            earlier_events: HashMap::new(),
         }
     }
 
     /// Decides `request` (its shape already checked) made by a caller with `scope`, and
     /// applies its rows to the running balances.
     pub fn judge(&mut self, scope: &Scope, request: &'a Request) -> Verdict {
+        if let Request::Hold(hold) = request {
+            return match self.judge_hold(scope, hold) {
+                Ok(hold) => Verdict::Hold(Box::new(hold)),
+                Err(e) => Verdict::Refused(e),
+            };
+        }
         match self.decide(scope, request) {
-            Ok(Decision::New(new_rows)) => {
-                let first = self.rows.len();
-                for (wallet_id, row) in new_rows {
-                    let Some(wallet) = self.state.wallets.get_mut(&wallet_id) else {
-                        return Verdict::Refused(LedgerError::Internal(
-                            "a judged wallet is not locked".into(),
-                        ));
-                    };
-                    let around = row.balances(wallet.balance);
-                    wallet.balance = around.1;
-                    // A transfer's receiving row names the sending row just before it.
-                    let counterpart = (row.kind == TransactionType::TransferIn)
-                        .then(|| self.rows.len().checked_sub(1))
-                        .flatten();
-                    self.rows.push(Row {
-                        wallet_id,
-                        row,
-                        around,
-                        counterpart,
-                    });
+            Ok(Decision::New(new_rows)) => match self.append(new_rows) {
+                Ok(first) => {
+                    self.earlier
+                        .insert((request.keyed_wallet(), request.key()), first);
+                    Verdict::Insert(first)
                 }
-                self.earlier
-                    .insert((request.keyed_wallet(), request.key()), first);
-                Verdict::Insert(first)
-            }
+                Err(e) => Verdict::Refused(e),
+            },
             Ok(Decision::Replay(done)) => Verdict::Replay(done),
             Ok(Decision::ReplayOfInsert(i)) => Verdict::ReplayOfInsert(i),
             Err(e) => Verdict::Refused(e),
         }
     }
 
-    /// The rows to write and the new balances. Each touched wallet's time is `clock`
-    /// (the batch's, read from the database after the locks) or the wallet's own if that
-    /// is later: a wallet's time never runs backwards.
-    pub fn decided(self, clock: DateTime<Utc>) -> Decided<'a> {
-        let mut touched: Vec<(i64, Scaled, DateTime<Utc>)> = Vec::new();
-        for r in &self.rows {
-            if !touched.iter().any(|(id, _, _)| *id == r.wallet_id)
-                && let Some(w) = self.state.wallets.get(&r.wallet_id)
-            {
-                touched.push((r.wallet_id, Scaled(w.balance), clock.max(w.updated_at)));
-            }
+    /// Appends rows to the batch, each to its wallet's running balance; returns the index
+    /// of the first.
+    fn append(&mut self, new_rows: Vec<(i64, NewRow<'a>)>) -> Result<usize, LedgerError> {
+        let first = self.rows.len();
+        for (wallet_id, row) in new_rows {
+            let Some(wallet) = self.state.wallets.get_mut(&wallet_id) else {
+                return Err(LedgerError::Internal(
+                    "a judged wallet is not locked".into(),
+                ));
+            };
+            let around = row.balances(wallet.balance);
+            wallet.balance = around.1;
+            // A transfer's receiving row names the sending row just before it.
+            let counterpart = (row.kind == TransactionType::TransferIn)
+                .then(|| self.rows.len().checked_sub(1))
+                .flatten();
+            self.rows.push(Row {
+                wallet_id,
+                row,
+                around,
+                counterpart,
+            });
+            self.touch(wallet_id);
         }
+        Ok(first)
+    }
+
+    fn touch(&mut self, wallet_id: i64) {
+        if !self.touched.contains(&wallet_id) {
+            self.touched.push(wallet_id);
+        }
+    }
+
+    /// Changes the running held balance of a locked wallet.
+    fn hold_funds(&mut self, wallet_id: i64, change: Decimal) -> Result<(), LedgerError> {
+        let wallet = self
+            .state
+            .wallets
+            .get_mut(&wallet_id)
+            .ok_or_else(|| LedgerError::Internal("a judged wallet is not locked".into()))?;
+        wallet.held_balance += change;
+        self.touch(wallet_id);
+        Ok(())
+    }
+
+    /// The rows to write, the new balances and the holds. Each touched wallet's time is
+    /// `clock` (the batch's, read from the database after the locks) or the wallet's own
+    /// if that is later: a wallet's time never runs backwards.
+    pub fn decided(self, clock: DateTime<Utc>) -> Decided<'a> {
+        let touched = self
+            .touched
+            .iter()
+            .filter_map(|id| self.state.wallets.get(id))
+            .map(|w| Touched {
+                wallet_id: w.id,
+                balance: Scaled(w.balance),
+                held: Scaled(w.held_balance),
+                at: clock.max(w.updated_at),
+            })
+            .collect();
+        let changed_holds = self
+            .changed_holds
+            .iter()
+            .filter_map(|id| self.state.holds.get(id).cloned())
+            .collect();
         Decided {
             rows: self.rows,
             touched,
+            new_holds: self.new_holds,
+            changed_holds,
+            events: self.events,
         }
+    }
+
+    /// A hold request, judged against the running balances and holds (see [`decide`] for
+    /// each one's order of refusals).
+    fn judge_hold(&mut self, scope: &Scope, request: &'a HoldRequest) -> Result<Hold, LedgerError> {
+        let clock = self.state.clock;
+        let missing = match request.op {
+            HoldOp::Authorize(_) => "wallet",
+            HoldOp::Capture(..) | HoldOp::Void(..) => "hold",
+        };
+        let wallet = self
+            .state
+            .wallets
+            .get(&request.wallet_id())
+            .filter(|w| scope.owner().is_none_or(|owner| w.user_id == owner))
+            .ok_or(LedgerError::NotFound(missing))?
+            .clone();
+        let actor = request.actor.as_str();
+        match &request.op {
+            HoldOp::Authorize(r) => {
+                if let Some(&i) = self.earlier_holds.get(&(wallet.id, r.key.as_str())) {
+                    let earlier = &self.new_holds[i];
+                    // The same key earlier in this batch: the hold it made, as it is.
+                    return match decide::authorize(
+                        self.currencies,
+                        &r.policy,
+                        &wallet,
+                        None,
+                        Some(earlier),
+                        r,
+                        clock,
+                    )? {
+                        decide::Authorization::Replay => Ok(earlier.clone()),
+                        decide::Authorization::New { .. } => {
+                            Err(LedgerError::Internal("a key decided twice".into()))
+                        }
+                    };
+                }
+                let existing = self.state.holds_by_key.get(&(wallet.id, r.key.clone()));
+                let target = r.to_wallet_id.map(|id| self.state.wallets.get(&id));
+                match decide::authorize(
+                    self.currencies,
+                    &r.policy,
+                    &wallet,
+                    target,
+                    existing,
+                    r,
+                    clock,
+                )? {
+                    decide::Authorization::Replay => existing
+                        .cloned()
+                        .ok_or_else(|| LedgerError::Internal("a replay without its hold".into())),
+                    decide::Authorization::New { amount, expires_at } => {
+                        let id = self
+                            .state
+                            .hold_ids
+                            .get(self.new_holds.len())
+                            .copied()
+                            .ok_or_else(|| {
+                                LedgerError::Internal("fewer hold ids taken than holds".into())
+                            })?;
+                        self.hold_funds(wallet.id, amount)?;
+                        let zero = Decimal::ZERO * amount;
+                        let hold = Hold {
+                            id,
+                            wallet_id: wallet.id,
+                            to_wallet_id: r.to_wallet_id,
+                            amount,
+                            captured: zero,
+                            released: zero,
+                            status: HoldStatus::Active,
+                            idempotency_key: r.key.clone(),
+                            expires_at,
+                            description: r.description.clone(),
+                            reference: r.reference.clone(),
+                            metadata: r.metadata.clone(),
+                            created_by: actor.to_owned(),
+                            created_at: clock,
+                            updated_at: clock,
+                        };
+                        self.events.push(NewHoldEvent {
+                            hold_id: id,
+                            kind: HoldEventKind::Authorized,
+                            amount,
+                            released: zero,
+                            row: None,
+                            key: None,
+                            requested: None,
+                            final_capture: false,
+                            actor,
+                        });
+                        self.earlier_holds
+                            .insert((wallet.id, r.key.as_str()), self.new_holds.len());
+                        self.new_holds.push(hold.clone());
+                        Ok(hold)
+                    }
+                }
+            }
+            HoldOp::Capture(r, located) => {
+                let hold = self.locked_hold(r.hold_id, wallet.id)?;
+                let prior = self.prior_event(hold.id, &r.key);
+                // The key names another row of the wallet: journaled, or earlier here.
+                let key_used = self
+                    .state
+                    .journaled
+                    .contains_key(&(wallet.id, r.key.clone()))
+                    || self.earlier.contains_key(&(wallet.id, r.key.as_str()));
+                let currency = self
+                    .currencies
+                    .get(&wallet.currency)
+                    .ok_or_else(|| LedgerError::CurrencyNotSupported(wallet.currency.clone()))?;
+                let target = match hold.to_wallet_id {
+                    Some(id) => Some(
+                        self.state
+                            .wallets
+                            .get(&id)
+                            .ok_or_else(|| {
+                                LedgerError::Internal("a hold's target is not locked".into())
+                            })?
+                            .clone(),
+                    ),
+                    None => None,
+                };
+                match decide::capture(
+                    currency,
+                    &hold,
+                    prior.as_ref(),
+                    key_used,
+                    target.as_ref(),
+                    r,
+                    clock,
+                )? {
+                    decide::Capture::Replay => Ok(hold),
+                    decide::Capture::New {
+                        amount,
+                        release,
+                        ends,
+                    } => {
+                        let kind = match target {
+                            Some(_) => TransactionType::TransferOut,
+                            None => TransactionType::Withdraw,
+                        };
+                        let mut row = NewRow::fiat(
+                            kind,
+                            amount,
+                            &r.key,
+                            located.description.as_deref(),
+                            currency.scale(),
+                        );
+                        row.settles_hold = Some(hold.id);
+                        row.annotation.reference = located.reference.as_deref();
+                        row.annotation.metadata = located.metadata.as_ref();
+                        let mut rows = vec![(wallet.id, row.clone())];
+                        if let Some(t) = &target {
+                            row.kind = TransactionType::TransferIn;
+                            rows.push((t.id, row));
+                        }
+                        let first = self.append(rows)?;
+                        self.earlier.insert((wallet.id, r.key.as_str()), first);
+                        self.hold_funds(wallet.id, -(amount + release))?;
+                        let hold = self.change_hold(
+                            hold.id,
+                            |h| {
+                                h.captured += amount;
+                                h.released = release;
+                                if ends {
+                                    h.status = HoldStatus::Captured;
+                                }
+                            },
+                            clock,
+                        )?;
+                        self.record(NewHoldEvent {
+                            hold_id: hold.id,
+                            kind: HoldEventKind::Captured,
+                            amount,
+                            released: release,
+                            row: Some(first),
+                            key: Some(&r.key),
+                            requested: r.amount,
+                            final_capture: r.final_capture,
+                            actor,
+                        });
+                        Ok(hold)
+                    }
+                }
+            }
+            HoldOp::Void(r, _) => {
+                let hold = self.locked_hold(r.hold_id, wallet.id)?;
+                let prior = self.prior_event(hold.id, &r.key);
+                match decide::void(&hold, prior.as_ref(), r, clock)? {
+                    decide::Void::Replay => Ok(hold),
+                    decide::Void::Release(remaining) => {
+                        self.hold_funds(wallet.id, -remaining)?;
+                        let hold = self.change_hold(
+                            hold.id,
+                            |h| {
+                                h.released = remaining;
+                                h.status = HoldStatus::Voided;
+                            },
+                            clock,
+                        )?;
+                        self.record(NewHoldEvent {
+                            hold_id: hold.id,
+                            kind: HoldEventKind::Voided,
+                            amount: Decimal::ZERO * remaining,
+                            released: remaining,
+                            row: None,
+                            key: Some(&r.key),
+                            requested: None,
+                            final_capture: false,
+                            actor,
+                        });
+                        Ok(hold)
+                    }
+                }
+            }
+        }
+    }
+
+    /// The locked hold a capture or void names, as the batch has left it so far.
+    fn locked_hold(&self, id: i64, wallet_id: i64) -> Result<Hold, LedgerError> {
+        self.state
+            .holds
+            .get(&id)
+            .filter(|h| h.wallet_id == wallet_id)
+            .cloned()
+            .ok_or(LedgerError::NotFound("hold"))
+    }
+
+    /// The event a capture's or void's key already names on the hold: earlier in this
+    /// batch, or recorded before.
+    fn prior_event(&self, hold_id: i64, key: &str) -> Option<HoldEvent> {
+        if let Some(&i) = self.earlier_events.get(&(hold_id, key)) {
+            let e = &self.events[i];
+            return Some(HoldEvent {
+                id: 0,
+                hold_id,
+                kind: e.kind,
+                amount: e.amount,
+                released: e.released,
+                transaction_id: None,
+                idempotency_key: e.key.map(str::to_owned),
+                requested: e.requested,
+                final_capture: e.final_capture,
+                actor: e.actor.to_owned(),
+                created_at: self.state.clock,
+            });
+        }
+        self.state
+            .hold_events
+            .get(&(hold_id, key.to_owned()))
+            .cloned()
+    }
+
+    fn change_hold(
+        &mut self,
+        id: i64,
+        change: impl FnOnce(&mut Hold),
+        clock: DateTime<Utc>,
+    ) -> Result<Hold, LedgerError> {
+        let hold = self
+            .state
+            .holds
+            .get_mut(&id)
+            .ok_or_else(|| LedgerError::Internal("a judged hold is not locked".into()))?;
+        change(hold);
+        hold.updated_at = clock.max(hold.updated_at);
+        let hold = hold.clone();
+        if !self.changed_holds.contains(&id) {
+            self.changed_holds.push(id);
+        }
+        Ok(hold)
+    }
+
+    fn record(&mut self, event: NewHoldEvent<'a>) {
+        if let Some(key) = event.key {
+            self.earlier_events
+                .insert((event.hold_id, key), self.events.len());
+        }
+        self.events.push(event);
     }
 
     /// Precedence 1 to 8 (see the module's table).
@@ -310,6 +735,9 @@ impl<'a> Judge<'a> {
                 let (out, into) = transfer_rows(self.currencies, wallet, to, request)?;
                 Ok(Decision::New(vec![(wallet.id, out), (to.id, into)]))
             }
+            Request::Hold(_) => Err(LedgerError::Internal(
+                "a hold request is judged by judge_hold".into(),
+            )),
         }
     }
 }
@@ -354,6 +782,7 @@ pub fn answers(
             Verdict::Insert(i) => done(i, false),
             Verdict::ReplayOfInsert(i) => done(i, true),
             Verdict::Replay(done) => Ok(*done),
+            Verdict::Hold(hold) => Ok(Done::Hold(hold)),
             Verdict::Refused(e) => Err(e),
         })
         .collect()
@@ -760,6 +1189,7 @@ pub(crate) mod tests {
                 ((1, "sent".into()), out),
             ]),
             received: HashMap::from([(11, into)]),
+            ..Prefetched::default()
         }
     }
 
@@ -797,6 +1227,7 @@ pub(crate) mod tests {
             Verdict::Insert(_) => "insert",
             Verdict::Replay(_) => "replay",
             Verdict::ReplayOfInsert(_) => "replay of insert",
+            Verdict::Hold(_) => "hold",
             Verdict::Refused(e) => refusal(e),
         }
     }
@@ -811,6 +1242,8 @@ pub(crate) mod tests {
             LedgerError::CurrencyNotSupported(_) => "CURRENCY_NOT_SUPPORTED",
             LedgerError::CurrencyMismatch(_) => "CURRENCY_MISMATCH",
             LedgerError::AlreadyReversed(_) => "ALREADY_REVERSED",
+            LedgerError::HoldExceeded(_) => "HOLD_EXCEEDED",
+            LedgerError::HoldNotActive(_) => "HOLD_NOT_ACTIVE",
             other => panic!("unexpected refusal {other:?}"),
         }
     }
@@ -1089,9 +1522,9 @@ pub(crate) mod tests {
         let touched: Vec<(i64, String)> = decided
             .touched
             .iter()
-            .map(|(id, balance, time)| {
-                assert_eq!(*time, at(5));
-                (*id, balance.0.to_string())
+            .map(|t| {
+                assert_eq!(t.at, at(5));
+                (t.wallet_id, t.balance.0.to_string())
             })
             .collect();
         assert_eq!(touched, [(1, s("10.00")), (2, s("1.00"))]);
@@ -1145,6 +1578,7 @@ pub(crate) mod tests {
                     format!("transfer {} {} {}", t.out.id, t.into.id, t.replayed)
                 }
                 Ok(Done::Movement(m)) => format!("movement {} {}", m.entry.id, m.replayed),
+                Ok(Done::Hold(h)) => format!("hold {}", h.id),
                 Err(e) => refusal(e).to_owned(),
             })
             .collect();
@@ -1176,7 +1610,7 @@ pub(crate) mod tests {
             .decided(at(5))
             .touched
             .iter()
-            .map(|t| (t.0, t.2))
+            .map(|t| (t.wallet_id, t.at))
             .collect();
         assert_eq!(times, [(1, at(5)), (2, at(60))]);
     }
@@ -1332,5 +1766,177 @@ pub(crate) mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    fn hold_request(op: HoldOp) -> Request {
+        Request::Hold(Box::new(HoldRequest {
+            op,
+            actor: "alice".into(),
+        }))
+    }
+
+    fn authorization(amount: &str, key: &str) -> Request {
+        hold_request(HoldOp::Authorize(crate::ledger::hold::AuthorizeRequest {
+            wallet_id: 1,
+            to_wallet_id: None,
+            amount: dec(amount),
+            key: key.into(),
+            expires_at: None,
+            description: None,
+            reference: None,
+            metadata: None,
+            policy: Default::default(),
+        }))
+    }
+
+    fn located() -> crate::ledger::hold::Located {
+        crate::ledger::hold::Located {
+            wallet_id: 1,
+            to_wallet_id: None,
+            description: None,
+            reference: None,
+            metadata: None,
+        }
+    }
+
+    fn capture(amount: Option<&str>, key: &str) -> Request {
+        let request = crate::ledger::hold::CaptureRequest {
+            hold_id: 7,
+            amount: amount.map(dec),
+            key: key.into(),
+            final_capture: false,
+        };
+        hold_request(HoldOp::Capture(request, located()))
+    }
+
+    fn void(key: &str) -> Request {
+        let request = crate::ledger::hold::VoidRequest {
+            hold_id: 7,
+            key: key.into(),
+        };
+        hold_request(HoldOp::Void(request, located()))
+    }
+
+    /// Holds are judged in a batch like movements: against the running balance and held
+    /// balance, each capture against what the ones before it left of the hold, keys
+    /// repeated within the batch replayed.
+    #[test]
+    fn holds_are_judged_against_the_running_balances_and_holds() {
+        let s = |v: &str| v.to_owned();
+        let currencies = currencies();
+        let mut state = state();
+        // Wallet 1: 100.00, of which 30.00 held by hold 7.
+        if let Some(w) = state.wallets.get_mut(&1) {
+            w.held_balance = dec("30.00");
+        }
+        state.holds.insert(
+            7,
+            Hold {
+                id: 7,
+                wallet_id: 1,
+                to_wallet_id: None,
+                amount: dec("30.00"),
+                captured: dec("0.00"),
+                released: dec("0.00"),
+                status: HoldStatus::Active,
+                idempotency_key: "h".into(),
+                expires_at: at(1000),
+                description: None,
+                reference: None,
+                metadata: None,
+                created_by: "alice".into(),
+                created_at: at(0),
+                updated_at: at(0),
+            },
+        );
+        state.hold_ids = vec![50, 51, 52];
+        state.clock = at(5);
+        let requests = [
+            movement(1, Direction::Withdraw, "60.00", "w"),
+            authorization("20.00", "a"),
+            capture(Some("25.00"), "c1"),
+            capture(Some("10.00"), "c2"),
+            capture(Some("25.00"), "c1"),
+            authorization("9.00", "b"),
+            authorization("9.00", "b"),
+            authorization("9.01", "b"),
+            capture(Some("1.00"), "w"),
+            void("v"),
+            capture(Some("1.00"), "c3"),
+        ];
+        let mut judge = Judge::new(&currencies, state);
+        let verdicts: Vec<&str> = requests
+            .iter()
+            .map(|r| named(&judge.judge(&alice(), r)))
+            .collect();
+        assert_eq!(
+            verdicts,
+            [
+                "insert",
+                "INSUFFICIENT_FUNDS",
+                "hold",
+                "HOLD_EXCEEDED",
+                "hold",
+                "hold",
+                "hold",
+                "IDEMPOTENCY_CONFLICT",
+                "IDEMPOTENCY_CONFLICT",
+                "hold",
+                "HOLD_NOT_ACTIVE",
+            ]
+        );
+        let decided = judge.decided(at(5));
+        let rows: Vec<(TransactionType, String, Option<i64>)> = decided
+            .rows
+            .iter()
+            .map(|r| (r.row.kind, r.around.1.to_string(), r.row.settles_hold))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (TransactionType::Withdraw, s("39.00"), None),
+                (TransactionType::Withdraw, s("14.00"), Some(7)),
+            ]
+        );
+        let touched: Vec<(i64, String, String)> = decided
+            .touched
+            .iter()
+            .map(|t| (t.wallet_id, t.balance.0.to_string(), t.held.0.to_string()))
+            .collect();
+        // 100.00 - 60.00 - 1.00 (the withdrawal fee) - 25.00 captured; 30.00 held - 25.00
+        // captured - 5.00 voided + 9.00 authorised.
+        assert_eq!(touched, [(1, s("14.00"), s("9.00"))]);
+        let new: Vec<(i64, String)> = decided
+            .new_holds
+            .iter()
+            .map(|h| (h.id, h.amount.to_string()))
+            .collect();
+        assert_eq!(new, [(50, s("9.00"))]);
+        let changed: Vec<(i64, String, String, HoldStatus)> = decided
+            .changed_holds
+            .iter()
+            .map(|h| {
+                (
+                    h.id,
+                    h.captured.to_string(),
+                    h.released.to_string(),
+                    h.status,
+                )
+            })
+            .collect();
+        assert_eq!(changed, [(7, s("25.00"), s("5.00"), HoldStatus::Voided)]);
+        let events: Vec<(i64, HoldEventKind, Option<usize>, Option<&str>)> = decided
+            .events
+            .iter()
+            .map(|e| (e.hold_id, e.kind, e.row, e.key))
+            .collect();
+        assert_eq!(
+            events,
+            [
+                (7, HoldEventKind::Captured, Some(1), Some("c1")),
+                (50, HoldEventKind::Authorized, None, None),
+                (7, HoldEventKind::Voided, None, Some("v")),
+            ]
+        );
     }
 }

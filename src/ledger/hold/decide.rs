@@ -9,9 +9,7 @@ use super::{
     AuthorizeRequest, CaptureRequest, Hold, HoldEvent, HoldEventKind, HoldPolicy, HoldStatus,
     VoidRequest,
 };
-use crate::ledger::{
-    Currency, CurrencyKind, CurrencyRegistry, JournalEntry, LedgerError, Wallet, money,
-};
+use crate::ledger::{Currency, CurrencyKind, CurrencyRegistry, LedgerError, Wallet, money};
 
 /// What an authorisation does.
 #[derive(Debug, PartialEq)]
@@ -104,8 +102,8 @@ pub enum Capture {
 }
 
 /// Decides `captureHold` on the locked `hold` (visible to the caller), with the event its
-/// key names on the hold, the journal row its key names on the hold's wallet, the locked
-/// target of a held transfer, at `clock`:
+/// key names on the hold, whether its key names another row of the hold's wallet's
+/// journal, the locked target of a held transfer, at `clock`:
 ///
 /// | # | check | refusal |
 /// |---|-------|---------|
@@ -120,7 +118,7 @@ pub fn capture(
     currency: &Currency,
     hold: &Hold,
     prior: Option<&HoldEvent>,
-    journaled: Option<&JournalEntry>,
+    key_used: bool,
     target: Option<&Wallet>,
     request: &CaptureRequest,
     clock: DateTime<Utc>,
@@ -134,7 +132,7 @@ pub fn capture(
             false => Err(conflict(&request.key)),
         };
     }
-    if journaled.is_some() {
+    if key_used {
         return Err(conflict(&request.key));
     }
     check_active(hold, clock)?;
@@ -283,7 +281,6 @@ mod tests {
     use chrono::Duration;
 
     use super::*;
-    use crate::ledger::TransactionType;
 
     fn dec(s: &str) -> Decimal {
         s.parse().expect("decimal")
@@ -364,6 +361,7 @@ mod tests {
             description: None,
             reference: None,
             metadata: None,
+            policy: HoldPolicy::default(),
         }
     }
 
@@ -565,13 +563,11 @@ mod tests {
         let target_full = wallet(2, "USD", "9999999999999999999999999.00");
         let mut voided = hold("10.00", "4.00");
         voided.status = HoldStatus::Voided;
-        let withdrawal =
-            crate::ledger::judge::tests::entry(10, 1, TransactionType::Withdraw, "1.00", "k");
         let request = capture_of(Some("6.001"), false);
         let decide =
             |h: &Hold,
              e: Option<&HoldEvent>,
-             j: Option<&JournalEntry>,
+             j: bool,
              t: Option<&Wallet>,
              r: &CaptureRequest,
              clock| { capture(&usd, h, e, j, t, r, clock).map_err(code) };
@@ -581,7 +577,7 @@ mod tests {
             decide(
                 &voided,
                 Some(&voiding),
-                None,
+                false,
                 Some(&target_full),
                 &request,
                 at(200)
@@ -589,44 +585,37 @@ mod tests {
             Err("IDEMPOTENCY_CONFLICT")
         );
         assert_eq!(
-            decide(
-                &voided,
-                None,
-                Some(&withdrawal),
-                Some(&target_full),
-                &request,
-                at(200)
-            ),
+            decide(&voided, None, true, Some(&target_full), &request, at(200)),
             Err("IDEMPOTENCY_CONFLICT")
         );
         // C3: voided; then active but past its expiry.
         assert_eq!(
-            decide(&voided, None, None, Some(&target_full), &request, at(0)),
+            decide(&voided, None, false, Some(&target_full), &request, at(0)),
             Err("HOLD_NOT_ACTIVE")
         );
         let active = hold("10.00", "4.00");
         assert_eq!(
-            decide(&active, None, None, Some(&target_full), &request, at(100)),
+            decide(&active, None, false, Some(&target_full), &request, at(100)),
             Err("HOLD_NOT_ACTIVE")
         );
         // C4, C5, C6.
         assert_eq!(
-            decide(&active, None, None, Some(&target_full), &request, at(99)),
+            decide(&active, None, false, Some(&target_full), &request, at(99)),
             Err("INVALID_AMOUNT")
         );
         let request = capture_of(Some("6.01"), false);
         assert_eq!(
-            decide(&active, None, None, Some(&target_full), &request, at(99)),
+            decide(&active, None, false, Some(&target_full), &request, at(99)),
             Err("HOLD_EXCEEDED")
         );
         let request = capture_of(Some("6.00"), false);
         assert_eq!(
-            decide(&active, None, None, Some(&target_full), &request, at(99)),
+            decide(&active, None, false, Some(&target_full), &request, at(99)),
             Err("INVALID_AMOUNT")
         );
         // Mended: all that remains ends the hold.
         assert_eq!(
-            decide(&active, None, None, None, &request, at(99)),
+            decide(&active, None, false, None, &request, at(99)),
             Ok(Capture::New {
                 amount: dec("6.00"),
                 release: Decimal::ZERO,
@@ -639,7 +628,7 @@ mod tests {
     fn captures_partial_final_and_default() {
         let usd = Currency::plain("USD", CurrencyKind::Fiat, 2);
         let active = hold("10.00", "4.00");
-        let decide = |r: &CaptureRequest| capture(&usd, &active, None, None, None, r, at(0));
+        let decide = |r: &CaptureRequest| capture(&usd, &active, None, false, None, r, at(0));
         assert_eq!(
             decide(&capture_of(Some("1"), false)).map_err(code),
             Ok(Capture::New {
@@ -674,7 +663,7 @@ mod tests {
                 &usd,
                 &captured,
                 Some(&earlier),
-                None,
+                false,
                 None,
                 &capture_of(Some("1"), true),
                 at(500)
@@ -692,7 +681,7 @@ mod tests {
                     &usd,
                     &captured,
                     Some(&earlier),
-                    None,
+                    false,
                     None,
                     &different,
                     at(0)

@@ -11,12 +11,14 @@
 //! across restarts and whichever process gets there first. The hold's lifecycle is
 //! appended to `hold_events`.
 //!
-//! Every flow takes the same locks in the same order as every other movement — the
-//! wallets, in id order, then the hold — reads what it needs under them, asks
-//! [`decide`] and writes what was decided, in one transaction (retried on transient
-//! failures). So a capture racing a void or the expiry either wins whole or finds the
-//! hold no longer active, and a hold racing a withdrawal is judged against the balance
-//! the withdrawal left.
+//! Authorisations, captures and voids are requests of the write path like deposits and
+//! transfers ([`HoldRequest`]): group-committed with them, locked with them (the wallets
+//! in id order, then the holds in id order), and judged with them in arrival order
+//! against the running balances by the one judge, whose hold rules are [`decide`]. So a
+//! hold racing a withdrawal is judged against the balance the withdrawal left, 50
+//! captures of one hold in one batch take exactly what it holds, and a capture racing a
+//! void or the expiry either wins whole or finds the hold no longer active. The expiry
+//! worker ([`expire_due`]) takes the same locks in the same order, one hold at a time.
 //!
 //! Invariant (tested): a wallet's `held_balance` is the sum of `amount - captured` over
 //! its ACTIVE holds.
@@ -26,19 +28,17 @@ pub mod decide;
 
 use std::collections::HashMap;
 
-use chrono::{DateTime, Duration, SubsecRound, Utc};
+use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::Timestamptz;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use rust_decimal::Decimal;
 
-use self::decide::{Authorization, Capture, Void};
 use super::fixed_sql::Fixed;
 use super::models::{Scaled, text_enum};
-use super::store::{self, NewRow};
+use super::store;
 use super::{
-    CurrencyRegistry, JournalEntry, LedgerError, ListScope, Page, PageArgs, Scope, TransactionType,
-    Wallet, input,
+    JournalEntry, LedgerError, ListScope, Page, PageArgs, Scope, TransactionType, Wallet, input,
 };
 use crate::schema::{hold_events, holds, transactions, wallets};
 
@@ -143,31 +143,13 @@ pub struct AuthorizeRequest {
     pub amount: Decimal,
     /// Scoped to the wallet.
     pub key: String,
+    /// Microseconds at most (as stored: a replay must compare equal).
     pub expires_at: Option<DateTime<Utc>>,
     pub description: Option<String>,
     pub reference: Option<String>,
     pub metadata: Option<serde_json::Value>,
-}
-
-impl AuthorizeRequest {
-    /// A0: what needs nothing read.
-    pub fn check_shape(&mut self) -> Result<(), LedgerError> {
-        input::check_movement(
-            "idempotencyKey",
-            &self.key,
-            self.description.as_deref(),
-            self.amount,
-        )?;
-        input::check_annotation(self.reference.as_deref(), self.metadata.as_ref())?;
-        if self.to_wallet_id == Some(self.wallet_id) {
-            return Err(LedgerError::BadInput(
-                "a held transfer needs two different wallets".into(),
-            ));
-        }
-        // Stored with microseconds: a replay must compare equal.
-        self.expires_at = self.expires_at.map(|at| at.trunc_subsecs(6));
-        Ok(())
-    }
+    /// The server's hold periods.
+    pub policy: HoldPolicy,
 }
 
 /// `captureHold`.
@@ -182,21 +164,6 @@ pub struct CaptureRequest {
     pub final_capture: bool,
 }
 
-impl CaptureRequest {
-    /// C0.
-    pub fn check_shape(&self) -> Result<(), LedgerError> {
-        input::check_key("idempotencyKey", &self.key)?;
-        if let Some(amount) = self.amount
-            && amount <= Decimal::ZERO
-        {
-            return Err(LedgerError::InvalidAmount(format!(
-                "the amount must be greater than zero, got {amount}"
-            )));
-        }
-        Ok(())
-    }
-}
-
 /// `voidHold`.
 #[derive(Clone, Debug)]
 pub struct VoidRequest {
@@ -205,187 +172,117 @@ pub struct VoidRequest {
     pub key: String,
 }
 
-/// Reserves money on a fiat wallet (the caller's own, or any for operators). A replay
-/// answers the hold as it is now.
-pub async fn authorize(
-    conn: &mut AsyncPgConnection,
-    currencies: &CurrencyRegistry,
-    policy: &HoldPolicy,
-    (scope, actor): (&Scope, &str),
-    mut request: AuthorizeRequest,
-) -> Result<Hold, LedgerError> {
-    request.check_shape()?;
-    let request = &request;
-    store::retried!(conn, |tx| {
-        let mut ids = vec![(request.wallet_id, scope.owner())];
-        if let Some(to) = request.to_wallet_id {
-            ids.push((to, None));
-        }
-        let locked = lock(tx, &ids).await?;
-        let wallet = locked
-            .get(&request.wallet_id)
-            .ok_or(LedgerError::NotFound("wallet"))?;
-        let existing = hold_by_key(tx, wallet.id, &request.key).await?;
-        let target = request.to_wallet_id.map(|id| locked.get(&id));
-        let clock = clock(tx).await?;
-        match decide::authorize(
-            currencies,
-            policy,
-            wallet,
-            target,
-            existing.as_ref(),
-            request,
-            clock,
-        )? {
-            Authorization::Replay => {
-                existing.ok_or_else(|| LedgerError::Internal("a replay without its hold".into()))
-            }
-            Authorization::New { amount, expires_at } => {
-                change_held(tx, wallet.id, amount).await?;
-                let hold: Hold = diesel::insert_into(holds::table)
-                    .values((
-                        holds::wallet_id.eq(wallet.id),
-                        holds::to_wallet_id.eq(request.to_wallet_id),
-                        holds::amount.eq(Scaled(amount)),
-                        holds::captured.eq(Scaled(Decimal::ZERO * amount)),
-                        holds::released.eq(Scaled(Decimal::ZERO * amount)),
-                        holds::status.eq(HoldStatus::Active),
-                        holds::idempotency_key.eq(&request.key),
-                        holds::expires_at.eq(expires_at),
-                        holds::description.eq(&request.description),
-                        holds::reference.eq(&request.reference),
-                        holds::metadata.eq(&request.metadata),
-                        holds::created_by.eq(actor),
-                        holds::created_at.eq(clock),
-                        holds::updated_at.eq(clock),
-                    ))
-                    .returning(Hold::as_returning())
-                    .get_result(tx)
-                    .await?;
-                record(
-                    tx,
-                    &hold,
-                    HoldEventKind::Authorized,
-                    (amount, Decimal::ZERO),
-                    None,
-                    None,
-                    actor,
-                    clock,
-                )
-                .await?;
-                Ok(hold)
-            }
-        }
-    })
+/// What a capture or a void knows of its hold before any lock: the wallets to lock and
+/// what its journal rows carry — facts of the hold that never change (the database
+/// refuses to change them), so reading them unlocked is safe.
+#[derive(Clone, Debug)]
+pub struct Located {
+    pub wallet_id: i64,
+    pub to_wallet_id: Option<i64>,
+    pub description: Option<String>,
+    pub reference: Option<String>,
+    pub metadata: Option<serde_json::Value>,
 }
 
-/// Captures part or all of what a hold reserves (the caller's own wallet's hold, or any
-/// for operators). A replay answers the hold as it is now.
-pub async fn capture(
-    conn: &mut AsyncPgConnection,
-    currencies: &CurrencyRegistry,
-    (scope, actor): (&Scope, &str),
-    request: &CaptureRequest,
-) -> Result<Hold, LedgerError> {
-    request.check_shape()?;
-    store::retried!(conn, |tx| {
-        let (hold, locked) = lock_hold(tx, scope, request.hold_id).await?;
-        let wallet = locked
-            .get(&hold.wallet_id)
-            .ok_or_else(|| LedgerError::Internal("a hold's wallet is gone".into()))?;
-        let target = match hold.to_wallet_id {
-            Some(id) => Some(
-                locked
-                    .get(&id)
-                    .ok_or_else(|| LedgerError::Internal("a hold's target is gone".into()))?,
-            ),
-            None => None,
-        };
-        let currency = currencies
-            .get(&wallet.currency)
-            .ok_or_else(|| LedgerError::CurrencyNotSupported(wallet.currency.clone()))?;
-        let prior = event_by_key(tx, hold.id, &request.key).await?;
-        let journaled = store::find_by_key(tx, wallet.id, &request.key).await?;
-        let clock = clock(tx).await?;
-        match decide::capture(
-            currency,
-            &hold,
-            prior.as_ref(),
-            journaled.as_ref(),
-            target,
-            request,
-            clock,
-        )? {
-            Capture::Replay => Ok(hold),
-            Capture::New {
-                amount,
-                release,
-                ends,
-            } => {
-                let kind = match target {
-                    Some(_) => TransactionType::TransferOut,
-                    None => TransactionType::Withdraw,
-                };
-                let mut row = NewRow::fiat(
-                    kind,
-                    amount,
-                    &request.key,
-                    hold.description.as_deref(),
-                    currency.scale(),
-                );
-                row.settles_hold = Some(hold.id);
-                row.annotation.reference = hold.reference.as_deref();
-                row.annotation.metadata = hold.metadata.as_ref();
-                let out = settle(tx, wallet, target, &row, -(amount + release)).await?;
-                let status = if ends {
-                    HoldStatus::Captured
-                } else {
-                    HoldStatus::Active
-                };
-                let hold = advance(tx, hold.id, amount, release, status, clock).await?;
-                record(
-                    tx,
-                    &hold,
-                    HoldEventKind::Captured,
-                    (amount, release),
-                    Some(out.id),
-                    Some(request),
-                    actor,
-                    clock,
-                )
-                .await?;
-                Ok(hold)
-            }
-        }
-    })
+/// A hold request of the write path.
+#[derive(Clone, Debug)]
+pub enum HoldOp {
+    Authorize(AuthorizeRequest),
+    Capture(CaptureRequest, Located),
+    Void(VoidRequest, Located),
 }
 
-/// Gives back what a hold still reserves. A replay answers the hold as it is now.
-pub async fn void(
-    conn: &mut AsyncPgConnection,
-    (scope, actor): (&Scope, &str),
-    request: &VoidRequest,
-) -> Result<Hold, LedgerError> {
-    input::check_key("idempotencyKey", &request.key)?;
-    store::retried!(conn, |tx| {
-        let (hold, _) = lock_hold(tx, scope, request.hold_id).await?;
-        let prior = event_by_key(tx, hold.id, &request.key).await?;
-        let clock = clock(tx).await?;
-        match decide::void(&hold, prior.as_ref(), request, clock)? {
-            Void::Replay => Ok(hold),
-            Void::Release(remaining) => {
-                release(
-                    tx,
-                    &hold,
-                    remaining,
-                    HoldStatus::Voided,
-                    Some(&request.key),
-                    actor,
-                    clock,
-                )
-                .await
-            }
+/// A hold request and who asked (recorded on its event).
+#[derive(Clone, Debug)]
+pub struct HoldRequest {
+    pub op: HoldOp,
+    /// The caller's token subject.
+    pub actor: String,
+}
+
+impl HoldRequest {
+    /// The wallet whose lock orders the request (the hold's own).
+    pub fn wallet_id(&self) -> i64 {
+        match &self.op {
+            HoldOp::Authorize(r) => r.wallet_id,
+            HoldOp::Capture(_, at) | HoldOp::Void(_, at) => at.wallet_id,
         }
+    }
+
+    /// A held transfer's target.
+    pub fn to_wallet_id(&self) -> Option<i64> {
+        match &self.op {
+            HoldOp::Authorize(r) => r.to_wallet_id,
+            HoldOp::Capture(_, at) => at.to_wallet_id,
+            HoldOp::Void(..) => None,
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        match &self.op {
+            HoldOp::Authorize(r) => &r.key,
+            HoldOp::Capture(r, _) => &r.key,
+            HoldOp::Void(r, _) => &r.key,
+        }
+    }
+
+    /// The hold a capture or void names.
+    pub fn hold_id(&self) -> Option<i64> {
+        match &self.op {
+            HoldOp::Authorize(_) => None,
+            HoldOp::Capture(r, _) => Some(r.hold_id),
+            HoldOp::Void(r, _) => Some(r.hold_id),
+        }
+    }
+
+    /// Precedence 0 of each (A0, C0, V0): what needs nothing read.
+    pub fn check_shape(&self) -> Result<(), LedgerError> {
+        match &self.op {
+            HoldOp::Authorize(r) => {
+                input::check_movement(
+                    "idempotencyKey",
+                    &r.key,
+                    r.description.as_deref(),
+                    r.amount,
+                )?;
+                input::check_annotation(r.reference.as_deref(), r.metadata.as_ref())?;
+                if r.to_wallet_id == Some(r.wallet_id) {
+                    return Err(LedgerError::BadInput(
+                        "a held transfer needs two different wallets".into(),
+                    ));
+                }
+                Ok(())
+            }
+            HoldOp::Capture(r, _) => {
+                input::check_key("idempotencyKey", &r.key)?;
+                match r.amount {
+                    Some(amount) if amount <= Decimal::ZERO => Err(LedgerError::InvalidAmount(
+                        format!("the amount must be greater than zero, got {amount}"),
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            HoldOp::Void(r, _) => input::check_key("idempotencyKey", &r.key),
+        }
+    }
+}
+
+/// The facts of hold `hold_id` a capture or void needs before its locks, if the caller may
+/// see it (C1, V1).
+pub async fn locate(
+    conn: &mut AsyncPgConnection,
+    scope: &Scope,
+    hold_id: i64,
+) -> Result<Located, LedgerError> {
+    let hold = hold_by_id(conn, scope, hold_id)
+        .await?
+        .ok_or(LedgerError::NotFound("hold"))?;
+    Ok(Located {
+        wallet_id: hold.wallet_id,
+        to_wallet_id: hold.to_wallet_id,
+        description: hold.description,
+        reference: hold.reference,
+        metadata: hold.metadata,
     })
 }
 
@@ -540,30 +437,6 @@ pub async fn captures_of(
     Ok(by_hold)
 }
 
-/// Locks the hold's wallets (in id order: the hold's own as the caller may see it, a held
-/// transfer's target anyone's), then the hold; returns the hold read under the locks.
-async fn lock_hold(
-    conn: &mut AsyncPgConnection,
-    scope: &Scope,
-    id: i64,
-) -> Result<(Hold, HashMap<i64, Wallet>), LedgerError> {
-    let hold = hold_by_id(conn, scope, id)
-        .await?
-        .ok_or(LedgerError::NotFound("hold"))?;
-    let mut ids = vec![(hold.wallet_id, scope.owner())];
-    if let Some(to) = hold.to_wallet_id {
-        ids.push((to, None));
-    }
-    let locked = lock(conn, &ids).await?;
-    let hold = holds::table
-        .find(id)
-        .select(Hold::as_select())
-        .for_update()
-        .first(conn)
-        .await?;
-    Ok((hold, locked))
-}
-
 /// Locks the wallets `ids` names (each only as its owner filter allows), in id order.
 async fn lock(
     conn: &mut AsyncPgConnection,
@@ -584,34 +457,6 @@ async fn clock(conn: &mut AsyncPgConnection) -> Result<DateTime<Utc>, LedgerErro
     )
 }
 
-async fn hold_by_key(
-    conn: &mut AsyncPgConnection,
-    wallet_id: i64,
-    key: &str,
-) -> Result<Option<Hold>, LedgerError> {
-    Ok(holds::table
-        .filter(holds::wallet_id.eq(wallet_id))
-        .filter(holds::idempotency_key.eq(key))
-        .select(Hold::as_select())
-        .first(conn)
-        .await
-        .optional()?)
-}
-
-async fn event_by_key(
-    conn: &mut AsyncPgConnection,
-    hold_id: i64,
-    key: &str,
-) -> Result<Option<HoldEvent>, LedgerError> {
-    Ok(hold_events::table
-        .filter(hold_events::hold_id.eq(hold_id))
-        .filter(hold_events::idempotency_key.eq(key))
-        .select(HoldEvent::as_select())
-        .first(conn)
-        .await
-        .optional()?)
-}
-
 /// Raises (or lowers) the locked wallet's held balance.
 async fn change_held(
     conn: &mut AsyncPgConnection,
@@ -628,67 +473,6 @@ async fn change_held(
         .execute(conn)
         .await?;
     Ok(())
-}
-
-/// Appends a capture's row to the locked `wallet`'s journal — and, for a held transfer,
-/// the receiving row to the locked `target`'s, in the same statement (the database wants
-/// a transfer's two sides inserted together) — changing the wallet's balance and held
-/// balance in one statement: what the wallet has is unchanged, so a capture settles even
-/// where a lowered credit limit refuses new debits. Returns the wallet's row.
-async fn settle(
-    conn: &mut AsyncPgConnection,
-    wallet: &Wallet,
-    target: Option<&Wallet>,
-    row: &NewRow<'_>,
-    held_change: Decimal,
-) -> Result<JournalEntry, LedgerError> {
-    let balances = row.balances(wallet.balance);
-    let at = set_balance(conn, wallet.id, balances.1, held_change).await?;
-    let mut entry = row.entry(wallet.id, balances, at);
-    let Some(target) = target else {
-        return Ok(diesel::insert_into(transactions::table)
-            .values(entry)
-            .returning(JournalEntry::as_returning())
-            .get_result(conn)
-            .await?);
-    };
-    let mut into = row.clone();
-    into.kind = TransactionType::TransferIn;
-    let target_balances = into.balances(target.balance);
-    let target_at = set_balance(conn, target.id, target_balances.1, Decimal::ZERO).await?;
-    let mut into = into.entry(target.id, target_balances, target_at);
-    let [out_id, in_id] = store::allocate_ids(conn, 2).await?[..] else {
-        return Err(LedgerError::Internal(
-            "two row ids asked, others given".into(),
-        ));
-    };
-    entry.id = Some(out_id);
-    into.id = Some(in_id);
-    into.counterpart_id = Some(out_id);
-    let rows = store::insert_batch(conn, &[entry, into]).await?;
-    rows.into_iter()
-        .find(|r| r.wallet_id == wallet.id)
-        .ok_or_else(|| LedgerError::Internal("a held transfer's sending row was not stored".into()))
-}
-
-/// Sets the locked wallet's balance and changes its held balance; returns its new time.
-async fn set_balance(
-    conn: &mut AsyncPgConnection,
-    wallet_id: i64,
-    balance: Decimal,
-    held_change: Decimal,
-) -> Result<DateTime<Utc>, LedgerError> {
-    Ok(diesel::update(wallets::table.find(wallet_id))
-        .set((
-            wallets::balance.eq(Scaled(balance)),
-            wallets::held_balance.eq(wallets::held_balance + Scaled(held_change)),
-            wallets::updated_at.eq(diesel::dsl::sql::<Timestamptz>(
-                "GREATEST(clock_timestamp(), updated_at)",
-            )),
-        ))
-        .returning(wallets::updated_at)
-        .get_result(conn)
-        .await?)
 }
 
 /// Records a capture's progress on the hold.
@@ -741,34 +525,4 @@ async fn release(
         .execute(conn)
         .await?;
     Ok(hold)
-}
-
-/// Appends an AUTHORIZED or CAPTURED event.
-#[allow(clippy::too_many_arguments)]
-async fn record(
-    conn: &mut AsyncPgConnection,
-    hold: &Hold,
-    kind: HoldEventKind,
-    (amount, released): (Decimal, Decimal),
-    transaction_id: Option<i64>,
-    capture: Option<&CaptureRequest>,
-    actor: &str,
-    clock: DateTime<Utc>,
-) -> Result<(), LedgerError> {
-    diesel::insert_into(hold_events::table)
-        .values((
-            hold_events::hold_id.eq(hold.id),
-            hold_events::kind.eq(kind),
-            hold_events::amount.eq(Scaled(amount)),
-            hold_events::released.eq(Scaled(released)),
-            hold_events::transaction_id.eq(transaction_id),
-            hold_events::idempotency_key.eq(capture.map(|c| c.key.as_str())),
-            hold_events::requested.eq(capture.and_then(|c| c.amount).map(Scaled)),
-            hold_events::final_capture.eq(capture.is_some_and(|c| c.final_capture)),
-            hold_events::actor.eq(actor),
-            hold_events::created_at.eq(clock),
-        ))
-        .execute(conn)
-        .await?;
-    Ok(())
 }

@@ -231,7 +231,8 @@ impl<'a> NewRow<'a> {
         description: Option<&str>,
         annotation: Annotation<'_>,
     ) -> bool {
-        self.kind == kind
+        self.settles_hold.is_none()
+            && self.kind == kind
             && self.amount == amount
             && self.description == description
             && self.annotation == annotation
