@@ -1,4 +1,4 @@
-//! Group commit of fiat movements and transfers.
+//! Group commit of fiat movements, transfers and holds (authorisations, captures, voids).
 //!
 //! One database transaction per deposit spends most of its time waiting: for the wallet
 //! lock behind the previous deposit, and for its own commit to reach the disk. Here every
@@ -33,6 +33,12 @@
 //! the batch's others, it is judged against both running balances, and its two rows are
 //! inserted with the batch's. Its receiving row names the sending row's id, so a batch with
 //! transfers takes its row ids from the sequence first, in arrival order.
+//!
+//! A hold request takes part the same way: its wallets are locked with the batch's, then
+//! the holds the batch's captures and voids name (in id order, after every wallet — the
+//! order the expiry worker locks in too), and it is judged against the running balances,
+//! held balances and holds; the holds, their events and the held balances are written
+//! with the batch's other statements.
 //!
 //! A hot wallet so pays one lock wait and one disk flush per batch instead of per deposit.
 //! Rows of one batch and wallet share a timestamp and are ordered by id, which follows

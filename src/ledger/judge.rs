@@ -13,7 +13,9 @@
 //!    statement each.
 //!
 //! A request applied alone is a batch of one, so there is one judge and one order of
-//! refusals. Reversals (operators' corrections, not batched) are decided here too, by
+//! refusals. Holds' authorisations, captures and voids are judged here too, against the
+//! running balances, held balances and holds (their own orders of refusals are in
+//! [`decide`]). Reversals (operators' corrections, not batched) are decided here too, by
 //! [`reversal`], with their own order of refusals. For each request, the first refusal that applies wins, in this order:
 //!
 //! | # | check | refusal |
