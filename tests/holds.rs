@@ -1088,3 +1088,119 @@ async fn reconciliation_counts_captures_and_negative_balances() {
     assert_eq!(reconcile("30.00").await["status"], "MISMATCH");
     t.assert_balanced().await;
 }
+
+/// Authorisations, captures and withdrawals race on one wallet with a credit limit through
+/// three `wallet serve` processes on one database, each group-committing on its own: the
+/// wallet never spends beyond its balance and credit, its held balance is exactly what its
+/// active holds still reserve, and every acknowledged request happened once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_server_processes_never_spend_beyond_the_credit_limit() {
+    let db = TestDb::new().await;
+    let keys = TokenKeys::new(common::JWT_SECRET.as_bytes());
+    let hour = Duration::from_secs(3600);
+    let op = keys.mint("back-office", Role::Operator, hour).unwrap();
+    let alice = keys.mint("alice", Role::User, hour).unwrap();
+    let small = [
+        ("WALLET_DB_POOL_SIZE", "6"),
+        ("WALLET_DB_READ_POOL_SIZE", "2"),
+    ];
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        servers.push(ServerProcess::start_with(&db.url, &small).await);
+    }
+    let bases: Arc<Vec<String>> = Arc::new(servers.iter().map(|s| s.base.clone()).collect());
+    let http = reqwest::Client::new();
+    let call = |i: usize, token: &str, query: &'static str, vars: Value| {
+        let (http, base, token) = (http.clone(), bases[i % 3].clone(), token.to_owned());
+        async move { post(&http, &base, &token, query, vars).await.unwrap() }
+    };
+    let create = "mutation { createWallet(input: {currency: \"USD\"}) { id } }";
+    let w = call(0, &alice, create, json!({})).await["data"]["createWallet"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    call(
+        1,
+        &op,
+        common::DEPOSIT,
+        json!({"w": w, "a": "50.00", "k": "fund"}),
+    )
+    .await;
+    let limit = json!({"in": {"walletId": w, "limit": "50.00", "idempotencyKey": "cl",
+                              "reason": "line"}});
+    assert!(call(2, &op, SET_LIMIT, limit).await.get("errors").is_none());
+
+    // 40 holds of 4.00 and 40 withdrawals of 3.00 for 100.00 available.
+    let answers = join_all((0..80).map(|i| {
+        let (w, alice) = (w.clone(), alice.clone());
+        let call = &call;
+        async move {
+            if i % 2 == 0 {
+                let input = ask(&w, "4.00", &format!("h-{i}"));
+                call(i, &alice, AUTHORIZE, json!({ "in": input })).await
+            } else {
+                let vars = json!({"w": w, "a": "3.00", "k": format!("w-{i}")});
+                call(i, &alice, common::WITHDRAW, vars).await
+            }
+        }
+    }))
+    .await;
+    let mut holds = Vec::new();
+    let mut withdrawn = 0i64;
+    for (i, body) in answers.iter().enumerate() {
+        if body.get("errors").is_some() {
+            refused(body, "INSUFFICIENT_FUNDS");
+        } else if i % 2 == 0 {
+            holds.push(id_of(&body["data"]["authorizeHold"]));
+        } else {
+            withdrawn += 1;
+        }
+    }
+    assert!(
+        holds.len() as i64 * 4 + withdrawn * 3 <= 100,
+        "{holds:?} {withdrawn}"
+    );
+    // Capture each hold whole through another process than the one that made it, while
+    // more withdrawals race for nothing.
+    let answers = join_all(holds.iter().enumerate().map(|(i, id)| {
+        let (alice, id) = (alice.clone(), id.clone());
+        let call = &call;
+        async move {
+            let input = json!({"holdId": id, "idempotencyKey": format!("c-{i}")});
+            call(i + 1, &alice, CAPTURE, json!({ "in": input })).await
+        }
+    }))
+    .await;
+    for body in &answers {
+        assert_eq!(body["data"]["captureHold"]["status"], "CAPTURED", "{body}");
+    }
+    let pg = db.client().await;
+    let row = pg
+        .query_one(
+            "SELECT balance::text, held_balance::text, credit_limit::text,
+                    (SELECT count(*) FROM transactions t WHERE t.wallet_id = w.id
+                        AND t.settles_hold_id IS NOT NULL),
+                    (SELECT count(*) FROM holds h WHERE h.wallet_id = w.id
+                        AND h.status = 'CAPTURED')
+               FROM wallets w WHERE w.id = $1",
+            &[&common::db_id(&w)],
+        )
+        .await
+        .unwrap();
+    let figure = |i: usize| row.get::<_, String>(i).parse::<Decimal>().unwrap();
+    let spent = Decimal::from(4 * holds.len() as i64 + 3 * withdrawn);
+    assert_eq!(figure(0), Decimal::from(50) - spent);
+    assert!(figure(0) >= -figure(2), "never below the credit limit");
+    assert_eq!(
+        figure(1),
+        Decimal::ZERO,
+        "nothing held once every hold is captured"
+    );
+    assert_eq!(
+        row.get::<_, i64>(3),
+        holds.len() as i64,
+        "one row per capture"
+    );
+    assert_eq!(row.get::<_, i64>(4), holds.len() as i64);
+    drop(servers);
+}
