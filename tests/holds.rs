@@ -1204,3 +1204,43 @@ async fn three_server_processes_never_spend_beyond_the_credit_limit() {
     assert_eq!(row.get::<_, i64>(4), holds.len() as i64);
     drop(servers);
 }
+
+/// A capture behind a hold locked elsewhere (another session holds its row `FOR UPDATE`
+/// past the request's deadline) is answered by the deadline with a refusal that did
+/// nothing, and the same key afterwards captures once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capture_behind_a_locked_hold_is_answered_truthfully() {
+    let t = TestApp::with(Options {
+        request_timeout: Duration::from_secs(2),
+        ..Options::default()
+    })
+    .await;
+    let w = t.create_wallet("alice", "USD").await;
+    t.deposit(&w, "20.00", "fund").await;
+    let (alice, r) = (t.user("alice"), &t.router);
+    let id = held(r, &alice, ask(&w, "10.00", "h")).await;
+    let mut holder = t.db.client().await;
+    let lock = holder.transaction().await.unwrap();
+    lock.execute(
+        "SELECT 1 FROM holds WHERE id = $1 FOR UPDATE",
+        &[&common::db_id(&id)],
+    )
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    let body = capture(r, &alice, &id, Some("4.00"), "c").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(3500),
+        "answered by the deadline: {:?}",
+        started.elapsed()
+    );
+    refused(&body, "UNAVAILABLE");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lock.rollback().await.unwrap();
+    assert_money(&t, &w, "20.00", "10.00", "10.00").await;
+    assert_eq!(kinds(&hold_state(&t, &id).await), ["AUTHORIZED"]);
+    let h = captured(r, &alice, &id, Some("4.00"), "c").await;
+    assert_eq!(state(&h), st("ACTIVE", "10.00", "4.00", "6.00", "0.00"));
+    assert_money(&t, &w, "16.00", "6.00", "10.00").await;
+    assert_eq!(t.assert_chain(&w).await, 2);
+}
