@@ -54,6 +54,8 @@ pub struct AppState {
     pub revocations: Arc<Revocations>,
     /// How long holds last.
     pub holds: HoldPolicy,
+    /// Holds captured or voided recently: what a capture needs of them before the locks.
+    pub located_holds: Arc<hold::LocatedHolds>,
 }
 
 /// Everything needed to start one service instance. `Debug` shows no secret.
@@ -293,6 +295,7 @@ impl App {
             chains,
             revocations,
             holds: config.holds,
+            located_holds: Arc::default(),
         };
         let miner = match (&state.simulator, config.block_interval) {
             (Some(simulator), Some(interval)) => {

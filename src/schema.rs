@@ -343,8 +343,6 @@ diesel::table! {
 diesel::joinable!(credit_limit_changes -> wallets (wallet_id));
 diesel::joinable!(gas_fundings -> currencies (currency));
 diesel::joinable!(gas_fundings -> wallets (wallet_id));
-diesel::joinable!(hold_events -> holds (hold_id));
-diesel::joinable!(hold_events -> transactions (transaction_id));
 diesel::joinable!(ledger_accounts -> currencies (currency));
 diesel::joinable!(legacy_token_deposits -> transactions (hold_id));
 diesel::joinable!(reconciliations -> wallets (wallet_id));

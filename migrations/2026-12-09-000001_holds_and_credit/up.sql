@@ -118,17 +118,20 @@ CREATE TRIGGER holds_no_delete BEFORE DELETE ON holds FOR EACH ROW EXECUTE FUNCT
 CREATE TRIGGER holds_no_truncate BEFORE TRUNCATE ON holds FOR EACH STATEMENT EXECUTE FUNCTION append_only();
 
 -- A hold's lifecycle, append-only: AUTHORIZED once, CAPTURED per capture, then VOIDED or
--- EXPIRED (or a final capture's release, on its CAPTURED event).
+-- EXPIRED (or a final capture's release, on its CAPTURED event). Written only with the
+-- hold's change and the capture's row, in the same transaction, so the references hold
+-- by construction; like the postings, they are deliberately not foreign keys: each check
+-- would lock the hold and the journal row again (a tuple lock and its WAL per event).
 CREATE TABLE hold_events (
     id              BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    hold_id         BIGINT NOT NULL REFERENCES holds (id),
+    hold_id         BIGINT NOT NULL,
     kind            TEXT NOT NULL CHECK (kind IN ('AUTHORIZED', 'CAPTURED', 'VOIDED', 'EXPIRED')),
     -- AUTHORIZED: the amount reserved; CAPTURED: the amount moved; otherwise 0.
     amount          NUMERIC NOT NULL CHECK (amount >= 0),
     -- What this event gave back (a void, an expiry, a final capture's rest).
     released        NUMERIC NOT NULL DEFAULT 0 CHECK (released >= 0),
     -- CAPTURED: the row on the hold's wallet that moved the money.
-    transaction_id  BIGINT REFERENCES transactions (id),
+    transaction_id  BIGINT,
     -- captureHold / voidHold: the client's key (scoped to the hold) and what was asked,
     -- so that a replay is told from a conflict.
     idempotency_key TEXT CHECK (length(idempotency_key) BETWEEN 1 AND 128),
@@ -140,7 +143,7 @@ CREATE TABLE hold_events (
     CHECK ((kind = 'CAPTURED') = (transaction_id IS NOT NULL)),
     UNIQUE (hold_id, idempotency_key)
 );
-CREATE INDEX hold_events_hold_idx ON hold_events (hold_id, id);
+-- A hold's events are found through the unique (hold_id, idempotency_key) index.
 CREATE TRIGGER hold_events_append_only BEFORE UPDATE OR DELETE ON hold_events
     FOR EACH ROW EXECUTE FUNCTION append_only();
 CREATE TRIGGER hold_events_no_truncate BEFORE TRUNCATE ON hold_events

@@ -310,7 +310,13 @@ pub async fn authorize_hold(ctx: &Context<'_>, input: AuthorizeHoldInput) -> Res
         metadata: input.metadata.map(|m| m.0),
         policy: state(ctx).holds,
     };
-    submit(ctx, scope, HoldOp::Authorize(request)).await
+    let owner = scope.owner().map(str::to_owned);
+    let hold = submit(ctx, scope, HoldOp::Authorize(request)).await?;
+    // A user's own wallet: its owner is known, and its capture need not read the hold.
+    if let Some(owner) = owner {
+        state(ctx).located_holds.remember(&hold.0, &owner);
+    }
+    Ok(hold)
 }
 
 pub async fn capture_hold(ctx: &Context<'_>, input: CaptureHoldInput) -> Result<HoldObject> {
@@ -338,7 +344,7 @@ pub async fn void_hold(ctx: &Context<'_>, input: VoidHoldInput) -> Result<HoldOb
 /// What a capture or void needs of its hold before the committer locks it.
 async fn locate(ctx: &Context<'_>, scope: &Scope, hold_id: i64) -> Result<Located> {
     let mut c = conn(ctx).await?;
-    Ok(hold::locate(&mut c, scope, hold_id).await?)
+    Ok(hold::locate(&mut c, &state(ctx).located_holds, scope, hold_id).await?)
 }
 
 /// Through the group committer, like every movement.

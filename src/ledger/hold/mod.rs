@@ -268,22 +268,79 @@ impl HoldRequest {
 }
 
 /// The facts of hold `hold_id` a capture or void needs before its locks, if the caller may
-/// see it (C1, V1).
+/// see it (C1, V1): from `known` (holds located before: their facts never change), or read
+/// and remembered there.
 pub async fn locate(
     conn: &mut AsyncPgConnection,
+    known: &LocatedHolds,
     scope: &Scope,
     hold_id: i64,
 ) -> Result<Located, LedgerError> {
-    let hold = hold_by_id(conn, scope, hold_id)
-        .await?
+    if let Some((owner, located)) = known.get(hold_id)
+        && scope.owner().is_none_or(|o| o == owner)
+    {
+        return Ok(located);
+    }
+    let found: Option<(Hold, String)> = holds::table
+        .inner_join(wallets::table.on(wallets::id.eq(holds::wallet_id)))
+        .filter(holds::id.eq(hold_id))
+        .select((Hold::as_select(), wallets::user_id))
+        .first(conn)
+        .await
+        .optional()?;
+    let (hold, owner) = found
+        .filter(|(_, owner)| scope.owner().is_none_or(|o| o == owner))
         .ok_or(LedgerError::NotFound("hold"))?;
-    Ok(Located {
+    let located = Located {
         wallet_id: hold.wallet_id,
         to_wallet_id: hold.to_wallet_id,
         description: hold.description,
         reference: hold.reference,
         metadata: hold.metadata,
-    })
+    };
+    known.put(hold_id, owner, located.clone());
+    Ok(located)
+}
+
+/// Holds located recently, with their wallet's owner: a capture or void of one of them
+/// needs no read before the committer (what is kept never changes). Bounded, least
+/// recently used out first.
+pub struct LocatedHolds(std::sync::Mutex<lru::LruCache<i64, (String, Located)>>);
+
+impl LocatedHolds {
+    pub fn new(capacity: usize) -> LocatedHolds {
+        let capacity = std::num::NonZeroUsize::new(capacity).unwrap_or(std::num::NonZeroUsize::MIN);
+        LocatedHolds(std::sync::Mutex::new(lru::LruCache::new(capacity)))
+    }
+
+    fn get(&self, id: i64) -> Option<(String, Located)> {
+        self.0.lock().ok()?.get(&id).cloned()
+    }
+
+    fn put(&self, id: i64, owner: String, located: Located) {
+        if let Ok(mut cache) = self.0.lock() {
+            cache.put(id, (owner, located));
+        }
+    }
+
+    /// Remembers a hold just authorised on a wallet of `owner`: its capture will not
+    /// need to read it first.
+    pub fn remember(&self, hold: &Hold, owner: &str) {
+        let located = Located {
+            wallet_id: hold.wallet_id,
+            to_wallet_id: hold.to_wallet_id,
+            description: hold.description.clone(),
+            reference: hold.reference.clone(),
+            metadata: hold.metadata.clone(),
+        };
+        self.put(hold.id, owner.to_owned(), located);
+    }
+}
+
+impl Default for LocatedHolds {
+    fn default() -> Self {
+        LocatedHolds::new(16_384)
+    }
 }
 
 /// Expires the ACTIVE holds past `expires_at`, up to `limit` of them, each in its own
