@@ -1096,15 +1096,15 @@ pub(crate) mod tests {
         .expect("fees")
     }
 
-    fn dec(s: &str) -> Decimal {
+    pub(crate) fn dec(s: &str) -> Decimal {
         s.parse().expect("decimal")
     }
 
-    fn at(seconds: i64) -> DateTime<Utc> {
+    pub(crate) fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("time")
     }
 
-    fn wallet(id: i64, user: &str, currency: &str, balance: &str) -> Wallet {
+    pub(crate) fn wallet(id: i64, user: &str, currency: &str, balance: &str) -> Wallet {
         Wallet {
             id,
             user_id: user.into(),

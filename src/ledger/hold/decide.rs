@@ -281,14 +281,10 @@ mod tests {
     use chrono::Duration;
 
     use super::*;
-
-    fn dec(s: &str) -> Decimal {
-        s.parse().expect("decimal")
-    }
-
-    fn at(seconds: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_800_000_000 + seconds, 0).expect("time")
-    }
+    use crate::ledger::judge::{
+        self,
+        tests::{at, dec},
+    };
 
     fn currencies() -> CurrencyRegistry {
         CurrencyRegistry::from_rows(vec![
@@ -298,21 +294,9 @@ mod tests {
         ])
     }
 
+    /// Alice's wallet `id` (the judge's fixture).
     fn wallet(id: i64, currency: &str, balance: &str) -> Wallet {
-        Wallet {
-            id,
-            user_id: "alice".into(),
-            currency: currency.into(),
-            balance: dec(balance),
-            locked_balance: Decimal::ZERO,
-            network: None,
-            address: None,
-            derivation_path: None,
-            created_at: at(0),
-            updated_at: at(0),
-            credit_limit: Decimal::ZERO,
-            held_balance: Decimal::ZERO,
-        }
+        judge::tests::wallet(id, "alice", currency, balance)
     }
 
     fn hold(amount: &str, captured: &str) -> Hold {
