@@ -274,6 +274,8 @@ pub struct Decided<'a> {
     pub changed_holds: Vec<Hold>,
     /// Their lifecycles' new steps, in order.
     pub events: Vec<NewHoldEvent<'a>>,
+    /// The batch's time.
+    pub clock: DateTime<Utc>,
 }
 
 impl Decided<'_> {
@@ -394,6 +396,7 @@ impl<'a> Judge<'a> {
             new_holds: self.new_holds,
             changed_holds,
             events: self.events,
+            clock,
         }
     }
 

@@ -396,12 +396,6 @@ pub async fn write(
             ],
         )
     });
-    let clock = decided
-        .touched
-        .iter()
-        .map(|t| t.at)
-        .next()
-        .unwrap_or_default();
     let events = write_some(conn, &decided.events, |events| {
         fixed_sql::numbered(
             include_str!("insert_hold_events.sql"),
@@ -415,7 +409,7 @@ pub async fn write(
                 Bind::OptionalNumerics(events.iter().map(|e| e.requested.map(Scaled)).collect()),
                 Bind::Bools(events.iter().map(|e| e.final_capture).collect()),
                 Bind::Texts(events.iter().map(|e| e.actor.to_owned()).collect()),
-                Bind::Times(events.iter().map(|_| clock).collect()),
+                Bind::Times(events.iter().map(|_| decided.clock).collect()),
             ],
         )
     });
