@@ -83,6 +83,10 @@ async fn void(r: &Router, token: &str, hold: &str, key: &str) -> Value {
     gql_to(r, Some(token), VOID, json!({ "in": input })).await
 }
 
+/// The tests that run three service instances take turns: together they could take every
+/// connection a default Postgres allows (100).
+static THREE_INSTANCES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+
 /// Three service instances on one database, with small pools: three processes with the
 /// suite's usual pools could take every connection a default Postgres allows.
 async fn fleet() -> Arc<Fleet> {
@@ -668,6 +672,7 @@ async fn holds_are_their_owners_and_credit_is_the_operators() {
 /// 50 captures of 3.00 race on a hold of 100.00 through three processes: 33 fit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_captures_take_exactly_the_hold() {
+    let _turn = THREE_INSTANCES.acquire().await.unwrap();
     let f = fleet().await;
     let t = &f.t;
     let w = t.create_wallet("alice", "USD").await;
@@ -710,6 +715,7 @@ async fn fifty_concurrent_captures_take_exactly_the_hold() {
 /// A capture and a void of one hold race through two processes: exactly one order won.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_capture_racing_a_void_has_one_outcome() {
+    let _turn = THREE_INSTANCES.acquire().await.unwrap();
     let f = fleet().await;
     let t = &f.t;
     let w = t.create_wallet("alice", "USD").await;
@@ -885,6 +891,7 @@ async fn a_credit_limit_lets_the_balance_go_negative_and_no_further() {
 /// through three processes: the wallet never spends more than balance plus limit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn holds_and_withdrawals_racing_respect_the_credit_limit() {
+    let _turn = THREE_INSTANCES.acquire().await.unwrap();
     let f = fleet().await;
     let t = &f.t;
     let w = t.create_wallet("alice", "USD").await;
