@@ -184,6 +184,18 @@ pub struct Located {
     pub metadata: Option<serde_json::Value>,
 }
 
+impl Located {
+    pub fn of(hold: &Hold) -> Located {
+        Located {
+            wallet_id: hold.wallet_id,
+            to_wallet_id: hold.to_wallet_id,
+            description: hold.description.clone(),
+            reference: hold.reference.clone(),
+            metadata: hold.metadata.clone(),
+        }
+    }
+}
+
 /// A hold request of the write path.
 #[derive(Clone, Debug)]
 pub enum HoldOp {
@@ -291,13 +303,7 @@ pub async fn locate(
     let (hold, owner) = found
         .filter(|(_, owner)| scope.owner().is_none_or(|o| o == owner))
         .ok_or(LedgerError::NotFound("hold"))?;
-    let located = Located {
-        wallet_id: hold.wallet_id,
-        to_wallet_id: hold.to_wallet_id,
-        description: hold.description,
-        reference: hold.reference,
-        metadata: hold.metadata,
-    };
+    let located = Located::of(&hold);
     known.put(hold_id, owner, located.clone());
     Ok(located)
 }
@@ -326,14 +332,7 @@ impl LocatedHolds {
     /// Remembers a hold just authorised on a wallet of `owner`: its capture will not
     /// need to read it first.
     pub fn remember(&self, hold: &Hold, owner: &str) {
-        let located = Located {
-            wallet_id: hold.wallet_id,
-            to_wallet_id: hold.to_wallet_id,
-            description: hold.description.clone(),
-            reference: hold.reference.clone(),
-            metadata: hold.metadata.clone(),
-        };
-        self.put(hold.id, owner.to_owned(), located);
+        self.put(hold.id, owner.to_owned(), Located::of(hold));
     }
 }
 

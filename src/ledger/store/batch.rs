@@ -190,7 +190,7 @@ impl HoldKeys {
         let ids = async {
             match self.authorizations.len() {
                 0 => Ok(Vec::new()),
-                n => allocate_hold_ids(conn, n).await,
+                n => super::allocate_hold_ids(conn, n).await,
             }
         };
         let (locked, by_key, events, ids) = futures_util::join!(locked, by_key, events, ids);
@@ -215,27 +215,6 @@ impl HoldKeys {
             ids,
         })
     }
-}
-
-/// `n` hold ids, ascending, for the holds a batch may authorise.
-async fn allocate_hold_ids(
-    mut conn: &AsyncPgConnection,
-    n: usize,
-) -> Result<Vec<i64>, LedgerError> {
-    use diesel::sql_types::{Array, BigInt};
-    let count = i64::try_from(n).map_err(|_| LedgerError::Internal("too many holds".into()))?;
-    let mut ids: Vec<i64> = diesel::select(Fixed::<Array<BigInt>>::new(
-        &[
-            "ARRAY(SELECT nextval(pg_get_serial_sequence('holds', 'id'))
-                     FROM generate_series(1, ",
-            "))",
-        ],
-        vec![Bind::BigInt(count)],
-    ))
-    .get_result(&mut conn)
-    .await?;
-    ids.sort_unstable();
-    Ok(ids)
 }
 
 /// Locks, in id order, the wallets of `asked` that the request naming them may touch: a

@@ -465,16 +465,49 @@ async fn update_balance<'a>(
 }
 
 /// `n` journal row ids, ascending, for rows that must name each other in one insert.
-pub async fn allocate_ids(mut conn: &AsyncPgConnection, n: usize) -> Result<Vec<i64>, LedgerError> {
-    use crate::ledger::fixed_sql::{Bind, Fixed};
-    use diesel::sql_types::{Array, BigInt};
-    let count = i64::try_from(n).map_err(|_| LedgerError::Internal("too many rows".into()))?;
-    let mut ids: Vec<i64> = diesel::select(Fixed::<Array<BigInt>>::new(
+pub async fn allocate_ids(conn: &AsyncPgConnection, n: usize) -> Result<Vec<i64>, LedgerError> {
+    ids_from(
+        conn,
         &[
             "ARRAY(SELECT nextval(pg_get_serial_sequence('transactions', 'id'))
                      FROM generate_series(1, ",
             "))",
         ],
+        n,
+    )
+    .await
+}
+
+/// `n` hold ids, ascending, for the holds a batch may authorise (their events name them
+/// in the same insert round trip).
+pub async fn allocate_hold_ids(
+    conn: &AsyncPgConnection,
+    n: usize,
+) -> Result<Vec<i64>, LedgerError> {
+    ids_from(
+        conn,
+        &[
+            "ARRAY(SELECT nextval(pg_get_serial_sequence('holds', 'id'))
+                     FROM generate_series(1, ",
+            "))",
+        ],
+        n,
+    )
+    .await
+}
+
+/// `n` values of the sequence `pieces` draws from (its text fixed, so kept prepared),
+/// ascending.
+async fn ids_from(
+    mut conn: &AsyncPgConnection,
+    pieces: &'static [&'static str],
+    n: usize,
+) -> Result<Vec<i64>, LedgerError> {
+    use crate::ledger::fixed_sql::{Bind, Fixed};
+    use diesel::sql_types::{Array, BigInt};
+    let count = i64::try_from(n).map_err(|_| LedgerError::Internal("too many ids".into()))?;
+    let mut ids: Vec<i64> = diesel::select(Fixed::<Array<BigInt>>::new(
+        pieces,
         vec![Bind::BigInt(count)],
     ))
     .get_result(&mut conn)
