@@ -12,6 +12,8 @@ use crate::chain::{Chain as _, Networks, SimulatedChain, backends};
 use crate::chain_worker::ChainWorker;
 use crate::custody::{Custody, SeedSource};
 use crate::db::{self, PgPool, QueryCounter, SessionLimits};
+use crate::events::stream::{StreamConfig, StreamStatus, spawn_publisher};
+use crate::events::webhook::{TargetPolicy, WebhookConfig, spawn_dispatcher};
 use crate::events::{EventBus, Listener, ListenerConfig};
 use crate::graphql::{self, AppSchema, Limits};
 use crate::ledger::CurrencyRegistry;
@@ -56,6 +58,10 @@ pub struct AppState {
     pub holds: HoldPolicy,
     /// Holds captured or voided recently: what a capture needs of them before the locks.
     pub located_holds: Arc<hold::LocatedHolds>,
+    /// Which URLs webhook endpoints may have.
+    pub webhook_targets: TargetPolicy,
+    /// The event stream's health and lag, when one is configured.
+    pub stream: Option<Arc<StreamStatus>>,
 }
 
 /// Everything needed to start one service instance. `Debug` shows no secret.
@@ -102,6 +108,14 @@ pub struct AppConfig {
     pub holds: HoldPolicy,
     /// Run the hold expiry worker this often (`None`: never).
     pub hold_expiry_poll: Option<Duration>,
+    /// How long events are kept (the feed can be resumed from any position this recent).
+    pub event_retention: Duration,
+    /// How webhooks are sent (`None`: this process sends none; others may).
+    pub webhooks: Option<WebhookConfig>,
+    /// Which URLs webhook endpoints may have.
+    pub webhook_targets: TargetPolicy,
+    /// Publish every event to NATS JetStream.
+    pub stream: Option<StreamConfig>,
 }
 
 /// Who may read `/metrics` on the main listener.
@@ -171,6 +185,10 @@ pub struct Service {
     pub chain_worker: Option<Arc<AbortOnDrop<()>>>,
     /// Releases holds past their expiry, when it runs.
     pub hold_expirer: Option<Arc<AbortOnDrop<()>>>,
+    /// Sends webhooks, when it runs.
+    pub webhook_dispatcher: Option<Arc<AbortOnDrop<()>>>,
+    /// Publishes events to NATS JetStream, when configured.
+    pub stream_publisher: Option<Arc<AbortOnDrop<()>>>,
     /// Keeps the Ethereum node connected (reconnects, re-checks its chain id), when one
     /// is configured.
     pub node_supervisor: Option<Arc<AbortOnDrop<()>>>,
@@ -271,7 +289,28 @@ impl App {
             config.token_policy.revocation_horizon(),
         ));
         let events = EventBus::default();
-        let listener = Listener::spawn(ListenerConfig::new(&config.database_url), events.clone());
+        let listener = Listener::spawn(
+            ListenerConfig {
+                retention: config.event_retention,
+                ..ListenerConfig::new(&config.database_url)
+            },
+            events.clone(),
+        );
+        // Webhooks and the stream have connections of their own: a slow receiver or broker
+        // never holds one a money movement needs.
+        let delivery_pool = match config.webhooks.is_some() || config.stream.is_some() {
+            true => Some(db::build_pool(
+                &config.database_url,
+                4,
+                limits,
+                QueryCounter::default(),
+            )?),
+            false => None,
+        };
+        let stream_status = config
+            .stream
+            .as_ref()
+            .map(|_| Arc::new(StreamStatus::default()));
         // Subscriptions opened from now on see every event committed from now on.
         if !listener.wait_listening(Duration::from_secs(10)).await {
             tracing::warn!("the event listener is not connected yet; subscriptions wait for it");
@@ -296,6 +335,25 @@ impl App {
             revocations,
             holds: config.holds,
             located_holds: Arc::default(),
+            webhook_targets: config.webhook_targets,
+            stream: stream_status.clone(),
+        };
+        let webhook_dispatcher = match (&delivery_pool, &config.webhooks) {
+            (Some(pool), Some(webhooks)) => Some(Arc::new(spawn_dispatcher(
+                pool.clone(),
+                state.events.clone(),
+                webhooks.clone(),
+            ))),
+            _ => None,
+        };
+        let stream_publisher = match (&delivery_pool, &config.stream, &stream_status) {
+            (Some(pool), Some(stream), Some(status)) => Some(Arc::new(spawn_publisher(
+                pool.clone(),
+                state.events.clone(),
+                stream.clone(),
+                status.clone(),
+            ))),
+            _ => None,
         };
         let miner = match (&state.simulator, config.block_interval) {
             (Some(simulator), Some(interval)) => {
@@ -357,6 +415,8 @@ impl App {
             reconciler,
             chain_worker,
             hold_expirer,
+            webhook_dispatcher,
+            stream_publisher,
             node_supervisor,
         })))
     }

@@ -199,6 +199,44 @@ pub struct ServeConfig {
     /// their `expiresAt` (every process runs one; each hold expires once). 0: never.
     #[arg(long, env = "WALLET_HOLD_EXPIRY_POLL_MS", default_value_t = 1000)]
     pub hold_expiry_poll_ms: u64,
+    /// Days events are kept: the feed (`events`) can be resumed from any position this
+    /// recent; older positions get `CURSOR_EXPIRED`.
+    #[arg(long, env = "WALLET_EVENT_RETENTION_DAYS", default_value_t = 30)]
+    pub event_retention_days: u32,
+    /// Send webhooks from this process (every process may: endpoints are shared out).
+    #[arg(long, env = "WALLET_WEBHOOKS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhooks: bool,
+    /// Let webhook endpoints be loopback, private or link-local addresses, and plain
+    /// http (default: allowed under development rules, refused under production rules).
+    #[arg(long, env = "WALLET_WEBHOOK_ALLOW_PRIVATE_TARGETS")]
+    pub webhook_allow_private_targets: Option<bool>,
+    /// Milliseconds a webhook attempt may take before it counts as failed.
+    #[arg(long, env = "WALLET_WEBHOOK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub webhook_timeout_ms: u64,
+    /// Milliseconds before the first retry of a failed delivery; each next retry waits
+    /// twice as long (up to WALLET_WEBHOOK_RETRY_MAX_MS), plus up to a quarter at random.
+    #[arg(long, env = "WALLET_WEBHOOK_RETRY_BASE_MS", default_value_t = 5_000)]
+    pub webhook_retry_base_ms: u64,
+    #[arg(long, env = "WALLET_WEBHOOK_RETRY_MAX_MS", default_value_t = 3_600_000)]
+    pub webhook_retry_max_ms: u64,
+    /// Seconds an endpoint may keep failing before it is disabled (default one day).
+    #[arg(
+        long,
+        env = "WALLET_WEBHOOK_DISABLE_AFTER_SECS",
+        default_value_t = 86_400
+    )]
+    pub webhook_disable_after_secs: u64,
+    /// Milliseconds a process's claim on an endpoint lasts unless renewed: how soon
+    /// another process takes over when one dies.
+    #[arg(long, env = "WALLET_WEBHOOK_LEASE_MS", default_value_t = 30_000)]
+    pub webhook_lease_ms: u64,
+    /// Publish every event to this NATS server's JetStream (`nats://host:4222`), subject
+    /// `wallet.events.<TYPE>`.
+    #[arg(long, env = "WALLET_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// The JetStream stream events are published to (created if missing).
+    #[arg(long, env = "WALLET_NATS_STREAM", default_value = "WALLET_EVENTS")]
+    pub nats_stream: String,
     /// Serve GraphiQL on `/` and the example web client on `/examples/web-client/`, and
     /// answer introspection queries (default: on under development rules, off under
     /// production rules).
@@ -505,6 +543,44 @@ impl ServeConfig {
             default_expiry,
             max_expiry,
         })
+    }
+
+    /// How webhook URLs are checked: production refuses plain http, and private targets
+    /// unless WALLET_WEBHOOK_ALLOW_PRIVATE_TARGETS allows them.
+    pub fn webhook_targets(&self, rules: Rules) -> crate::events::webhook::TargetPolicy {
+        let production = rules.production();
+        let allow_private = self.webhook_allow_private_targets.unwrap_or(!production);
+        crate::events::webhook::TargetPolicy {
+            require_https: production && !allow_private,
+            allow_private,
+        }
+    }
+
+    /// How webhooks are sent (`None`: not by this process).
+    pub fn webhook_config(&self, rules: Rules) -> Option<crate::events::webhook::WebhookConfig> {
+        self.webhooks
+            .then(|| crate::events::webhook::WebhookConfig {
+                policy: self.webhook_targets(rules),
+                timeout: Duration::from_millis(self.webhook_timeout_ms.max(1)),
+                retry_base: Duration::from_millis(self.webhook_retry_base_ms.max(1)),
+                retry_max: Duration::from_millis(self.webhook_retry_max_ms.max(1)),
+                disable_after: Duration::from_secs(self.webhook_disable_after_secs),
+                lease: Duration::from_millis(self.webhook_lease_ms.max(1000)),
+                ..Default::default()
+            })
+    }
+
+    pub fn event_retention(&self) -> Duration {
+        Duration::from_secs(u64::from(self.event_retention_days.max(1)) * 24 * 3600)
+    }
+
+    pub fn stream_config(&self) -> Option<crate::events::stream::StreamConfig> {
+        self.nats_url
+            .as_ref()
+            .map(|url| crate::events::stream::StreamConfig {
+                stream: self.nats_stream.clone(),
+                ..crate::events::stream::StreamConfig::new(url)
+            })
     }
 
     pub fn revocation_refresh(&self) -> Duration {

@@ -18,6 +18,7 @@ pub mod custody;
 pub mod db;
 pub mod events;
 pub mod examples;
+pub mod global_id;
 pub mod graphiql;
 pub mod graphql;
 pub mod http;

@@ -280,6 +280,10 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         holds: config.hold_policy()?,
         hold_expiry_poll: (config.hold_expiry_poll_ms > 0)
             .then(|| Duration::from_millis(config.hold_expiry_poll_ms)),
+        event_retention: config.event_retention(),
+        webhooks: config.webhook_config(startup.rules),
+        webhook_targets: config.webhook_targets(startup.rules),
+        stream: config.stream_config(),
     })
     .await
     .context("starting the service")?;

@@ -1,6 +1,18 @@
 // @generated automatically by Diesel CLI.
 
 diesel::table! {
+    balance_alerts (id) {
+        id -> Int8,
+        wallet_id -> Int8,
+        below -> Nullable<Numeric>,
+        above -> Nullable<Numeric>,
+        created_by -> Text,
+        created_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
     chain_backends (network) {
         network -> Text,
         backend -> Text,
@@ -81,18 +93,32 @@ diesel::table! {
 }
 
 diesel::table! {
+    event_runs (first_sequence) {
+        first_sequence -> Int8,
+        first_event_id -> Int8,
+        last_event_id -> Int8,
+        sequenced_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     events (id) {
         id -> Int8,
-        tx_id -> Int8,
         topic -> Text,
         subject_id -> Int8,
-        wallet_id -> Int8,
-        user_id -> Text,
+        wallet_id -> Nullable<Int8>,
+        user_id -> Nullable<Text>,
         balance -> Nullable<Numeric>,
         locked_balance -> Nullable<Numeric>,
         created_at -> Timestamptz,
         held_balance -> Nullable<Numeric>,
         credit_limit -> Nullable<Numeric>,
+        #[sql_name = "type"]
+        type_ -> Text,
+        status -> Nullable<Text>,
+        confirmations -> Nullable<Int4>,
+        captured -> Nullable<Numeric>,
+        released -> Nullable<Numeric>,
     }
 }
 
@@ -256,6 +282,16 @@ diesel::table! {
 }
 
 diesel::table! {
+    stream_positions (name) {
+        name -> Text,
+        position -> Int8,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Timestamptz>,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     token_revocations (subject) {
         subject -> Text,
         revoked_before -> Timestamptz,
@@ -321,6 +357,59 @@ diesel::table! {
 }
 
 diesel::table! {
+    webhook_attempts (id) {
+        id -> Int8,
+        delivery_id -> Int8,
+        attempted_at -> Timestamptz,
+        latency_ms -> Int4,
+        status_code -> Nullable<Int4>,
+        error -> Nullable<Text>,
+        succeeded -> Bool,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Int8,
+        endpoint_id -> Int8,
+        event_id -> Int8,
+        sequence -> Int8,
+        event_type -> Text,
+        body -> Text,
+        status -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_status_code -> Nullable<Int4>,
+        last_error -> Nullable<Text>,
+        redelivery_of -> Nullable<Int8>,
+        created_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    webhook_endpoints (id) {
+        id -> Int8,
+        url -> Text,
+        event_types -> Array<Nullable<Text>>,
+        wallet_ids -> Nullable<Array<Nullable<Int8>>>,
+        description -> Nullable<Text>,
+        secret -> Text,
+        previous_secret -> Nullable<Text>,
+        previous_secret_until -> Nullable<Timestamptz>,
+        status -> Text,
+        disabled_reason -> Nullable<Text>,
+        position -> Int8,
+        failing_since -> Nullable<Timestamptz>,
+        lease_owner -> Nullable<Text>,
+        lease_until -> Nullable<Timestamptz>,
+        created_by -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     withdrawal_attempts (id) {
         id -> Int8,
         transaction_id -> Int8,
@@ -340,6 +429,7 @@ diesel::table! {
     }
 }
 
+diesel::joinable!(balance_alerts -> wallets (wallet_id));
 diesel::joinable!(credit_limit_changes -> wallets (wallet_id));
 diesel::joinable!(gas_fundings -> currencies (currency));
 diesel::joinable!(gas_fundings -> wallets (wallet_id));
@@ -352,9 +442,12 @@ diesel::joinable!(sim_transfers -> sim_chains (network));
 diesel::joinable!(transactions -> holds (settles_hold_id));
 diesel::joinable!(transactions -> wallets (wallet_id));
 diesel::joinable!(wallets -> currencies (currency));
+diesel::joinable!(webhook_attempts -> webhook_deliveries (delivery_id));
+diesel::joinable!(webhook_deliveries -> webhook_endpoints (endpoint_id));
 diesel::joinable!(withdrawal_attempts -> transactions (transaction_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
+    balance_alerts,
     chain_backends,
     chain_blocks,
     chain_nonces,
@@ -363,6 +456,7 @@ diesel::allow_tables_to_appear_in_same_query!(
     credit_limit_changes,
     currencies,
     custody_fingerprint,
+    event_runs,
     events,
     gas_fundings,
     hd_indexes,
@@ -377,8 +471,12 @@ diesel::allow_tables_to_appear_in_same_query!(
     sim_chains,
     sim_failing_addresses,
     sim_transfers,
+    stream_positions,
     token_revocations,
     transactions,
     wallets,
+    webhook_attempts,
+    webhook_deliveries,
+    webhook_endpoints,
     withdrawal_attempts,
 );

@@ -1,6 +1,7 @@
 //! The per-process event listener: one dedicated connection (not from the pool, so request
-//! traffic never delays events and vice versa) that LISTENs for the outbox's NOTIFY, reads
-//! the outbox from its cursor and publishes to the bus.
+//! traffic never delays events and vice versa) that LISTENs for the outbox's NOTIFY,
+//! numbers what became final (the feed's sequencer), reads the feed from its position and
+//! publishes to the bus.
 //!
 //! A notification is only a wake-up; the outbox is the source of truth. So a lost
 //! connection loses nothing: the listener reconnects with back-off and resumes from its
@@ -16,7 +17,8 @@ use tokio::sync::{Notify, watch};
 use tokio_postgres::AsyncMessage;
 
 use super::EventBus;
-use super::outbox::{self, Cursor};
+use super::feed::{self, Filter, Position, Sequencer};
+use super::outbox;
 use crate::task::AbortOnDrop;
 use diesel_async::{AsyncPgConnection, SimpleAsyncConnection};
 
@@ -42,7 +44,7 @@ pub struct ListenerConfig {
     pub idle_poll: Duration,
     /// Longest wait between reconnection attempts.
     pub max_backoff: Duration,
-    /// Events older than this are deleted from the outbox.
+    /// Events older than this are deleted from the outbox (and the feed).
     pub retention: Duration,
 }
 
@@ -52,10 +54,14 @@ impl ListenerConfig {
             database_url: database_url.into(),
             idle_poll: Duration::from_secs(1),
             max_backoff: Duration::from_secs(5),
-            retention: Duration::from_secs(24 * 3600),
+            retention: DEFAULT_RETENTION,
         }
     }
 }
+
+/// How long events are kept by default: the feed can be resumed from any position this
+/// recent.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ListenerState {
@@ -91,7 +97,7 @@ impl Listener {
 }
 
 async fn run(config: ListenerConfig, bus: EventBus, state: watch::Sender<ListenerState>) {
-    let mut cursor: Option<Cursor> = None;
+    let mut cursor: Option<Position> = None;
     let mut backoff = Duration::from_millis(100);
     loop {
         let started = Instant::now();
@@ -110,7 +116,7 @@ async fn run(config: ListenerConfig, bus: EventBus, state: watch::Sender<Listene
 async fn session(
     config: &ListenerConfig,
     bus: &EventBus,
-    cursor: &mut Option<Cursor>,
+    cursor: &mut Option<Position>,
     state: &watch::Sender<ListenerState>,
 ) -> anyhow::Error {
     match listen(config, bus, cursor, state).await {
@@ -122,7 +128,7 @@ async fn session(
 async fn listen(
     config: &ListenerConfig,
     bus: &EventBus,
-    cursor: &mut Option<Cursor>,
+    cursor: &mut Option<Position>,
     state: &watch::Sender<ListenerState>,
 ) -> anyhow::Result<std::convert::Infallible> {
     let mut pg =
@@ -162,17 +168,22 @@ async fn listen(
         .await
         .context("LISTEN")?;
     if cursor.is_none() {
-        *cursor = Some(outbox::head(&mut db).await.map_err(ledger)?);
+        *cursor = Some(feed::head(&mut db).await.map_err(ledger)?);
     }
     state.send_replace(ListenerState::Listening);
     tracing::info!(channel = CHANNEL, "event listener is listening");
 
     let mut last_prune = Instant::now() - Duration::from_secs(3600);
     let mut retry = Duration::from_millis(5);
+    let mut sequencer = Sequencer::default();
     loop {
-        let position = cursor.get_or_insert_with(Cursor::default);
+        let position = cursor.get_or_insert_with(Position::default);
         let passed = Instant::now();
-        let held_back = deliver(&mut db, bus, position).await?;
+        let held_back = sequencer
+            .pass(&mut db, position.event_id)
+            .await
+            .map_err(ledger)?;
+        deliver(&mut db, bus, position).await?;
         // Committed events waiting for an older transaction: look again soon.
         let wait = if held_back {
             retry = (retry * 2).min(MAX_HELD_BACK_RETRY);
@@ -203,56 +214,55 @@ async fn listen(
     }
 }
 
-/// Publishes every settled event after `cursor`; returns whether committed events are
-/// held back behind an older, still running transaction.
+/// Publishes every numbered event after `cursor`, in feed order.
 async fn deliver(
     conn: &mut AsyncPgConnection,
     bus: &EventBus,
-    cursor: &mut Cursor,
-) -> anyhow::Result<bool> {
-    // Everything settled now, read in (tx_id, id) order: that order is what makes reading
-    // loss-free, but it is not commit order. A transaction that locked one wallet early
-    // (and so got its xid early), then waited for another wallet held by a younger
-    // transaction, sorts before that one although it wrote after it. Both settle at the
-    // same moment — the younger one is held back until the older ends — so publishing
-    // what settled together in event id order (ids are drawn under the wallet's lock, in
-    // journal order) keeps every wallet's events in order.
-    let mut settled = Vec::new();
-    let mut after = *cursor;
-    loop {
-        let rows = outbox::read_after(conn, after, BATCH)
+    cursor: &mut Position,
+) -> anyhow::Result<()> {
+    let head = feed::head(conn).await.map_err(ledger)?;
+    while *cursor < head {
+        let page = feed::page(conn, *cursor, head, &Filter::default(), BATCH)
             .await
             .map_err(ledger)?;
-        let Some(last) = rows.last().map(|r| r.cursor()) else {
-            break;
-        };
-        after = last;
-        let full = rows.len() == BATCH as usize;
-        settled.extend(rows);
-        if !full {
-            break;
+        // Nobody to tell in this process: just move on.
+        if bus.subscriber_count() > 0 {
+            for notice in outbox::load_notices(conn, &page.rows)
+                .await
+                .map_err(ledger)?
+            {
+                bus.publish(notice);
+                metrics::counter!("wallet_events_delivered_total").increment(1);
+            }
         }
+        *cursor = page.next;
+        bus.advance_head(cursor.sequence);
     }
-    settled.sort_by_key(|r| r.id);
-    // Nobody to tell in this process: just move on.
-    if !settled.is_empty() && bus.subscriber_count() > 0 {
-        for notice in outbox::load_notices(conn, &settled).await.map_err(ledger)? {
-            bus.publish(notice);
-            metrics::counter!("wallet_events_delivered_total").increment(1);
-        }
-    }
-    *cursor = after;
-    outbox::has_held_back(conn).await.map_err(ledger)
+    Ok(())
 }
 
 async fn prune(conn: &mut AsyncPgConnection, retention: Duration) {
     let Ok(retention) = chrono::Duration::from_std(retention) else {
         return;
     };
-    match outbox::prune(conn, chrono::Utc::now() - retention).await {
-        Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned old events"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = ?e, "could not prune old events"),
+    let before = chrono::Utc::now() - retention;
+    let mut deleted = 0;
+    loop {
+        match feed::prune(conn, before, 10_000).await {
+            Ok(n) => {
+                deleted += n;
+                if n < 10_000 {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = ?e, "could not prune old events");
+                break;
+            }
+        }
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "pruned old events");
     }
 }
 

@@ -8,40 +8,10 @@ use chrono::DateTime;
 use super::error::bad_input;
 use crate::ledger::Cursor;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NodeType {
-    Wallet,
-    Transaction,
-    Reconciliation,
-    GasFunding,
-    Hold,
-}
-
-impl NodeType {
-    fn name(self) -> &'static str {
-        match self {
-            NodeType::Wallet => "Wallet",
-            NodeType::Transaction => "Transaction",
-            NodeType::Reconciliation => "Reconciliation",
-            NodeType::GasFunding => "GasFunding",
-            NodeType::Hold => "Hold",
-        }
-    }
-
-    fn from_name(s: &str) -> Option<Self> {
-        Some(match s {
-            "Wallet" => NodeType::Wallet,
-            "Transaction" => NodeType::Transaction,
-            "Reconciliation" => NodeType::Reconciliation,
-            "GasFunding" => NodeType::GasFunding,
-            "Hold" => NodeType::Hold,
-            _ => return None,
-        })
-    }
-}
+pub use crate::global_id::NodeType;
 
 pub fn encode_id(kind: NodeType, id: i64) -> ID {
-    ID(URL_SAFE_NO_PAD.encode(format!("{}:{id}", kind.name())))
+    ID(crate::global_id::encode(kind, id))
 }
 
 /// Decodes any global id (for `node`).

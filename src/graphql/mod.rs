@@ -5,6 +5,7 @@
 
 pub mod document;
 pub mod error;
+pub mod feed;
 pub mod field_order;
 pub mod guard;
 pub mod holds;

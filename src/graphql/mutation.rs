@@ -391,6 +391,76 @@ impl Mutation {
         super::holds::capture_hold(ctx, input).await
     }
 
+    /// Registers a webhook endpoint (operators): every later event of `eventTypes` (of
+    /// `walletIds`, if given) is POSTed to `url`, signed (Standard Webhooks), in order, at
+    /// least once. The answer carries the signing secret, shown this once.
+    async fn create_webhook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        input: super::feed::CreateWebhookEndpointInput,
+    ) -> Result<super::feed::WebhookEndpointObject> {
+        super::feed::create_webhook_endpoint(ctx, input).await
+    }
+
+    /// A new signing secret (shown this once); the old one keeps signing beside it for 24
+    /// hours (operators).
+    async fn rotate_webhook_secret(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<super::feed::WebhookEndpointObject> {
+        super::feed::rotate_webhook_secret(ctx, id).await
+    }
+
+    /// Stops deliveries to an endpoint (operators); a `WEBHOOK_ENDPOINT_DISABLED` event
+    /// says so.
+    async fn disable_webhook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<super::feed::WebhookEndpointObject> {
+        super::feed::set_webhook_endpoint_enabled(ctx, id, false).await
+    }
+
+    /// Delivers to an endpoint again, starting with what it has not received (operators).
+    async fn enable_webhook_endpoint(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<super::feed::WebhookEndpointObject> {
+        super::feed::set_webhook_endpoint_enabled(ctx, id, true).await
+    }
+
+    /// Sends a delivery's event again, with the same id and body, before the endpoint's
+    /// other pending deliveries (operators).
+    async fn redeliver_webhook(
+        &self,
+        ctx: &Context<'_>,
+        delivery_id: ID,
+    ) -> Result<super::feed::WebhookDeliveryObject> {
+        super::feed::redeliver_webhook(ctx, delivery_id).await
+    }
+
+    /// Watches a wallet's available balance (yours; operators: any): a `BALANCE_ALERT`
+    /// event each time it crosses `below` downwards or `above` upwards — once per
+    /// crossing, re-armed by crossing back.
+    async fn create_balance_alert(
+        &self,
+        ctx: &Context<'_>,
+        input: super::feed::CreateBalanceAlertInput,
+    ) -> Result<super::feed::BalanceAlertObject> {
+        super::feed::create_balance_alert(ctx, input).await
+    }
+
+    /// Removes a balance alert.
+    async fn delete_balance_alert(
+        &self,
+        ctx: &Context<'_>,
+        id: ID,
+    ) -> Result<super::feed::BalanceAlertObject> {
+        super::feed::delete_balance_alert(ctx, id).await
+    }
+
     /// Gives back what a hold still reserves.
     async fn void_hold(
         &self,

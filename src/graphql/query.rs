@@ -46,12 +46,54 @@ impl Query {
                 .await
                 .and_then(|h| h.ok_or(LedgerError::NotFound("hold")))
                 .map(|h| Node::Hold(super::holds::HoldObject(h))),
+            // Reached through their lists (`events`, `webhookEndpoints`, `Wallet.balanceAlerts`).
+            NodeType::Event
+            | NodeType::WebhookEndpoint
+            | NodeType::WebhookDelivery
+            | NodeType::BalanceAlert => Err(LedgerError::NotFound("node")),
         };
         match found {
             Ok(node) => Ok(Some(node)),
             Err(LedgerError::NotFound(_)) => Ok(None),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The event feed, a page at a time: every committed change after `after` (an event's
+    /// `sequence`; default: the oldest kept), oldest first, narrowed to a wallet and/or
+    /// types. Your wallets' events (operators: all). Resume from `position`, even when the
+    /// page is empty. Older than the retention: `CURSOR_EXPIRED`.
+    #[graphql(complexity = "1 + first.unwrap_or(20).clamp(1, 100) as usize * child_complexity")]
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        first: Option<i32>,
+        wallet_id: Option<ID>,
+        types: Option<Vec<super::feed::EventType>>,
+    ) -> Result<Connection<String, super::feed::EventObject, super::feed::EventPageFields>> {
+        super::feed::events_page(ctx, after, first, wallet_id, types).await
+    }
+
+    /// Registered webhook endpoints (operators).
+    async fn webhook_endpoints(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<super::feed::WebhookEndpointObject>> {
+        super::feed::webhook_endpoints(ctx).await
+    }
+
+    /// What was sent to an endpoint, oldest first, with every attempt (operators).
+    #[graphql(complexity = "1 + first.unwrap_or(20).clamp(1, 100) as usize * child_complexity")]
+    async fn webhook_deliveries(
+        &self,
+        ctx: &Context<'_>,
+        endpoint_id: ID,
+        status: Option<super::feed::WebhookDeliveryStatus>,
+        first: Option<i32>,
+        after: Option<String>,
+    ) -> Result<Connection<String, super::feed::WebhookDeliveryObject>> {
+        super::feed::webhook_deliveries(ctx, endpoint_id, status, first, after).await
     }
 
     /// The caller.

@@ -86,6 +86,21 @@ impl Subscription {
         ))
     }
 
+    /// The event feed, resumable: every stored event after `after` (an event's `sequence`;
+    /// default: from now), then live, with no gap or repeat in between. Your wallets'
+    /// events (operators: all), narrowed to `walletId` and `types`. A subscriber that falls
+    /// behind is never dropped: it reads from the store until it has caught up.
+    /// Older than the retention: `CURSOR_EXPIRED`.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        after: Option<String>,
+        wallet_id: Option<ID>,
+        types: Option<Vec<super::feed::EventType>>,
+    ) -> Result<BoxStream<'static, Result<super::feed::EventObject>>> {
+        super::feed::events_stream(ctx, after, wallet_id, types).await
+    }
+
     /// The wallet each time its balances change, as that change left it. A subscriber that
     /// falls behind skips to the wallet's current state.
     async fn wallet_updated(
@@ -126,6 +141,7 @@ async fn audience(ctx: &Context<'_>, wallet_id: Option<&ID>) -> Result<Audience>
     Ok(Audience {
         owner: scope.owner().map(str::to_owned),
         wallet_id,
+        types: None,
     })
 }
 

@@ -309,6 +309,18 @@ impl WalletObject {
         };
         super::holds::credit_limit_changes_connection(ctx, self.0.id, args).await
     }
+    /// Alerts on this wallet's available balance, oldest first.
+    async fn balance_alerts(
+        &self,
+        ctx: &Context<'_>,
+    ) -> Result<Vec<super::feed::BalanceAlertObject>> {
+        let mut c = super::conn(ctx).await?;
+        Ok(crate::ledger::alert::of_wallet(&mut c, self.0.id)
+            .await?
+            .into_iter()
+            .map(super::feed::BalanceAlertObject)
+            .collect())
+    }
     /// Reserved by withdrawals in flight.
     async fn locked_balance(&self) -> DecimalScalar {
         self.0.locked_balance.into()

@@ -6,6 +6,7 @@
 //! applied in the same query that reads the data.
 
 pub mod accounts;
+pub mod alert;
 pub mod currency;
 mod error;
 pub mod fixed_sql;

@@ -7,7 +7,9 @@ pub mod anvil;
 pub mod binary;
 pub mod ethereum;
 pub mod faulty_node;
+pub mod nats;
 pub mod process;
+pub mod receiver;
 pub mod ws;
 
 use std::collections::BTreeMap;
@@ -196,6 +198,10 @@ pub struct Options {
     /// Run the hold expiry worker this often (None: holds never expire; tests that count
     /// statements see only their own).
     pub hold_expiry_poll: Option<Duration>,
+    /// Send webhooks from this instance (None: none are sent by it).
+    pub webhooks: Option<wallet::events::webhook::WebhookConfig>,
+    /// Publish events to NATS JetStream.
+    pub stream: Option<wallet::events::stream::StreamConfig>,
 }
 
 impl Default for Options {
@@ -208,6 +214,8 @@ impl Default for Options {
             request_timeout: Duration::from_secs(30),
             withdrawal_fees: Default::default(),
             hold_expiry_poll: None,
+            webhooks: None,
+            stream: None,
             // Tests drive many mutations and queries as one user and as the back office;
             // the rate-limit tests set limits.
             rates: RateLimits {
@@ -256,6 +264,10 @@ impl Options {
             withdrawal_fees: self.withdrawal_fees.clone(),
             holds: Default::default(),
             hold_expiry_poll: self.hold_expiry_poll,
+            event_retention: wallet::events::listener::DEFAULT_RETENTION,
+            webhooks: self.webhooks.clone(),
+            webhook_targets: wallet::events::webhook::TargetPolicy::OPEN,
+            stream: self.stream.clone(),
         }
     }
 }
