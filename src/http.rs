@@ -139,7 +139,8 @@ fn busy(media: MediaType) -> Response {
 /// [`crate::readiness`]); the listener's state is read at each call (it costs nothing).
 ///
 /// A network down leaves the service ready (the fiat ledger and every query work; calls
-/// that need that chain answer `CHAIN_UNAVAILABLE`), but its line says so.
+/// that need that chain answer `CHAIN_UNAVAILABLE`), but its line says so; so does the
+/// event stream's.
 async fn readyz(State(app): State<App>) -> Response {
     let verdict = app.readiness.verdict(&app.state).await;
     if !verdict.database {
@@ -156,6 +157,17 @@ async fn readyz(State(app): State<App>) -> Response {
     for line in &verdict.chains {
         body.push_str(line);
         body.push('\n');
+    }
+    // The stream lagging or its broker away leaves the service ready (money moves; the
+    // stream catches up from its position), but the line says so.
+    if let Some(stream) = &app.state.stream {
+        use std::sync::atomic::Ordering;
+        let lag = stream.lag.load(Ordering::Relaxed);
+        let health = match stream.healthy.load(Ordering::Relaxed) {
+            true => "ok",
+            false => "unavailable",
+        };
+        body.push_str(&format!("stream: {health} (lag {lag} events)\n"));
     }
     (StatusCode::OK, body).into_response()
 }
