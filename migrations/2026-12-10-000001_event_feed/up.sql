@@ -70,27 +70,41 @@ CREATE TABLE event_runs (
 CREATE FUNCTION sequence_events(upto BIGINT) RETURNS BIGINT
 LANGUAGE plpgsql AS $$
 DECLARE
+    run_first BIGINT;
     last_sequence BIGINT;
-    last_id BIGINT;
+    numbered_to BIGINT;
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtext('wallet.sequence_events')) THEN
         RETURN NULL;
     END IF;
-    SELECT r.first_sequence + (r.last_event_id - r.first_event_id), r.last_event_id
-      INTO last_sequence, last_id
+    SELECT r.first_sequence, r.first_sequence + (r.last_event_id - r.first_event_id),
+           r.last_event_id
+      INTO run_first, last_sequence, numbered_to
       FROM event_runs r ORDER BY r.first_sequence DESC LIMIT 1;
     last_sequence := COALESCE(last_sequence, 0);
-    last_id := COALESCE(last_id, 0);
-    IF upto <= last_id THEN
+    numbered_to := COALESCE(numbered_to, 0);
+    IF upto <= numbered_to THEN
         RETURN last_sequence;
     END IF;
-    -- Runs of consecutive ids ("gaps and islands"): id - row_number is constant in a run.
+    -- Runs of consecutive ids ("gaps and islands": id - row_number is constant in one).
+    -- One that goes on from the last run's last id extends it (ids are drawn one at a
+    -- time, so without a rolled-back writer the feed is a single run).
+    WITH numbered AS (
+        SELECT id, row_number() OVER (ORDER BY id) AS n
+          FROM events WHERE id > numbered_to AND id <= upto),
+    islands AS (
+        SELECT last_sequence + min(n) AS first_sequence, min(id) AS first_id, max(id) AS upto_id
+          FROM numbered GROUP BY id - n),
+    extended AS (
+        UPDATE event_runs r SET last_event_id = i.upto_id
+          FROM islands i
+         WHERE r.first_sequence = run_first AND i.first_id = numbered_to + 1
+        RETURNING i.first_id)
     INSERT INTO event_runs (first_sequence, first_event_id, last_event_id)
-    SELECT last_sequence + min(n), min(id), max(id)
-      FROM (SELECT id, row_number() OVER (ORDER BY id) AS n
-              FROM events WHERE id > last_id AND id <= upto) numbered
-     GROUP BY id - n;
-    RETURN last_sequence + (SELECT count(*) FROM events WHERE id > last_id AND id <= upto);
+    SELECT i.first_sequence, i.first_id, i.upto_id FROM islands i
+     WHERE i.first_id NOT IN (SELECT first_id FROM extended);
+    RETURN (SELECT r.first_sequence + (r.last_event_id - r.first_event_id)
+              FROM event_runs r ORDER BY r.first_sequence DESC LIMIT 1);
 END $$;
 
 -- Triggers: the outbox rows now say what happened and what state it left.
