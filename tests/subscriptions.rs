@@ -455,8 +455,9 @@ async fn the_websocket_needs_a_graphql_subprotocol() {
     );
 }
 
-/// An event of an older transaction that commits after a newer one is neither lost nor
-/// skipped: delivery waits for it (the outbox is read below the snapshot's xmin).
+/// An event of a transaction that commits after a newer one is neither lost nor skipped:
+/// numbering (and so delivery) waits for it, and it keeps its place (its id was drawn
+/// first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_older_transaction_committing_late_is_not_skipped() {
     let t = TestApp::new().await;
@@ -476,8 +477,9 @@ async fn an_older_transaction_committing_late_is_not_skipped() {
     let mut pg = t.db.client().await;
     let slow = pg.transaction().await.unwrap();
     slow.execute(
-        "INSERT INTO events (topic, subject_id, wallet_id, user_id)
-         SELECT 'TRANSACTION', id, wallet_id, 'alice' FROM transactions WHERE tx_hash = 'dep-x'",
+        "INSERT INTO events (topic, type, subject_id, wallet_id, user_id)
+         SELECT 'TRANSACTION', 'TRANSACTION_UPDATED', id, wallet_id, 'alice'
+           FROM transactions WHERE tx_hash = 'dep-x'",
         &[],
     )
     .await
@@ -544,8 +546,14 @@ async fn flood(t: &TestApp, bus: &EventBus, topic_wallet: &str, n: usize) {
         };
         bus.publish(Notice {
             id: i as i64,
-            wallet_id,
-            user_id: user_id.clone(),
+            sequence: i as i64 + 1,
+            kind: match topic_wallet {
+                "wallet" => wallet::events::EventType::WalletUpdated,
+                _ => wallet::events::EventType::TransactionUpdated,
+            },
+            occurred_at: chrono::Utc::now(),
+            wallet_id: Some(wallet_id),
+            user_id: Some(user_id.clone()),
             payload,
         });
     }
