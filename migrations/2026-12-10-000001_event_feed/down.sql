@@ -44,6 +44,7 @@ BEGIN
      ORDER BY r.id;
     RETURN NULL;
 END $$;
+DROP FUNCTION feed_advance(BIGINT, BIGINT[]);
 DROP FUNCTION sequence_events(BIGINT);
 DROP TABLE event_runs;
 DELETE FROM events WHERE wallet_id IS NULL OR topic = 'ALERT';

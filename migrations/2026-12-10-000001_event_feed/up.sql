@@ -107,6 +107,58 @@ BEGIN
               FROM event_runs r ORDER BY r.first_sequence DESC LIMIT 1);
 END $$;
 
+-- One pass of a sequencer, in one round trip: numbers what became final since the last pass
+-- (`pending_upto`, noted when `pending_running` were running: once none of them is, every
+-- id up to it is final), notes what to number next (the highest id now, and the
+-- transactions of this database running now), and returns the head. Transaction ids seen
+-- running in another database are left out of the note: ids are cluster-wide, but nothing
+-- there writes this outbox, so a long job next door must not hold the feed back.
+CREATE FUNCTION feed_advance(pending_upto BIGINT, pending_running BIGINT[],
+                             OUT waiting BOOLEAN, OUT upto BIGINT, OUT running BIGINT[],
+                             OUT head_sequence BIGINT, OUT head_id BIGINT)
+LANGUAGE plpgsql AS $$
+DECLARE
+    numbered_to BIGINT;
+BEGIN
+    waiting := FALSE;
+    IF pending_upto IS NOT NULL THEN
+        IF EXISTS (SELECT 1 FROM unnest(pending_running) AS x
+                    WHERE pg_xact_status(x::text::xid8) = 'in progress') THEN
+            waiting := TRUE;
+            upto := pending_upto;
+            running := pending_running;
+        ELSE
+            PERFORM sequence_events(pending_upto);
+        END IF;
+    END IF;
+    IF NOT waiting THEN
+        SELECT (SELECT COALESCE(max(e.id), 0) FROM events e),
+               ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+                      WHERE (x::text::bigint & 4294967295) NOT IN (
+                            SELECT a.backend_xid::text::bigint FROM pg_stat_activity a
+                             WHERE a.datname IS DISTINCT FROM current_database()
+                               AND a.backend_xid IS NOT NULL))
+          INTO upto, running;
+        SELECT COALESCE(max(r.last_event_id), 0) INTO numbered_to FROM event_runs r;
+        IF upto <= numbered_to THEN
+            upto := NULL;
+            running := NULL;
+        ELSIF cardinality(running) = 0 THEN
+            -- Nothing running: the noted ids are final already.
+            PERFORM sequence_events(upto);
+            upto := NULL;
+            running := NULL;
+        ELSE
+            waiting := TRUE;
+        END IF;
+    END IF;
+    SELECT r.first_sequence + (r.last_event_id - r.first_event_id), r.last_event_id
+      INTO head_sequence, head_id
+      FROM event_runs r ORDER BY r.first_sequence DESC LIMIT 1;
+    head_sequence := COALESCE(head_sequence, 0);
+    head_id := COALESCE(head_id, 0);
+END $$;
+
 -- Triggers: the outbox rows now say what happened and what state it left.
 CREATE OR REPLACE FUNCTION transactions_events() RETURNS trigger
 LANGUAGE plpgsql AS $$

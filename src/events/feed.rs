@@ -267,88 +267,51 @@ pub struct Sequencer {
 }
 
 #[derive(QueryableByName)]
-struct Snapshot {
-    #[diesel(sql_type = BigInt)]
-    upto: i64,
-    #[diesel(sql_type = Array<BigInt>)]
-    running: Vec<i64>,
-}
-
-/// The highest event id visible and the transactions of this database running, at one
-/// snapshot. Transaction ids seen running in another database are left out: ids are
-/// cluster-wide, but nothing there writes this outbox, so a long job next door must not
-/// hold the feed back. (Without the privilege to see other sessions, all are kept.)
-const SNAPSHOT: &str = "
-SELECT (SELECT COALESCE(max(id), 0) FROM events) AS upto,
-       ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-              WHERE (x::text::bigint & 4294967295) NOT IN (
-                    SELECT a.backend_xid::text::bigint FROM pg_stat_activity a
-                     WHERE a.datname IS DISTINCT FROM current_database()
-                       AND a.backend_xid IS NOT NULL)) AS running";
-
-#[derive(QueryableByName)]
-struct Settled {
+struct Advanced {
     #[diesel(sql_type = Bool)]
-    settled: bool,
-}
-
-const SETTLED: &str = "
-SELECT NOT EXISTS (SELECT 1 FROM unnest($1::bigint[]) AS x
-                    WHERE pg_xact_status(x::text::xid8) = 'in progress') AS settled";
-
-#[derive(QueryableByName)]
-struct Numbered {
+    waiting: bool,
     #[diesel(sql_type = Nullable<BigInt>)]
-    last: Option<i64>,
-}
-
-/// Numbers the events up to `upto` (see `sequence_events` in the migration).
-async fn number(conn: &mut AsyncPgConnection, upto: i64) -> Result<(), LedgerError> {
-    let numbered: Numbered = fixed_sql::numbered(
-        "SELECT sequence_events($1) AS last",
-        vec![Bind::BigInt(upto)],
-    )
-    .get_result(conn)
-    .await?;
-    if let Some(last) = numbered.last {
-        metrics::gauge!("wallet_event_sequence").set(last as f64);
-    }
-    Ok(())
+    upto: Option<i64>,
+    #[diesel(sql_type = Nullable<Array<BigInt>>)]
+    running: Option<Vec<i64>>,
+    #[diesel(sql_type = BigInt)]
+    head_sequence: i64,
+    #[diesel(sql_type = BigInt)]
+    head_id: i64,
 }
 
 impl Sequencer {
-    /// One pass: numbers what became final since the last pass (if anything), and notes
-    /// what to number next. Returns whether events are still waiting to be numbered
-    /// (look again soon rather than at the next notification).
+    /// One pass (one round trip, `feed_advance` in the migration): numbers what became
+    /// final since the last pass, notes what to number next, and returns the head and
+    /// whether events are still waiting to be numbered (look again soon rather than at
+    /// the next notification).
     pub async fn pass(
         &mut self,
         conn: &mut AsyncPgConnection,
-        numbered_to: i64,
-    ) -> Result<bool, LedgerError> {
-        if let Some((upto, running)) = &self.pending {
-            let settled: Settled =
-                fixed_sql::numbered(SETTLED, vec![Bind::BigInts(running.clone())])
-                    .get_result(conn)
-                    .await?;
-            if !settled.settled {
-                return Ok(true);
-            }
-            number(conn, *upto).await?;
-            self.pending = None;
-        }
-        let snapshot: Snapshot = fixed_sql::numbered(SNAPSHOT, vec![])
-            .get_result(conn)
-            .await?;
-        if snapshot.upto <= numbered_to {
-            return Ok(false);
-        }
-        if snapshot.running.is_empty() {
-            // Nothing running: the noted ids are final already.
-            number(conn, snapshot.upto).await?;
-            return Ok(false);
-        }
-        self.pending = Some((snapshot.upto, snapshot.running));
-        Ok(true)
+    ) -> Result<(Position, bool), LedgerError> {
+        let (upto, running) = match &self.pending {
+            Some((upto, running)) => (vec![*upto], running.clone()),
+            None => (vec![], vec![]),
+        };
+        // Binds as arrays (the fixed SQL's binds are arrays): the first element or NULL.
+        let advanced: Advanced = fixed_sql::numbered(
+            "SELECT * FROM feed_advance(($1::bigint[])[1], $2)",
+            vec![Bind::BigInts(upto), Bind::BigInts(running)],
+        )
+        .get_result(conn)
+        .await?;
+        self.pending = match (advanced.waiting, advanced.upto, advanced.running) {
+            (true, Some(upto), Some(running)) => Some((upto, running)),
+            _ => None,
+        };
+        metrics::gauge!("wallet_event_sequence").set(advanced.head_sequence as f64);
+        Ok((
+            Position {
+                sequence: advanced.head_sequence,
+                event_id: advanced.head_id,
+            },
+            self.pending.is_some(),
+        ))
     }
 }
 

@@ -179,12 +179,10 @@ async fn listen(
     loop {
         let position = cursor.get_or_insert_with(Position::default);
         let passed = Instant::now();
-        let held_back = sequencer
-            .pass(&mut db, position.event_id)
-            .await
-            .map_err(ledger)?;
-        deliver(&mut db, bus, position).await?;
-        // Committed events waiting for an older transaction: look again soon.
+        let (head, held_back) = sequencer.pass(&mut db).await.map_err(ledger)?;
+        deliver(&mut db, bus, position, head).await?;
+        // Events waiting for transactions that were running at the sequencer's snapshot:
+        // look again soon (their commits also notify).
         let wait = if held_back {
             retry = (retry * 2).min(MAX_HELD_BACK_RETRY);
             retry
@@ -196,7 +194,8 @@ async fn listen(
             _ = wake.notified() => {
                 tokio::time::sleep(MIN_PASS.saturating_sub(passed.elapsed())).await;
             }
-            _ = tokio::time::sleep(wait) => {
+            _ = tokio::time::sleep(wait), if held_back => {}
+            _ = tokio::time::sleep(wait), if !held_back => {
                 // Quiet: make sure the listening connection is still there.
                 tokio::time::timeout(Duration::from_secs(5), db.batch_execute("SELECT 1"))
                     .await
@@ -214,26 +213,30 @@ async fn listen(
     }
 }
 
-/// Publishes every numbered event after `cursor`, in feed order.
+/// Publishes every numbered event after `cursor` up to `head`, in feed order.
 async fn deliver(
     conn: &mut AsyncPgConnection,
     bus: &EventBus,
     cursor: &mut Position,
+    head: Position,
 ) -> anyhow::Result<()> {
-    let head = feed::head(conn).await.map_err(ledger)?;
+    if bus.subscriber_count() == 0 {
+        // Nobody to tell in this process: move on without reading the events (the
+        // feed's readers — webhooks, the stream, resuming subscribers — read the table).
+        *cursor = (*cursor).max(head);
+        bus.advance_head(cursor.sequence);
+        return Ok(());
+    }
     while *cursor < head {
         let page = feed::page(conn, *cursor, head, &Filter::default(), BATCH)
             .await
             .map_err(ledger)?;
-        // Nobody to tell in this process: just move on.
-        if bus.subscriber_count() > 0 {
-            for notice in outbox::load_notices(conn, &page.rows)
-                .await
-                .map_err(ledger)?
-            {
-                bus.publish(notice);
-                metrics::counter!("wallet_events_delivered_total").increment(1);
-            }
+        for notice in outbox::load_notices(conn, &page.rows)
+            .await
+            .map_err(ledger)?
+        {
+            bus.publish(notice);
+            metrics::counter!("wallet_events_delivered_total").increment(1);
         }
         *cursor = page.next;
         bus.advance_head(cursor.sequence);
