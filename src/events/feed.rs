@@ -322,15 +322,30 @@ pub async fn prune(
     before: DateTime<Utc>,
     limit: i64,
 ) -> Result<usize, LedgerError> {
-    let deleted = fixed_sql::numbered(
-        "DELETE FROM events WHERE id IN (
-             SELECT id FROM events
-              WHERE id < COALESCE((SELECT id FROM events WHERE created_at >= ($1)[1]
-                                    ORDER BY id LIMIT 1),
-                                  9223372036854775807)
-                AND id <= (SELECT COALESCE(max(last_event_id), 0) FROM event_runs)
-              ORDER BY id LIMIT $2)",
+    #[derive(QueryableByName)]
+    struct Old {
+        #[diesel(sql_type = BigInt)]
+        id: i64,
+    }
+    // The ids first, then a delete by id: both walk the primary key (a delete with the
+    // choice in a subquery was planned as a scan of the whole outbox).
+    let old: Vec<Old> = fixed_sql::numbered(
+        "SELECT id FROM events
+          WHERE id < COALESCE((SELECT id FROM events WHERE created_at >= ($1)[1]
+                                ORDER BY id LIMIT 1),
+                              9223372036854775807)
+            AND id <= (SELECT COALESCE(max(last_event_id), 0) FROM event_runs)
+          ORDER BY id LIMIT $2",
         vec![Bind::Times(vec![before]), Bind::BigInt(limit)],
+    )
+    .load(conn)
+    .await?;
+    if old.is_empty() {
+        return Ok(0);
+    }
+    let deleted = fixed_sql::numbered(
+        "DELETE FROM events WHERE id = ANY($1)",
+        vec![Bind::BigInts(old.into_iter().map(|o| o.id).collect())],
     )
     .execute(conn)
     .await?;
