@@ -29,6 +29,9 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use wallet::auth::{Role, TokenKeys};
 
 mod support;
+
+/// Deliveries the receiver got, by endpoint: when, and the `webhook-id`.
+type Received = Arc<Mutex<HashMap<String, Vec<(Instant, String)>>>>;
 use support::{Server, gql, percentile, wait_ready};
 
 const SECRET: &str = "feed-benchmark-secret-0123456789ab";
@@ -362,7 +365,7 @@ async fn run(args: Args) {
     println!("  every subscriber received every deposit exactly once, in sequence order");
 
     // --- 2. Webhook throughput ---
-    let received: Arc<Mutex<HashMap<String, Vec<(Instant, String)>>>> = Arc::default();
+    let received: Received = Arc::default();
     let receiver = {
         let received = received.clone();
         axum::Router::new().route(
@@ -459,17 +462,19 @@ async fn run(args: Args) {
     }
     let elapsed = started.elapsed();
     let cpu = machine_cpu().since(&cpu_before);
-    let r = received.lock().unwrap();
-    let delivered: usize = r.values().map(Vec::len).sum();
-    let distinct = r
-        .values()
-        .map(|v| {
-            v.iter()
-                .map(|(_, id)| id.as_str())
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-        })
-        .sum::<usize>();
+    let (delivered, distinct) = {
+        let r = received.lock().unwrap();
+        let distinct = r
+            .values()
+            .map(|v| {
+                v.iter()
+                    .map(|(_, id)| id.as_str())
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+            })
+            .sum::<usize>();
+        (r.values().map(Vec::len).sum::<usize>(), distinct)
+    };
     println!(
         "webhooks: {} endpoints, a backlog of {} events each, delivered to a local receiver (answers 204)",
         args.endpoints, events
@@ -485,7 +490,6 @@ async fn run(args: Args) {
         cpu.busy_seconds() * 1000.0 / delivered.max(1) as f64,
         100.0 - cpu.busy_percent(),
     );
-    drop(r);
     drop(a);
     drop(b);
     let _ = admin

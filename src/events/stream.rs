@@ -72,10 +72,33 @@ pub fn spawn_publisher(
             let error = publish(&pool, &bus, &config, &status, &owner).await;
             status.healthy.store(false, Ordering::Relaxed);
             tracing::warn!(error = %format!("{error:#}"), retry_in = ?backoff, "event stream interrupted");
+            // While the broker is away the lag keeps growing: keep the figure current.
+            refresh_lag(&pool, &config, &status).await;
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
     })
+}
+
+/// Sets the lag from the database: the feed's head less the stream's position.
+async fn refresh_lag(pool: &PgPool, config: &StreamConfig, status: &StreamStatus) {
+    let Ok(mut conn) = pool.get().await else {
+        return;
+    };
+    let Ok(head) = feed::head(&mut conn).await else {
+        return;
+    };
+    let position: Option<i64> = crate::schema::stream_positions::table
+        .find(&config.stream)
+        .select(crate::schema::stream_positions::position)
+        .first(&mut conn)
+        .await
+        .optional()
+        .ok()
+        .flatten();
+    let lag = head.sequence - position.unwrap_or(0);
+    status.lag.store(lag, Ordering::Relaxed);
+    metrics::gauge!("wallet_stream_lag_events").set(lag as f64);
 }
 
 #[derive(QueryableByName)]
