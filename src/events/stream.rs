@@ -175,9 +175,10 @@ async fn run(
     loop {
         let mut conn = pool.get().await?;
         let Some(position) = lease(&mut conn, config, owner).await? else {
-            // Another process publishes: stand by.
+            // Another process publishes: stand by (showing its lag).
             status.healthy.store(true, Ordering::Relaxed);
             drop(conn);
+            refresh_lag(pool, config, status).await;
             tokio::time::sleep(config.lease / 3).await;
             continue;
         };
