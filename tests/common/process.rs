@@ -72,6 +72,18 @@ impl ServerProcess {
             .map(|r| r.status().as_u16())
     }
 
+    /// `/readyz`'s status and body (None when no HTTP answer came).
+    pub async fn readyz_body(&self) -> Option<(u16, String)> {
+        let resp = reqwest::get(format!("{}/readyz", self.base)).await.ok()?;
+        let status = resp.status().as_u16();
+        Some((status, resp.text().await.ok()?))
+    }
+
+    /// The process id (e.g. to tell which process holds a lease named after its pid).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub async fn wait_ready(&self, limit: Duration) {
         wait_until("the server is ready", limit, || async {
             self.readyz().await == Some(200)

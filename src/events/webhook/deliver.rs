@@ -109,7 +109,8 @@ pub fn spawn_dispatcher(pool: PgPool, bus: EventBus, config: WebhookConfig) -> A
         loop {
             running.retain(|_, task| !task.is_finished());
             if running.len() < MAX_WORKERS {
-                match worker.claim(MAX_WORKERS - running.len()).await {
+                let busy: Vec<i64> = running.keys().copied().collect();
+                match worker.claim(MAX_WORKERS - running.len(), &busy).await {
                     Ok(ids) => {
                         for id in ids {
                             let worker = worker.clone();
@@ -162,8 +163,10 @@ enum Outcome {
 }
 
 impl Worker {
-    /// Takes up to `n` enabled endpoints nobody holds.
-    async fn claim(&self, n: usize) -> Result<Vec<i64>, LedgerError> {
+    /// Takes up to `n` enabled endpoints nobody holds, other than `busy` (endpoints this
+    /// process still has a worker for, whose lease may have lapsed during a long step:
+    /// a second worker would send to the endpoint beside the first).
+    async fn claim(&self, n: usize, busy: &[i64]) -> Result<Vec<i64>, LedgerError> {
         let mut conn = self.pool.get().await?;
         let claimed: Vec<Claimed> = diesel::sql_query(
             "UPDATE webhook_endpoints SET lease_owner = $1,
@@ -171,11 +174,13 @@ impl Worker {
               WHERE id IN (SELECT id FROM webhook_endpoints
                             WHERE status = 'ENABLED'
                               AND (lease_until IS NULL OR lease_until < now())
-                            ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED)
+                              AND id <> ALL($3)
+                            ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED)
              RETURNING id",
         )
         .bind::<Text, _>(&self.owner)
         .bind::<BigInt, _>(self.lease_ms())
+        .bind::<diesel::sql_types::Array<BigInt>, _>(busy)
         .bind::<BigInt, _>(n as i64)
         .load(&mut conn)
         .await?;
