@@ -45,6 +45,7 @@ BEGIN
     RETURN NULL;
 END $$;
 DROP FUNCTION feed_advance(BIGINT, BIGINT[]);
+DROP FUNCTION feed_running();
 DROP FUNCTION sequence_events(BIGINT);
 DROP TABLE event_runs;
 DELETE FROM events WHERE wallet_id IS NULL OR topic = 'ALERT';

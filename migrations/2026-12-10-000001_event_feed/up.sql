@@ -8,8 +8,8 @@
 -- committed has a higher id than that transaction's events. Id order is therefore a valid
 -- commit order. What id order alone lacks is finality: a lower id may still be in a
 -- running transaction (or be rolled back). The sequencer (`sequence_events`, called by the
--- service's listener) only numbers events up to an id `upto` read at a snapshot once
--- every transaction that was running at that snapshot has ended: every id at or below
+-- service's listener) only numbers events up to an id `upto` read at one moment once
+-- every transaction that was running just after it has ended: every id at or below
 -- `upto` is then committed or never will be. It numbers them in id order, contiguously,
 -- in one transaction at a time (an advisory lock), so the numbered events only ever grow
 -- by a suffix: a reader at position N has seen every event numbered N or less, and
@@ -107,12 +107,32 @@ BEGIN
               FROM event_runs r ORDER BY r.first_sequence DESC LIMIT 1);
 END $$;
 
+-- The transactions of this database running now, as 32-bit transaction ids: those a
+-- session's `pg_stat_activity` row shows (every running transaction with an id — also one
+-- that got its id after the newest completed one, which a snapshot's in-progress list
+-- leaves out), and a snapshot's in-progress list (sessions whose rows another role may
+-- not see), less ids seen running in another database (ids are cluster-wide, but nothing
+-- there writes this outbox, so a long job next door must not hold the feed back). The
+-- caller clears the statistics snapshot first (`pg_stat_activity` is cached per
+-- transaction).
+CREATE FUNCTION feed_running() RETURNS SETOF BIGINT
+LANGUAGE sql STABLE AS $$
+    SELECT a.backend_xid::text::bigint FROM pg_stat_activity a
+     WHERE a.datname = current_database() AND a.backend_xid IS NOT NULL
+       AND a.pid <> pg_backend_pid()
+    UNION
+    SELECT x::text::bigint & 4294967295 FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+     WHERE (x::text::bigint & 4294967295) NOT IN (
+           SELECT a.backend_xid::text::bigint FROM pg_stat_activity a
+            WHERE a.datname IS DISTINCT FROM current_database() AND a.backend_xid IS NOT NULL)
+$$;
+
 -- One pass of a sequencer, in one round trip: numbers what became final since the last pass
 -- (`pending_upto`, noted when `pending_running` were running: once none of them is, every
--- id up to it is final), notes what to number next (the highest id now, and the
--- transactions of this database running now), and returns the head. Transaction ids seen
--- running in another database are left out of the note: ids are cluster-wide, but nothing
--- there writes this outbox, so a long job next door must not hold the feed back.
+-- id up to it is committed or never will be, and visible to any later snapshot), notes what
+-- to number next (the highest id now, then the transactions running now — in that order:
+-- a transaction holding an id at or below the noted one got its transaction id before the
+-- note, so it is in the list unless it has ended), and returns the head.
 CREATE FUNCTION feed_advance(pending_upto BIGINT, pending_running BIGINT[],
                              OUT waiting BOOLEAN, OUT upto BIGINT, OUT running BIGINT[],
                              OUT head_sequence BIGINT, OUT head_id BIGINT)
@@ -122,8 +142,8 @@ DECLARE
 BEGIN
     waiting := FALSE;
     IF pending_upto IS NOT NULL THEN
-        IF EXISTS (SELECT 1 FROM unnest(pending_running) AS x
-                    WHERE pg_xact_status(x::text::xid8) = 'in progress') THEN
+        PERFORM pg_stat_clear_snapshot();
+        IF EXISTS (SELECT 1 FROM feed_running() AS r(x) WHERE r.x = ANY (pending_running)) THEN
             waiting := TRUE;
             upto := pending_upto;
             running := pending_running;
@@ -132,24 +152,21 @@ BEGIN
         END IF;
     END IF;
     IF NOT waiting THEN
-        SELECT (SELECT COALESCE(max(e.id), 0) FROM events e),
-               ARRAY(SELECT x::text::bigint FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-                      WHERE (x::text::bigint & 4294967295) NOT IN (
-                            SELECT a.backend_xid::text::bigint FROM pg_stat_activity a
-                             WHERE a.datname IS DISTINCT FROM current_database()
-                               AND a.backend_xid IS NOT NULL))
-          INTO upto, running;
+        SELECT COALESCE(max(e.id), 0) INTO upto FROM events e;
         SELECT COALESCE(max(r.last_event_id), 0) INTO numbered_to FROM event_runs r;
         IF upto <= numbered_to THEN
             upto := NULL;
-            running := NULL;
-        ELSIF cardinality(running) = 0 THEN
-            -- Nothing running: the noted ids are final already.
-            PERFORM sequence_events(upto);
-            upto := NULL;
-            running := NULL;
         ELSE
-            waiting := TRUE;
+            PERFORM pg_stat_clear_snapshot();
+            running := ARRAY(SELECT feed_running());
+            IF cardinality(running) = 0 THEN
+                -- Nothing running: the noted ids are final already.
+                PERFORM sequence_events(upto);
+                upto := NULL;
+                running := NULL;
+            ELSE
+                waiting := TRUE;
+            END IF;
         END IF;
     END IF;
     SELECT r.first_sequence + (r.last_event_id - r.first_event_id), r.last_event_id

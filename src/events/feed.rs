@@ -2,7 +2,7 @@
 //!
 //! Numbering (the sequencer) works in two steps, so that a number is only ever given to
 //! an event whose place is final (see the migration that creates `event_runs` for why):
-//! [`Sequencer::snapshot`] notes the highest event id visible now and the transactions
+//! a pass notes the highest event id committed now and then the transactions
 //! running now; once none of those is still running ([`Sequencer::settled`]), every id up
 //! to the noted one is committed or never will be, and `sequence_events` numbers them.
 //! Every process's listener runs a sequencer; an advisory lock lets one number at a time

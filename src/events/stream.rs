@@ -46,6 +46,10 @@ impl StreamConfig {
 pub const SUBJECT_PREFIX: &str = "wallet.events";
 /// Events published per round of acknowledgements.
 const BATCH: i64 = 500;
+/// How long a publish may wait for the broker's acknowledgement.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often an idle publisher checks its connection to the broker.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// How long JetStream keeps a message id to drop repeats of it.
 const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 
@@ -70,10 +74,10 @@ pub fn spawn_publisher(
         let mut backoff = Duration::from_millis(200);
         loop {
             let error = publish(&pool, &bus, &config, &status, &owner).await;
-            status.healthy.store(false, Ordering::Relaxed);
-            tracing::warn!(error = %format!("{error:#}"), retry_in = ?backoff, "event stream interrupted");
             // While the broker is away the lag keeps growing: keep the figure current.
             refresh_lag(&pool, &config, &status).await;
+            status.healthy.store(false, Ordering::Relaxed);
+            tracing::warn!(error = %format!("{error:#}"), retry_in = ?backoff, "event stream interrupted");
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(5));
         }
@@ -161,7 +165,10 @@ async fn run(
         .name("wallet-event-stream")
         .connect(config.url.as_str())
         .await?;
-    let jetstream = async_nats::jetstream::new(client);
+    let mut jetstream = async_nats::jetstream::new(client.clone());
+    // A broker that stopped answering is noticed within this (and the batch published
+    // again, with the same ids).
+    jetstream.set_timeout(ACK_TIMEOUT);
     jetstream
         .get_or_create_stream(async_nats::jetstream::stream::Config {
             name: config.stream.clone(),
@@ -203,12 +210,22 @@ async fn run(
             .lag
             .store(head.sequence - after.sequence, Ordering::Relaxed);
         metrics::gauge!("wallet_stream_lag_events").set((head.sequence - after.sequence) as f64);
+        if client.connection_state() != async_nats::connection::State::Connected {
+            anyhow::bail!("lost the connection to the broker");
+        }
         if after >= head {
             status.healthy.store(true, Ordering::Relaxed);
             drop(conn);
-            tokio::select! {
-                _ = head_changes.changed() => {}
-                _ = tokio::time::sleep(config.lease / 3) => {}
+            // Idle: wake for new events, to renew the lease, or to notice the broker gone.
+            let idle = tokio::time::Instant::now();
+            while idle.elapsed() < config.lease / 3 {
+                tokio::select! {
+                    _ = head_changes.changed() => break,
+                    _ = tokio::time::sleep(IDLE_CHECK) => {}
+                }
+                if client.connection_state() != async_nats::connection::State::Connected {
+                    anyhow::bail!("lost the connection to the broker");
+                }
             }
             continue;
         }
