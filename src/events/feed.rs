@@ -122,10 +122,27 @@ macro_rules! page_sql {
 }
 const PAGE_ALL: &str = page_sql!("", "$4");
 const PAGE_WALLET: &str = page_sql!("AND e.wallet_id = $4", "$5");
-const PAGE_OWNER: &str = page_sql!(
-    "AND e.wallet_id IN (SELECT w.id FROM wallets w WHERE w.user_id = ANY($4))",
-    "$5"
-);
+/// A user's view: the first events of each of their wallets (each read through the
+/// wallet's index, at most a page each), merged. Filtering the whole feed by owner read
+/// every later event of the user's wallets and sorted them, for each page.
+const PAGE_OWNER: &str = "
+SELECT e.id, r.first_sequence + (e.id - r.first_event_id) AS sequence, e.topic,
+       e.type AS kind, e.subject_id, e.wallet_id, e.user_id, e.balance,
+       e.locked_balance, e.held_balance, e.credit_limit, e.status,
+       e.confirmations, e.captured, e.released, e.created_at
+  FROM (SELECT x.* FROM wallets w
+         CROSS JOIN LATERAL (SELECT * FROM events e
+                              WHERE e.wallet_id = w.id AND e.id > $1 AND e.id <= $2
+                                AND e.type = ANY($3)
+                              ORDER BY e.id LIMIT $4) x
+         WHERE w.user_id = ANY($5)
+         ORDER BY x.id LIMIT $6) e
+ CROSS JOIN LATERAL (SELECT first_sequence, first_event_id, last_event_id
+                       FROM event_runs
+                      WHERE first_event_id <= e.id
+                      ORDER BY first_event_id DESC LIMIT 1) r
+ WHERE r.last_event_id >= e.id
+ ORDER BY e.id";
 
 /// Up to `limit` events after `after` and at or before `upto`, in feed order.
 pub async fn page(
@@ -159,6 +176,7 @@ pub async fn page(
             PAGE_WALLET
         }
         (None, Some(owner)) => {
+            binds.push(Bind::BigInt(limit));
             binds.push(Bind::Texts(vec![owner.clone()]));
             PAGE_OWNER
         }
