@@ -64,9 +64,9 @@ CREATE TABLE event_runs (
 );
 
 -- Numbers every event with an id in (last numbered, upto], in id order; returns the last
--- sequence number given (or NULL when another session is numbering right now: it will
--- cover the same ids). The caller guarantees no transaction can still commit an event
--- with an id at or below `upto`.
+-- sequence number given. One session numbers at a time (another waits for it, then finds
+-- what it numbered). The caller guarantees no transaction can still commit an event with
+-- an id at or below `upto`.
 CREATE FUNCTION sequence_events(upto BIGINT) RETURNS BIGINT
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -74,9 +74,7 @@ DECLARE
     last_sequence BIGINT;
     numbered_to BIGINT;
 BEGIN
-    IF NOT pg_try_advisory_xact_lock(hashtext('wallet.sequence_events')) THEN
-        RETURN NULL;
-    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('wallet.sequence_events'));
     SELECT r.first_sequence, r.first_sequence + (r.last_event_id - r.first_event_id),
            r.last_event_id
       INTO run_first, last_sequence, numbered_to

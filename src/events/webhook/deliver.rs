@@ -75,6 +75,8 @@ impl WebhookConfig {
 /// Deliveries turned from feed events per step, and the most an endpoint's queue holds.
 const FILL_PAGE: i64 = 500;
 const MAX_QUEUE: i64 = 2000;
+/// Deliveries sent in one run between two looks at the database.
+const SEND_BATCH: i64 = 100;
 /// Endpoints one process sends to at once.
 const MAX_WORKERS: usize = 32;
 
@@ -152,6 +154,14 @@ struct Held {
     previous_secret: Option<String>,
     previous_secret_until: Option<DateTime<Utc>>,
     position: i64,
+}
+
+/// A successful attempt, not recorded yet.
+struct Sent {
+    id: i64,
+    at: DateTime<Utc>,
+    latency: Duration,
+    code: u16,
 }
 
 enum Outcome {
@@ -235,37 +245,121 @@ impl Worker {
             return Ok(None);
         };
         let caught_up = self.fill(&mut conn, id, &held).await?;
-        let next: Option<super::Delivery> = webhook_deliveries::table
+        let queue: Vec<super::Delivery> = webhook_deliveries::table
             .filter(webhook_deliveries::endpoint_id.eq(id))
             .filter(webhook_deliveries::status.eq(DeliveryStatus::Pending))
             .order((webhook_deliveries::sequence, webhook_deliveries::id))
+            .limit(SEND_BATCH)
             .select(super::Delivery::as_select())
-            .first(&mut conn)
-            .await
-            .optional()?;
-        let Some(delivery) = next else {
+            .load(&mut conn)
+            .await?;
+        if queue.is_empty() {
             if caught_up {
                 self.release(&mut conn, id).await?;
                 return Ok(None);
             }
             return Ok(Some(Duration::ZERO));
-        };
-        let due_in = (delivery.next_attempt_at - Utc::now())
-            .to_std()
-            .unwrap_or_default();
-        if !due_in.is_zero() {
-            // Wake up in time to renew the lease.
-            return Ok(Some(due_in.min(self.config.lease / 3)));
         }
         drop(conn);
-        let started_at = Utc::now();
-        let started = Instant::now();
-        let outcome = self.send(&held, &delivery).await;
-        let latency = started.elapsed();
-        let mut conn = self.pool.get().await?;
-        self.record(&mut conn, id, &delivery, started_at, latency, outcome)
+        // In order, one at a time; successes are recorded together after the run (a
+        // process dying before that sends them again, with the same ids), anything else
+        // at once, and the run stops there.
+        let step_started = Instant::now();
+        let mut delivered: Vec<Sent> = Vec::new();
+        let mut wait = Duration::ZERO;
+        for delivery in queue {
+            let due_in = (delivery.next_attempt_at - Utc::now())
+                .to_std()
+                .unwrap_or_default();
+            if !due_in.is_zero() {
+                // Wake up in time to renew the lease.
+                wait = due_in.min(self.config.lease / 3);
+                break;
+            }
+            let at = Utc::now();
+            let started = Instant::now();
+            let outcome = self.send(&held, &delivery).await;
+            let latency = started.elapsed();
+            if let Outcome::Delivered(code) = outcome {
+                delivered.push(Sent {
+                    id: delivery.id,
+                    at,
+                    latency,
+                    code,
+                });
+                if step_started.elapsed() < self.config.lease / 3 {
+                    continue;
+                }
+                break;
+            }
+            let mut conn = self.pool.get().await?;
+            self.record_delivered(&mut conn, id, std::mem::take(&mut delivered))
+                .await?;
+            self.record(&mut conn, id, &delivery, at, latency, outcome)
+                .await?;
+            return Ok(Some(Duration::ZERO));
+        }
+        if !delivered.is_empty() {
+            let mut conn = self.pool.get().await?;
+            self.record_delivered(&mut conn, id, delivered).await?;
+        }
+        Ok(Some(wait))
+    }
+
+    /// Records a run of successful attempts, in one transaction.
+    async fn record_delivered(
+        &self,
+        conn: &mut AsyncPgConnection,
+        endpoint: i64,
+        sent: Vec<Sent>,
+    ) -> Result<(), LedgerError> {
+        if sent.is_empty() {
+            return Ok(());
+        }
+        metrics::counter!("wallet_webhook_attempts_total", "outcome" => "delivered")
+            .increment(sent.len() as u64);
+        conn.transaction::<_, LedgerError, _>(async move |conn| {
+            let attempts: Vec<_> = sent
+                .iter()
+                .map(|s| {
+                    (
+                        webhook_attempts::delivery_id.eq(s.id),
+                        webhook_attempts::attempted_at.eq(s.at),
+                        webhook_attempts::latency_ms
+                            .eq(i32::try_from(s.latency.as_millis()).unwrap_or(i32::MAX)),
+                        webhook_attempts::status_code.eq(Some(i32::from(s.code))),
+                        webhook_attempts::succeeded.eq(true),
+                    )
+                })
+                .collect();
+            diesel::insert_into(webhook_attempts::table)
+                .values(attempts)
+                .execute(&mut *conn)
+                .await?;
+            crate::ledger::fixed_sql::numbered(
+                "UPDATE webhook_deliveries d
+                    SET status = 'SUCCEEDED', attempts = d.attempts + 1,
+                        last_status_code = u.code, last_error = NULL, completed_at = now()
+                   FROM unnest($1::bigint[], $2::int[]) AS u(id, code)
+                  WHERE d.id = u.id",
+                vec![
+                    crate::ledger::fixed_sql::Bind::BigInts(sent.iter().map(|s| s.id).collect()),
+                    crate::ledger::fixed_sql::Bind::OptionalInts(
+                        sent.iter().map(|s| Some(i32::from(s.code))).collect(),
+                    ),
+                ],
+            )
+            .execute(&mut *conn)
             .await?;
-        Ok(Some(Duration::ZERO))
+            // The endpoint answers: it is not failing.
+            diesel::update(webhook_endpoints::table.find(endpoint))
+                .filter(webhook_endpoints::failing_since.is_not_null())
+                .set(webhook_endpoints::failing_since.eq(None::<DateTime<Utc>>))
+                .execute(&mut *conn)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Turns feed events after the endpoint's position into deliveries; returns whether
