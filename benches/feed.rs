@@ -182,7 +182,9 @@ async fn run(args: Args) {
         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .await
         .unwrap();
-    let per_process = (args.subscribers / 2 + 64).to_string();
+    // Room for every subscriber on either process: a resumed one connects to the other
+    // process before its old socket is closed.
+    let per_process = (args.subscribers + 256).to_string();
     let limits: Vec<(&str, &str)> = vec![
         ("WALLET_HTTP_MAX_CONNECTIONS", per_process.as_str()),
         ("WALLET_HTTP_MAX_CONNECTIONS_PER_IP", per_process.as_str()),
