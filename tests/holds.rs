@@ -99,7 +99,11 @@ async fn fleet() -> Arc<Fleet> {
     for _ in 0..2 {
         nodes.push(t.sibling_with(small()).await);
     }
-    Arc::new(Fleet { t, nodes })
+    Arc::new(Fleet {
+        t,
+        nodes,
+        turn: None,
+    })
 }
 
 /// A service instance whose expiry worker runs every 200 ms.

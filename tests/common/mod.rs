@@ -462,7 +462,13 @@ impl TestApp {
 pub struct Fleet {
     pub t: TestApp,
     pub nodes: Vec<(App, Router)>,
+    /// Fleets of several instances take turns within a test binary: three instances with
+    /// pools of 20 beside the other tests' instances can reach a default Postgres's 100
+    /// connections, and a refused connection fails a request.
+    pub turn: Option<tokio::sync::SemaphorePermit<'static>>,
 }
+
+static FLEETS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// How movements reach the database in a concurrency test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -478,6 +484,15 @@ pub enum Topology {
 
 impl Topology {
     pub async fn start(self) -> Fleet {
+        let turn = match self {
+            Topology::OneProcess => None,
+            _ => Some(
+                FLEETS
+                    .acquire()
+                    .await
+                    .expect("the fleet semaphore is never closed"),
+            ),
+        };
         let t = TestApp::with(Options {
             pool_size: 20,
             ..Options::default()
@@ -503,7 +518,7 @@ impl Topology {
                 app.state.committer.stop();
             }
         }
-        Fleet { t, nodes }
+        Fleet { t, nodes, turn }
     }
 }
 
