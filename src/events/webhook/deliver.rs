@@ -406,16 +406,8 @@ impl Worker {
         if queued >= MAX_QUEUE {
             return Ok(false);
         }
-        let types: Vec<_> = held
-            .event_types
-            .iter()
-            .flatten()
-            .filter_map(|t| t.parse().ok())
-            .collect();
-        let wallets: Option<Vec<i64>> = held
-            .wallet_ids
-            .as_ref()
-            .map(|w| w.iter().flatten().copied().collect());
+        let types = super::event_types_of(&held.event_types);
+        let wallets = super::wallet_ids_of(held.wallet_ids.as_deref());
         let filter = Filter {
             types: Some(types),
             ..Filter::default()

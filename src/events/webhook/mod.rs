@@ -67,19 +67,27 @@ pub struct Endpoint {
 
 impl Endpoint {
     pub fn event_types(&self) -> Vec<EventType> {
-        self.event_types
-            .iter()
-            .flatten()
-            .filter_map(|t| t.parse().ok())
-            .collect()
+        event_types_of(&self.event_types)
     }
 
     /// `None`: every wallet.
     pub fn wallet_ids(&self) -> Option<Vec<i64>> {
-        self.wallet_ids
-            .as_ref()
-            .map(|ids| ids.iter().flatten().copied().collect())
+        wallet_ids_of(self.wallet_ids.as_deref())
     }
+}
+
+/// The types of an endpoint row's `event_types` column.
+fn event_types_of(column: &[Option<String>]) -> Vec<EventType> {
+    column
+        .iter()
+        .flatten()
+        .filter_map(|t| t.parse().ok())
+        .collect()
+}
+
+/// The wallets of an endpoint row's `wallet_ids` column (`None`: every wallet).
+fn wallet_ids_of(column: Option<&[Option<i64>]>) -> Option<Vec<i64>> {
+    column.map(|ids| ids.iter().flatten().copied().collect())
 }
 
 #[derive(Clone, Debug, Queryable, Selectable)]
