@@ -25,20 +25,39 @@ pub const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations");
 const MIGRATION_LOCK_KEY: i64 = 0x7761_6c6c_6574; // "wallet"
 
 /// The connection pool. Connections it hands out are [`PooledConn`]s.
+///
+/// When one of its connections is found broken (the server went away: it crashed, was
+/// restarted, or failed over), every connection made before that moment is presumed
+/// broken too and is closed instead of handed out: the first failure costs one request,
+/// not one per idle connection, and new connections go to whichever server now answers
+/// as the URL asks (the new primary).
 #[derive(Clone)]
-pub struct PgPool(Pool<AsyncPgConnection>);
+pub struct PgPool {
+    pool: Pool<AsyncPgConnection>,
+    /// When a broken connection was last seen.
+    broken_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
 
 impl PgPool {
     /// A connection, waiting for one to be free (up to the pool's wait timeout).
     pub async fn get(&self) -> Result<PooledConn, PoolError> {
-        Ok(PooledConn {
-            conn: Some(self.0.get().await?),
-            in_transaction: false,
-        })
+        loop {
+            let conn = self.pool.get().await?;
+            let broken_at = *self.broken_at.lock().unwrap_or_else(|e| e.into_inner());
+            if broken_at.is_some_and(|at| Object::metrics(&conn).created < at) {
+                drop(Object::take(conn));
+                continue;
+            }
+            return Ok(PooledConn {
+                conn: Some(conn),
+                in_transaction: false,
+                broken_at: self.broken_at.clone(),
+            });
+        }
     }
 
     pub fn status(&self) -> deadpool::Status {
-        self.0.status()
+        self.pool.status()
     }
 }
 
@@ -53,9 +72,21 @@ pub struct PooledConn {
     /// A transaction begun with a plain `BEGIN` statement (which diesel's transaction
     /// manager does not see) and not known to be ended.
     in_transaction: bool,
+    /// The pool's mark of the last broken connection: set when this one is.
+    broken_at: Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
 
 impl PooledConn {
+    /// Closes the connection and every other made before it: its server refused to write
+    /// (it is, or was made, read-only), so new connections must find the primary.
+    pub fn discard(mut self) {
+        if let Some(conn) = self.conn.take() {
+            *self.broken_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(std::time::Instant::now());
+            drop(Object::take(conn));
+        }
+    }
+
     /// Says whether a transaction begun and ended by hand (`BEGIN` … `COMMIT` sent as
     /// statements, to pipeline them with others) is open: one dropped while open is
     /// closed, like one dropped inside a diesel transaction.
@@ -80,9 +111,15 @@ impl std::ops::DerefMut for PooledConn {
 impl Drop for PooledConn {
     fn drop(&mut self) {
         use diesel_async::pooled_connection::PoolableConnection;
-        if let Some(mut conn) = self.conn.take()
-            && (self.in_transaction || conn.is_broken())
-        {
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
+        if conn.is_broken() {
+            tracing::debug!("a broken connection: closing the ones made before it too");
+            *self.broken_at.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(std::time::Instant::now());
+            drop(Object::take(conn));
+        } else if self.in_transaction {
             tracing::debug!("closing a connection dropped inside a transaction");
             drop(Object::take(conn));
         }
@@ -258,10 +295,61 @@ fn migrate_blocking(url: &str) -> anyhow::Result<Vec<String>> {
     result
 }
 
+/// How the service connects: `url`'s settings, with what following a failover needs
+/// where the URL says nothing — a bounded attempt per host (a host that is down is passed
+/// over, not waited on), keepalives that notice a server gone without a word, and a bound
+/// on data the server has not acknowledged. A URL may name several hosts
+/// (`postgres://u@h1:5432,h2:5432/db?target_session_attrs=read-write`): each new
+/// connection goes to the first that answers as asked, so after a failover new
+/// connections reach the new primary.
+pub fn connection_config(url: &str) -> anyhow::Result<tokio_postgres::Config> {
+    let mut config = tokio_postgres::Config::from_str(url).context(
+        "DATABASE_URL is not a PostgreSQL URL (postgres://USER:PASSWORD@HOST:PORT/DATABASE)",
+    )?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(Duration::from_secs(30));
+    }
+    // tokio-postgres's default (two hours) is the kernel's: far too late to notice.
+    if config.get_keepalives_idle() >= Duration::from_secs(2 * 3600) {
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(15))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
+    }
+    Ok(config)
+}
+
+/// One connection made with `config`, as diesel's async connection.
+pub async fn connect(
+    config: &tokio_postgres::Config,
+) -> Result<AsyncPgConnection, diesel::ConnectionError> {
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| diesel::ConnectionError::BadConnection(e.to_string()))?;
+    AsyncPgConnection::try_from_client_and_connection(client, connection).await
+}
+
 /// Builds the connection pool. Every connection runs under `limits` and reports its
 /// statements to `counter`.
 pub fn build_pool(
     url: &str,
+    size: usize,
+    limits: SessionLimits,
+    counter: QueryCounter,
+) -> anyhow::Result<PgPool> {
+    build_pool_with(connection_config(url)?, url, size, limits, counter)
+}
+
+/// Like [`build_pool`], connecting with `config` (`label` names it in errors: never
+/// shown with a password).
+pub fn build_pool_with(
+    connection: tokio_postgres::Config,
+    label: &str,
     size: usize,
     limits: SessionLimits,
     counter: QueryCounter,
@@ -272,12 +360,13 @@ pub fn build_pool(
     // refused, and one that died silently fails its next statement, which every caller
     // treats as the database being unavailable (and the retry takes a fresh connection).
     config.recycling_method = diesel_async::pooled_connection::RecyclingMethod::Fast;
-    config.custom_setup = Box::new(move |url: &str| -> BoxFuture<_> {
+    let connection = Arc::new(connection);
+    config.custom_setup = Box::new(move |_url: &str| -> BoxFuture<_> {
         let counter = counter.clone();
-        let url = url.to_owned();
+        let connection = connection.clone();
         async move {
             use diesel_async::SimpleAsyncConnection;
-            let mut conn = AsyncPgConnection::establish(&url).await?;
+            let mut conn = connect(&connection).await?;
             conn.batch_execute(&limits.sql())
                 .await
                 .map_err(diesel::ConnectionError::CouldntSetupConfiguration)?;
@@ -286,14 +375,17 @@ pub fn build_pool(
         }
         .boxed()
     });
-    let manager = AsyncDieselConnectionManager::new_with_config(url, config);
+    let manager = AsyncDieselConnectionManager::new_with_config(label, config);
     let pool = Pool::builder(manager)
         .max_size(size)
         .wait_timeout(Some(Duration::from_secs(10)))
         .create_timeout(Some(Duration::from_secs(10)))
         .runtime(deadpool::Runtime::Tokio1)
         .build()?;
-    Ok(PgPool(pool))
+    Ok(PgPool {
+        pool,
+        broken_at: Arc::default(),
+    })
 }
 
 /// Whether a failed transaction may succeed when simply run again.
@@ -330,12 +422,26 @@ pub fn is_unavailable(error: &DieselError) -> bool {
                 "terminating connection",
                 "the database system is",
                 "idle-in-transaction timeout",
+                // A standby, or a server made read-only: the write went nowhere.
+                READ_ONLY,
+                RECOVERY,
             ]
             .iter()
             .any(|m| message.contains(m))
         }
         _ => false,
     }
+}
+
+/// What Postgres says when a write reaches a read-only session (SQLSTATE 25006).
+const READ_ONLY: &str = "read-only transaction";
+/// What a standby says to a statement that would write.
+const RECOVERY: &str = "during recovery";
+
+/// Whether `message` (an error's text) says the server would not write: a connection to
+/// it is of no use for money movements.
+pub fn refused_as_read_only(message: &str) -> bool {
+    message.contains(READ_ONLY) || message.contains(RECOVERY)
 }
 
 /// How many times a transaction that failed transiently is attempted in all.
@@ -346,6 +452,34 @@ pub const MAX_ATTEMPTS: u32 = 8;
 pub fn retry_backoff(attempt: u32) -> Duration {
     let base_us = 200u64 << attempt.min(8);
     Duration::from_micros(base_us + rand::random_range(0..base_us))
+}
+
+/// A transaction that would refuse a write where a movement's would (a standby, a server
+/// or session made read-only) and is given an id, so that its commit is flushed and waits
+/// for a synchronous standby like a movement's.
+const COMMIT_PROBE: &str = "BEGIN; DO $$ BEGIN \
+    IF current_setting('transaction_read_only')::bool THEN \
+        RAISE EXCEPTION 'cannot execute a write in a read-only transaction' \
+            USING ERRCODE = 'read_only_sql_transaction'; \
+    END IF; \
+    PERFORM pg_current_xact_id(); \
+END $$; COMMIT";
+
+/// Whether a transaction that writes (it is given a transaction id, so its commit is
+/// flushed and, with synchronous replication, waits for the standby) commits through
+/// `pool`: what every money movement needs. Refused by a standby or a read-only server.
+pub async fn commit_probe(pool: &PgPool) -> bool {
+    use diesel_async::SimpleAsyncConnection;
+    let Ok(mut conn) = pool.get().await else {
+        return false;
+    };
+    conn.set_in_transaction(true);
+    let committed = conn
+        .batch_execute(COMMIT_PROBE)
+        .await
+        .is_ok();
+    conn.set_in_transaction(!committed);
+    committed
 }
 
 /// Whether the database answers a trivial query.

@@ -1,16 +1,25 @@
-//! Readiness (`/readyz`): the database answers through the read pool, and each chain
-//! network's backend reports its tip.
+//! Readiness (`/readyz`): a money movement can commit, and each chain network's backend
+//! reports its tip.
+//!
+//! "Can commit" is checked the way a movement commits: a connection from the pool the
+//! group committer uses, and a transaction that is given an id and commits — so a commit
+//! that cannot complete (a primary waiting for a synchronous standby that is gone, a
+//! server that went read-only, a pool that cannot reach the primary) makes the service
+//! not ready, where a `SELECT 1` on a side connection would still answer.
 //!
 //! `/readyz` is anonymous (probes carry no token), so what a hit costs is bounded here: a
 //! verdict is reused for [`FRESH_FOR`], and callers arriving while one is being made wait
-//! for it rather than starting their own (one check in flight). The database is asked
-//! through the read pool, never the money-movement pool, and the chain backends at most
-//! once per [`FRESH_FOR`]. Answers name no error: the details (which may hold a node URL
-//! with its credentials) go to the log only.
+//! for it rather than starting their own (one check in flight). A commit probe that does
+//! not finish within the check's time is left running (Postgres cannot abandon a commit
+//! waiting for its standby) and no other is started until it ends: at most one
+//! connection is ever held by probes. The chain backends are asked at most once per
+//! [`FRESH_FOR`]. Answers name no error: the details (which may hold a node URL with its
+//! credentials) go to the log only.
 
 use std::time::Duration;
 
 use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::app::AppState;
@@ -23,7 +32,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 /// What the last check found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
-    /// The database answered.
+    /// A transaction committed through the money-movement pool.
     pub database: bool,
     /// One line per chain network: `bitcoin: ok (height N)` or `ethereum: unavailable`.
     pub chains: Vec<String>,
@@ -33,6 +42,8 @@ pub struct Verdict {
 #[derive(Default)]
 pub struct Readiness {
     last: Mutex<Option<(Instant, Verdict)>>,
+    /// The commit probe still running, if the last one outlived its check.
+    probe: Mutex<Option<JoinHandle<bool>>>,
 }
 
 impl Readiness {
@@ -45,27 +56,48 @@ impl Readiness {
         {
             return verdict.clone();
         }
-        let verdict = check(state).await;
+        let verdict = self.check(state).await;
         *last = Some((Instant::now(), verdict.clone()));
         verdict
     }
-}
 
-async fn check(state: &AppState) -> Verdict {
-    use crate::chain::Chain as _;
-    let database = async {
-        match tokio::time::timeout(CHECK_TIMEOUT, crate::db::ping(&state.reads)).await {
-            Ok(true) => true,
-            Ok(false) => {
-                tracing::warn!("readiness: the database did not answer through the read pool");
+    /// Whether a transaction commits through the money-movement pool within
+    /// [`CHECK_TIMEOUT`]: the probe in flight if one is, else a new one.
+    async fn can_commit(&self, state: &AppState) -> bool {
+        let mut probe = self.probe.lock().await;
+        let running = match probe.take() {
+            Some(running) => running,
+            None => {
+                let pool = state.pool.clone();
+                tokio::spawn(async move { crate::db::commit_probe(&pool).await })
+            }
+        };
+        let mut running = running;
+        match tokio::time::timeout(CHECK_TIMEOUT, &mut running).await {
+            Ok(Ok(true)) => true,
+            Ok(_) => {
+                tracing::warn!("readiness: a transaction could not commit through the pool");
                 false
             }
             Err(_) => {
-                tracing::warn!("readiness: the database did not answer within 1s");
+                tracing::warn!(
+                    "readiness: a commit did not complete within 1s (is the primary \
+                     waiting for its synchronous standby?)"
+                );
+                *probe = Some(running);
                 false
             }
         }
-    };
+    }
+
+    async fn check(&self, state: &AppState) -> Verdict {
+        check(self, state).await
+    }
+}
+
+async fn check(readiness: &Readiness, state: &AppState) -> Verdict {
+    use crate::chain::Chain as _;
+    let database = readiness.can_commit(state);
     let chains = &state.chains;
     let networks = chains.names().map(|network| async move {
         match tokio::time::timeout(CHECK_TIMEOUT, chains.tip(network)).await {

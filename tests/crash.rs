@@ -262,6 +262,7 @@ async fn a_database_restart_under_load_is_survived_without_a_restart() {
         user: "ann".into(),
         deposit: true,
         amount: "1.00".into(),
+        to: None,
     };
     let answer = common::process::hear(&while_down, Ok(refused));
     heard.insert("while-down".into(), (while_down, answer));

@@ -7,7 +7,6 @@
 //! connection loses nothing: the listener reconnects with back-off and resumes from its
 //! cursor. A slow idle poll covers a connection that dies silently.
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,7 +52,9 @@ impl ListenerConfig {
         ListenerConfig {
             database_url: database_url.into(),
             idle_poll: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(5),
+            // Short: after a failover the new primary is reachable within seconds, and
+            // subscriptions and readiness wait for the listener.
+            max_backoff: Duration::from_secs(1),
             retention: DEFAULT_RETENTION,
         }
     }
@@ -131,12 +132,8 @@ async fn listen(
     cursor: &mut Option<Position>,
     state: &watch::Sender<ListenerState>,
 ) -> anyhow::Result<std::convert::Infallible> {
-    let mut pg =
-        tokio_postgres::Config::from_str(&config.database_url).context("invalid database URL")?;
-    pg.application_name(APPLICATION_NAME)
-        .keepalives(true)
-        .keepalives_idle(Duration::from_secs(30))
-        .connect_timeout(Duration::from_secs(5));
+    let mut pg = crate::db::connection_config(&config.database_url)?;
+    pg.application_name(APPLICATION_NAME);
     let (client, mut connection) = pg
         .connect(tokio_postgres::NoTls)
         .await

@@ -114,6 +114,16 @@ impl LedgerError {
         }
     }
 
+    /// Whether the server refused to write at all (a standby, or a server made read-only):
+    /// its connections are of no use for movements.
+    pub fn is_read_only_refusal(&self) -> bool {
+        match self {
+            LedgerError::Unavailable(message) => crate::db::refused_as_read_only(message),
+            LedgerError::Database(e) => crate::db::refused_as_read_only(&e.to_string()),
+            _ => false,
+        }
+    }
+
     /// Whether running the same transaction again may succeed.
     pub(crate) fn is_transient(&self) -> bool {
         matches!(self, LedgerError::Database(e) if crate::db::is_transient(e))

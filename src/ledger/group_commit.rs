@@ -389,7 +389,14 @@ async fn run_batch(shared: &Shared, batch: Vec<Job>) {
         }
     };
     let outcome = commit_batch(&mut conn, &shared.currencies, &batch).await;
-    drop(conn);
+    match &outcome {
+        // The server will not write (a standby, or made read-only): the pool's
+        // connections to it are of no use; the requests run again on new ones.
+        Err(failed) if failed.error.is_read_only_refusal() => {
+            conn.discard()
+        }
+        _ => drop(conn),
+    }
     match outcome {
         Ok(results) => {
             let stats = &shared.stats;

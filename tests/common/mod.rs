@@ -7,6 +7,7 @@ pub mod anvil;
 pub mod binary;
 pub mod ethereum;
 pub mod faulty_node;
+pub mod formation;
 pub mod nats;
 pub mod process;
 pub mod receiver;

@@ -138,10 +138,22 @@ pub struct Movement {
     pub user: String,
     pub deposit: bool,
     pub amount: String,
+    /// A transfer from `wallet` to this wallet (sent by the source's owner).
+    pub to: Option<String>,
 }
+
+/// A transfer between two wallets, answered with the transfer's id.
+pub const TRANSFER: &str = "mutation($w: ID!, $to: ID!, $a: Decimal!, $k: String!) {
+  transfer(input: {fromWalletId: $w, toWalletId: $to, amount: $a, idempotencyKey: $k}) { id } }";
 
 impl Movement {
     pub fn query(&self) -> (&'static str, Value) {
+        if let Some(to) = &self.to {
+            return (
+                TRANSFER,
+                json!({"w": self.wallet, "to": to, "a": self.amount, "k": self.key}),
+            );
+        }
         let q = if self.deposit { DEPOSIT } else { WITHDRAW };
         (
             q,
@@ -150,7 +162,20 @@ impl Movement {
     }
 
     pub fn field(&self) -> &'static str {
-        if self.deposit { "deposit" } else { "withdraw" }
+        match (self.deposit, &self.to) {
+            (_, Some(_)) => "transfer",
+            (true, None) => "deposit",
+            (false, None) => "withdraw",
+        }
+    }
+
+    /// Journal rows the movement writes when it commits (a transfer: one per side, both
+    /// under its key).
+    pub fn rows(&self) -> i64 {
+        match self.to {
+            Some(_) => 2,
+            None => 1,
+        }
     }
 }
 
@@ -207,6 +232,30 @@ impl Load {
         wallets: Vec<(String, String)>,
         tokens: Arc<Tokens>,
     ) -> Load {
+        Self::start_mix(base, clients, wallets, tokens, false, "load")
+    }
+
+    /// Like [`start`](Self::start), with every fourth movement a transfer to the next
+    /// wallet (deposits, withdrawals and transfers in the ratio 2:1:1); keys start with
+    /// `prefix` (loads sent at once need prefixes of their own).
+    pub fn start_with_transfers(
+        base: &str,
+        clients: usize,
+        wallets: Vec<(String, String)>,
+        tokens: Arc<Tokens>,
+        prefix: &str,
+    ) -> Load {
+        Self::start_mix(base, clients, wallets, tokens, true, prefix)
+    }
+
+    fn start_mix(
+        base: &str,
+        clients: usize,
+        wallets: Vec<(String, String)>,
+        tokens: Arc<Tokens>,
+        transfers: bool,
+        prefix: &str,
+    ) -> Load {
         let heard = Arc::new(Mutex::new(HashMap::new()));
         let acknowledged = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -220,14 +269,23 @@ impl Load {
                     base.clone(),
                 );
                 let (wallets, tokens) = (wallets.clone(), tokens.clone());
+                let prefix = prefix.to_owned();
                 tokio::spawn(async move {
                     let http = reqwest::Client::new();
                     let mut n = 0usize;
                     while !stop.load(Ordering::Relaxed) {
                         let (wallet, user) = &wallets[(c + n) % wallets.len()];
-                        let deposit = n % 3 != 2;
+                        let (deposit, to) = match transfers {
+                            false => (n % 3 != 2, None),
+                            true => (
+                                n % 4 < 2,
+                                (n % 4 == 3)
+                                    .then(|| wallets[(c + n + 1) % wallets.len()].0.clone()),
+                            ),
+                        };
                         let movement = Movement {
-                            key: format!("load-{c}-{n}"),
+                            to,
+                            key: format!("{prefix}-{c}-{n}"),
                             wallet: wallet.clone(),
                             user: user.clone(),
                             deposit,
@@ -242,7 +300,11 @@ impl Load {
                         if matches!(what, Heard::Acknowledged(_)) {
                             acknowledged.fetch_add(1, Ordering::Relaxed);
                         }
-                        let failed = !matches!(what, Heard::Acknowledged(_) | Heard::Refused(_));
+                        let failed = match &what {
+                            Heard::Acknowledged(_) => false,
+                            Heard::Refused(code) => code == "UNAVAILABLE",
+                            Heard::Unknown(_) => true,
+                        };
                         heard
                             .lock()
                             .unwrap()
@@ -355,9 +417,9 @@ pub async fn replay_and_check(
             }
         }
         let rows = rows_under(pg, &movement.key).await;
-        let expected = i64::from(matches!(again, Heard::Acknowledged(_)));
+        let expected = i64::from(matches!(again, Heard::Acknowledged(_))) * movement.rows();
         assert_eq!(rows, expected, "{}: rows under the key", movement.key);
-        journaled += rows as usize;
+        journaled += usize::from(rows > 0);
     }
     eprintln!(
         "{} movements sent, {journaled} journaled, {unknown} of unknown outcome resolved by replay",

@@ -1,0 +1,536 @@
+//! High availability: the service on a pg_auto_failover formation (a monitor and two data
+//! nodes with synchronous replication, private ports and directories) follows a failover
+//! without a restart and without losing or repeating an acknowledged movement.
+//!
+//! `WALLET_FAULT_LOAD=long` runs a longer load before the failure (CI runs the short one).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::formation::Formation;
+use common::process::{Heard, Load, Movement, ServerProcess, Tokens, post};
+use common::ws::{Event, WsClient};
+use rust_decimal::Decimal;
+use serde_json::{Value, json};
+use wallet::auth::{Role, TokenKeys};
+
+/// Movements acknowledged before the primary is killed.
+fn load_before_fault() -> usize {
+    match std::env::var("WALLET_FAULT_LOAD").as_deref() {
+        Ok("long") => 20_000,
+        _ => 1_000,
+    }
+}
+
+/// Small pools: two processes share each data node with the formation's own sessions.
+const PROCESS_ENV: &[(&str, &str)] = &[
+    ("WALLET_DB_POOL_SIZE", "8"),
+    ("WALLET_DB_READ_POOL_SIZE", "4"),
+    ("WALLET_WEBHOOKS", "false"),
+    ("WALLET_REQUEST_TIMEOUT_SECS", "5"),
+];
+
+const FEED_SUB: &str = "subscription($after: String) {
+  events(after: $after) { sequence type transaction { id } } }";
+
+const HEAD: &str = "query { events(first: 1) { head } }";
+
+const BY_KEY: &str = "query($w: ID!, $k: String!) { transactionByKey(walletId: $w, key: $k) { id } }";
+
+fn tokens(users: &[&str]) -> Arc<Tokens> {
+    let keys = TokenKeys::new(common::JWT_SECRET.as_bytes());
+    let day = Duration::from_secs(86_400);
+    let hour = Duration::from_secs(3600);
+    Arc::new(Tokens {
+        operator: keys.mint("back-office", Role::Operator, hour).unwrap(),
+        users: users
+            .iter()
+            .map(|u| (u.to_string(), keys.mint(u, Role::User, day).unwrap()))
+            .collect(),
+    })
+}
+
+/// A funded USD wallet for each user, opened through the service.
+async fn wallets(base: &str, tokens: &Tokens, users: &[&str]) -> Vec<(String, String)> {
+    let http = reqwest::Client::new();
+    let mut out = Vec::new();
+    for user in users {
+        let created = post(
+            &http,
+            base,
+            &tokens.users[*user],
+            "mutation { createWallet(input: {currency: \"USD\"}) { id } }",
+            json!({}),
+        )
+        .await
+        .unwrap();
+        let id = created["data"]["createWallet"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let funded = post(
+            &http,
+            base,
+            &tokens.operator,
+            common::DEPOSIT,
+            json!({"w": id, "a": "1000.00", "k": format!("funding-{user}")}),
+        )
+        .await
+        .unwrap();
+        assert!(funded.get("errors").is_none(), "{funded}");
+        out.push((id, user.to_string()));
+    }
+    out
+}
+
+/// The feed as one subscriber saw it: `(sequence, type, transaction id)`, resubscribing
+/// from its last position (on either process) whenever a subscription ends — as a client
+/// would.
+struct FeedReader {
+    seen: Arc<Mutex<Vec<(i64, String, Option<String>)>>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<usize>,
+}
+
+impl FeedReader {
+    fn start(endpoints: Vec<String>, token: String) -> FeedReader {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut resubscribed = 0;
+                let mut turn = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let after = seen
+                        .lock()
+                        .unwrap()
+                        .last()
+                        .map(|(s, _, _)| *s)
+                        .unwrap_or(0);
+                    let url = &endpoints[turn % endpoints.len()];
+                    turn += 1;
+                    let Ok(Ok(mut ws)) = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        tokio::spawn({
+                            let (url, token) = (url.clone(), token.clone());
+                            async move { WsClient::authenticated(&url, &token).await }
+                        }),
+                    )
+                    .await
+                    else {
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                        continue;
+                    };
+                    ws.subscribe("feed", FEED_SUB, json!({"after": after.to_string()}))
+                        .await;
+                    loop {
+                        match ws.next_within(Duration::from_millis(500)).await {
+                            Some(Event::Message(m)) if m["type"] == "next" => {
+                                if m["payload"].get("errors").is_some() {
+                                    break;
+                                }
+                                let e = &m["payload"]["data"]["events"];
+                                let sequence: i64 =
+                                    e["sequence"].as_str().unwrap().parse().unwrap();
+                                seen.lock().unwrap().push((
+                                    sequence,
+                                    e["type"].as_str().unwrap().to_owned(),
+                                    e["transaction"]["id"].as_str().map(str::to_owned),
+                                ));
+                            }
+                            // An error, a completion or a close: resume elsewhere.
+                            Some(_) => break,
+                            None if stop.load(Ordering::Relaxed) => break,
+                            None => {}
+                        }
+                    }
+                    resubscribed += 1;
+                }
+                resubscribed
+            })
+        };
+        FeedReader { seen, stop, task }
+    }
+
+    fn last(&self) -> i64 {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .map(|(s, _, _)| *s)
+            .unwrap_or(0)
+    }
+}
+
+/// Walks a wallet's journal through the service: each row starts where the previous
+/// ended and moves its amount; the newest ends at the balance. Returns the rows.
+async fn check_chain(base: &str, token: &str, wallet: &str) -> usize {
+    let http = reqwest::Client::new();
+    let (mut after, mut previous, mut rows) = (None::<String>, Decimal::ZERO, 0);
+    loop {
+        let page = post(
+            &http,
+            base,
+            token,
+            "query($w: ID!, $after: String) { wallet(id: $w) { balance
+               transactions(first: 100, after: $after) { pageInfo { hasNextPage endCursor }
+                 edges { node { type amount fee balanceBefore balanceAfter } } } } }",
+            json!({"w": wallet, "after": after}),
+        )
+        .await
+        .unwrap();
+        let w = &page["data"]["wallet"];
+        let dec = |v: &Value| v.as_str().unwrap().parse::<Decimal>().unwrap();
+        for edge in w["transactions"]["edges"].as_array().unwrap() {
+            let n = &edge["node"];
+            assert_eq!(dec(&n["balanceBefore"]), previous, "chain broken at {n}");
+            let moved = dec(&n["amount"]) + dec(&n["fee"]);
+            let signed = match n["type"].as_str().unwrap() {
+                "WITHDRAW" | "TRANSFER_OUT" => -moved,
+                _ => moved,
+            };
+            assert_eq!(dec(&n["balanceAfter"]), previous + signed, "{n}");
+            previous = dec(&n["balanceAfter"]);
+            rows += 1;
+        }
+        if !w["transactions"]["pageInfo"]["hasNextPage"]
+            .as_bool()
+            .unwrap()
+        {
+            assert_eq!(previous, dec(&w["balance"]), "the newest row ends at the balance");
+            return rows;
+        }
+        after = w["transactions"]["pageInfo"]["endCursor"]
+            .as_str()
+            .map(str::to_owned);
+    }
+}
+
+/// `/readyz` of each process, every 100 ms: `(since the kill, process, status)`.
+fn watch_readiness(
+    bases: Vec<String>,
+    since: Arc<Mutex<Option<Instant>>>,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<(Duration, usize, u16)>> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .unwrap();
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            for (i, base) in bases.iter().enumerate() {
+                let status = match http.get(format!("{base}/readyz")).send().await {
+                    Ok(r) => r.status().as_u16(),
+                    Err(_) => 0,
+                };
+                if let Some(at) = *since.lock().unwrap() {
+                    seen.push((at.elapsed(), i, status));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen
+    })
+}
+
+async fn connect(url: &str) -> tokio_postgres::Client {
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_under_load_loses_nothing_acknowledged() {
+    let mut formation = tokio::task::spawn_blocking(|| Formation::start("wallet_ha"))
+        .await
+        .unwrap();
+    assert_eq!(formation.primary(), 1);
+    // Synchronous: a commit on node 1 is acknowledged once node 2 has it.
+    let standbys = formation.psql_output(
+        formation.node_ports[0],
+        "postgres",
+        "SELECT current_setting('synchronous_standby_names') <> '', \
+                current_setting('synchronous_commit'), \
+                (SELECT string_agg(sync_state, ',') FROM pg_stat_replication)",
+    );
+    let standbys = standbys.trim();
+    assert!(
+        standbys.starts_with("t|on|") && (standbys.ends_with("quorum") || standbys.ends_with("sync")),
+        "node 1 replicates synchronously to node 2: {standbys}"
+    );
+
+    let url = formation.url();
+    let a = ServerProcess::start_with(&url, PROCESS_ENV).await;
+    let b = ServerProcess::start_with(&url, PROCESS_ENV).await;
+    let pids = (a.pid(), b.pid());
+    let users = ["ann", "ben", "cat", "dan"];
+    let tokens = tokens(&users);
+    let wallets = wallets(&a.base, &tokens, &users).await;
+
+    let feed = FeedReader::start(vec![b.websocket(), a.websocket()], tokens.operator.clone());
+    // 16 clients in all, 8 on each process.
+    let load_a = Load::start_with_transfers(&a.base, 8, wallets.clone(), tokens.clone(), "a");
+    let load_b = Load::start_with_transfers(&b.base, 8, wallets.clone(), tokens.clone(), "b");
+    let half = load_before_fault() / 2;
+    load_a
+        .wait_for_acknowledged(half, Duration::from_secs(600))
+        .await;
+    load_b
+        .wait_for_acknowledged(half, Duration::from_secs(600))
+        .await;
+
+    let killed_at = Arc::new(Mutex::new(None));
+    let stop_watch = Arc::new(AtomicBool::new(false));
+    let readiness = watch_readiness(
+        vec![a.base.clone(), b.base.clone()],
+        killed_at.clone(),
+        stop_watch.clone(),
+    );
+    let acknowledged_before = load_a.acknowledged.load(Ordering::Relaxed)
+        + load_b.acknowledged.load(Ordering::Relaxed);
+
+    // The primary's machine dies.
+    tokio::task::block_in_place(|| formation.kill_node(1));
+    let kill = Instant::now();
+    *killed_at.lock().unwrap() = Some(kill);
+
+    // A probe deposit every 50 ms until one succeeds: the time to the first.
+    let http = reqwest::Client::new();
+    let (probe_wallet, _) = &wallets[0];
+    let mut probes = Vec::new();
+    let first_success = loop {
+        let movement = Movement {
+            key: format!("probe-{}", probes.len()),
+            wallet: probe_wallet.clone(),
+            user: "ann".into(),
+            deposit: true,
+            amount: "1.00".into(),
+            to: None,
+        };
+        let (query, vars) = movement.query();
+        let base = [&a.base, &b.base][probes.len() % 2];
+        let answer = common::process::hear(
+            &movement,
+            post(&http, base, &tokens.operator, query, vars).await,
+        );
+        let done = matches!(answer, Heard::Acknowledged(_));
+        probes.push((movement, answer));
+        if done {
+            break kill.elapsed();
+        }
+        assert!(
+            kill.elapsed() < Duration::from_secs(120),
+            "no deposit succeeded within 120 s of the kill:\n{}",
+            formation.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The deposit committed on node 2, promoted.
+    tokio::task::block_in_place(|| {
+        formation.wait_for_states(Duration::from_secs(60), |s| {
+            s[1].reported == "wait_primary" || s[1].reported == "primary"
+        })
+    });
+
+    // Serving again on the new primary: both processes, no restart.
+    for server in [&a, &b] {
+        server.wait_ready(Duration::from_secs(30)).await;
+    }
+    let after_failover = load_a.acknowledged.load(Ordering::Relaxed)
+        + load_b.acknowledged.load(Ordering::Relaxed);
+    load_a
+        .wait_for_acknowledged(
+            load_a.acknowledged.load(Ordering::Relaxed) + 200,
+            Duration::from_secs(120),
+        )
+        .await;
+
+    // The old primary comes back, as a standby of the new one.
+    tokio::task::block_in_place(|| {
+        formation.restart_node(1);
+        formation.wait_for_states(Duration::from_secs(120), |s| {
+            s[0].reported == "secondary"
+                && s[0].assigned == "secondary"
+                && s[1].reported == "primary"
+                && s[1].assigned == "primary"
+        });
+    });
+    load_b
+        .wait_for_acknowledged(
+            load_b.acknowledged.load(Ordering::Relaxed) + 200,
+            Duration::from_secs(120),
+        )
+        .await;
+    let mut heard = load_a.stop().await;
+    heard.extend(load_b.stop().await);
+    stop_watch.store(true, Ordering::Relaxed);
+    let readiness = readiness.await.unwrap();
+
+    // Only clear answers: committed, UNAVAILABLE (nothing happened), OUTCOME_UNKNOWN.
+    let unclear: Vec<_> = heard
+        .values()
+        .chain(probes.iter())
+        .filter(|(_, h)| match h {
+            Heard::Acknowledged(_) => false,
+            Heard::Refused(code) => {
+                !["UNAVAILABLE", "INSUFFICIENT_FUNDS"].contains(&code.as_str())
+            }
+            Heard::Unknown(u) => u != "OUTCOME_UNKNOWN",
+        })
+        .map(|(m, h)| (m.key.clone(), h.clone()))
+        .collect();
+    assert!(unclear.is_empty(), "unclear answers: {unclear:?}");
+
+    // Every OUTCOME_UNKNOWN resolves by key: the lookup says whether it happened.
+    let pg = connect(&url).await;
+    let mut unknown = 0;
+    let mut unknown_committed = 0;
+    for (movement, first) in heard.values().chain(probes.iter()) {
+        if !matches!(first, Heard::Unknown(_)) {
+            continue;
+        }
+        unknown += 1;
+        let token = match movement.deposit {
+            true => &tokens.operator,
+            false => &tokens.users[&movement.user],
+        };
+        let found = post(
+            &http,
+            &a.base,
+            token,
+            BY_KEY,
+            json!({"w": movement.wallet, "k": movement.key}),
+        )
+        .await
+        .unwrap();
+        assert!(found.get("errors").is_none(), "{found}");
+        let rows: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM transactions WHERE tx_hash = $1",
+                &[&movement.key],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        let by_key = !found["data"]["transactionByKey"].is_null();
+        assert_eq!(by_key, rows > 0, "{}: the lookup tells the truth", movement.key);
+        unknown_committed += usize::from(by_key);
+    }
+    // Then every key is sent again: acknowledged ones come back as the original, exactly
+    // once; refused ones left nothing.
+    let mut all: common::process::Answers = heard;
+    for (m, h) in probes {
+        all.insert(m.key.clone(), (m, h));
+    }
+    let journaled = common::process::replay_and_check(&a.base, &tokens, &all, &pg).await;
+    let acknowledged = all
+        .values()
+        .filter(|(_, h)| matches!(h, Heard::Acknowledged(_)))
+        .count();
+    assert!(journaled >= acknowledged);
+
+    // The ledger is whole: every chain verifies, the trial balance is zero.
+    let mut rows = 0;
+    for (wallet, _) in &wallets {
+        rows += check_chain(&b.base, &tokens.operator, wallet).await;
+    }
+    let journal_rows: i64 = pg
+        .query_one("SELECT count(*) FROM transactions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(rows as i64, journal_rows, "every row is on a verified chain");
+    let trial = post(
+        &http,
+        &b.base,
+        &tokens.operator,
+        "query { trialBalance { currency imbalance } }",
+        json!({}),
+    )
+    .await
+    .unwrap();
+    for line in trial["data"]["trialBalance"].as_array().unwrap() {
+        assert_eq!(line["imbalance"], "0", "{trial}");
+    }
+
+    // The feed subscriber got every committed movement once, in one gap-free sequence.
+    let head: i64 = {
+        let data = post(&http, &a.base, &tokens.operator, HEAD, json!({}))
+            .await
+            .unwrap();
+        data["data"]["events"]["head"].as_str().unwrap().parse().unwrap()
+    };
+    common::wait_until("the subscriber reaches the head", Duration::from_secs(60), || async {
+        feed.last() >= head
+    })
+    .await;
+    feed.stop.store(true, Ordering::Relaxed);
+    let resubscribed = feed.task.await.unwrap();
+    let seen = feed.seen.lock().unwrap().clone();
+    let sequences: Vec<i64> = seen.iter().map(|(s, _, _)| *s).collect();
+    assert_eq!(
+        sequences,
+        (1..=sequences.len() as i64).collect::<Vec<_>>(),
+        "gap-free, no repeats"
+    );
+    let created: Vec<String> = seen
+        .iter()
+        .filter(|(_, t, _)| t == "TRANSACTION_CREATED")
+        .filter_map(|(_, _, tx)| tx.clone())
+        .collect();
+    let distinct: HashSet<&String> = created.iter().collect();
+    assert_eq!(distinct.len(), created.len(), "each movement once");
+    assert_eq!(created.len() as i64, journal_rows, "every journal row in the feed");
+
+    // Readiness: both processes said 503 during the switch and 200 after.
+    for process in 0..2 {
+        let statuses: Vec<&(Duration, usize, u16)> =
+            readiness.iter().filter(|(_, p, _)| *p == process).collect();
+        let not_ready = statuses.iter().position(|(_, _, s)| *s == 503);
+        assert!(
+            not_ready.is_some(),
+            "process {process}: /readyz said 503 during the switch: {statuses:?}"
+        );
+        assert_eq!(statuses.last().map(|(_, _, s)| *s), Some(200));
+    }
+    // The service needed no restart.
+    assert_eq!((a.pid(), b.pid()), pids);
+    assert!(a.readyz().await == Some(200) && b.readyz().await == Some(200));
+
+    let (not_ready_from, ready_again) = {
+        let p0: Vec<_> = readiness.iter().filter(|(_, p, _)| *p == 0).collect();
+        let first_503 = p0.iter().find(|(_, _, s)| *s == 503).map(|(t, _, _)| *t);
+        let back = first_503.and_then(|from| {
+            p0.iter()
+                .find(|(t, _, s)| *t > from && *s == 200)
+                .map(|(t, _, _)| *t)
+        });
+        (first_503, back)
+    };
+    let counts: HashMap<&str, usize> = all.values().fold(HashMap::new(), |mut m, (_, h)| {
+        let k = match h {
+            Heard::Acknowledged(_) => "acknowledged",
+            Heard::Refused(_) => "refused",
+            Heard::Unknown(_) => "unknown",
+        };
+        *m.entry(k).or_default() += 1;
+        m
+    });
+    eprintln!(
+        "failover: {acknowledged_before} acknowledged before the kill, {} after the failover; \
+         first successful deposit {first_success:?} after the kill; /readyz 503 from {:?} to \
+         {:?}; answers {counts:?}; {unknown} OUTCOME_UNKNOWN ({unknown_committed} had \
+         committed); feed {} events, subscriber resubscribed {resubscribed} times",
+        after_failover.saturating_sub(acknowledged_before),
+        not_ready_from,
+        ready_again,
+        seen.len(),
+    );
+}
