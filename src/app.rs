@@ -22,6 +22,7 @@ use crate::ledger::group_commit::Committer;
 use crate::ledger::hold::{self, HoldPolicy};
 use crate::limits::{HttpLimits, RateLimits, WsLimits, WsSlots};
 use crate::readiness::Readiness;
+use crate::replicas::{ReplicaConfig, Replicas};
 use crate::revocation::Revocations;
 use crate::task::AbortOnDrop;
 
@@ -62,6 +63,8 @@ pub struct AppState {
     pub webhook_targets: TargetPolicy,
     /// The event stream's health and lag, when one is configured.
     pub stream: Option<Arc<StreamStatus>>,
+    /// Replicas that serve queries, when configured (else queries read from `reads`).
+    pub replicas: Option<Arc<Replicas>>,
 }
 
 /// Everything needed to start one service instance. `Debug` shows no secret.
@@ -116,6 +119,8 @@ pub struct AppConfig {
     pub webhook_targets: TargetPolicy,
     /// Publish every event to NATS JetStream.
     pub stream: Option<StreamConfig>,
+    /// Serve queries from these replicas (`WALLET_DATABASE_READ_URL`).
+    pub read_replicas: Option<ReplicaConfig>,
 }
 
 /// Who may read `/metrics` on the main listener.
@@ -219,6 +224,16 @@ impl App {
             limits,
             queries.clone(),
         )?;
+        let replicas = match &config.read_replicas {
+            Some(replicas) => Some(Arc::new(Replicas::start(
+                replicas,
+                reads.clone(),
+                config.read_pool_size.max(1),
+                limits,
+                queries.clone(),
+            )?)),
+            None => None,
+        };
         // The chain backend of each network: the simulator (its own connections, as a node
         // client would have: a request holding a pooled connection never waits on the pool
         // for the chain), and a node client where one is configured.
@@ -337,6 +352,7 @@ impl App {
             located_holds: Arc::default(),
             webhook_targets: config.webhook_targets,
             stream: stream_status.clone(),
+            replicas,
         };
         let webhook_dispatcher = match (&delivery_pool, &config.webhooks) {
             (Some(pool), Some(webhooks)) => Some(Arc::new(spawn_dispatcher(

@@ -65,6 +65,31 @@ pub struct DatabaseConfig {
         default_value_t = 10_000
     )]
     pub idle_in_transaction_timeout_ms: u64,
+    /// Replicas (streaming standbys) that serve queries: one URL naming one or several
+    /// hosts, e.g. `postgres://u@10.0.0.2,10.0.0.3/wallet?target_session_attrs=prefer-standby`.
+    /// Unset: every query reads from the primary.
+    #[arg(long, env = "WALLET_DATABASE_READ_URL")]
+    pub read_url: Option<String>,
+    /// Milliseconds a replica may lag the primary and still serve queries.
+    #[arg(long, env = "WALLET_READ_REPLICA_MAX_LAG_MS", default_value_t = 1_000)]
+    pub replica_max_lag_ms: u64,
+    /// Milliseconds a query presenting a consistency token waits for a replica to have
+    /// replayed it before the primary serves it.
+    #[arg(long, env = "WALLET_READ_CONSISTENCY_WAIT_MS", default_value_t = 500)]
+    pub consistency_wait_ms: u64,
+}
+
+impl DatabaseConfig {
+    /// The replicas queries are served from, when `WALLET_DATABASE_READ_URL` is set.
+    pub fn replica_config(&self) -> Option<crate::replicas::ReplicaConfig> {
+        self.read_url
+            .as_ref()
+            .map(|url| crate::replicas::ReplicaConfig {
+                url: url.clone(),
+                max_lag: Duration::from_millis(self.replica_max_lag_ms),
+                token_wait: Duration::from_millis(self.consistency_wait_ms),
+            })
+    }
 }
 
 /// The database a command uses, and the service's own cluster when that is it (stopped

@@ -482,6 +482,24 @@ pub async fn commit_probe(pool: &PgPool) -> bool {
     committed
 }
 
+/// The server's current WAL write position: at or after every commit acknowledged before
+/// it was asked (commits are flushed before they are acknowledged). `None` when it could
+/// not be had.
+pub async fn wal_position(pool: &PgPool) -> Option<crate::replicas::Lsn> {
+    #[derive(diesel::QueryableByName)]
+    struct Position {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        lsn: String,
+    }
+    use diesel_async::RunQueryDsl;
+    let mut conn = pool.get().await.ok()?;
+    let row: Position = diesel::sql_query("SELECT pg_current_wal_lsn()::text AS lsn")
+        .get_result(&mut *conn)
+        .await
+        .ok()?;
+    row.lsn.parse().ok()
+}
+
 /// Whether the database answers a trivial query.
 pub async fn ping(pool: &PgPool) -> bool {
     use diesel_async::RunQueryDsl;

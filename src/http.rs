@@ -169,6 +169,17 @@ async fn readyz(State(app): State<App>) -> Response {
         };
         body.push_str(&format!("stream: {health} (lag {lag} events)\n"));
     }
+    // A replica lagging or away leaves the service ready (its queries go to the primary),
+    // but its line says so.
+    if let Some(replicas) = &app.state.replicas {
+        for replica in replicas.members() {
+            body.push_str(&format!(
+                "replica {}: {}\n",
+                replica.label,
+                replicas.describe(&replica.status())
+            ));
+        }
+    }
     (StatusCode::OK, body).into_response()
 }
 
@@ -474,6 +485,8 @@ fn not_executed(refused: async_graphql::ServerError, media: MediaType) -> Respon
     )
 }
 
+use crate::replicas::{Lsn, ReadTarget};
+
 async fn execute(
     app: &App,
     headers: &HeaderMap,
@@ -493,9 +506,32 @@ async fn execute(
         Err(rejection) => return rejection.render(media),
     };
     let started = ExecutionStarted::default();
-    let db = RequestDb::new(app.state.reads.clone(), app.limits.request_connections);
+    let mutation = changes_state(&measured);
+    // A query may be served by a replica (one that has replayed the client's token, if it
+    // sent one); a mutation reads and writes on the primary.
+    let (pool, source) = match (&app.state.replicas, mutation) {
+        (Some(replicas), false) => {
+            let token = match consistency_token(headers) {
+                Ok(token) => token,
+                Err(why) => {
+                    return error_response(StatusCode::BAD_REQUEST, media, BAD_USER_INPUT, &why);
+                }
+            };
+            let read = replicas.pool_for_read(token);
+            match tokio::time::timeout_at(deadline.0, read).await {
+                Ok(chosen) => chosen,
+                Err(_) => (app.state.reads.clone(), ReadTarget::Primary),
+            }
+        }
+        _ => (app.state.reads.clone(), ReadTarget::Primary),
+    };
+    let db = RequestDb::new(pool, app.limits.request_connections);
     let request = Loaders::new(&db, true).into_request(request);
-    let mut request = request.data(started.clone()).data(db).data(deadline);
+    let mut request = request
+        .data(started.clone())
+        .data(db)
+        .data(deadline)
+        .data(source);
     if let Some(v) = viewer {
         request = request.data(v);
     }
@@ -515,7 +551,52 @@ async fn execute(
         };
         return error_response(status, media, code, message);
     };
-    respond(response, started.get(), media)
+    let mut response = response;
+    // What a later read presents to see this mutation's writes on a replica.
+    let token = match (&app.state.replicas, mutation && started.get()) {
+        (Some(_), true) => crate::db::wal_position(&app.state.reads).await,
+        _ => None,
+    };
+    if let Some(token) = &token {
+        response.extensions.insert(
+            "consistencyToken".to_owned(),
+            async_graphql::Value::String(token.to_string()),
+        );
+    }
+    let mut resp = respond(response, started.get(), media);
+    if let Some(token) = token
+        && let Ok(value) = HeaderValue::from_str(&token.to_string())
+    {
+        resp.headers_mut().insert(CONSISTENCY_TOKEN, value);
+    }
+    if app.state.replicas.is_some() && !mutation {
+        resp.headers_mut()
+            .insert(READ_SOURCE, HeaderValue::from_static(source.as_str()));
+    }
+    resp
+}
+
+/// The header a mutation's consistency token comes back in, and a query presents it in.
+pub const CONSISTENCY_TOKEN: &str = "wallet-consistency-token";
+/// The header saying whether a query was served by a replica or the primary.
+pub const READ_SOURCE: &str = "wallet-read-source";
+
+/// The consistency token a request presents, if any.
+fn consistency_token(headers: &HeaderMap) -> Result<Option<Lsn>, String> {
+    let Some(value) = headers.get(CONSISTENCY_TOKEN) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<Lsn>().ok())
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "{CONSISTENCY_TOKEN}: not a consistency token (send back the one a mutation's \
+                 response carried, e.g. 0/16B3748)"
+            )
+        })
 }
 
 /// The HTTP response for a GraphQL response; `started`: the operation got past parsing

@@ -27,6 +27,7 @@ pub mod limits;
 pub mod local_postgres;
 pub mod metrics;
 pub mod readiness;
+pub mod replicas;
 pub mod revocation;
 pub mod schema;
 pub mod server;

@@ -284,6 +284,7 @@ async fn serve(config: ServeConfig) -> anyhow::Result<()> {
         webhooks: config.webhook_config(startup.rules),
         webhook_targets: config.webhook_targets(startup.rules),
         stream: config.stream_config(),
+        read_replicas: config.db.replica_config(),
     })
     .await
     .context("starting the service")?;

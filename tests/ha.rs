@@ -534,3 +534,229 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
         seen.len(),
     );
 }
+
+/// A GraphQL POST with an optional consistency token; returns the body, the token the
+/// response carried and which server read it (`replica` or `primary`).
+async fn gql_with_token(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    consistency: Option<&str>,
+    query: &str,
+    variables: Value,
+) -> (Value, Option<String>, Option<String>) {
+    let mut request = http
+        .post(format!("{base}/graphql"))
+        .bearer_auth(token)
+        .json(&json!({"query": query, "variables": variables}));
+    if let Some(c) = consistency {
+        request = request.header("wallet-consistency-token", c);
+    }
+    let resp = request.send().await.unwrap();
+    let header = |name: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (issued, source) = (header("wallet-consistency-token"), header("wallet-read-source"));
+    let body: Value = resp.json().await.unwrap();
+    assert!(body.get("errors").is_none(), "{body}");
+    (body, issued, source)
+}
+
+const BALANCE: &str = "query($w: ID!) { wallet(id: $w) { balance } }";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped() {
+    use common::process::PrivateCluster;
+    let primary = tokio::task::spawn_blocking(PrivateCluster::start).await.unwrap();
+    let standby = {
+        let primary_port = primary.port;
+        let _ = primary_port;
+        tokio::task::block_in_place(|| PrivateCluster::standby_of(&primary))
+    };
+    let database = "wallet_replicas";
+    let max_lag = Duration::from_millis(500);
+    let server = ServerProcess::start_with(
+        &primary.url(database),
+        &[
+            ("WALLET_DB_POOL_SIZE", "4"),
+            ("WALLET_DB_READ_POOL_SIZE", "4"),
+            ("WALLET_WEBHOOKS", "false"),
+            (
+                "WALLET_DATABASE_READ_URL",
+                &format!("{}?target_session_attrs=prefer-standby", standby.url(database)),
+            ),
+            ("WALLET_READ_REPLICA_MAX_LAG_MS", &max_lag.as_millis().to_string()),
+            ("WALLET_READ_CONSISTENCY_WAIT_MS", "1000"),
+        ],
+    )
+    .await;
+    let tokens = tokens(&["ann"]);
+    let http = reqwest::Client::new();
+    let op = &tokens.operator;
+    let (created, _, _) = gql_with_token(
+        &http,
+        &server.base,
+        &tokens.users["ann"],
+        None,
+        "mutation { createWallet(input: {currency: \"USD\"}) { id } }",
+        json!({}),
+    )
+    .await;
+    let wallet = created["data"]["createWallet"]["id"].as_str().unwrap().to_owned();
+    let balance_of = |body: &Value| -> Decimal {
+        body["data"]["wallet"]["balance"].as_str().unwrap().parse().unwrap()
+    };
+    // The replica serves once it has the wallet and its lag is measured.
+    common::wait_until("the replica serves reads", Duration::from_secs(30), || async {
+        let (_, _, source) =
+            gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
+        source.as_deref() == Some("replica")
+    })
+    .await;
+
+    // With the token, a read right after each deposit sees it — every time.
+    let mut expected = Decimal::ZERO;
+    let mut by_replica = 0;
+    let mut stale_without_token = 0;
+    for i in 0..100 {
+        let (_, token, _) = gql_with_token(
+            &http,
+            &server.base,
+            op,
+            None,
+            common::DEPOSIT,
+            json!({"w": wallet, "a": "1.00", "k": format!("ryw-{i}")}),
+        )
+        .await;
+        expected += Decimal::ONE;
+        let token = token.expect("a mutation's response carries a consistency token");
+        let (read, _, source) = gql_with_token(
+            &http,
+            &server.base,
+            op,
+            Some(&token),
+            BALANCE,
+            json!({"w": wallet}),
+        )
+        .await;
+        assert_eq!(balance_of(&read), expected, "read {i} with its token sees the deposit");
+        by_replica += usize::from(source.as_deref() == Some("replica"));
+        // Without it, the replica may not have it yet.
+        let (unguarded, _, _) =
+            gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
+        stale_without_token += usize::from(balance_of(&unguarded) < expected);
+    }
+    assert!(by_replica > 50, "the replica served most token reads: {by_replica} of 100");
+
+    // Replay paused: the replica falls behind.
+    standby.psql("postgres", "SELECT pg_wal_replay_pause()");
+    let (_, paused_token, _) = gql_with_token(
+        &http,
+        &server.base,
+        op,
+        None,
+        common::DEPOSIT,
+        json!({"w": wallet, "a": "5.00", "k": "while-paused"}),
+    )
+    .await;
+    expected += Decimal::from(5);
+    let paused_at = Instant::now();
+    // Within the bound it still serves reads: without the token they are stale...
+    let (stale, _, source) =
+        gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
+    if paused_at.elapsed() < max_lag / 2 {
+        assert_eq!(source.as_deref(), Some("replica"));
+        assert_eq!(balance_of(&stale), expected - Decimal::from(5), "without a token: stale");
+    }
+    // ...a lookup by key that finds nothing there asks the primary...
+    let (found, _, _) = gql_with_token(
+        &http,
+        &server.base,
+        op,
+        None,
+        BY_KEY,
+        json!({"w": wallet, "k": "while-paused"}),
+    )
+    .await;
+    assert!(!found["data"]["transactionByKey"].is_null(), "found on the primary: {found}");
+    // ...and with the token the read waits, then goes to the primary, which has it.
+    let (fresh, _, source) = gql_with_token(
+        &http,
+        &server.base,
+        op,
+        paused_token.as_deref(),
+        BALANCE,
+        json!({"w": wallet}),
+    )
+    .await;
+    assert_eq!(balance_of(&fresh), expected);
+    assert_eq!(source.as_deref(), Some("primary"));
+
+    // Writes go on; past the bound the lagging replica is skipped: reads see the primary.
+    let mut n = 0;
+    common::wait_until("the lagging replica is skipped", Duration::from_secs(30), || {
+        n += 1;
+        let key = format!("after-pause-{n}");
+        let (http, base, wallet) = (&http, &server.base, &wallet);
+        async move {
+            gql_with_token(http, base, op, None, common::DEPOSIT, json!({"w": wallet, "a": "1.00", "k": key}))
+                .await;
+            let (_, _, source) =
+                gql_with_token(http, base, op, None, BALANCE, json!({"w": wallet})).await;
+            source.as_deref() == Some("primary")
+        }
+    })
+    .await;
+    let skipped_after = paused_at.elapsed();
+    assert!(skipped_after >= max_lag, "not skipped before the bound: {skipped_after:?}");
+    let (status, body) = server.readyz_body().await.unwrap();
+    assert_eq!(status, 200, "a lagging replica leaves the service ready: {body}");
+    assert!(body.contains("lagging"), "/readyz names the lagging replica: {body}");
+    let metrics = http
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lag: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("wallet_replica_lag_seconds"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("the replica lag metric");
+    assert!(lag > max_lag.as_secs_f64(), "lag metric {lag}");
+
+    // Replay resumed: it catches up and serves again, the trial balance included.
+    standby.psql("postgres", "SELECT pg_wal_replay_resume()");
+    common::wait_until("the replica serves again", Duration::from_secs(30), || async {
+        let (_, _, source) =
+            gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
+        source.as_deref() == Some("replica")
+    })
+    .await;
+    let (trial, _, source) = gql_with_token(
+        &http,
+        &server.base,
+        op,
+        None,
+        "query { trialBalance { currency imbalance } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(source.as_deref(), Some("replica"));
+    for line in trial["data"]["trialBalance"].as_array().unwrap() {
+        assert_eq!(line["imbalance"], "0", "{trial}");
+    }
+    let (_, body) = server.readyz_body().await.unwrap();
+    assert!(body.contains(": ok (lag"), "{body}");
+    eprintln!(
+        "replica reads: 100 of 100 token reads saw their deposit ({by_replica} by the replica); \
+         {stale_without_token} of 100 reads without a token were stale; the paused replica \
+         was skipped {skipped_after:?} after the pause (bound {max_lag:?}); lag metric {lag:.3}s"
+    );
+}

@@ -13,6 +13,7 @@ use super::types::{
 use super::validators::Text;
 use super::{conn, require_operator, scope, state, viewer};
 use crate::chain::gas_funding;
+use crate::replicas::ReadTarget;
 use crate::ledger::wallet::{self, WalletFilter};
 use crate::ledger::{
     Cursor, LedgerError, ListScope, Scope, accounts, input, journal, reconciliation,
@@ -155,9 +156,17 @@ impl Query {
         let scope = scope(ctx)?;
         let wallet_id = decode_id(&wallet_id, NodeType::Wallet)?;
         let mut c = conn(ctx).await?;
-        Ok(journal::find_by_key(&mut c, &scope, wallet_id, &key)
-            .await?
-            .map(TransactionObject))
+        let found = journal::find_by_key(&mut c, &scope, wallet_id, &key).await?;
+        drop(c);
+        // Not on a replica may mean not there *yet*: the primary says for sure.
+        let found = match (found, ctx.data_opt::<ReadTarget>()) {
+            (None, Some(ReadTarget::Replica)) => {
+                let mut primary = state(ctx).reads.get().await.map_err(LedgerError::from)?;
+                journal::find_by_key(&mut primary, &scope, wallet_id, &key).await?
+            }
+            (found, _) => found,
+        };
+        Ok(found.map(TransactionObject))
     }
 
     /// Journal rows, oldest first: of one wallet, or of every wallet the caller sees.

@@ -269,6 +269,7 @@ impl Options {
             webhooks: self.webhooks.clone(),
             webhook_targets: wallet::events::webhook::TargetPolicy::OPEN,
             stream: self.stream.clone(),
+            read_replicas: None,
         }
     }
 }

@@ -490,6 +490,64 @@ impl PrivateCluster {
         cluster
     }
 
+    /// A streaming standby of `primary` (asynchronous, hot: it answers reads), on its
+    /// own port and data directory.
+    pub fn standby_of(primary: &PrivateCluster) -> PrivateCluster {
+        let dir = std::env::temp_dir().join(format!("wallet-pg-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        if is_root() {
+            let owned = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .unwrap()
+                .success();
+            assert!(owned, "chown of the standby directory");
+        }
+        let standby = PrivateCluster {
+            port: free_port(),
+            data: dir.join("data").to_string_lossy().into_owned(),
+            dir,
+            bin: primary.bin.clone(),
+        };
+        standby.run(
+            "pg_basebackup",
+            &[
+                "-D",
+                &standby.data,
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+            ],
+        );
+        standby.pg_ctl_start();
+        standby
+    }
+
+    /// Runs one SQL statement on the cluster as `postgres` (psql).
+    pub fn psql(&self, database: &str, sql: &str) -> String {
+        let out = self
+            .tool("psql")
+            .args(["-X", "-A", "-t", "-q", "-h", "127.0.0.1", "-U", "postgres"])
+            .args(["-p", &self.port.to_string(), "-d", database, "-c", sql])
+            .stdout(Stdio::piped())
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql: {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     pub fn url(&self, database: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
     }
