@@ -454,15 +454,17 @@ pub fn retry_backoff(attempt: u32) -> Duration {
     Duration::from_micros(base_us + rand::random_range(0..base_us))
 }
 
-/// A transaction that would refuse a write where a movement's would (a standby, a server
-/// or session made read-only) and is given an id, so that its commit is flushed and waits
-/// for a synchronous standby like a movement's.
+/// A transaction that refuses to run where a movement's write would be refused (a
+/// standby, a server or session made read-only) and writes to the WAL — a transactional
+/// message, no table — so that its commit is flushed and waits for a synchronous standby
+/// exactly like a movement's. (A transaction that only takes an id writes no WAL of its
+/// own, and Postgres commits it without waiting for the standby.)
 const COMMIT_PROBE: &str = "BEGIN; DO $$ BEGIN \
     IF current_setting('transaction_read_only')::bool THEN \
         RAISE EXCEPTION 'cannot execute a write in a read-only transaction' \
             USING ERRCODE = 'read_only_sql_transaction'; \
     END IF; \
-    PERFORM pg_current_xact_id(); \
+    PERFORM pg_logical_emit_message(true, 'wallet.readiness', ''); \
 END $$; COMMIT";
 
 /// Whether a transaction that writes (it is given a transaction id, so its commit is
@@ -474,10 +476,7 @@ pub async fn commit_probe(pool: &PgPool) -> bool {
         return false;
     };
     conn.set_in_transaction(true);
-    let committed = conn
-        .batch_execute(COMMIT_PROBE)
-        .await
-        .is_ok();
+    let committed = conn.batch_execute(COMMIT_PROBE).await.is_ok();
     conn.set_in_transaction(!committed);
     committed
 }

@@ -207,7 +207,9 @@ impl Replicas {
 
     /// One replica's state in words (for `/readyz`).
     pub fn describe(&self, status: &ReplicaStatus) -> String {
-        let lag = |l: Option<Duration>| l.map_or("unknown".to_owned(), |l| format!("{:.3}s", l.as_secs_f64()));
+        let lag = |l: Option<Duration>| {
+            l.map_or("unknown".to_owned(), |l| format!("{:.3}s", l.as_secs_f64()))
+        };
         match status {
             s if self.usable(s) => format!("ok (lag {}, {} bytes)", lag(s.lag), s.lag_bytes),
             s if !s.answering => "unavailable (skipped)".to_owned(),
@@ -485,9 +487,8 @@ async fn monitor(members: Vec<Arc<Replica>>, primary: PgPool, max_lag: Duration,
             metrics::gauge!("wallet_replica_lag_seconds", &labels)
                 .set(status.lag.map_or(f64::NAN, |l| l.as_secs_f64()));
             metrics::gauge!("wallet_replica_lag_bytes", &labels).set(status.lag_bytes as f64);
-            let usable = status.answering
-                && status.standby
-                && status.lag.is_some_and(|lag| lag <= max_lag);
+            let usable =
+                status.answering && status.standby && status.lag.is_some_and(|lag| lag <= max_lag);
             metrics::gauge!("wallet_replica_usable", &labels).set(f64::from(u8::from(usable)));
             replica.set_status(status);
         }
@@ -507,7 +508,18 @@ mod tests {
         assert_eq!("0/16B3748".parse::<Lsn>().unwrap(), Lsn(0x016B_3748));
         assert_eq!("1/0".parse::<Lsn>().unwrap(), Lsn(1 << 32));
         assert!("1/0".parse::<Lsn>().unwrap() > "0/FFFFFFFF".parse::<Lsn>().unwrap());
-        for bad in ["", "0", "/", "0/", "/0", "x/0", "0/123456789", "-1/0", "0/0/0", " 0/0"] {
+        for bad in [
+            "",
+            "0",
+            "/",
+            "0/",
+            "/0",
+            "x/0",
+            "0/123456789",
+            "-1/0",
+            "0/0/0",
+            " 0/0",
+        ] {
             assert_eq!(bad.parse::<Lsn>(), Err(InvalidLsn), "{bad:?}");
         }
     }
@@ -523,8 +535,14 @@ mod tests {
         let now = start + Duration::from_millis(500);
         assert_eq!(history.lag(Lsn(400), now), (Duration::ZERO, 0));
         assert_eq!(history.lag(Lsn(500), now), (Duration::ZERO, 0));
-        assert_eq!(history.lag(Lsn(250), now), (Duration::from_millis(200), 150));
-        assert_eq!(history.lag(Lsn(150), now), (Duration::from_millis(400), 250));
+        assert_eq!(
+            history.lag(Lsn(250), now),
+            (Duration::from_millis(200), 150)
+        );
+        assert_eq!(
+            history.lag(Lsn(150), now),
+            (Duration::from_millis(400), 250)
+        );
         assert_eq!(history.lag(Lsn(50), now), (Duration::from_millis(500), 350));
         // Old samples go, the newest stays.
         history.record(start + Duration::from_secs(120), Lsn(400), keep);

@@ -39,7 +39,8 @@ const FEED_SUB: &str = "subscription($after: String) {
 
 const HEAD: &str = "query { events(first: 1) { head } }";
 
-const BY_KEY: &str = "query($w: ID!, $k: String!) { transactionByKey(walletId: $w, key: $k) { id } }";
+const BY_KEY: &str =
+    "query($w: ID!, $k: String!) { transactionByKey(walletId: $w, key: $k) { id } }";
 
 fn tokens(users: &[&str]) -> Arc<Tokens> {
     let keys = TokenKeys::new(common::JWT_SECRET.as_bytes());
@@ -106,12 +107,7 @@ impl FeedReader {
                 let mut resubscribed = 0;
                 let mut turn = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    let after = seen
-                        .lock()
-                        .unwrap()
-                        .last()
-                        .map(|(s, _, _)| *s)
-                        .unwrap_or(0);
+                    let after = seen.lock().unwrap().last().map(|(s, _, _)| *s).unwrap_or(0);
                     let url = &endpoints[turn % endpoints.len()];
                     turn += 1;
                     let Ok(Ok(mut ws)) = tokio::time::timeout(
@@ -202,7 +198,11 @@ async fn check_chain(base: &str, token: &str, wallet: &str) -> usize {
             .as_bool()
             .unwrap()
         {
-            assert_eq!(previous, dec(&w["balance"]), "the newest row ends at the balance");
+            assert_eq!(
+                previous,
+                dec(&w["balance"]),
+                "the newest row ends at the balance"
+            );
             return rows;
         }
         after = w["transactions"]["pageInfo"]["endCursor"]
@@ -262,7 +262,8 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
     );
     let standbys = standbys.trim();
     assert!(
-        standbys.starts_with("t|on|") && (standbys.ends_with("quorum") || standbys.ends_with("sync")),
+        standbys.starts_with("t|on|")
+            && (standbys.ends_with("quorum") || standbys.ends_with("sync")),
         "node 1 replicates synchronously to node 2: {standbys}"
     );
 
@@ -293,8 +294,8 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
         killed_at.clone(),
         stop_watch.clone(),
     );
-    let acknowledged_before = load_a.acknowledged.load(Ordering::Relaxed)
-        + load_b.acknowledged.load(Ordering::Relaxed);
+    let acknowledged_before =
+        load_a.acknowledged.load(Ordering::Relaxed) + load_b.acknowledged.load(Ordering::Relaxed);
 
     // The primary's machine dies.
     tokio::task::block_in_place(|| formation.kill_node(1));
@@ -343,8 +344,8 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
     for server in [&a, &b] {
         server.wait_ready(Duration::from_secs(30)).await;
     }
-    let after_failover = load_a.acknowledged.load(Ordering::Relaxed)
-        + load_b.acknowledged.load(Ordering::Relaxed);
+    let after_failover =
+        load_a.acknowledged.load(Ordering::Relaxed) + load_b.acknowledged.load(Ordering::Relaxed);
     load_a
         .wait_for_acknowledged(
             load_a.acknowledged.load(Ordering::Relaxed) + 200,
@@ -379,9 +380,7 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
         .chain(probes.iter())
         .filter(|(_, h)| match h {
             Heard::Acknowledged(_) => false,
-            Heard::Refused(code) => {
-                !["UNAVAILABLE", "INSUFFICIENT_FUNDS"].contains(&code.as_str())
-            }
+            Heard::Refused(code) => !["UNAVAILABLE", "INSUFFICIENT_FUNDS"].contains(&code.as_str()),
             Heard::Unknown(u) => u != "OUTCOME_UNKNOWN",
         })
         .map(|(m, h)| (m.key.clone(), h.clone()))
@@ -420,7 +419,12 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
             .unwrap()
             .get(0);
         let by_key = !found["data"]["transactionByKey"].is_null();
-        assert_eq!(by_key, rows > 0, "{}: the lookup tells the truth", movement.key);
+        assert_eq!(
+            by_key,
+            rows > 0,
+            "{}: the lookup tells the truth",
+            movement.key
+        );
         unknown_committed += usize::from(by_key);
     }
     // Then every key is sent again: acknowledged ones come back as the original, exactly
@@ -446,7 +450,10 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(rows as i64, journal_rows, "every row is on a verified chain");
+    assert_eq!(
+        rows as i64, journal_rows,
+        "every row is on a verified chain"
+    );
     let trial = post(
         &http,
         &b.base,
@@ -465,11 +472,17 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
         let data = post(&http, &a.base, &tokens.operator, HEAD, json!({}))
             .await
             .unwrap();
-        data["data"]["events"]["head"].as_str().unwrap().parse().unwrap()
+        data["data"]["events"]["head"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
-    common::wait_until("the subscriber reaches the head", Duration::from_secs(60), || async {
-        feed.last() >= head
-    })
+    common::wait_until(
+        "the subscriber reaches the head",
+        Duration::from_secs(60),
+        || async { feed.last() >= head },
+    )
     .await;
     feed.stop.store(true, Ordering::Relaxed);
     let resubscribed = feed.task.await.unwrap();
@@ -487,7 +500,11 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
         .collect();
     let distinct: HashSet<&String> = created.iter().collect();
     assert_eq!(distinct.len(), created.len(), "each movement once");
-    assert_eq!(created.len() as i64, journal_rows, "every journal row in the feed");
+    assert_eq!(
+        created.len() as i64,
+        journal_rows,
+        "every journal row in the feed"
+    );
 
     // Readiness: both processes said 503 during the switch and 200 after.
     for process in 0..2 {
@@ -559,7 +576,10 @@ async fn gql_with_token(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let (issued, source) = (header("wallet-consistency-token"), header("wallet-read-source"));
+    let (issued, source) = (
+        header("wallet-consistency-token"),
+        header("wallet-read-source"),
+    );
     let body: Value = resp.json().await.unwrap();
     assert!(body.get("errors").is_none(), "{body}");
     (body, issued, source)
@@ -570,7 +590,9 @@ const BALANCE: &str = "query($w: ID!) { wallet(id: $w) { balance } }";
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped() {
     use common::process::PrivateCluster;
-    let primary = tokio::task::spawn_blocking(PrivateCluster::start).await.unwrap();
+    let primary = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap();
     let standby = {
         let primary_port = primary.port;
         let _ = primary_port;
@@ -586,9 +608,15 @@ async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped
             ("WALLET_WEBHOOKS", "false"),
             (
                 "WALLET_DATABASE_READ_URL",
-                &format!("{}?target_session_attrs=prefer-standby", standby.url(database)),
+                &format!(
+                    "{}?target_session_attrs=prefer-standby",
+                    standby.url(database)
+                ),
             ),
-            ("WALLET_READ_REPLICA_MAX_LAG_MS", &max_lag.as_millis().to_string()),
+            (
+                "WALLET_READ_REPLICA_MAX_LAG_MS",
+                &max_lag.as_millis().to_string(),
+            ),
             ("WALLET_READ_CONSISTENCY_WAIT_MS", "1000"),
         ],
     )
@@ -605,16 +633,27 @@ async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped
         json!({}),
     )
     .await;
-    let wallet = created["data"]["createWallet"]["id"].as_str().unwrap().to_owned();
+    let wallet = created["data"]["createWallet"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let balance_of = |body: &Value| -> Decimal {
-        body["data"]["wallet"]["balance"].as_str().unwrap().parse().unwrap()
+        body["data"]["wallet"]["balance"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     // The replica serves once it has the wallet and its lag is measured.
-    common::wait_until("the replica serves reads", Duration::from_secs(30), || async {
-        let (_, _, source) =
-            gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
-        source.as_deref() == Some("replica")
-    })
+    common::wait_until(
+        "the replica serves reads",
+        Duration::from_secs(30),
+        || async {
+            let (_, _, source) =
+                gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
+            source.as_deref() == Some("replica")
+        },
+    )
     .await;
 
     // With the token, a read right after each deposit sees it — every time.
@@ -642,14 +681,21 @@ async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped
             json!({"w": wallet}),
         )
         .await;
-        assert_eq!(balance_of(&read), expected, "read {i} with its token sees the deposit");
+        assert_eq!(
+            balance_of(&read),
+            expected,
+            "read {i} with its token sees the deposit"
+        );
         by_replica += usize::from(source.as_deref() == Some("replica"));
         // Without it, the replica may not have it yet.
         let (unguarded, _, _) =
             gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
         stale_without_token += usize::from(balance_of(&unguarded) < expected);
     }
-    assert!(by_replica > 50, "the replica served most token reads: {by_replica} of 100");
+    assert!(
+        by_replica > 50,
+        "the replica served most token reads: {by_replica} of 100"
+    );
 
     // Replay paused: the replica falls behind.
     standby.psql("postgres", "SELECT pg_wal_replay_pause()");
@@ -669,7 +715,11 @@ async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped
         gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
     if paused_at.elapsed() < max_lag / 2 {
         assert_eq!(source.as_deref(), Some("replica"));
-        assert_eq!(balance_of(&stale), expected - Decimal::from(5), "without a token: stale");
+        assert_eq!(
+            balance_of(&stale),
+            expected - Decimal::from(5),
+            "without a token: stale"
+        );
     }
     // ...a lookup by key that finds nothing there asks the primary...
     let (found, _, _) = gql_with_token(
@@ -681,7 +731,10 @@ async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped
         json!({"w": wallet, "k": "while-paused"}),
     )
     .await;
-    assert!(!found["data"]["transactionByKey"].is_null(), "found on the primary: {found}");
+    assert!(
+        !found["data"]["transactionByKey"].is_null(),
+        "found on the primary: {found}"
+    );
     // ...and with the token the read waits, then goes to the primary, which has it.
     let (fresh, _, source) = gql_with_token(
         &http,
@@ -697,24 +750,44 @@ async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped
 
     // Writes go on; past the bound the lagging replica is skipped: reads see the primary.
     let mut n = 0;
-    common::wait_until("the lagging replica is skipped", Duration::from_secs(30), || {
-        n += 1;
-        let key = format!("after-pause-{n}");
-        let (http, base, wallet) = (&http, &server.base, &wallet);
-        async move {
-            gql_with_token(http, base, op, None, common::DEPOSIT, json!({"w": wallet, "a": "1.00", "k": key}))
+    common::wait_until(
+        "the lagging replica is skipped",
+        Duration::from_secs(30),
+        || {
+            n += 1;
+            let key = format!("after-pause-{n}");
+            let (http, base, wallet) = (&http, &server.base, &wallet);
+            async move {
+                gql_with_token(
+                    http,
+                    base,
+                    op,
+                    None,
+                    common::DEPOSIT,
+                    json!({"w": wallet, "a": "1.00", "k": key}),
+                )
                 .await;
-            let (_, _, source) =
-                gql_with_token(http, base, op, None, BALANCE, json!({"w": wallet})).await;
-            source.as_deref() == Some("primary")
-        }
-    })
+                let (_, _, source) =
+                    gql_with_token(http, base, op, None, BALANCE, json!({"w": wallet})).await;
+                source.as_deref() == Some("primary")
+            }
+        },
+    )
     .await;
     let skipped_after = paused_at.elapsed();
-    assert!(skipped_after >= max_lag, "not skipped before the bound: {skipped_after:?}");
+    assert!(
+        skipped_after >= max_lag,
+        "not skipped before the bound: {skipped_after:?}"
+    );
     let (status, body) = server.readyz_body().await.unwrap();
-    assert_eq!(status, 200, "a lagging replica leaves the service ready: {body}");
-    assert!(body.contains("lagging"), "/readyz names the lagging replica: {body}");
+    assert_eq!(
+        status, 200,
+        "a lagging replica leaves the service ready: {body}"
+    );
+    assert!(
+        body.contains("lagging"),
+        "/readyz names the lagging replica: {body}"
+    );
     let metrics = http
         .get(format!("{}/metrics", server.base))
         .send()
@@ -733,11 +806,15 @@ async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped
 
     // Replay resumed: it catches up and serves again, the trial balance included.
     standby.psql("postgres", "SELECT pg_wal_replay_resume()");
-    common::wait_until("the replica serves again", Duration::from_secs(30), || async {
-        let (_, _, source) =
-            gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
-        source.as_deref() == Some("replica")
-    })
+    common::wait_until(
+        "the replica serves again",
+        Duration::from_secs(30),
+        || async {
+            let (_, _, source) =
+                gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
+            source.as_deref() == Some("replica")
+        },
+    )
     .await;
     let (trial, _, source) = gql_with_token(
         &http,
@@ -759,4 +836,102 @@ async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped
          {stale_without_token} of 100 reads without a token were stale; the paused replica \
          was skipped {skipped_after:?} after the pause (bound {max_lag:?}); lag metric {lag:.3}s"
     );
+}
+
+/// The failure a readiness check on a side connection misses: the primary up, answering
+/// `SELECT 1`, but unable to complete a commit because its synchronous standby is gone.
+/// `/readyz` must say 503, movements must answer `OUTCOME_UNKNOWN` (never a failure that
+/// claims nothing happened), and once the standby is back they turn out committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_primary_that_cannot_commit_is_not_ready() {
+    use common::process::PrivateCluster;
+    let primary = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap();
+    let standby = tokio::task::block_in_place(|| PrivateCluster::standby_of(&primary));
+    primary.psql(
+        "postgres",
+        "ALTER SYSTEM SET synchronous_standby_names = '*'",
+    );
+    primary.psql("postgres", "SELECT pg_reload_conf()");
+    let database = "wallet_sync";
+    let server = ServerProcess::start_with(
+        &primary.url(database),
+        &[
+            ("WALLET_DB_POOL_SIZE", "4"),
+            ("WALLET_DB_READ_POOL_SIZE", "2"),
+            ("WALLET_WEBHOOKS", "false"),
+            ("WALLET_REQUEST_TIMEOUT_SECS", "3"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        primary.psql(
+            "postgres",
+            "SELECT string_agg(sync_state, ',') FROM pg_stat_replication"
+        ),
+        "sync"
+    );
+    let tokens = tokens(&["ann"]);
+    let http = reqwest::Client::new();
+    let wallets = wallets(&server.base, &tokens, &["ann"]).await;
+    let (wallet, _) = &wallets[0];
+
+    // The standby goes away: commits on the primary wait for it.
+    tokio::task::block_in_place(|| standby.stop());
+    let stopped = Instant::now();
+    common::wait_until("/readyz says 503", Duration::from_secs(10), || async {
+        server.readyz().await == Some(503)
+    })
+    .await;
+    let not_ready_after = stopped.elapsed();
+    let answer = post(
+        &http,
+        &server.base,
+        &tokens.operator,
+        common::DEPOSIT,
+        json!({"w": wallet, "a": "7.00", "k": "while-no-standby"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        answer["errors"][0]["extensions"]["code"], "OUTCOME_UNKNOWN",
+        "a commit that cannot complete is of unknown outcome: {answer}"
+    );
+    // Still not ready while it cannot commit.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(server.readyz().await, Some(503));
+
+    // The standby is back: the waiting commit completes, the service is ready, and the
+    // key tells the truth.
+    tokio::task::block_in_place(|| standby.pg_ctl_start());
+    server.wait_ready(Duration::from_secs(30)).await;
+    let found = post(
+        &http,
+        &server.base,
+        &tokens.operator,
+        BY_KEY,
+        json!({"w": wallet, "k": "while-no-standby"}),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !found["data"]["transactionByKey"].is_null(),
+        "it committed: {found}"
+    );
+    let again = post(
+        &http,
+        &server.base,
+        &tokens.operator,
+        common::DEPOSIT,
+        json!({"w": wallet, "a": "7.00", "k": "while-no-standby"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        again["data"]["deposit"]["id"], found["data"]["transactionByKey"]["id"],
+        "sent again, the original: {again}"
+    );
+    assert_eq!(check_chain(&server.base, &tokens.operator, wallet).await, 2);
+    eprintln!("no synchronous standby: /readyz 503 after {not_ready_after:?}");
 }

@@ -13,11 +13,11 @@ use super::types::{
 use super::validators::Text;
 use super::{conn, require_operator, scope, state, viewer};
 use crate::chain::gas_funding;
-use crate::replicas::ReadTarget;
 use crate::ledger::wallet::{self, WalletFilter};
 use crate::ledger::{
     Cursor, LedgerError, ListScope, Scope, accounts, input, journal, reconciliation,
 };
+use crate::replicas::ReadTarget;
 
 pub struct Query;
 

@@ -392,9 +392,7 @@ async fn run_batch(shared: &Shared, batch: Vec<Job>) {
     match &outcome {
         // The server will not write (a standby, or made read-only): the pool's
         // connections to it are of no use; the requests run again on new ones.
-        Err(failed) if failed.error.is_read_only_refusal() => {
-            conn.discard()
-        }
+        Err(failed) if failed.error.is_read_only_refusal() => conn.discard(),
         _ => drop(conn),
     }
     match outcome {

@@ -87,10 +87,15 @@ impl Formation {
             formation.run_keeper(node);
             // One at a time: the first to register becomes the primary.
             formation.wait_for_states(Duration::from_secs(120), |states| {
-                let settled = states.len() == node && states.iter().all(|s| s.reported == s.assigned);
+                let settled =
+                    states.len() == node && states.iter().all(|s| s.reported == s.assigned);
                 match node {
                     1 => settled && states[0].reported == "single",
-                    _ => settled && states[0].reported == "primary" && states[1].reported == "secondary",
+                    _ => {
+                        settled
+                            && states[0].reported == "primary"
+                            && states[1].reported == "secondary"
+                    }
                 }
             });
         }
@@ -223,7 +228,15 @@ impl Formation {
         let started = Instant::now();
         while !self
             .as_postgres("psql")
-            .args(["-X", "-h", "127.0.0.1", "-U", "postgres", "-p", &port.to_string()])
+            .args([
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+                &port.to_string(),
+            ])
             .args(["-d", database, "-c", "SELECT 1"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -325,7 +338,11 @@ impl Formation {
             .env("PG_CONFIG", bin.join("pg_config"))
             .env(
                 "PATH",
-                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default()),
+                format!(
+                    "{}:{}",
+                    bin.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
             )
             .current_dir(&self.dir);
         command
