@@ -37,6 +37,60 @@ const PROCESS_ENV: &[(&str, &str)] = &[
 const FEED_SUB: &str = "subscription($after: String) {
   events(after: $after) { sequence type transaction { id } } }";
 
+/// The JetStream stream the processes publish to.
+const STREAM: &str = "WALLET_HA";
+
+/// The `Wallet-Event-Sequence` of every message in the stream, in stream order, once it
+/// holds at least `head` messages.
+async fn stream_sequences(url: &str, head: i64) -> Vec<i64> {
+    use async_nats::jetstream;
+    use futures_util::StreamExt as _;
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let count = loop {
+        let count = match js.get_stream(STREAM).await {
+            Ok(mut stream) => stream.info().await.map(|i| i.state.messages).unwrap_or(0),
+            Err(_) => 0,
+        };
+        if count >= head as u64 {
+            break count;
+        }
+        assert!(
+            Instant::now() < give_up,
+            "the stream holds {count} of {head} events"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stream = js.get_stream(STREAM).await.unwrap();
+    let consumer = stream
+        .create_consumer(jetstream::consumer::pull::OrderedConfig {
+            deliver_policy: jetstream::consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut out = Vec::new();
+    while (out.len() as u64) < count {
+        let message = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .expect("the stream's messages")
+            .unwrap()
+            .unwrap();
+        let headers = message.headers.clone().unwrap();
+        out.push(
+            headers
+                .get("Wallet-Event-Sequence")
+                .unwrap()
+                .as_str()
+                .parse()
+                .unwrap(),
+        );
+    }
+    out
+}
+
 const HEAD: &str = "query { events(first: 1) { head } }";
 
 const BY_KEY: &str =
@@ -268,8 +322,19 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
     );
 
     let url = formation.url();
-    let a = ServerProcess::start_with(&url, PROCESS_ENV).await;
-    let b = ServerProcess::start_with(&url, PROCESS_ENV).await;
+    // Both processes publish the feed to a NATS JetStream stream (one at a time, by lease).
+    let nats = common::nats::NatsServer::new().await;
+    let nats_url = nats.url();
+    let env: Vec<(&str, &str)> = PROCESS_ENV
+        .iter()
+        .copied()
+        .chain([
+            ("WALLET_NATS_URL", nats_url.as_str()),
+            ("WALLET_NATS_STREAM", STREAM),
+        ])
+        .collect();
+    let a = ServerProcess::start_with(&url, &env).await;
+    let b = ServerProcess::start_with(&url, &env).await;
     let pids = (a.pid(), b.pid());
     let users = ["ann", "ben", "cat", "dan"];
     let tokens = tokens(&users);
@@ -506,6 +571,15 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
         "every journal row in the feed"
     );
 
+    // The stream publisher resumed on the new primary: the stream is the feed, each event
+    // once.
+    let published = stream_sequences(&nats.url(), head).await;
+    assert_eq!(
+        published,
+        (1..=head).collect::<Vec<_>>(),
+        "the stream holds every event once, in order"
+    );
+
     // Readiness: both processes said 503 during the switch and 200 after.
     for process in 0..2 {
         let statuses: Vec<&(Duration, usize, u16)> =
@@ -531,11 +605,11 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
         });
         (first_503, back)
     };
-    let counts: HashMap<&str, usize> = all.values().fold(HashMap::new(), |mut m, (_, h)| {
+    let counts: HashMap<String, usize> = all.values().fold(HashMap::new(), |mut m, (_, h)| {
         let k = match h {
-            Heard::Acknowledged(_) => "acknowledged",
-            Heard::Refused(_) => "refused",
-            Heard::Unknown(_) => "unknown",
+            Heard::Acknowledged(_) => "acknowledged".to_owned(),
+            Heard::Refused(code) => code.clone(),
+            Heard::Unknown(why) => why.clone(),
         };
         *m.entry(k).or_default() += 1;
         m
