@@ -411,6 +411,12 @@ pub fn is_unavailable(error: &DieselError) -> bool {
             DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
             _,
         ) => true,
+        // A replica's query cancelled by replay: 40001, but no transaction of ours to rerun.
+        DieselError::DatabaseError(DatabaseErrorKind::SerializationFailure, info)
+            if info.message().contains(CONFLICT_WITH_RECOVERY) =>
+        {
+            true
+        }
         // 55P03 (lock timeout), 57014 (statement timeout), 57P01..03 and 25P03 (session
         // ended by the server): diesel gives them no kind of their own.
         DieselError::DatabaseError(DatabaseErrorKind::Unknown, info) => {
@@ -425,6 +431,9 @@ pub fn is_unavailable(error: &DieselError) -> bool {
                 // A standby, or a server made read-only: the write went nowhere.
                 READ_ONLY,
                 RECOVERY,
+                // A replica's query cancelled by replay (some conflicts have codes of
+                // their own).
+                CONFLICT_WITH_RECOVERY,
             ]
             .iter()
             .any(|m| message.contains(m))
@@ -433,6 +442,8 @@ pub fn is_unavailable(error: &DieselError) -> bool {
     }
 }
 
+/// What a standby says when it cancels a query that conflicts with replay.
+const CONFLICT_WITH_RECOVERY: &str = "conflict with recovery";
 /// What Postgres says when a write reaches a read-only session (SQLSTATE 25006).
 const READ_ONLY: &str = "read-only transaction";
 /// What a standby says to a statement that would write.

@@ -142,11 +142,14 @@ async fn wallets(base: &str, tokens: &Tokens, users: &[&str]) -> Vec<(String, St
     out
 }
 
+/// One event as the subscriber got it: sequence, type, the transaction's id.
+type FeedEvent = (i64, String, Option<String>);
+
 /// The feed as one subscriber saw it: `(sequence, type, transaction id)`, resubscribing
 /// from its last position (on either process) whenever a subscription ends — as a client
 /// would.
 struct FeedReader {
-    seen: Arc<Mutex<Vec<(i64, String, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<FeedEvent>>>,
     stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<usize>,
 }
