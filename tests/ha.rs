@@ -1012,3 +1012,82 @@ async fn a_primary_that_cannot_commit_is_not_ready() {
     assert_eq!(check_chain(&server.base, &tokens.operator, wallet).await, 2);
     eprintln!("no synchronous standby: /readyz 503 after {not_ready_after:?}");
 }
+
+/// A primary fenced by its operator (made read-only without a restart, as some failover
+/// tools do): movements are refused `UNAVAILABLE` with nothing done, `/readyz` says 503,
+/// and once writes are allowed again the same processes serve without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_made_read_only_refuses_cleanly_and_recovers() {
+    use common::process::PrivateCluster;
+    let cluster = tokio::task::spawn_blocking(PrivateCluster::start)
+        .await
+        .unwrap();
+    let database = "wallet_fenced";
+    let server = ServerProcess::start_with(
+        &format!("{}?target_session_attrs=read-write", cluster.url(database)),
+        &[
+            ("WALLET_DB_POOL_SIZE", "4"),
+            ("WALLET_DB_READ_POOL_SIZE", "2"),
+            ("WALLET_WEBHOOKS", "false"),
+        ],
+    )
+    .await;
+    let tokens = tokens(&["ann"]);
+    let http = reqwest::Client::new();
+    let wallets = wallets(&server.base, &tokens, &["ann"]).await;
+    let (wallet, _) = &wallets[0];
+    let deposit = |key: &'static str| {
+        let (http, base, op) = (&http, &server.base, &tokens.operator);
+        async move {
+            post(
+                http,
+                base,
+                op,
+                common::DEPOSIT,
+                json!({"w": wallet, "a": "2.00", "k": key}),
+            )
+            .await
+            .unwrap()
+        }
+    };
+
+    cluster.psql(
+        "postgres",
+        "ALTER SYSTEM SET default_transaction_read_only = on",
+    );
+    cluster.psql("postgres", "SELECT pg_reload_conf()");
+    common::wait_until("/readyz says 503", Duration::from_secs(10), || async {
+        server.readyz().await == Some(503)
+    })
+    .await;
+    for key in ["fenced-1", "fenced-2", "fenced-3"] {
+        let refused = deposit(key).await;
+        assert_eq!(
+            refused["errors"][0]["extensions"]["code"], "UNAVAILABLE",
+            "a write refused by a read-only server did nothing: {refused}"
+        );
+    }
+
+    cluster.psql(
+        "postgres",
+        "ALTER SYSTEM SET default_transaction_read_only = off",
+    );
+    cluster.psql("postgres", "SELECT pg_reload_conf()");
+    server.wait_ready(Duration::from_secs(30)).await;
+    let done = deposit("after-fence").await;
+    assert!(done["data"]["deposit"]["id"].is_string(), "{done}");
+    // Nothing of the refused ones was written; the chain holds the funding and the last.
+    for key in ["fenced-1", "fenced-2", "fenced-3"] {
+        let found = post(
+            &http,
+            &server.base,
+            &tokens.operator,
+            BY_KEY,
+            json!({"w": wallet, "k": key}),
+        )
+        .await
+        .unwrap();
+        assert!(found["data"]["transactionByKey"].is_null(), "{found}");
+    }
+    assert_eq!(check_chain(&server.base, &tokens.operator, wallet).await, 2);
+}
