@@ -65,14 +65,15 @@ impl Readiness {
     /// [`CHECK_TIMEOUT`]: the probe in flight if one is, else a new one.
     async fn can_commit(&self, state: &AppState) -> bool {
         let mut probe = self.probe.lock().await;
-        let running = match probe.take() {
-            Some(running) => running,
-            None => {
+        // A probe left running by an earlier check is waited for (no second one while it
+        // holds a connection); one that has finished since is old news.
+        let mut running = match probe.take() {
+            Some(running) if !running.is_finished() => running,
+            _ => {
                 let pool = state.pool.clone();
                 tokio::spawn(async move { crate::db::commit_probe(&pool).await })
             }
         };
-        let mut running = running;
         match tokio::time::timeout(CHECK_TIMEOUT, &mut running).await {
             Ok(Ok(true)) => true,
             Ok(_) => {

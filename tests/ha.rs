@@ -232,7 +232,7 @@ async fn check_chain(base: &str, token: &str, wallet: &str) -> usize {
             token,
             "query($w: ID!, $after: String) { wallet(id: $w) { balance
                transactions(first: 100, after: $after) { pageInfo { hasNextPage endCursor }
-                 edges { node { type amount fee balanceBefore balanceAfter } } } } }",
+                 edges { node { type amount fee isHold balanceBefore balanceAfter } } } } }",
             json!({"w": wallet, "after": after}),
         )
         .await
@@ -243,9 +243,11 @@ async fn check_chain(base: &str, token: &str, wallet: &str) -> usize {
             let n = &edge["node"];
             assert_eq!(dec(&n["balanceBefore"]), previous, "chain broken at {n}");
             let moved = dec(&n["amount"]) + dec(&n["fee"]);
-            let signed = match n["type"].as_str().unwrap() {
-                "WITHDRAW" | "TRANSFER_OUT" => -moved,
-                _ => moved,
+            // A hold (a crypto movement on its way) moves nothing.
+            let signed = match (n["isHold"].as_bool().unwrap(), n["type"].as_str().unwrap()) {
+                (true, _) => Decimal::ZERO,
+                (false, "WITHDRAW" | "TRANSFER_OUT") => -moved,
+                (false, _) => moved,
             };
             assert_eq!(dec(&n["balanceAfter"]), previous + signed, "{n}");
             previous = dec(&n["balanceAfter"]);
@@ -336,7 +338,13 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
             ("WALLET_NATS_STREAM", STREAM),
         ])
         .collect();
-    let a = ServerProcess::start_with(&url, &env).await;
+    // Process a also runs the chain worker (the simulated chain's deposit watcher).
+    let env_a: Vec<(&str, &str)> = env
+        .iter()
+        .copied()
+        .chain([("WALLET_CHAIN_POLL_MS", "200")])
+        .collect();
+    let a = ServerProcess::start_with(&url, &env_a).await;
     let b = ServerProcess::start_with(&url, &env).await;
     let pids = (a.pid(), b.pid());
     let users = ["ann", "ben", "cat", "dan"];
@@ -437,6 +445,35 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
             Duration::from_secs(120),
         )
         .await;
+    // The chain worker resumed on the new primary: a crypto deposit is credited.
+    let btc = post(
+        &http,
+        &a.base,
+        &tokens.users["ann"],
+        common::CREATE_CRYPTO,
+        json!({"c": "BTC"}),
+    )
+    .await
+    .unwrap();
+    let (btc_wallet, address) = (
+        btc["data"]["createWallet"]["id"].as_str().unwrap().to_owned(),
+        btc["data"]["createWallet"]["address"].as_str().unwrap().to_owned(),
+    );
+    for (query, vars) in [
+        (common::INCOMING, json!({"n": "bitcoin", "to": address, "a": "0.50000000"})),
+        (common::MINE, json!({"n": "bitcoin", "c": 6})),
+    ] {
+        let done = post(&http, &b.base, &tokens.operator, query, vars).await.unwrap();
+        assert!(done.get("errors").is_none(), "{done}");
+    }
+    common::wait_until("the chain worker credits the deposit", Duration::from_secs(30), || async {
+        let w = post(&http, &b.base, &tokens.operator, BALANCE, json!({"w": btc_wallet}))
+            .await
+            .unwrap();
+        w["data"]["wallet"]["balance"] == "0.50000000"
+    })
+    .await;
+
     let mut heard = load_a.stop().await;
     heard.extend(load_b.stop().await);
     stop_watch.store(true, Ordering::Relaxed);
@@ -509,7 +546,7 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
     assert!(journaled >= acknowledged);
 
     // The ledger is whole: every chain verifies, the trial balance is zero.
-    let mut rows = 0;
+    let mut rows = check_chain(&b.base, &tokens.operator, &btc_wallet).await;
     for (wallet, _) in &wallets {
         rows += check_chain(&b.base, &tokens.operator, wallet).await;
     }
