@@ -509,15 +509,3 @@ pub async fn wal_position(pool: &PgPool) -> Option<crate::replicas::Lsn> {
         .ok()?;
     row.lsn.parse().ok()
 }
-
-/// Whether the database answers a trivial query.
-pub async fn ping(pool: &PgPool) -> bool {
-    use diesel_async::RunQueryDsl;
-    let Ok(mut conn) = pool.get().await else {
-        return false;
-    };
-    diesel::sql_query("SELECT 1")
-        .execute(&mut conn)
-        .await
-        .is_ok()
-}

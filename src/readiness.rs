@@ -91,14 +91,16 @@ impl Readiness {
         }
     }
 
+    /// A new verdict: the commit probe and every chain's tip, at once.
     async fn check(&self, state: &AppState) -> Verdict {
-        check(self, state).await
+        let (database, chains) = tokio::join!(self.can_commit(state), chain_lines(state));
+        Verdict { database, chains }
     }
 }
 
-async fn check(readiness: &Readiness, state: &AppState) -> Verdict {
+/// One line per chain network: its tip, or that it is unavailable.
+async fn chain_lines(state: &AppState) -> Vec<String> {
     use crate::chain::Chain as _;
-    let database = readiness.can_commit(state);
     let chains = &state.chains;
     let networks = chains.names().map(|network| async move {
         match tokio::time::timeout(CHECK_TIMEOUT, chains.tip(network)).await {
@@ -116,6 +118,5 @@ async fn check(readiness: &Readiness, state: &AppState) -> Verdict {
             }
         }
     });
-    let (database, chains) = tokio::join!(database, futures_util::future::join_all(networks));
-    Verdict { database, chains }
+    futures_util::future::join_all(networks).await
 }
