@@ -456,22 +456,43 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
     .await
     .unwrap();
     let (btc_wallet, address) = (
-        btc["data"]["createWallet"]["id"].as_str().unwrap().to_owned(),
-        btc["data"]["createWallet"]["address"].as_str().unwrap().to_owned(),
+        btc["data"]["createWallet"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        btc["data"]["createWallet"]["address"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
     );
     for (query, vars) in [
-        (common::INCOMING, json!({"n": "bitcoin", "to": address, "a": "0.50000000"})),
+        (
+            common::INCOMING,
+            json!({"n": "bitcoin", "to": address, "a": "0.50000000"}),
+        ),
         (common::MINE, json!({"n": "bitcoin", "c": 6})),
     ] {
-        let done = post(&http, &b.base, &tokens.operator, query, vars).await.unwrap();
-        assert!(done.get("errors").is_none(), "{done}");
-    }
-    common::wait_until("the chain worker credits the deposit", Duration::from_secs(30), || async {
-        let w = post(&http, &b.base, &tokens.operator, BALANCE, json!({"w": btc_wallet}))
+        let done = post(&http, &b.base, &tokens.operator, query, vars)
             .await
             .unwrap();
-        w["data"]["wallet"]["balance"] == "0.50000000"
-    })
+        assert!(done.get("errors").is_none(), "{done}");
+    }
+    common::wait_until(
+        "the chain worker credits the deposit",
+        Duration::from_secs(30),
+        || async {
+            let w = post(
+                &http,
+                &b.base,
+                &tokens.operator,
+                BALANCE,
+                json!({"w": btc_wallet}),
+            )
+            .await
+            .unwrap();
+            w["data"]["wallet"]["balance"] == "0.50000000"
+        },
+    )
     .await;
 
     let mut heard = load_a.stop().await;
