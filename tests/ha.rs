@@ -34,6 +34,15 @@ const PROCESS_ENV: &[(&str, &str)] = &[
     ("WALLET_REQUEST_TIMEOUT_SECS", "5"),
 ];
 
+/// The failover test's processes also send webhooks, with a short lease and retry (a
+/// process that lost the database gives its endpoints up soon).
+const WEBHOOK_ENV: &[(&str, &str)] = &[
+    ("WALLET_WEBHOOKS", "true"),
+    ("WALLET_WEBHOOK_LEASE_MS", "3000"),
+    ("WALLET_WEBHOOK_RETRY_BASE_MS", "200"),
+    ("WALLET_WEBHOOK_RETRY_MAX_MS", "1000"),
+];
+
 const FEED_SUB: &str = "subscription($after: String) {
   events(after: $after) { sequence type transaction { id } } }";
 
@@ -333,6 +342,7 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
     let env: Vec<(&str, &str)> = PROCESS_ENV
         .iter()
         .copied()
+        .chain(WEBHOOK_ENV.iter().copied())
         .chain([
             ("WALLET_NATS_URL", nats_url.as_str()),
             ("WALLET_NATS_STREAM", STREAM),
@@ -350,6 +360,30 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
     let users = ["ann", "ben", "cat", "dan"];
     let tokens = tokens(&users);
     let wallets = wallets(&a.base, &tokens, &users).await;
+    // A webhook endpoint for every movement, verified by a Standard Webhooks receiver.
+    let receiver = common::receiver::Receiver::start(&common::receiver::new_secret()).await;
+    let endpoint = post(
+        &reqwest::Client::new(),
+        &a.base,
+        &tokens.operator,
+        "mutation($in: CreateWebhookEndpointInput!) { createWebhookEndpoint(input: $in) { secret position } }",
+        json!({"in": {"url": receiver.url("/ha"), "eventTypes": ["TRANSACTION_CREATED"]}}),
+    )
+    .await
+    .unwrap();
+    receiver
+        .set_secret(
+            endpoint["data"]["createWebhookEndpoint"]["secret"]
+                .as_str()
+                .unwrap(),
+        )
+        .await;
+    // The endpoint is sent what is committed after this position.
+    let endpoint_from: i64 = endpoint["data"]["createWebhookEndpoint"]["position"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
 
     let feed = FeedReader::start(vec![b.websocket(), a.websocket()], tokens.operator.clone());
     // 16 clients in all, 8 on each process.
@@ -632,6 +666,39 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
         "every journal row in the feed"
     );
 
+    // Webhook delivery resumed on the new primary: every movement delivered, signed (at
+    // least once; a repeat has the same id).
+    // Those after the endpoint was created (the fundings came before).
+    let movements = seen
+        .iter()
+        .filter(|(sequence, kind, _)| kind == "TRANSACTION_CREATED" && *sequence > endpoint_from)
+        .count();
+    let records = receiver
+        .wait_for(
+            |r| {
+                r.iter()
+                    .filter(|d| d.status == 204)
+                    .map(|d| &d.id)
+                    .collect::<HashSet<_>>()
+                    .len()
+                    >= movements
+            },
+            Duration::from_secs(120),
+        )
+        .await;
+    let delivered: HashSet<&String> = records
+        .iter()
+        .filter(|d| d.status == 204)
+        .map(|d| &d.id)
+        .collect();
+    assert_eq!(
+        delivered.len(),
+        movements,
+        "every movement delivered by webhook"
+    );
+    assert!(records.iter().all(|d| d.verified), "every delivery signed");
+    let repeats = records.len() - delivered.len();
+
     // The stream publisher resumed on the new primary: the stream is the feed, each event
     // once.
     let published = stream_sequences(&nats.url(), head).await;
@@ -679,7 +746,8 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
         "failover: {acknowledged_before} acknowledged before the kill, {} after the failover; \
          first successful deposit {first_success:?} after the kill; /readyz 503 from {:?} to \
          {:?}; answers {counts:?}; {unknown} OUTCOME_UNKNOWN ({unknown_committed} had \
-         committed); feed {} events, subscriber resubscribed {resubscribed} times",
+         committed); feed {} events, subscriber resubscribed {resubscribed} times; {movements} \
+         movements delivered by webhook ({repeats} deliveries repeated)",
         after_failover.saturating_sub(acknowledged_before),
         not_ready_from,
         ready_again,
