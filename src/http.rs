@@ -36,6 +36,7 @@ use crate::graphql::error::{
 };
 use crate::graphql::loaders::Loaders;
 use crate::graphql::{DEADLINE_GRACE, Deadline, ExecutionStarted, RequestDb, ran_out_of_time};
+use crate::replicas::{Lsn, ReadTarget};
 
 pub const GRAPHQL_RESPONSE_JSON: &str = "application/graphql-response+json";
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -485,8 +486,6 @@ fn not_executed(refused: async_graphql::ServerError, media: MediaType) -> Respon
     )
 }
 
-use crate::replicas::{Lsn, ReadTarget};
-
 async fn execute(
     app: &App,
     headers: &HeaderMap,
@@ -554,7 +553,13 @@ async fn execute(
     let mut response = response;
     // What a later read presents to see this mutation's writes on a replica.
     let token = match (&app.state.replicas, mutation && started.get()) {
-        (Some(_), true) => crate::db::wal_position(&app.state.reads).await,
+        (Some(_), true) => {
+            let position = crate::db::wal_position(&app.state.reads);
+            tokio::time::timeout_at(deadline.0 + DEADLINE_GRACE, position)
+                .await
+                .ok()
+                .flatten()
+        }
         _ => None,
     };
     if let Some(token) = &token {
