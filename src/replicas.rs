@@ -319,11 +319,9 @@ fn split_hosts(url: &str) -> anyhow::Result<Vec<(String, tokio_postgres::Config)
         .enumerate()
         .map(|(i, host)| {
             let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
-            let mut one = config.clone();
-            one.target_session_attrs(tokio_postgres::config::TargetSessionAttrs::Any);
-            // Rebuild the host list with this host only.
+            // The URL's settings, with this host only.
             let mut single = tokio_postgres::Config::new();
-            copy_settings(&one, &mut single);
+            copy_settings(&config, &mut single);
             let label = match host {
                 Host::Tcp(name) => {
                     single.host(name);
