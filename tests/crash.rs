@@ -11,11 +11,10 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::process::{Heard, Load, PrivateCluster, ServerProcess, Tokens, post};
+use common::process::{Heard, Load, PrivateCluster, ServerProcess, Tokens, funded_wallets, post};
 use common::ws::{Event, WsClient};
 use common::{TestDb, wait_until};
 use serde_json::json;
-use wallet::auth::{Role, TokenKeys};
 
 /// Movements acknowledged before the fault is injected.
 fn load_before_fault() -> usize {
@@ -23,53 +22,6 @@ fn load_before_fault() -> usize {
         Ok("long") => 20_000,
         _ => 1_500,
     }
-}
-
-fn tokens(users: &[&str]) -> Arc<Tokens> {
-    let keys = TokenKeys::new(common::JWT_SECRET.as_bytes());
-    let day = Duration::from_secs(86_400);
-    // The longest an operator token may last.
-    let hour = Duration::from_secs(3600);
-    Arc::new(Tokens {
-        operator: keys.mint("back-office", Role::Operator, hour).unwrap(),
-        users: users
-            .iter()
-            .map(|u| (u.to_string(), keys.mint(u, Role::User, day).unwrap()))
-            .collect(),
-    })
-}
-
-/// Opens a funded USD wallet for each user through the running server.
-async fn wallets(base: &str, tokens: &Tokens, users: &[&str]) -> Vec<(String, String)> {
-    let http = reqwest::Client::new();
-    let mut out = Vec::new();
-    for user in users {
-        let created = post(
-            &http,
-            base,
-            &tokens.users[*user],
-            "mutation { createWallet(input: {currency: \"USD\"}) { id } }",
-            json!({}),
-        )
-        .await
-        .unwrap();
-        let id = created["data"]["createWallet"]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let funded = post(
-            &http,
-            base,
-            &tokens.operator,
-            common::DEPOSIT,
-            json!({"w": id, "a": "1000.00", "k": format!("funding-{user}")}),
-        )
-        .await
-        .unwrap();
-        assert!(funded.get("errors").is_none(), "{funded}");
-        out.push((id, user.to_string()));
-    }
-    out
 }
 
 /// Walks a wallet's journal through the API: each row starts where the previous ended,
@@ -129,9 +81,9 @@ async fn check_chain(base: &str, tokens: &Tokens, wallet: &str) -> usize {
 async fn a_server_killed_under_load_loses_and_duplicates_nothing() {
     let db = TestDb::new().await;
     let users = ["ann", "ben", "cat", "dan"];
-    let tokens = tokens(&users);
+    let tokens = Tokens::for_users(&users);
     let mut server = ServerProcess::start(&db.url).await;
-    let wallets = wallets(&server.base, &tokens, &users).await;
+    let wallets = funded_wallets(&server.base, &tokens, &users).await;
 
     let load = Load::start(&server.base, 16, wallets.clone(), tokens.clone());
     load.wait_for_acknowledged(load_before_fault(), Duration::from_secs(600))
@@ -169,9 +121,9 @@ async fn a_database_restart_under_load_is_survived_without_a_restart() {
     let cluster = PrivateCluster::start();
     let url = cluster.url("wallet_restart");
     let users = ["ann", "ben", "cat"];
-    let tokens = tokens(&users);
+    let tokens = Tokens::for_users(&users);
     let server = ServerProcess::start(&url).await;
-    let wallets = wallets(&server.base, &tokens, &users).await;
+    let wallets = funded_wallets(&server.base, &tokens, &users).await;
 
     // A subscriber for everything, through the whole run.
     let mut subscriber = WsClient::authenticated(&server.websocket(), &tokens.operator).await;

@@ -12,11 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::formation::Formation;
-use common::process::{Heard, Load, Movement, ServerProcess, Tokens, post};
+use common::process::{Heard, Load, Movement, ServerProcess, Tokens, funded_wallets, post};
 use common::ws::{Event, WsClient};
 use rust_decimal::Decimal;
 use serde_json::{Value, json};
-use wallet::auth::{Role, TokenKeys};
 
 /// Movements acknowledged before the primary is killed.
 fn load_before_fault() -> usize {
@@ -104,52 +103,6 @@ const HEAD: &str = "query { events(first: 1) { head } }";
 
 const BY_KEY: &str =
     "query($w: ID!, $k: String!) { transactionByKey(walletId: $w, key: $k) { id } }";
-
-fn tokens(users: &[&str]) -> Arc<Tokens> {
-    let keys = TokenKeys::new(common::JWT_SECRET.as_bytes());
-    let day = Duration::from_secs(86_400);
-    let hour = Duration::from_secs(3600);
-    Arc::new(Tokens {
-        operator: keys.mint("back-office", Role::Operator, hour).unwrap(),
-        users: users
-            .iter()
-            .map(|u| (u.to_string(), keys.mint(u, Role::User, day).unwrap()))
-            .collect(),
-    })
-}
-
-/// A funded USD wallet for each user, opened through the service.
-async fn wallets(base: &str, tokens: &Tokens, users: &[&str]) -> Vec<(String, String)> {
-    let http = reqwest::Client::new();
-    let mut out = Vec::new();
-    for user in users {
-        let created = post(
-            &http,
-            base,
-            &tokens.users[*user],
-            "mutation { createWallet(input: {currency: \"USD\"}) { id } }",
-            json!({}),
-        )
-        .await
-        .unwrap();
-        let id = created["data"]["createWallet"]["id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        let funded = post(
-            &http,
-            base,
-            &tokens.operator,
-            common::DEPOSIT,
-            json!({"w": id, "a": "1000.00", "k": format!("funding-{user}")}),
-        )
-        .await
-        .unwrap();
-        assert!(funded.get("errors").is_none(), "{funded}");
-        out.push((id, user.to_string()));
-    }
-    out
-}
 
 /// One event as the subscriber got it: sequence, type, the transaction's id.
 type FeedEvent = (i64, String, Option<String>);
@@ -358,8 +311,8 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
     let b = ServerProcess::start_with(&url, &env).await;
     let pids = (a.pid(), b.pid());
     let users = ["ann", "ben", "cat", "dan"];
-    let tokens = tokens(&users);
-    let wallets = wallets(&a.base, &tokens, &users).await;
+    let tokens = Tokens::for_users(&users);
+    let wallets = funded_wallets(&a.base, &tokens, &users).await;
     // A webhook endpoint for every movement, verified by a Standard Webhooks receiver.
     let receiver = common::receiver::Receiver::start(&common::receiver::new_secret()).await;
     let endpoint = post(
@@ -824,7 +777,7 @@ async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped
         ],
     )
     .await;
-    let tokens = tokens(&["ann"]);
+    let tokens = Tokens::for_users(&["ann"]);
     let http = reqwest::Client::new();
     let op = &tokens.operator;
     let (created, _, _) = gql_with_token(
@@ -1075,9 +1028,9 @@ async fn a_primary_that_cannot_commit_is_not_ready() {
         ),
         "sync"
     );
-    let tokens = tokens(&["ann"]);
+    let tokens = Tokens::for_users(&["ann"]);
     let http = reqwest::Client::new();
-    let wallets = wallets(&server.base, &tokens, &["ann"]).await;
+    let wallets = funded_wallets(&server.base, &tokens, &["ann"]).await;
     let (wallet, _) = &wallets[0];
 
     // The standby goes away: commits on the primary wait for it.
@@ -1158,9 +1111,9 @@ async fn a_server_made_read_only_refuses_cleanly_and_recovers() {
         ],
     )
     .await;
-    let tokens = tokens(&["ann"]);
+    let tokens = Tokens::for_users(&["ann"]);
     let http = reqwest::Client::new();
-    let wallets = wallets(&server.base, &tokens, &["ann"]).await;
+    let wallets = funded_wallets(&server.base, &tokens, &["ann"]).await;
     let (wallet, _) = &wallets[0];
     let deposit = |key: &'static str| {
         let (http, base, op) = (&http, &server.base, &tokens.operator);

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::free_port;
+use super::process::{free_port, is_root, server_dir};
 
 /// The formation's failure detection, made quick for a test: a node is checked every
 /// second and declared failed after two seconds without an answer; the standby is
@@ -44,9 +44,7 @@ impl Formation {
     /// Creates the monitor and both nodes, and waits until node 1 is the primary and
     /// node 2 its synchronous standby. `database` is created on the nodes.
     pub fn start(database: &str) -> Formation {
-        let dir = std::env::temp_dir().join(format!("wallet-ha-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        chown(&dir);
+        let dir = server_dir("wallet-ha");
         let mut formation = Formation {
             dir,
             monitor_port: free_port(),
@@ -374,24 +372,4 @@ fn server_bin() -> PathBuf {
         .filter(|p| p.join("initdb").exists())
         .max()
         .expect("a server installation")
-}
-
-fn chown(dir: &std::path::Path) {
-    if is_root() {
-        let owned = Command::new("chown")
-            .args(["-R", "postgres:postgres"])
-            .arg(dir)
-            .status()
-            .unwrap()
-            .success();
-        assert!(owned, "chown of the formation directory");
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }

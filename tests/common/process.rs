@@ -222,6 +222,59 @@ pub struct Tokens {
     pub users: HashMap<String, String>,
 }
 
+impl Tokens {
+    /// An operator token and a user token for each of `users`, signed with the tests'
+    /// secret (the secret `ServerProcess` gives the server).
+    pub fn for_users(users: &[&str]) -> Arc<Tokens> {
+        use wallet::auth::{Role, TokenKeys};
+        let keys = TokenKeys::new(super::JWT_SECRET.as_bytes());
+        let day = Duration::from_secs(86_400);
+        // The longest an operator token may last.
+        let hour = Duration::from_secs(3600);
+        Arc::new(Tokens {
+            operator: keys.mint("back-office", Role::Operator, hour).unwrap(),
+            users: users
+                .iter()
+                .map(|u| (u.to_string(), keys.mint(u, Role::User, day).unwrap()))
+                .collect(),
+        })
+    }
+}
+
+/// Opens a USD wallet for each user through the running server at `base`, funded with a
+/// deposit of 1000.00; returns `(wallet id, owner)` pairs.
+pub async fn funded_wallets(base: &str, tokens: &Tokens, users: &[&str]) -> Vec<(String, String)> {
+    let http = reqwest::Client::new();
+    let mut out = Vec::new();
+    for user in users {
+        let created = post(
+            &http,
+            base,
+            &tokens.users[*user],
+            "mutation { createWallet(input: {currency: \"USD\"}) { id } }",
+            json!({}),
+        )
+        .await
+        .unwrap();
+        let id = created["data"]["createWallet"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let funded = post(
+            &http,
+            base,
+            &tokens.operator,
+            DEPOSIT,
+            json!({"w": id, "a": "1000.00", "k": format!("funding-{user}")}),
+        )
+        .await
+        .unwrap();
+        assert!(funded.get("errors").is_none(), "{funded}");
+        out.push((id, user.to_string()));
+    }
+    out
+}
+
 impl Load {
     /// `clients` clients, each sending movements over `wallets` (wallet id, owner) one
     /// after another with fresh keys until stopped: deposits of 1.00–9.99 and smaller
@@ -457,18 +510,7 @@ impl PrivateCluster {
             .filter(|p| p.join("initdb").exists())
             .max()
             .expect("an initdb");
-        let dir = std::env::temp_dir().join(format!("wallet-pg-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        if is_root() {
-            // The server refuses to run as root: its files belong to `postgres`.
-            let owned = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .unwrap()
-                .success();
-            assert!(owned, "chown of the cluster directory");
-        }
+        let dir = server_dir("wallet-pg");
         let cluster = PrivateCluster {
             port: free_port(),
             data: dir.join("data").to_string_lossy().into_owned(),
@@ -493,17 +535,7 @@ impl PrivateCluster {
     /// A streaming standby of `primary` (asynchronous, hot: it answers reads), on its
     /// own port and data directory.
     pub fn standby_of(primary: &PrivateCluster) -> PrivateCluster {
-        let dir = std::env::temp_dir().join(format!("wallet-pg-{}", uuid::Uuid::new_v4().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        if is_root() {
-            let owned = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .unwrap()
-                .success();
-            assert!(owned, "chown of the standby directory");
-        }
+        let dir = server_dir("wallet-pg");
         let standby = PrivateCluster {
             port: free_port(),
             data: dir.join("data").to_string_lossy().into_owned(),
@@ -594,7 +626,25 @@ impl PrivateCluster {
     }
 }
 
-fn is_root() -> bool {
+/// A fresh directory under the system's temporary one, named `<prefix>-<uuid>`, for a
+/// server the test runs: owned by `postgres` when we are root (PostgreSQL refuses to run
+/// as root, so its files and the programs run on them belong to `postgres`).
+pub fn server_dir(prefix: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    if is_root() {
+        let owned = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(owned, "chown of {}", dir.display());
+    }
+    dir
+}
+
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
