@@ -24,59 +24,6 @@ fn load_before_fault() -> usize {
     }
 }
 
-/// Walks a wallet's journal through the API: each row starts where the previous ended,
-/// and the newest ends at the balance. Returns the rows.
-async fn check_chain(base: &str, tokens: &Tokens, wallet: &str) -> usize {
-    let http = reqwest::Client::new();
-    let (mut after, mut previous, mut rows) = (None::<String>, rust_decimal::Decimal::ZERO, 0);
-    loop {
-        let page = post(
-            &http,
-            base,
-            &tokens.operator,
-            "query($w: ID!, $after: String) { wallet(id: $w) { balance
-               transactions(first: 100, after: $after) { pageInfo { hasNextPage endCursor }
-                 edges { node { type amount balanceBefore balanceAfter } } } } }",
-            json!({"w": wallet, "after": after}),
-        )
-        .await
-        .unwrap();
-        let w = &page["data"]["wallet"];
-        let dec = |v: &serde_json::Value| {
-            v.as_str()
-                .unwrap()
-                .parse::<rust_decimal::Decimal>()
-                .unwrap()
-        };
-        for edge in w["transactions"]["edges"].as_array().unwrap() {
-            let n = &edge["node"];
-            assert_eq!(dec(&n["balanceBefore"]), previous, "chain broken at {n}");
-            let signed = if n["type"] == "WITHDRAW" {
-                -dec(&n["amount"])
-            } else {
-                dec(&n["amount"])
-            };
-            assert_eq!(dec(&n["balanceAfter"]), previous + signed, "{n}");
-            previous = dec(&n["balanceAfter"]);
-            rows += 1;
-        }
-        if !w["transactions"]["pageInfo"]["hasNextPage"]
-            .as_bool()
-            .unwrap()
-        {
-            assert_eq!(
-                previous,
-                dec(&w["balance"]),
-                "the newest row ends at the balance"
-            );
-            return rows;
-        }
-        after = w["transactions"]["pageInfo"]["endCursor"]
-            .as_str()
-            .map(str::to_owned);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_killed_under_load_loses_and_duplicates_nothing() {
     let db = TestDb::new().await;
@@ -107,7 +54,7 @@ async fn a_server_killed_under_load_loses_and_duplicates_nothing() {
     let journaled = common::process::replay_and_check(&restarted.base, &tokens, &heard, &pg).await;
     let mut rows = 0;
     for (wallet, _) in &wallets {
-        rows += check_chain(&restarted.base, &tokens, wallet).await;
+        rows += common::process::check_chain(&restarted.base, &tokens.operator, wallet).await;
     }
     assert_eq!(
         rows,
@@ -227,7 +174,7 @@ async fn a_database_restart_under_load_is_survived_without_a_restart() {
     };
     common::process::replay_and_check(&server.base, &tokens, &heard, &pg).await;
     for (wallet, _) in &wallets {
-        check_chain(&server.base, &tokens, wallet).await;
+        common::process::check_chain(&server.base, &tokens.operator, wallet).await;
     }
     // Every row committed — before, during the recovery, after — reached the subscriber
     // once, including those committed while its process's listener was reconnecting.

@@ -182,56 +182,6 @@ impl FeedReader {
     }
 }
 
-/// Walks a wallet's journal through the service: each row starts where the previous
-/// ended and moves its amount; the newest ends at the balance. Returns the rows.
-async fn check_chain(base: &str, token: &str, wallet: &str) -> usize {
-    let http = reqwest::Client::new();
-    let (mut after, mut previous, mut rows) = (None::<String>, Decimal::ZERO, 0);
-    loop {
-        let page = post(
-            &http,
-            base,
-            token,
-            "query($w: ID!, $after: String) { wallet(id: $w) { balance
-               transactions(first: 100, after: $after) { pageInfo { hasNextPage endCursor }
-                 edges { node { type amount fee isHold balanceBefore balanceAfter } } } } }",
-            json!({"w": wallet, "after": after}),
-        )
-        .await
-        .unwrap();
-        let w = &page["data"]["wallet"];
-        let dec = |v: &Value| v.as_str().unwrap().parse::<Decimal>().unwrap();
-        for edge in w["transactions"]["edges"].as_array().unwrap() {
-            let n = &edge["node"];
-            assert_eq!(dec(&n["balanceBefore"]), previous, "chain broken at {n}");
-            let moved = dec(&n["amount"]) + dec(&n["fee"]);
-            // A hold (a crypto movement on its way) moves nothing.
-            let signed = match (n["isHold"].as_bool().unwrap(), n["type"].as_str().unwrap()) {
-                (true, _) => Decimal::ZERO,
-                (false, "WITHDRAW" | "TRANSFER_OUT") => -moved,
-                (false, _) => moved,
-            };
-            assert_eq!(dec(&n["balanceAfter"]), previous + signed, "{n}");
-            previous = dec(&n["balanceAfter"]);
-            rows += 1;
-        }
-        if !w["transactions"]["pageInfo"]["hasNextPage"]
-            .as_bool()
-            .unwrap()
-        {
-            assert_eq!(
-                previous,
-                dec(&w["balance"]),
-                "the newest row ends at the balance"
-            );
-            return rows;
-        }
-        after = w["transactions"]["pageInfo"]["endCursor"]
-            .as_str()
-            .map(str::to_owned);
-    }
-}
-
 /// `/readyz` of each process, every 100 ms: `(since the kill, process, status)`.
 fn watch_readiness(
     bases: Vec<String>,
@@ -554,9 +504,9 @@ async fn a_failover_under_load_loses_nothing_acknowledged() {
     assert!(journaled >= acknowledged);
 
     // The ledger is whole: every chain verifies, the trial balance is zero.
-    let mut rows = check_chain(&b.base, &tokens.operator, &btc_wallet).await;
+    let mut rows = common::process::check_chain(&b.base, &tokens.operator, &btc_wallet).await;
     for (wallet, _) in &wallets {
-        rows += check_chain(&b.base, &tokens.operator, wallet).await;
+        rows += common::process::check_chain(&b.base, &tokens.operator, wallet).await;
     }
     let journal_rows: i64 = pg
         .query_one("SELECT count(*) FROM transactions", &[])
@@ -1088,7 +1038,10 @@ async fn a_primary_that_cannot_commit_is_not_ready() {
         again["data"]["deposit"]["id"], found["data"]["transactionByKey"]["id"],
         "sent again, the original: {again}"
     );
-    assert_eq!(check_chain(&server.base, &tokens.operator, wallet).await, 2);
+    assert_eq!(
+        common::process::check_chain(&server.base, &tokens.operator, wallet).await,
+        2
+    );
     eprintln!("no synchronous standby: /readyz 503 after {not_ready_after:?}");
 }
 
@@ -1168,5 +1121,8 @@ async fn a_server_made_read_only_refuses_cleanly_and_recovers() {
         .unwrap();
         assert!(found["data"]["transactionByKey"].is_null(), "{found}");
     }
-    assert_eq!(check_chain(&server.base, &tokens.operator, wallet).await, 2);
+    assert_eq!(
+        common::process::check_chain(&server.base, &tokens.operator, wallet).await,
+        2
+    );
 }

@@ -275,6 +275,61 @@ pub async fn funded_wallets(base: &str, tokens: &Tokens, users: &[&str]) -> Vec<
     out
 }
 
+/// Walks a wallet's journal through the service: each row starts where the previous
+/// ended and moves its amount; the newest ends at the balance. Returns the rows.
+pub async fn check_chain(base: &str, token: &str, wallet: &str) -> usize {
+    let http = reqwest::Client::new();
+    let (mut after, mut previous, mut rows) = (None::<String>, rust_decimal::Decimal::ZERO, 0);
+    loop {
+        let page = post(
+            &http,
+            base,
+            token,
+            "query($w: ID!, $after: String) { wallet(id: $w) { balance
+               transactions(first: 100, after: $after) { pageInfo { hasNextPage endCursor }
+                 edges { node { type amount fee isHold balanceBefore balanceAfter } } } } }",
+            json!({"w": wallet, "after": after}),
+        )
+        .await
+        .unwrap();
+        let w = &page["data"]["wallet"];
+        let dec = |v: &Value| {
+            v.as_str()
+                .unwrap()
+                .parse::<rust_decimal::Decimal>()
+                .unwrap()
+        };
+        for edge in w["transactions"]["edges"].as_array().unwrap() {
+            let n = &edge["node"];
+            assert_eq!(dec(&n["balanceBefore"]), previous, "chain broken at {n}");
+            let moved = dec(&n["amount"]) + dec(&n["fee"]);
+            // A hold (a crypto movement on its way) moves nothing.
+            let signed = match (n["isHold"].as_bool().unwrap(), n["type"].as_str().unwrap()) {
+                (true, _) => rust_decimal::Decimal::ZERO,
+                (false, "WITHDRAW" | "TRANSFER_OUT") => -moved,
+                (false, _) => moved,
+            };
+            assert_eq!(dec(&n["balanceAfter"]), previous + signed, "{n}");
+            previous = dec(&n["balanceAfter"]);
+            rows += 1;
+        }
+        if !w["transactions"]["pageInfo"]["hasNextPage"]
+            .as_bool()
+            .unwrap()
+        {
+            assert_eq!(
+                previous,
+                dec(&w["balance"]),
+                "the newest row ends at the balance"
+            );
+            return rows;
+        }
+        after = w["transactions"]["pageInfo"]["endCursor"]
+            .as_str()
+            .map(str::to_owned);
+    }
+}
+
 impl Load {
     /// `clients` clients, each sending movements over `wallets` (wallet id, owner) one
     /// after another with fresh keys until stopped: deposits of 1.00–9.99 and smaller
