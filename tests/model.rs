@@ -256,6 +256,31 @@ async fn random_concurrent_movements_keep_every_promise() {
     for client in futures_util::future::join_all(clients).await {
         client.unwrap();
     }
+    // Whether the random run overdrew a wallet depends on the seed; every run must show
+    // a refusal leaving nothing, so each fiat wallet is asked for more than it can have.
+    for (i, (user, wallet)) in fiat.iter().enumerate() {
+        let key = format!("overdraw-{user}");
+        let body = fleet
+            .withdraw(i % 3, &t.user(user), wallet, "1000000.00", &key)
+            .await;
+        assert_eq!(
+            error_code(&body),
+            "INSUFFICIENT_FUNDS",
+            "seed {seed}: {body}"
+        );
+        record(
+            &model,
+            &mut Vec::new(),
+            &key,
+            wallet,
+            "WITHDRAW",
+            "1000000.00",
+            &body,
+            "withdraw",
+            &Value::Null,
+            limits[wallet],
+        );
+    }
 
     // Settle every crypto withdrawal: signed, mined, completed.
     let worker = t.app.chain_worker().unwrap();
@@ -371,8 +396,8 @@ async fn random_concurrent_movements_keep_every_promise() {
         model.holds.len()
     );
     assert!(
-        model.promised.len() > 20 && !model.refused.is_empty(),
-        "seed {seed}: the run exercised acceptances and refusals ({} / {})",
+        model.promised.len() > 20,
+        "seed {seed}: the run acknowledged movements ({}; {} refused)",
         model.promised.len(),
         model.refused.len()
     );
