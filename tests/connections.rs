@@ -99,25 +99,6 @@ fn fresh_client() -> reqwest::Client {
         .unwrap()
 }
 
-/// The sum of a metric's series, as `/metrics` shows them now.
-async fn metric(base: &str, name: &str) -> f64 {
-    let text = fresh_client()
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 fn tokens() -> TokenKeys {
     TokenKeys::new(JWT_SECRET.as_bytes())
 }
@@ -179,8 +160,13 @@ async fn connections_that_send_no_request_are_closed_and_others_are_served() {
         let still_open = closed.iter().filter(|c| !**c).count();
         assert_eq!(still_open, 0, "{what}: connections left open by the server");
     }
-    assert!(metric(&server.base, "wallet_http_first_request_timeouts_total").await >= 2048.0);
-    assert!(metric(&server.base, "wallet_http_connections_refused_total").await >= 152.0);
+    assert!(
+        server
+            .metric("wallet_http_first_request_timeouts_total")
+            .await
+            >= 2048.0
+    );
+    assert!(server.metric("wallet_http_connections_refused_total").await >= 152.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -231,7 +217,7 @@ async fn connections_over_the_per_address_cap_are_refused() {
         },
     )
     .await;
-    assert!(metric(&server.base, "wallet_http_connections_refused_total").await >= 1.0);
+    assert!(server.metric("wallet_http_connections_refused_total").await >= 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -291,7 +277,7 @@ async fn idle_connections_are_closed_over_http1_and_http2() {
     wait_until(
         "the connections are closed",
         Duration::from_secs(5),
-        || async { metric(&server.base, "wallet_http_connections").await == 1.0 },
+        || async { server.metric("wallet_http_connections").await == 1.0 },
     )
     .await;
 }
@@ -378,14 +364,8 @@ async fn requests_over_the_in_flight_cap_are_refused_and_the_service_recovers() 
     .await
     .unwrap();
     assert!(body["data"]["currencies"].is_array(), "{body}");
-    assert_eq!(
-        metric(&server.base, "wallet_http_requests_shed_total").await,
-        2.0
-    );
-    assert_eq!(
-        metric(&server.base, "wallet_http_requests_in_flight").await,
-        0.0
-    );
+    assert_eq!(server.metric("wallet_http_requests_shed_total").await, 2.0);
+    assert_eq!(server.metric("wallet_http_requests_in_flight").await, 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -407,14 +387,7 @@ async fn invented_methods_and_paths_do_not_grow_the_metrics() {
             .unwrap();
         assert!(response.status().is_client_error(), "{}", response.status());
     }
-    let text = http
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics().await;
     assert!(!text.contains("AAAA"), "an invented method became a label");
     assert!(!text.contains("nowhere"), "an invented path became a label");
     let series: Vec<&str> = text
@@ -585,7 +558,7 @@ async fn subscriptions(server: &ServerProcess, count: usize) {
     wait_until(
         &format!("{count} subscriptions"),
         Duration::from_secs(5),
-        || async { metric(&server.base, "wallet_subscriptions").await == count as f64 },
+        || async { server.metric("wallet_subscriptions").await == count as f64 },
     )
     .await;
 }
@@ -610,10 +583,7 @@ async fn a_websocket_flooding_pings_before_connection_init_gets_nothing_and_is_c
     let stream = connect_from(attacker(0), addr, Some(4096)).await;
     let mut ws = websocket_over(stream, &url, None).await.unwrap();
     let opened = Instant::now();
-    assert_eq!(
-        metric(&server.base, "wallet_websocket_unauthenticated").await,
-        1.0
-    );
+    assert_eq!(server.metric("wallet_websocket_unauthenticated").await, 1.0);
     // Pings as fast as they go, nothing read, for as long as the server takes them.
     let ping = Message::Text(json!({"type": "ping"}).to_string().into());
     let mut sent = 0usize;
@@ -628,17 +598,14 @@ async fn a_websocket_flooding_pings_before_connection_init_gets_nothing_and_is_c
     wait_until(
         "the websocket is closed",
         Duration::from_secs(2),
-        || async { metric(&server.base, "wallet_websocket_connections").await == 0.0 },
+        || async { server.metric("wallet_websocket_connections").await == 0.0 },
     )
     .await;
     assert!(
         flooded_for < Duration::from_secs(4),
         "the server took pings for {flooded_for:?} (init timeout 2 s)"
     );
-    assert_eq!(
-        metric(&server.base, "wallet_websocket_unauthenticated").await,
-        0.0
-    );
+    assert_eq!(server.metric("wallet_websocket_unauthenticated").await, 0.0);
     // Not one pong: whatever arrived before the end is the close alone.
     while let Ok(Some(Ok(frame))) = tokio::time::timeout(Duration::from_secs(2), ws.next()).await {
         match frame {
@@ -674,13 +641,13 @@ async fn a_subscriber_flooding_pings_without_reading_is_disconnected() {
     wait_until(
         "the websocket is closed",
         Duration::from_secs(3),
-        || async { metric(&server.base, "wallet_websocket_connections").await == 0.0 },
+        || async { server.metric("wallet_websocket_connections").await == 0.0 },
     )
     .await;
     let after = started.elapsed();
     eprintln!("the pinging reader was disconnected after {after:?}");
     assert!(after < Duration::from_secs(8), "{after:?}");
-    assert!(metric(&server.base, "wallet_websocket_dropped_total").await >= 1.0);
+    assert!(server.metric("wallet_websocket_dropped_total").await >= 1.0);
     // Alice may connect again at once.
     let _again = WsClient::authenticated(&server.websocket(), &user_token("alice")).await;
 }
@@ -748,16 +715,10 @@ async fn unauthenticated_websockets_have_their_own_cap() {
     )
     .await;
     assert_eq!(next_json(&mut waiting[0]).await["type"], "connection_ack");
-    assert_eq!(
-        metric(&server.base, "wallet_websocket_unauthenticated").await,
-        2.0
-    );
+    assert_eq!(server.metric("wallet_websocket_unauthenticated").await, 2.0);
     let _another = WsClient::authenticated(&url, &user_token("carol")).await;
-    assert_eq!(
-        metric(&server.base, "wallet_websocket_connections").await,
-        5.0
-    );
-    assert!(metric(&server.base, "wallet_websocket_refused_total").await >= 1.0);
+    assert_eq!(server.metric("wallet_websocket_connections").await, 5.0);
+    assert!(server.metric("wallet_websocket_refused_total").await >= 1.0);
 }
 
 /// A subscriber that completed the handshake and `connection_init`, subscribed to large
@@ -808,12 +769,9 @@ async fn a_subscriber_that_stops_reading_is_disconnected_and_its_places_freed() 
     )
     .await;
     let wallet = t.create_wallet("alice", "USD").await;
-    let connections_before = metric(&server.base, "wallet_http_connections").await;
+    let connections_before = server.metric("wallet_http_connections").await;
     let stuck = stuck_subscriber(&server, &user_token("alice")).await;
-    assert_eq!(
-        metric(&server.base, "wallet_websocket_connections").await,
-        1.0
-    );
+    assert_eq!(server.metric("wallet_websocket_connections").await, 1.0);
     // Alice's one connection is taken.
     let mut second = WsClient::connect(&server.websocket(), TRANSPORT_WS).await;
     second.init(Some(&user_token("alice"))).await;
@@ -825,7 +783,7 @@ async fn a_subscriber_that_stops_reading_is_disconnected_and_its_places_freed() 
     wait_until(
         "the subscriber that does not read is disconnected",
         Duration::from_secs(10),
-        || async { metric(&server.base, "wallet_websocket_connections").await == 0.0 },
+        || async { server.metric("wallet_websocket_connections").await == 0.0 },
     )
     .await;
     eprintln!(
@@ -833,14 +791,14 @@ async fn a_subscriber_that_stops_reading_is_disconnected_and_its_places_freed() 
         started.elapsed()
     );
     assert!(
-        metric(&server.base, "wallet_websocket_dropped_total").await >= 1.0,
+        server.metric("wallet_websocket_dropped_total").await >= 1.0,
         "dropped as a reader too slow"
     );
     // Its connection's place is given back too (the scrape's own is the one more).
     wait_until(
         "its connection is released",
         Duration::from_secs(5),
-        || async { metric(&server.base, "wallet_http_connections").await <= connections_before },
+        || async { server.metric("wallet_http_connections").await <= connections_before },
     )
     .await;
     let received = delivered(stuck).await;
@@ -888,13 +846,13 @@ async fn the_token_expiry_closes_a_subscriber_whose_sends_are_blocked() {
     wait_until(
         "the session ends at its token's expiry",
         Duration::from_secs(expires - jsonwebtoken::get_current_timestamp() + 3),
-        || async { metric(&server.base, "wallet_websocket_connections").await == 0.0 },
+        || async { server.metric("wallet_websocket_connections").await == 0.0 },
     )
     .await;
     let late = jsonwebtoken::get_current_timestamp().saturating_sub(expires);
     assert!(late <= 2, "closed {late} s after the expiry");
     assert_eq!(
-        metric(&server.base, "wallet_websocket_dropped_total").await,
+        server.metric("wallet_websocket_dropped_total").await,
         0.0,
         "ended by the expiry, not as a slow reader"
     );

@@ -750,15 +750,16 @@ async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped
             .parse()
             .unwrap()
     };
+    let replica_serves = || async {
+        let (_, _, source) =
+            gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
+        source.as_deref() == Some("replica")
+    };
     // The replica serves once it has the wallet and its lag is measured.
     common::wait_until(
         "the replica serves reads",
         Duration::from_secs(30),
-        || async {
-            let (_, _, source) =
-                gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
-            source.as_deref() == Some("replica")
-        },
+        replica_serves,
     )
     .await;
 
@@ -894,20 +895,7 @@ async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped
         body.contains("lagging"),
         "/readyz names the lagging replica: {body}"
     );
-    let metrics = http
-        .get(format!("{}/metrics", server.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let lag: f64 = metrics
-        .lines()
-        .find(|l| l.starts_with("wallet_replica_lag_seconds"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .expect("the replica lag metric");
+    let lag = server.metric("wallet_replica_lag_seconds").await;
     assert!(lag > max_lag.as_secs_f64(), "lag metric {lag}");
 
     // Replay resumed: it catches up and serves again, the trial balance included.
@@ -915,11 +903,7 @@ async fn replicas_serve_reads_that_see_their_writes_and_a_lagging_one_is_skipped
     common::wait_until(
         "the replica serves again",
         Duration::from_secs(30),
-        || async {
-            let (_, _, source) =
-                gql_with_token(&http, &server.base, op, None, BALANCE, json!({"w": wallet})).await;
-            source.as_deref() == Some("replica")
-        },
+        replica_serves,
     )
     .await;
     let (trial, _, source) = gql_with_token(

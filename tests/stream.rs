@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use common::nats::NatsServer;
-use common::process::{ServerProcess, post};
+use common::process::{ServerProcess, gauge, post};
 use common::{DEPOSIT, Options, TestApp, TestDb, wait_until};
 use futures_util::StreamExt;
 use futures_util::future::join_all;
@@ -340,21 +340,6 @@ fn stream_line(body: &str) -> Option<(String, i64)> {
     let (health, rest) = line.split_once(" (lag ")?;
     let lag = rest.strip_suffix(" events)")?.parse().ok()?;
     Some((health.to_owned(), lag))
-}
-
-/// The value of an unlabelled gauge in a Prometheus text.
-fn gauge(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-}
-
-async fn metrics_of(server: &ServerProcess) -> String {
-    reqwest::get(format!("{}/metrics", server.base))
-        .await
-        .expect("/metrics answers")
-        .text()
-        .await
-        .unwrap()
 }
 
 /// A `wallet serve` publishing to the test's broker, with small pools.
@@ -874,7 +859,7 @@ async fn readyz_and_metric_show_the_lag() {
         }
     };
     let readyz = || async { stream_line(&server.readyz_body().await.expect("an answer").1) };
-    let lag_metric = || async { gauge(&metrics_of(&server).await, "wallet_stream_lag_events") };
+    let lag_metric = || async { gauge(&server.metrics().await, "wallet_stream_lag_events") };
     let mut failures = Vec::new();
 
     // Caught up: lag 0.

@@ -79,6 +79,29 @@ impl ServerProcess {
         Some((status, resp.text().await.ok()?))
     }
 
+    /// `/metrics` as the service shows it now, read on a connection of its own (a test
+    /// may hold the server's connection limit).
+    pub async fn metrics(&self) -> String {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        http.get(format!("{}/metrics", self.base))
+            .send()
+            .await
+            .expect("/metrics answers")
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// The sum of a metric's series (every label set) as `/metrics` shows it now; 0 when
+    /// it has none.
+    pub async fn metric(&self, name: &str) -> f64 {
+        metric_sum(&self.metrics().await, name)
+    }
+
     /// The process id (e.g. to tell which process holds a lease named after its pid).
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -716,4 +739,21 @@ impl Drop for PrivateCluster {
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The sum of a metric's series (every label set) in a Prometheus text; 0 when it has none.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The value of an unlabelled gauge in a Prometheus text.
+pub fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
