@@ -975,15 +975,13 @@ async fn a_primary_that_cannot_commit_is_not_ready() {
     })
     .await;
     let not_ready_after = stopped.elapsed();
-    let answer = post(
-        &http,
-        &server.base,
-        &tokens.operator,
-        common::DEPOSIT,
-        json!({"w": wallet, "a": "7.00", "k": "while-no-standby"}),
-    )
-    .await
-    .unwrap();
+    let deposit = || async {
+        let body = json!({"w": wallet, "a": "7.00", "k": "while-no-standby"});
+        post(&http, &server.base, &tokens.operator, common::DEPOSIT, body)
+            .await
+            .unwrap()
+    };
+    let answer = deposit().await;
     assert_eq!(
         answer["errors"][0]["extensions"]["code"], "OUTCOME_UNKNOWN",
         "a commit that cannot complete is of unknown outcome: {answer}"
@@ -1009,15 +1007,7 @@ async fn a_primary_that_cannot_commit_is_not_ready() {
         !found["data"]["transactionByKey"].is_null(),
         "it committed: {found}"
     );
-    let again = post(
-        &http,
-        &server.base,
-        &tokens.operator,
-        common::DEPOSIT,
-        json!({"w": wallet, "a": "7.00", "k": "while-no-standby"}),
-    )
-    .await
-    .unwrap();
+    let again = deposit().await;
     assert_eq!(
         again["data"]["deposit"]["id"], found["data"]["transactionByKey"]["id"],
         "sent again, the original: {again}"
