@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::process::{free_port, is_root, server_dir};
+use super::process::{as_postgres, free_port, server_dir};
 
 /// The formation's failure detection, made quick for a test: a node is checked every
 /// second and declared failed after two seconds without an answer; the standby is
@@ -203,19 +203,7 @@ impl Formation {
 
     /// Runs SQL on one port as `postgres`; returns unaligned, tuples-only output.
     pub fn psql_output(&self, port: u16, database: &str, sql: &str) -> String {
-        let out = self
-            .as_postgres("psql")
-            .args(["-X", "-A", "-t", "-q", "-h", "127.0.0.1", "-U", "postgres"])
-            .args(["-p", &port.to_string(), "-d", database, "-c", sql])
-            .stdout(Stdio::piped())
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "psql on {port}: {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        super::process::psql(self.as_postgres("psql"), port, database, sql)
     }
 
     fn psql(&self, port: u16, database: &str, sql: &str) {
@@ -321,14 +309,7 @@ impl Formation {
     /// configuration and state directories and the server binaries on its path.
     fn as_postgres(&self, program: &str) -> Command {
         let bin = server_bin();
-        let mut command = match is_root() {
-            true => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", "postgres", "--", program]);
-                c
-            }
-            false => Command::new(program),
-        };
+        let mut command = as_postgres(program);
         command
             .env("XDG_CONFIG_HOME", self.dir.join("config"))
             .env("XDG_DATA_HOME", self.dir.join("share"))

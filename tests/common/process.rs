@@ -643,19 +643,7 @@ impl PrivateCluster {
 
     /// Runs one SQL statement on the cluster as `postgres` (psql).
     pub fn psql(&self, database: &str, sql: &str) -> String {
-        let out = self
-            .tool("psql")
-            .args(["-X", "-A", "-t", "-q", "-h", "127.0.0.1", "-U", "postgres"])
-            .args(["-p", &self.port.to_string(), "-d", database, "-c", sql])
-            .stdout(Stdio::piped())
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "psql: {sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        psql(self.tool("psql"), self.port, database, sql)
     }
 
     pub fn url(&self, database: &str) -> String {
@@ -682,14 +670,7 @@ impl PrivateCluster {
 
     /// One of the server's tools, run as `postgres` when we are root.
     fn tool(&self, name: &str) -> Command {
-        let path = self.bin.join(name);
-        let mut command = if is_root() {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(path);
-            c
-        } else {
-            Command::new(path)
-        };
+        let mut command = as_postgres(self.bin.join(name));
         command.stdout(Stdio::null());
         command
     }
@@ -720,6 +701,34 @@ pub fn server_dir(prefix: &str) -> PathBuf {
         assert!(owned, "chown of {}", dir.display());
     }
     dir
+}
+
+/// `program`, run as `postgres` when we are root.
+pub fn as_postgres(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
+
+/// Runs one SQL statement with `psql` (a command for the psql program, run as the right
+/// user) on the server at 127.0.0.1:`port`; its unaligned, tuples-only output, trimmed.
+pub fn psql(mut psql: Command, port: u16, database: &str, sql: &str) -> String {
+    let out = psql
+        .args(["-X", "-A", "-t", "-q", "-h", "127.0.0.1", "-U", "postgres"])
+        .args(["-p", &port.to_string(), "-d", database, "-c", sql])
+        .stdout(Stdio::piped())
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "psql on {port}: {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
 pub fn is_root() -> bool {
